@@ -1,0 +1,159 @@
+"""The ``tunesift`` command line: a thin shell over :mod:`tunesift.pipeline`.
+
+Every user error is one line on stderr and exit code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the torch import
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer  # noqa: E402
+
+from .errors import TunesiftError  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Select the instruction-tuning records worth training on (DELIFT, DONOD).")
+
+
+@contextmanager
+def _progress(quiet: bool):
+    """A rich progress bar factory on stderr: progress(label, total) -> advance(n)."""
+    if quiet:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
+        def factory(label: str, total: int):
+            task = bar.add_task(label, total=total)
+
+            def advance(n: int, total_now: int | None = None) -> None:
+                if total_now is not None:
+                    bar.update(task, total=total_now)
+                bar.advance(task, n)
+            return advance
+        yield factory
+
+
+def _input_info(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    from .records import input_checksum
+
+    return {"path": str(path), "sha256": input_checksum(path)}
+
+
+@app.command()
+def select(
+    data: Path = typer.Argument(..., help="Input file: JSONL, JSON array, CSV, Parquet or a saved HF dataset folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (selected.jsonl, scores.parquet, manifest.json)."),
+    method: str = typer.Option("donod", help="random | donod | delift | delift-se"),
+    budget: str = typer.Option("0.3", help="Fraction in (0, 1] (e.g. 0.3, 1.0) or a count (e.g. 300)."),
+    seed: int = typer.Option(0, help="Seed for random selection and stochastic greedy."),
+    model: str = typer.Option("default", help="default (SmolLM2-135M-Instruct), gemma3-270m, a folder, a .gguf or an HF id in the local cache."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16"),
+    template: str = typer.Option("auto", help="auto | chat | plain: how records are rendered for the model."),
+    max_length: int = typer.Option(2048, help="Longest scored sequence in tokens; prompts/examples are cut, responses never."),
+    token_budget: int = typer.Option(4096, help="Padded tokens per forward batch."),
+    cache_dir: Path | None = typer.Option(None, help="Score cache (default ~/.cache/tunesift/scores); reruns resume from it."),
+    eta: float = typer.Option(1e-3, help="DONOD: SGD step of the simulated update."),
+    reduction: str = typer.Option("mean", help="DONOD: token reduction of the loss, mean | sum."),
+    weights: str = typer.Option("0.5,0.5", help="DONOD: TOPSIS weights of DON,NOD."),
+    stage: str = typer.Option("instruction", help="DELIFT: instruction | task | continual."),
+    target: Path | None = typer.Option(None, help="DELIFT task stage: the target set."),
+    existing: Path | None = typer.Option(None, help="DELIFT continual stage: data already trained on."),
+    distance: str = typer.Option("rmse", help="DELIFT: rmse (the paper's) | pmi (mean log-prob gain)."),
+    knn: int = typer.Option(0, help="DELIFT: score only the k nearest candidates per record (0 = all pairs)."),
+    clip_negative: bool = typer.Option(False, help="DELIFT: set negative utility to 0 before min-max scaling."),
+    keep_diagonal: bool = typer.Option(False, help="DELIFT: let a record count as its own example."),
+    mi_eta: float = typer.Option(1.0, help="DELIFT task stage: FLMI eta."),
+    mi_form: str = typer.Option("min", help="DELIFT task stage: min (submodlib FL1MI) | additive (paper)."),
+    nu: float = typer.Option(1.0, help="DELIFT continual stage: FLCG nu."),
+    optimizer: str = typer.Option("lazy", help="naive | lazy | stochastic greedy."),
+    prompt_field: str | None = typer.Option(None, help="Field(s) holding the prompt, comma-separated to join."),
+    response_field: str | None = typer.Option(None, help="Field holding the response."),
+    messages_field: str | None = typer.Option(None, help="Field holding a chat message list."),
+    id_field: str | None = typer.Option(None, help="Field holding a unique record id."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
+) -> None:
+    """Score every record and write the subset worth training on."""
+    from .outputs import check_writable, write_selection
+    from .pipeline import select as run_select
+    from .records import FieldMap
+
+    check_writable(out)
+    try:
+        w = tuple(float(x) for x in weights.split(","))
+    except ValueError:
+        raise TunesiftError(f"weights must be two numbers like 0.5,0.5, got '{weights}'") from None
+    fields = FieldMap(prompt=prompt_field, response=response_field, messages=messages_field, id=id_field)
+    opts = dict(method=method, budget=budget, seed=seed, model=model, device=device, dtype=dtype,
+                template=template, max_length=max_length, token_budget=token_budget,
+                cache_dir=str(cache_dir) if cache_dir else None, eta=eta, reduction=reduction, weights=w,
+                stage=stage, distance=distance, knn=knn, clip_negative=clip_negative,
+                keep_diagonal=keep_diagonal, mi_eta=mi_eta, mi_form=mi_form, nu=nu, optimizer=optimizer)
+    with _progress(quiet) as prog:
+        sel = run_select(str(data), target=str(target) if target else None,
+                         existing=str(existing) if existing else None, fields=fields, progress=prog, **opts)
+    inputs = {k: v for k, v in {"data": _input_info(str(data)), "target": _input_info(target and str(target)),
+                                "existing": _input_info(existing and str(existing))}.items() if v}
+    inputs["data"]["records"] = len(sel.records)
+    write_selection(sel, out, inputs)
+    if not quiet:
+        n, kept = len(sel.records), int(sel.kept.sum())
+        typer.echo(f"{sel.method}: kept {kept} of {n} records -> {out}/selected.jsonl "
+                   f"(scores: {out}/scores.parquet, {sel.timings.get('total_s', 0):.1f} s)", err=True)
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Path = typer.Argument(..., help="JSONL file to write."),
+    n: int = typer.Option(240, help="Number of records."),
+    corrupt: float = typer.Option(0.2, help="Share of records whose response belongs to another prompt."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """Write a synthetic instruction set with a known share of corrupted records (meta.corrupted)."""
+    from .demodata import write_demo
+
+    write_demo(out, n=n, corrupt=corrupt, seed=seed)
+    typer.echo(f"wrote {n} records to {out}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: runs the app and turns user errors into one line + exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except TunesiftError as exc:
+        print(f"tunesift: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tunesift: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            print(f"tunesift: error: {exc.format_message()}", file=sys.stderr)
+            return 2
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+def run() -> None:
+    """setuptools console-script wrapper (its return value is not used as the exit code)."""
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""User-facing errors.
+
+Every error a user can cause (bad input, a bad option, a model that cannot be found offline)
+is a :class:`TunesiftError`. The CLI prints ``str(error)`` on one line and exits with code 2;
+no traceback, and nothing is written.
+"""
+
+from __future__ import annotations
+
+
+class TunesiftError(Exception):
+    """An error the user can fix. Its message is one line that says what and where."""
+
+    exit_code = 2
+
+
+class InputError(TunesiftError):
+    """A problem in an input file: the message names the file, the line or row, and the field."""
+
+    def __init__(self, path: object, reason: str, *, line: int | None = None, field: str | None = None):
+        where = str(path)
+        if line is not None:
+            where += f":{line}"
+        msg = f"{where}: "
+        if field is not None:
+            msg += f"field '{field}': "
+        super().__init__(msg + reason)
+        self.path, self.line, self.field, self.reason = str(path), line, field, reason
+
+
+class OptionError(TunesiftError):
+    """A bad command-line or API option (budget out of range, unknown method, ...)."""

