@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import json
@@ -109,9 +110,11 @@ def test_csv_strings_empty_cells_and_multiline_cells(tmp_path):
 
 
 def test_csv_long_cell_beyond_default_field_limit(tmp_path):
+    before = csv.field_size_limit()
     long = "x" * 300_000
     recs = read_records(write(tmp_path / "d.csv", f"prompt,completion\nhi,{long}\n"))
     assert recs[0].response == long
+    assert csv.field_size_limit() == before  # the global limit is restored
 
 
 def test_parquet_with_chat_structs(tmp_path):
@@ -285,7 +288,14 @@ def test_unknown_schema_lists_fields_and_flags(tmp_path):
 
 def test_every_record_must_fit_the_first_schema(tmp_path):
     rows = [ALPACA[0], {"prompt": "p", "completion": "c"}]
-    expect_error(jsonl(tmp_path / "d.jsonl", rows), 2, "instruction", "missing", "alpaca", "line 1")
+    expect_error(
+        jsonl(tmp_path / "d.jsonl", rows),
+        2,
+        "instruction",
+        "missing field (fields found: 'prompt', 'completion')",
+        "alpaca",
+        "line 1",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,7 +386,9 @@ def test_fieldmap_missing_mapped_fields(tmp_path):
 def test_fieldmap_bad_options(kwargs):
     with pytest.raises(OptionError) as info:
         FieldMap(**kwargs)
-    assert "\n" not in str(info.value)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert f"--{next(iter(kwargs))}-field" in msg  # names the CLI flag at fault
 
 
 def test_fieldmap_normalizes_names():
@@ -502,10 +514,12 @@ def test_invalid_parquet(tmp_path):
     ("name", "text", "words"),
     [
         ("d.jsonl", "", ("empty",)),
-        ("d.jsonl", "\n  \n\n", ("empty",)),
+        ("d.jsonl", "\n  \n\n", ("only blank lines",)),
         ("d.json", " [ ] ", ("array is empty",)),
         ("d.csv", "instruction,output\n", ("no data rows",)),
         ("d.csv", "instruction,output\n\n\n", ("no data rows",)),
+        ("d.csv", "", ("empty",)),
+        ("d.json", "\n", ("only blank lines",)),
     ],
 )
 def test_empty_inputs(tmp_path, name, text, words):
@@ -833,3 +847,34 @@ def test_input_checksum_missing(tmp_path):
     with pytest.raises(InputError) as info:
         input_checksum(tmp_path / "nope.jsonl")
     check_message(info.value, str(tmp_path / "nope.jsonl"), None, None, "no such file")
+
+
+def test_unknown_schema_hints_at_nested_records(tmp_path):
+    path = write(tmp_path / "d.json", json.dumps({"data": ALPACA}))
+    expect_error(path, 1, None, "unknown schema", "'data' holds a list of objects")
+
+
+def test_bom_only_file_is_empty(tmp_path):
+    expect_error(write(tmp_path / "d.jsonl", b"\xef\xbb\xbf\n"), None, None, "no records")
+
+
+def test_ragged_row_with_one_cell(tmp_path):
+    path = write(tmp_path / "d.csv", "prompt,completion\na,b\nc\n")
+    expect_error(path, 2, None, "1 cell but the header has 2")
+
+
+def test_rows_with_unhashable_keys(tmp_path):
+    with pytest.raises(InputError) as info:
+        records_from_rows([{"prompt": "p", "completion": "c", 1: "x"}])
+    check_message(info.value, "<rows>", 1, None, "cannot hash")
+
+
+def test_schema_mismatch_in_rows_names_rows():
+    with pytest.raises(InputError) as info:
+        records_from_rows([ALPACA[0], {"instruction": "x"}], source="mem")
+    check_message(info.value, "mem", 2, "output", "first record (row 1)", "(row 2)")
+
+
+def test_deeply_nested_json_line(tmp_path):
+    text = json.dumps(ALPACA[0]) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n"
+    expect_error(write(tmp_path / "d.jsonl", text), 2, None, "invalid JSON", "nested too deeply")

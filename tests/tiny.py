@@ -36,12 +36,12 @@ def make_tokenizer(chat: bool = True):
     return tok
 
 
-def make_model(vocab_size: int, *, tied: bool = True, seed: int = 0, layers: int = 2):
+def make_model(vocab_size: int, *, tied: bool = True, seed: int = 0, layers: int = 2, hidden: int = 64):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                       tie_word_embeddings=tied, attn_implementation="sdpa")
     model = LlamaForCausalLM(cfg)
@@ -53,10 +53,11 @@ def make_model(vocab_size: int, *, tied: bool = True, seed: int = 0, layers: int
     return model.eval()
 
 
-def save_tiny(folder: Path, *, chat: bool = True, tied: bool = True, seed: int = 0) -> Path:
+def save_tiny(folder: Path, *, chat: bool = True, tied: bool = True, seed: int = 0, layers: int = 2,
+              hidden: int = 64) -> Path:
     """Write a tiny model + tokenizer folder that ``--model FOLDER`` loads."""
     tok = make_tokenizer(chat)
-    model = make_model(len(tok), tied=tied, seed=seed)
+    model = make_model(len(tok), tied=tied, seed=seed, layers=layers, hidden=hidden)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

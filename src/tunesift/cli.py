@@ -45,6 +45,33 @@ def _progress(quiet: bool):
         yield factory
 
 
+def _load_config(ctx: typer.Context, param, value: Path | None):
+    """``--config recipe.yaml``: every option of the command as YAML keys; flags override them."""
+    if value is None:
+        return None
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise TunesiftError(f"{value}: cannot read config: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise TunesiftError(f"{value}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(loaded, dict):
+        raise TunesiftError(f"{value}: config must be a mapping of option names to values")
+    known = {p.name for p in ctx.command.params}
+    config = {}
+    for key, val in loaded.items():
+        name = str(key).replace("-", "_")
+        if name not in known or name == "config":
+            raise TunesiftError(f"{value}: unknown option '{key}' (see tunesift {ctx.command.name} --help)")
+        config[name] = ",".join(map(str, val)) if isinstance(val, list) else val
+    ctx.default_map = {**(ctx.default_map or {}), **config}
+    return value
+
+
 def _input_info(path: str | None) -> dict | None:
     if path is None:
         return None
@@ -55,8 +82,8 @@ def _input_info(path: str | None) -> dict | None:
 
 @app.command()
 def select(
-    data: Path = typer.Argument(..., help="Input file: JSONL, JSON array, CSV, Parquet or a saved HF dataset folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (selected.jsonl, scores.parquet, manifest.json)."),
+    data: Path = typer.Argument(None, help="Input file: JSONL, JSON array, CSV, Parquet or a saved HF dataset folder."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder (selected.jsonl, scores.parquet, manifest.json)."),
     method: str = typer.Option("donod", help="random | donod | delift | delift-se"),
     budget: str = typer.Option("0.3", help="Fraction in (0, 1] (e.g. 0.3, 1.0) or a count (e.g. 300)."),
     seed: int = typer.Option(0, help="Seed for random selection and stochastic greedy."),
@@ -86,12 +113,17 @@ def select(
     messages_field: str | None = typer.Option(None, help="Field holding a chat message list."),
     id_field: str | None = typer.Option(None, help="Field holding a unique record id."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
+    config: Path | None = typer.Option(None, "--config", is_eager=True, callback=_load_config,
+                                       help="YAML recipe holding any of these options; flags override it."),
 ) -> None:
     """Score every record and write the subset worth training on."""
     from .outputs import check_writable, write_selection
     from .pipeline import select as run_select
     from .records import FieldMap
 
+    if data is None or out is None:
+        raise TunesiftError("select needs the input DATA and --out (on the command line or in --config)")
+    data, out = Path(data), Path(out)
     check_writable(out)
     try:
         w = tuple(float(x) for x in weights.split(","))
@@ -140,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tunesift: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # click usage errors
-        import click
+    except Exception as exc:  # usage errors from click (vendored as typer._click in typer >= 0.29)
+        try:
+            from typer import _click as click
+        except ImportError:  # older typer
+            import click
 
         if isinstance(exc, click.exceptions.ClickException):
             print(f"tunesift: error: {exc.format_message()}", file=sys.stderr)

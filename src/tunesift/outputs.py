@@ -60,7 +60,7 @@ def write_selection(sel: Selection, out_dir: str | Path, inputs: dict[str, dict]
     try:
         with open(tmp / "selected.jsonl", "w", encoding="utf-8") as fh:
             for row in sel.subset:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         pq.write_table(sel.table(), tmp / "scores.parquet")
         (tmp / "manifest.json").write_text(json.dumps(manifest(sel, inputs or {}), indent=2, default=str) + "\n",
                                            encoding="utf-8")

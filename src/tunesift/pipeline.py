@@ -197,7 +197,7 @@ def _donod(records, k, opt, lm, progress: Progress):
     renderer = _renderer(lm, opt)
     seqs = [renderer.sequence(r) for r in records]
     store = ArrayStore(Path(opt.cache_dir or default_cache_dir()) / "donod")
-    chunk = 32
+    chunk = 16  # records per cached block: the unit of resume after a crash
     stats = np.zeros((len(seqs), 3))
     advance = progress("DONOD scoring", len(seqs))
     for start in range(0, len(seqs), chunk):

@@ -134,27 +134,28 @@ class FieldMap:
             value = getattr(self, name)
             if value is None:
                 continue
+            flag = f"--{name}-field"
             if not isinstance(value, str):
                 raise OptionError(
-                    f"{name} field mapping must be a field name (a string), got {_type_name(value)}"
+                    f"{flag} must be a field name (a string), got {_type_name(value)}"
                 )
             value = value.strip()
             if name == "prompt":
                 parts = [p.strip() for p in value.split(",")]
                 if not all(parts):
-                    raise OptionError(f"--prompt-field has an empty field name: {value!r}")
+                    raise OptionError(f"{flag} has an empty field name: {value!r}")
                 if len(set(parts)) != len(parts):
-                    raise OptionError(f"--prompt-field names a field twice: {value!r}")
+                    raise OptionError(f"{flag} names a field twice: {value!r}")
                 value = ",".join(parts)
             elif not value:
-                raise OptionError(f"the {name} field mapping is an empty field name")
+                raise OptionError(f"{flag} is an empty field name")
             elif "," in value:
-                raise OptionError(f"the {name} field mapping takes one field name, got {value!r}")
+                raise OptionError(f"{flag} takes one field name, got {value!r}")
             object.__setattr__(self, name, value)
         if self.messages is not None and (self.prompt is not None or self.response is not None):
             raise OptionError(
-                "a messages field mapping cannot be combined with "
-                "--prompt-field/--response-field: map either the chat turns or the two texts"
+                "--messages-field cannot be combined with --prompt-field/--response-field: "
+                "map either the chat turns or the two texts"
             )
 
     @property
@@ -195,6 +196,8 @@ def records_from_rows(
         rows = _train_split(rows, source)  # type: ignore[arg-type]
     elif hasattr(rows, "to_dict") and hasattr(rows, "columns") and hasattr(rows, "iloc"):
         rows = rows.to_dict("records")  # a pandas DataFrame
+    elif type(rows).__name__ == "Dataset" and hasattr(rows, "to_list"):
+        rows = rows.to_list()  # datasets.Dataset: much faster than iterating it
     elif isinstance(rows, (Mapping, str, bytes)):
         raise InputError(
             source,
@@ -319,8 +322,10 @@ def _open(p: Path, source: str) -> tuple[Iterator[tuple[Any, _Loc]], str]:
         except (OSError, EOFError, zlib.error) as e:
             raise InputError(source, f"not a valid gzip file: {_one_line(e)}") from None
     text = _decode(data, source)
-    if not text.strip():
+    if not text:
         return iter(()), "no records: the file is empty"
+    if not text.strip():
+        return iter(()), "no records: the file has only blank lines"
     if ext == ".csv":
         return _read_csv(text, source), "no records: the CSV has a header but no data rows"
     if ext == ".json" and text.lstrip(" \t\r\n")[:1] == "[":
@@ -376,6 +381,8 @@ def _read_jsonl(text: str, source: str, ext: str) -> Iterator[tuple[Any, _Loc]]:
             continue
         try:
             obj = json.loads(raw)
+        except RecursionError:
+            raise InputError(source, "invalid JSON: nested too deeply", line=n) from None
         except json.JSONDecodeError as e:
             reason = f"invalid JSON: {e.msg} (column {e.colno})"
             if raw.strip() in ("{", "[", "}", "]", "},", "],"):
@@ -550,8 +557,8 @@ def _train_split(dd: Mapping, source: str) -> Any:
     splits = ", ".join(_show(s, 30) for s in dd) or "none"
     raise InputError(
         source,
-        f"a DatasetDict without a 'train' split (splits: {splits}); "
-        "save the split to use with dataset_dict[name].save_to_disk(...)",
+        f"a DatasetDict without a 'train' split (splits: {splits}); select the split to use, "
+        f"e.g. dataset_dict[{next(iter(dd), 'name')!r}], and pass or save that",
     )
 
 
@@ -581,8 +588,8 @@ class _Spec:
     response: str = ""
 
 
-def _default_spec(schema: str, first: dict, line: int) -> _Spec:
-    where = f"detected from the first record (line {line})" if line else "detected"
+def _default_spec(schema: str, first: dict, loc: _Loc) -> _Spec:
+    where = f"detected from the first record ({loc.unit} {loc.line})"
     if schema == "messages":
         key = "messages" if first.get("messages") is not None else "conversations"
         return _Spec("messages", f"the chat schema {where}", messages=key)
@@ -611,9 +618,9 @@ def _default_spec(schema: str, first: dict, line: int) -> _Spec:
 
 def _resolve(first: dict, loc: _Loc, fm: FieldMap, source: str) -> _Spec:
     if fm.messages:
-        return _Spec("messages", "the messages field mapping", messages=fm.messages)
+        return _Spec("messages", "the chat field given by --messages-field", messages=fm.messages)
     if not fm.prompt and not fm.response:
-        return _default_spec(detect_schema(first, source=source, line=loc.line), first, loc.line)
+        return _default_spec(detect_schema(first, source=source, line=loc.line), first, loc)
     base = None
     if not (fm.prompt and fm.response):
         given, missing = (
@@ -636,7 +643,7 @@ def _resolve(first: dict, loc: _Loc, fm: FieldMap, source: str) -> _Spec:
                 f"{given} was given without {missing}, but {source} is a chat file "
                 "(messages); give both, or neither"
             )
-        base = _default_spec(schema, first, loc.line)
+        base = _default_spec(schema, first, loc)
     prompt = tuple((f, True) for f in fm.prompt_fields) if fm.prompt else base.prompt
     response = fm.response or base.response
     return _Spec(
@@ -665,7 +672,7 @@ def _build(rows: Iterator[tuple[Any, _Loc]], fm: FieldMap, source: str, empty: s
 
     id_field = fm.id or ("id" if first_row.get("id") is not None else None)
     id_why = (
-        "the id field is mapped, so every record needs one"
+        "--id-field is given, so every record needs one"
         if fm.id
         else f"the first record ({first_loc.unit} {first_loc.line}) has an 'id', "
         "so every record needs one"
@@ -690,7 +697,10 @@ def _build(rows: Iterator[tuple[Any, _Loc]], fm: FieldMap, source: str, empty: s
                 )
             seen_ids[rid] = loc.line
         else:
-            h = content_id(row)
+            try:
+                h = content_id(row)
+            except (TypeError, ValueError) as e:  # non-string keys, a cycle
+                raise _err(source, loc, f"cannot hash the row for its id: {_one_line(e)}") from None
             n = hash_counts.get(h, 0) + 1
             hash_counts[h] = n
             rid = h if n == 1 else f"{h}-{n}"
@@ -709,10 +719,21 @@ def _err(source: str, loc: _Loc, reason: str, fld: str | None = None) -> InputEr
     return InputError(source, reason, line=loc.line, field=fld)
 
 
+def _missing(source: str, loc: _Loc, row: dict, name: str, why: str) -> InputError:
+    keys = list(row)
+    found = ", ".join(_show(k, 30) for k in keys[:8]) + (", ..." if len(keys) > 8 else "")
+    return _err(
+        source,
+        loc,
+        f"missing field (fields found: {found or 'none'}); every record must fit {why}",
+        name,
+    )
+
+
 def _text_value(row: dict, name: str, loc: _Loc, source: str, why: str) -> str:
     """The string value of a required field."""
     if name not in row:
-        raise _err(source, loc, f"missing field; every record must fit {why}", name)
+        raise _missing(source, loc, row, name, why)
     value = row[name]
     if value is None:
         raise _err(source, loc, "is null, expected a string", name)
@@ -733,7 +754,7 @@ def _texts(row: dict, spec: _Spec, loc: _Loc, source: str) -> tuple[str, str]:
             parts.append(value)
             continue
         if name not in row and required:
-            raise _err(source, loc, f"missing field; every record must fit {spec.desc}", name)
+            raise _missing(source, loc, row, name, spec.desc)
         if row.get(name) is None:
             continue  # a later part may be null (or, for alpaca's input, absent)
         value = _text_value(row, name, loc, source, spec.desc)
@@ -750,7 +771,7 @@ def _chat(
 ) -> tuple[str, str, tuple[tuple[str, str], ...]]:
     key = spec.messages
     if key not in row:
-        raise _err(source, loc, f"missing field; every record must fit {spec.desc}", key)
+        raise _missing(source, loc, row, key, spec.desc)
     turns = row[key]
     if turns is None:
         raise _err(source, loc, "is null, expected a list of chat turns", key)

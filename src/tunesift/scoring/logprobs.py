@@ -10,14 +10,24 @@ from which DELIFT's distances follow without rescoring (see :mod:`tunesift.scori
 The log-softmax always runs in float32, whatever the model dtype; sums are float64.
 
 :class:`ResponseScorer` is the fast path. A *prefix* (an in-context example, or only the
-template header) is run once with batch 1 and ``use_cache=True``; its KV cache is copied and
-repeated to a batch of right-padded *continuations* (``prompt_i | user_end | response_i | end``)
-that all share it. Only the decoder runs over the continuation; its last hidden states are
-gathered at the positions that predict response tokens and only those go through the LM head
-(``get_output_embeddings()``, then the model's logit soft-capping or scaling if it has one), so
-the (tokens x vocabulary) logits of prompt positions are never formed. Every scored position
-lies inside the continuation (the continuation always starts with at least one prompt token),
-so the prefix pass needs no logits at all.
+template header) is run once with ``use_cache=True``; its KV cache serves a batch of
+right-padded *continuations* (``prompt_i | user_end | response_i | end``) that all follow it:
+the cache is expanded (a view, no copy) to the batch, and the attention mask is ones over the
+prefix plus the continuations' padding mask. Only the decoder runs over the continuation; its
+last hidden states are gathered at the positions that predict response tokens and only those
+go through the LM head (``get_output_embeddings()``, then the model's logit soft-capping or
+scaling if it has one), so the (tokens x vocabulary) logits of prompt positions are never
+formed. Every scored position lies inside the continuation (it starts with at least one prompt
+token), so the prefix pass needs no logits at all.
+
+Batching: rows are length-sorted and cut into batches of at most ``token_budget`` padded tokens
+with a dynamic programme that minimises padding plus a per-forward overhead
+(:func:`length_batches`). When several prefixes are scored together (:meth:`ResponseScorer.score_groups`:
+sparse columns with few targets, examples cut differently for long targets) and the model's
+cache is plain full-attention layers, the prefixes run right-padded in a few batched forwards
+and their caches are stacked into a :class:`_PrefixBank`; a batch can then mix rows of different
+prefixes (the mask hides each row's padded prefix slots and the continuation's position ids
+start at the row's own prefix length). Sliding-window caches never mix prefixes.
 
 :func:`plain_logprob_stats` is the reference: it builds each full sequence, batches them
 right-padded, and runs ``model(...).logits`` at every position, exactly like the original
@@ -26,8 +36,10 @@ DELIFT code does.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +48,8 @@ import torch
 from ..errors import TunesiftError
 
 HEAD_CHUNK = 1024  # response positions per LM-head matmul (bounds the float32 logits to ~200 MB)
+BATCH_OVERHEAD = 32  # fixed cost of one forward batch, in padded-token equivalents
+_HEAD_CHECKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {head key: mode}
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,19 @@ def _pad_id(lm) -> int:
     return 0  # pragma: no cover
 
 
+def attention_backends(device):
+    """Context manager for scoring forwards: on CUDA avoid cuDNN attention, which plans a new
+    kernel for every (batch, length) shape and made scoring CPU-bound (~2 ms per layer call);
+    a no-op on CPU."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    )
+
+
 def token_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token (1 - p)^2 and log p, float32, from logits (N, V) and target ids (N,)."""
     lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
@@ -75,6 +102,63 @@ def _segment_sums(values: torch.Tensor, seg: torch.Tensor, n: int) -> np.ndarray
     out = torch.zeros(n, dtype=torch.float64, device=values.device)
     out.index_add_(0, seg, values.double())
     return out.cpu().numpy()
+
+
+def length_batches(
+    lengths: Sequence[int], budget: int, overhead: int = BATCH_OVERHEAD
+) -> list[list[int]]:
+    """Split items into batches of at most ``budget`` padded tokens, minimising padding.
+
+    Items are sorted by decreasing length (ties by index) and cut into contiguous runs; a run
+    costs ``rows * longest + overhead`` tokens and the cut that minimises the total is found by
+    dynamic programming (O(n * rows per batch)). A single item longer than the budget gets its own
+    batch. Returns lists of indices into ``lengths``, longest batch first.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    n = len(order)
+    if n == 0:
+        return []
+    best = [0.0] + [float("inf")] * n  # best[k]: cost of the first k sorted items
+    cut = [0] * (n + 1)
+    for k in range(1, n + 1):
+        for j in range(k - 1, -1, -1):  # batch = sorted items j..k-1, widest is item j
+            rows, width = k - j, lengths[order[j]]
+            if rows > 1 and rows * width > budget:
+                break
+            c = best[j] + rows * width + overhead
+            if c < best[k]:
+                best[k], cut[k] = c, j
+    out: list[list[int]] = []
+    k = n
+    while k > 0:
+        out.append(order[cut[k] : k])
+        k = cut[k]
+    return out[::-1]
+
+
+def expand_cache(cache, batch: int):
+    """A batch-``batch`` copy of a batch-1 KV cache that leaves ``cache`` untouched.
+
+    For dynamic layers (the default cache of Llama, Gemma, Qwen... incl. sliding windows) the
+    keys/values become ``expand`` views, so the only copy is the ``torch.cat`` the next forward
+    does anyway; other cache types are deep-copied and repeated (``batch_repeat_interleave``).
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if layers and all(isinstance(x, DynamicLayer) and x.is_initialized for x in layers):
+        out = copy.copy(cache)
+        out.layers = []
+        for layer in layers:
+            new = copy.copy(layer)
+            new.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
+            new.values = layer.values.expand(batch, *layer.values.shape[1:])
+            out.layers.append(new)
+        return out
+    out = copy.deepcopy(cache)
+    if batch > 1:
+        out.batch_repeat_interleave(batch)
+    return out
 
 
 @dataclass
@@ -88,7 +172,9 @@ class ResponseScorer:
     lm: object
     token_budget: int = 4096
     forwards: int = 0
+    mixed_batches: int = 0  # forward batches whose rows had different prefixes
     _mode: str | None = field(default=None, repr=False)
+    mergeable: bool = field(default=False, repr=False)
 
     def __post_init__(self):
         model = self.lm.model
@@ -101,6 +187,8 @@ class ResponseScorer:
         self.logits_scaling = getattr(cfg, "logits_scaling", None)  # Granite: logits / scaling
         self.device = torch.device(self.lm.device)
         self.pad = _pad_id(self.lm)
+        # a forward's fixed cost in padded-token equivalents: small on CPU, large on a GPU
+        self.overhead = BATCH_OVERHEAD if self.device.type == "cpu" else 1024
 
     # -- logits from hidden states ---------------------------------------------------------
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -114,144 +202,257 @@ class ResponseScorer:
         return z
 
     def _check_head(self) -> None:
-        """Once per scorer: the decoder + head path must reproduce ``model(...).logits``.
+        """Once per model (and head settings): the decoder + head path must reproduce
+        ``model(...).logits`` on a short probe sequence.
 
         Architectures whose head does something this class does not know about fall back to
         full-model logits (slower, still exact) instead of silently scoring wrong numbers.
         """
         if self._mode is not None:
             return
-        self._mode = "full"
-        if self.decoder is None or self.head is None:
-            return
-        ids = torch.arange(1, 9, device=self.device)[None] % max(2, self.head.weight.shape[0])
+        key = (self.softcap, self.logit_scale, self.logits_scaling)
+        known = _HEAD_CHECKS.setdefault(self.model, {})
+        if key not in known:
+            known[key] = self._probe()
+        self._mode, self.mergeable = known[key]
+
+    def _probe(self) -> tuple[str, bool]:
+        """(mode, mergeable): ``head`` when decoder + head reproduce the model's logits, else
+        ``full``; mergeable when the KV cache is made of plain full-attention dynamic layers."""
+        from transformers.cache_utils import DynamicLayer
+
+        ids = torch.arange(1, 9, device=self.device)[None] % max(2, self.model.config.vocab_size)
         with torch.inference_mode():
-            ref = self.model(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
+            out = self.model(input_ids=ids, use_cache=True)
+            ref = out.logits.float().log_softmax(-1)
+            layers = getattr(out.past_key_values, "layers", None)
+            mergeable = bool(layers) and all(type(x) is DynamicLayer for x in layers)
+            if self.decoder is None or self.head is None:
+                return "full", mergeable
             hid = self.decoder(input_ids=ids, use_cache=False).last_hidden_state
             ours = self._logits(hid).float().log_softmax(-1)
         tol = 1e-3 if self.model.dtype == torch.float32 else 0.1
-        if torch.allclose(ref, ours, atol=tol, rtol=0):
-            self._mode = "head"
+        return ("head" if torch.allclose(ref, ours, atol=tol, rtol=0) else "full"), mergeable
 
     # -- one prefix, many continuations ----------------------------------------------------
     def prefix_cache(self, prefix: Sequence[int]):
         """Run ``prefix`` (batch 1) and return its KV cache, or None for an empty prefix."""
         if not prefix:
             return None
+        return self._prefix_forward([prefix])
+
+    def _prefix_forward(self, prefixes: Sequence[Sequence[int]]):
+        """KV cache of right-padded ``prefixes`` (batch len(prefixes), padded slots masked)."""
         self._check_head()
-        ids = torch.tensor([list(prefix)], device=self.device)
-        with torch.inference_mode():
+        width = max(len(p) for p in prefixes)
+        ids = torch.full((len(prefixes), width), self.pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, p in enumerate(prefixes):
+            ids[r, : len(p)] = torch.tensor(list(p))
+            mask[r, : len(p)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        kw = {} if len(prefixes) == 1 else {"attention_mask": mask}
+        with torch.inference_mode(), attention_backends(self.device):
             if self._mode == "head":
-                out = self.decoder(input_ids=ids, use_cache=True)
+                out = self.decoder(input_ids=ids, use_cache=True, **kw)
             else:
-                out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+                out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw)
         self.forwards += 1
         return out.past_key_values
 
-    def batches(self, conts: Sequence[Continuation]) -> list[list[int]]:
-        """Indices of ``conts`` grouped into length-sorted batches within the token budget."""
-        order = sorted(range(len(conts)), key=lambda i: (-len(conts[i].ids), i))
-        out: list[list[int]] = []
-        cur: list[int] = []
-        for i in order:
-            width = len(conts[cur[0]].ids) if cur else len(conts[i].ids)  # longest comes first
-            if cur and (len(cur) + 1) * width > self.token_budget:
-                out.append(cur)
-                cur = []
-            cur.append(i)
-        if cur:
-            out.append(cur)
-        return out
+    def score(
+        self, prefix: Sequence[int], conts: Sequence[Continuation]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(sq_err, logp) float64 arrays (len(conts),) for the ``prefix | cont`` sequences."""
+        return self.score_groups([(prefix, conts)])[0]
 
-    def score(self, prefix: Sequence[int], conts: Sequence[Continuation],
-              cache=None) -> tuple[np.ndarray, np.ndarray]:
-        """(sq_err, logp) float64 arrays (len(conts),) for ``prefix | cont`` sequences.
+    def score_groups(
+        self,
+        groups: Sequence[tuple[Sequence[int], Sequence[Continuation]]],
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Score several ``(prefix, continuations)`` groups: one (sq_err, logp) pair per group.
 
-        ``cache`` is ``prefix_cache(prefix)`` when the caller already has it.
+        Each prefix runs once. When the model's cache is made of plain full-attention layers,
+        rows of different groups share forward batches (prefix caches left-padded into one
+        batch, positions passed explicitly), so many small groups still fill the token budget;
+        otherwise (sliding windows, unusual caches) each batch holds one group's rows.
+        ``on_batch(rows)`` is called after every forward batch.
         """
         self._check_head()
-        n = len(conts)
-        sq = np.zeros(n)
-        lp = np.zeros(n)
-        if n == 0:
-            return sq, lp
-        if cache is None and prefix:
-            cache = self.prefix_cache(prefix)
-        p_len = len(prefix)
-        for rows in self.batches(conts):
-            s, l_ = self._score_batch(p_len, cache, [conts[i] for i in rows])
-            sq[rows] = s
-            lp[rows] = l_
-        return sq, lp
+        out = [(np.zeros(len(c)), np.zeros(len(c))) for _, c in groups]
+        live = [g for g, (_, c) in enumerate(groups) if len(c)]
+        if not live:
+            return out
+        bank = None
+        if len(live) > 1 and self.mergeable and all(len(groups[g][0]) for g in live):
+            bank = self._bank([groups[g][0] for g in live])
+            caches = None
+        else:
+            caches = [self.prefix_cache(groups[g][0]) for g in live]
+        items = [(a, k) for a, g in enumerate(live) for k in range(len(groups[g][1]))]
+        length = [len(groups[live[a]][1][k].ids) for a, k in items]
+        if bank is not None:
+            batches = [
+                [items[i] for i in b]
+                for b in length_batches(length, self.token_budget, self.overhead)
+            ]
+        else:
+            batches = []
+            for a, g in enumerate(live):
+                lens = [len(c.ids) for c in groups[g][1]]
+                batches += [
+                    [(a, k) for k in b]
+                    for b in length_batches(lens, self.token_budget, self.overhead)
+                ]
+        for batch in batches:
+            conts = [groups[live[a]][1][k] for a, k in batch]
+            owners = sorted({a for a, _ in batch})
+            if len(owners) == 1 and caches is not None:
+                a = owners[0]
+                s, l_ = self._score_batch(
+                    conts, *self._single(caches[a], len(groups[live[a]][0]), len(batch))
+                )
+            else:
+                s, l_ = self._score_batch(conts, *bank.take([a for a, _ in batch], self.device))
+                self.mixed_batches += 1
+            for r, (a, k) in enumerate(batch):
+                out[live[a]][0][k] = s[r]
+                out[live[a]][1][k] = l_[r]
+            if on_batch:
+                on_batch(len(batch))
+        return out
 
-    def _score_batch(self, p_len: int, cache, conts: list[Continuation]):
+    def _bank(self, prefixes: Sequence[Sequence[int]]) -> _PrefixBank:
+        """All ``prefixes`` run right-padded, a few per forward, stacked into one bank."""
+        parts = []
+        for b in length_batches([len(p) for p in prefixes], 2 * self.token_budget, self.overhead):
+            parts.append((b, self._prefix_forward([prefixes[i] for i in b])))
+        return _PrefixBank.from_batches(parts, [len(p) for p in prefixes])
+
+    def _single(self, cache, p_len: int, b: int):
+        if cache is None:
+            return None, None, None
+        return (
+            expand_cache(cache, b),
+            torch.ones((b, p_len), dtype=torch.long, device=self.device),
+            None,
+        )
+
+    def _score_batch(self, conts: list[Continuation], cache, prefix_mask, prefix_lens):
+        """Forward one batch of continuations after ``cache`` (None: no prefix).
+
+        ``prefix_mask`` (B, P) marks real prefix slots; ``prefix_lens`` (B,) is given when rows
+        have different prefix lengths, and then sets the continuation's position ids.
+        """
         b = len(conts)
         width = max(len(c.ids) for c in conts)
         ids = torch.full((b, width), self.pad, dtype=torch.long)
         mask = torch.zeros((b, width), dtype=torch.long)
-        rows, pos, tgt, seg = [], [], [], []
+        pos, tgt, seg = [], [], []
         for r, c in enumerate(conts):
             ids[r, : len(c.ids)] = torch.tensor(c.ids)
             mask[r, : len(c.ids)] = 1
             start = c.n_prompt  # first scored token's index in the continuation
             if start < 1:
                 raise TunesiftError("internal: a continuation must start with a prompt token")
-            rows += [r] * c.n_response
             pos += range(start - 1, start - 1 + c.n_response)
             tgt += c.ids[start:]
             seg += [r] * c.n_response
         dev = self.device
         ids, mask = ids.to(dev), mask.to(dev)
-        kw = {}
         if cache is not None:
-            kv = copy.deepcopy(cache)
-            if b > 1:
-                kv.batch_repeat_interleave(b)
-            mask = torch.cat([torch.ones((b, p_len), dtype=mask.dtype, device=dev), mask], 1)
-            kw = {"past_key_values": kv, "use_cache": True}
+            mask = torch.cat([prefix_mask, mask], 1)
+            kw = {"past_key_values": cache, "use_cache": True}
+            if prefix_lens is not None:
+                kw["position_ids"] = prefix_lens[:, None] + torch.arange(width, device=dev)[None]
         else:
             kw = {"use_cache": False}
-        rows_t = torch.tensor(rows, device=dev)
+        seg_t = torch.tensor(seg, device=dev)
         pos_t = torch.tensor(pos, device=dev)
         tgt_t = torch.tensor(tgt, device=dev)
-        seg_t = torch.tensor(seg, device=dev)
-        with torch.inference_mode():
+        with torch.inference_mode(), attention_backends(dev):
             if self._mode == "head":
                 hid = self.decoder(input_ids=ids, attention_mask=mask, **kw).last_hidden_state
-                hid = hid[rows_t, pos_t]  # (N, d): only positions that predict response tokens
+                hid = hid[seg_t, pos_t]  # (N, d): only positions that predict response tokens
                 sq_parts, lp_parts = [], []
                 for a in range(0, hid.shape[0], HEAD_CHUNK):
-                    s, l_ = token_stats(self._logits(hid[a : a + HEAD_CHUNK]), tgt_t[a : a + HEAD_CHUNK])
+                    s, l_ = token_stats(
+                        self._logits(hid[a : a + HEAD_CHUNK]), tgt_t[a : a + HEAD_CHUNK]
+                    )
                     sq_parts.append(s)
                     lp_parts.append(l_)
                 sq_t, lp_t = torch.cat(sq_parts), torch.cat(lp_parts)
             else:
                 logits = self.model(input_ids=ids, attention_mask=mask, **kw).logits
-                sq_t, lp_t = token_stats(logits[rows_t, pos_t], tgt_t)
+                sq_t, lp_t = token_stats(logits[seg_t, pos_t], tgt_t)
         self.forwards += 1
         return _segment_sums(sq_t, seg_t, b), _segment_sums(lp_t, seg_t, b)
 
 
-def plain_logprob_stats(lm, seqs: Sequence[tuple[Sequence[int], int]], *,
-                        token_budget: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+class _PrefixBank:
+    """KV caches of many prefixes, right-padded into one stack per layer.
+
+    Built from batched, right-padded prefix forwards of a model whose cache is plain
+    full-attention :class:`DynamicLayer` s (slot order is then irrelevant: only the mask and the
+    positions baked into the keys matter). ``take(groups)`` gives a batch cache whose row r holds
+    prefix ``groups[r]`` in slots ``0..len-1``; the mask hides the padded slots and the
+    continuation's position ids start at each row's own prefix length.
+    """
+
+    def __init__(self, template, keys, values, lens):
+        self.template, self.keys, self.values, self.lens = template, keys, values, lens
+
+    @classmethod
+    def from_batches(cls, parts, lens: list[int]) -> _PrefixBank:
+        """``parts``: (indices into ``lens``, batched cache of those prefixes) pairs."""
+        p_max = max(lens)
+        template = parts[0][1]
+        n_layers = len(template.layers)
+        keys, values = [], []
+        for i in range(n_layers):
+            k0, v0 = template.layers[i].keys, template.layers[i].values
+            ks = k0.new_zeros((len(lens), k0.shape[1], p_max, k0.shape[3]))
+            vs = v0.new_zeros((len(lens), v0.shape[1], p_max, v0.shape[3]))
+            for idx, cache in parts:
+                k, v = cache.layers[i].keys, cache.layers[i].values
+                rows = torch.tensor(idx, device=k.device)
+                ks[rows, :, : k.shape[2]] = k
+                vs[rows, :, : v.shape[2]] = v
+            keys.append(ks)
+            values.append(vs)
+        return cls(template, keys, values, torch.tensor(lens, device=keys[0].device))
+
+    def take(self, groups: list[int], device):
+        idx = torch.tensor(groups, device=self.lens.device)
+        lens = self.lens[idx]
+        p_b = int(lens.max())
+        out = copy.copy(self.template)
+        out.layers = []
+        for i, layer in enumerate(self.template.layers):
+            new = copy.copy(layer)
+            new.keys = self.keys[i][:, :, :p_b].index_select(0, idx)
+            new.values = self.values[i][:, :, :p_b].index_select(0, idx)
+            out.layers.append(new)
+        prefix_mask = (torch.arange(p_b, device=lens.device)[None] < lens[:, None]).long()
+        return out, prefix_mask.to(device), lens.to(device)
+
+
+def plain_logprob_stats(
+    lm, seqs: Sequence[tuple[Sequence[int], int]], *, token_budget: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
     """Reference scorer: (sq_err, logp) for full sequences, ``model(...).logits`` at every position.
 
     ``seqs``: (input_ids, n_response) pairs; the last ``n_response`` ids are scored. Sequences
-    are length-sorted, right-padded and batched within ``token_budget`` padded tokens.
+    are length-sorted, right-padded and batched within ``token_budget`` padded tokens with the
+    same least-padding batching as the fast scorer (:func:`length_batches`).
     """
     n = len(seqs)
     sq = np.zeros(n)
     lp = np.zeros(n)
     dev = torch.device(lm.device)
     pad = _pad_id(lm)
-    order = sorted(range(n), key=lambda i: (-len(seqs[i][0]), i))
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and (len(batches[-1]) + 1) * len(seqs[batches[-1][0]][0]) <= token_budget:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    for rows in batches:
+    for rows in length_batches([len(s) for s, _ in seqs], token_budget):
         width = len(seqs[rows[0]][0])
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -259,8 +460,10 @@ def plain_logprob_stats(lm, seqs: Sequence[tuple[Sequence[int], int]], *,
             s = list(seqs[i][0])
             ids[r, : len(s)] = torch.tensor(s)
             mask[r, : len(s)] = 1
-        with torch.inference_mode():
-            logits = lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).logits
+        with torch.inference_mode(), attention_backends(dev):
+            logits = lm.model(
+                input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False
+            ).logits
             logp = torch.log_softmax(logits.float(), dim=-1)
         for r, i in enumerate(rows):
             s, n_resp = seqs[i]

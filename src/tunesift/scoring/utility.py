@@ -1,0 +1,574 @@
+"""DELIFT's in-context utility kernel UF, computed with prefix KV-cache reuse.
+
+For target records i (rows) and candidate examples j (columns)::
+
+    UF[i, j] = d(i | no example) - d(i | example j)
+
+Sequences (token ids from :class:`tunesift.render.Renderer`; the target's tokens are identical
+in both arms, so only the example differs)::
+
+    no-example arm:  header | prompt_i user_end | response_i end
+    example arm:     fit(header | prompt_j user_end | response_j between) | prompt_i user_end | response_i end
+
+``fit`` is ``renderer.fit_prefix``: when the sequence is longer than ``max_length`` the example is
+cut from the start of its body; the scored response is never cut. An example cut to nothing
+leaves exactly the no-example arm, and the pair gets the baseline's statistics, so UF = 0
+(never the reference code's spurious "distance 0 = maximally helpful").
+
+With p_t the teacher-forced probability of response token t (t = 1..T_i, end token included):
+
+    rmse:  d = sqrt( (1/T_i) sum_t (1 - p_t)^2 )      (the paper's Eq. 2; UF in [-1, 1])
+    pmi:   d = -(1/T_i) sum_t log p_t                  (so UF = mean log-prob gain, the paper's theory)
+
+The kernel keeps the sufficient statistics per pair (``sq_err = sum (1-p)^2``, ``logp = sum log p``)
+and per target (``n_tokens = T_i`` and the no-example ``base_sq_err``, ``base_logp``), so
+:meth:`UtilityKernel.values` switches distance without rescoring.
+
+Speed: each example prefix runs once (``use_cache=True``) and its KV cache serves every target
+scored against it (:class:`tunesift.scoring.logprobs.ResponseScorer`). Targets are length-sorted
+into batches of at most ``token_budget`` padded continuation tokens; logits are formed only at
+response positions. Work goes column by column (sparse pairs are grouped by column, so one
+prefix serves all its targets); consecutive columns with few targets are scored together as a
+"wave" of at least ``token_budget`` tokens so that their rows fill batches.
+:func:`plain_utility_kernel` recomputes every full sequence (the reference and the benchmark
+baseline).
+
+Caching: results are written per block of ``block_size`` columns under
+``<cache_dir>/delift-utility/<key>/`` (``key`` = :func:`tunesift.store.content_key` of all token
+ids, the model fingerprint and dtype, ``max_length``, the sparse pattern and the diagonal rule);
+a rerun loads the finished blocks and computes only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import OptionError
+from ..store import ArrayStore, content_key, default_cache_dir
+from .logprobs import Continuation, ResponseScorer, plain_logprob_stats
+
+DISTANCES = ("rmse", "pmi")
+DEFAULT_DISTANCE = "rmse"
+CACHE_KIND = "delift-utility"
+CACHE_VERSION = 1
+
+Kernel = np.ndarray | sp.csr_matrix
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class UtilityKernel:
+    """Sufficient statistics of a DELIFT utility kernel over n_t targets x n_e examples.
+
+    Dense kernels hold (n_t, n_e) float64 arrays; sparse ones hold ``csr_matrix`` objects with the
+    requested pattern (same ``indptr``/``indices`` for both). Entries not computed (the excluded
+    diagonal) are NaN.
+
+    * ``sq_err[i, j] = sum_t (1 - p_t)^2`` and ``logp[i, j] = sum_t log p_t`` over target i's
+      response tokens with example j in context (``sq_err`` is None when built with
+      ``distance_stats=False``);
+    * ``n_tokens[i] = T_i`` (n_t,), ``base_sq_err[i]``, ``base_logp[i]`` (n_t,): the no-example arm;
+    * ``info``: counts of the run (pairs, blocks computed and loaded, forward calls, cut prefixes).
+    """
+
+    sq_err: Kernel | None
+    logp: Kernel
+    n_tokens: np.ndarray
+    base_sq_err: np.ndarray
+    base_logp: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.logp.shape
+
+    @property
+    def is_sparse(self) -> bool:
+        return sp.issparse(self.logp)
+
+    def base_distance(self, distance: str = DEFAULT_DISTANCE) -> np.ndarray:
+        """d(i | no example), (n_t,)."""
+        n = self.n_tokens.astype(np.float64)
+        if distance == "rmse":
+            return np.sqrt(self._need_sq(self.base_sq_err) / n)
+        if distance == "pmi":
+            return -self.base_logp / n
+        raise OptionError(f"unknown distance '{distance}': use {' or '.join(DISTANCES)}")
+
+    def _need_sq(self, x):
+        if x is None:
+            raise OptionError(
+                "this kernel was built with distance_stats=False: only 'pmi' is available"
+            )
+        return x
+
+    def values(self, distance: str = DEFAULT_DISTANCE) -> Kernel:
+        """UF (n_t, n_e): ``d(i | no example) - d(i | example j)`` under ``distance``.
+
+        ``rmse``: UF = sqrt(base_sq/T_i) - sqrt(sq_err/T_i), in [-1, 1];
+        ``pmi``:  UF = (logp - base_logp) / T_i (mean log-prob gain per response token).
+        Dense: float64 array with NaN on the excluded diagonal; sparse: CSR with the same pattern.
+        """
+        base = self.base_distance(distance)
+        n = self.n_tokens.astype(np.float64)
+        stat = self._need_sq(self.sq_err) if distance == "rmse" else self.logp
+        if sp.issparse(stat):
+            rows = np.repeat(np.arange(stat.shape[0]), np.diff(stat.indptr))
+            data = self._uf(stat.data, base[rows], n[rows], self.base_logp[rows], distance)
+            return sp.csr_matrix((data, stat.indices.copy(), stat.indptr.copy()), shape=stat.shape)
+        return self._uf(stat, base[:, None], n[:, None], self.base_logp[:, None], distance)
+
+    @staticmethod
+    def _uf(stat, base_d, n, base_logp, distance: str):
+        if distance == "rmse":
+            return base_d - np.sqrt(stat / n)
+        return (stat - base_logp) / n
+
+
+def to_similarity(uf: Kernel, *, clip_negative: bool = False) -> Kernel:
+    """The paper's transform: one global min-max of UF to [0, 1] over the defined entries.
+
+    ``s = (UF - min) / (max - min)`` with min/max over non-NaN entries (dense) or stored entries
+    (CSR); ``clip_negative`` first sets UF < 0 to 0 (harmful examples get similarity 0 instead of a
+    small positive value). NaN (the excluded diagonal) becomes 0. For CSR only stored entries are
+    scaled, the pattern is kept and missing entries mean similarity 0. If all defined entries
+    are equal they map to 1 when positive, else 0. Returns float64 of the same type and shape.
+    """
+    if sp.issparse(uf):
+        m = uf.tocsr(copy=True).astype(np.float64)
+        m.data = _minmax(m.data, clip_negative)
+        return m
+    return _minmax(np.asarray(uf, dtype=np.float64).copy(), clip_negative)
+
+
+def _minmax(x: np.ndarray, clip_negative: bool) -> np.ndarray:
+    ok = ~np.isnan(x)
+    if clip_negative:
+        x[ok & (x < 0)] = 0.0
+    if ok.any():
+        lo, hi = float(x[ok].min()), float(x[ok].max())
+        if hi > lo:
+            x[ok] = (x[ok] - lo) / (hi - lo)
+        else:
+            x[ok] = 1.0 if hi > 0 else 0.0
+    x[~ok] = 0.0
+    return x
+
+
+# -- problem set-up shared by both scorers ---------------------------------------------------
+
+
+@dataclass
+class _Job:
+    header: list[int]
+    conts: list[Continuation]  # one per target: prompt_i user_end | response_i end
+    prefixes: list[list[int]]  # one per example: header | example body (before fitting)
+    pattern: sp.csc_matrix | None  # canonical boolean pattern, CSC (columns = examples)
+    csr_perm: np.ndarray | None  # CSC entry order -> CSR entry order
+    csr: sp.csr_matrix | None
+    diag: bool  # pairs (i, i) are excluded (NaN)
+    max_length: int
+
+    @property
+    def n_t(self) -> int:
+        return len(self.conts)
+
+    @property
+    def n_e(self) -> int:
+        return len(self.prefixes)
+
+    def column_rows(self, j: int) -> np.ndarray:
+        """All target rows of column j in storage order (the diagonal included)."""
+        if self.pattern is None:
+            return np.arange(self.n_t)
+        return self.pattern.indices[self.pattern.indptr[j] : self.pattern.indptr[j + 1]]
+
+    def n_pairs(self) -> int:
+        total = self.n_t * self.n_e if self.pattern is None else int(self.pattern.nnz)
+        if self.diag:
+            if self.pattern is None:
+                total -= min(self.n_t, self.n_e)
+            else:
+                total -= int(self.pattern.diagonal().sum())
+        return total
+
+
+def _fit(renderer, prefix: list[int], cont: Continuation) -> list[int]:
+    return renderer.fit_prefix(prefix, len(cont.ids))
+
+
+def _canonical_pattern(pairs, shape: tuple[int, int]) -> sp.csr_matrix:
+    m = pairs.tocsr(copy=True) if sp.issparse(pairs) else sp.csr_matrix(np.asarray(pairs))
+    if m.shape != shape:
+        raise OptionError(
+            f"pairs pattern has shape {m.shape}, expected {shape} (targets x examples)"
+        )
+    m = m.astype(bool)
+    m.sum_duplicates()
+    m.eliminate_zeros()
+    m.sort_indices()
+    return m
+
+
+def _is_same(targets, examples) -> bool:
+    if targets is examples:
+        return True
+    return len(targets) == len(examples) and all(
+        t.id == e.id for t, e in zip(targets, examples, strict=True)
+    )
+
+
+def _prepare(renderer, targets, examples, pairs, exclude_diagonal: bool, same: bool | None) -> _Job:
+    encs = [renderer.encode(t) for t in targets]
+    conts = [Continuation(tuple(e.prompt + e.response), len(e.response)) for e in encs]
+    prefixes = [list(renderer.example_prefix(e)) for e in examples]
+    if same is None:
+        same = _is_same(targets, examples)
+    diag = bool(exclude_diagonal and same)
+    pattern = csr = perm = None
+    if pairs is not None:
+        csr = _canonical_pattern(pairs, (len(targets), len(examples)))
+        pattern = csr.tocsc()
+        pattern.sort_indices()
+        # where each CSC entry lands in CSR order
+        order = sp.csc_matrix(
+            (np.arange(pattern.nnz, dtype=np.int64) + 1, pattern.indices, pattern.indptr),
+            shape=pattern.shape,
+        ).tocsr()
+        order.sort_indices()
+        if not (
+            np.array_equal(order.indptr, csr.indptr) and np.array_equal(order.indices, csr.indices)
+        ):
+            raise AssertionError("internal: CSC/CSR pattern mismatch")  # pragma: no cover
+        perm = order.data - 1
+    return _Job(
+        list(renderer.header), conts, prefixes, pattern, perm, csr, diag, renderer.max_length
+    )
+
+
+def _ids_digest(lists) -> str:
+    h = hashlib.sha256()
+    for ids in lists:
+        a = np.asarray(ids, dtype=np.int64)
+        h.update(len(a).to_bytes(8, "little"))
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _cache_key(job: _Job, lm) -> str:
+    pat = None
+    if job.csr is not None:
+        pat = [list(job.csr.shape), _ids_digest([job.csr.indptr, job.csr.indices])]
+    return content_key(
+        CACHE_KIND,
+        CACHE_VERSION,
+        job.header,
+        _ids_digest([c.ids for c in job.conts]),
+        [c.n_response for c in job.conts],
+        _ids_digest(job.prefixes),
+        str(lm.fingerprint),
+        str(lm.dtype),
+        job.max_length,
+        pat,
+        job.diag,
+    )
+
+
+def _assemble(
+    job: _Job,
+    sq_cols: np.ndarray,
+    lp_cols: np.ndarray,
+    base: np.ndarray,
+    distance_stats: bool,
+    info: dict,
+) -> UtilityKernel:
+    """sq_cols/lp_cols: dense (n_t, n_e) or CSC-ordered entry arrays (nnz,)."""
+    if job.pattern is not None:
+
+        def to_csr(data):
+            return sp.csr_matrix(
+                (data[job.csr_perm], job.csr.indices.copy(), job.csr.indptr.copy()),
+                shape=job.csr.shape,
+            )
+
+        sq, lp = to_csr(sq_cols), to_csr(lp_cols)
+    else:
+        sq, lp = sq_cols, lp_cols
+    n_tok = np.array([c.n_response for c in job.conts], dtype=np.int64)
+    return UtilityKernel(
+        sq if distance_stats else None, lp, n_tok, base[0].copy(), base[1].copy(), info
+    )
+
+
+# -- the fast scorer --------------------------------------------------------------------------
+
+
+def utility_kernel(
+    lm,
+    renderer,
+    targets: Sequence,
+    examples: Sequence,
+    *,
+    pairs=None,
+    exclude_diagonal: bool = True,
+    same: bool | None = None,
+    distance_stats: bool = True,
+    token_budget: int = 4096,
+    block_size: int = 64,
+    cache_dir: str | Path | None | bool = None,
+    progress: ProgressFn | None = None,
+) -> UtilityKernel:
+    """DELIFT utility statistics for ``targets`` (rows) x ``examples`` (columns), fast.
+
+    Args:
+        lm: a :class:`tunesift.models.LoadedModel`.
+        renderer: the :class:`tunesift.render.Renderer` that defines the sequences.
+        targets, examples: records (``.id``, ``.prompt``, ``.response``, ``.context``).
+        pairs: optional boolean (n_t, n_e) pattern (scipy sparse or array) of the pairs to score;
+            the result is then sparse (CSR) with exactly this pattern. None: all pairs, dense.
+        exclude_diagonal: when targets and examples are the same records (``same=True``, or by
+            default when their ids are identical in order), pairs (i, i) are not computed and hold NaN.
+        same: force or forbid the "same records" rule; None detects it from the ids.
+        distance_stats: keep both statistics (True) or only the log-prob sums (False: halves the
+            kernel's memory; only the ``pmi`` distance is then available).
+        token_budget: padded continuation tokens per forward batch.
+        block_size: examples (columns) per persisted cache block.
+        cache_dir: cache root (default :func:`tunesift.store.default_cache_dir`); False disables
+            caching.
+        progress: ``progress(done_pairs, total_pairs)``, called at the start and after each
+            example (column) is finished.
+
+    Returns:
+        a :class:`UtilityKernel`; ``.values(distance)`` gives UF.
+    """
+    if token_budget < 1 or block_size < 1:
+        raise OptionError("token_budget and block_size must be positive")
+    job = _prepare(renderer, targets, examples, pairs, exclude_diagonal, same)
+    n_t, n_e = job.n_t, job.n_e
+    store = None
+    if cache_dir is not False:
+        root = Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir()
+        store = ArrayStore(root / CACHE_KIND / _cache_key(job, lm))
+    scorer = ResponseScorer(lm, token_budget=token_budget)
+    info = {
+        "pairs": job.n_pairs(),
+        "blocks_computed": 0,
+        "blocks_loaded": 0,
+        "forwards": 0,
+        "prefixes": 0,
+        "cut_prefixes": 0,
+        "empty_prefixes": 0,
+    }
+    total = job.n_pairs()
+    done = 0
+    if progress:
+        progress(0, total)
+
+    base = store.get("base") if store else None
+    if base is None or base.shape != (2, n_t):
+        base = np.stack(scorer.score(job.header, job.conts))
+        if store:
+            store.put("base", base)
+
+    sparse = job.pattern is not None
+    sq_all = np.full(job.pattern.nnz if sparse else (n_t, n_e), np.nan)
+    lp_all = np.full_like(sq_all, np.nan)
+    for c0 in range(0, n_e, block_size):
+        c1 = min(n_e, c0 + block_size)
+        name = f"cols-{c0:07d}-{c1:07d}"
+        if sparse:
+            e0, e1 = int(job.pattern.indptr[c0]), int(job.pattern.indptr[c1])
+            want = (2, e1 - e0)
+        else:
+            want = (2, n_t, c1 - c0)
+        got = store.get(name) if store else None
+        if got is not None and got.shape == want:
+            info["blocks_loaded"] += 1
+            _place(job, sq_all, lp_all, c0, c1, got)
+            done += sum(_n_col_pairs(job, j) for j in range(c0, c1))
+            if progress:
+                progress(done, total)
+            continue
+        block = np.full(want, np.nan)
+        wave: list[_Column] = []
+        wave_tokens = 0
+        for j in range(c0, c1):
+            col = _plan_column(job, renderer, base, j, info)
+            wave.append(col)
+            wave_tokens += col.tokens
+            if wave_tokens < token_budget and j < c1 - 1:
+                continue  # gather more columns so their rows can share batches
+            _run_wave(job, scorer, wave, done, total, progress)
+            for c in wave:
+                if sparse:
+                    off = int(job.pattern.indptr[c.j]) - e0
+                    block[0, off : off + len(c.sq)] = c.sq
+                    block[1, off : off + len(c.sq)] = c.lp
+                else:
+                    block[0, :, c.j - c0] = c.sq
+                    block[1, :, c.j - c0] = c.lp
+                done += c.n_pairs
+            wave, wave_tokens = [], 0
+            if j == c1 - 1:
+                if store:
+                    store.put(name, block)
+                info["blocks_computed"] += 1
+                _place(job, sq_all, lp_all, c0, c1, block)
+            if progress:
+                progress(done, total)
+    info["forwards"] = scorer.forwards
+    info["mixed_batches"] = scorer.mixed_batches
+    info["cache"] = str(store.root) if store else None
+    return _assemble(job, sq_all, lp_all, base, distance_stats, info)
+
+
+def _n_col_pairs(job: _Job, j: int) -> int:
+    rows = job.column_rows(j)
+    return (
+        len(rows) - int(job.diag and j in set(rows.tolist()))
+        if job.pattern is not None
+        else (job.n_t - int(job.diag and j < job.n_t))
+    )
+
+
+def _place(job: _Job, sq_all, lp_all, c0: int, c1: int, block: np.ndarray) -> None:
+    if job.pattern is not None:
+        e0, e1 = int(job.pattern.indptr[c0]), int(job.pattern.indptr[c1])
+        sq_all[e0:e1] = block[0]
+        lp_all[e0:e1] = block[1]
+    else:
+        sq_all[:, c0:c1] = block[0]
+        lp_all[:, c0:c1] = block[1]
+
+
+@dataclass
+class _Column:
+    """One example's share of the work: its statistics (filled in place) and prefix groups."""
+
+    j: int
+    sq: np.ndarray  # (rows of column j,) NaN on the excluded diagonal
+    lp: np.ndarray
+    groups: list[tuple[list[int], list[int]]]  # (fitted prefix, positions in the column's rows)
+    rows: np.ndarray
+    n_pairs: int
+    tokens: int  # continuation tokens still to score
+
+
+def _plan_column(job: _Job, renderer, base: np.ndarray, j: int, info: dict) -> _Column:
+    """Group column j's targets by how much of example j fits before them.
+
+    Targets whose example is cut to nothing get the no-example statistics right away (UF = 0);
+    the excluded diagonal stays NaN.
+    """
+    rows = job.column_rows(j)
+    sq = np.full(len(rows), np.nan)
+    lp = np.full(len(rows), np.nan)
+    by_len: dict[int, list[int]] = {}
+    full = len(job.prefixes[j])
+    h = len(job.header)
+    n_pairs = 0
+    for k, i in enumerate(rows.tolist()):
+        if job.diag and i == j:
+            continue
+        n_pairs += 1
+        over = full + len(job.conts[i].ids) - job.max_length
+        by_len.setdefault(full if over <= 0 else max(h, full - over), []).append(k)
+    groups = []
+    tokens = 0
+    for length, ks in sorted(by_len.items(), reverse=True):
+        idx = rows[ks]
+        if length == h:  # cut to nothing: exactly the no-example arm
+            sq[ks], lp[ks] = base[0, idx], base[1, idx]
+            info["empty_prefixes"] += len(ks)
+            continue
+        prefix = _fit(renderer, job.prefixes[j], job.conts[int(idx[0])])
+        if len(prefix) != length:
+            raise AssertionError("internal: prefix fit mismatch")  # pragma: no cover
+        info["prefixes"] += 1
+        if length < full:
+            info["cut_prefixes"] += len(ks)
+        groups.append((prefix, ks))
+        tokens += sum(len(job.conts[i].ids) for i in idx.tolist())
+    return _Column(j, sq, lp, groups, rows, n_pairs, tokens)
+
+
+def _run_wave(
+    job: _Job,
+    scorer: ResponseScorer,
+    wave: list[_Column],
+    done: int,
+    total: int,
+    progress: ProgressFn | None,
+) -> None:
+    """Score all prefix groups of a few columns together (their rows may share batches)."""
+    flat = [(c, ks) for c in wave for _, ks in c.groups]
+    groups = [
+        (prefix, [job.conts[i] for i in c.rows[ks].tolist()])
+        for c in wave
+        for prefix, ks in c.groups
+    ]
+    ran = 0
+
+    def on_batch(rows: int) -> None:
+        nonlocal ran
+        ran += rows
+        if progress:
+            progress(done + ran, total)
+
+    results = scorer.score_groups(groups, on_batch=on_batch)
+    for (c, ks), (s, l_) in zip(flat, results, strict=True):
+        c.sq[ks], c.lp[ks] = s, l_
+
+
+# -- the reference scorer ---------------------------------------------------------------------
+
+
+def plain_utility_kernel(
+    lm,
+    renderer,
+    targets: Sequence,
+    examples: Sequence,
+    *,
+    pairs=None,
+    exclude_diagonal: bool = True,
+    same: bool | None = None,
+    token_budget: int = 2048,
+) -> UtilityKernel:
+    """Reference implementation: every pair's full sequence, ``model(...).logits`` everywhere.
+
+    Same arguments and result as :func:`utility_kernel` (no caching, no prefix reuse, logits at
+    all positions, exactly what the original DELIFT code does). Pairs whose example is cut to
+    nothing are scored like any other pair (their sequence is the no-example arm).
+    """
+    job = _prepare(renderer, targets, examples, pairs, exclude_diagonal, same)
+    seqs: list[tuple[list[int], int]] = [
+        (job.header + list(c.ids), c.n_response) for c in job.conts
+    ]
+    slots: list[tuple[int, int]] = []  # (column, position in that column's rows)
+    for j in range(job.n_e):
+        for k, i in enumerate(job.column_rows(j).tolist()):
+            if job.diag and i == j:
+                continue
+            c = job.conts[i]
+            seqs.append((_fit(renderer, job.prefixes[j], c) + list(c.ids), c.n_response))
+            slots.append((j, k))
+    sq, lp = plain_logprob_stats(lm, seqs, token_budget=token_budget)
+    n_t = job.n_t
+    base = np.stack([sq[:n_t], lp[:n_t]])
+    sparse = job.pattern is not None
+    sq_all = np.full(job.pattern.nnz if sparse else (n_t, job.n_e), np.nan)
+    lp_all = np.full_like(sq_all, np.nan)
+    for (j, k), s, l_ in zip(slots, sq[n_t:], lp[n_t:], strict=True):
+        if sparse:
+            e = int(job.pattern.indptr[j]) + k
+            sq_all[e], lp_all[e] = s, l_
+        else:
+            sq_all[k, j], lp_all[k, j] = s, l_
+    info = {"pairs": job.n_pairs(), "sequences": len(seqs)}
+    return _assemble(job, sq_all, lp_all, base, True, info)

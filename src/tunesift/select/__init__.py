@@ -1,0 +1,1 @@
+"""Subset selection: submodular maximisation (:mod:`.submodular`) and ranking helpers."""

@@ -1,0 +1,175 @@
+"""End to end through the CLI with a tiny model: outputs, accounting, atomicity, one-line errors."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tunesift.cli import main
+from tunesift.demodata import write_demo
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "demo.jsonl"
+    write_demo(path, n=40, corrupt=0.2, seed=1)
+    return path
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def read_out(out):
+    rows = [json.loads(line) for line in open(out / "selected.jsonl", encoding="utf-8")]
+    scores = pq.read_table(out / "scores.parquet").to_pandas()
+    manifest = json.loads((out / "manifest.json").read_text())
+    return rows, scores, manifest
+
+
+def check_accounting(data_path, out, k):
+    src = [json.loads(line) for line in open(data_path, encoding="utf-8")]
+    rows, scores, manifest = read_out(out)
+    assert len(scores) == len(src) and scores["id"].is_unique  # every input record exactly once
+    assert list(scores["id"]) == [r["id"] for r in src]
+    assert scores["kept"].sum() == k == len(rows)
+    kept_ids = [i for i, kept in zip(scores["id"], scores["kept"]) if kept]
+    assert [r["id"] for r in rows] == kept_ids  # input order
+    by_id = {r["id"]: r for r in src}
+    assert all(r == by_id[r["id"]] for r in rows)  # original fields untouched
+    c = manifest["counts"]
+    assert c["input"] == len(src) and c["kept"] == k and c["kept"] + c["dropped"] == c["input"]
+    return rows, scores, manifest
+
+
+def test_donod_end_to_end(demo, tiny_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run(["select", demo, "--method", "donod", "--budget", "0.3", "--out", out, "--model", tiny_dir,
+                        "--cache-dir", tmp_path / "cache", "--quiet"], capsys)
+    assert code == 0, err
+    rows, scores, manifest = check_accounting(demo, out, 12)
+    assert {"don", "nod", "closeness", "rank", "kept", "n_tokens"} <= set(scores.columns)
+    assert scores["rank"].notna().all() and sorted(scores["rank"]) == list(range(1, 41))
+    assert scores.loc[scores.kept, "closeness"].min() >= scores.loc[~scores.kept, "closeness"].max()
+    assert manifest["method"] == "donod" and manifest["options"]["eta"] == 1e-3
+    assert manifest["model"]["fingerprint"] and manifest["inputs"]["data"]["sha256"]
+    assert manifest["inputs"]["data"]["records"] == 40
+    assert "torch" in manifest["versions"] and manifest["timings"]["total_s"] >= 0
+
+
+def test_donod_rerun_from_cache_is_identical(demo, tiny_dir, tmp_path, capsys):
+    args = ["select", demo, "--method", "donod", "--budget", "10", "--model", tiny_dir,
+            "--cache-dir", tmp_path / "cache", "--quiet", "--out"]
+    assert run(args + [tmp_path / "a"], capsys)[0] == 0
+    assert any((tmp_path / "cache" / "donod").iterdir())
+    assert run(args + [tmp_path / "b"], capsys)[0] == 0
+    for name in ("selected.jsonl", "scores.parquet"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_random_is_seeded(demo, tmp_path, capsys):
+    outs = []
+    for i, seed in enumerate([7, 7, 8]):
+        out = tmp_path / f"r{i}"
+        assert run(["select", demo, "--method", "random", "--budget", "15", "--seed", seed, "--out", out, "-q"],
+                   capsys)[0] == 0
+        outs.append(check_accounting(demo, out, 15)[0])
+    assert outs[0] == outs[1] and outs[0] != outs[2]
+
+
+def test_budget_fraction_and_count(demo, tmp_path, capsys):
+    assert run(["select", demo, "--method", "random", "--budget", "1.0", "--out", tmp_path / "all", "-q"], capsys)[0] == 0
+    check_accounting(demo, tmp_path / "all", 40)
+    assert run(["select", demo, "--method", "random", "--budget", "1", "--out", tmp_path / "one", "-q"], capsys)[0] == 0
+    check_accounting(demo, tmp_path / "one", 1)
+
+
+def test_python_api_on_dicts_and_dataframe(tiny_lm):
+    import pandas as pd
+
+    from tunesift import select
+
+    rows = [{"instruction": f"What is {i} + {i}?", "output": f"{2 * i}"} for i in range(12)]
+    sel = select(rows, method="donod", budget=0.5, lm=tiny_lm)
+    assert len(sel.ids) == 6 and sel.kept.sum() == 6
+    assert all(r in rows for r in sel.subset)
+    assert len(sel.to_pandas()) == 12
+    sel2 = select(pd.DataFrame(rows), method="donod", budget=0.5, lm=tiny_lm)
+    assert sel2.ids == sel.ids
+    np.testing.assert_allclose(sel2.columns["don"], sel.columns["don"])
+
+
+BAD = [
+    (["--budget", "0"], "budget count must be at least 1"),
+    (["--budget", "1.5"], "budget fraction must be in (0, 1]"),
+    (["--budget", "500"], "larger than the 40 input records"),
+    (["--budget", "abc"], "budget must be a fraction"),
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--method", "delift", "--stage", "nope"], "unknown stage 'nope'"),
+    (["--method", "delift", "--stage", "task"], "needs a target set"),
+    (["--method", "delift", "--stage", "continual"], "needs the existing data"),
+    (["--method", "donod", "--model", "/nonexistent/model"], "cannot load model"),
+    (["--method", "donod", "--eta", "-1"], "eta must be a positive number"),
+    (["--weights", "a,b"], "weights must be two numbers"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_bad_options_one_line_exit_2_nothing_written(extra, message, demo, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run(["select", demo, "--out", out, "-q"] + extra, capsys)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_bad_input_file(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n')
+    out = tmp_path / "out"
+    code, _, err = run(["select", bad, "--method", "random", "--out", out], capsys)
+    assert code == 2 and "bad.jsonl:2" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unwritable_output(demo, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run(["select", demo, "--method", "random", "--out", blocker, "-q"], capsys)
+    assert code == 2 and "not a folder" in err
+
+
+def test_missing_input_and_usage_errors(tmp_path, capsys):
+    code, _, err = run(["select", tmp_path / "nope.jsonl", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "nope.jsonl" in err
+    code, _, err = run(["select"], capsys)
+    assert code == 2
+
+
+def test_demo_data_command(tmp_path, capsys):
+    path = tmp_path / "d.jsonl"
+    assert run(["demo-data", path, "--n", "30", "--corrupt", "0.1"], capsys)[0] == 0
+    rows = [json.loads(line) for line in open(path)]
+    assert len(rows) == 30 and sum(r["meta"]["corrupted"] for r in rows) == 3
+
+
+def test_config_file_with_flag_override(demo, tmp_path, capsys):
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text(f"data: {demo}\nmethod: random\nbudget: 10\nseed: 3\nout: {tmp_path / 'cfg'}\nquiet: true\n")
+    assert run(["select", "--config", cfg], capsys)[0] == 0
+    rows, _, manifest = read_out(tmp_path / "cfg")
+    assert len(rows) == 10 and manifest["options"]["seed"] == 3
+    assert run(["select", "--config", cfg, "--budget", "5", "--out", tmp_path / "cfg2"], capsys)[0] == 0
+    assert len(read_out(tmp_path / "cfg2")[0]) == 5  # the flag wins
+
+
+@pytest.mark.parametrize("text,message", [("method: [unclosed\n", "invalid YAML"), ("nonsense: 1\n", "unknown option 'nonsense'"),
+                                          ("- a\n- b\n", "must be a mapping")])
+def test_bad_config(text, message, tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    code, _, err = run(["select", "--config", cfg], capsys)
+    assert code == 2 and message in err and "bad.yaml" in err

@@ -1,0 +1,141 @@
+"""DONOD closed form against a brute-force autograd reference, and TOPSIS by hand."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import tiny
+import torch
+
+from tunesift.errors import OptionError
+from tunesift.render import Renderer, turn_format
+from tunesift.scoring.donod import (
+    DonodParams,
+    autograd_don_nod,
+    don_nod_from_stats,
+    gradient_stats,
+    lm_head_norm_sq,
+    plan_batches,
+)
+from tunesift.select.topsis import rank_desc, topsis
+
+PAIRS = [("What is 2 + 2?", "The answer is 4."), ("The capital of France?", "Paris."),
+         ("Sort 5, 3, 9.", "3, 5, 9 and some more words to make it longer"),
+         ("Convert hello world to upper case", "HELLO WORLD"), ("café?", "naïve résumé 🙂")]
+
+
+def sequences(lm):
+    r = Renderer(lm.tokenizer, turn_format(lm.tokenizer))
+    return [r.sequence(SimpleNamespace(id=str(i), line=i, prompt=p, response=a, context=()))
+            for i, (p, a) in enumerate(PAIRS)]
+
+
+def closed_and_reference(lm, params, seqs):
+    stats = gradient_stats(lm.model, seqs, pad_id=lm.tokenizer.pad_token_id, token_budget=64)
+    ours = don_nod_from_stats(stats, lm_head_norm_sq(lm.model), params)
+    ref = np.array([autograd_don_nod(lm.model, ids, mask, params) for ids, mask in seqs])
+    return ours, ref
+
+
+@pytest.mark.parametrize("which", ["tiny_lm", "tiny_plain_lm"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("eta", [1e-3, 1.0])
+def test_closed_form_matches_autograd(which, reduction, eta, request):
+    lm = request.getfixturevalue(which)
+    ours, ref = closed_and_reference(lm, DonodParams(eta, reduction), sequences(lm))
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=0)
+    assert np.all(ref[:, 1] > 0)
+
+
+def test_softcapped_logits_match_autograd():
+    tok = tiny.make_tokenizer()
+    model = tiny.make_model(len(tok), seed=3)
+    model.config.final_logit_softcapping = 2.0  # DON/NOD must follow the capped softmax's chain rule
+    lm = SimpleNamespace(model=model, tokenizer=tok)
+    ours, ref = closed_and_reference(lm, DonodParams(0.5, "mean"), sequences(lm))
+    np.testing.assert_allclose(ours, ref, rtol=1e-4)
+    model.config.final_logit_softcapping = None
+    plain, _ = closed_and_reference(lm, DonodParams(0.5, "mean"), sequences(lm))
+    assert np.abs(plain - ours).max() > 1e-3  # the cap really changes the numbers
+
+
+def test_batching_does_not_change_scores(tiny_lm):
+    seqs = sequences(tiny_lm)
+    one = gradient_stats(tiny_lm.model, seqs, pad_id=tiny_lm.tokenizer.pad_token_id, token_budget=1)
+    big = gradient_stats(tiny_lm.model, seqs, pad_id=tiny_lm.tokenizer.pad_token_id, token_budget=10_000)
+    np.testing.assert_allclose(one, big, rtol=1e-5)
+    assert [int(t) for t in one[:, 2]] == [sum(m) for _, m in seqs]
+
+
+def test_plan_batches_respects_budget_and_covers_all():
+    lengths = [5, 50, 7, 3, 40, 41, 8]
+    batches = plan_batches(lengths, token_budget=90)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert max(lengths[i] for i in b) * len(b) <= 90 or len(b) == 1
+
+
+def test_wrong_answer_gets_lower_don_and_higher_nod(tiny_lm):
+    """After a few steps of fitting "x -> y" pairs, a mismatched answer looks noisy: low DON, high NOD."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(tiny_lm.model.config)
+    model.load_state_dict(tiny_lm.model.state_dict())
+    r = Renderer(tiny_lm.tokenizer, turn_format(tiny_lm.tokenizer))
+    good = [r.sequence(SimpleNamespace(id="g", line=1, prompt=p, response=a, context=())) for p, a in PAIRS[:4]]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(60):
+        for ids, mask in good:
+            labels = torch.tensor([[t if m else -100 for t, m in zip(ids, mask)]])
+            loss = model(input_ids=torch.tensor([ids]), labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    bad = r.sequence(SimpleNamespace(id="b", line=2, prompt=PAIRS[0][0], response=PAIRS[3][1], context=()))
+    stats = gradient_stats(model, good + [bad], pad_id=tiny_lm.tokenizer.pad_token_id)
+    dn = don_nod_from_stats(stats, lm_head_norm_sq(model), DonodParams())
+    assert dn[-1, 0] < dn[:-1, 0].min() and dn[-1, 1] > dn[:-1, 1].max()
+    assert topsis(dn, (0.5, 0.5), [True, False]).argmin() == len(good)
+
+
+def test_params_validation():
+    with pytest.raises(OptionError, match="eta"):
+        DonodParams(eta=0)
+    with pytest.raises(OptionError, match="reduction"):
+        DonodParams(reduction="max")
+
+
+def test_topsis_hand_computed():
+    # Columns normalise by sqrt(14); v = 0.5 x / sqrt(14). For row (2, 1):
+    # d+ = |v_DON - max| = 0.5/sqrt(14) * 1 ; d- = 0.5/sqrt(14) * sqrt(1 + 4); C = sqrt5 / (1 + sqrt5)
+    x = np.array([[1.0, 2.0], [2.0, 1.0], [3.0, 3.0]])
+    c = topsis(x, (0.5, 0.5), [True, False])
+    np.testing.assert_allclose(c, [1 / (1 + np.sqrt(5)), np.sqrt(5) / (1 + np.sqrt(5)), 0.5])
+    assert list(rank_desc(c)) == [3, 1, 2]
+
+
+def test_topsis_weights_and_nan():
+    x = np.array([[1.0, 1.0], [2.0, 5.0], [np.nan, 1.0], [3.0, 9.0]])
+    only_don = topsis(x, (1.0, 0.0), [True, False])
+    assert np.isnan(only_don[2]) and only_don[3] == 1.0 and only_don[0] == 0.0
+    only_nod = topsis(x, (0.0, 1.0), [True, False])
+    assert only_nod[0] == 1.0 and only_nod[3] == 0.0
+    assert rank_desc(only_don)[2] == 4  # NaN ranks last
+    with pytest.raises(OptionError):
+        topsis(x, (-1.0, 1.0), [True, False])
+    with pytest.raises(OptionError):
+        topsis(x, (0.5,), [True, False])
+
+
+def test_topsis_degenerate_column():
+    c = topsis(np.array([[1.0, 0.0], [1.0, 0.0]]), (0.5, 0.5), [True, False])
+    np.testing.assert_allclose(c, [0.5, 0.5])
+
+
+@pytest.mark.slow
+def test_closed_form_matches_autograd_on_default_model(default_lm):
+    seqs = sequences(default_lm)[:3]
+    ours, ref = closed_and_reference(default_lm, DonodParams(1e-3, "mean"), seqs)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4)

@@ -1,0 +1,110 @@
+"""Sentence-embedding kernel (DELIFT SE) and k-nearest-neighbour pair patterns."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from tunesift.errors import OptionError
+from tunesift.scoring import embedding as emb
+
+
+def rec(i, prompt, response, context=()):
+    return SimpleNamespace(
+        id=f"e{i}", prompt=prompt, response=response, context=tuple(context), line=i + 1
+    )
+
+
+RECS = [
+    rec(0, "What is 2 + 2?", "4"),
+    rec(1, "What is 3 + 5?", "8"),
+    rec(2, "Name the capital of France.", "Paris."),
+    rec(3, "Which city is the capital of Germany?", "Berlin."),
+    rec(
+        4,
+        "Write a haiku about the sea.",
+        "Waves fold into foam / salt wind combs the restless blue / gulls stitch sky to shore",
+    ),
+]
+
+
+def test_record_text():
+    assert emb.record_text(RECS[0]) == "What is 2 + 2?\n\n4"
+    r = rec(
+        9, "And now?", "Done.", [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello")]
+    )
+    assert emb.record_text(r) == "Be brief.\n\nHi\n\nHello\n\nAnd now?\n\nDone."
+
+
+def test_embed_records_normalised_cached_and_meaningful(tmp_path, monkeypatch):
+    e = emb.embed_records(RECS, cache_dir=tmp_path, batch_size=2)
+    assert e.shape == (5, 384) and e.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    k = emb.cosine_similarity_kernel(e, e)
+    # arithmetic questions are closer to each other than to capitals, and vice versa
+    assert k[0, 1] > k[0, 2] and k[2, 3] > k[2, 0]
+    # a second call is served by the cache: the encoder must not be touched
+    monkeypatch.setattr(emb, "_encoder", lambda device: pytest.fail("encoder called despite cache"))
+    again = emb.embed_records(RECS, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again, e)
+    assert emb.embed_records([], cache_dir=tmp_path).shape == (0, 384)
+
+
+def test_cosine_similarity_kernel():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 6)) * 3, rng.normal(size=(3, 6))
+    k = emb.cosine_similarity_kernel(a, b)
+    assert k.shape == (4, 3) and k.dtype == np.float32
+    an, bn = (
+        a / np.linalg.norm(a, axis=1, keepdims=True),
+        b / np.linalg.norm(b, axis=1, keepdims=True),
+    )
+    np.testing.assert_allclose(k, (an @ bn.T + 1) / 2, atol=1e-6)
+    assert k.min() >= 0 and k.max() <= 1
+    np.testing.assert_allclose(emb.cosine_similarity_kernel(a, -a).diagonal(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(emb.cosine_similarity_kernel(a, a).diagonal(), 1.0, atol=1e-6)
+
+
+def brute_knn(a, b, k, exclude_self=False):
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    s = (a @ b.T).astype(np.float32)
+    if exclude_self:
+        np.fill_diagonal(s, -np.inf)
+    out = np.zeros(s.shape, dtype=bool)
+    for i, row in enumerate(s):
+        out[i, np.argsort(-row, kind="stable")[:k]] = True
+    return out
+
+
+@pytest.mark.parametrize("block_rows", [None, 1, 7])
+def test_knn_pattern_matches_brute_force(block_rows):
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(23, 8)).astype(np.float32)
+    b = rng.normal(size=(17, 8)).astype(np.float32)
+    p = emb.knn_pattern(a, b, 5, block_rows=block_rows)
+    assert sp.isspmatrix_csr(p) and p.dtype == bool and p.shape == (23, 17)
+    assert (np.diff(p.indptr) == 5).all()
+    np.testing.assert_array_equal(p.toarray(), brute_knn(a, b, 5))
+    s = emb.knn_pattern(a, a, 4, exclude_self=True, block_rows=block_rows)
+    assert not s.diagonal().any() and (np.diff(s.indptr) == 4).all()
+    np.testing.assert_array_equal(s.toarray(), brute_knn(a, a, 4, exclude_self=True))
+
+
+def test_knn_pattern_ties_and_caps():
+    base = np.eye(3, 4, dtype=np.float32)
+    b = np.concatenate([base, base, base])  # every vector three times: ties everywhere
+    p1 = emb.knn_pattern(base, b, 2)
+    p2 = emb.knn_pattern(base, b, 2, block_rows=1)
+    np.testing.assert_array_equal(p1.toarray(), p2.toarray())
+    assert p1[0].indices.tolist() == [0, 3]  # the two lowest-index copies of the exact match
+    full = emb.knn_pattern(base, b, 100)  # k capped at the number of columns
+    assert full.nnz == 3 * 9
+    selfp = emb.knn_pattern(b, b, 100, exclude_self=True)
+    assert selfp.nnz == 9 * 8 and not selfp.diagonal().any()
+    assert emb.knn_pattern(base, b, 0).nnz == 0
+    with pytest.raises(OptionError):
+        emb.knn_pattern(base, b, -1)

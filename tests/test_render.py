@@ -1,0 +1,135 @@
+"""Rendering: turn formats read off chat templates, exact response masks, truncation policy."""
+
+from types import SimpleNamespace
+
+import pytest
+import tiny
+
+from tunesift.errors import TunesiftError
+from tunesift.render import Renderer, turn_format
+
+
+def rec(prompt, response, context=(), rid="r"):
+    return SimpleNamespace(id=rid, line=1, prompt=prompt, response=response, context=tuple(context))
+
+
+@pytest.fixture(scope="module")
+def chat_tok():
+    return tiny.make_tokenizer(chat=True)
+
+
+@pytest.fixture(scope="module")
+def plain_tok():
+    return tiny.make_tokenizer(chat=False)
+
+
+def test_chat_format_read_off_template(chat_tok):
+    f = turn_format(chat_tok)
+    assert f.name == "chat"
+    assert f.header == "<|im_start|>user\n"
+    assert f.user_end == "<|im_end|>\n<|im_start|>assistant\n"
+    assert f.end == "<|im_end|>"
+    assert f.between == "<|im_end|>\n<|im_start|>user\n"
+
+
+def test_plain_format_without_template(plain_tok):
+    f = turn_format(plain_tok)
+    assert f.name == "plain"
+    assert f.header == "### Instruction:\n" and f.user_end == "\n\n### Response:\n"
+    assert f.end == plain_tok.eos_token
+    with pytest.raises(TunesiftError, match="no usable chat template"):
+        turn_format(plain_tok, "chat")
+    assert turn_format(tiny.make_tokenizer(chat=True), "plain").name == "plain"
+
+
+TRICKY = [
+    "The answer is 4.",
+    " leading space",
+    "trailing spaces   ",
+    "\nstarts with a newline\n\nand has blank lines\n",
+    "café naïve résumé 東京 🙂",
+    "1234567890!@#$%^&*()",
+    "x",
+]
+
+
+@pytest.mark.parametrize("response", TRICKY)
+@pytest.mark.parametrize("chat", [True, False])
+def test_response_mask_is_exact(response, chat, chat_tok, plain_tok):
+    tok = chat_tok if chat else plain_tok
+    r = Renderer(tok, turn_format(tok))
+    ids, mask = r.sequence(rec("What is 2 + 2?", response))
+    assert len(ids) == len(mask)
+    scored = [t for t, m in zip(ids, mask) if m]
+    unscored = [t for t, m in zip(ids, mask) if not m]
+    assert tok.decode(scored) == response + r.fmt.end
+    assert tok.decode(unscored) == r.fmt.header + "What is 2 + 2?" + r.fmt.user_end
+    # the mask is one contiguous block at the end
+    assert mask == [0] * len(unscored) + [1] * len(scored)
+
+
+@pytest.mark.parametrize("prompt,response", [("What is 2 + 2?", "The answer is 4."),
+                                             ("Sort 5, 3, 9.", "3, 5, 9."), ("café?", "naïve 🙂")])
+def test_segments_equal_whole_string_tokenisation_for_chatml(prompt, response, chat_tok):
+    r = Renderer(chat_tok, turn_format(chat_tok))
+    ids, _ = r.sequence(rec(prompt, response))
+    whole = chat_tok.apply_chat_template([{"role": "user", "content": prompt},
+                                          {"role": "assistant", "content": response}], tokenize=False)
+    assert ids == chat_tok(whole.rstrip("\n"), add_special_tokens=False).input_ids
+
+
+def test_chat_context_turns_render_like_the_template(chat_tok):
+    r = Renderer(chat_tok, turn_format(chat_tok))
+    ctx = [("user", "Hi"), ("assistant", "Hello!")]
+    ids, mask = r.sequence(rec("What is 2 + 2?", "4", ctx))
+    whole = chat_tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+         {"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}], tokenize=False)
+    assert chat_tok.decode(ids) == whole.rstrip("\n")
+    assert chat_tok.decode([t for t, m in zip(ids, mask) if m]) == "4<|im_end|>"
+
+
+def test_system_turn_is_part_of_the_prompt_segment(chat_tok):
+    r = Renderer(chat_tok, turn_format(chat_tok))
+    ids, mask = r.sequence(rec("Q?", "A.", [("system", "Be brief.")]))
+    assert chat_tok.decode([t for t, m in zip(ids, mask) if not m]).startswith("<|im_start|>user\nBe brief.\n\nQ?")
+
+
+def test_long_prompt_is_cut_from_the_left_and_response_kept(chat_tok):
+    r = Renderer(chat_tok, turn_format(chat_tok), max_length=40)
+    long_prompt = "word " * 200 + "FINAL QUESTION?"
+    ids, mask = r.sequence(rec(long_prompt, "The answer is 4."))
+    assert len(ids) <= 40
+    assert chat_tok.decode([t for t, m in zip(ids, mask) if m]) == "The answer is 4.<|im_end|>"
+    assert chat_tok.decode(ids).startswith("<|im_start|>user\n")  # header kept
+    assert "QUESTION?<|im_end|>" in chat_tok.decode(ids)  # the end of the prompt survives
+    assert r.encode(rec(long_prompt, "The answer is 4.")).truncated > 0
+
+
+def test_response_that_cannot_fit_is_an_error(chat_tok):
+    r = Renderer(chat_tok, turn_format(chat_tok), max_length=20)
+    with pytest.raises(TunesiftError, match="does not fit max_length 20"):
+        r.sequence(rec("Q", "word " * 100))
+
+
+def test_example_prefix_and_fit(chat_tok):
+    r = Renderer(chat_tok, turn_format(chat_tok), max_length=60)
+    pre = r.example_prefix(rec("Ex prompt", "Ex answer."))
+    assert chat_tok.decode(pre) == "<|im_start|>user\nEx prompt<|im_end|>\n<|im_start|>assistant\nEx answer.<|im_end|>\n<|im_start|>user\n"
+    assert r.fit_prefix(pre, 10) == pre
+    cut = r.fit_prefix(pre, 60 - len(pre) + 3)
+    assert len(cut) == len(pre) - 3 and cut[: len(r.header)] == r.header
+    assert r.fit_prefix(pre, 60) == r.header  # nothing of the example fits: the no-example arm
+
+
+@pytest.mark.slow
+def test_default_model_segments_equal_whole_string(default_lm):
+    tok = default_lm.tokenizer
+    r = Renderer(tok, turn_format(tok))
+    for prompt, response in [("What is the capital of France?", "The capital of France is Paris."),
+                             ("Natalia sold 48 clips.", "48/2 = <<48/2=24>>24\n#### 72"), ("Hi", " café 🙂 ")]:
+        ids, mask = r.sequence(rec(prompt, response))
+        whole = tok.apply_chat_template([{"role": "user", "content": prompt},
+                                         {"role": "assistant", "content": response}], tokenize=False)
+        assert ids == tok(whole.rstrip("\n"), add_special_tokens=False).input_ids
+        assert tok.decode([t for t, m in zip(ids, mask) if m]) == response + "<|im_end|>"

@@ -1,0 +1,74 @@
+"""Kill test: SIGKILL a selection during scoring, run it again: it resumes from the cache and its
+outputs are byte-identical to an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tiny
+
+
+def _cli(args, env):
+    return [sys.executable, "-m", "tunesift", *map(str, args)]
+
+
+@pytest.fixture(scope="module")
+def slow_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kill")
+    model = tiny.save_tiny(root / "model", layers=6, hidden=384)  # slow enough to kill mid-scoring
+    data = root / "data.jsonl"
+    with open(data, "w") as fh:
+        for i in range(64):
+            answer = " ".join(f"step {j}: {i} plus {j} is {i + j}." for j in range(12))
+            fh.write(json.dumps({"id": f"r{i}", "instruction": f"Count from {i}.", "output": answer}) + "\n")
+    return root, model, data
+
+
+def _chunks(cache: Path) -> dict[str, float]:
+    d = cache / "donod"
+    return {p.name: p.stat().st_mtime_ns for p in d.glob("*.npy")} if d.exists() else {}
+
+
+def test_sigkill_during_scoring_then_resume_is_byte_identical(slow_setup, tmp_path):
+    root, model, data = slow_setup
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    common = ["select", data, "--method", "donod", "--budget", "0.25", "--model", model, "--token-budget", "512", "-q"]
+
+    # the reference: an uninterrupted run with its own cache
+    ref = subprocess.run(_cli(common + ["--out", tmp_path / "ref", "--cache-dir", tmp_path / "c0"], env), env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    total = len(_chunks(tmp_path / "c0"))
+    assert total == 4  # 64 records, 16 per block
+
+    cache, out = tmp_path / "c1", tmp_path / "out"
+    proc = subprocess.Popen(_cli(common + ["--out", out, "--cache-dir", cache], env), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(_chunks(cache)) < 1 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done = _chunks(cache)
+    assert 1 <= len(done) < total
+    assert not out.exists()  # nothing partial was written
+
+    again = subprocess.run(_cli(common + ["--out", out, "--cache-dir", cache], env), env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    after = _chunks(cache)
+    assert len(after) == total
+    assert all(after[name] == mtime for name, mtime in done.items())  # finished blocks were not recomputed
+    for name in ("selected.jsonl", "scores.parquet"):
+        assert (out / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+    m_ref = json.loads((tmp_path / "ref" / "manifest.json").read_text())
+    m_new = json.loads((out / "manifest.json").read_text())
+    for m in (m_ref, m_new):
+        m.pop("timings"), m["options"].pop("cache_dir")
+    assert m_ref == m_new

@@ -1,0 +1,450 @@
+"""DELIFT utility kernel: the prefix-reuse scorer equals the plain full-recompute scorer."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import tiny
+import torch
+
+from tunesift.errors import OptionError
+from tunesift.models import LoadedModel
+from tunesift.render import Renderer, turn_format
+from tunesift.scoring.logprobs import Continuation, ResponseScorer, expand_cache, length_batches
+from tunesift.scoring.utility import (
+    UtilityKernel,
+    plain_utility_kernel,
+    to_similarity,
+    utility_kernel,
+)
+
+TOL = 1e-4
+TEXTS = tiny.CORPUS[:11]
+
+
+def rec(i: int, prompt: str, response: str, context=()) -> SimpleNamespace:
+    return SimpleNamespace(
+        id=f"r{i}", prompt=prompt, response=response, context=tuple(context), line=i + 1
+    )
+
+
+def records(n: int, *, long_every: int = 0) -> list[SimpleNamespace]:
+    out = []
+    for i in range(n):
+        prompt = TEXTS[i % 11] + (
+            " " + TEXTS[(i + 5) % 11] * 3 if long_every and i % long_every == 0 else ""
+        )
+        out.append(rec(i, prompt, TEXTS[(3 * i + 1) % 11]))
+    if n > 2:  # one record with earlier chat turns
+        out[2] = rec(2, TEXTS[2], TEXTS[4], [("user", "hi"), ("assistant", "hello there")])
+    return out
+
+
+def renderer_for(lm, max_length: int = 512) -> Renderer:
+    return Renderer(lm.tokenizer, turn_format(lm.tokenizer), max_length=max_length)
+
+
+def dense_stats(k: UtilityKernel) -> list[np.ndarray]:
+    conv = (lambda m: m.toarray()) if k.is_sparse else (lambda m: m)
+    return [conv(k.sq_err), conv(k.logp), k.base_sq_err, k.base_logp]
+
+
+def assert_close(fast: UtilityKernel, plain: UtilityKernel, tol: float = TOL) -> None:
+    assert fast.shape == plain.shape
+    np.testing.assert_array_equal(fast.n_tokens, plain.n_tokens)
+    for a, b in zip(dense_stats(fast), dense_stats(plain), strict=True):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        np.testing.assert_allclose(a, b, atol=tol, rtol=0, equal_nan=True)
+    for dist in ("rmse", "pmi"):
+        a, b = fast.values(dist), plain.values(dist)
+        if sp.issparse(a):
+            np.testing.assert_array_equal(a.indptr, b.indptr)
+            np.testing.assert_array_equal(a.indices, b.indices)
+            a, b = a.data, b.data
+        np.testing.assert_allclose(a, b, atol=tol, rtol=0, equal_nan=True)
+
+
+# -- equality with the plain scorer ----------------------------------------------------------
+
+
+def test_dense_chat_equals_plain_and_sequences_are_the_rendered_ones(tiny_lm):
+    r = renderer_for(tiny_lm)
+    recs = records(7)
+    calls = []
+    fast = utility_kernel(
+        tiny_lm,
+        r,
+        recs,
+        recs,
+        cache_dir=False,
+        token_budget=96,
+        progress=lambda d, t: calls.append((d, t)),
+    )
+    plain = plain_utility_kernel(tiny_lm, r, recs, recs)
+    assert_close(fast, plain)
+    uf = fast.values()
+    assert uf.shape == (7, 7)
+    assert np.isnan(np.diag(uf)).all() and not np.isnan(uf[~np.eye(7, dtype=bool)]).any()
+    assert fast.info["pairs"] == 42 and fast.info["prefixes"] == 7
+    assert calls[0] == (0, 42) and calls[-1] == (42, 42)
+    assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:], strict=False))
+    # the no-example arm is exactly the Renderer's zero-shot sequence
+    for t, n in zip(recs, fast.n_tokens, strict=True):
+        ids, mask = r.sequence(t)
+        assert sum(mask) == n
+
+
+def test_plain_template_rectangular_with_truncation(tiny_plain_lm):
+    lm = tiny_plain_lm
+    targets = records(6, long_every=2)
+    examples = [
+        rec(10 + k, TEXTS[k] * (1 + 3 * (k % 3)), TEXTS[k + 1] * (1 + 2 * (k % 2)))
+        for k in range(5)
+    ]
+    base = renderer_for(lm, 4096)
+    seq_lens = [
+        len(base.header) + len(e.prompt) + len(e.response) for e in map(base.encode, targets)
+    ]
+    max_length = max(seq_lens)  # no room for any example before the longest target
+    r = renderer_for(lm, max_length)
+    fast = utility_kernel(lm, r, targets, examples, cache_dir=False, token_budget=128)
+    plain = plain_utility_kernel(lm, r, targets, examples)
+    assert fast.info["cut_prefixes"] > 0 and fast.info["empty_prefixes"] > 0  # both cases happen
+    assert fast.info["mixed_batches"] > 0  # rows with differently cut prefixes in one batch
+    assert not np.isnan(fast.values()).any()  # different records: nothing excluded
+    assert_close(fast, plain)
+    # examples cut to nothing are the no-example arm: UF exactly 0 (plain: the same sequence)
+    cut_to_nothing = np.array(
+        [
+            [
+                len(r.fit_prefix(r.example_prefix(e), len(c.prompt) + len(c.response)))
+                == len(r.header)
+                for e in examples
+            ]
+            for c in map(r.encode, targets)
+        ]
+    )
+    assert cut_to_nothing.any()
+    for dist in ("rmse", "pmi"):
+        assert (fast.values(dist)[cut_to_nothing] == 0.0).all()
+        assert np.abs(plain.values(dist)[cut_to_nothing]).max() < 1e-6
+
+
+def test_sparse_pattern_kept_and_equals_plain_and_dense(tiny_lm):
+    r = renderer_for(tiny_lm)
+    recs = records(8)
+    rng = np.random.default_rng(0)
+    dense_pat = rng.random((8, 8)) < 0.4
+    dense_pat[:, 3] = False  # an empty column
+    dense_pat[5, :] = False  # an empty row
+    dense_pat[1, 1] = dense_pat[6, 6] = True  # diagonal entries in the pattern
+    pattern = sp.csr_matrix(dense_pat)
+    fast = utility_kernel(tiny_lm, r, recs, recs, pairs=pattern, cache_dir=False, block_size=3)
+    plain = plain_utility_kernel(tiny_lm, r, recs, recs, pairs=pattern)
+    assert_close(fast, plain)
+    uf = fast.values()
+    assert sp.isspmatrix_csr(uf) and uf.shape == (8, 8)
+    np.testing.assert_array_equal(uf.indptr, pattern.indptr)
+    np.testing.assert_array_equal(uf.indices, pattern.indices)
+    assert np.isnan(uf[1, 1]) and np.isnan(uf[6, 6])  # excluded diagonal entries hold NaN
+    full = utility_kernel(tiny_lm, r, recs, recs, cache_dir=False).values("pmi")
+    coo = fast.values("pmi").tocoo()
+    off = coo.row != coo.col
+    np.testing.assert_allclose(coo.data[off], full[coo.row[off], coo.col[off]], atol=1e-6, rtol=0)
+    assert fast.info["pairs"] == dense_pat.sum() - np.diag(dense_pat).sum()
+    assert fast.info["mixed_batches"] > 0  # rows of several examples shared forward batches
+
+
+def test_diagonal_rules(tiny_lm):
+    r = renderer_for(tiny_lm)
+    recs = records(4)
+    copies = [SimpleNamespace(**vars(x)) for x in recs]  # same ids, other objects: detected
+    k = utility_kernel(tiny_lm, r, recs, copies, cache_dir=False)
+    assert np.isnan(np.diag(k.values())).all()
+    kept = utility_kernel(tiny_lm, r, recs, recs, exclude_diagonal=False, cache_dir=False)
+    forced = utility_kernel(tiny_lm, r, recs, copies, same=False, cache_dir=False)
+    assert not np.isnan(kept.values()).any() and not np.isnan(forced.values()).any()
+    plain = plain_utility_kernel(tiny_lm, r, recs, recs, exclude_diagonal=False)
+    assert_close(kept, plain)
+    # self-utility: the model sees its own answer, which it can copy
+    off = ~np.eye(4, dtype=bool)
+    np.testing.assert_allclose(kept.values()[off], k.values()[off], atol=1e-6)
+
+
+def test_token_budget_does_not_change_values(tiny_lm):
+    r = renderer_for(tiny_lm)
+    recs = records(6)
+    one = utility_kernel(
+        tiny_lm, r, recs, recs, cache_dir=False, token_budget=1
+    )  # one row per batch
+    big = utility_kernel(tiny_lm, r, recs, recs, cache_dir=False, token_budget=100_000)
+    assert one.info["forwards"] == 7 + 6 + 6 * 5  # 7 prefixes, then one forward per row
+    assert big.info["forwards"] < one.info["forwards"]
+    for a, b in zip(dense_stats(one), dense_stats(big), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, equal_nan=True)
+
+
+def test_distances_match_a_hand_computation(tiny_plain_lm):
+    lm = tiny_plain_lm
+    r = renderer_for(lm)
+    recs = records(3)
+    k = utility_kernel(lm, r, recs, recs, cache_dir=False)
+    i, j = 0, 2
+    enc = r.encode(recs[i])
+
+    def probs(prefix):
+        ids = prefix + enc.prompt + enc.response
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([ids])).logits[0].double()
+        p = logits.softmax(-1)
+        start = len(prefix) + len(enc.prompt)
+        return np.array([float(p[t - 1, ids[t]]) for t in range(start, len(ids))])
+
+    p0, p1 = probs(r.header), probs(r.example_prefix(recs[j]))
+    rmse = math.sqrt(np.mean((1 - p0) ** 2)) - math.sqrt(np.mean((1 - p1) ** 2))
+    pmi = np.mean(np.log(p1)) - np.mean(np.log(p0))
+    assert k.n_tokens[i] == len(enc.response) == len(p0)
+    assert abs(k.values("rmse")[i, j] - rmse) < 1e-5
+    assert abs(k.values("pmi")[i, j] - pmi) < 1e-5
+    np.testing.assert_array_equal(k.values(), k.values("rmse"))  # rmse is the default
+    with pytest.raises(OptionError):
+        k.values("kl")
+    lean = utility_kernel(lm, r, recs, recs, cache_dir=False, distance_stats=False)
+    assert lean.sq_err is None
+    np.testing.assert_array_equal(lean.values("pmi"), k.values("pmi"))
+    with pytest.raises(OptionError):
+        lean.values("rmse")
+
+
+def test_length_batches_respect_budget_and_avoid_padding():
+    lengths = [100, 10, 12, 95, 11, 300, 9, 98]
+    batches = length_batches(lengths, budget=400, overhead=8)
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 400
+    # long and short items are never padded together: {300}, {100, 98, 95}, {12, 11, 10, 9}
+    assert [sorted(lengths[i] for i in b) for b in batches] == [
+        [300],
+        [95, 98, 100],
+        [9, 10, 11, 12],
+    ]
+    assert length_batches([500, 20], budget=100) == [[0], [1]]  # over-budget items go alone
+    assert length_batches([], budget=100) == []
+
+
+def test_empty_inputs_and_bad_pattern(tiny_lm):
+    r = renderer_for(tiny_lm)
+    recs = records(3)
+    assert utility_kernel(tiny_lm, r, recs, [], cache_dir=False).values().shape == (3, 0)
+    assert utility_kernel(tiny_lm, r, [], recs, cache_dir=False).values().shape == (0, 3)
+    with pytest.raises(OptionError):
+        utility_kernel(
+            tiny_lm, r, recs, recs, pairs=sp.csr_matrix((3, 2), dtype=bool), cache_dir=False
+        )
+
+
+# -- model heads: soft-capping, sliding windows, unknown heads ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma():
+    """A tiny Gemma 3 with logit soft-capping and an 8-token sliding window (shorter than prefixes)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = tiny.make_tokenizer(True)
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        sliding_window=8,
+        final_logit_softcapping=3.0,
+        layer_types=["sliding_attention", "full_attention"],
+        attn_implementation="sdpa",
+    )
+    model = Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    return LoadedModel(model, tok, "tiny-gemma", "tiny-gemma", "tiny-gemma", "cpu", "float32")
+
+
+def test_gemma_softcap_and_sliding_window(tiny_gemma):
+    r = renderer_for(tiny_gemma)
+    recs = records(5)
+    fast = utility_kernel(tiny_gemma, r, recs, recs, cache_dir=False)
+    assert_close(fast, plain_utility_kernel(tiny_gemma, r, recs, recs))
+    assert fast.info["mixed_batches"] == 0  # sliding-window caches are never mixed
+    scorer = ResponseScorer(tiny_gemma)
+    scorer._check_head()
+    assert scorer._mode == "head" and scorer.softcap == 3.0
+
+
+def test_unknown_head_falls_back_to_full_logits(tiny_lm):
+    r = renderer_for(tiny_lm)
+    recs = records(4)
+    prefix = r.example_prefix(recs[0])
+    conts = [
+        Continuation(tuple(e.prompt + e.response), len(e.response)) for e in map(r.encode, recs[1:])
+    ]
+    good = ResponseScorer(tiny_lm)
+    odd = ResponseScorer(tiny_lm)
+    odd.softcap = 0.5  # a head transform the model does not apply: the self-check must notice
+    a, b = good.score(prefix, conts), odd.score(prefix, conts)
+    assert good._mode == "head" and odd._mode == "full"
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_expanded_cache_is_a_view_and_leaves_the_prefix_cache_intact(tiny_gemma):
+    import copy
+
+    r = renderer_for(tiny_gemma)
+    scorer = ResponseScorer(tiny_gemma)
+    cache = scorer.prefix_cache(r.example_prefix(records(1)[0]))
+    before = [(x.keys.clone(), x.values.clone()) for x in cache.layers]
+    big = expand_cache(cache, 3)
+    ref = copy.deepcopy(cache)
+    ref.batch_repeat_interleave(3)
+    for a, b in zip(big.layers, ref.layers, strict=True):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    ids = torch.tensor([[5, 6, 7]] * 3)
+    with torch.inference_mode():
+        scorer.decoder(input_ids=ids, past_key_values=big, use_cache=True)
+    assert big.get_seq_length() == cache.get_seq_length() + 3
+    for x, (k, v) in zip(cache.layers, before, strict=True):
+        assert torch.equal(x.keys, k) and torch.equal(x.values, v)
+
+
+# -- cache and resume ------------------------------------------------------------------------
+
+
+class Stop(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_without_recomputing(tiny_lm, tmp_path):
+    r = renderer_for(tiny_lm)
+    recs = records(6)
+    kw = {"block_size": 2, "token_budget": 64}
+    whole = utility_kernel(tiny_lm, r, recs, recs, cache_dir=tmp_path / "a", **kw)
+    assert whole.info["blocks_computed"] == 3
+
+    pairs_block1 = 2 * 5  # 2 columns x 5 rows (diagonal excluded)
+
+    def stop_after_block1(done, total):  # interrupts in the middle of block 2
+        if done > pairs_block1:
+            raise Stop
+
+    calls = []
+    hook = tiny_lm.model.get_decoder().register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(Stop):
+            utility_kernel(
+                tiny_lm, r, recs, recs, cache_dir=tmp_path / "b", progress=stop_after_block1, **kw
+            )
+        assert len(calls) > 0
+        calls.clear()
+        resumed = utility_kernel(tiny_lm, r, recs, recs, cache_dir=tmp_path / "b", **kw)
+        resumed_calls = len(calls)
+        calls.clear()
+        again = utility_kernel(tiny_lm, r, recs, recs, cache_dir=tmp_path / "b", **kw)
+        assert len(calls) == 0  # everything (baseline and blocks) comes from the cache
+    finally:
+        hook.remove()
+    assert resumed.info["blocks_loaded"] == 1 and resumed.info["blocks_computed"] == 2
+    assert again.info["blocks_loaded"] == 3 and again.info["forwards"] == 0
+    # the resumed run did exactly the forwards of blocks 2 and 3: the whole run's minus those of
+    # the baseline and block 1 (measured on a run over the first two examples only)
+    first = utility_kernel(tiny_lm, r, recs, recs[:2], same=True, cache_dir=False, **kw)
+    assert (
+        resumed_calls == resumed.info["forwards"] == whole.info["forwards"] - first.info["forwards"]
+    )
+    for k in (resumed, again):
+        for a, b in zip(dense_stats(k), dense_stats(whole), strict=True):
+            np.testing.assert_array_equal(a, b)  # bit for bit (NaN where NaN)
+    for dist in ("rmse", "pmi"):
+        np.testing.assert_array_equal(resumed.values(dist), whole.values(dist))
+
+
+def test_cache_is_keyed_by_inputs(tiny_lm, tmp_path):
+    r = renderer_for(tiny_lm)
+    recs = records(4)
+    pat = sp.csr_matrix(np.ones((4, 4), dtype=bool))
+    first = utility_kernel(tiny_lm, r, recs, recs, cache_dir=tmp_path, pairs=pat)
+    same = utility_kernel(tiny_lm, r, recs, recs, cache_dir=tmp_path, pairs=pat.copy())
+    assert same.info["blocks_loaded"] == 1 and same.info["forwards"] == 0
+    assert same.info["cache"] == first.info["cache"]
+    np.testing.assert_array_equal(same.values().data, first.values().data)
+    for other in (
+        {"pairs": pat, "exclude_diagonal": False},
+        {"pairs": sp.csr_matrix(np.eye(4, k=1, dtype=bool))},
+        {"pairs": None},
+    ):
+        k = utility_kernel(tiny_lm, r, recs, recs, cache_dir=tmp_path, **other)
+        assert k.info["blocks_loaded"] == 0 and k.info["cache"] != first.info["cache"]
+    shorter = renderer_for(tiny_lm, 300)
+    k = utility_kernel(tiny_lm, shorter, recs, recs, cache_dir=tmp_path, pairs=pat)
+    assert k.info["blocks_loaded"] == 0  # max_length is in the key
+
+
+# -- similarity transform --------------------------------------------------------------------
+
+
+def test_to_similarity_dense():
+    uf = np.array([[np.nan, -0.5, 0.5], [1.5, np.nan, 0.0]])
+    s = to_similarity(uf)
+    np.testing.assert_allclose(s, [[0, 0, 0.5], [1, 0, 0.25]])
+    c = to_similarity(uf, clip_negative=True)
+    np.testing.assert_allclose(c, [[0, 0, 1 / 3], [1, 0, 0]])
+    assert np.isnan(uf[0, 0])  # input untouched
+    np.testing.assert_array_equal(to_similarity(np.full((2, 2), 0.3)), np.ones((2, 2)))
+    np.testing.assert_array_equal(to_similarity(np.full((2, 2), np.nan)), np.zeros((2, 2)))
+
+
+def test_to_similarity_sparse_scales_stored_entries_only():
+    m = sp.csr_matrix(
+        (np.array([-1.0, 1.0, 3.0, np.nan]), ([0, 0, 1, 2], [1, 2, 0, 2])), shape=(3, 3)
+    )
+    s = to_similarity(m)
+    assert sp.isspmatrix_csr(s)
+    np.testing.assert_array_equal(s.indices, m.indices)
+    np.testing.assert_allclose(s.data, [0.0, 0.5, 1.0, 0.0])
+    np.testing.assert_allclose(to_similarity(m, clip_negative=True).data, [0, 1 / 3, 1, 0])
+    assert s[1, 1] == 0  # missing = similarity 0
+
+
+# -- the real default model ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_default_model_fast_equals_plain(default_lm):
+    r = renderer_for(default_lm, 2048)
+    recs = [
+        rec(0, "What is 12 + 30?", "12 + 30 = 42. The answer is 42."),
+        rec(1, "Name the capital of Italy.", "The capital of Italy is Rome."),
+        rec(
+            2,
+            "Tom has 3 apples and buys 5 more. How many apples does he have?",
+            "He has 3 + 5 = 8 apples.\n#### 8",
+        ),
+        rec(3, "Translate 'thank you' into French.", "Merci."),
+    ]
+    fast = utility_kernel(default_lm, r, recs, recs, cache_dir=False)
+    plain = plain_utility_kernel(default_lm, r, recs, recs)
+    assert_close(fast, plain)
+    pat = sp.csr_matrix(
+        np.array([[0, 1, 1, 0], [1, 0, 0, 1], [0, 1, 0, 0], [1, 1, 1, 0]], dtype=bool)
+    )
+    sparse = utility_kernel(default_lm, r, recs, recs, pairs=pat, cache_dir=False)
+    coo = sparse.values("pmi").tocoo()
+    np.testing.assert_allclose(coo.data, fast.values("pmi")[coo.row, coo.col], atol=TOL, rtol=0)
