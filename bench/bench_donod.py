@@ -38,7 +38,7 @@ from tunesift.scoring.donod import (  # noqa: E402
     gradient_stats,
     lm_head_norm_sq,
 )
-from tunesift.select.topsis import topsis  # noqa: E402
+from tunesift.selection.topsis import topsis  # noqa: E402
 
 GSM8K = Path("../shared/datasets/gsm8k/train.jsonl")
 

@@ -53,7 +53,7 @@ def make_dense(n: int, kernel: str, seed: int) -> np.ndarray:
 
 
 def child_dense(n: int, frac: float, seed: int, skip_submodlib: bool, kernel: str) -> None:
-    from tunesift.select.submodular import facility_location
+    from tunesift.selection.submodular import facility_location
 
     k = max(1, int(n * frac))
     S = make_dense(n, kernel, seed)
@@ -118,7 +118,7 @@ def child_dense(n: int, frac: float, seed: int, skip_submodlib: bool, kernel: st
 def child_sparse(n: int, degree: int, frac: float, seed: int) -> None:
     import scipy.sparse as sp
 
-    from tunesift.select.submodular import facility_location
+    from tunesift.selection.submodular import facility_location
 
     rng = np.random.default_rng(seed)
     cols = rng.integers(0, n, size=(n, degree), dtype=np.int64)

@@ -17,7 +17,7 @@ from tunesift.scoring.donod import (
     lm_head_norm_sq,
     plan_batches,
 )
-from tunesift.select.topsis import rank_desc, topsis
+from tunesift.selection.topsis import rank_desc, topsis
 
 PAIRS = [("What is 2 + 2?", "The answer is 4."), ("The capital of France?", "Paris."),
          ("Sort 5, 3, 9.", "3, 5, 9 and some more words to make it longer"),

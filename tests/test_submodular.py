@@ -1,4 +1,4 @@
-"""Tests for tunesift.select.submodular: greedy FL / FLMI / FLCG against plain references."""
+"""Tests for tunesift.selection.submodular: greedy FL / FLMI / FLCG against plain references."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import scipy.sparse as sp
 
 from tunesift.errors import OptionError
-from tunesift.select import submodular as sm
-from tunesift.select.submodular import (
+from tunesift.selection import submodular as sm
+from tunesift.selection.submodular import (
     GreedyResult,
     facility_location,
     fl_conditional_gain,
@@ -175,7 +175,7 @@ def test_full_budget_through_zero_gain_plateau(case: str) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_approximation_bound_brute_force(case: str) -> None:
     rng = np.random.default_rng(3)
-    worst = 1.0
+    checked = 0
     for _ in range(40):
         n = int(rng.integers(2, 11))
         S = rand_kernel(rng, n, n, density=0.6)
@@ -186,9 +186,9 @@ def test_approximation_bound_brute_force(case: str) -> None:
             res = run_case(case, S, S, aux, k)
             assert res.objective <= opt + 1e-12
             assert res.objective >= (1 - 1 / math.e) * opt - 1e-12
-            if opt > 0:
-                worst = min(worst, res.objective / opt)
-    assert worst < 1.0 or worst == 1.0  # ratios were computed (loop ran)
+            assert res.objective == pytest.approx(f(res.order.tolist()), abs=1e-12)
+            checked += opt > 0
+    assert checked > 50
 
 
 # --------------------------------------------------------------------------------------------

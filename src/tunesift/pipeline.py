@@ -190,7 +190,7 @@ def _renderer(lm, opt: Options):
 
 def _donod(records, k, opt, lm, progress: Progress):
     from .scoring.donod import DonodParams, don_nod_from_stats, gradient_stats, lm_head_norm_sq
-    from .select.topsis import rank_desc, topsis
+    from .selection.topsis import rank_desc, topsis
     from .store import ArrayStore, content_key, default_cache_dir
 
     params = DonodParams(opt.eta, opt.reduction)
@@ -218,7 +218,7 @@ def _donod(records, k, opt, lm, progress: Progress):
 
 
 def _submodular(sim, cross, k: int, opt: Options):
-    from .select import submodular as sm
+    from .selection import submodular as sm
 
     kw = dict(optimizer=opt.optimizer, epsilon=opt.epsilon, seed=opt.seed)
     if opt.stage == "instruction":
