@@ -75,8 +75,13 @@ def main() -> None:
     import transformers
 
     from tunesift.render import Renderer, turn_format
-    from tunesift.scoring.donod import (DonodParams, autograd_don_nod, don_nod_from_stats, gradient_stats,
-                                        lm_head_norm_sq)
+    from tunesift.scoring.donod import (
+        DonodParams,
+        autograd_don_nod,
+        don_nod_from_stats,
+        gradient_stats,
+        lm_head_norm_sq,
+    )
     from tunesift.scoring.utility import plain_utility_kernel, utility_kernel
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.cuda.get_device_name()}")

@@ -184,9 +184,7 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
 
     Raises a one-line :class:`TunesiftError` when the model cannot be found offline.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars say what is happening
