@@ -240,32 +240,17 @@ def _stage_other(opt: Options, target, existing) -> list[Record] | None:
     return None
 
 
-def _joint_minmax(mats: list, clip_negative: bool) -> list:
-    """Scale kernels to [0, 1] with ONE affine map over all their defined entries.
+def _pair_progress(progress: Progress, label: str) -> Callable[[int, int], None]:
+    """Adapt the kernel's progress(done, total) calls to a progress bar."""
+    state = {"advance": None, "done": 0}
 
-    A common scale is what makes FLMI's cap and FLCG's subtraction compare like with like.
-    NaN (the excluded diagonal) and, for sparse kernels, missing entries become 0.
-    """
-    import scipy.sparse as sp
+    def update(done: int, total: int) -> None:
+        if state["advance"] is None:
+            state["advance"] = progress(label, total)
+        state["advance"](done - state["done"])
+        state["done"] = done
 
-    vals = []
-    for m in mats:
-        v = m.data if sp.issparse(m) else m[np.isfinite(m)]
-        vals.append(np.maximum(v, 0) if clip_negative else v)
-    allv = np.concatenate(vals) if vals else np.zeros(0)
-    lo, hi = (float(allv.min()), float(allv.max())) if allv.size else (0.0, 1.0)
-    span = hi - lo if hi > lo else 1.0
-    out = []
-    for m in mats:
-        if sp.issparse(m):
-            m = m.tocsr(copy=True)
-            d = np.maximum(m.data, 0) if clip_negative else m.data
-            m.data = ((d - lo) / span).astype(np.float32)
-            out.append(m)
-        else:
-            d = np.maximum(m, 0) if clip_negative else m
-            out.append(np.nan_to_num((d - lo) / span, nan=0.0).astype(np.float32))
-    return out
+    return update
 
 
 def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
@@ -280,13 +265,15 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
         e_other = emb.embed_records(other, cache_dir=opt.cache_dir) if other else None
         timings["embed_s"] = time.perf_counter() - t0
     if embed_kernel:
-        sim = emb.cosine_similarity_kernel(e_pool, e_pool)
-        cross = emb.cosine_similarity_kernel(e_pool, e_other) if other else None
         if opt.knn:
-            sim = _sparsify(sim, emb.knn_pattern(e_pool, e_pool, opt.knn))
-            cross = _sparsify(cross, emb.knn_pattern(e_pool, e_other, opt.knn)) if other else None
+            sim = _pattern_cosine(e_pool, e_pool, emb.knn_pattern(e_pool, e_pool, min(opt.knn, len(records))))
+            cross = (_pattern_cosine(e_pool, e_other, emb.knn_pattern(e_pool, e_other, min(opt.knn, len(other))))
+                     if other else None)
+        else:
+            sim = emb.cosine_similarity_kernel(e_pool, e_pool).astype(np.float32)
+            cross = emb.cosine_similarity_kernel(e_pool, e_other).astype(np.float32) if other else None
     else:
-        from .scoring.utility import utility_kernel
+        from .scoring.utility import similarity_bounds, to_similarity, utility_kernel
 
         if opt.knn:
             pattern = emb.knn_pattern(e_pool, e_pool, min(opt.knn, len(records) - 1), exclude_self=not opt.keep_diagonal)
@@ -295,18 +282,21 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
         renderer = _renderer(lm, opt)
         t1 = time.perf_counter()
         kern = utility_kernel(lm, renderer, records, records, pairs=pattern, exclude_diagonal=not opt.keep_diagonal,
-                              token_budget=opt.token_budget, cache_dir=opt.cache_dir,
-                              progress=progress("DELIFT kernel (pool x pool)", 1))
+                              same=True, token_budget=opt.token_budget, cache_dir=opt.cache_dir,
+                              progress=_pair_progress(progress, "DELIFT kernel (pool x pool)"))
         uf = kern.values(opt.distance)
         uf_cross = None
         if other:
             kc = utility_kernel(lm, renderer, records, other, pairs=cross_pattern, exclude_diagonal=False,
-                                token_budget=opt.token_budget, cache_dir=opt.cache_dir,
-                                progress=progress(f"DELIFT kernel (pool x {opt.stage})", 1))
+                                same=False, token_budget=opt.token_budget, cache_dir=opt.cache_dir,
+                                progress=_pair_progress(progress, f"DELIFT kernel (pool x {opt.stage})"))
             uf_cross = kc.values(opt.distance)
         timings["kernel_s"] = time.perf_counter() - t1
-        mats = _joint_minmax([uf] + ([uf_cross] if other else []), opt.clip_negative)
-        sim, cross = mats[0], (mats[1] if other else None)
+        kernels = [uf] + ([uf_cross] if other else [])
+        bounds = similarity_bounds(kernels, clip_negative=opt.clip_negative)
+        sim, *rest = (to_similarity(k, clip_negative=opt.clip_negative, bounds=bounds).astype(np.float32)
+                      for k in kernels)
+        cross = rest[0] if rest else None
     t2 = time.perf_counter()
     res = _submodular(sim, cross, k, opt)
     timings["select_s"] = time.perf_counter() - t2
@@ -317,36 +307,38 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
     gain[res.order] = res.gains
     cols = {"order": order_pos, "gain": gain}
     if not embed_kernel:
-        cols["utility_mean"] = _row_stat(uf, np.nanmean)   # how much others help this record
-        cols["helpfulness"] = _col_mean(uf)                 # how much this record helps others
+        cols["helped_by"] = _nanmean(uf, axis=1)  # mean UF of this record as a target: how much examples help it
+        cols["helpfulness"] = _nanmean(uf, axis=0)  # mean UF of this record as an example: how much it helps others
     return cols, np.asarray(res.order), {"timings": timings, "objective": res.objective}
 
 
-def _sparsify(dense: np.ndarray, pattern):
+def _pattern_cosine(a: np.ndarray, b: np.ndarray, pattern):
+    """(cos + 1) / 2 of unit embeddings at the pattern's entries only: a CSR kernel, O(nnz d)."""
     import scipy.sparse as sp
 
-    p = pattern.tocoo()
-    return sp.csr_matrix((dense[p.row, p.col].astype(np.float32), (p.row, p.col)), shape=dense.shape)
+    p = pattern.tocsr().tocoo()
+    vals = np.einsum("ij,ij->i", a[p.row], b[p.col]) * 0.5 + 0.5
+    return sp.csr_matrix((vals.astype(np.float32), (p.row, p.col)), shape=p.shape)
 
 
-def _row_stat(m, fn) -> np.ndarray:
-    import scipy.sparse as sp
-
-    if sp.issparse(m):
-        m = m.tocsr()
-        return np.array([m.data[m.indptr[i]:m.indptr[i + 1]].mean() if m.indptr[i + 1] > m.indptr[i] else np.nan
-                         for i in range(m.shape[0])])
-    with np.errstate(all="ignore"):
-        return fn(m, axis=1)
-
-
-def _col_mean(m) -> np.ndarray:
+def _nanmean(m, axis: int) -> np.ndarray:
+    """Mean over the defined entries (not NaN; for sparse kernels, stored entries) along ``axis``."""
     import scipy.sparse as sp
 
     if sp.issparse(m):
-        return _row_stat(m.T.tocsr(), None)
+        c = m.tocoo()
+        ok = ~np.isnan(c.data)
+        idx = (c.row if axis == 1 else c.col)[ok]
+        size = m.shape[0] if axis == 1 else m.shape[1]
+        tot = np.bincount(idx, weights=c.data[ok], minlength=size)
+        cnt = np.bincount(idx, minlength=size)
+        return np.divide(tot, cnt, out=np.full(size, np.nan), where=cnt > 0)
     with np.errstate(all="ignore"):
-        return np.nanmean(m, axis=0)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(m, axis=axis)
 
 
 # ----------------------------------------------------------------------------- entry point

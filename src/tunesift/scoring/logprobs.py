@@ -274,8 +274,8 @@ class ResponseScorer:
         """Score several ``(prefix, continuations)`` groups: one (sq_err, logp) pair per group.
 
         Each prefix runs once. When the model's cache is made of plain full-attention layers,
-        rows of different groups share forward batches (prefix caches left-padded into one
-        batch, positions passed explicitly), so many small groups still fill the token budget;
+        rows of different groups share forward batches (prefix caches right-padded into one
+        bank, positions passed explicitly), so many small groups still fill the token budget;
         otherwise (sliding windows, unusual caches) each batch holds one group's rows.
         ``on_batch(rows)`` is called after every forward batch.
         """
@@ -315,7 +315,7 @@ class ResponseScorer:
                 )
             else:
                 s, l_ = self._score_batch(conts, *bank.take([a for a, _ in batch], self.device))
-                self.mixed_batches += 1
+                self.mixed_batches += len(owners) > 1
             for r, (a, k) in enumerate(batch):
                 out[live[a]][0][k] = s[r]
                 out[live[a]][1][k] = l_[r]

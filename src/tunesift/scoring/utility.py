@@ -131,32 +131,50 @@ class UtilityKernel:
         return (stat - base_logp) / n
 
 
-def to_similarity(uf: Kernel, *, clip_negative: bool = False) -> Kernel:
+def similarity_bounds(kernels: Sequence[Kernel], *, clip_negative: bool = False) -> tuple[float, float]:
+    """(min, max) of UF over the defined entries of all ``kernels`` (after clipping, if asked).
+
+    Kernels that enter one objective together (FLMI's pool and target kernels, FLCG's pool and
+    existing kernels) must share one scale, or ``max S - nu max E`` compares unlike numbers.
+    """
+    vals = []
+    for k in kernels:
+        x = k.data if sp.issparse(k) else np.asarray(k)
+        x = x[~np.isnan(x)]
+        vals.append(np.maximum(x, 0.0) if clip_negative else x)
+    allv = np.concatenate(vals) if vals else np.zeros(0)
+    return (float(allv.min()), float(allv.max())) if allv.size else (0.0, 0.0)
+
+
+def to_similarity(uf: Kernel, *, clip_negative: bool = False,
+                  bounds: tuple[float, float] | None = None) -> Kernel:
     """The paper's transform: one global min-max of UF to [0, 1] over the defined entries.
 
     ``s = (UF - min) / (max - min)`` with min/max over non-NaN entries (dense) or stored entries
-    (CSR); ``clip_negative`` first sets UF < 0 to 0 (harmful examples get similarity 0 instead of a
-    small positive value). NaN (the excluded diagonal) becomes 0. For CSR only stored entries are
-    scaled, the pattern is kept and missing entries mean similarity 0. If all defined entries
-    are equal they map to 1 when positive, else 0. Returns float64 of the same type and shape.
+    (CSR), or the given ``bounds`` (see :func:`similarity_bounds`); ``clip_negative`` first sets
+    UF < 0 to 0 (harmful examples get similarity 0 instead of a small positive value). NaN (the
+    excluded diagonal) becomes 0. For CSR only stored entries are scaled, the pattern is kept and
+    missing entries mean similarity 0. If all defined entries are equal they map to 1 when
+    positive, else 0. Returns float64 of the same type and shape.
     """
+    if bounds is None:
+        bounds = similarity_bounds([uf], clip_negative=clip_negative)
     if sp.issparse(uf):
         m = uf.tocsr(copy=True).astype(np.float64)
-        m.data = _minmax(m.data, clip_negative)
+        m.data = _minmax(m.data, clip_negative, bounds)
         return m
-    return _minmax(np.asarray(uf, dtype=np.float64).copy(), clip_negative)
+    return _minmax(np.asarray(uf, dtype=np.float64).copy(), clip_negative, bounds)
 
 
-def _minmax(x: np.ndarray, clip_negative: bool) -> np.ndarray:
+def _minmax(x: np.ndarray, clip_negative: bool, bounds: tuple[float, float]) -> np.ndarray:
     ok = ~np.isnan(x)
     if clip_negative:
         x[ok & (x < 0)] = 0.0
-    if ok.any():
-        lo, hi = float(x[ok].min()), float(x[ok].max())
-        if hi > lo:
-            x[ok] = (x[ok] - lo) / (hi - lo)
-        else:
-            x[ok] = 1.0 if hi > 0 else 0.0
+    lo, hi = bounds
+    if hi > lo:
+        x[ok] = np.clip((x[ok] - lo) / (hi - lo), 0.0, 1.0)
+    else:
+        x[ok] = 1.0 if hi > 0 else 0.0
     x[~ok] = 0.0
     return x
 
@@ -341,8 +359,10 @@ def utility_kernel(
         block_size: examples (columns) per persisted cache block.
         cache_dir: cache root (default :func:`tunesift.store.default_cache_dir`); False disables
             caching.
-        progress: ``progress(done_pairs, total_pairs)``, called at the start and after each
-            example (column) is finished.
+        progress: ``progress(done_pairs, total_pairs)``, called at the start, after every
+            forward batch and after each finished group of columns (monotone; pairs from cached
+            blocks count at once). An exception raised in it stops the run; finished blocks
+            stay in the cache.
 
     Returns:
         a :class:`UtilityKernel`; ``.values(distance)`` gives UF.
