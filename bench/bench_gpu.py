@@ -1,11 +1,9 @@
 """GPU check and benchmarks (run on a lent CUDA machine; never needed by the tests).
 
-    python bench/bench_gpu.py --model-dir DIR --data gsm8k_train.jsonl
+    python bench/bench_gpu.py --model MODEL --data gsm8k_train.jsonl
 
-DIR holds the default model's config and tokenizer. The weights are random-initialised with that
-config when no weights are present (the device machine cannot receive the 500 MB weights): the
-throughput of a model does not depend on its weight values, but the scores do, so the figures here
-are speed and agreement figures, never selection-quality figures. Prints: versions; the CUDA path's
+MODEL is anything ``tunesift.models.load_lm`` takes (the default model's GGUF file, for example).
+Prints: versions; the CUDA path's
 agreement (DONOD closed form vs autograd; DELIFT prefix-reuse scorer vs plain recompute, fp32);
 DONOD and DELIFT tokens/s in bf16 and fp32 with the fraction of the measured matmul peak.
 """
@@ -35,22 +33,10 @@ def peak(dtype, n=8192, reps=10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
 
 
-def load(model_dir: Path, dtype):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def load(model: str, dtype):
+    from tunesift.models import load_lm
 
-    from tunesift.models import LoadedModel
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    if (model_dir / "model.safetensors").exists():
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    else:
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=dtype)
-    model.to("cuda").eval()
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return LoadedModel(model, tok, "smollm2-135m(config)", str(model_dir), "gpu-bench", "cuda",
-                       str(dtype).replace("torch.", ""))
+    return load_lm(model, device="cuda", dtype=str(dtype).replace("torch.", ""))
 
 
 def records(path: Path, n: int):
@@ -67,7 +53,7 @@ def fwd_flops(model, tokens: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model-dir", type=Path, required=True)
+    ap.add_argument("--model", required=True)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--donod-n", type=int, default=2048)
     ap.add_argument("--delift-n", type=int, default=128)
@@ -89,7 +75,7 @@ def main() -> None:
     print(f"matmul peak (8192^3): bf16 {pk['bfloat16']:.0f} TFLOP/s, fp32 {pk['float32']:.0f} TFLOP/s")
 
     # --- agreement on the CUDA path, fp32
-    lm = load(args.model_dir, torch.float32)
+    lm = load(args.model, torch.float32)
     r = Renderer(lm.tokenizer, turn_format(lm.tokenizer))
     recs = records(args.data, 8)
     seqs = [r.sequence(x) for x in recs]
@@ -104,7 +90,7 @@ def main() -> None:
 
     # --- throughput
     for dtype in (torch.bfloat16, torch.float32):
-        lm = load(args.model_dir, dtype)
+        lm = load(args.model, dtype)
         name = str(dtype).replace("torch.", "")
         r = Renderer(lm.tokenizer, turn_format(lm.tokenizer))
         recs = records(args.data, args.donod_n)

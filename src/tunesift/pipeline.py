@@ -261,8 +261,8 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
     pattern = cross_pattern = None
     need_emb = embed_kernel or opt.knn > 0
     if need_emb:
-        e_pool = emb.embed_records(records, cache_dir=opt.cache_dir)
-        e_other = emb.embed_records(other, cache_dir=opt.cache_dir) if other else None
+        e_pool = emb.embed_records(records, cache_dir=opt.cache_dir, device=opt.device)
+        e_other = emb.embed_records(other, cache_dir=opt.cache_dir, device=opt.device) if other else None
         timings["embed_s"] = time.perf_counter() - t0
     if embed_kernel:
         if opt.knn:

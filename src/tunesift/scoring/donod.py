@@ -190,11 +190,11 @@ def autograd_don_nod(model, ids: list[int], mask: list[int], params: DonodParams
     held fixed, as in the closed form). Slow, for tests and the benchmark only.
     """
     body, head, softcap = decoder_and_head(model)
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=head.weight.device)
     with torch.no_grad():
         hidden = body(input_ids=x).last_hidden_state[0].double()
     w = head.weight.detach().double().clone().requires_grad_(True)
-    pos = torch.tensor([t for t in range(1, len(ids)) if mask[t]])
+    pos = torch.tensor([t for t in range(1, len(ids)) if mask[t]], device=x.device)
     z = hidden[pos - 1] @ w.T
     if softcap:
         z = softcap * torch.tanh(z / softcap)
