@@ -114,6 +114,12 @@ BAD = [
     (["--method", "donod", "--model", "/nonexistent/model"], "cannot load model"),
     (["--method", "donod", "--eta", "-1"], "eta must be a positive number"),
     (["--weights", "a,b"], "weights must be two numbers"),
+    (["--template", "fancy"], "unknown template 'fancy'"),
+    (["--method", "delift", "--optimizer", "greedyish"], "unknown optimizer"),
+    (["--method", "delift", "--mi-form", "max"], "unknown FLMI form"),
+    (["--method", "delift", "--knn", "-1"], "knn must be >= 0"),
+    (["--method", "donod", "--reduction", "max"], "reduction must be one of"),
+    (["--method", "donod", "--dtype", "float8"], "unknown dtype"),
 ]
 
 

@@ -72,6 +72,14 @@ class Options:
             raise OptionError(f"unknown stage '{self.stage}': use one of {', '.join(STAGES)}")
         if self.distance not in DISTANCES:
             raise OptionError(f"unknown distance '{self.distance}': use rmse or pmi")
+        if self.template not in ("auto", "chat", "plain"):
+            raise OptionError(f"unknown template '{self.template}': use auto, chat or plain")
+        if self.optimizer not in ("naive", "lazy", "stochastic"):
+            raise OptionError(f"unknown optimizer '{self.optimizer}': use naive, lazy or stochastic")
+        if self.mi_form not in ("min", "additive"):
+            raise OptionError(f"unknown FLMI form '{self.mi_form}': use min or additive")
+        if self.token_budget < 1:
+            raise OptionError(f"token budget must be positive, got {self.token_budget}")
         if self.knn < 0:
             raise OptionError(f"knn must be >= 0 (0 = dense kernel), got {self.knn}")
         if self.max_length < 8:
@@ -79,6 +87,9 @@ class Options:
         if len(self.weights) != 2 or min(self.weights) < 0 or sum(self.weights) <= 0:
             raise OptionError(f"weights must be two non-negative numbers, got {self.weights}")
         parse_budget(self.budget)
+        from .scoring.donod import DonodParams
+
+        DonodParams(self.eta, self.reduction)  # validates eta and reduction before any model loads
 
 
 @dataclass

@@ -347,6 +347,15 @@ def _segment_sums(v: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> np.ndarr
 # naive greedy
 
 
+def _take(prob, j: int, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Picking j: the rows whose current max rises, their new values, and j's exact gain."""
+    rows, nw = prob.column(j, cur)
+    gain = float(np.sum(nw - cur[rows]))
+    if prob.bonus is not None:
+        gain += float(prob.bonus[j])
+    return rows, nw, gain
+
+
 def _run_naive(prob: _Problem, k: int, stop: bool) -> tuple[list[int], list[float], np.ndarray]:
     cur = prob.init.copy()
     remaining = np.ones(prob.m, dtype=bool)
@@ -357,10 +366,7 @@ def _run_naive(prob: _Problem, k: int, stop: bool) -> tuple[list[int], list[floa
         vals = prob.exact_gains(cols, cur)
         i = int(np.argmax(vals))
         j = int(cols[i])
-        rows, nw = prob.column(j, cur)
-        gain = float(np.sum(nw - cur[rows]))
-        if prob.bonus is not None:
-            gain += float(prob.bonus[j])
+        rows, nw, gain = _take(prob, j, cur)
         if stop and gain <= 0:
             break
         order.append(j)
@@ -642,10 +648,7 @@ def _run_engine(
             j = eng.best_all()
         else:
             j = eng.best_of(_draw(rng, picked, s))
-        rows, nw = prob.column(j, eng.cur)
-        gain = float((nw - eng.cur[rows]).sum())
-        if prob.bonus is not None:
-            gain += float(prob.bonus[j])
+        rows, nw, gain = _take(prob, j, eng.cur)
         if stop and gain <= 0:
             break
         order.append(j)
