@@ -84,7 +84,7 @@ def _input_info(path: str | None) -> dict | None:
         return None
     from .records import input_checksum
 
-    return {"path": str(path), "sha256": input_checksum(path)}
+    return {"path": str(Path(path).resolve()), "sha256": input_checksum(path)}
 
 
 @app.command()
@@ -120,6 +120,8 @@ def select(
     messages_field: str | None = typer.Option(None, help="Field holding a chat message list."),
     id_field: str | None = typer.Option(None, help="Field holding a unique record id."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
+    report: bool = typer.Option(False, "--report/--no-report",
+                                help="Also write OUT/report.html (see tunesift report)."),
     config: Path | None = typer.Option(None, "--config", is_eager=True, callback=_load_config,
                                        help="YAML recipe holding any of these options; flags override it."),
 ) -> None:
@@ -153,6 +155,26 @@ def select(
         n, kept = len(sel.records), int(sel.kept.sum())
         typer.echo(f"{sel.method}: kept {kept} of {n} records -> {out}/selected.jsonl "
                    f"(scores: {out}/scores.parquet, {sel.timings.get('total_s', 0):.1f} s)", err=True)
+    if report:
+        from .report import write_report
+
+        page = write_report(out)
+        if not quiet:
+            typer.echo(f"report: {page}", err=True)
+
+
+@app.command("report")
+def report_cmd(
+    out: Path = typer.Argument(..., help="Output folder of tunesift select (manifest.json, scores.parquet, ...)."),
+    by: str | None = typer.Option(None, help="Field of the input rows to show retention per category, "
+                                             "e.g. source or meta.family (dotted for nested fields)."),
+    data: Path | None = typer.Option(None, help="The input file, when not at the path the manifest records "
+                                                "(needed with --by for the dropped rows)."),
+) -> None:
+    """Write OUT/report.html: one self-contained page explaining what was kept and why."""
+    from .report import write_report
+
+    typer.echo(str(write_report(out, by=by, data=data)))
 
 
 @app.command("demo-data")
