@@ -52,6 +52,19 @@ def _progress(quiet: bool):
         yield factory
 
 
+def _setup_logging(quiet: bool) -> None:
+    """What is happening goes to stderr (INFO) unless --quiet; warnings always."""
+    import logging
+
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("tunesift")
+    logger.handlers[:] = [RichHandler(console=Console(stderr=True), show_path=False, show_time=False)]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
 def _load_config(ctx: typer.Context, param, value: Path | None):
     """``--config recipe.yaml``: every option of the command as YAML keys; flags override them."""
     if value is None:
@@ -134,6 +147,7 @@ def select(
         raise TunesiftError("select needs the input DATA and --out (on the command line or in --config)")
     data, out = Path(data), Path(out)
     check_writable(out)
+    _setup_logging(quiet)
     try:
         w = tuple(float(x) for x in weights.split(","))
     except ValueError:

@@ -14,6 +14,7 @@ small function that turns records into per-record score columns and a keep mask:
 
 from __future__ import annotations
 
+import logging
 import math
 import platform
 import time
@@ -26,6 +27,8 @@ import numpy as np
 from . import __version__
 from .errors import OptionError
 from .records import FieldMap, Record, read_records, records_from_rows
+
+log = logging.getLogger("tunesift")
 
 METHODS = ("random", "donod", "delift", "delift-se")
 STAGES = ("instruction", "task", "continual")
@@ -272,6 +275,7 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
     pattern = cross_pattern = None
     need_emb = embed_kernel or opt.knn > 0
     if need_emb:
+        log.info("embedding %d records with all-MiniLM-L6-v2", len(records) + len(other or []))
         e_pool = emb.embed_records(records, cache_dir=opt.cache_dir, device=opt.device)
         e_other = emb.embed_records(other, cache_dir=opt.cache_dir, device=opt.device) if other else None
         timings["embed_s"] = time.perf_counter() - t0
@@ -309,6 +313,7 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
                       for k in kernels)
         cross = rest[0] if rest else None
     t2 = time.perf_counter()
+    log.info("greedy %s maximisation (%s stage), budget %d", opt.optimizer, opt.stage, k)
     res = _submodular(sim, cross, k, opt)
     timings["select_s"] = time.perf_counter() - t2
     n = len(records)
@@ -379,6 +384,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     else:
         other = None
     k = resolve_budget(opt.budget, len(records))
+    log.info("%s: %d records read, keeping %d", opt.method, len(records), k)
     timings = {"read_s": time.perf_counter() - t_start}
     model_info = None
     if opt.method in ("donod", "delift"):
@@ -386,6 +392,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
             from .models import load_lm
 
             t = time.perf_counter()
+            log.info("loading model '%s' (%s, %s)", opt.model, opt.device, opt.dtype)
             lm = load_lm(opt.model, device=opt.device, dtype=opt.dtype)
             timings["load_model_s"] = time.perf_counter() - t
         model_info = {"name": lm.source, "path": lm.path, "fingerprint": lm.fingerprint,
@@ -402,6 +409,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     timings.update(extra.pop("timings", {}))
     kept = np.zeros(len(records), dtype=bool)
     kept[order[:k]] = True
+    log.info("%s: selected %d of %d records in %.1f s", opt.method, k, len(records), time.perf_counter() - t_start)
     timings["total_s"] = time.perf_counter() - t_start
     return Selection(opt.method, records, kept, cols, np.asarray(order, dtype=np.int64), opt, k,
                      model_info, timings, extra)

@@ -1,0 +1,85 @@
+"""Every bad input of docs/errors.md: one line on stderr naming what and where, exit code 2,
+and no output folder left behind."""
+
+import json
+
+import pytest
+
+from tunesift.cli import main
+
+GOOD = [{"instruction": f"Say {i}.", "output": f"{i}"} for i in range(6)]
+
+
+def jsonl(rows):
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+# (case id, input file name, input content (str or bytes), extra CLI args, expected text in the error)
+CASES = [
+    ("empty-file", "d.jsonl", "", [], "no records"),
+    ("blank-lines-only", "d.jsonl", "\n\n  \n", [], "no records"),
+    ("invalid-json-line-3", "d.jsonl", jsonl(GOOD[:2]) + '{"instruction": "x", "output": \n', [], "d.jsonl:3"),
+    ("line-not-an-object", "d.jsonl", jsonl(GOOD[:1]) + "[1, 2]\n", [], "d.jsonl:2"),
+    ("missing-response", "d.jsonl", jsonl(GOOD[:1] + [{"instruction": "x"}]), [], "d.jsonl:2"),
+    ("empty-response", "d.jsonl", jsonl(GOOD[:1] + [{"instruction": "x", "output": "  "}]), [], "field 'output'"),
+    ("empty-prompt", "d.jsonl", jsonl(GOOD[:1] + [{"instruction": "", "output": "y"}]), [], "field 'instruction'"),
+    ("wrong-type", "d.jsonl", jsonl(GOOD[:1] + [{"instruction": "x", "output": 42}]), [], "field 'output'"),
+    ("non-utf8", "d.jsonl", jsonl(GOOD[:1]).encode() + b'{"instruction": "caf\xe9", "output": "y"}\n', [], "d.jsonl:2"),
+    ("duplicated-ids", "d.jsonl", jsonl([{"id": "a", **GOOD[0]}, {"id": "b", **GOOD[1]}, {"id": "a", **GOOD[2]}]), [],
+     "d.jsonl:3"),
+    ("unknown-schema", "d.jsonl", jsonl([{"foo": "x", "bar": "y"}]), [], "--prompt-field"),
+    ("chat-without-assistant", "d.jsonl", jsonl([{"messages": [{"role": "user", "content": "hi"}]}]), [], "assistant"),
+    ("chat-turn-without-content", "d.jsonl",
+     jsonl([{"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]}]), [], "d.jsonl:1"),
+    ("csv-ragged-row", "d.csv", "instruction,output\na,b\nc,d,e\n", [], "d.csv"),
+    ("json-array-element-not-object", "d.json", json.dumps([GOOD[0], "oops"]), [], "d.json"),
+    ("mapped-field-missing", "d.jsonl", jsonl(GOOD), ["--prompt-field", "question"], "question"),
+    ("missing-file", None, None, [], "nope.jsonl"),
+    ("budget-zero", "d.jsonl", jsonl(GOOD), ["--budget", "0"], "budget count must be at least 1"),
+    ("budget-above-one", "d.jsonl", jsonl(GOOD), ["--budget", "1.5"], "budget fraction must be in (0, 1]"),
+    ("budget-above-n", "d.jsonl", jsonl(GOOD), ["--budget", "7"], "larger than the 6 input records"),
+    ("unknown-method", "d.jsonl", jsonl(GOOD), ["--method", "magic"], "unknown method 'magic'"),
+    ("unknown-stage", "d.jsonl", jsonl(GOOD), ["--method", "delift", "--stage", "final"], "unknown stage 'final'"),
+    ("task-without-target", "d.jsonl", jsonl(GOOD), ["--method", "delift", "--stage", "task"], "needs a target set"),
+    ("continual-without-existing", "d.jsonl", jsonl(GOOD), ["--method", "delift", "--stage", "continual"],
+     "needs the existing data"),
+    ("bad-target-file", "d.jsonl", jsonl(GOOD), ["--method", "delift-se", "--stage", "task", "--target", "TARGET"],
+     "target.jsonl:1"),
+    ("model-not-found-offline", "d.jsonl", jsonl(GOOD), ["--method", "donod", "--model", "no-such-org/no-such-model"],
+     "cannot load model 'no-such-org/no-such-model' offline"),
+    ("record-longer-than-context", "d.jsonl", jsonl(GOOD[:1] + [{"instruction": "x", "output": "word " * 300}]),
+     ["--method", "donod", "--model", "TINY", "--max-length", "64"], "does not fit max_length 64"),
+    ("output-is-a-file", "d.jsonl", jsonl(GOOD), ["--out", "BLOCKER"], "not a folder"),
+]
+
+
+@pytest.mark.parametrize("case,name,content,extra,message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, name, content, extra, message, tmp_path, tiny_dir, capsys):
+    data = tmp_path / (name or "nope.jsonl")
+    if content is not None:
+        data.write_bytes(content if isinstance(content, bytes) else content.encode())
+    (tmp_path / "target.jsonl").write_text("not json\n")
+    (tmp_path / "blocker").write_text("x")
+    out = tmp_path / "out"
+    subs = {"TARGET": str(tmp_path / "target.jsonl"), "TINY": str(tiny_dir), "BLOCKER": str(tmp_path / "blocker")}
+    args = [subs.get(a, a) for a in extra]
+    if "--out" not in args:
+        args += ["--out", str(out)]
+    code = main(["select", str(data), "--method", "random", "-q", *args] if "--method" not in args
+                else ["select", str(data), "-q", *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tunesift: error: "), err
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []  # no temp folder left
+
+
+def test_cases_are_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "errors.md").read_text()
+    missing = [c[0] for c in CASES if f"`{c[0]}`" not in doc]
+    assert not missing, f"docs/errors.md lacks {missing}"
