@@ -231,3 +231,29 @@ def test_delift_dense_selection_is_reproducible_from_cache(demo, tiny_dir, tmp_p
     assert run(args + [tmp_path / "b"], capsys)[0] == 0
     for name in ("selected.jsonl", "scores.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_every_select_option_is_documented():
+    from pathlib import Path
+
+    import typer.main
+
+    from tunesift.cli import app
+
+    doc = (Path(__file__).parent.parent / "docs" / "options.md").read_text()
+    select_cmd = typer.main.get_command(app).commands["select"]
+    flags = [p.opts[0] for p in select_cmd.params if p.param_type_name == "option"]
+    assert len(flags) > 30
+    assert [f for f in flags if f"`{f}`" not in doc] == []
+
+
+def test_python_api_on_hf_dataset(tiny_lm):
+    from datasets import Dataset
+
+    from tunesift import select
+
+    rows = [{"question": f"What is {i} times 3?", "answer": f"{3 * i}", "source": "x"} for i in range(10)]
+    sel = select(Dataset.from_list(rows), method="donod", budget=3, lm=tiny_lm)
+    assert sel.kept.sum() == 3 and len(sel.subset) == 3 and all(r in rows for r in sel.subset)
+    table = sel.to_pandas()
+    assert list(table.columns[:2]) == ["id", "line"] and table["kept"].sum() == 3
