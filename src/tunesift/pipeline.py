@@ -255,7 +255,7 @@ def _stage_other(opt: Options, target, existing) -> list[Record] | None:
 
 
 def _pair_progress(progress: Progress, label: str) -> Callable[[int, int], None]:
-    """Adapt the kernel's progress(done, total) calls to a progress bar."""
+    """Adapt progress(done, total) calls (kernel, embeddings) to a progress bar."""
     state = {"advance": None, "done": 0}
 
     def update(done: int, total: int) -> None:
@@ -276,8 +276,11 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
     need_emb = embed_kernel or opt.knn > 0
     if need_emb:
         log.info("embedding %d records with all-MiniLM-L6-v2", len(records) + len(other or []))
-        e_pool = emb.embed_records(records, cache_dir=opt.cache_dir, device=opt.device)
-        e_other = emb.embed_records(other, cache_dir=opt.cache_dir, device=opt.device) if other else None
+        e_pool = emb.embed_records(records, cache_dir=opt.cache_dir, device=opt.device,
+                                   progress=_pair_progress(progress, "embedding the pool"))
+        e_other = (emb.embed_records(other, cache_dir=opt.cache_dir, device=opt.device,
+                                     progress=_pair_progress(progress, f"embedding the {opt.stage} set"))
+                   if other else None)
         timings["embed_s"] = time.perf_counter() - t0
     if embed_kernel:
         if opt.knn:

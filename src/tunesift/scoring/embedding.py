@@ -60,6 +60,7 @@ def embed_records(
     batch_size: int = 64,
     device: str = "cpu",
     cache_dir: str | Path | None | bool = None,
+    progress=None,
 ) -> np.ndarray:
     """Embed ``record_text`` of each record with the bundled all-MiniLM-L6-v2.
 
@@ -84,14 +85,15 @@ def embed_records(
     from ..models import resolve_device
 
     enc = _encoder(resolve_device(device))
-    emb = enc.encode(
-        texts,
-        batch_size=batch_size,
-        convert_to_numpy=True,
-        normalize_embeddings=True,
-        show_progress_bar=False,
-    )
-    emb = _normalise(np.asarray(emb, dtype=np.float32))
+    parts = []
+    step = max(batch_size, 1024)  # texts per progress update
+    for start in range(0, len(texts), step):
+        chunk = texts[start:start + step]
+        parts.append(enc.encode(chunk, batch_size=batch_size, convert_to_numpy=True,
+                                normalize_embeddings=True, show_progress_bar=False))
+        if progress is not None:
+            progress(start + len(chunk), len(texts))
+    emb = _normalise(np.concatenate(parts).astype(np.float32))
     if store:
         store.put("emb", emb)
     return emb
