@@ -50,6 +50,11 @@ CASES = [
     ("record-longer-than-context", "d.jsonl", jsonl(GOOD[:1] + [{"instruction": "x", "output": "word " * 300}]),
      ["--method", "donod", "--model", "TINY", "--max-length", "64"], "does not fit max_length 64"),
     ("output-is-a-file", "d.jsonl", jsonl(GOOD), ["--out", "BLOCKER"], "not a folder"),
+    ("target-without-task-stage", "d.jsonl", jsonl(GOOD), ["--method", "delift", "--target", "GOODTARGET"],
+     "--target is used only by"),
+    ("negative-nu", "d.jsonl", jsonl(GOOD), ["--method", "delift", "--stage", "continual", "--existing",
+                                             "GOODTARGET", "--nu", "-1"], "nu must be a finite number >= 0"),
+    ("negative-seed", "d.jsonl", jsonl(GOOD), ["--seed", "-1"], "seed must be an integer >= 0"),
 ]
 
 
@@ -59,9 +64,11 @@ def test_bad_input(case, name, content, extra, message, tmp_path, tiny_dir, caps
     if content is not None:
         data.write_bytes(content if isinstance(content, bytes) else content.encode())
     (tmp_path / "target.jsonl").write_text("not json\n")
+    (tmp_path / "good_target.jsonl").write_text(jsonl(GOOD[:2]))
     (tmp_path / "blocker").write_text("x")
     out = tmp_path / "out"
-    subs = {"TARGET": str(tmp_path / "target.jsonl"), "TINY": str(tiny_dir), "BLOCKER": str(tmp_path / "blocker")}
+    subs = {"TARGET": str(tmp_path / "target.jsonl"), "TINY": str(tiny_dir), "BLOCKER": str(tmp_path / "blocker"),
+            "GOODTARGET": str(tmp_path / "good_target.jsonl")}
     args = [subs.get(a, a) for a in extra]
     if "--out" not in args:
         args += ["--out", str(out)]

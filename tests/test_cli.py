@@ -257,3 +257,33 @@ def test_python_api_on_hf_dataset(tiny_lm):
     assert sel.kept.sum() == 3 and len(sel.subset) == 3 and all(r in rows for r in sel.subset)
     table = sel.to_pandas()
     assert list(table.columns[:2]) == ["id", "line"] and table["kept"].sum() == 3
+
+
+def test_python_api_on_hf_dataset_dict():
+    from datasets import Dataset, DatasetDict
+
+    from tunesift import select
+
+    rows = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(6)]
+    sel = select(DatasetDict({"train": Dataset.from_list(rows)}), method="random", budget=2)
+    assert len(sel.subset) == 2 and all(r in rows for r in sel.subset)
+
+
+def test_new_selection_removes_a_stale_report(demo, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(["select", demo, "--method", "random", "--budget", "5", "--out", out, "--report", "-q"], capsys)[0] == 0
+    assert (out / "report.html").exists()
+    assert run(["select", demo, "--method", "random", "--budget", "6", "--out", out, "-q"], capsys)[0] == 0
+    assert not (out / "report.html").exists()
+
+
+def test_knn_with_kept_diagonal_still_scores_k_others(tiny_lm, tmp_path):
+    from tunesift.pipeline import select
+
+    rows = [{"instruction": f"Say {i}.", "output": str(i)} for i in range(5)]
+    sel = select(rows, method="delift", knn=4, keep_diagonal=True, budget=2, lm=tiny_lm, cache_dir=str(tmp_path))
+    assert np.isfinite(sel.columns["helped_by"]).all()
+    sel2 = select(rows, method="delift", knn=4, budget=2, lm=tiny_lm, cache_dir=str(tmp_path))
+    # k = 4 = n - 1 others: the sparse kernel is the dense one, with or without the diagonal rule
+    dense = select(rows, method="delift", budget=2, lm=tiny_lm, cache_dir=str(tmp_path))
+    assert sel2.ids == dense.ids

@@ -139,3 +139,40 @@ def test_closed_form_matches_autograd_on_default_model(default_lm):
     seqs = sequences(default_lm)[:3]
     ours, ref = closed_and_reference(default_lm, DonodParams(1e-3, "mean"), seqs)
     np.testing.assert_allclose(ours, ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["granite", "cohere_like"])
+def test_scaled_logits_match_the_models_own_gradient(kind):
+    """Models that scale logits (Granite: / logits_scaling, Cohere: * logit_scale): the closed form
+    must follow the model's real output, checked against autograd through model(...).logits."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    tok = tiny.make_tokenizer()
+    torch.manual_seed(4)
+    cfg = GraniteConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                        logits_scaling=8.0 if kind == "granite" else 1.0)
+    model = GraniteForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    if kind == "cohere_like":  # Granite's forward divides by logits_scaling; emulate a multiplier
+        model.config.logits_scaling = 0.25
+    lm = SimpleNamespace(model=model, tokenizer=tok)
+    params = DonodParams(0.5, "mean")
+    seqs = sequences(lm)
+    stats = gradient_stats(model, seqs, pad_id=tok.pad_token_id)
+    ours = don_nod_from_stats(stats, lm_head_norm_sq(model), params)
+    truth = []
+    for ids, mask in seqs:
+        x = torch.tensor([ids])
+        pos = torch.tensor([t for t in range(1, len(ids)) if mask[t]])
+        logits = model(input_ids=x).logits[0, pos - 1]
+        loss = torch.nn.functional.cross_entropy(logits.double(), x[0, pos])
+        (g,) = torch.autograd.grad(loss, model.lm_head.weight)
+        w = model.lm_head.weight.detach().double()
+        w_new = w - params.eta * g.double()
+        truth.append((float(((w_new - w) * (w_new + w)).sum() / (w_new.norm() + w.norm())),
+                      float((w_new - w).norm())))
+    np.testing.assert_allclose(ours, np.array(truth), rtol=1e-4)

@@ -133,3 +133,23 @@ def test_default_model_segments_equal_whole_string(default_lm):
                                          {"role": "assistant", "content": response}], tokenize=False)
         assert ids == tok(whole.rstrip("\n"), add_special_tokens=False).input_ids
         assert tok.decode([t for t, m in zip(ids, mask) if m]) == response + "<|im_end|>"
+
+
+def test_consecutive_user_turns_and_tool_turns_render_like_the_template(chat_tok):
+    r = Renderer(chat_tok, turn_format(chat_tok))
+    ctx = [("user", "Here is a file: X"), ("tool", "42"), ("assistant", "Noted.")]
+    ids, mask = r.sequence(rec("Summarise it", "ok", ctx))
+    whole = chat_tok.apply_chat_template(
+        [{"role": "user", "content": "Here is a file: X"}, {"role": "tool", "content": "42"},
+         {"role": "assistant", "content": "Noted."}, {"role": "user", "content": "Summarise it"},
+         {"role": "assistant", "content": "ok"}], tokenize=False)
+    assert chat_tok.decode(ids) == whole.rstrip("\n")
+    assert "<|im_start|>tool\n42" in chat_tok.decode(ids)
+    assert chat_tok.decode([t for t, m in zip(ids, mask) if m]) == "ok<|im_end|>"
+
+
+def test_plain_template_context_roles(plain_tok):
+    r = Renderer(plain_tok, turn_format(plain_tok))
+    ids, _ = r.sequence(rec("Q2", "A2", [("user", "Q1"), ("assistant", "A1"), ("tool", "T")]))
+    text = plain_tok.decode(ids)
+    assert text.startswith("### Instruction:\nQ1\n\n### Response:\nA1\n\n### Instruction:\ntool: T\n\nQ2")

@@ -220,13 +220,12 @@ def main(argv: list[str] | None = None) -> int:
             from typer import _click as click
         except ImportError:  # older typer
             import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        exceptions = click.exceptions
+        if isinstance(exc, exceptions.ClickException):
             print(f"tunesift: error: {exc.format_message()}", file=sys.stderr)
             return 2
-        if isinstance(exc, click.exceptions.Exit):
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        abort = getattr(exceptions, "Abort", None)
+        if abort is not None and isinstance(exc, abort):
             return 130
         raise
     return 0

@@ -65,6 +65,9 @@ def write_selection(sel: Selection, out_dir: str | Path, inputs: dict[str, dict]
         (tmp / "manifest.json").write_text(json.dumps(manifest(sel, inputs or {}), indent=2, default=str) + "\n",
                                            encoding="utf-8")
         out.mkdir(parents=True, exist_ok=True)
+        stale = out / "report.html"  # a report of an earlier selection must not outlive it
+        if stale.exists():
+            stale.unlink()
         for name in FILES:
             os.replace(tmp / name, out / name)
     finally:

@@ -81,6 +81,14 @@ class Options:
             raise OptionError(f"unknown optimizer '{self.optimizer}': use naive, lazy or stochastic")
         if self.mi_form not in ("min", "additive"):
             raise OptionError(f"unknown FLMI form '{self.mi_form}': use min or additive")
+        for name in ("nu", "mi_eta"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise OptionError(f"{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+        if not 0 < self.epsilon < 1:
+            raise OptionError(f"epsilon must be in (0, 1), got {self.epsilon}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise OptionError(f"seed must be an integer >= 0, got {self.seed}")
         if self.token_budget < 1:
             raise OptionError(f"token budget must be positive, got {self.token_budget}")
         if self.knn < 0:
@@ -178,9 +186,7 @@ def as_records(data, fields: FieldMap | None = None, *, source: str = "<rows>") 
         return read_records(data, fields)
     if isinstance(data, list) and data and isinstance(data[0], Record):
         return data
-    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame
-        return records_from_rows(data.to_dict("records"), fields, source=source)
-    return records_from_rows(list(data), fields, source=source)
+    return records_from_rows(data, fields, source=source)  # dicts, DataFrame, Dataset, DatasetDict
 
 
 def _no_progress(label: str, total: int) -> Callable[[int], None]:
@@ -294,7 +300,9 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
         from .scoring.utility import similarity_bounds, to_similarity, utility_kernel
 
         if opt.knn:
-            pattern = emb.knn_pattern(e_pool, e_pool, min(opt.knn, len(records) - 1), exclude_self=not opt.keep_diagonal)
+            # with the diagonal kept, the record itself takes one of the slots: ask for one more
+            k_self = min(opt.knn + 1, len(records)) if opt.keep_diagonal else min(opt.knn, len(records) - 1)
+            pattern = emb.knn_pattern(e_pool, e_pool, k_self, exclude_self=not opt.keep_diagonal)
             if other:
                 cross_pattern = emb.knn_pattern(e_pool, e_other, min(opt.knn, len(other)))
         renderer = _renderer(lm, opt)
@@ -386,6 +394,10 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
         other = _stage_other(opt, tgt, ext)
     else:
         other = None
+    for given, name, stage in ((tgt, "target", "task"), (ext, "existing", "continual")):
+        if given is not None and (opt.method not in ("delift", "delift-se") or opt.stage != stage):
+            raise OptionError(f"--{name} is used only by --method delift/delift-se --stage {stage}; "
+                              f"it would be ignored here")
     k = resolve_budget(opt.budget, len(records))
     log.info("%s: %d records read, keeping %d", opt.method, len(records), k)
     timings = {"read_s": time.perf_counter() - t_start}

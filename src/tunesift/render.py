@@ -130,14 +130,40 @@ class Renderer:
         return self.ids(self.fmt.header)
 
     def prompt_text(self, record) -> str:
-        """The record's prompt segment: earlier chat turns joined with the template's strings."""
-        parts: list[str] = []
+        """The record's prompt segment: earlier chat turns, then the prompt, between the header and
+        ``user_end``.
+
+        With a chat template the turns are rendered by the template itself (so consecutive user
+        turns, tool turns and the like come out exactly as in fine-tuning) and the shared header
+        and final ``user_end`` are cut off. A record's own system turn is put in front of its first
+        turn's text: the header (with the template's default system prompt) is shared by every
+        sequence, which DELIFT's prefix reuse relies on. Without a template (or if the template's
+        rendering does not start with the header), user turns end with ``user_end``, assistant turns
+        with ``between``, and other roles are written as ``role: content``.
+        """
         system = [c for r, c in record.context if r == "system"]
-        turns = [(r, c) for r, c in record.context if r != "system"]
-        prefix = ("\n\n".join(system) + "\n\n") if system else ""
-        for role, content in turns:
-            parts.append(content + (self.fmt.user_end if role == "user" else self.fmt.between))
-        return prefix + "".join(parts) + record.prompt
+        turns = [(r, c) for r, c in record.context if r != "system"] + [("user", record.prompt)]
+        if system:
+            role, content = turns[0]
+            turns[0] = (role, "\n\n".join(system) + "\n\n" + content)
+        if self.fmt.name == "chat" and len(turns) > 1:
+            try:
+                text = self.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in turns],
+                                                          tokenize=False, add_generation_prompt=True)
+            except Exception:  # a template that rejects a role: fall back to the manual rendering
+                text = ""
+            h, u = self.fmt.header, self.fmt.user_end
+            if text.startswith(h) and text.endswith(u) and len(text) >= len(h) + len(u):
+                return text[len(h):len(text) - len(u)]
+        parts = []
+        for role, content in turns[:-1]:
+            if role == "user":
+                parts.append(content + self.fmt.user_end)
+            elif role == "assistant":
+                parts.append(content + self.fmt.between)
+            else:
+                parts.append(f"{role}: {content}\n\n")
+        return "".join(parts) + turns[-1][1]
 
     def encode(self, record) -> Encoded:
         """Zero-shot encoding of one record (prompt | user_end, response | end)."""

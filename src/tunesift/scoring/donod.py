@@ -48,25 +48,28 @@ class DonodParams:
 
 
 def gradient_terms(h: torch.Tensor, z: torch.Tensor, y: torch.Tensor, softcap: float | None = None,
-                   chunk: int = 16384) -> tuple[float, float]:
+                   chunk: int = 16384, scale: float = 1.0) -> tuple[float, float]:
     """Return (sum_t r_t . z_t, sum_{t,s} (h_t.h_s)(r_t.r_s)) for one record, unscaled, in float64.
 
-    h: (T, d) final hidden states; z: (T, V) raw logits W h_t (before any soft-capping);
-    y: (T,) target token ids. ``softcap`` c applies z -> c tanh(z / c) before the softmax.
+    h: (T, d) final hidden states; z: (T, V) raw logits W h_t; y: (T,) target token ids. The
+    model's output is f(z) = c tanh(s z / c) (``scale`` s: Cohere's logit_scale or 1 / Granite's
+    logits_scaling; ``softcap`` c: Gemma's final_logit_softcapping, identity when None), and
+    r_t = f'(z_t) * (softmax(f(z_t)) - e_t) is the gradient of the loss with respect to z_t.
     """
     h = h.double()
     z = z.double()
+    zs = z * scale if scale != 1.0 else z
     if softcap:
-        t = torch.tanh(z / softcap)
+        t = torch.tanh(zs / softcap)
         p = torch.softmax(softcap * t, dim=-1)
-        scale = 1.0 - t * t  # d(c tanh(z/c))/dz
+        deriv = (1.0 - t * t) * scale  # d(c tanh(s z / c))/dz
     else:
-        p = torch.softmax(z, dim=-1)
-        scale = None
+        p = torch.softmax(zs, dim=-1)
+        deriv = scale if scale != 1.0 else None
     r = p
     r[torch.arange(len(y)), y] -= 1.0  # r_t = p_t - e_t, in place on p
-    if scale is not None:
-        r = r * scale
+    if deriv is not None:
+        r = r * deriv
     inner = float((r * z).sum())
     # r r^T in V-chunks bounds the temporary memory for large vocabularies.
     rr = sum(r[:, i:i + chunk] @ r[:, i:i + chunk].T for i in range(0, r.shape[1], chunk))
@@ -90,11 +93,15 @@ def don_nod(inner: float, g_sq: float, n_tokens: int, w_sq: float, params: Donod
 
 
 def decoder_and_head(model):
-    """The transformer body (returns final, normed hidden states) and the LM head of a causal LM."""
+    """The transformer body (final, normed hidden states), the LM head, its soft-cap and scale."""
     body = getattr(model, "model", None) or model.get_decoder()
     head = model.get_output_embeddings()
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    return body, head, softcap
+    cfg = getattr(model.config, "text_config", None) or model.config
+    softcap = getattr(cfg, "final_logit_softcapping", None)
+    scale = float(getattr(cfg, "logit_scale", None) or 1.0)  # Cohere: logits * logit_scale
+    if getattr(cfg, "logits_scaling", None):  # Granite: logits / logits_scaling
+        scale /= float(cfg.logits_scaling)
+    return body, head, softcap, scale
 
 
 def lm_head_norm_sq(model) -> float:
@@ -125,7 +132,7 @@ def score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) ->
     sum_t r_t.z_t, ||sum_t r_t h_t^T||^2 and T, from which :func:`don_nod` gives DON and NOD for
     any eta and reduction (so changing them never needs the model again).
     """
-    body, head, softcap = decoder_and_head(model)
+    body, head, softcap, scale = decoder_and_head(model)
     if getattr(head, "bias", None) is not None:  # no LM head we know has one; refuse rather than be wrong
         raise OptionError("the DONOD closed form assumes an LM head without bias")
     dev = next(model.parameters()).device
@@ -143,7 +150,7 @@ def score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) ->
     for b, (seq, mask) in enumerate(batch):
         pos = torch.tensor([t for t in range(1, len(seq)) if mask[t]], dtype=torch.long, device=dev)
         h = hidden[b, pos - 1].double()
-        inner, g_sq = gradient_terms(h, h @ w.T, ids[b].to(dev)[pos], softcap)
+        inner, g_sq = gradient_terms(h, h @ w.T, ids[b].to(dev)[pos], softcap, scale=scale)
         out[b] = (inner, g_sq, len(pos))
     return out
 
@@ -189,13 +196,13 @@ def autograd_don_nod(model, ids: list[int], mask: list[int], params: DonodParams
     Only the LM-head role of W gets the gradient (for tied embeddings the input-embedding path is
     held fixed, as in the closed form). Slow, for tests and the benchmark only.
     """
-    body, head, softcap = decoder_and_head(model)
+    body, head, softcap, scale = decoder_and_head(model)
     x = torch.tensor([ids], device=head.weight.device)
     with torch.no_grad():
         hidden = body(input_ids=x).last_hidden_state[0].double()
     w = head.weight.detach().double().clone().requires_grad_(True)
     pos = torch.tensor([t for t in range(1, len(ids)) if mask[t]], device=x.device)
-    z = hidden[pos - 1] @ w.T
+    z = hidden[pos - 1] @ w.T * scale
     if softcap:
         z = softcap * torch.tanh(z / softcap)
     loss = torch.nn.functional.cross_entropy(z, x[0, pos], reduction=params.reduction)
