@@ -176,3 +176,19 @@ def test_scaled_logits_match_the_models_own_gradient(kind):
         truth.append((float(((w_new - w) * (w_new + w)).sum() / (w_new.norm() + w.norm())),
                       float((w_new - w).norm())))
     np.testing.assert_allclose(ours, np.array(truth), rtol=1e-4)
+
+
+def test_vocabulary_chunking_gives_the_same_terms(tiny_lm):
+    """Large vocabularies are processed in chunks (two passes); the terms must not change."""
+    from tunesift.scoring.donod import gradient_terms
+
+    torch.manual_seed(0)
+    h = torch.randn(7, 64)
+    w = tiny_lm.model.get_output_embeddings().weight.detach()
+    y = torch.randint(0, w.shape[0], (7,))
+    whole = gradient_terms(h, w, y)
+    for kw in (dict(chunk=64), dict(chunk=50, max_elems=0), dict(chunk=399, max_elems=0)):
+        np.testing.assert_allclose(gradient_terms(h, w, y, **kw), whole, rtol=1e-10)
+    capped = gradient_terms(h, w, y, softcap=3.0, scale=0.5)
+    np.testing.assert_allclose(gradient_terms(h, w, y, softcap=3.0, scale=0.5, chunk=37, max_elems=0), capped,
+                               rtol=1e-10)

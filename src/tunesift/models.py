@@ -200,7 +200,15 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
     model.to(dev).eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    fp = fingerprint(Path(str(where))) if Path(str(where)).exists() else str(name)
+    if Path(str(where)).exists():
+        fp = fingerprint(Path(str(where)))
+    else:  # a Hub id: hash the cached snapshot, so updated weights never reuse old scores
+        try:
+            from huggingface_hub import snapshot_download
+
+            fp = file_fingerprint(Path(snapshot_download(str(name), local_files_only=True)))
+        except Exception:
+            fp = str(name)
     return LoadedModel(model, tok, name, str(where), fp, dev, str(torch_dtype).replace("torch.", ""))
 
 

@@ -47,34 +47,56 @@ class DonodParams:
             raise OptionError(f"reduction must be one of {', '.join(REDUCTIONS)}, got '{self.reduction}'")
 
 
-def gradient_terms(h: torch.Tensor, z: torch.Tensor, y: torch.Tensor, softcap: float | None = None,
-                   chunk: int = 16384, scale: float = 1.0) -> tuple[float, float]:
+def gradient_terms(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, softcap: float | None = None,
+                   scale: float = 1.0, chunk: int = 16384, max_elems: int = 1 << 25) -> tuple[float, float]:
     """Return (sum_t r_t . z_t, sum_{t,s} (h_t.h_s)(r_t.r_s)) for one record, unscaled, in float64.
 
-    h: (T, d) final hidden states; z: (T, V) raw logits W h_t; y: (T,) target token ids. The
+    h: (T, d) final hidden states; w: (V, d) LM head; y: (T,) target token ids; z_t = W h_t. The
     model's output is f(z) = c tanh(s z / c) (``scale`` s: Cohere's logit_scale or 1 / Granite's
     logits_scaling; ``softcap`` c: Gemma's final_logit_softcapping, identity when None), and
     r_t = f'(z_t) * (softmax(f(z_t)) - e_t) is the gradient of the loss with respect to z_t.
+
+    The vocabulary is processed in chunks of ``chunk`` rows of W, so memory stays O(T * chunk)
+    whatever V is: a first pass gets each token's log-normaliser, a second forms r chunk by chunk
+    and accumulates r.z and r r^T. When T * V <= ``max_elems`` the logits of the first pass are
+    kept, so nothing is computed twice.
     """
     h = h.double()
-    z = z.double()
-    zs = z * scale if scale != 1.0 else z
-    if softcap:
-        t = torch.tanh(zs / softcap)
-        p = torch.softmax(softcap * t, dim=-1)
-        deriv = (1.0 - t * t) * scale  # d(c tanh(s z / c))/dz
-    else:
-        p = torch.softmax(zs, dim=-1)
-        deriv = scale if scale != 1.0 else None
-    r = p
-    r[torch.arange(len(y)), y] -= 1.0  # r_t = p_t - e_t, in place on p
-    if deriv is not None:
-        r = r * deriv
-    inner = float((r * z).sum())
-    # r r^T in V-chunks bounds the temporary memory for large vocabularies.
-    rr = sum(r[:, i:i + chunk] @ r[:, i:i + chunk].T for i in range(0, r.shape[1], chunk))
-    g_sq = float(((h @ h.T) * rr).sum())
-    return inner, g_sq
+    w = w.double()
+    n_tok, vocab = len(y), w.shape[0]
+    rows = torch.arange(n_tok, device=h.device)
+    spans = [(i, min(i + chunk, vocab)) for i in range(0, vocab, chunk)]
+
+    def out_and_deriv(z):
+        zs = z * scale if scale != 1.0 else z
+        if softcap:
+            t = torch.tanh(zs / softcap)
+            return softcap * t, (1.0 - t * t) * scale  # d(c tanh(s z / c))/dz
+        return zs, (scale if scale != 1.0 else None)
+
+    keep = n_tok * vocab <= max_elems
+    kept: list[torch.Tensor] = []
+    lse = None
+    for lo, hi in spans:  # pass 1: log-normaliser of every token
+        z = h @ w[lo:hi].T
+        if keep:
+            kept.append(z)
+        m = torch.logsumexp(out_and_deriv(z)[0], dim=-1)
+        lse = m if lse is None else torch.logaddexp(lse, m)
+    inner = torch.zeros((), dtype=torch.float64, device=h.device)
+    rr = torch.zeros((n_tok, n_tok), dtype=torch.float64, device=h.device)
+    for k, (lo, hi) in enumerate(spans):  # pass 2: r = f'(z) (p - e), chunk by chunk
+        z = kept[k] if keep else h @ w[lo:hi].T
+        o, deriv = out_and_deriv(z)
+        r = torch.exp(o - lse[:, None])
+        hit = (y >= lo) & (y < hi)
+        r[rows[hit], y[hit] - lo] -= 1.0
+        if deriv is not None:
+            r = r * deriv
+        inner += (r * z).sum()
+        rr += r @ r.T
+    g_sq = ((h @ h.T) * rr).sum()
+    return float(inner), float(g_sq)
 
 
 def don_nod(inner: float, g_sq: float, n_tokens: int, w_sq: float, params: DonodParams) -> tuple[float, float]:
@@ -150,7 +172,7 @@ def score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) ->
     for b, (seq, mask) in enumerate(batch):
         pos = torch.tensor([t for t in range(1, len(seq)) if mask[t]], dtype=torch.long, device=dev)
         h = hidden[b, pos - 1].double()
-        inner, g_sq = gradient_terms(h, h @ w.T, ids[b].to(dev)[pos], softcap, scale=scale)
+        inner, g_sq = gradient_terms(h, w, ids[b].to(dev)[pos], softcap, scale=scale)
         out[b] = (inner, g_sq, len(pos))
     return out
 
