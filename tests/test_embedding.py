@@ -108,3 +108,18 @@ def test_knn_pattern_ties_and_caps():
     assert emb.knn_pattern(base, b, 0).nnz == 0
     with pytest.raises(OptionError):
         emb.knn_pattern(base, b, -1)
+
+
+def test_cosine_kernel_at_a_pattern_equals_the_dense_kernel_there():
+    import scipy.sparse as sp
+
+    from tunesift.scoring.embedding import cosine_similarity_kernel, knn_pattern
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(9, 5)), rng.normal(size=(7, 5))
+    pattern = knn_pattern(a, b, 3)
+    sparse = cosine_similarity_kernel(a, b, pattern)
+    assert sp.issparse(sparse) and sparse.dtype == np.float32 and sparse.nnz == 27
+    dense = cosine_similarity_kernel(a, b)
+    r, c = pattern.nonzero()
+    np.testing.assert_allclose(sparse.toarray()[r, c], dense[r, c], rtol=1e-6)

@@ -143,7 +143,7 @@ class Selection:
                 "line": pa.array([r.line for r in self.records], pa.int64())}
         for name, arr in self.columns.items():
             cols[name] = pa.array(arr)
-        cols["rank"] = pa.array([int(x) if x > 0 else None for x in rank], pa.int64())
+        cols["rank"] = pa.array(rank, pa.int64(), mask=rank == 0)  # null: not ranked (not picked)
         cols["kept"] = pa.array(self.kept.astype(bool))
         return pa.table(cols)
 
@@ -249,15 +249,18 @@ def _submodular(sim, cross, k: int, opt: Options):
 
 
 def _stage_other(opt: Options, target, existing) -> list[Record] | None:
-    if opt.stage == "task":
-        if not target:
-            raise OptionError("stage 'task' needs a target set (--target FILE)")
-        return target
-    if opt.stage == "continual":
-        if not existing:
-            raise OptionError("stage 'continual' needs the existing data (--existing FILE)")
-        return existing
-    return None
+    """The second record set the stage needs (target or existing data), checking that a set is
+    given exactly where the method and stage use it."""
+    uses = {"task": "target", "continual": "existing"}.get(opt.stage) if opt.method in ("delift", "delift-se") else None
+    for given, name, stage in ((target, "target", "task"), (existing, "existing", "continual")):
+        if given is not None and uses != name:
+            raise OptionError(f"--{name} is used only by --method delift/delift-se --stage {stage}; "
+                              f"it would be ignored here")
+    if uses == "target" and not target:
+        raise OptionError("stage 'task' needs a target set (--target FILE)")
+    if uses == "existing" and not existing:
+        raise OptionError("stage 'continual' needs the existing data (--existing FILE)")
+    return target if uses == "target" else existing if uses == "existing" else None
 
 
 def _pair_progress(progress: Progress, label: str) -> Callable[[int, int], None]:
@@ -289,22 +292,21 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
                    if other else None)
         timings["embed_s"] = time.perf_counter() - t0
     if embed_kernel:
-        if opt.knn:
-            sim = _pattern_cosine(e_pool, e_pool, emb.knn_pattern(e_pool, e_pool, min(opt.knn, len(records))))
-            cross = (_pattern_cosine(e_pool, e_other, emb.knn_pattern(e_pool, e_other, min(opt.knn, len(other))))
-                     if other else None)
-        else:
-            sim = emb.cosine_similarity_kernel(e_pool, e_pool).astype(np.float32)
-            cross = emb.cosine_similarity_kernel(e_pool, e_other).astype(np.float32) if other else None
+        def se_kernel(b: np.ndarray):  # dense, or only at the k nearest (knn_pattern caps k)
+            return emb.cosine_similarity_kernel(e_pool, b, emb.knn_pattern(e_pool, b, opt.knn) if opt.knn else None)
+
+        sim = se_kernel(e_pool)
+        cross = se_kernel(e_other) if other else None
     else:
         from .scoring.utility import similarity_bounds, to_similarity, utility_kernel
 
         if opt.knn:
             # with the diagonal kept, the record itself takes one of the slots: ask for one more
-            k_self = min(opt.knn + 1, len(records)) if opt.keep_diagonal else min(opt.knn, len(records) - 1)
+            # (knn_pattern caps k at the columns available)
+            k_self = opt.knn + 1 if opt.keep_diagonal else opt.knn
             pattern = emb.knn_pattern(e_pool, e_pool, k_self, exclude_self=not opt.keep_diagonal)
             if other:
-                cross_pattern = emb.knn_pattern(e_pool, e_other, min(opt.knn, len(other)))
+                cross_pattern = emb.knn_pattern(e_pool, e_other, opt.knn)
         renderer = _renderer(lm, opt)
         t1 = time.perf_counter()
         kern = utility_kernel(lm, renderer, records, records, pairs=pattern, exclude_diagonal=not opt.keep_diagonal,
@@ -339,15 +341,6 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
     return cols, np.asarray(res.order), {"timings": timings, "objective": res.objective}
 
 
-def _pattern_cosine(a: np.ndarray, b: np.ndarray, pattern):
-    """(cos + 1) / 2 of unit embeddings at the pattern's entries only: a CSR kernel, O(nnz d)."""
-    import scipy.sparse as sp
-
-    p = pattern.tocsr().tocoo()
-    vals = np.einsum("ij,ij->i", a[p.row], b[p.col]) * 0.5 + 0.5
-    return sp.csr_matrix((vals.astype(np.float32), (p.row, p.col)), shape=p.shape)
-
-
 def _nanmean(m, axis: int) -> np.ndarray:
     """Mean over the defined entries (not NaN; for sparse kernels, stored entries) along ``axis``."""
     import scipy.sparse as sp
@@ -360,12 +353,11 @@ def _nanmean(m, axis: int) -> np.ndarray:
         tot = np.bincount(idx, weights=c.data[ok], minlength=size)
         cnt = np.bincount(idx, minlength=size)
         return np.divide(tot, cnt, out=np.full(size, np.nan), where=cnt > 0)
-    with np.errstate(all="ignore"):
-        import warnings
+    import warnings
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(m, axis=axis)
+    with warnings.catch_warnings():  # an all-NaN row (n = 1) is a NaN mean, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(m, axis=axis)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -390,14 +382,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     records = as_records(data, fields)
     tgt = as_records(target, fields, source="<target>") if target is not None else None
     ext = as_records(existing, fields, source="<existing>") if existing is not None else None
-    if opt.method in ("delift", "delift-se"):
-        other = _stage_other(opt, tgt, ext)
-    else:
-        other = None
-    for given, name, stage in ((tgt, "target", "task"), (ext, "existing", "continual")):
-        if given is not None and (opt.method not in ("delift", "delift-se") or opt.stage != stage):
-            raise OptionError(f"--{name} is used only by --method delift/delift-se --stage {stage}; "
-                              f"it would be ignored here")
+    other = _stage_other(opt, tgt, ext)
     k = resolve_budget(opt.budget, len(records))
     log.info("%s: %d records read, keeping %d", opt.method, len(records), k)
     timings = {"read_s": time.perf_counter() - t_start}

@@ -107,12 +107,21 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def cosine_similarity_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosine_similarity_kernel(a: np.ndarray, b: np.ndarray, pattern: sp.spmatrix | None = None):
     """K = (cos(a_i, b_j) + 1) / 2 in [0, 1], float32 of shape (len(a), len(b)).
 
-    Rows are normalised here, so unnormalised inputs are fine.
+    Rows are normalised here, so unnormalised inputs are fine. With a sparse ``pattern`` (e.g.
+    :func:`knn_pattern`) only its entries are computed, in O(nnz d), and a CSR kernel is returned.
     """
-    s = _normalise(a) @ _normalise(b).T
+    a, b = _normalise(a), _normalise(b)
+    if pattern is None:
+        return _cos_to_unit(a @ b.T)
+    p = pattern.tocsr().tocoo()
+    vals = _cos_to_unit(np.einsum("ij,ij->i", a[p.row], b[p.col]))
+    return sp.csr_matrix((vals, (p.row, p.col)), shape=(len(a), len(b)))
+
+
+def _cos_to_unit(s: np.ndarray) -> np.ndarray:
     return np.clip((s + 1.0) * 0.5, 0.0, 1.0).astype(np.float32, copy=False)
 
 
