@@ -104,7 +104,8 @@ def _input_info(path: str | None) -> dict | None:
 def select(
     data: Path = typer.Argument(None, help="Input file: JSONL, JSON array, CSV, Parquet or a saved HF dataset folder."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (selected.jsonl, scores.parquet, manifest.json)."),
-    method: str = typer.Option("donod", help="random | donod | delift | delift-se"),
+    method: str = typer.Option("donod", help="random | donod | delift | delift-se | donod+delift | "
+                                             "ifd | loss | perplexity | selectit"),
     budget: str = typer.Option("0.3", help="Fraction in (0, 1] (e.g. 0.3, 1.0) or a count (e.g. 300)."),
     seed: int = typer.Option(0, help="Seed for random selection and stochastic greedy."),
     model: str = typer.Option("default", help="default (SmolLM2-135M-Instruct), gemma3-270m, a folder, a .gguf or an HF id in the local cache."),
@@ -128,6 +129,9 @@ def select(
     mi_form: str = typer.Option("min", help="DELIFT task stage: min (submodlib FL1MI) | additive (paper)."),
     nu: float = typer.Option(1.0, help="DELIFT continual stage: FLCG nu."),
     optimizer: str = typer.Option("lazy", help="naive | lazy | stochastic greedy."),
+    prefilter: float = typer.Option(0.7, help="donod+delift: share of the pool DONOD lets through to DELIFT."),
+    keep: str = typer.Option("easiest", help="loss/perplexity: keep the easiest (lowest) or the hardest records."),
+    selectit_alpha: float = typer.Option(0.2, help="selectit: uncertainty weight, mean / (1 + alpha * std)."),
     prompt_field: str | None = typer.Option(None, help="Field(s) holding the prompt, comma-separated to join."),
     response_field: str | None = typer.Option(None, help="Field holding the response."),
     messages_field: str | None = typer.Option(None, help="Field holding a chat message list."),
@@ -157,7 +161,8 @@ def select(
                 template=template, max_length=max_length, token_budget=token_budget,
                 cache_dir=str(cache_dir) if cache_dir else None, eta=eta, reduction=reduction, weights=w,
                 stage=stage, distance=distance, knn=knn, clip_negative=clip_negative,
-                keep_diagonal=keep_diagonal, mi_eta=mi_eta, mi_form=mi_form, nu=nu, optimizer=optimizer)
+                keep_diagonal=keep_diagonal, mi_eta=mi_eta, mi_form=mi_form, nu=nu, optimizer=optimizer,
+                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha)
     with _progress(quiet) as prog:
         sel = run_select(str(data), target=str(target) if target else None,
                          existing=str(existing) if existing else None, fields=fields, progress=prog, **opts)
@@ -175,6 +180,197 @@ def select(
         page = write_report(out)
         if not quiet:
             typer.echo(f"report: {page}", err=True)
+
+
+def _train_config(mode, epochs, lr, batch_size, max_length, lora_r, lora_alpha, lora_dropout, seed, autocast,
+                  template):
+    from .finetune import TrainConfig
+
+    cfg = TrainConfig(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
+                      lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, seed=seed,
+                      autocast=autocast, template=template)
+    cfg.validate()
+    return cfg
+
+
+@app.command()
+def finetune(
+    data: Path = typer.Argument(None, help="Training records (any input format; e.g. OUT/selected.jsonl)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Folder for the adapter (LoRA) or model (full)."),
+    model: str = typer.Option("default", help="Base model: default, gemma3-270m, a folder, a .gguf or a cached HF id."),
+    mode: str = typer.Option("lora", help="lora | full"),
+    epochs: int = typer.Option(2, help="Passes over the data."),
+    lr: float | None = typer.Option(None, help="Learning rate (default 2e-4 LoRA, 2e-5 full)."),
+    batch_size: int = typer.Option(8, help="Records per optimizer step."),
+    max_length: int = typer.Option(1024, help="Longest training sequence in tokens (prompts cut from the left)."),
+    lora_r: int = typer.Option(16, help="LoRA rank."),
+    lora_alpha: int = typer.Option(32, help="LoRA alpha."),
+    lora_dropout: float = typer.Option(0.05, help="LoRA dropout."),
+    seed: int = typer.Option(0, help="Seed of LoRA init, dropout and data order."),
+    autocast: str = typer.Option("none", help="none | bfloat16 (mixed precision, faster on AMX CPUs and GPUs)."),
+    template: str = typer.Option("auto", help="auto | chat | plain (use the same as for selection)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    config: Path | None = typer.Option(None, "--config", is_eager=True, callback=_load_config,
+                                       help="YAML file holding any of these options; flags override it."),
+) -> None:
+    """Fine-tune a model on records (LoRA by default), loss on response tokens only."""
+    from .finetune import finetune as run_finetune
+    from .finetune import save
+    from .models import load_lm
+    from .records import read_records
+
+    if data is None or out is None:
+        raise TunesiftError("finetune needs the training DATA and --out")
+    check_out = Path(out)
+    from .outputs import check_writable
+
+    check_writable(check_out)
+    cfg = _train_config(mode, epochs, lr, batch_size, max_length, lora_r, lora_alpha, lora_dropout, seed,
+                        autocast, template)
+    _setup_logging(quiet)
+    records = read_records(data)
+    lm = load_lm(model, device=device)
+    with _progress(quiet) as prog:
+        bar = prog("fine-tuning", len(records) * cfg.epochs) if prog else None
+        res = run_finetune(lm, records, cfg, progress=bar)
+    save(res, lm, out, {"data": _input_info(str(data))})
+    if not quiet:
+        typer.echo(f"{cfg.mode}: {len(records)} records x {cfg.epochs} epochs, loss {res.losses[0]:.3f} -> "
+                   f"{res.losses[-1]:.3f} in {res.seconds:.1f} s -> {out}", err=True)
+
+
+@app.command()
+def evaluate(
+    test: Path = typer.Option(..., "--test", help="Held-out records with reference responses."),
+    model: str | None = typer.Option(None, help="Model to evaluate (default: the adapter's base, else 'default')."),
+    adapter: Path | None = typer.Option(None, help="Output folder of tunesift finetune (LoRA adapter or model)."),
+    metrics: str = typer.Option("auto", help="auto, or a comma list of loss, perplexity, rougeL, exact_match, cosine."),
+    max_new_tokens: int = typer.Option(128, help="Generation length for the generative metrics."),
+    generate_limit: int | None = typer.Option(None, help="Generate for the first N test records only."),
+    limit: int | None = typer.Option(None, help="Use the first N test records only."),
+    template: str = typer.Option("auto", help="auto | chat | plain (as in training)."),
+    max_length: int = typer.Option(1024, help="Longest scored sequence in tokens."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write metrics.json and predictions.jsonl here."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Evaluate a (fine-tuned) model on held-out records: loss, perplexity, ROUGE-L, exact match, cosine."""
+    import json
+
+    from .evaluate import evaluate as run_evaluate
+    from .evaluate import parse_metrics
+    from .models import load_lm
+    from .records import read_records
+
+    names = parse_metrics(metrics)
+    for name, v in (("max-new-tokens", max_new_tokens), ("generate-limit", generate_limit), ("limit", limit)):
+        if v is not None and v < 1:
+            raise TunesiftError(f"{name} must be at least 1, got {v}")
+    _setup_logging(quiet)
+    records = read_records(test)[:limit] if limit else read_records(test)
+    if adapter is not None:
+        from .finetune import load_trained
+
+        lm = load_trained(adapter, model=model, device=device)
+    else:
+        lm = load_lm(model or "default", device=device)
+    with _progress(quiet) as prog:
+        ev = run_evaluate(lm, records, metrics=names, template=template, max_length=max_length,
+                          max_new_tokens=max_new_tokens, generate_limit=generate_limit, progress=prog)
+    result = {"model": lm.source, "fingerprint": lm.fingerprint, "test": _input_info(str(test)),
+              "records": len(records), "metrics": ev.metrics, "timings": ev.timings}
+    if out is not None:
+        from .store import write_text
+
+        rows = []
+        for i, r in enumerate(records):
+            row = {"id": r.id, "reference": r.response, "prediction": ev.generations[i]}
+            row.update({k: (None if v[i] != v[i] else float(v[i])) for k, v in ev.per_record.items()})
+            rows.append(json.dumps(row, ensure_ascii=False))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_text(Path(out) / "predictions.jsonl", "\n".join(rows) + "\n")
+        write_text(Path(out) / "metrics.json", json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps(ev.metrics))
+
+
+@app.command()
+def bench(
+    train: Path = typer.Option(None, "--train", help="The pool to select from."),
+    test: Path = typer.Option(None, "--test", help="Held-out evaluation records."),
+    out: Path = typer.Option(None, "--out", "-o", help="Bench folder (cells/, results.md/.csv/.json, plots)."),
+    methods: str = typer.Option(",".join(("base", "random", "delift-se", "delift", "donod", "donod+delift", "full")),
+                                help="Comma list of base, full and any select method (random, donod, delift, "
+                                     "delift-se, donod+delift, ifd, loss, perplexity, selectit)."),
+    budget: str = typer.Option("0.3", help="Budget(s), comma-separated (several give a curve)."),
+    seeds: int = typer.Option(3, help="Seeds per cell (selection and training)."),
+    stage: str = typer.Option("instruction", help="DELIFT stage: instruction | task | continual."),
+    target: Path | None = typer.Option(None, help="Task stage: the target set."),
+    existing: Path | None = typer.Option(None, help="Continual stage: data already trained on."),
+    train_with_existing: bool = typer.Option(True, help="Continual stage: fine-tune on existing + selection."),
+    select_model: str = typer.Option("default", "--select-model", "--score-model",
+                                     help="Model that scores the pool (a small one for Superfiltering)."),
+    train_model: str = typer.Option("default", help="Model that is fine-tuned and evaluated."),
+    knn: int | None = typer.Option(None, help="DELIFT: k nearest candidates per record (0 = dense)."),
+    distance: str = typer.Option("rmse", help="DELIFT: rmse | pmi."),
+    select_dtype: str = typer.Option("auto", help="dtype of the selection model."),
+    prefilter: float = typer.Option(0.7, help="donod+delift: share DONOD lets through."),
+    eta: float = typer.Option(1e-3, help="DONOD eta."),
+    mode: str = typer.Option("lora", help="Fine-tuning: lora | full"),
+    epochs: int | None = typer.Option(None, help="Fine-tuning epochs (default 2; --quick 1)."),
+    lr: float | None = typer.Option(None, help="Learning rate (default 2e-4 LoRA, 2e-5 full)."),
+    batch_size: int = typer.Option(8, help="Records per optimizer step."),
+    max_length: int = typer.Option(1024, help="Longest sequence in tokens (selection and training)."),
+    lora_r: int = typer.Option(16, help="LoRA rank."),
+    autocast: str = typer.Option("none", help="none | bfloat16 mixed precision for fine-tuning."),
+    metrics: str = typer.Option("auto", help="auto or a comma list of metrics."),
+    max_new_tokens: int | None = typer.Option(None, help="Generation length (default 128; --quick 32)."),
+    generate_limit: int | None = typer.Option(None, help="Generate for the first N test records (default 100; --quick 16)."),
+    train_limit: int | None = typer.Option(None, help="Use the first N pool records (--quick 120)."),
+    test_limit: int | None = typer.Option(None, help="Use the first N test records (--quick 40)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    cache_dir: Path | None = typer.Option(None, help="Score cache (default ~/.cache/tunesift/scores)."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke profile that finishes in minutes (see docs/bench.md)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    config: Path | None = typer.Option(None, "--config", is_eager=True, callback=_load_config,
+                                       help="YAML file holding any of these options; flags override it."),
+) -> None:
+    """Select, fine-tune and evaluate every method x budget x seed; write tables and plots."""
+    from .bench import QUICK, BenchConfig, run_bench
+    from .evaluate import parse_metrics
+
+    if train is None or test is None or out is None:
+        raise TunesiftError("bench needs --train, --test and --out")
+
+    def pick(value, name, normal):
+        return value if value is not None else (QUICK[name] if quick and name in QUICK else normal)
+
+    tcfg = _train_config(mode, pick(epochs, "epochs", 2), lr, batch_size, max_length, lora_r, 32, 0.05, 0,
+                         autocast, "auto")
+    sel_opts = {"distance": distance, "eta": eta, "prefilter": prefilter, "max_length": max_length,
+                "dtype": select_dtype, "knn": pick(knn, "knn", 0),
+                "cache_dir": str(cache_dir) if cache_dir else None}
+    from .pipeline import Options
+
+    Options(**sel_opts).validate()
+    cfg = BenchConfig(train=str(train), test=str(test), methods=[m.strip() for m in methods.split(",") if m.strip()],
+                      budgets=[b.strip() for b in budget.split(",") if b.strip()], seeds=seeds, stage=stage,
+                      target=str(target) if target else None, existing=str(existing) if existing else None,
+                      train_with_existing=train_with_existing, select_model=select_model, train_model=train_model,
+                      select_options=sel_opts, training=tcfg, metrics=parse_metrics(metrics),
+                      max_new_tokens=pick(max_new_tokens, "max_new_tokens", 128),
+                      generate_limit=pick(generate_limit, "generate_limit", 100),
+                      train_limit=pick(train_limit, "train_limit", None), test_limit=pick(test_limit, "test_limit", None),
+                      device=device)
+    from .pipeline import parse_budget
+
+    cfg.budgets = [parse_budget(b) for b in cfg.budgets]
+    _setup_logging(quiet)
+    with _progress(quiet) as prog:
+        rows = run_bench(cfg, out, progress=prog)
+    from .bench import markdown_table
+
+    typer.echo(markdown_table(rows))
 
 
 @app.command("report")

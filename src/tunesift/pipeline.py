@@ -10,6 +10,14 @@ small function that turns records into per-record score columns and a keep mask:
   maximisation: Facility Location (``instruction`` stage), FL mutual information against a
   target set (``task``) or FL conditional gain against data already trained on (``continual``).
 - ``delift-se``: the same objectives on an embedding kernel (all-MiniLM-L6-v2, (cos + 1) / 2).
+- ``donod+delift``: DONOD first drops the worst records (keeps the top ``prefilter`` share by
+  TOPSIS closeness), then DELIFT selects the budget from what is left. DONOD is a cheap O(n) pass
+  that catches records the model cannot learn from (a swapped answer still looks representative
+  to DELIFT's kernel); DELIFT then adds coverage, and its O(n^2) kernel runs on fewer records.
+
+Baselines (docs/baselines.md): ``loss`` / ``perplexity`` (lowest first, or highest with
+``keep="hardest"``), ``ifd`` (Instruction-Following Difficulty; highest below 1 first) and
+``selectit`` (the model rates each record; highest first).
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ from .records import FieldMap, Record, read_records, records_from_rows
 
 log = logging.getLogger("tunesift")
 
-METHODS = ("random", "donod", "delift", "delift-se")
+METHODS = ("random", "donod", "delift", "delift-se", "donod+delift", "ifd", "loss", "perplexity", "selectit")
+LM_METHODS = ("donod", "delift", "donod+delift", "ifd", "loss", "perplexity", "selectit")
+DELIFT_METHODS = ("delift", "delift-se", "donod+delift")
 STAGES = ("instruction", "task", "continual")
 DISTANCES = ("rmse", "pmi")
 
@@ -67,6 +77,11 @@ class Options:
     nu: float = 1.0
     optimizer: str = "lazy"
     epsilon: float = 0.01
+    # DONOD + DELIFT
+    prefilter: float = 0.7
+    # baselines
+    keep: str = "easiest"
+    selectit_alpha: float = 0.2
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -85,6 +100,12 @@ class Options:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise OptionError(f"{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+        if not (isinstance(self.prefilter, (int, float)) and 0 < self.prefilter <= 1):
+            raise OptionError(f"prefilter must be a fraction in (0, 1], got {self.prefilter}")
+        if self.keep not in ("easiest", "hardest"):
+            raise OptionError(f"unknown keep '{self.keep}': use easiest or hardest")
+        if not (isinstance(self.selectit_alpha, (int, float)) and self.selectit_alpha >= 0):
+            raise OptionError(f"selectit-alpha must be a number >= 0, got {self.selectit_alpha}")
         if not 0 < self.epsilon < 1:
             raise OptionError(f"epsilon must be in (0, 1), got {self.epsilon}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -208,32 +229,86 @@ def _renderer(lm, opt: Options):
     return Renderer(lm.tokenizer, turn_format(lm.tokenizer, opt.template), max_length=opt.max_length)
 
 
+def _blocked_scores(folder: str, version: str, lm, opt: Options, seqs: list, compute, progress: Progress,
+                    label: str, width: int, extra: tuple = (), block: int = 16) -> np.ndarray:
+    """Per-record score rows (n, width) computed ``block`` records at a time and cached.
+
+    Each block is stored under ``<cache>/<folder>`` keyed by its content (``version``, model
+    fingerprint and dtype, the block's token sequences, ``extra`` settings), so a rerun reads
+    everything back and a killed run recomputes only the missing blocks (the unit of resume).
+    ``compute(start, end)`` returns the rows of records ``start:end``."""
+    from .store import ArrayStore, content_key, default_cache_dir
+
+    store = ArrayStore(Path(opt.cache_dir or default_cache_dir()) / folder)
+    out = np.zeros((len(seqs), width))
+    advance = progress(label, len(seqs))
+    for start in range(0, len(seqs), block):
+        part = seqs[start:start + block]
+        key = content_key(version, lm.fingerprint, lm.dtype, part, *extra)
+        got = store.get(key)
+        if got is None or got.shape != (len(part), width):
+            got = np.asarray(compute(start, start + len(part)), dtype=np.float64)
+            store.put(key, got)
+        out[start:start + len(part)] = got
+        advance(len(part))
+    return out
+
+
 def _donod(records, k, opt, lm, progress: Progress):
     from .scoring.donod import DonodParams, don_nod_from_stats, gradient_stats, lm_head_norm_sq
     from .selection.topsis import rank_desc, topsis
-    from .store import ArrayStore, content_key, default_cache_dir
 
     params = DonodParams(opt.eta, opt.reduction)
     renderer = _renderer(lm, opt)
     seqs = [renderer.sequence(r) for r in records]
-    store = ArrayStore(Path(opt.cache_dir or default_cache_dir()) / "donod")
-    chunk = 16  # records per cached block: the unit of resume after a crash
-    stats = np.zeros((len(seqs), 3))
-    advance = progress("DONOD scoring", len(seqs))
-    for start in range(0, len(seqs), chunk):
-        part = seqs[start:start + chunk]
-        key = content_key("donod-v1", lm.fingerprint, lm.dtype, part)
-        got = store.get(key)
-        if got is None or got.shape != (len(part), 3):
-            got = gradient_stats(lm.model, part, pad_id=lm.tokenizer.pad_token_id,
-                                 token_budget=opt.token_budget)
-            store.put(key, got)
-        stats[start:start + len(part)] = got
-        advance(len(part))
+    stats = _blocked_scores("donod", "donod-v1", lm, opt, seqs, lambda a, b: gradient_stats(
+        lm.model, seqs[a:b], pad_id=lm.tokenizer.pad_token_id, token_budget=opt.token_budget),
+        progress, "DONOD scoring", 3)
     dn = don_nod_from_stats(stats, lm_head_norm_sq(lm.model), params)
     close = topsis(dn, opt.weights, [True, False])
     order = np.argsort(rank_desc(close), kind="stable")
     cols = {"don": dn[:, 0], "nod": dn[:, 1], "closeness": close, "n_tokens": stats[:, 2].astype(np.int64)}
+    return cols, order, {}
+
+
+# (columns, cache version, scorer) of the per-record baselines; each scorer returns those columns
+_BASELINES = {
+    "loss": (("loss", "perplexity", "n_tokens"), "loss-v1", "loss_scores"),
+    "perplexity": (("loss", "perplexity", "n_tokens"), "loss-v1", "loss_scores"),
+    "ifd": (("loss", "loss_alone", "ifd", "n_tokens"), "ifd-v1", "ifd_scores"),
+    "selectit": (("selectit", "selectit_mean", "selectit_std", "selectit_digit_mass"), "selectit-v1",
+                 "selectit_scores"),
+}
+
+
+def _baseline(records, k, opt, lm, progress: Progress):
+    """Score every record with one of the baselines (blockwise, cached) and rank them."""
+    from .scoring import baselines as bl
+
+    names, version, fn_name = _BASELINES[opt.method]
+    renderer = _renderer(lm, opt)
+    seqs = [renderer.sequence(r) for r in records]
+    kw = {"token_budget": opt.token_budget}
+    extra: tuple = ()
+    if opt.method == "selectit":
+        kw["alpha"] = opt.selectit_alpha
+        extra = (bl.DEFAULT_PROMPTS, opt.selectit_alpha)
+
+    def compute(a: int, b: int) -> np.ndarray:
+        cols = getattr(bl, fn_name)(lm, renderer, records[a:b], **kw)
+        return np.stack([cols[c] for c in names], axis=1)
+
+    rows = _blocked_scores(version.split("-v")[0], version, lm, opt, seqs, compute, progress,
+                           f"{opt.method} scoring", len(names), extra, block=64)
+    cols = {c: rows[:, j] for j, c in enumerate(names)}
+    if "n_tokens" in cols:
+        cols["n_tokens"] = cols["n_tokens"].astype(np.int64)
+    if opt.method in ("loss", "perplexity"):
+        order = bl.loss_order(cols["loss"], opt.keep)
+    elif opt.method == "ifd":
+        order = bl.ifd_order(cols["ifd"])
+    else:  # selectit: highest first, NaN last
+        order = np.argsort(np.where(np.isnan(cols["selectit"]), np.inf, -cols["selectit"]), kind="stable")
     return cols, order, {}
 
 
@@ -251,10 +326,10 @@ def _submodular(sim, cross, k: int, opt: Options):
 def _stage_other(opt: Options, target, existing) -> list[Record] | None:
     """The second record set the stage needs (target or existing data), checking that a set is
     given exactly where the method and stage use it."""
-    uses = {"task": "target", "continual": "existing"}.get(opt.stage) if opt.method in ("delift", "delift-se") else None
+    uses = {"task": "target", "continual": "existing"}.get(opt.stage) if opt.method in DELIFT_METHODS else None
     for given, name, stage in ((target, "target", "task"), (existing, "existing", "continual")):
         if given is not None and uses != name:
-            raise OptionError(f"--{name} is used only by --method delift/delift-se --stage {stage}; "
+            raise OptionError(f"--{name} is used only by --method {'/'.join(DELIFT_METHODS)} --stage {stage}; "
                               f"it would be ignored here")
     if uses == "target" and not target:
         raise OptionError("stage 'task' needs a target set (--target FILE)")
@@ -341,6 +416,27 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
     return cols, np.asarray(res.order), {"timings": timings, "objective": res.objective}
 
 
+def _donod_delift(records, k, opt, lm, progress: Progress, other):
+    """DONOD keeps the top max(k, round(prefilter * n)) records by closeness; DELIFT picks k of them.
+
+    Columns: DONOD's (for every record), ``prefiltered`` (True where DONOD let the record through)
+    and DELIFT's (order/gain; -1/NaN for records DONOD cut)."""
+    n = len(records)
+    cols_d, order_d, _ = _donod(records, k, opt, lm, progress)
+    m = max(k, int(round(opt.prefilter * n)))
+    keep = np.sort(order_d[:m])
+    log.info("DONOD prefilter kept %d of %d records; DELIFT selects %d of them", m, n, k)
+    cols_s, order_s, extra = _delift([records[i] for i in keep], k, opt, lm, progress, other, embed_kernel=False)
+    cols = dict(cols_d)
+    cols["prefiltered"] = np.zeros(n, dtype=bool)
+    cols["prefiltered"][keep] = True
+    for name, arr in cols_s.items():
+        full = np.full(n, -1 if arr.dtype.kind == "i" else np.nan, dtype=arr.dtype)
+        full[keep] = arr
+        cols[name] = full
+    return cols, keep[np.asarray(order_s, dtype=np.int64)], extra
+
+
 def _nanmean(m, axis: int) -> np.ndarray:
     """Mean over the defined entries (not NaN; for sparse kernels, stored entries) along ``axis``."""
     import scipy.sparse as sp
@@ -387,7 +483,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     log.info("%s: %d records read, keeping %d", opt.method, len(records), k)
     timings = {"read_s": time.perf_counter() - t_start}
     model_info = None
-    if opt.method in ("donod", "delift"):
+    if opt.method in LM_METHODS:
         if lm is None:
             from .models import load_lm
 
@@ -403,6 +499,10 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
         cols, order, extra = _random(records, k, opt)
     elif opt.method == "donod":
         cols, order, extra = _donod(records, k, opt, lm, progress)
+    elif opt.method == "donod+delift":
+        cols, order, extra = _donod_delift(records, k, opt, lm, progress, other)
+    elif opt.method in _BASELINES:
+        cols, order, extra = _baseline(records, k, opt, lm, progress)
     else:
         cols, order, extra = _delift(records, k, opt, lm, progress, other, embed_kernel=opt.method == "delift-se")
     timings["score_select_s"] = time.perf_counter() - t

@@ -190,8 +190,16 @@ class ResponseScorer:
         # a forward's fixed cost in padded-token equivalents: small on CPU, large on a GPU
         self.overhead = BATCH_OVERHEAD if self.device.type == "cpu" else 1024
 
+    @property
+    def head_path(self) -> bool:
+        """True when decoder + :meth:`head_logits` reproduce ``model(...).logits`` (probed once per
+        model); callers that need logits at a few positions only can then skip the full head."""
+        self._check_head()
+        return self._mode == "head"
+
     # -- logits from hidden states ---------------------------------------------------------
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits (..., V) of final hidden states (..., d), with the model's scaling/soft-cap."""
         z = self.head(hidden)
         if self.logit_scale is not None:
             z = z * self.logit_scale
@@ -230,7 +238,7 @@ class ResponseScorer:
             if self.decoder is None or self.head is None:
                 return "full", mergeable
             hid = self.decoder(input_ids=ids, use_cache=False).last_hidden_state
-            ours = self._logits(hid).float().log_softmax(-1)
+            ours = self.head_logits(hid).float().log_softmax(-1)
         tol = 1e-3 if self.model.dtype == torch.float32 else 0.1
         return ("head" if torch.allclose(ref, ours, atol=tol, rtol=0) else "full"), mergeable
 
@@ -378,7 +386,7 @@ class ResponseScorer:
                 sq_parts, lp_parts = [], []
                 for a in range(0, hid.shape[0], HEAD_CHUNK):
                     s, l_ = token_stats(
-                        self._logits(hid[a : a + HEAD_CHUNK]), tgt_t[a : a + HEAD_CHUNK]
+                        self.head_logits(hid[a : a + HEAD_CHUNK]), tgt_t[a : a + HEAD_CHUNK]
                     )
                     sq_parts.append(s)
                     lp_parts.append(l_)

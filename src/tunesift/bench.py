@@ -1,0 +1,309 @@
+"""Select -> fine-tune -> evaluate, for every method, budget and seed; then tables and plots.
+
+A *cell* is one (method, budget, seed): select ``budget`` records of the training pool with the
+method (seeded), fine-tune a fresh copy of the training model on them (same seed), evaluate on the
+test set. ``full`` trains on the whole pool and ``base`` evaluates the model without fine-tuning
+(one cell each per seed / once). Each finished cell is written to ``OUT/cells/<cell>.json`` at
+once, so a rerun skips it (resume); the settings are pinned in ``OUT/bench.json`` and a rerun
+with other settings is refused rather than mixing results.
+
+Outputs: ``results.md`` / ``results.csv`` / ``results.json`` (mean and sample std over seeds per
+method and budget, plus the mean selection wall time) and ``results.png`` (bars with error bars;
+plus ``curve.png``, metric against budget, when several budgets are given).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OptionError, TunesiftError
+from .finetune import TrainConfig
+from .pipeline import DELIFT_METHODS, LM_METHODS, METHODS, parse_budget
+
+log = logging.getLogger("tunesift")
+
+BENCH_METHODS = ("base", *METHODS, "full")
+DEFAULT_METHODS = ("base", "random", "delift-se", "delift", "donod", "donod+delift", "full")
+# --quick: a smoke profile that finishes in minutes on a laptop CPU
+QUICK = {"train_limit": 120, "test_limit": 40, "generate_limit": 16, "max_new_tokens": 32, "epochs": 1}
+
+
+@dataclass
+class BenchConfig:
+    """Everything that defines a bench's results (pinned in OUT/bench.json)."""
+
+    train: str
+    test: str
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    budgets: list[float | int] = field(default_factory=lambda: [0.3])
+    seeds: int = 3
+    stage: str = "instruction"
+    target: str | None = None
+    existing: str | None = None
+    train_with_existing: bool = True  # continual stage: fine-tune on existing + selection
+    select_model: str = "default"
+    train_model: str = "default"
+    select_options: dict = field(default_factory=dict)  # extra pipeline Options (knn, distance, ...)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    metrics: list[str] | None = None
+    max_new_tokens: int = 128
+    generate_limit: int | None = 100
+    train_limit: int | None = None
+    test_limit: int | None = None
+    device: str = "auto"
+
+
+def _check(cfg: BenchConfig) -> None:
+    bad = [m for m in cfg.methods if m not in BENCH_METHODS]
+    if bad or not cfg.methods:
+        raise OptionError(f"unknown bench method '{(bad or [''])[0]}': use any of {', '.join(BENCH_METHODS)}")
+    if cfg.seeds < 1:
+        raise OptionError(f"seeds must be at least 1, got {cfg.seeds}")
+    for b in cfg.budgets:
+        parse_budget(b)
+    if cfg.stage == "task" and not cfg.target:
+        raise OptionError("bench --stage task needs --target")
+    if cfg.stage == "continual" and not cfg.existing:
+        raise OptionError("bench --stage continual needs --existing")
+    cfg.training.validate()
+
+
+def cell_name(method: str, budget, seed: int) -> str:
+    b = "all" if method in ("base", "full") else str(budget)
+    return f"{method}__b{b}__s{seed}".replace("+", "-plus-")
+
+
+def _cells(cfg: BenchConfig) -> list[tuple[str, object, int]]:
+    cells = []
+    for method in cfg.methods:
+        if method == "base":
+            cells.append((method, None, 0))  # deterministic: once
+            continue
+        budgets = [None] if method == "full" else cfg.budgets
+        for b in budgets:
+            for s in range(cfg.seeds):
+                cells.append((method, b, s))
+    return cells
+
+
+def _config_key(cfg: BenchConfig, digests: dict) -> str:
+    d = asdict(cfg)
+    d.pop("methods"), d.pop("budgets"), d.pop("seeds")  # adding methods/budgets/seeds extends a bench
+    d["inputs"] = digests
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _limit(records, n: int | None):
+    return records if n is None else records[:n]
+
+
+def run_bench(cfg: BenchConfig, out: str | Path, *,
+              progress: Callable[[str, int], Callable[[int], None]] | None = None) -> list[dict]:
+    """Run every missing cell, then write the tables and plots. Returns the aggregated rows."""
+    from .evaluate import evaluate, parse_metrics
+    from .finetune import finetune, merged
+    from .models import load_lm
+    from .pipeline import select
+    from .records import input_checksum, read_records
+
+    _check(cfg)
+    parse_metrics(cfg.metrics)
+    out = Path(out)
+    train = _limit(read_records(cfg.train), cfg.train_limit)
+    test = _limit(read_records(cfg.test), cfg.test_limit)
+    target = read_records(cfg.target) if cfg.target else None
+    existing = read_records(cfg.existing) if cfg.existing else None
+    digests = {k: input_checksum(v) for k, v in (("train", cfg.train), ("test", cfg.test), ("target", cfg.target),
+                                                  ("existing", cfg.existing)) if v}
+    key = _config_key(cfg, digests)
+    out.mkdir(parents=True, exist_ok=True)
+    pinned = out / "bench.json"
+    if pinned.exists():
+        old = json.loads(pinned.read_text(encoding="utf-8"))
+        if old.get("key") != key:
+            raise OptionError(f"{out} holds a bench run with other settings or inputs; use another --out")
+    (out / "cells").mkdir(exist_ok=True)
+    pinned.write_text(json.dumps({"key": key, "config": asdict(cfg), "inputs": digests}, indent=2,
+                                 default=str) + "\n", encoding="utf-8")
+    select_lm = None
+    todo = [c for c in _cells(cfg) if not (out / "cells" / f"{cell_name(*c)}.json").exists()]
+    log.info("bench: %d cells, %d to run (%d train / %d test records)", len(_cells(cfg)), len(todo),
+             len(train), len(test))
+    for method, budget, seed in todo:
+        t0 = time.perf_counter()
+        info: dict = {"method": method, "budget": budget, "seed": seed}
+        if method in ("base", "full"):
+            chosen = train if method == "full" else []
+            info["select_s"] = 0.0
+        else:
+            needs_lm = method in LM_METHODS
+            if needs_lm and select_lm is None:
+                select_lm = load_lm(cfg.select_model, device=cfg.device,
+                                    dtype=cfg.select_options.get("dtype", "auto"))
+            side = {}
+            if method in DELIFT_METHODS and cfg.stage == "task":
+                side["target"] = target
+            if method in DELIFT_METHODS and cfg.stage == "continual":
+                side["existing"] = existing
+            opts = {**cfg.select_options, "model": cfg.select_model, "device": cfg.device}
+            opts["stage"] = cfg.stage if method in DELIFT_METHODS else "instruction"
+            sel = select(train, method=method, budget=budget, seed=seed, progress=progress,
+                         lm=select_lm if needs_lm else None, **side, **opts)
+            chosen = [r for r, k in zip(sel.records, sel.kept) if k]
+            info["select_s"] = round(sel.timings.get("score_select_s", 0.0), 3)
+        fit_on = chosen + (existing if cfg.stage == "continual" and cfg.train_with_existing and method != "base"
+                           else [])
+        info["n_selected"] = len(chosen)
+        info["n_train"] = len(fit_on)
+        info["selected_ids"] = [r.id for r in chosen]
+        lm = load_lm(cfg.train_model, device=cfg.device)
+        t1 = time.perf_counter()
+        if fit_on:
+            bar = progress(f"fine-tuning {cell_name(method, budget, seed)}", len(fit_on) * cfg.training.epochs) \
+                if progress else None
+            res = finetune(lm, fit_on, replace(cfg.training, seed=seed), progress=bar)
+            info["train_losses"] = res.losses
+            lm = merged(lm, res)
+        info["train_s"] = round(time.perf_counter() - t1, 3)
+        t2 = time.perf_counter()
+        ev = evaluate(lm, test, metrics=cfg.metrics, template=cfg.training.template, max_length=cfg.training.max_length,
+                      max_new_tokens=cfg.max_new_tokens, generate_limit=cfg.generate_limit, progress=progress)
+        info["eval_s"] = round(time.perf_counter() - t2, 3)
+        info["metrics"] = ev.metrics
+        info["generations"] = [g for g in ev.generations if g is not None]
+        info["total_s"] = round(time.perf_counter() - t0, 3)
+        from .store import write_text
+
+        write_text(out / "cells" / f"{cell_name(method, budget, seed)}.json", json.dumps(info, indent=1) + "\n")
+        log.info("%s: %s", cell_name(method, budget, seed),
+                 ", ".join(f"{k} {v:.4g}" for k, v in ev.metrics.items()))
+    rows = aggregate(load_cells(out, cfg))
+    write_results(out, rows, cfg)
+    return rows
+
+
+def load_cells(out: Path, cfg: BenchConfig) -> list[dict]:
+    """The finished cells of this bench's grid (cells of other grids in OUT are ignored)."""
+    cells = []
+    for c in _cells(cfg):
+        p = out / "cells" / f"{cell_name(*c)}.json"
+        if p.exists():
+            cells.append(json.loads(p.read_text(encoding="utf-8")))
+    return cells
+
+
+def aggregate(cells: list[dict]) -> list[dict]:
+    """One row per (method, budget): mean and sample std (ddof=1; 0 for one seed) of each metric
+    over seeds, the number of seeds, records trained on and mean selection/training wall time."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["method"], c["budget"]), []).append(c)
+    rows = []
+    for (method, budget), cs in groups.items():
+        row = {"method": method, "budget": "all" if budget is None else budget, "seeds": len(cs),
+               "n_train": int(np.mean([c["n_train"] for c in cs])),
+               "select_s": float(np.mean([c["select_s"] for c in cs])),
+               "train_s": float(np.mean([c["train_s"] for c in cs]))}
+        for m in cs[0]["metrics"]:
+            v = np.array([c["metrics"][m] for c in cs], dtype=float)
+            row[m] = float(v.mean())
+            row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        rows.append(row)
+    order = {m: i for i, m in enumerate(BENCH_METHODS)}
+    edge = {"base": 0, "full": 2}  # base first, full last, budgets in between
+    rows.sort(key=lambda r: (edge.get(r["method"], 1), 0.0 if r["budget"] == "all" else float(r["budget"]),
+                             order.get(r["method"], 99)))
+    return rows
+
+
+def _metric_names(rows: list[dict]) -> list[str]:
+    from .evaluate import METRICS
+
+    return [m for m in METRICS if any(m in r for r in rows)]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Mean ± std per metric (arrows say which direction is better), seeds, size and costs."""
+    from .evaluate import LOWER_IS_BETTER
+
+    metrics = _metric_names(rows)
+    head = ["method", "budget", "seeds", "records"] + [
+        f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in metrics] + ["select s", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" if m in r else "" for m in metrics]
+        lines.append("| " + " | ".join([r["method"], str(r["budget"]), str(r["seeds"]), str(r["n_train"]), *vals,
+                                        f"{r['select_s']:.1f}", f"{r['train_s']:.1f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, rows: list[dict], cfg: BenchConfig) -> None:
+    """results.md / .csv / .json and the plots."""
+    from .store import write_text
+
+    if not rows:
+        raise TunesiftError(f"{out}: no finished cells to tabulate")
+    title = f"# tunesift bench: {Path(cfg.train).name} -> {Path(cfg.test).name} ({cfg.stage} stage)\n\n"
+    note = (f"select model `{cfg.select_model}`, train model `{cfg.train_model}` ({cfg.training.mode}, "
+            f"{cfg.training.epochs} epochs), mean ± std over seeds.\n\n")
+    write_text(out / "results.md", title + note + markdown_table(rows))
+    write_text(out / "results.json", json.dumps(rows, indent=1) + "\n")
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    plot_results(out, rows)
+
+
+def plot_results(out: Path, rows: list[dict]) -> None:
+    """results.png: one panel per metric, a bar per method (first budget) with std error bars;
+    curve.png: each method's metric against the budget when there are several budgets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = _metric_names(rows)
+    budgets = sorted({r["budget"] for r in rows if r["budget"] != "all"}, key=float)
+    first = budgets[0] if budgets else "all"
+    shown = [r for r in rows if r["budget"] in (first, "all")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        names = [r["method"] for r in shown]
+        ax.bar(range(len(shown)), [r[m] for r in shown], yerr=[r[f"{m}_std"] for r in shown], capsize=3,
+               color=["#999999" if n in ("base", "full") else "#4c72b0" for n in names])
+        ax.set_xticks(range(len(shown)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(m, fontsize=9)
+        lo = min(r[m] - r[f"{m}_std"] for r in shown)
+        hi = max(r[m] + r[f"{m}_std"] for r in shown)
+        pad = 0.15 * (hi - lo) or abs(hi) * 0.05 or 0.01
+        ax.set_ylim(lo - pad, hi + pad)
+    fig.suptitle(f"budget {first}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "results.png", dpi=110)
+    plt.close(fig)
+    if len(budgets) > 1:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+        for ax, m in zip(axes[0], metrics):
+            for method in dict.fromkeys(r["method"] for r in rows if r["budget"] != "all"):
+                pts = sorted((float(r["budget"]), r[m], r[f"{m}_std"]) for r in rows
+                              if r["method"] == method and r["budget"] != "all")
+                x, y, e = zip(*pts)
+                ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=method)
+            ax.set_title(m, fontsize=9)
+            ax.set_xlabel("budget", fontsize=8)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "curve.png", dpi=110)
+        plt.close(fig)
+

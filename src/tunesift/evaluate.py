@@ -1,0 +1,212 @@
+"""Held-out evaluation of a (fine-tuned) model on instruction records.
+
+Metrics (higher is better unless noted):
+
+- ``loss``: mean response-token negative log-likelihood, teacher-forced, token-weighted over the
+  set: sum_i nll_i / sum_i T_i (nats; lower is better).
+- ``perplexity``: exp(loss) (lower is better).
+- ``rougeL``: mean ROUGE-L F1 (rouge-score, Porter stemming) of the greedy generation against the
+  reference response.
+- ``exact_match``: share of generations whose final answer equals the reference's: the number
+  after ``####`` when there is one (GSM8K), else the last number in the text (SVAMP-style answers).
+- ``cosine``: mean cosine similarity of all-MiniLM-L6-v2 embeddings of generation and reference.
+
+:func:`default_metrics` picks them per dataset: all but ``exact_match`` always, ``exact_match``
+when the references are math answers (nearly all carry a number and either ``####`` or are a bare
+number). Generation is greedy, prompts rendered exactly as in training, and stops at the
+template's end token or ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import OptionError
+
+METRICS = ("loss", "perplexity", "rougeL", "exact_match", "cosine")
+LOWER_IS_BETTER = {"loss", "perplexity"}
+_GENERATIVE = {"rougeL", "exact_match", "cosine"}
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def final_answer(text: str) -> float | None:
+    """The final numeric answer of a math response: after ``####`` if present, else the last
+    number in the text; commas and ``$`` ignored. None when there is no number."""
+    tail = text.split("####")[-1] if "####" in text else text
+    nums = _NUMBER.findall(tail.replace("$", ""))
+    if not nums:
+        return None
+    try:
+        return float(nums[-1 if "####" not in text else 0].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def is_math(references: Sequence[str]) -> bool:
+    """True when >= 90% of references carry a final number and either use ``####`` or are short
+    (at most 3 words: a bare answer)."""
+    if not references:
+        return False
+    ok = sum(final_answer(r) is not None and ("####" in r or len(r.split()) <= 3) for r in references)
+    return ok >= 0.9 * len(references)
+
+
+def default_metrics(records: Sequence) -> list[str]:
+    """The metrics that make sense for these records (see the module docstring)."""
+    out = ["loss", "perplexity", "rougeL", "cosine"]
+    if is_math([r.response for r in records]):
+        out.insert(3, "exact_match")
+    return out
+
+
+def parse_metrics(text: str | Sequence[str] | None) -> list[str] | None:
+    """``"loss,rougeL"`` -> ["loss", "rougeL"]; None/"auto" -> None (per-dataset defaults)."""
+    if text is None or text == "auto":
+        return None
+    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    bad = [m for m in names if m not in METRICS]
+    if bad or not names:
+        raise OptionError(f"unknown metric '{(bad or [''])[0]}': use any of {', '.join(METRICS)} or auto")
+    return names
+
+
+@dataclass
+class Evaluation:
+    """Set-level ``metrics`` and per-record arrays (n,) in ``per_record`` (NaN where a metric
+    was not computed for a record, e.g. beyond ``generate_limit``); ``generations`` (or None)."""
+
+    metrics: dict[str, float]
+    per_record: dict[str, np.ndarray]
+    generations: list[str | None]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def generate(lm, renderer, records: Sequence, *, max_new_tokens: int = 128, batch_size: int = 16,
+             progress: Callable[[int], None] | None = None) -> list[str]:
+    """Greedy generations for ``records`` (their prompts rendered as in training), in input order.
+
+    Prompts are left-padded and batched by length; generation stops at the template's end token
+    (and EOS) or after ``max_new_tokens``; the text is decoded without special tokens, stripped."""
+    import torch
+
+    tok = lm.tokenizer
+    prompts = [renderer.header + renderer.encode(r).prompt for r in records]
+    stops = {i for i in (renderer.ids(renderer.fmt.end)[:1] + [tok.eos_token_id]) if i is not None}
+    pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(stops))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    dev = torch.device(lm.device)
+    for a in range(0, len(order), batch_size):
+        rows = order[a:a + batch_size]
+        width = max(len(prompts[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, i in enumerate(rows):
+            p = prompts[i]
+            ids[r, width - len(p):] = torch.tensor(p)
+            mask[r, width - len(p):] = 1
+        with torch.inference_mode():
+            gen = lm.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
+                                    max_new_tokens=max_new_tokens, eos_token_id=sorted(stops), pad_token_id=pad,
+                                    temperature=None, top_p=None, top_k=None)
+        for r, i in enumerate(rows):
+            new = gen[r, width:].tolist()
+            cut = next((t for t, x in enumerate(new) if x in stops), len(new))
+            out[i] = tok.decode(new[:cut], skip_special_tokens=True).strip()
+        if progress:
+            progress(len(rows))
+    return out
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """ROUGE-L F1 (n,) of each prediction against its reference."""
+    from rouge_score import rouge_scorer
+
+    sc = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return np.array([sc.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)])
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """1.0 where the final numbers agree (to 1e-6 relative), else 0.0 (n,)."""
+    out = np.zeros(len(predictions))
+    for i, (p, r) in enumerate(zip(predictions, references)):
+        a, b = final_answer(p), final_answer(r)
+        out[i] = float(a is not None and b is not None and abs(a - b) <= 1e-6 * max(1.0, abs(b)))
+    return out
+
+
+def embedding_cosine(predictions: Sequence[str], references: Sequence[str], device: str = "cpu") -> np.ndarray:
+    """Cosine similarity (n,) of all-MiniLM-L6-v2 embeddings of prediction and reference."""
+    from .models import resolve_device
+    from .scoring.embedding import _encoder
+
+    enc = _encoder(resolve_device(device))
+    kw = dict(convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False, batch_size=64)
+    a, b = enc.encode(list(predictions), **kw), enc.encode(list(references), **kw)
+    return np.sum(a * b, axis=1).astype(np.float64)
+
+
+def evaluate(
+    lm,
+    records: Sequence,
+    *,
+    metrics: Sequence[str] | None = None,
+    renderer=None,
+    template: str = "auto",
+    max_length: int = 2048,
+    max_new_tokens: int = 128,
+    generate_limit: int | None = None,
+    token_budget: int = 4096,
+    batch_size: int = 16,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+) -> Evaluation:
+    """Evaluate ``lm`` (a :class:`~tunesift.models.LoadedModel`) on held-out ``records``.
+
+    ``metrics`` defaults to :func:`default_metrics`; generative metrics use the first
+    ``generate_limit`` records (all when None), the likelihood metrics always use all of them.
+    """
+    from .render import Renderer, turn_format
+    from .scoring.nll import perplexity, response_nll
+
+    names = list(metrics) if metrics else default_metrics(records)
+    parse_metrics(names)
+    renderer = renderer or Renderer(lm.tokenizer, turn_format(lm.tokenizer, template), max_length=max_length)
+    n = len(records)
+    per: dict[str, np.ndarray] = {}
+    out: dict[str, float] = {}
+    timings = {}
+    t = time.perf_counter()
+    if {"loss", "perplexity"} & set(names):
+        bar = progress("held-out loss", n) if progress else None
+        nll, n_tok = response_nll(lm, renderer, records, token_budget=token_budget, on_batch=bar)
+        per["loss"] = nll / np.maximum(n_tok, 1)
+        per["n_tokens"] = n_tok
+        if "loss" in names:
+            out["loss"] = float(nll.sum() / max(1, n_tok.sum()))
+        if "perplexity" in names:
+            out["perplexity"] = perplexity(nll, n_tok)
+        timings["loss_s"] = time.perf_counter() - t
+    gens: list[str | None] = [None] * n
+    gen_names = [m for m in names if m in _GENERATIVE]
+    if gen_names:
+        m = n if generate_limit is None else min(n, generate_limit)
+        sub = list(records[:m])
+        t = time.perf_counter()
+        bar = progress("generating", m) if progress else None
+        texts = generate(lm, renderer, sub, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=bar)
+        gens[:m] = texts
+        timings["generate_s"] = time.perf_counter() - t
+        refs = [r.response for r in sub]
+        scorers = {"rougeL": rouge_l, "exact_match": exact_match,
+                   "cosine": lambda p, r: embedding_cosine(p, r, lm.device)}
+        for name in gen_names:
+            vals = np.full(n, np.nan)
+            vals[:m] = scorers[name](texts, refs)
+            per[name] = vals
+            out[name] = float(np.mean(vals[:m])) if m else float("nan")
+    return Evaluation(out, per, gens, timings)

@@ -1,0 +1,94 @@
+"""The baseline selectors through `tunesift select`: their order follows their scores, every record
+is accounted for, scores are cached (a rerun computes nothing), bad options fail early."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tunesift.cli import main
+from tunesift.demodata import write_demo
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "demo.jsonl"
+    write_demo(path, n=30, corrupt=0.2, seed=2)
+    return path
+
+
+def run_select(demo, tiny_dir, out, cache, *extra):
+    args = ["select", demo, "--model", tiny_dir, "--out", out, "--budget", "10", "--cache-dir", cache, "-q", *extra]
+    return main([str(a) for a in args])
+
+
+def scores_of(out):
+    return pq.read_table(out / "scores.parquet").to_pandas()
+
+
+@pytest.mark.parametrize("method, columns", [
+    ("loss", {"loss", "perplexity", "n_tokens"}),
+    ("perplexity", {"loss", "perplexity", "n_tokens"}),
+    ("ifd", {"loss", "loss_alone", "ifd", "n_tokens"}),
+    ("selectit", {"selectit", "selectit_mean", "selectit_std", "selectit_digit_mass"}),
+])
+def test_baseline_selects_by_its_score(method, columns, demo, tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    assert run_select(demo, tiny_dir, out, tmp_path / "cache", "--method", method) == 0
+    s = scores_of(out)
+    src = [json.loads(x) for x in open(demo, encoding="utf-8")]
+    assert list(s["id"]) == [r["id"] for r in src] and columns <= set(s.columns)
+    assert s["kept"].sum() == 10 == len(open(out / "selected.jsonl").readlines())
+    kept, dropped = s[s.kept], s[~s.kept]
+    if method in ("loss", "perplexity"):
+        assert kept[method].max() <= dropped[method].min()  # the easiest records
+        assert np.allclose(s["perplexity"], np.exp(s["loss"]))
+    elif method == "ifd":
+        below = s["ifd"] < 1
+        if below.sum() >= 10:  # the highest IFD below 1
+            assert kept["ifd"].max() < 1 and kept["ifd"].min() >= dropped.loc[dropped.ifd < 1, "ifd"].max()
+        else:  # all records below 1 kept first, then the lowest IFD >= 1
+            assert set(s.index[below]) <= set(kept.index)
+        assert np.allclose(s["ifd"], s["loss"] / s["loss_alone"])
+    else:
+        assert kept["selectit"].min() >= dropped["selectit"].max()
+        assert ((s["selectit_digit_mass"] > 0) & (s["selectit_digit_mass"] <= 1)).all()
+    ranked = s.dropna(subset=["rank"]).sort_values("rank")
+    assert len(ranked) == 30  # baselines rank every record
+
+
+def test_keep_hardest_reverses_the_loss_order(demo, tiny_dir, tmp_path):
+    cache = tmp_path / "cache"
+    assert run_select(demo, tiny_dir, tmp_path / "e", cache, "--method", "loss") == 0
+    assert run_select(demo, tiny_dir, tmp_path / "h", cache, "--method", "loss", "--keep", "hardest") == 0
+    e, h = scores_of(tmp_path / "e"), scores_of(tmp_path / "h")
+    assert h[h.kept]["loss"].min() >= h[~h.kept]["loss"].max()
+    np.testing.assert_array_equal(e["loss"], h["loss"])  # same scores, opposite end
+
+
+def test_baseline_scores_are_cached(demo, tiny_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    assert run_select(demo, tiny_dir, tmp_path / "a", cache, "--method", "ifd") == 0
+    assert any((cache / "ifd").rglob("*.npy"))
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr("tunesift.scoring.baselines.ifd_scores", boom)
+    assert run_select(demo, tiny_dir, tmp_path / "b", cache, "--method", "ifd") == 0
+    for name in ("selected.jsonl", "scores.parquet"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "loss", "--keep", "middle"], "unknown keep 'middle'"),
+    (["--method", "selectit", "--selectit-alpha", "-1"], "selectit-alpha"),
+    (["--method", "ifd", "--target", "DEMO"], "--target is used only by"),
+])
+def test_bad_baseline_options(extra, message, demo, tiny_dir, tmp_path, capsys):
+    extra = [str(demo) if x == "DEMO" else x for x in extra]
+    code = run_select(demo, tiny_dir, tmp_path / "out", tmp_path / "cache", *extra)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,156 @@
+"""The bench loop with a tiny model: every cell, tables and plots, resume, pinned settings; the
+finetune/evaluate commands; donod+delift."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tunesift import bench as bench_mod
+from tunesift.bench import aggregate, markdown_table
+from tunesift.cli import main
+from tunesift.pipeline import select
+from tunesift.records import read_records
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench-data")
+    for name, rng in (("train", range(24)), ("test", range(30, 36))):
+        with open(d / f"{name}.jsonl", "w") as fh:
+            for i in rng:
+                fh.write(json.dumps({"instruction": f"What is {i} + {i}?", "output": f"It is #### {2 * i}"}) + "\n")
+    return d
+
+
+def bench_args(data, tiny_dir, out, *extra):
+    return ["bench", "--train", data / "train.jsonl", "--test", data / "test.jsonl", "--out", out,
+            "--select-model", tiny_dir, "--train-model", tiny_dir, "--cache-dir", out.parent / "cache",
+            "--quick", "--seeds", "2", "-q", *extra]
+
+
+def test_bench_runs_every_cell_writes_tables_and_resumes(data, tiny_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "b"
+    code, stdout, err = run(bench_args(data, tiny_dir, out, "--budget", "0.25,0.5"), capsys)
+    assert code == 0, err
+    cells = sorted(p.name for p in (out / "cells").iterdir())
+    # base once; 5 selectors x 2 budgets x 2 seeds; full x 2 seeds
+    assert len(cells) == 1 + 5 * 2 * 2 + 2
+    for name in ("results.md", "results.csv", "results.json", "results.png", "curve.png", "bench.json"):
+        assert (out / name).stat().st_size > 0
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in rows} == {"base", "random", "delift-se", "delift", "donod", "donod+delift", "full"}
+    by = {(r["method"], r["budget"]): r for r in rows}
+    assert by[("base", "all")]["n_train"] == 0 and by[("full", "all")]["n_train"] == 24
+    assert by[("random", 0.25)]["n_train"] == 6 and by[("delift", 0.5)]["n_train"] == 12
+    assert all(r["seeds"] == (1 if r["method"] == "base" else 2) for r in rows)
+    assert {"loss", "perplexity", "rougeL", "exact_match", "cosine"} <= set(rows[0])  # math answers: EM on
+    cell = json.loads((out / "cells" / "random__b0.25__s1.json").read_text())
+    train_ids = {r.id for r in read_records(data / "train.jsonl")}
+    assert len(cell["selected_ids"]) == 6 and len(set(cell["selected_ids"])) == 6
+    assert set(cell["selected_ids"]) <= train_ids
+    assert "| random | 0.25 | 2 | 6 |" in stdout
+    # a rerun reruns nothing: make training fail if it were called
+    monkeypatch.setattr("tunesift.finetune.finetune", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    assert run(bench_args(data, tiny_dir, out, "--budget", "0.25,0.5"), capsys)[0] == 0
+    assert mtimes == {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    # other settings in the same folder are refused, with one line and exit 2
+    code, _, err = run(bench_args(data, tiny_dir, out, "--budget", "0.25", "--epochs", "2"), capsys)
+    assert code == 2 and "other settings" in err and err.count("\n") == 1
+
+
+def test_random_cells_differ_by_seed_and_full_uses_everything(data, tiny_dir, tmp_path, capsys):
+    out = tmp_path / "b"
+    code, _, err = run(bench_args(data, tiny_dir, out, "--methods", "random,full", "--budget", "0.5"), capsys)
+    assert code == 0, err
+    a, b = (json.loads((out / "cells" / f"random__b0.5__s{s}.json").read_text()) for s in (0, 1))
+    assert a["selected_ids"] != b["selected_ids"] and len(a["selected_ids"]) == 12
+    f = json.loads((out / "cells" / "full__ball__s0.json").read_text())
+    assert len(f["selected_ids"]) == 24 and f["train_losses"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", "random,magic"], "unknown bench method 'magic'"),
+    (["--seeds", "0"], "seeds must be at least 1"),
+    (["--stage", "task"], "needs --target"),
+    (["--budget", "1.5"], "budget fraction"),
+    (["--metrics", "bleu"], "unknown metric"),
+    (["--autocast", "fp8"], "autocast"),
+])
+def test_bad_bench_options(extra, message, data, tiny_dir, tmp_path, capsys):
+    code, _, err = run(bench_args(data, tiny_dir, tmp_path / "b", *extra), capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "b" / "cells").exists() or not any((tmp_path / "b" / "cells").iterdir())
+
+
+def test_aggregate_mean_and_sample_std():
+    cells = [{"method": "random", "budget": 0.3, "seed": s, "n_train": 3, "select_s": 1.0, "train_s": 2.0,
+              "metrics": {"loss": v, "rougeL": 0.5}} for s, v in enumerate([1.0, 2.0, 3.0])]
+    cells.append({"method": "base", "budget": None, "seed": 0, "n_train": 0, "select_s": 0.0, "train_s": 0.0,
+                  "metrics": {"loss": 4.0, "rougeL": 0.1}})
+    rows = aggregate(cells)
+    assert [r["method"] for r in rows] == ["base", "random"]
+    assert rows[1]["loss"] == 2.0 and rows[1]["loss_std"] == pytest.approx(1.0) and rows[1]["rougeL_std"] == 0.0
+    assert rows[0]["loss_std"] == 0.0 and rows[0]["budget"] == "all"
+    table = markdown_table(rows)
+    assert "| random | 0.3 | 3 | 3 | 2.0000 ± 1.0000 | 0.5000 ± 0.0000 |" in table and "loss ↓" in table
+
+
+def test_finetune_then_evaluate_commands(data, tiny_dir, tmp_path, capsys):
+    ad = tmp_path / "adapter"
+    code, _, err = run(["finetune", data / "train.jsonl", "--model", tiny_dir, "--out", ad, "--epochs", "1",
+                        "--lr", "0.003", "-q"], capsys)
+    assert code == 0, err
+    meta = json.loads((ad / "tunesift_train.json").read_text())
+    assert meta["base_model"] == str(tiny_dir) and meta["data"]["sha256"] and len(meta["losses"]) == 3
+    code, stdout, err = run(["evaluate", "--test", data / "test.jsonl", "--adapter", ad, "--metrics", "loss,exact_match",
+                             "--max-new-tokens", "4", "--out", tmp_path / "ev", "-q"], capsys)
+    assert code == 0, err
+    tuned = json.loads(stdout)
+    preds = [json.loads(x) for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 6 and all(p["prediction"] is not None and p["loss"] > 0 for p in preds)
+    code, stdout, _ = run(["evaluate", "--test", data / "test.jsonl", "--model", tiny_dir, "--metrics", "loss", "-q"],
+                          capsys)
+    assert code == 0 and json.loads(stdout)["loss"] > tuned["loss"]  # training on the same pattern helps
+
+
+@pytest.mark.parametrize("args, message", [
+    (["finetune", "DATA", "--out", "OUT", "--mode", "qlora"], "unknown fine-tuning mode"),
+    (["finetune", "DATA"], "needs the training DATA and --out"),
+    (["evaluate", "--test", "DATA", "--metrics", "bleu"], "unknown metric"),
+    (["evaluate", "--test", "DATA", "--adapter", "OUT"], "not a fine-tuned model folder"),
+    (["evaluate", "--test", "DATA", "--limit", "0"], "limit must be at least 1"),
+])
+def test_bad_finetune_and_evaluate_options(args, message, data, tmp_path, capsys):
+    args = [data / "train.jsonl" if a == "DATA" else tmp_path / "x" if a == "OUT" else a for a in args]
+    code, _, err = run(args, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_donod_plus_delift_picks_inside_the_donod_prefilter(tiny_lm, tmp_path):
+    rows = [{"instruction": f"Task {i}: say {i}", "output": f"{i} " * (1 + i % 5)} for i in range(20)]
+    sel = select(rows, method="donod+delift", budget=5, prefilter=0.5, lm=tiny_lm, cache_dir=str(tmp_path))
+    cols = sel.columns
+    assert sel.kept.sum() == 5 and cols["prefiltered"].sum() == 10
+    assert not (sel.kept & ~cols["prefiltered"]).any()  # DELIFT picks only what DONOD let through
+    don = select(rows, method="donod", budget=10, lm=tiny_lm, cache_dir=str(tmp_path))
+    np.testing.assert_array_equal(cols["prefiltered"], don.kept)
+    assert (cols["order"][~cols["prefiltered"]] == -1).all() and np.isnan(cols["gain"][~cols["prefiltered"]]).all()
+    full = select(rows, method="donod+delift", budget=5, prefilter=1.0, lm=tiny_lm, cache_dir=str(tmp_path))
+    plain = select(rows, method="delift", budget=5, lm=tiny_lm, cache_dir=str(tmp_path))
+    np.testing.assert_array_equal(full.kept, plain.kept)  # no cut: exactly DELIFT
+    table = sel.table()
+    assert table.num_rows == 20 and table.column("kept").to_pylist().count(True) == 5
+
+
+def test_cell_names_are_file_safe():
+    assert bench_mod.cell_name("donod+delift", 0.3, 1) == "donod-plus-delift__b0.3__s1"
+    assert bench_mod.cell_name("full", None, 0) == "full__ball__s0"

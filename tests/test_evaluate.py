@@ -1,0 +1,104 @@
+"""Evaluation: answer extraction, metric choice, exact loss, greedy generation equal to a manual
+greedy loop (left padding must not change anything), ROUGE-L and cosine."""
+
+import numpy as np
+import pytest
+import torch
+
+from tunesift.errors import OptionError
+from tunesift.evaluate import (
+    default_metrics,
+    evaluate,
+    exact_match,
+    final_answer,
+    generate,
+    is_math,
+    parse_metrics,
+    rouge_l,
+)
+from tunesift.records import records_from_rows
+from tunesift.render import Renderer, turn_format
+from tunesift.scoring.logprobs import plain_logprob_stats
+
+GSM = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 18"
+
+
+@pytest.mark.parametrize("text, value", [
+    (GSM, 18.0), ("#### 1,234", 1234.0), ("so the total is $5.", 5.0), ("It is -3.5 degrees", -3.5),
+    ("first 2 then 7", 7.0), ("no number here", None), ("#### 42\nThe answer: 43", 42.0), (".5 of it", 0.5),
+])
+def test_final_answer(text, value):
+    assert final_answer(text) == value
+
+
+def test_exact_match_and_math_detection():
+    assert list(exact_match(["The answer is 18", "#### 17", "none", "18.0"], [GSM, GSM, GSM, "18"])) == [1, 0, 0, 1]
+    assert is_math([GSM, "#### 3"]) and is_math(["51", "7.5"])
+    assert not is_math(["Paris is the capital of France, home to 2 million people."])
+    math_recs = records_from_rows([{"prompt": "q", "response": GSM}] * 3)
+    text_recs = records_from_rows([{"prompt": "q", "response": "A long answer in words."}] * 3)
+    assert "exact_match" in default_metrics(math_recs) and "exact_match" not in default_metrics(text_recs)
+
+
+def test_parse_metrics():
+    assert parse_metrics("auto") is None and parse_metrics(None) is None
+    assert parse_metrics("loss, rougeL") == ["loss", "rougeL"]
+    with pytest.raises(OptionError, match="unknown metric 'bleu'"):
+        parse_metrics("loss,bleu")
+
+
+def test_rouge_l():
+    r = rouge_l(["the cat sat", "dog", "the cat"], ["the cat sat", "cat", "the cat sat on"])
+    assert r[0] == pytest.approx(1.0) and r[1] == 0.0 and 0.5 < r[2] < 1.0
+
+
+@pytest.fixture(scope="module")
+def recs():
+    return records_from_rows([{"prompt": p, "response": f"answer {i}"} for i, p in enumerate(
+        ["Sort 5, 3, 9", "What is 2 + 2? Think carefully about it before you answer.", "hot", "Capital of France?"])])
+
+
+def test_loss_and_perplexity_are_exact(tiny_lm, recs):
+    rend = Renderer(tiny_lm.tokenizer, turn_format(tiny_lm.tokenizer), max_length=256)
+    ev = evaluate(tiny_lm, recs, metrics=["loss", "perplexity"], renderer=rend)
+    seqs = [(rend.sequence(r)[0], sum(rend.sequence(r)[1])) for r in recs]
+    _, lp = plain_logprob_stats(tiny_lm, seqs)
+    n = sum(t for _, t in seqs)
+    assert ev.metrics["loss"] == pytest.approx(-lp.sum() / n, rel=1e-5)
+    assert ev.metrics["perplexity"] == pytest.approx(np.exp(-lp.sum() / n), rel=1e-5)
+    np.testing.assert_allclose(ev.per_record["loss"], -lp / [t for _, t in seqs], rtol=1e-5)
+    assert ev.generations == [None] * len(recs)
+
+
+@pytest.mark.parametrize("which", ["tiny_lm", "tiny_plain_lm"])
+def test_batched_greedy_generation_equals_a_manual_loop(which, request, recs):
+    lm = request.getfixturevalue(which)
+    rend = Renderer(lm.tokenizer, turn_format(lm.tokenizer), max_length=256)
+    got = generate(lm, rend, recs, max_new_tokens=6, batch_size=4)  # prompts of different lengths, left-padded
+    stop = rend.ids(rend.fmt.end)[0]
+    for r, text in zip(recs, got):
+        ids = rend.header + rend.encode(r).prompt
+        new = []
+        with torch.no_grad():
+            for _ in range(6):
+                nxt = int(lm.model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+                if nxt in (stop, lm.tokenizer.eos_token_id):
+                    break
+                new.append(nxt)
+        assert text == lm.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_generative_metrics_respect_the_limit(tiny_lm, recs):
+    ev = evaluate(tiny_lm, recs, metrics=["rougeL", "cosine", "loss"], max_new_tokens=4, generate_limit=2)
+    assert [g is None for g in ev.generations] == [False, False, True, True]
+    assert np.isnan(ev.per_record["rougeL"][2:]).all() and not np.isnan(ev.per_record["rougeL"][:2]).any()
+    assert -1.0 <= ev.metrics["cosine"] <= 1.0 and 0.0 <= ev.metrics["rougeL"] <= 1.0
+    assert set(ev.metrics) == {"rougeL", "cosine", "loss"}
+
+
+def test_cosine_of_identical_texts_is_one():
+    from tunesift.evaluate import embedding_cosine
+
+    c = embedding_cosine(["The capital of France is Paris.", "apples"], ["The capital of France is Paris.",
+                                                                        "quantum chromodynamics"])
+    assert c[0] == pytest.approx(1.0, abs=1e-5) and c[1] < 0.5

@@ -1,0 +1,134 @@
+"""Fine-tuning: response-only loss (exact against a plain reference), determinism, LoRA vs full,
+save/load round trip, option checks."""
+
+import numpy as np
+import pytest
+import torch
+
+from tunesift.errors import OptionError, TunesiftError
+from tunesift.finetune import (
+    TrainConfig,
+    finetune,
+    length_grouped_batches,
+    load_trained,
+    merged,
+    response_loss_sum,
+    save,
+)
+from tunesift.models import load_lm
+from tunesift.records import records_from_rows
+from tunesift.render import Renderer, turn_format
+from tunesift.scoring.logprobs import ResponseScorer
+from tunesift.scoring.nll import response_nll
+
+ROWS = [{"instruction": f"What is {i} plus {i}?", "output": f"The answer is {2 * i}."} for i in range(20)]
+
+
+@pytest.fixture()
+def fresh(tiny_dir):
+    """A freshly loaded tiny model (fine-tuning changes the model in place)."""
+    return load_lm(str(tiny_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def records():
+    return records_from_rows(ROWS)
+
+
+def renderer_of(lm):
+    return Renderer(lm.tokenizer, turn_format(lm.tokenizer), max_length=256)
+
+
+def test_length_grouped_batches_partition_the_records():
+    lengths = list(np.random.default_rng(0).integers(5, 50, size=37))
+    a = length_grouped_batches(lengths, 4, np.random.default_rng(3))
+    b = length_grouped_batches(lengths, 4, np.random.default_rng(3))
+    assert a == b
+    flat = [i for batch in a for i in batch]
+    assert sorted(flat) == list(range(37)) and all(1 <= len(x) <= 4 for x in a)
+    assert a != length_grouped_batches(lengths, 4, np.random.default_rng(4))
+
+
+@pytest.mark.parametrize("which", ["tiny_lm", "tiny_plain_lm"])
+def test_response_loss_matches_plain_cross_entropy(which, request, records):
+    lm = request.getfixturevalue(which)
+    rend = renderer_of(lm)
+    seqs = [rend.sequence(r) for r in records[:5]]
+    loss, n = response_loss_sum(ResponseScorer(lm), lm.model, seqs, lm.tokenizer.pad_token_id)
+    ref, count = 0.0, 0
+    with torch.no_grad():
+        for ids, mask in seqs:
+            logits = lm.model(input_ids=torch.tensor([ids])).logits[0].float()
+            for t in range(1, len(ids)):
+                if mask[t]:  # only response tokens; prompt and header never count
+                    ref -= float(torch.log_softmax(logits[t - 1], -1)[ids[t]])
+                    count += 1
+    assert n == count == sum(sum(m) for _, m in seqs)
+    assert float(loss.detach()) == pytest.approx(ref, rel=1e-5)
+
+
+def test_lora_training_lowers_response_loss_and_is_seeded(tiny_dir, records):
+    lms = [load_lm(str(tiny_dir), device="cpu", dtype="float32") for _ in range(3)]
+    rend = renderer_of(lms[0])
+    before, n_tok = response_nll(lms[0], rend, records)
+    base_w = lms[0].model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    cfg = TrainConfig(epochs=3, lr=3e-3, batch_size=4, seed=7)
+    runs = [finetune(lm, records, TrainConfig(**{**cfg.__dict__, "seed": s})) for lm, s in zip(lms, (7, 7, 8))]
+    assert runs[0].losses == runs[1].losses  # same seed: identical run
+    assert runs[0].losses != runs[2].losses
+    assert runs[0].steps == 15 and len(runs[0].losses) == 15
+    assert runs[0].tokens == 3 * int(n_tok.sum())
+    # LoRA trains adapters only: the base weight under the adapter is untouched
+    inner = runs[0].model.get_base_model().model.layers[0].self_attn.q_proj
+    assert torch.equal(inner.base_layer.weight, base_w)
+    trained = merged(lms[0], runs[0])
+    after, _ = response_nll(trained, rend, records)
+    assert after.sum() < 0.7 * before.sum()
+    assert trained.fingerprint != lms[0].fingerprint
+
+
+def test_full_finetuning_changes_every_weight(fresh, records):
+    w0 = fresh.model.model.layers[1].mlp.down_proj.weight.detach().clone()
+    res = finetune(fresh, records[:8], TrainConfig(mode="full", epochs=1, lr=1e-3, batch_size=4))
+    assert not torch.equal(res.model.model.layers[1].mlp.down_proj.weight, w0)
+    assert all(not p.requires_grad for p in res.model.parameters())  # left frozen for scoring
+
+
+def test_save_and_load_round_trip(fresh, tiny_dir, records, tmp_path):
+    rend = renderer_of(fresh)
+    res = finetune(fresh, records, TrainConfig(epochs=1, lr=3e-3, batch_size=4))
+    save(res, fresh, tmp_path / "adapter", {"note": "x"})
+    expect, _ = response_nll(merged(fresh, res), rend, records)
+    loaded = load_trained(tmp_path / "adapter")  # base model read from tunesift_train.json
+    got, _ = response_nll(loaded, rend, records)
+    np.testing.assert_allclose(got, expect, rtol=1e-5)
+    assert not any(p.name.startswith(".adapter") for p in tmp_path.iterdir())  # no temp folder left
+
+
+def test_full_model_save_and_load(fresh, records, tmp_path):
+    rend = renderer_of(fresh)
+    res = finetune(fresh, records[:8], TrainConfig(mode="full", epochs=1, lr=1e-3, batch_size=4))
+    save(res, fresh, tmp_path / "model")
+    expect, _ = response_nll(merged(fresh, res), rend, records)
+    got, _ = response_nll(load_trained(tmp_path / "model"), rend, records)
+    np.testing.assert_allclose(got, expect, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"mode": "qlora"}, "unknown fine-tuning mode"), ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch size"),
+    ({"lr": -1.0}, "learning rate"), ({"lora_r": 0}, "LoRA rank"), ({"autocast": "fp8"}, "autocast"),
+    ({"lora_dropout": 1.5}, "lora-dropout"), ({"seed": -1}, "seed"),
+])
+def test_bad_train_options(kw, message):
+    with pytest.raises(OptionError, match=message):
+        TrainConfig(**kw).validate()
+
+
+def test_empty_training_set_and_bad_folders(fresh, tmp_path):
+    with pytest.raises(TunesiftError, match="empty"):
+        finetune(fresh, [])
+    with pytest.raises(TunesiftError, match="not a fine-tuned model folder"):
+        load_trained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TunesiftError, match="neither a LoRA adapter"):
+        load_trained(tmp_path / "empty")
