@@ -57,6 +57,34 @@ def delift_out(demo, tiny_lm, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def donod_delift_out(demo, tiny_lm, tmp_path_factory):
+    root = tmp_path_factory.mktemp("donod_delift")
+    rows = [json.loads(line) for line in open(demo, encoding="utf-8")][:20]
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    sel = select(str(data), method="donod+delift", budget=6, prefilter=0.7, lm=tiny_lm,
+                 cache_dir=str(root / "cache"))
+    return _write(sel, root / "out", data)
+
+
+@pytest.fixture(scope="module")
+def ranked_outs(demo, tiny_lm, tiny_dir, tmp_path_factory):
+    """The baselines on the demo set: loss (keep easiest), perplexity (keep hardest), selectit
+    through the API, ifd through the command line with --report."""
+    root = tmp_path_factory.mktemp("ranked")
+    outs = {}
+    for method, kw in (("loss", {}), ("perplexity", {"keep": "hardest"}), ("selectit", {})):
+        sel = select(str(demo), method=method, budget=0.3, lm=tiny_lm, cache_dir=str(root / "cache"), **kw)
+        outs[method] = _write(sel, root / method, demo)
+    code = main(["select", str(demo), "--method", "ifd", "--budget", "0.3", "--model", str(tiny_dir),
+                 "--device", "cpu", "--dtype", "float32", "--cache-dir", str(root / "cache"),
+                 "--out", str(root / "ifd"), "--quiet", "--report"])
+    assert code == 0
+    outs["ifd"] = root / "ifd"
+    return outs
+
+
+@pytest.fixture(scope="module")
 def nasty(tmp_path_factory):
     """Rows whose every text, id and category carries markup, and the random selection's folder."""
     root = tmp_path_factory.mktemp("nasty")
@@ -174,6 +202,181 @@ def test_delift_se_and_random_pages(nasty, tmp_path):
     page = render_report(out)  # random
     assert "no scores to plot" in page and images(page) == []
     assert "drawn #1 by the seeded sample (seed 3)" in page and "not drawn: position 12 of 12" in page
+
+
+def why_lines(page: str) -> list[str]:
+    import html
+
+    return [html.unescape(w) for w in re.findall(r'<td class="why">([^<]*)</td>', page)]
+
+
+def row_ids(page: str) -> list[str]:
+    import html
+
+    return [html.unescape(i) for i in re.findall(r'<tr data-id="([^"]+)"', page)]
+
+
+def relevant_options(page: str) -> str:
+    """The options table shown unfolded (the ones the method used)."""
+    start = page.index("<h3>Options</h3>")
+    end = page.find("options this run did not use", start)
+    return page[start:end if end > 0 else None]
+
+
+RANKED = {  # method: (header, plot titles, a kept why line, a dropped why line)
+    "loss": ("loss · keep easiest", ("loss: kept vs dropped", "loss against length"),
+             r"rank 1 of 40: loss [\d.]+ \(\d+\w\w pct\), among the easiest",
+             r"rank 40 of 40 \(cut at 12\): loss [\d.]+ \(\d+\w\w pct\), harder than the kept \(cut at [\d.]+\)"),
+    "perplexity": ("perplexity · keep hardest", ("perplexity: kept vs dropped", "perplexity against length"),
+                   r"rank 1 of 40: perplexity [\d.]+ \(\d+\w\w pct\), among the hardest",
+                   r"rank 40 of 40 \(cut at 12\): perplexity [\d.]+ \(\d+\w\w pct\), easier than the kept"),
+    "ifd": ("ifd", ("IFD: kept vs dropped", "Loss with and without the prompt"),
+            r"rank 1 of 40: IFD 0\.\d+, the prompt helps but the response is still hard to predict",
+            r"dropped first: IFD 1\.\d+ >= 1, the prompt does not help predict the response"),
+    "selectit": ("selectit", ("selectit: kept vs dropped", "Rating: mean against spread"),
+                 r"rank 1 of 40: rated [\d.]+ on average over 5 prompts \(std [\d.]+\): selectit [\d.]+ "
+                 r"\(\d+\w\w pct\)",
+                 r"rank 40 of 40 \(cut at 12\): rated [\d.]+ on average over 5 prompts \(std [\d.]+\): "
+                 r"selectit [\d.]+ \(\d+\w\w pct\), lower than the kept \(cut at [\d.]+\)"),
+}
+
+
+@pytest.mark.parametrize("method", list(RANKED))
+def test_ranked_baseline_reports(ranked_outs, demo, method):
+    out = ranked_outs[method]
+    header, titles, kept_why, dropped_why = RANKED[method]
+    if method == "ifd":  # written by select --report
+        assert (out / "report.html").is_file()
+    page = write_report(out, by="meta.family").read_text(encoding="utf-8")
+    self_contained(page)
+    assert sections(page) == {"summary", "plots", "retention", "kept", "dropped"}
+    assert len(images(page)) == 3  # score histogram, one scatter, retention bars
+    for title in titles:
+        assert f'alt="{title}"' in page
+    assert "dashed cut" in page  # the histogram shows the cut at the budget
+    assert f"<b>{header}</b>" in page
+    assert "Kept: the 10 first-ranked of 12" in page and "Dropped: 10 of 28, lowest-ranked" in page
+    whys = why_lines(page)
+    assert len(whys) == 20
+    assert re.fullmatch(kept_why, whys[0]), whys[0]
+    assert re.search(dropped_why, page.replace("&gt;", ">").replace("&#x27;", "'")), whys[10:]
+    score = {"loss": "loss", "perplexity": "perplexity", "ifd": "IFD", "selectit": "selectit"}[method]
+    assert all(score in w for w in whys)
+    # kept rows in rank order, dropped rows from the last-ranked up
+    scores = pq.read_table(out / "scores.parquet").to_pandas().sort_values("rank")
+    ids = row_ids(page)
+    assert ids[:10] == scores.id.iloc[:10].tolist()
+    assert ids[10:] == scores.id.iloc[::-1].iloc[:10].tolist()
+    first = re.search(r'<td class="scores">(.*?)</td>', page).group(1)
+    assert first.startswith(score.lower() + " ")  # the ranking score is listed first
+    shown = relevant_options(page)
+    assert ("<td>keep</td>" in shown) == (method in ("loss", "perplexity"))
+    assert ("<td>selectit_alpha</td>" in shown) == (method == "selectit")
+    assert "<td>model</td>" in shown and "<td>eta</td>" not in shown
+    if method == "ifd":
+        assert "dotted IFD = 1 line" in page
+        ifd = scores.set_index("id").ifd
+        assert all(ifd[i] >= 1 for i, w in zip(ids[10:], whys[10:]) if w.startswith("dropped first"))
+    if method == "selectit":
+        assert "of the model&#x27;s next-token probability went to the digits" in page
+
+
+def test_selectit_prompt_count():
+    from tunesift.report import SELECTIT_PROMPTS
+    from tunesift.scoring.baselines import DEFAULT_PROMPTS
+
+    assert SELECTIT_PROMPTS == len(DEFAULT_PROMPTS)  # the report's "over 5 prompts"
+
+
+def test_ranked_edge_cases(nasty, tmp_path):
+    """IFD with fewer records below 1 than the budget, an infinite and a missing IFD; and a ranked
+    method the report knows only from its table entry (LESS)."""
+    from tunesift.records import records_from_rows
+    from tunesift.scoring.baselines import ifd_order
+
+    rows, data, _ = nasty
+    recs = records_from_rows(rows)[:8]
+    sub = tmp_path / "rows.jsonl"
+    sub.write_text("".join(json.dumps(r) + "\n" for r in rows[:8]), encoding="utf-8")
+    ifd = np.array([0.2, 0.5, 0.9, 1.2, np.inf, np.nan, 0.95, 1.05])
+    order = ifd_order(ifd)
+    kept = np.zeros(8, bool)
+    kept[order[:5]] = True
+    cols = {"ifd": ifd, "loss": ifd * 2, "loss_alone": np.full(8, 2.0), "n_tokens": np.arange(1, 9)}
+    sel = Selection("ifd", recs, kept, cols, order, Options(method="ifd", budget=5), 5)
+    page = render_report(_write(sel, tmp_path / "ifd", sub))
+    self_contained(page)
+    assert len(images(page)) == 2
+    whys = dict(zip(row_ids(page), why_lines(page)))
+    assert whys["r<7>"] == ("rank 5 of 8: IFD 1.05 >= 1, kept only because just 4 records have IFD < 1, "
+                            "fewer than the budget of 5")
+    assert whys["r<0>"] == ("rank 4 of 8: IFD 0.2 < 1, the prompt helps predict the response (all 4 records "
+                            "with IFD < 1 fit the budget)")
+    assert whys["r<4>"] == "dropped first: IFD inf >= 1, the prompt does not help predict the response"
+    assert whys["r<5>"] == "rank 8 of 8 (cut at 5): no IFD score, ranked last"
+    assert "ifd inf" in page and "Only 4 records have IFD &lt; 1" in page
+
+    less = np.array([0.1, 0.7, 0.3, np.nan, 0.9, 0.3, 0.5, 0.2])
+    order = np.argsort(np.where(np.isnan(less), np.inf, -less), kind="stable")
+    kept = np.zeros(8, bool)
+    kept[order[:3]] = True
+    sel = Selection("less", recs, kept, {"less": less}, order, Options(method="less", budget=3), 3)
+    page = render_report(_write(sel, tmp_path / "less", sub))
+    self_contained(page)
+    assert len(images(page)) == 1 and 'alt="LESS: kept vs dropped"' in page
+    whys = dict(zip(row_ids(page), why_lines(page)))
+    assert whys["r<4>"] == "rank 1 of 8: LESS 0.9 (93rd pct), among the highest"
+    assert whys["r<2>"] == "rank 4 of 8 (cut at 3): LESS 0.3 (43rd pct), lower than the kept (cut at 0.5)"
+    assert whys["r<3>"] == "rank 8 of 8 (cut at 3): no LESS score, ranked last"
+    assert "Dropped: 5 of 5, lowest-ranked (lowest LESS)" in page
+
+
+def colour_pixels(img: Image.Image, hex_colour: str, alpha: float = 1.0) -> int:
+    """Pixels of ``img`` close to the colour (drawn with ``alpha`` over white)."""
+    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=float)
+    want = alpha * rgb + (1 - alpha) * 255
+    px = np.asarray(img.convert("RGB")).astype(float)
+    return int((np.abs(px - want).sum(axis=2) < 24).sum())
+
+
+def test_donod_delift_report(donod_delift_out):
+    from tunesift.report import CUT_COLOR, DROPPED_COLOR, KEPT_COLOR
+
+    page = render_report(donod_delift_out, by="meta.family")
+    self_contained(page)
+    assert sections(page) == {"summary", "plots", "retention", "kept", "dropped"}
+    imgs = images(page)
+    assert len(imgs) == 6  # DON/NOD, closeness, gain curve, helped_by, helpfulness, retention
+    for title in ("DON against NOD, through both stages", "Closeness and the prefilter", "Greedy gain curve",
+                  "Utility: helped_by", "Utility: helpfulness"):
+        assert f'alt="{title}"' in page
+    assert "The dashed curve is the prefilter cut" in page  # the TOPSIS contour was reproduced
+    for colour in (CUT_COLOR, DROPPED_COLOR, KEPT_COLOR):  # three kinds of dots in the scatter
+        assert colour_pixels(imgs[0], colour, 0.7) > 30, colour
+    assert "<b>donod+delift · instruction</b>" in page and "<b>14 (option 0.7)</b>" in page
+    assert "objective" in page
+    shown = relevant_options(page)
+    for name in ("prefilter", "eta", "weights", "stage", "distance"):
+        assert f"<td>{name}</td>" in shown
+    assert "Kept: the 6 first picks of 6" in page
+    assert "Dropped: 10 of 14, 5 cut by DONOD (lowest closeness first) and 5 that passed it" in page
+    scores = pq.read_table(donod_delift_out / "scores.parquet").to_pandas().set_index("id")
+    ids, whys = row_ids(page), why_lines(page)
+    assert ids[:6] == scores.sort_values("rank").index[:6].tolist()
+    assert re.fullmatch(r"picked #1: covers gain [\d.]+ of the pool \([\d.]+% of the objective\); "
+                        r"passed DONOD at closeness rank \d+ of 20", whys[0]), whys[0]
+    cut, passed = ids[6:11], ids[11:]
+    assert not scores.prefiltered[cut].any() and scores.prefiltered[passed].all()
+    assert scores.closeness[cut].is_monotonic_increasing
+    assert scores.closeness[cut].max() < scores.closeness[scores.prefiltered].min()
+    for w in whys[6:11]:
+        assert re.fullmatch(r"cut by DONOD's prefilter \(closeness rank (1[5-9]|20) of 20; the top 14 went on to "
+                            r"DELIFT\): \w+ DON \(\d+\w\w pct\), \w+ NOD \(\d+\w\w pct\)", w), w
+    for w in whys[11:]:
+        assert re.fullmatch(r"passed DONOD at closeness rank ([1-9]|1[0-4]) of 20, then not picked: its best "
+                            r"coverage was already provided by the 6 picks \(helpfulness \S+, \d+\w\w pct of the "
+                            r"14 passed\)", w), w
+    assert "prefiltered no" in page and "prefiltered yes" in page
 
 
 def test_escaping(nasty):

@@ -229,83 +229,91 @@ def _renderer(lm, opt: Options):
     return Renderer(lm.tokenizer, turn_format(lm.tokenizer, opt.template), max_length=opt.max_length)
 
 
-def _blocked_scores(folder: str, version: str, lm, opt: Options, seqs: list, compute, progress: Progress,
-                    label: str, width: int, extra: tuple = (), block: int = 16) -> np.ndarray:
-    """Per-record score rows (n, width) computed ``block`` records at a time and cached.
+# Per-record scorers computed in cached blocks: kind -> (columns, cache version, records per block)
+BLOCK_SCORERS = {
+    "donod": (("r_dot_z", "grad_norm_sq", "n_tokens"), "donod-v1", 16),  # eta-free terms, see donod.score_batch
+    "loss": (("loss", "perplexity", "n_tokens"), "loss-v1", 64),
+    "ifd": (("loss", "loss_alone", "ifd", "n_tokens"), "ifd-v1", 64),
+    "selectit": (("selectit", "selectit_mean", "selectit_std", "selectit_digit_mass"), "selectit-v1", 64),
+}
 
-    Each block is stored under ``<cache>/<folder>`` keyed by its content (``version``, model
-    fingerprint and dtype, the block's token sequences, ``extra`` settings), so a rerun reads
-    everything back and a killed run recomputes only the missing blocks (the unit of resume).
-    ``compute(start, end)`` returns the rows of records ``start:end``."""
+
+def score_block(kind: str, lm, renderer, records: list[Record], opt: Options) -> np.ndarray:
+    """Rows (len(records), width) of one block of a per-record scorer; the same function serves the
+    local loop and remote workers."""
+    if kind == "donod":
+        from .scoring.donod import gradient_stats
+
+        return gradient_stats(lm.model, [renderer.sequence(r) for r in records],
+                              pad_id=lm.tokenizer.pad_token_id, token_budget=opt.token_budget)
+    from .scoring import baselines as bl
+
+    kw = {"token_budget": opt.token_budget}
+    if kind == "selectit":
+        kw["alpha"] = opt.selectit_alpha
+    cols = getattr(bl, f"{kind}_scores")(lm, renderer, records, **kw)
+    return np.stack([cols[c] for c in BLOCK_SCORERS[kind][0]], axis=1)
+
+
+def _block_extra(kind: str, opt: Options) -> tuple:
+    """Settings besides the token sequences that change a block's scores (part of its cache key)."""
+    if kind == "selectit":
+        from .scoring.baselines import DEFAULT_PROMPTS
+
+        return (DEFAULT_PROMPTS, opt.selectit_alpha)
+    return ()
+
+
+def _blocked_scores(kind: str, lm, opt: Options, records: list[Record], progress: Progress) -> np.ndarray:
+    """Per-record score rows (n, width) of ``kind``, computed a block of records at a time and cached.
+
+    Each block is stored under ``<cache>/<kind>`` keyed by its content (cache version, model
+    fingerprint and dtype, the block's token sequences, other settings), so a rerun reads
+    everything back and a killed run recomputes only the missing blocks (the unit of resume)."""
     from .store import ArrayStore, content_key, default_cache_dir
 
-    store = ArrayStore(Path(opt.cache_dir or default_cache_dir()) / folder)
-    out = np.zeros((len(seqs), width))
-    advance = progress(label, len(seqs))
+    names, version, block = BLOCK_SCORERS[kind]
+    renderer = _renderer(lm, opt)
+    seqs = [renderer.sequence(r) for r in records]
+    store = ArrayStore(Path(opt.cache_dir or default_cache_dir()) / version.split("-v")[0])
+    out = np.zeros((len(seqs), len(names)))
+    advance = progress(f"{kind} scoring", len(seqs))
     for start in range(0, len(seqs), block):
-        part = seqs[start:start + block]
-        key = content_key(version, lm.fingerprint, lm.dtype, part, *extra)
+        end = min(len(seqs), start + block)
+        key = content_key(version, lm.fingerprint, lm.dtype, seqs[start:end], *_block_extra(kind, opt))
         got = store.get(key)
-        if got is None or got.shape != (len(part), width):
-            got = np.asarray(compute(start, start + len(part)), dtype=np.float64)
+        if got is None or got.shape != (end - start, len(names)):
+            got = np.asarray(score_block(kind, lm, renderer, records[start:end], opt), dtype=np.float64)
             store.put(key, got)
-        out[start:start + len(part)] = got
-        advance(len(part))
+        out[start:end] = got
+        advance(end - start)
     return out
 
 
 def _donod(records, k, opt, lm, progress: Progress):
-    from .scoring.donod import DonodParams, don_nod_from_stats, gradient_stats, lm_head_norm_sq
+    from .scoring.donod import DonodParams, don_nod_from_stats, lm_head_norm_sq
     from .selection.topsis import rank_desc, topsis
 
-    params = DonodParams(opt.eta, opt.reduction)
-    renderer = _renderer(lm, opt)
-    seqs = [renderer.sequence(r) for r in records]
-    stats = _blocked_scores("donod", "donod-v1", lm, opt, seqs, lambda a, b: gradient_stats(
-        lm.model, seqs[a:b], pad_id=lm.tokenizer.pad_token_id, token_budget=opt.token_budget),
-        progress, "DONOD scoring", 3)
-    dn = don_nod_from_stats(stats, lm_head_norm_sq(lm.model), params)
+    stats = _blocked_scores("donod", lm, opt, records, progress)
+    dn = don_nod_from_stats(stats, lm_head_norm_sq(lm.model), DonodParams(opt.eta, opt.reduction))
     close = topsis(dn, opt.weights, [True, False])
     order = np.argsort(rank_desc(close), kind="stable")
     cols = {"don": dn[:, 0], "nod": dn[:, 1], "closeness": close, "n_tokens": stats[:, 2].astype(np.int64)}
     return cols, order, {}
 
 
-# (columns, cache version, scorer) of the per-record baselines; each scorer returns those columns
-_BASELINES = {
-    "loss": (("loss", "perplexity", "n_tokens"), "loss-v1", "loss_scores"),
-    "perplexity": (("loss", "perplexity", "n_tokens"), "loss-v1", "loss_scores"),
-    "ifd": (("loss", "loss_alone", "ifd", "n_tokens"), "ifd-v1", "ifd_scores"),
-    "selectit": (("selectit", "selectit_mean", "selectit_std", "selectit_digit_mass"), "selectit-v1",
-                 "selectit_scores"),
-}
-
-
 def _baseline(records, k, opt, lm, progress: Progress):
     """Score every record with one of the baselines (blockwise, cached) and rank them."""
     from .scoring import baselines as bl
 
-    names, version, fn_name = _BASELINES[opt.method]
-    renderer = _renderer(lm, opt)
-    seqs = [renderer.sequence(r) for r in records]
-    kw = {"token_budget": opt.token_budget}
-    extra: tuple = ()
-    if opt.method == "selectit":
-        kw["alpha"] = opt.selectit_alpha
-        extra = (bl.DEFAULT_PROMPTS, opt.selectit_alpha)
-
-    def compute(a: int, b: int) -> np.ndarray:
-        cols = getattr(bl, fn_name)(lm, renderer, records[a:b], **kw)
-        return np.stack([cols[c] for c in names], axis=1)
-
-    rows = _blocked_scores(version.split("-v")[0], version, lm, opt, seqs, compute, progress,
-                           f"{opt.method} scoring", len(names), extra, block=64)
-    cols = {c: rows[:, j] for j, c in enumerate(names)}
+    kind = "loss" if opt.method == "perplexity" else opt.method  # one pass serves both
+    rows = _blocked_scores(kind, lm, opt, records, progress)
+    cols = {c: rows[:, j] for j, c in enumerate(BLOCK_SCORERS[kind][0])}
     if "n_tokens" in cols:
         cols["n_tokens"] = cols["n_tokens"].astype(np.int64)
-    if opt.method in ("loss", "perplexity"):
+    if kind == "loss":
         order = bl.loss_order(cols["loss"], opt.keep)
-    elif opt.method == "ifd":
+    elif kind == "ifd":
         order = bl.ifd_order(cols["ifd"])
     else:  # selectit: highest first, NaN last
         order = np.argsort(np.where(np.isnan(cols["selectit"]), np.inf, -cols["selectit"]), kind="stable")
@@ -501,7 +509,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
         cols, order, extra = _donod(records, k, opt, lm, progress)
     elif opt.method == "donod+delift":
         cols, order, extra = _donod_delift(records, k, opt, lm, progress, other)
-    elif opt.method in _BASELINES:
+    elif opt.method in ("ifd", "loss", "perplexity", "selectit"):
         cols, order, extra = _baseline(records, k, opt, lm, progress)
     else:
         cols, order, extra = _delift(records, k, opt, lm, progress, other, embed_kernel=opt.method == "delift-se")

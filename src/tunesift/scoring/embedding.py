@@ -14,12 +14,13 @@ the sparse pair pattern that makes the model-based utility kernel affordable for
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import OptionError
+from ..errors import OptionError, TunesiftError
 from ..store import ArrayStore, content_key, default_cache_dir
 
 EMBED_DIM = 384
@@ -113,16 +114,27 @@ def cosine_similarity_kernel(a: np.ndarray, b: np.ndarray, pattern: sp.spmatrix 
     Rows are normalised here, so unnormalised inputs are fine. With a sparse ``pattern`` (e.g.
     :func:`knn_pattern`) only its entries are computed, in O(nnz d), and a CSR kernel is returned.
     """
-    a, b = _normalise(a), _normalise(b)
+    same = a is b
+    a = _normalise(a)
+    b = a if same else _normalise(b)
     if pattern is None:
         return _cos_to_unit(a @ b.T)
     p = pattern.tocsr().tocoo()
-    vals = _cos_to_unit(np.einsum("ij,ij->i", a[p.row], b[p.col]))
+    vals = np.empty(p.nnz, dtype=np.float32)
+    step = max(1, _BLOCK_ELEMS // max(1, a.shape[1]))  # entries per block: ~16 MB gathered
+    for s0 in range(0, p.nnz, step):  # blocked: gathering all nnz rows at once is nnz x d
+        r, c = p.row[s0 : s0 + step], p.col[s0 : s0 + step]
+        vals[s0 : s0 + step] = _cos_to_unit(np.einsum("ij,ij->i", a[r], b[c]))
     return sp.csr_matrix((vals, (p.row, p.col)), shape=(len(a), len(b)))
 
 
 def _cos_to_unit(s: np.ndarray) -> np.ndarray:
-    return np.clip((s + 1.0) * 0.5, 0.0, 1.0).astype(np.float32, copy=False)
+    """(s + 1) / 2 clipped to [0, 1] as float32, in place (``s`` is a fresh float32 product
+    here; no temporaries: a 20k x 20k kernel needs 1.6 GB, not 4 x that)."""
+    s = np.asarray(s, dtype=np.float32)
+    s += 1.0
+    s *= 0.5
+    return np.clip(s, 0.0, 1.0, out=s)
 
 
 def knn_pattern(
@@ -157,9 +169,27 @@ def knn_pattern(
         if exclude_self:
             s[np.arange(r1 - r0), np.arange(r0, r1)] = -np.inf
         cols[r0:r1] = _top_k(s, kk)
-    cols.sort(axis=1)
-    indptr = np.arange(0, n_a * kk + 1, kk, dtype=np.int64)
-    return sp.csr_matrix((np.ones(n_a * kk, dtype=bool), cols.ravel(), indptr), shape=(n_a, n_b))
+    return _pattern_csr(cols, n_b)
+
+
+def _pattern_csr(cols: np.ndarray, n_b: int) -> sp.csr_matrix:
+    """Boolean CSR (len(cols), n_b) with True at ``cols[i, :]`` in row ``i``.
+
+    ``cols``: (n_a, kk) int64 neighbour columns, distinct within a row; negative entries mean
+    "no neighbour found" and are skipped (those rows hold fewer than kk entries). Sorted in
+    place; the CSR has sorted column indices per row.
+    """
+    n_a, kk = cols.shape
+    cols.sort(axis=1)  # negative entries (if any) come first
+    if n_a == 0 or kk == 0 or cols[:, 0].min() >= 0:
+        indptr = np.arange(0, n_a * kk + 1, kk, dtype=np.int64) if kk else np.zeros(n_a + 1, np.int64)
+        indices = cols.ravel()
+    else:
+        valid = cols >= 0
+        indptr = np.zeros(n_a + 1, dtype=np.int64)
+        np.cumsum(valid.sum(axis=1), out=indptr[1:])
+        indices = cols[valid]  # row-major: rows in order, columns sorted within each
+    return sp.csr_matrix((np.ones(len(indices), dtype=bool), indices, indptr), shape=(n_a, n_b))
 
 
 def _top_k(s: np.ndarray, k: int) -> np.ndarray:
@@ -174,3 +204,167 @@ def _top_k(s: np.ndarray, k: int) -> np.ndarray:
     need = k - above.sum(axis=1, keepdims=True)
     keep = above | (ties & (np.cumsum(ties, axis=1) <= need))
     return np.nonzero(keep)[1].reshape(s.shape[0], k)
+
+
+# ---------------------------------------------------------------------------------------------
+# approximate kNN (faiss) for large pools
+
+ANN_METHODS = ("auto", "exact", "ivf", "hnsw")
+# "auto" stays exact while len(a) * len(b) is at most this many similarities (a few seconds of
+# blocked matmul on 2 cores); beyond it the IVF index is used.
+AUTO_EXACT_MAX_PAIRS = 1_000_000_000
+_ANN_BATCH = 16_384  # queries per faiss search call (bounds the (batch, k) result arrays)
+
+
+def _import_faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise TunesiftError(
+            "approximate kNN needs faiss, which is not installed: pip install 'tunesift[scale]'"
+        ) from None
+    return faiss
+
+
+def default_ivf_params(n_b: int) -> tuple[int, int]:
+    """(nlist, nprobe) used by ``ann_knn_pattern(method="ivf")`` for ``n_b`` indexed vectors.
+
+    ``nlist = 4 sqrt(n_b)`` inverted lists (at least 1, at most ``n_b / 39`` so k-means has 39
+    training points per centroid), ``nprobe = 32`` lists scanned per query (capped at nlist).
+    """
+    nlist = int(max(1, min(4 * math.sqrt(n_b), n_b // 39)))
+    return nlist, min(32, nlist)
+
+
+def ann_knn_pattern(
+    a: np.ndarray,
+    b: np.ndarray,
+    k: int,
+    *,
+    exclude_self: bool = False,
+    method: str = "auto",
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    hnsw_m: int = 32,
+    ef_search: int | None = None,
+    train_size: int | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+) -> sp.csr_matrix:
+    """Like :func:`knn_pattern`, for large pools: approximate k nearest neighbours by cosine.
+
+    ``a``: (n_a, d) query rows, ``b``: (n_b, d) indexed rows (normalised here; ``a is b`` is
+    normalised once). Returns a boolean CSR (n_a, n_b) in the format of :func:`knn_pattern`
+    (sorted column indices per row). ``exclude_self``: a and b are the same items in the same
+    order and column i is never selected for row i. ``k`` is capped at the available columns.
+
+    ``method``:
+
+    * ``"exact"``: :func:`knn_pattern` itself (blocked brute force, deterministic ties).
+    * ``"ivf"``: a faiss IVF-Flat index with inner product on the L2-normalised float32 rows:
+      spherical k-means with ``nlist`` centroids (trained on ``train_size`` rows drawn with
+      ``seed``, default ``64 * nlist``), each query scanning its ``nprobe`` closest lists. The
+      similarities of the candidates found are exact; a true neighbour is missed only when it
+      sits in a list that was not scanned. Defaults: :func:`default_ivf_params`. Deterministic
+      for a given seed, machine and thread count. Memory: a float32 copy of ``b`` plus
+      (n_a, k) int64 results.
+    * ``"hnsw"``: a faiss HNSW graph (``hnsw_m`` links per node, ``ef_search`` default
+      ``max(64, 2 k)``). Its multi-threaded construction is not deterministic.
+    * ``"auto"`` (default): ``"exact"`` while ``n_a * n_b <= AUTO_EXACT_MAX_PAIRS``, else
+      ``"ivf"``.
+
+    A row may hold fewer than ``k`` entries when the scanned lists held fewer candidates (IVF
+    with tiny lists). Ties between equal similarities are broken by faiss, not by the column
+    index. ``threads`` sets faiss's OpenMP threads for this call (default: faiss's default).
+    Raises :class:`~tunesift.errors.TunesiftError` naming ``tunesift[scale]`` if faiss is not
+    installed and an index is needed.
+    """
+    if method not in ANN_METHODS:
+        raise OptionError(f"method must be one of {', '.join(ANN_METHODS)}; got {method!r}")
+    if k < 0:
+        raise OptionError(f"k must be >= 0, got {k}")
+    n_a, n_b = len(a), len(b)
+    if method == "auto":
+        method = "exact" if n_a * n_b <= AUTO_EXACT_MAX_PAIRS else "ivf"
+    if method == "exact":
+        return knn_pattern(a, b, k, exclude_self=exclude_self)
+    if exclude_self and n_a > n_b:
+        raise OptionError("exclude_self needs a and b to be the same items (len(a) <= len(b))")
+    kk = min(k, n_b - (1 if exclude_self else 0))
+    if kk <= 0 or n_a == 0:
+        return sp.csr_matrix((n_a, n_b), dtype=bool)
+    faiss = _import_faiss()
+    same = a is b
+    a = _unit_rows(a)
+    b = a if same else _unit_rows(b)
+    if a.shape[1] != b.shape[1]:
+        raise OptionError(f"a and b must have the same width, got {a.shape[1]} and {b.shape[1]}")
+    d = b.shape[1]
+    old_threads = faiss.omp_get_max_threads()
+    if threads is not None:
+        faiss.omp_set_num_threads(int(threads))
+    try:
+        if method == "ivf":
+            index = _ivf_index(faiss, b, nlist, nprobe, train_size, seed)
+        else:
+            index = faiss.IndexHNSWFlat(d, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efSearch = int(ef_search or max(64, 2 * (kk + 1)))
+            index.add(b)
+        ask = kk + 1 if exclude_self else kk
+        cols = np.empty((n_a, kk), dtype=np.int64)
+        for r0 in range(0, n_a, _ANN_BATCH):
+            r1 = min(n_a, r0 + _ANN_BATCH)
+            _, got = index.search(a[r0:r1], ask)
+            if exclude_self:
+                got = _drop_self(got, r0)
+            cols[r0:r1] = got
+        del index
+    finally:
+        faiss.omp_set_num_threads(old_threads)
+    return _pattern_csr(cols, n_b)
+
+
+def _ivf_index(faiss, b: np.ndarray, nlist: int | None, nprobe: int | None,
+               train_size: int | None, seed: int):
+    """A trained and filled IVF-Flat inner-product index over the unit rows ``b`` (n_b, d)."""
+    n_b, d = b.shape
+    nl_default, np_default = default_ivf_params(n_b)
+    nl = int(nlist or nl_default)
+    if not 1 <= nl <= n_b:
+        raise OptionError(f"nlist must be between 1 and the number of indexed rows ({n_b}), got {nl}")
+    npr = int(nprobe or min(np_default, nl))
+    if npr < 1:
+        raise OptionError(f"nprobe must be >= 1, got {npr}")
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nl, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = int(seed)
+    m = min(n_b, int(train_size or 64 * nl))
+    if m < nl:
+        raise OptionError(f"train_size must be at least nlist ({nl}), got {m}")
+    rng = np.random.default_rng(seed)
+    sample = b if m == n_b else b[np.sort(rng.choice(n_b, size=m, replace=False))]
+    index.train(sample)
+    del sample
+    index.add(b)
+    index.nprobe = min(npr, nl)
+    return index
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """C-contiguous float32 rows of unit length: ``x`` itself when it already is (embeddings
+    from :func:`embed_records`; saves a copy of a large pool), else a normalised copy."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 2:
+        sq = np.einsum("ij,ij->i", x, x)
+        if len(sq) and np.abs(sq - 1.0).max() <= 1e-5:
+            return x
+    return np.ascontiguousarray(_normalise(x))
+
+
+def _drop_self(got: np.ndarray, r0: int) -> np.ndarray:
+    """(r, kk + 1) neighbour ids of rows r0.. -> (r, kk): each row's own id removed, or its
+    last (least similar) entry when the row itself was not returned."""
+    r = got.shape[0]
+    drop = got == np.arange(r0, r0 + r)[:, None]
+    drop[~drop.any(axis=1), -1] = True
+    return got[~drop].reshape(r, got.shape[1] - 1)
