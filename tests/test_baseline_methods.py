@@ -92,3 +92,27 @@ def test_bad_baseline_options(extra, message, demo, tiny_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method", ["donod", "loss", "delift", "donod+delift"])
+def test_on_error_skip_turns_unscorable_records_into_error_rows(method, tiny_dir, tmp_path):
+    rows = [{"id": f"r{i}", "instruction": f"Say {i}", "output": f"{i} " * (1 + i % 4)} for i in range(12)]
+    rows.insert(5, {"id": "long", "instruction": "x", "output": "word " * 300})
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    args = ["--method", method, "--max-length", "64", "--on-error", "skip", "--budget", "0.5"]
+    if method == "donod+delift":
+        args += ["--prefilter", "0.8"]
+    code = main([str(a) for a in ["select", data, "--model", tiny_dir, "--out", out, "--cache-dir",
+                                  tmp_path / "cache", "-q", *args]])
+    assert code == 0
+    s = scores_of(out)
+    assert list(s["id"]) == [r["id"] for r in rows]  # every record accounted for, in input order
+    err = s.set_index("id")["error"]
+    assert "does not fit max_length 64" in err["long"] and err.drop("long").isna().all()
+    assert not s.set_index("id").loc["long", "kept"] and s["kept"].sum() == 6  # round(0.5 * 13)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["errors"] == 1 and manifest["counts"]["input"] == 13
+    kept_rows = [json.loads(x) for x in open(out / "selected.jsonl")]
+    assert "long" not in {r["id"] for r in kept_rows}

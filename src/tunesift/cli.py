@@ -130,6 +130,8 @@ def select(
     nu: float = typer.Option(1.0, help="DELIFT continual stage: FLCG nu."),
     optimizer: str = typer.Option("lazy", help="naive | lazy | stochastic greedy."),
     prefilter: float = typer.Option(0.7, help="donod+delift: share of the pool DONOD lets through to DELIFT."),
+    on_error: str = typer.Option("fail", help="A record the model cannot score (response longer than "
+                                 "--max-length): fail (exit 2, nothing written) | skip (an error row, never kept)."),
     keep: str = typer.Option("easiest", help="loss/perplexity: keep the easiest (lowest) or the hardest records."),
     selectit_alpha: float = typer.Option(0.2, help="selectit: uncertainty weight, mean / (1 + alpha * std)."),
     prompt_field: str | None = typer.Option(None, help="Field(s) holding the prompt, comma-separated to join."),
@@ -162,7 +164,7 @@ def select(
                 cache_dir=str(cache_dir) if cache_dir else None, eta=eta, reduction=reduction, weights=w,
                 stage=stage, distance=distance, knn=knn, clip_negative=clip_negative,
                 keep_diagonal=keep_diagonal, mi_eta=mi_eta, mi_form=mi_form, nu=nu, optimizer=optimizer,
-                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha)
+                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, on_error=on_error)
     with _progress(quiet) as prog:
         sel = run_select(str(data), target=str(target) if target else None,
                          existing=str(existing) if existing else None, fields=fields, progress=prog, **opts)

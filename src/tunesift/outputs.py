@@ -43,7 +43,7 @@ def manifest(sel: Selection, inputs: dict[str, dict]) -> dict:
         "budget": sel.budget,
         "model": sel.model,
         "inputs": inputs,
-        "counts": {"input": n, "kept": kept, "dropped": n - kept},
+        "counts": {"input": n, "kept": kept, "dropped": n - kept, "errors": int(sel.extra.get("errors", 0))},
         "objective": sel.extra.get("objective"),
         "versions": versions(),
         "timings": {k: round(v, 3) for k, v in sel.timings.items()},

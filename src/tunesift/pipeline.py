@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import OptionError
+from .errors import OptionError, TunesiftError
 from .records import FieldMap, Record, read_records, records_from_rows
 
 log = logging.getLogger("tunesift")
@@ -79,6 +79,8 @@ class Options:
     epsilon: float = 0.01
     # DONOD + DELIFT
     prefilter: float = 0.7
+    # records the model cannot score (a response longer than max_length): fail | skip (error rows)
+    on_error: str = "fail"
     # baselines
     keep: str = "easiest"
     selectit_alpha: float = 0.2
@@ -102,6 +104,8 @@ class Options:
                 raise OptionError(f"{name.replace('_', '-')} must be a finite number >= 0, got {v}")
         if not (isinstance(self.prefilter, (int, float)) and 0 < self.prefilter <= 1):
             raise OptionError(f"prefilter must be a fraction in (0, 1], got {self.prefilter}")
+        if self.on_error not in ("fail", "skip"):
+            raise OptionError(f"unknown on-error '{self.on_error}': use fail or skip")
         if self.keep not in ("easiest", "hardest"):
             raise OptionError(f"unknown keep '{self.keep}': use easiest or hardest")
         if not (isinstance(self.selectit_alpha, (int, float)) and self.selectit_alpha >= 0):
@@ -502,17 +506,30 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
         model_info = {"name": lm.source, "path": lm.path, "fingerprint": lm.fingerprint,
                       "dtype": lm.dtype, "device": lm.device}
     t = time.perf_counter()
-    extra: dict = {}
+    errors = _unscorable(records, lm, opt) if opt.method in LM_METHODS else {}
+    ok = np.array([i for i in range(len(records)) if i not in errors], dtype=np.int64)
+    if errors:
+        if opt.on_error == "fail" or not len(ok):
+            raise TunesiftError(next(iter(errors.values())))
+        log.warning("%d of %d records cannot be scored (see the error column); they are never kept",
+                    len(errors), len(records))
+        k = min(k, len(ok))
+    scored = [records[i] for i in ok] if errors else records
     if opt.method == "random":
-        cols, order, extra = _random(records, k, opt)
+        cols, order, extra = _random(scored, k, opt)
     elif opt.method == "donod":
-        cols, order, extra = _donod(records, k, opt, lm, progress)
+        cols, order, extra = _donod(scored, k, opt, lm, progress)
     elif opt.method == "donod+delift":
-        cols, order, extra = _donod_delift(records, k, opt, lm, progress, other)
+        cols, order, extra = _donod_delift(scored, k, opt, lm, progress, other)
     elif opt.method in ("ifd", "loss", "perplexity", "selectit"):
-        cols, order, extra = _baseline(records, k, opt, lm, progress)
+        cols, order, extra = _baseline(scored, k, opt, lm, progress)
     else:
-        cols, order, extra = _delift(records, k, opt, lm, progress, other, embed_kernel=opt.method == "delift-se")
+        cols, order, extra = _delift(scored, k, opt, lm, progress, other, embed_kernel=opt.method == "delift-se")
+    if errors:  # back to every input record: failed ones get NaN / -1 / False and their reason
+        cols = {name: _spread(arr, ok, len(records)) for name, arr in cols.items()}
+        cols["error"] = np.array([errors.get(i) for i in range(len(records))], dtype=object)
+        order = ok[np.asarray(order, dtype=np.int64)]
+        extra["errors"] = len(errors)
     timings["score_select_s"] = time.perf_counter() - t
     timings.update(extra.pop("timings", {}))
     kept = np.zeros(len(records), dtype=bool)
@@ -521,6 +538,28 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     timings["total_s"] = time.perf_counter() - t_start
     return Selection(opt.method, records, kept, cols, np.asarray(order, dtype=np.int64), opt, k,
                      model_info, timings, extra)
+
+
+def _unscorable(records: list[Record], lm, opt: Options) -> dict[int, str]:
+    """{index: reason} of the records the model cannot score (checked before any scoring, so a
+    long job never dies halfway on one record)."""
+    renderer = _renderer(lm, opt)
+    out = {}
+    for i, r in enumerate(records):
+        try:
+            renderer.encode(r)
+        except TunesiftError as exc:
+            out[i] = str(exc)
+    return out
+
+
+def _spread(arr: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """A column of the scored records spread over all n records (missing: NaN, -1 or False)."""
+    arr = np.asarray(arr)
+    fill = {"b": False, "i": -1, "u": 0}.get(arr.dtype.kind, np.nan)
+    full = np.full(n, fill, dtype=arr.dtype if arr.dtype.kind in "biu" else np.result_type(arr.dtype, np.float64))
+    full[rows] = arr
+    return full
 
 
 def versions() -> dict[str, str]:
