@@ -331,6 +331,29 @@ def test_ranked_edge_cases(nasty, tmp_path):
     assert "Dropped: 5 of 5, lowest-ranked (lowest LESS)" in page
 
 
+@pytest.mark.parametrize("method", ["loss", "donod+delift"])
+def test_error_rows(demo, tiny_lm, tmp_path, method):
+    """select --on-error skip: a record that cannot be scored is listed last among the dropped,
+    with its reason, and counted at the top; ranks and plots cover the scored records."""
+    rows = [json.loads(line) for line in open(demo, encoding="utf-8")][:8]
+    rows.insert(3, {"id": "long", "instruction": "Repeat.", "output": "word " * 200})
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    sel = select(str(data), method=method, budget=3, max_length=96, on_error="skip", lm=tiny_lm,
+                 cache_dir=str(tmp_path / "cache"))
+    page = render_report(_write(sel, tmp_path / "out", data))
+    self_contained(page)
+    assert len(images(page)) == (2 if method == "loss" else 5)
+    assert "1 record(s) could not be scored and were never kept" in page
+    assert "<span>not scored</span><b>1</b>" in page
+    ids, whys = row_ids(page), why_lines(page)
+    assert ids[-1] == "long" and re.fullmatch(r"not scored: record long \(line 4\): response of \d+ tokens .*",
+                                              whys[-1]), whys[-1]
+    assert re.search(r"Dropped: 6 of 6, .*, then 1 that could not be scored</h2>", page)
+    assert not any("of 9" in w for w in whys)  # ranks are among the 8 scored records
+    assert any("of 8" in w for w in whys)
+
+
 def colour_pixels(img: Image.Image, hex_colour: str, alpha: float = 1.0) -> int:
     """Pixels of ``img`` close to the colour (drawn with ``alpha`` over white)."""
     rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=float)
@@ -471,19 +494,24 @@ def chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     return res
 
 
-def test_chromium_renders(donod_out, tmp_path):
-    page = write_report(donod_out, by="meta.family").read_text(encoding="utf-8")
-    n_img = len(images(page))
-    # A test copy that reports each image's decoded width in the title once the page has loaded.
+def rendered_widths(page: str, tmp: Path) -> tuple[list[int], str]:
+    """Open a test copy of the page in Chromium that reports each image's decoded width in the
+    title once the page has loaded; (widths, the DOM Chromium ended with)."""
     probe = page.replace("</body>", "<script>addEventListener('load', () => { document.title = 'IMG:' + "
                          "[...document.images].map(i => i.complete ? i.naturalWidth : -1).join(','); "
                          "});</script></body>")
-    copy = tmp_path / "probe.html"
+    copy = tmp / "probe.html"
     copy.write_text(probe, encoding="utf-8")
-    dom = chromium(["--virtual-time-budget=5000", "--dump-dom", copy.as_uri()], tmp_path).stdout
+    dom = chromium(["--virtual-time-budget=5000", "--dump-dom", copy.as_uri()], tmp).stdout
     widths = re.search(r"<title>IMG:([-\d,]*)</title>", dom)
     assert widths, dom[:500]
-    widths = [int(w) for w in widths.group(1).split(",")]
+    return [int(w) for w in widths.group(1).split(",")], dom
+
+
+def test_chromium_renders(donod_out, tmp_path):
+    page = write_report(donod_out, by="meta.family").read_text(encoding="utf-8")
+    n_img = len(images(page))
+    widths, dom = rendered_widths(page, tmp_path)
     assert len(widths) == n_img == 3 and min(widths) > 100
     for name in ("summary", "plots", "retention", "kept", "dropped"):
         assert f'<section id="{name}">' in dom
@@ -497,3 +525,12 @@ def test_chromium_renders(donod_out, tmp_path):
     kept_blue = np.abs(img - [0x1F, 0x77, 0xB4]).sum(axis=2) < 30
     dropped_orange = np.abs(img - [0xFF, 0x7F, 0x0E]).sum(axis=2) < 30
     assert kept_blue.sum() > 500 and dropped_orange.sum() > 500  # the plots were drawn on screen
+
+
+def test_chromium_renders_donod_delift(donod_delift_out, tmp_path):
+    page = write_report(donod_delift_out).read_text(encoding="utf-8")
+    widths, dom = rendered_widths(page, tmp_path)
+    assert len(widths) == len(images(page)) == 5 and min(widths) > 100
+    for name in ("summary", "plots", "kept", "dropped"):
+        assert f'<section id="{name}">' in dom
+    assert dom.count('<td class="why">cut by DONOD') == 5

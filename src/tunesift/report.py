@@ -66,6 +66,7 @@ class _Ranked:
     meaning: str  # what the score measures, one sentence for the plot caption
     columns: tuple[str, ...]  # every score column shown, the ranking one first
     options: tuple[str, ...] = ()  # the method's own options (after the model's)
+    optional: tuple[str, ...] = ()  # further columns shown when scores.parquet has them
     words: tuple[str, str, str, str] = ("lowest", "lower", "highest", "higher")  # superlatives, comparatives
     log: bool = False  # plot on a log axis when the values span decades
 
@@ -75,11 +76,11 @@ _RANKED = {
     "loss": _Ranked("loss", "loss", False,
                     "The mean negative log-likelihood of the response tokens given the prompt (nats per "
                     "token): low means the model already predicts the response well.",
-                    ("loss", "perplexity", "n_tokens"), ("keep",), _LOSS_WORDS),
+                    ("loss", "perplexity", "n_tokens"), ("keep",), words=_LOSS_WORDS),
     "perplexity": _Ranked("perplexity", "perplexity", False,
                           "exp(loss), the response's per-token perplexity given the prompt: it ranks "
                           "exactly like the loss.", ("perplexity", "loss", "n_tokens"), ("keep",),
-                          _LOSS_WORDS, log=True),
+                          words=_LOSS_WORDS, log=True),
     "ifd": _Ranked("ifd", "IFD", True,
                    "Instruction-Following Difficulty: the response loss with the prompt divided by the "
                    "loss without it. Below 1 the prompt helps predict the response; IFD keeps the "
@@ -91,9 +92,10 @@ _RANKED = {
                         ("selectit", "selectit_mean", "selectit_std", "selectit_digit_mass"),
                         ("selectit_alpha",)),
     "less": _Ranked("less", "LESS", True,
-                    "How well the record's training gradient aligns with the target set's gradients "
-                    "(LESS influence): higher means training on it should help the target task more.",
-                    ("less",)),
+                    "The cosine between the record's training update (Adam direction of its LoRA "
+                    "gradient after a short warm-up, randomly projected) and the target set's "
+                    "gradient: higher means training on it should lower the target loss more.",
+                    ("less",), ("seed",), optional=("less_grad_norm", "less_warmup")),
 }
 
 _LM_OPTIONS = ("model", "device", "dtype", "template", "max_length", "token_budget")
@@ -131,6 +133,14 @@ class _Output:
     method: str
     notes: list[str] = field(default_factory=list)
     bools: set[str] = field(default_factory=set)  # columns stored as booleans (shown yes / no)
+    errors: list[str | None] = field(default_factory=list)  # why a record was not scored (error rows)
+
+    @property
+    def unscored(self) -> np.ndarray:
+        """Mask of the error rows (``select --on-error skip``): never scored, never kept."""
+        if not self.errors:
+            return np.zeros(self.n, dtype=bool)
+        return np.array([e is not None for e in self.errors], dtype=bool)
 
     @property
     def n(self) -> int:
@@ -196,6 +206,12 @@ def _read_output(out_dir: str | Path) -> _Output:
     except (OSError, UnicodeDecodeError) as exc:
         raise TunesiftError(f"{jpath}: cannot read: {exc}") from None
     res = _Output(out, manifest, cols, ids, cols["kept"], selected, method, bools=bools)
+    if "error" in table.column_names:
+        res.errors = [str(e) if e else None for e in table.column("error").to_pylist()]
+        bad = [e for e in res.errors if e is not None]
+        if bad:
+            res.notes.append(f"{len(bad)} record(s) could not be scored and were never kept "
+                             f"(select --on-error skip), e.g. {_clip(bad[0], 300)}")
     if len(selected) != res.k:
         raise TunesiftError(f"{jpath}: {len(selected)} rows, but {spath.name} marks {res.k} records kept")
     counts = manifest.get("counts") or {}
@@ -431,9 +447,10 @@ def _hist(ax, values: np.ndarray, groups: np.ndarray | list[Group], title: str, 
 
 def _scatter(ax, x: np.ndarray, y: np.ndarray, groups: list[Group], title: str, xlabel: str,
              ylabel: str) -> None:
+    ok = np.isfinite(x) & np.isfinite(y)
     for mask, color, label in groups:
-        ax.scatter(x[mask], y[mask], s=14, alpha=0.7, color=color, edgecolors="none",
-                   label=f"{label} ({int(mask.sum())})")
+        ax.scatter(x[mask & ok], y[mask & ok], s=14, alpha=0.7, color=color, edgecolors="none",
+                   label=f"{label} ({int((mask & ok).sum())})")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
@@ -591,20 +608,23 @@ def _donod_delift_plots(res: _Output, plt) -> list[tuple[str, str, str]]:
     curve = (" The dashed curve is the prefilter cut: points on it have the closeness of the last record "
              "let through, and DONOD keeps the side towards the bottom right." if closeness is not None
              else "")
+    n_ok = res.n - int(res.unscored.sum())
+    grey = (f"grey ones were cut by DONOD's prefilter (all but the top {m} of {n_ok} by TOPSIS "
+            f"closeness{opt}), " if m < n_ok else f"DONOD's prefilter cut none{opt}; ")
     out.append(("DON against NOD, through both stages", _png(fig),
-                f"Each dot is one record: grey ones were cut by DONOD's prefilter (all but the top {m} "
-                f"of {res.n} by TOPSIS closeness{opt}), orange ones passed it but DELIFT did not pick "
-                f"them, blue ones were picked.{curve} Dots left of the dotted line have negative DON: "
-                "one step on them shrinks the head, which is typical of answers that do not match "
-                "their prompt."))
+                f"Each dot is one record: {grey}orange ones passed it but DELIFT did not pick them, "
+                f"blue ones were picked.{curve} Dots left of the dotted line have negative DON: one "
+                "step on them shrinks the head, which is typical of answers that do not match their "
+                "prompt."))
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     lines = ((cut, "#333", "--", "prefilter cut"),) if math.isfinite(cut) else ()
     _hist(ax, c["closeness"], groups, "TOPSIS closeness", "closeness to the ideal (max DON, min NOD)",
           lines)
+    passed = (f"Records right of the dashed line (the top {m} of {n_ok}) went on to DELIFT."
+              if lines else f"All {m} records went on to DELIFT.")
     out.append(("Closeness and the prefilter", _png(fig),
-                f"DONOD's score. Records right of the dashed line (the top {m} of {res.n}) went on to "
-                "DELIFT. The picked ones need not be the closest: DELIFT picks for coverage among the "
-                "records that passed, not by closeness."))
+                f"DONOD's score. {passed} The picked ones need not be the closest: DELIFT picks for "
+                "coverage among the records that passed, not by closeness."))
     out.append(_gain_curve(res, plt))
     if "helped_by" in c:
         out += _utility_plots(res, plt, [(kept, KEPT_COLOR, "picked"),
@@ -638,11 +658,13 @@ def _ranked_plots(res: _Output, plt) -> list[tuple[str, str, str]]:
     xlabel = (f"{spec.label}  ({'higher' if hi else 'lower'} is kept first)" if res.method != "ifd"
               else "IFD  (the highest below 1 is kept first)")
     _hist(ax, x, kept, title, xlabel, tuple(lines), log=spec.log)
-    if res.method == "ifd":
+    if res.k == res.n - int(res.unscored.sum()):
+        how = "Every record was kept: the budget is the whole input."
+    elif res.method == "ifd":
         below = int((x < 1).sum())
         how = ("The kept records lie between the dashed cut and the dotted IFD = 1 line; the rest "
                "right of it (IFD >= 1: the prompt does not help) were dropped first."
-               if below > res.k else
+               if below >= res.k else
                f"Only {below} records have IFD < 1, fewer than the budget of {res.k}: all of them "
                "were kept, then the lowest IFD >= 1 up to the dashed cut.")
     else:
@@ -726,7 +748,7 @@ class _Why:
 
     def __init__(self, res: _Output):
         self.res, c = res, res.cols
-        self.n, self.k = res.n, res.k
+        self.n, self.k = res.n - int(res.unscored.sum()), res.k  # ranks are among the scored records
         self.seed = (res.manifest.get("options") or {}).get("seed")
         if "don" in c and "nod" in c:
             self.pd, self.pn = _percentiles(c["don"]), _percentiles(c["nod"])
@@ -750,6 +772,8 @@ class _Why:
             self.cut = _cut_value(res, self.x)
 
     def __call__(self, i: int) -> str:
+        if self.res.errors and self.res.errors[i] is not None:
+            return f"not scored: {_clip(self.res.errors[i], 160)}"
         name = "_" + self.res.method.replace("-", "_").replace("+", "_")
         if self.res.method in _RANKED and not hasattr(self, name):
             name = "_ranked"
@@ -875,7 +899,18 @@ class _Why:
 
 
 def _dropped_order(res: _Output) -> tuple[np.ndarray, str]:
-    idx = np.flatnonzero(~res.kept)
+    """The dropped records shown (at most TOP) and how they were chosen; error rows come last."""
+    idx, what = _dropped_scored(res)
+    bad = np.flatnonzero(res.unscored)
+    if bad.size and len(idx) < TOP:
+        bad = bad[:TOP - len(idx)]
+        idx = np.concatenate([idx, bad]).astype(int)
+        what += f", then {len(bad)} that could not be scored"
+    return idx, what
+
+
+def _dropped_scored(res: _Output) -> tuple[np.ndarray, str]:
+    idx = np.flatnonzero(~res.kept & ~res.unscored)
     c = res.cols
     if res.method in ("random", "donod") or res.method in _RANKED:
         idx = idx[np.argsort(-c["rank"][idx], kind="stable")]
@@ -901,8 +936,9 @@ def _dropped_order(res: _Output) -> tuple[np.ndarray, str]:
         passed = passed[np.argsort(np.where(np.isfinite(h), -h, np.inf), kind="stable")]
         n_cut = min(len(cut), max(TOP // 2, TOP - len(passed)))
         n_passed = min(len(passed), TOP - n_cut)
-        what = (f"{n_cut} cut by DONOD (lowest closeness first) and {n_passed} that passed it but DELIFT "
-                "did not pick (most helpful first)")
+        parts = ([f"{n_cut} cut by DONOD (lowest closeness first)"] if n_cut else []) + \
+            ([f"{n_passed} that passed it but DELIFT did not pick (most helpful first)"] if n_passed else [])
+        what = " and ".join(parts) or "none"
         return np.concatenate([cut[:n_cut], passed[:n_passed]]).astype(int), what
     if "helpfulness" in c:
         h = c["helpfulness"][idx]
@@ -977,6 +1013,8 @@ def _header(res: _Output) -> str:
         share = opts.get("prefilter")
         cards.append(("passed DONOD", f"{int(_prefilter(res)[0].sum())}"
                       + (f" (option {_option_value(share)})" if share is not None else "")))
+    if res.unscored.any():
+        cards.append(("not scored", f"{int(res.unscored.sum())}"))
     if method in _GREEDY and m.get("objective") is not None:
         cards.append(("objective", _fmt(m["objective"])))
     parts = ['<section id="summary"><h2>Selection</h2><div class="cards">']
@@ -1040,6 +1078,8 @@ def _score(res: _Output, name: str, i: int) -> str:
 def _records_table(res: _Output, idx: np.ndarray, texts: dict[str, tuple[str, str]] | None,
                    why: _Why) -> str:
     names = list(_SCORE_COLUMNS[res.method]) or ["rank"]
+    if res.method in _RANKED:
+        names += _RANKED[res.method].optional
     head = "<tr><th class=num>#</th><th>id</th><th>prompt</th><th>response</th><th>scores</th><th>why</th></tr>"
     rows = []
     for i in idx:
