@@ -130,6 +130,10 @@ def select(
     nu: float = typer.Option(1.0, help="DELIFT continual stage: FLCG nu."),
     optimizer: str = typer.Option("lazy", help="naive | lazy | stochastic greedy."),
     prefilter: float = typer.Option(0.7, help="donod+delift: share of the pool DONOD lets through to DELIFT."),
+    backend: str = typer.Option("local", help="local | ray: score DONOD and the baselines on Ray workers (docs/ray.md)."),
+    ray_address: str | None = typer.Option(None, help="Ray cluster to join (e.g. ray://head:10001); default a local instance."),
+    ray_workers: int = typer.Option(2, help="Ray: model workers (actors), each loads the model once."),
+    ray_gpus: float | None = typer.Option(None, help="Ray: GPUs per worker (default: share the cluster's GPUs, at most 1)."),
     on_error: str = typer.Option("fail", help="A record the model cannot score (response longer than "
                                  "--max-length): fail (exit 2, nothing written) | skip (an error row, never kept)."),
     keep: str = typer.Option("easiest", help="loss/perplexity: keep the easiest (lowest) or the hardest records."),
@@ -164,7 +168,8 @@ def select(
                 cache_dir=str(cache_dir) if cache_dir else None, eta=eta, reduction=reduction, weights=w,
                 stage=stage, distance=distance, knn=knn, clip_negative=clip_negative,
                 keep_diagonal=keep_diagonal, mi_eta=mi_eta, mi_form=mi_form, nu=nu, optimizer=optimizer,
-                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, on_error=on_error)
+                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, on_error=on_error,
+                backend=backend, ray_address=ray_address, ray_workers=ray_workers, ray_gpus=ray_gpus)
     with _progress(quiet) as prog:
         sel = run_select(str(data), target=str(target) if target else None,
                          existing=str(existing) if existing else None, fields=fields, progress=prog, **opts)

@@ -79,6 +79,11 @@ class Options:
     epsilon: float = 0.01
     # DONOD + DELIFT
     prefilter: float = 0.7
+    # execution: local, or the per-record scorers on Ray workers (docs/ray.md)
+    backend: str = "local"
+    ray_address: str | None = None
+    ray_workers: int = 2
+    ray_gpus: float | None = None
     # records the model cannot score (a response longer than max_length): fail | skip (error rows)
     on_error: str = "fail"
     # baselines
@@ -104,6 +109,12 @@ class Options:
                 raise OptionError(f"{name.replace('_', '-')} must be a finite number >= 0, got {v}")
         if not (isinstance(self.prefilter, (int, float)) and 0 < self.prefilter <= 1):
             raise OptionError(f"prefilter must be a fraction in (0, 1], got {self.prefilter}")
+        if self.backend not in ("local", "ray"):
+            raise OptionError(f"unknown backend '{self.backend}': use local or ray")
+        if self.ray_workers < 1:
+            raise OptionError(f"ray-workers must be at least 1, got {self.ray_workers}")
+        if self.ray_gpus is not None and self.ray_gpus < 0:
+            raise OptionError(f"ray-gpus must be >= 0, got {self.ray_gpus}")
         if self.on_error not in ("fail", "skip"):
             raise OptionError(f"unknown on-error '{self.on_error}': use fail or skip")
         if self.keep not in ("easiest", "hardest"):
@@ -273,24 +284,40 @@ def _blocked_scores(kind: str, lm, opt: Options, records: list[Record], progress
 
     Each block is stored under ``<cache>/<kind>`` keyed by its content (cache version, model
     fingerprint and dtype, the block's token sequences, other settings), so a rerun reads
-    everything back and a killed run recomputes only the missing blocks (the unit of resume)."""
+    everything back and a killed run recomputes only the missing blocks (the unit of resume).
+    With ``backend="ray"`` the missing blocks are scored on Ray workers (docs/ray.md), into the
+    same cache."""
+    from .backends.blocks import get_block, put_block, score_block_checked
     from .store import ArrayStore, content_key, default_cache_dir
 
     names, version, block = BLOCK_SCORERS[kind]
     renderer = _renderer(lm, opt)
     seqs = [renderer.sequence(r) for r in records]
-    store = ArrayStore(Path(opt.cache_dir or default_cache_dir()) / version.split("-v")[0])
-    out = np.zeros((len(seqs), len(names)))
+    root = Path(opt.cache_dir or default_cache_dir()) / version.split("-v")[0]
+    store = ArrayStore(root)
+    spans = [(s, min(len(seqs), s + block)) for s in range(0, len(seqs), block)]
+    keys = [content_key(version, lm.fingerprint, lm.dtype, seqs[s:e], *_block_extra(kind, opt)) for s, e in spans]
     advance = progress(f"{kind} scoring", len(seqs))
-    for start in range(0, len(seqs), block):
-        end = min(len(seqs), start + block)
-        key = content_key(version, lm.fingerprint, lm.dtype, seqs[start:end], *_block_extra(kind, opt))
-        got = store.get(key)
-        if got is None or got.shape != (end - start, len(names)):
-            got = np.asarray(score_block(kind, lm, renderer, records[start:end], opt), dtype=np.float64)
-            store.put(key, got)
-        out[start:end] = got
-        advance(end - start)
+    if opt.backend == "ray":
+        from .backends.ray_backend import model_spec, score_blocks_ray
+
+        results = score_blocks_ray(kind, model_spec(lm), [(k, records[s:e]) for k, (s, e) in zip(keys, spans)],
+                                   opt, root, address=opt.ray_address, num_workers=opt.ray_workers,
+                                   num_gpus=opt.ray_gpus, on_block=lambda key, res: advance(len(res.rows)))
+    out = np.zeros((len(seqs), len(names)))
+    for key, (s, e) in zip(keys, spans):
+        if opt.backend == "ray":
+            got = results[key]
+        else:
+            got = get_block(store, key, e - s, len(names))
+            if got is None:
+                got = score_block_checked(kind, lm, renderer, records[s:e], opt)
+                put_block(store, key, got)
+            advance(e - s)
+        if got.errors:  # select() sets unscorable records aside before scoring: a bug, not a record
+            i, why = next(iter(got.errors.items()))
+            raise TunesiftError(f"{kind}: record {records[s + i].id} could not be scored: {why}")
+        out[s:e] = got.rows
     return out
 
 

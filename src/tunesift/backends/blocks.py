@@ -1,0 +1,119 @@
+"""One block of a per-record scorer, with error rows, and its on-disk form in the score cache.
+
+Every backend (the local loop, Ray workers) scores a block the same way:
+:func:`score_block_checked` first asks the renderer about each record on its own
+(:func:`record_errors`), scores the records that pass with :func:`tunesift.pipeline.score_block`
+in one call, and returns rows ``(len(records), width)`` float64 where a record that cannot be
+scored has an all-NaN row and its reason in ``errors``. A block without failed records is scored
+by exactly the call the local loop makes, so its rows are identical to the local ones.
+
+A block is stored in an :class:`~tunesift.store.ArrayStore` as ``<key>.npy`` (the rows, the
+format the local loop has always written) and, only when some records failed, ``<key>.errors.npy``
+beside it: a ``(len(records),)`` unicode array holding each failed record's reason and ``""`` for
+the others. The errors file is written first, so whenever the rows exist the errors are complete.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import TunesiftError
+from ..store import ArrayStore
+
+
+@dataclass
+class BlockResult:
+    """The scores of one block of records.
+
+    ``rows``: ``(len(records), width)`` float64, the columns ``BLOCK_SCORERS[kind][0]`` in order;
+    the row of a failed record is all NaN. ``errors``: ``{index within the block: reason}`` for
+    the failed records (empty for a clean block). ``computed``: False when the block was read back
+    from the cache. ``worker``: ``host:pid`` of the process that computed it (None if cached).
+    """
+
+    rows: np.ndarray
+    errors: dict[int, str] = field(default_factory=dict)
+    computed: bool = True
+    worker: str | None = None
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process (which worker computed a block)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def record_errors(kind: str, renderer, records: list) -> dict[int, str]:
+    """``{index: reason}`` of the records that ``kind`` cannot score, checked one record at a time
+    with the renderer alone (no model call, tokenizer work only).
+
+    Every kind needs the record's zero-shot encoding (its response must fit ``max_length``;
+    this is the check ``pipeline.select`` makes before scoring); SelectIT also needs its rating
+    prompts to fit.
+    """
+    out: dict[int, str] = {}
+    for i, r in enumerate(records):
+        try:
+            renderer.encode(r)
+            if kind == "selectit":
+                from ..scoring.baselines import DEFAULT_PROMPTS, rating_ids
+
+                for prompt in DEFAULT_PROMPTS:
+                    rating_ids(renderer, r, prompt)
+        except TunesiftError as exc:
+            out[i] = str(exc)
+    return out
+
+
+def score_block_checked(kind: str, lm, renderer, records: list, opt) -> BlockResult:
+    """Score one block of ``kind`` (a key of ``pipeline.BLOCK_SCORERS``) with error rows.
+
+    Records for which :func:`record_errors` reports a reason get an all-NaN row and their reason
+    in ``BlockResult.errors``; the others are scored together by one
+    ``pipeline.score_block(kind, lm, renderer, records, opt)`` call (all of ``records`` when none
+    failed, so the rows equal the local loop's exactly). Any other exception propagates: it is a
+    failure of the job, not of a record.
+    """
+    from ..pipeline import BLOCK_SCORERS, score_block
+
+    width = len(BLOCK_SCORERS[kind][0])
+    errors = record_errors(kind, renderer, records)
+    rows = np.full((len(records), width), np.nan)
+    good = [i for i in range(len(records)) if i not in errors]
+    if good:
+        todo = records if not errors else [records[i] for i in good]
+        got = np.asarray(score_block(kind, lm, renderer, todo, opt), dtype=np.float64)
+        if got.shape != (len(good), width):
+            raise RuntimeError(f"{kind} block: expected rows {(len(good), width)}, got {got.shape}")
+        rows[good] = got
+    return BlockResult(rows, errors, True, worker_id())
+
+
+def errors_name(key: str) -> str:
+    """Name of a block's errors array in the store."""
+    return f"{key}.errors"
+
+
+def put_block(store: ArrayStore, key: str, result: BlockResult) -> None:
+    """Store a block: its errors array first (only when some records failed), then its rows."""
+    if result.errors:
+        n = len(result.rows)
+        store.put(errors_name(key), np.array([result.errors.get(i, "") for i in range(n)], dtype=str))
+    store.put(key, np.asarray(result.rows, dtype=np.float64))
+
+
+def get_block(store: ArrayStore, key: str, n: int, width: int) -> BlockResult | None:
+    """A stored block of ``n`` records and ``width`` columns, or None when it is missing (or has
+    another shape: then it is recomputed). Errors are read only when a row is all NaN."""
+    rows = store.get(key)
+    if rows is None or rows.shape != (n, width):
+        return None
+    errors: dict[int, str] = {}
+    if width and np.isnan(rows).all(axis=1).any():
+        errs = store.get(errors_name(key))
+        if errs is not None and errs.shape == (n,):
+            errors = {i: str(s) for i, s in enumerate(errs) if s}
+    return BlockResult(rows, errors, computed=False)

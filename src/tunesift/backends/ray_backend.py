@@ -1,0 +1,390 @@
+"""Run the per-record block scorers (DONOD and the baselines) on Ray actors.
+
+A pool of ``num_workers`` Ray actors each loads the model once and scores whole blocks with
+:func:`tunesift.backends.blocks.score_block_checked` (the function behind the local loop too).
+The driver hands out blocks, at most two queued per actor, and writes every finished block into
+the same content-addressed :class:`~tunesift.store.ArrayStore` the local loop uses, the moment
+it arrives. So:
+
+* local and Ray runs share results (same keys, same files), and a killed job, driver or
+  cluster, resumes from the blocks already stored: they are read back, not sent to Ray;
+* only the driver writes to the cache, so the cluster's nodes need no shared file system; they
+  need tunesift installed and the model folder at the same path (its fingerprint is checked);
+* a worker that dies is restarted by Ray (``max_restarts``) and its task re-run
+  (``max_task_retries``); a block that still fails is re-queued by the driver (``max_attempts``
+  tries in all), on a fresh actor when the old one is gone for good.
+
+Ray is an optional extra (``pip install 'tunesift[ray]'``), imported only here.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from ..errors import OptionError, TunesiftError
+from ..store import ArrayStore
+from .blocks import BlockResult, get_block, put_block, score_block_checked, worker_id
+
+log = logging.getLogger("tunesift")
+
+OnBlock = Callable[[str, BlockResult], None]
+Block = tuple[str, Sequence]  # (cache key, records)
+
+# environment of every worker process: no busy-waiting OpenMP threads, nothing from the Hub
+WORKER_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+QUEUE_PER_WORKER = 2  # blocks queued on an actor at once: the next one is ready when one ends
+RENDER_CACHE_MAX = 200_000  # tokenised texts a worker's renderer keeps before starting afresh
+LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # blocks and records are small; keep /dev/shm free
+
+
+def import_ray():
+    """The ``ray`` module, or a one-line :class:`TunesiftError` naming the extra to install."""
+    try:
+        import ray
+    except ImportError:
+        raise TunesiftError(
+            "the Ray backend needs Ray, which is not installed: pip install 'tunesift[ray]'"
+        ) from None
+    return ray
+
+
+def worker_env(threads: int = 1) -> dict[str, str]:
+    """Environment variables of the worker processes (``runtime_env`` ``env_vars``)."""
+    n = str(int(threads))
+    return {**WORKER_ENV, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+
+def model_spec(lm) -> dict:
+    """What a worker needs to load the driver's model: ``path``, ``dtype`` and ``fingerprint``.
+
+    The dtype is the driver's resolved one (``lm.dtype``, e.g. ``float32``), never ``auto``:
+    it is part of every block's cache key, so workers must compute in exactly that dtype.
+    """
+    return {"path": str(lm.path), "dtype": str(lm.dtype), "fingerprint": lm.fingerprint}
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool:
+    """Join the Ray cluster at ``address`` (``"auto"``, ``"ray://host:10001"``, ...) or, with
+    None, start a local instance with ``num_cpus`` CPUs (no dashboard, a 256 MB object store).
+
+    Returns True when this call connected (the caller then calls ``ray.shutdown()``), False
+    when Ray was already initialised in this process (it is reused as it is).
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    common = dict(runtime_env={"env_vars": worker_env()}, logging_level=logging.WARNING,
+                  log_to_driver=False)
+    if address:
+        _check_reachable(address)
+    try:
+        if address:
+            ray.init(address=address, **common)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False,
+                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at '{address}'" if address else "a local Ray instance"
+        raise TunesiftError(f"cannot start or join {where}: {_first_line(exc)}") from None
+    return True
+
+
+class _BlockWorker:
+    """A Ray actor (wrapped with ``ray.remote`` by :class:`RayBlockPool`): one model, many blocks."""
+
+    def __init__(self, spec: dict, device: str, threads: int):
+        # A failure to load is kept and reported by ready() and score(), not raised here: an
+        # exception in an actor's constructor makes Ray print tracebacks and retry in vain.
+        self.error: str | None = None
+        self.lm = None
+        self._renderers: dict[tuple, object] = {}
+        try:
+            import torch
+
+            from ..models import load_lm
+
+            torch.set_num_threads(max(1, int(threads)))
+            self.lm = load_lm(spec["path"], device=device, dtype=spec.get("dtype", "auto"))
+            want = spec.get("fingerprint")
+            if want and self.lm.fingerprint != want:
+                raise TunesiftError(
+                    f"the model at {spec['path']} has fingerprint {self.lm.fingerprint}, the "
+                    f"driver's has {want}; every node needs the same model files")
+        except Exception as exc:  # reported to the driver with the worker's name
+            self.error = f"worker {worker_id()}: {_first_line(exc)}"
+
+    def ready(self) -> dict:
+        """Who and where this worker is, or why it has no model (``error``)."""
+        if self.error:
+            return {"worker": worker_id(), "error": self.error}
+        return {"worker": worker_id(), "device": self.lm.device, "dtype": self.lm.dtype}
+
+    def score(self, kind: str, records: list, opt) -> BlockResult:
+        """One block: :func:`~tunesift.backends.blocks.score_block_checked`."""
+        from ..pipeline import _renderer
+
+        if self.error:
+            raise TunesiftError(f"a Ray worker could not load the model: {self.error}")
+        rkey = (opt.template, opt.max_length)
+        renderer = self._renderers.get(rkey)
+        # the renderer memoises tokenised texts; start afresh now and then so memory stays flat
+        if renderer is None or len(getattr(renderer, "_cache", ())) > RENDER_CACHE_MAX:
+            renderer = self._renderers[rkey] = _renderer(self.lm, opt)
+        return score_block_checked(kind, self.lm, renderer, list(records), opt)
+
+
+class RayBlockPool:
+    """``num_workers`` Ray actors, each holding one copy of the model (Ray must be initialised,
+    see :func:`init_ray`). Reusable for any number of :meth:`score` calls, kinds and options;
+    :meth:`close` (or ``with``) removes the actors.
+
+    ``num_gpus`` per actor: None takes the cluster's GPUs shared evenly (at most 1 per actor;
+    0 when it has none); a worker with a GPU share loads the model on ``cuda``, else on ``cpu``.
+    ``threads_per_worker`` is both the actor's CPU request and its torch threads. Workers not
+    placed and loaded within ``ready_timeout`` seconds (a cluster without the resources asked
+    for) are a :class:`TunesiftError`.
+    """
+
+    def __init__(self, spec: dict, *, num_workers: int = 2, num_gpus: float | None = None,
+                 threads_per_worker: int = 1, max_restarts: int = 4, max_task_retries: int = 4,
+                 ready_timeout: float = 600.0):
+        ray = import_ray()
+        if num_workers < 1:
+            raise OptionError(f"the Ray backend needs at least 1 worker, got {num_workers}")
+        if threads_per_worker < 1:
+            raise OptionError(f"threads per worker must be at least 1, got {threads_per_worker}")
+        if not ray.is_initialized():
+            raise TunesiftError("Ray is not initialised: call tunesift.backends.ray_backend.init_ray()")
+        if num_gpus is None:
+            total = float(ray.cluster_resources().get("GPU", 0))
+            num_gpus = min(1.0, total / num_workers) if total else 0.0
+        if num_gpus < 0:
+            raise OptionError(f"GPUs per worker must be >= 0, got {num_gpus}")
+        self.spec, self.num_gpus, self.threads = dict(spec), float(num_gpus), int(threads_per_worker)
+        self.device = "cuda" if self.num_gpus > 0 else "cpu"
+        self._actor = ray.remote(_BlockWorker).options(
+            num_cpus=self.threads, num_gpus=self.num_gpus, max_restarts=max_restarts,
+            max_task_retries=max_task_retries, runtime_env={"env_vars": worker_env(self.threads)})
+        self.ready_timeout = ready_timeout
+        self.workers = [self._new_worker() for _ in range(num_workers)]
+        self.info = self._ready(self.workers)
+
+    def _new_worker(self):
+        return self._actor.remote(self.spec, self.device, self.threads)
+
+    def _ready(self, workers: list) -> list[dict]:
+        ray = import_ray()
+        try:
+            info = ray.get([w.ready.remote() for w in workers], timeout=self.ready_timeout)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            have = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+            raise TunesiftError(
+                f"{len(workers)} Ray workers ({self.threads} CPU, {self.num_gpus:g} GPU each) were "
+                f"not ready within {self.ready_timeout:g} s; the cluster has {have} free") from None
+        except ray.exceptions.RayError as exc:
+            self.close()
+            raise TunesiftError(f"a Ray worker did not start: {_reason(exc)}") from None
+        bad = [i["error"] for i in info if i.get("error")]
+        if bad:
+            self.close()
+            raise TunesiftError(f"a Ray worker could not load the model: {bad[0]}")
+        return info
+
+    def close(self) -> None:
+        """Remove the actors (their resources go back to the cluster)."""
+        ray = import_ray()
+        for w in getattr(self, "workers", []):
+            try:
+                ray.kill(w, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self.workers = []
+
+    def __enter__(self) -> RayBlockPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def score(self, kind: str, blocks: Iterable[Block], opt, store_root: str | Path, *,
+              on_block: OnBlock | None = None, max_attempts: int = 3) -> dict[str, BlockResult]:
+        """Score ``blocks`` of ``kind`` on the actors; see :func:`score_blocks_ray`."""
+        results, todo = _split_cached(kind, blocks, store_root, on_block)
+        if todo:
+            self._run(kind, todo, opt, ArrayStore(store_root), results, on_block, max_attempts)
+        return results
+
+    def _run(self, kind: str, todo: list[Block], opt, store: ArrayStore,
+             results: dict[str, BlockResult], on_block: OnBlock | None, max_attempts: int) -> None:
+        ray = import_ray()
+        from ..pipeline import BLOCK_SCORERS
+
+        width = len(BLOCK_SCORERS[kind][0])
+        if not self.workers:
+            raise TunesiftError("the Ray worker pool is closed")
+        queue = deque((key, list(recs), 1) for key, recs in todo)
+        inflight: dict = {}  # object ref -> (worker index, actor, key, records, attempt)
+        load = [0] * len(self.workers)
+        lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                ray.exceptions.ObjectLostError)
+        while queue or inflight:
+            while queue and min(load) < QUEUE_PER_WORKER:
+                w = load.index(min(load))
+                key, recs, attempt = queue.popleft()
+                actor = self.workers[w]
+                inflight[actor.score.remote(kind, recs, opt)] = (w, actor, key, recs, attempt)
+                load[w] += 1
+            [ref], _ = ray.wait(list(inflight), num_returns=1)
+            w, actor, key, recs, attempt = inflight.pop(ref)
+            load[w] -= 1
+            try:
+                res: BlockResult = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:  # score() raised: a failure of the job
+                if isinstance(exc.cause, TunesiftError):
+                    raise TunesiftError(str(exc.cause)) from None
+                raise
+            except lost as exc:  # the worker died and Ray's own retries are used up
+                if attempt >= max_attempts:
+                    raise TunesiftError(f"Ray: block {key} failed {attempt} times, last: "
+                                        f"{_reason(exc)}") from None
+                log.warning("Ray worker lost while scoring block %s (try %d of %d): %s", key,
+                            attempt, max_attempts, _reason(exc))
+                if isinstance(exc, ray.exceptions.ActorDiedError) and self.workers[w] is actor:
+                    self._replace(w)  # gone for good (and not replaced yet): a fresh actor
+                queue.appendleft((key, recs, attempt + 1))
+                continue
+            if res.rows.shape != (len(recs), width):
+                raise RuntimeError(f"Ray: block {key} came back with shape {res.rows.shape}, "
+                                   f"expected {(len(recs), width)}")
+            put_block(store, key, res)
+            results[key] = res
+            if on_block:
+                on_block(key, res)
+
+    def _replace(self, w: int) -> None:
+        ray = import_ray()
+        try:
+            ray.kill(self.workers[w], no_restart=True)
+        except Exception:  # already gone
+            pass
+        self.workers[w] = self._new_worker()
+
+
+def _split_cached(kind: str, blocks: Iterable[Block], store_root: str | Path,
+                  on_block: OnBlock | None) -> tuple[dict[str, BlockResult], list[Block]]:
+    """Blocks already in the store (read back, ``computed=False``) and the ones still to score
+    (each key once)."""
+    from ..pipeline import BLOCK_SCORERS
+
+    if kind not in BLOCK_SCORERS:
+        raise OptionError(f"no block scorer '{kind}': use one of {', '.join(BLOCK_SCORERS)}")
+    width = len(BLOCK_SCORERS[kind][0])
+    store = ArrayStore(store_root)
+    results: dict[str, BlockResult] = {}
+    todo: list[Block] = []
+    queued: set[str] = set()
+    for key, recs in blocks:
+        if key in results or key in queued:
+            continue
+        got = get_block(store, key, len(recs), width)
+        if got is None:
+            todo.append((key, recs))
+            queued.add(key)
+        else:
+            results[key] = got
+            if on_block:
+                on_block(key, got)
+    return results, todo
+
+
+def score_blocks_ray(kind: str, spec: dict, blocks: Iterable[Block], opt, store_root: str | Path,
+                     *, address: str | None = None, num_workers: int = 2,
+                     num_gpus: float | None = None, threads_per_worker: int = 1,
+                     on_block: OnBlock | None = None,
+                     pool: RayBlockPool | None = None) -> dict[str, BlockResult]:
+    """Score blocks of a per-record scorer on Ray; every result lands in the score cache.
+
+    ``kind``: a key of ``pipeline.BLOCK_SCORERS`` (``donod``, ``loss``, ``ifd``, ``selectit``).
+    ``spec``: :func:`model_spec` of the driver's model (``path``, resolved ``dtype``,
+    ``fingerprint``). ``blocks``: ``(cache key, records)`` pairs, the keys the caller computes
+    exactly as the local loop does. ``opt``: the :class:`~tunesift.pipeline.Options`
+    (``template``, ``max_length``, ``token_budget``, ``selectit_alpha`` matter). ``store_root``:
+    the folder of the kind's :class:`~tunesift.store.ArrayStore` (``<cache>/<kind>``).
+
+    Blocks already in the store are read back and not sent to Ray (if all are, Ray is not even
+    started); the others are scored by ``num_workers`` actors (a fresh pool, closed at the end,
+    unless ``pool`` is given) and each is written to the store by this process as soon as it
+    arrives. Ray is joined at ``address`` or started locally with ``num_workers *
+    threads_per_worker`` CPUs, unless already initialised; a connection made here is closed at
+    the end. ``num_gpus`` per worker: see :class:`RayBlockPool`.
+
+    Returns ``{key: BlockResult}`` for every distinct key: ``rows`` ``(len(records), width)``
+    float64 in the order of ``BLOCK_SCORERS[kind][0]``; ``errors`` ``{index within the block:
+    reason}`` for records that cannot be scored (a response that does not fit ``max_length``),
+    whose rows are all NaN; the block's other records are scored as usual. Such errors are
+    stored with the block (:func:`~tunesift.backends.blocks.put_block`), so a rerun returns them
+    too. ``computed`` tells a block scored now from one read back. ``on_block(key, result)`` is
+    called once per key as results come in (cached ones first), e.g. to advance a progress bar.
+
+    Raises :class:`TunesiftError` when Ray is missing or cannot start, a worker cannot load the
+    model (or finds other weights than ``spec['fingerprint']``), or a scorer raises one; a block
+    whose workers keep dying fails the job after 3 tries.
+    """
+    results, todo = _split_cached(kind, blocks, store_root, on_block)
+    if not todo:
+        return results
+    started = False
+    own = pool is None
+    try:
+        if own:
+            started = init_ray(address, num_cpus=num_workers * threads_per_worker)
+            pool = RayBlockPool(spec, num_workers=num_workers, num_gpus=num_gpus,
+                                threads_per_worker=threads_per_worker)
+        pool._run(kind, todo, opt, ArrayStore(store_root), results, on_block, max_attempts=3)
+    finally:
+        if own and pool is not None:
+            pool.close()
+        if started:
+            import_ray().shutdown()
+    return results
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` nobody listens at (Ray itself retries for minutes).
+    ``auto``, ``local`` and ``ray://`` addresses are left to Ray."""
+    if address in ("auto", "local") or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise TunesiftError(f"cannot reach the Ray cluster at '{address}': {_first_line(exc)} "
+                            f"(start it with `ray start --head`, or leave out --ray-address "
+                            f"for a local instance)") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _reason(exc: BaseException) -> str:
+    """The most telling line of a Ray error: the original exception's message when there is one."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return _first_line(cause)
+    for line in reversed(str(exc).strip().splitlines()):  # ActorDiedError: the creation error is last
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

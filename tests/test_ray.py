@@ -1,0 +1,218 @@
+"""The Ray backend: blocks scored on Ray actors equal the local ones, share the local cache, survive
+a killed worker, and turn a record that cannot be scored into an error row."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from tunesift.backends.blocks import get_block  # noqa: E402
+from tunesift.backends.ray_backend import (  # noqa: E402
+    RayBlockPool,
+    init_ray,
+    model_spec,
+    score_blocks_ray,
+)
+from tunesift.pipeline import BLOCK_SCORERS, Options, _block_extra, _renderer, score_block  # noqa: E402
+from tunesift.records import records_from_rows  # noqa: E402
+from tunesift.store import ArrayStore, content_key  # noqa: E402
+
+WORDS = "the cat sat on a mat and then it ran to the sea to find some fish for lunch".split()
+
+
+def _rows(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        resp = " ".join(rng.choice(WORDS, size=int(rng.integers(2, 12))))
+        out.append({"id": f"r{i}", "instruction": f"Say something about {WORDS[i % len(WORDS)]}.",
+                    "output": resp})
+    return out
+
+
+@pytest.fixture(scope="module")
+def pool(tiny_lm):
+    """One local Ray instance and one pool of 2 workers (each with the tiny model) per module."""
+    started = init_ray(num_cpus=3)  # 2 pool workers + 1 for the no-retries pool below
+    p = RayBlockPool(model_spec(tiny_lm), num_workers=2, num_gpus=0)
+    yield p
+    p.close()
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def records():
+    return records_from_rows(_rows(48))
+
+
+def _blocks(kind: str, lm, opt: Options, records, size: int) -> list[tuple[str, list]]:
+    """(key, records) blocks with the keys the local loop computes."""
+    renderer = _renderer(lm, opt)
+    version = BLOCK_SCORERS[kind][1]
+    out = []
+    for s in range(0, len(records), size):
+        recs = records[s:s + size]
+        seqs = [renderer.sequence(r) for r in recs]
+        out.append((content_key(version, lm.fingerprint, lm.dtype, seqs, *_block_extra(kind, opt)), recs))
+    return out
+
+
+def _local(kind: str, lm, opt: Options, recs) -> np.ndarray:
+    return np.asarray(score_block(kind, lm, _renderer(lm, opt), recs, opt), dtype=np.float64)
+
+
+@pytest.mark.parametrize("kind", ["donod", "loss", "ifd"])
+def test_ray_blocks_equal_local_blocks(pool, tiny_lm, records, tmp_path, kind):
+    opt = Options(token_budget=512)
+    blocks = _blocks(kind, tiny_lm, opt, records, 8)
+    seen = []
+    res = score_blocks_ray(kind, model_spec(tiny_lm), blocks, opt, tmp_path, pool=pool,
+                           on_block=lambda key, r: seen.append(key))
+    assert sorted(seen) == sorted(res) == sorted(k for k, _ in blocks)
+    store = ArrayStore(tmp_path)
+    for key, recs in blocks:
+        ref = _local(kind, tiny_lm, opt, recs)
+        assert res[key].computed and res[key].errors == {}
+        assert res[key].rows.dtype == np.float64
+        assert np.array_equal(res[key].rows, ref)  # bit for bit
+        assert np.array_equal(store.get(key), ref)  # the local loop's cache format
+    assert len({r.worker for r in res.values()}) == 2  # both workers took blocks
+
+
+def test_stored_blocks_are_not_recomputed(pool, tiny_lm, records, tmp_path, monkeypatch):
+    opt = Options(token_budget=512)
+    blocks = _blocks("loss", tiny_lm, opt, records, 16)
+    store = ArrayStore(tmp_path)
+    width = len(BLOCK_SCORERS["loss"][0])
+    marker = np.full((16, width), 7.0)  # not a real score: proves block 0 is read, not scored
+    store.put(blocks[0][0], marker)
+    res = score_blocks_ray("loss", model_spec(tiny_lm), blocks, opt, tmp_path, pool=pool)
+    assert not res[blocks[0][0]].computed and np.array_equal(res[blocks[0][0]].rows, marker)
+    assert all(res[k].computed for k, _ in blocks[1:])
+    mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.npy")}
+    assert len(mtimes) == len(blocks)
+    again = score_blocks_ray("loss", model_spec(tiny_lm), blocks, opt, tmp_path, pool=pool)
+    assert not any(r.computed for r in again.values())
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.npy")} == mtimes
+    for key, _ in blocks:
+        assert np.array_equal(again[key].rows, res[key].rows)
+    # all blocks stored: nothing goes to Ray, so neither a cluster nor a pool is started
+    from tunesift.backends import ray_backend
+
+    def never(*a, **k):
+        raise AssertionError("Ray was started although every block is stored")
+
+    monkeypatch.setattr(ray_backend, "init_ray", never)
+    monkeypatch.setattr(ray_backend, "RayBlockPool", never)
+    assert not any(r.computed for r in score_blocks_ray(
+        "loss", model_spec(tiny_lm), blocks, opt, tmp_path, address="ray://127.0.0.1:1").values())
+
+
+def test_record_that_does_not_fit_is_an_error_row(pool, tiny_lm, tmp_path):
+    rows = _rows(7, seed=3)
+    rows[2]["output"] = " ".join(WORDS * 8)  # far longer than max_length
+    recs = records_from_rows(rows)
+    opt = Options(token_budget=512, max_length=64)
+    renderer = _renderer(tiny_lm, opt)
+    key = "block-with-a-long-record"
+    for kind in ("donod", "loss"):
+        root = tmp_path / kind
+        res = score_blocks_ray(kind, model_spec(tiny_lm), [(key, recs)], opt, root, pool=pool)[key]
+        assert list(res.errors) == [2] and "does not fit max_length 64" in res.errors[2]
+        assert "r2" in res.errors[2]
+        assert np.isnan(res.rows[2]).all()
+        good = [r for i, r in enumerate(recs) if i != 2]
+        assert all(len(renderer.sequence(r)[0]) <= 64 for r in good)
+        assert np.array_equal(np.delete(res.rows, 2, axis=0), _local(kind, tiny_lm, opt, good))
+        back = get_block(ArrayStore(root), key, len(recs), res.rows.shape[1])  # errors are stored too
+        assert back.errors == res.errors and np.array_equal(back.rows, res.rows, equal_nan=True)
+        again = score_blocks_ray(kind, model_spec(tiny_lm), [(key, recs)], opt, root, pool=pool)[key]
+        assert not again.computed and again.errors == res.errors
+
+
+def test_killed_worker_is_restarted_and_the_job_completes(pool, tiny_lm, records, tmp_path):
+    opt = Options(token_budget=512)
+    blocks = _blocks("loss", tiny_lm, opt, records, 4)  # 12 blocks
+    pids = {int(w.split(":")[1]) for w in (r["worker"] for r in pool.info)}
+    victim = int(pool.info[0]["worker"].split(":")[1])
+    killed = []
+
+    def kill_once(key, res):
+        if not killed:
+            os.kill(victim, signal.SIGKILL)  # mid-run: this worker still has blocks queued
+            killed.append(key)
+
+    res = score_blocks_ray("loss", model_spec(tiny_lm), blocks, opt, tmp_path, pool=pool,
+                           on_block=kill_once)
+    assert killed and len(res) == len(blocks)
+    for key, recs in blocks:
+        assert res[key].computed
+        assert np.array_equal(res[key].rows, _local("loss", tiny_lm, opt, recs))
+    workers = {int(r.worker.split(":")[1]) for r in res.values()}
+    assert workers - pids, "no block was scored by the restarted worker"
+    pool.info = pool._ready(pool.workers)  # the pool is whole again for later tests
+
+
+def test_driver_replaces_an_actor_that_is_gone_for_good(pool, tiny_lm, records, tmp_path):
+    """An actor Ray will not restart: the driver replaces it and re-queues its blocks."""
+    opt = Options(token_budget=512)
+    blocks = _blocks("donod", tiny_lm, opt, records, 4)  # 12 blocks
+    before = {w["worker"] for w in pool.info}
+    doomed = pool.workers[1]
+    killed = []
+
+    def kill_once(key, res):
+        if not killed:
+            ray.kill(doomed, no_restart=True)  # its queued blocks fail with ActorDiedError
+            killed.append(key)
+
+    res = score_blocks_ray("donod", model_spec(tiny_lm), blocks, opt, tmp_path, pool=pool,
+                           on_block=kill_once)
+    assert killed and len(res) == len(blocks)
+    assert pool.workers[1] is not doomed  # replaced by a fresh actor
+    assert {r.worker for r in res.values()} - before, "no block was scored by the new actor"
+    for key, recs in blocks:
+        assert np.array_equal(res[key].rows, _local("donod", tiny_lm, opt, recs))
+    pool.info = pool._ready(pool.workers)
+
+
+def test_a_worker_that_cannot_load_the_model_is_a_clear_error(pool, tmp_path):
+    from tunesift.errors import TunesiftError
+
+    with pytest.raises(TunesiftError, match="could not load the model: worker .*cannot load model"):
+        RayBlockPool({"path": str(tmp_path / "nope"), "dtype": "float32"}, num_workers=1, num_gpus=0)
+
+
+def test_workers_the_cluster_cannot_place_are_a_clear_error(pool, tiny_lm):
+    from tunesift.errors import TunesiftError
+
+    with pytest.raises(TunesiftError, match="not ready within 1 s"):  # no GPU in this cluster
+        RayBlockPool(model_spec(tiny_lm), num_workers=1, num_gpus=1, ready_timeout=1)
+
+
+def test_an_address_nobody_listens_at_fails_fast():
+    from tunesift.backends.ray_backend import _check_reachable
+    from tunesift.errors import TunesiftError
+
+    with pytest.raises(TunesiftError, match="cannot reach the Ray cluster at '127.0.0.1:1'"):
+        _check_reachable("127.0.0.1:1")
+
+
+def test_select_with_the_ray_backend_equals_local(pool, tiny_lm, tmp_path):
+    """End to end through select(): --backend ray picks what the local backend picks."""
+    from tunesift.pipeline import select
+
+    rows = _rows(40, seed=3)
+    kw = dict(method="donod", budget=12, token_budget=512)
+    local = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "a"), **kw)
+    # the module's Ray instance is reused; one more worker fits its spare CPU
+    remote = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "b"), backend="ray", ray_workers=1, **kw)
+    np.testing.assert_array_equal(local.kept, remote.kept)
+    np.testing.assert_allclose(remote.columns["closeness"], local.columns["closeness"], rtol=1e-9, atol=1e-12)
+    assert any((tmp_path / "b" / "donod").rglob("*.npy"))
