@@ -116,3 +116,24 @@ def test_on_error_skip_turns_unscorable_records_into_error_rows(method, tiny_dir
     assert manifest["counts"]["errors"] == 1 and manifest["counts"]["input"] == 13
     kept_rows = [json.loads(x) for x in open(out / "selected.jsonl")]
     assert "long" not in {r["id"] for r in kept_rows}
+
+
+def test_less_through_select_ranks_by_cosine_to_the_target(tiny_dir, tmp_path):
+    rows = [{"id": f"r{i}", "instruction": f"Say {i}", "output": f"{i} " * (1 + i % 4)} for i in range(16)]
+    target = [{"instruction": "Say 3", "output": "3 3 3 3"}, {"instruction": "Say 7", "output": "7 7 7 7"}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in target))
+    out = tmp_path / "out"
+    code = main([str(a) for a in ["select", tmp_path / "d.jsonl", "--method", "less", "--stage", "task",
+                                  "--target", tmp_path / "t.jsonl", "--model", tiny_dir, "--out", out,
+                                  "--budget", "4", "--less-dim", "256", "--cache-dir", tmp_path / "c", "-q"]])
+    assert code == 0
+    s = scores_of(out)
+    assert {"less", "less_grad_norm", "less_warmup"} <= set(s.columns) and s["less"].between(-1, 1).all()
+    assert s[s.kept]["less"].min() >= s[~s.kept]["less"].max() and s["kept"].sum() == 4
+
+
+def test_less_needs_the_task_stage(demo, tiny_dir, tmp_path, capsys):
+    code = run_select(demo, tiny_dir, tmp_path / "out", tmp_path / "cache", "--method", "less")
+    err = capsys.readouterr().err
+    assert code == 2 and "--stage task --target" in err and not (tmp_path / "out").exists()

@@ -150,12 +150,12 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
                 select_lm = load_lm(cfg.select_model, device=cfg.device,
                                     dtype=cfg.select_options.get("dtype", "auto"))
             side = {}
-            if method in DELIFT_METHODS and cfg.stage == "task":
+            if method in (*DELIFT_METHODS, "less") and cfg.stage == "task":
                 side["target"] = target
             if method in DELIFT_METHODS and cfg.stage == "continual":
                 side["existing"] = existing
             opts = {**cfg.select_options, "model": cfg.select_model, "device": cfg.device}
-            opts["stage"] = cfg.stage if method in DELIFT_METHODS else "instruction"
+            opts["stage"] = cfg.stage if method in (*DELIFT_METHODS, "less") else "instruction"
             sel = select(train, method=method, budget=budget, seed=seed, progress=progress,
                          lm=select_lm if needs_lm else None, **side, **opts)
             chosen = [r for r, k in zip(sel.records, sel.kept) if k]

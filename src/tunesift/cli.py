@@ -105,7 +105,7 @@ def select(
     data: Path = typer.Argument(None, help="Input file: JSONL, JSON array, CSV, Parquet or a saved HF dataset folder."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (selected.jsonl, scores.parquet, manifest.json)."),
     method: str = typer.Option("donod", help="random | donod | delift | delift-se | donod+delift | "
-                                             "ifd | loss | perplexity | selectit"),
+                                             "ifd | loss | perplexity | selectit | less"),
     budget: str = typer.Option("0.3", help="Fraction in (0, 1] (e.g. 0.3, 1.0) or a count (e.g. 300)."),
     seed: int = typer.Option(0, help="Seed for random selection and stochastic greedy."),
     model: str = typer.Option("default", help="default (SmolLM2-135M-Instruct), gemma3-270m, a folder, a .gguf or an HF id in the local cache."),
@@ -138,6 +138,7 @@ def select(
                                  "--max-length): fail (exit 2, nothing written) | skip (an error row, never kept)."),
     keep: str = typer.Option("easiest", help="loss/perplexity: keep the easiest (lowest) or the hardest records."),
     selectit_alpha: float = typer.Option(0.2, help="selectit: uncertainty weight, mean / (1 + alpha * std)."),
+    less_dim: int = typer.Option(8192, help="less: random-projection dimension of the gradient features."),
     prompt_field: str | None = typer.Option(None, help="Field(s) holding the prompt, comma-separated to join."),
     response_field: str | None = typer.Option(None, help="Field holding the response."),
     messages_field: str | None = typer.Option(None, help="Field holding a chat message list."),
@@ -168,7 +169,7 @@ def select(
                 cache_dir=str(cache_dir) if cache_dir else None, eta=eta, reduction=reduction, weights=w,
                 stage=stage, distance=distance, knn=knn, clip_negative=clip_negative,
                 keep_diagonal=keep_diagonal, mi_eta=mi_eta, mi_form=mi_form, nu=nu, optimizer=optimizer,
-                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, on_error=on_error,
+                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, less_dim=less_dim, on_error=on_error,
                 backend=backend, ray_address=ray_address, ray_workers=ray_workers, ray_gpus=ray_gpus)
     with _progress(quiet) as prog:
         sel = run_select(str(data), target=str(target) if target else None,
@@ -308,7 +309,7 @@ def bench(
     out: Path = typer.Option(None, "--out", "-o", help="Bench folder (cells/, results.md/.csv/.json, plots)."),
     methods: str = typer.Option(",".join(("base", "random", "delift-se", "delift", "donod", "donod+delift", "full")),
                                 help="Comma list of base, full and any select method (random, donod, delift, "
-                                     "delift-se, donod+delift, ifd, loss, perplexity, selectit)."),
+                                     "delift-se, donod+delift, ifd, loss, perplexity, selectit, less)."),
     budget: str = typer.Option("0.3", help="Budget(s), comma-separated (several give a curve)."),
     seeds: int = typer.Option(3, help="Seeds per cell (selection and training)."),
     stage: str = typer.Option("instruction", help="DELIFT stage: instruction | task | continual."),

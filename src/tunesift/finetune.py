@@ -137,6 +137,21 @@ def response_loss_sum(scorer, model, seqs, pad_id: int):
     return loss, int(targets.numel())
 
 
+def wrap_lora(model, cfg: TrainConfig):
+    """Freeze ``model`` and inject LoRA layers (rank, alpha, dropout, target modules of ``cfg``)
+    in place; returns the peft model."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    # peft 0.17+ asks transformers 5 a deprecated question; nothing for the user to act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                            target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
+
+
 def finetune(
     lm,
     records: Sequence,
@@ -166,18 +181,7 @@ def finetune(
     rng = np.random.default_rng(cfg.seed)
     base = lm.model
     if cfg.mode == "lora":
-        import warnings
-
-        from peft import LoraConfig, get_peft_model
-
-        # peft 0.17+ asks transformers 5 a deprecated question; nothing for the user to act on
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-        for p in base.parameters():
-            p.requires_grad_(False)
-        model = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                lora_dropout=cfg.lora_dropout,
-                                                target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
+        model = wrap_lora(base, cfg)
         inner = model.get_base_model()  # the same module tree, now with LoRA layers injected
     else:
         model = inner = base

@@ -17,7 +17,8 @@ small function that turns records into per-record score columns and a keep mask:
 
 Baselines (docs/baselines.md): ``loss`` / ``perplexity`` (lowest first, or highest with
 ``keep="hardest"``), ``ifd`` (Instruction-Following Difficulty; highest below 1 first) and
-``selectit`` (the model rates each record; highest first).
+``selectit`` (the model rates each record; highest first) and ``less`` (task stage: LoRA
+gradient features matched to the target set's; highest cosine first).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from .records import FieldMap, Record, read_records, records_from_rows
 
 log = logging.getLogger("tunesift")
 
-METHODS = ("random", "donod", "delift", "delift-se", "donod+delift", "ifd", "loss", "perplexity", "selectit")
-LM_METHODS = ("donod", "delift", "donod+delift", "ifd", "loss", "perplexity", "selectit")
+METHODS = ("random", "donod", "delift", "delift-se", "donod+delift", "ifd", "loss", "perplexity", "selectit",
+           "less")
+LM_METHODS = ("donod", "delift", "donod+delift", "ifd", "loss", "perplexity", "selectit", "less")
 DELIFT_METHODS = ("delift", "delift-se", "donod+delift")
 STAGES = ("instruction", "task", "continual")
 DISTANCES = ("rmse", "pmi")
@@ -89,6 +91,7 @@ class Options:
     # baselines
     keep: str = "easiest"
     selectit_alpha: float = 0.2
+    less_dim: int = 8192
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -115,6 +118,10 @@ class Options:
             raise OptionError(f"ray-workers must be at least 1, got {self.ray_workers}")
         if self.ray_gpus is not None and self.ray_gpus < 0:
             raise OptionError(f"ray-gpus must be >= 0, got {self.ray_gpus}")
+        if self.less_dim < 1:
+            raise OptionError(f"less-dim must be at least 1, got {self.less_dim}")
+        if self.method == "less" and self.stage != "task":
+            raise OptionError("less matches gradients to a target set: use --stage task --target FILE")
         if self.on_error not in ("fail", "skip"):
             raise OptionError(f"unknown on-error '{self.on_error}': use fail or skip")
         if self.keep not in ("easiest", "hardest"):
@@ -365,10 +372,12 @@ def _submodular(sim, cross, k: int, opt: Options):
 def _stage_other(opt: Options, target, existing) -> list[Record] | None:
     """The second record set the stage needs (target or existing data), checking that a set is
     given exactly where the method and stage use it."""
-    uses = {"task": "target", "continual": "existing"}.get(opt.stage) if opt.method in DELIFT_METHODS else None
+    uses = {"task": "target", "continual": "existing"}.get(opt.stage) if opt.method in DELIFT_METHODS + ("less",) \
+        else None
     for given, name, stage in ((target, "target", "task"), (existing, "existing", "continual")):
         if given is not None and uses != name:
-            raise OptionError(f"--{name} is used only by --method {'/'.join(DELIFT_METHODS)} --stage {stage}; "
+            raise OptionError(f"--{name} is used only by --method {'/'.join(DELIFT_METHODS + ('less',) * (name == 'target'))} "
+                              f"--stage {stage}; "
                               f"it would be ignored here")
     if uses == "target" and not target:
         raise OptionError("stage 'task' needs a target set (--target FILE)")
@@ -453,6 +462,17 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
         cols["helped_by"] = _nanmean(uf, axis=1)  # mean UF of this record as a target: how much examples help it
         cols["helpfulness"] = _nanmean(uf, axis=0)  # mean UF of this record as an example: how much it helps others
     return cols, np.asarray(res.order), {"timings": timings, "objective": res.objective}
+
+
+def _less(records, opt: Options, lm, progress: Progress, target):
+    """LESS (docs/baselines.md): cosine of each record's Adam-preconditioned LoRA gradient
+    (after a short warm-up on 5% of the pool) to the target set's mean gradient; highest first."""
+    from .scoring.less import less_scores
+
+    cols = less_scores(lm, records, target, dim=opt.less_dim, seed=opt.seed, cache_dir=opt.cache_dir,
+                       token_budget=opt.token_budget, renderer=_renderer(lm, opt), progress=progress)
+    order = np.argsort(np.where(np.isnan(cols["less"]), np.inf, -cols["less"]), kind="stable")
+    return cols, order, {}
 
 
 def _donod_delift(records, k, opt, lm, progress: Progress, other):
@@ -548,6 +568,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
         cols, order, extra = _donod(scored, k, opt, lm, progress)
     elif opt.method == "donod+delift":
         cols, order, extra = _donod_delift(scored, k, opt, lm, progress, other)
+    elif opt.method == "less":
+        cols, order, extra = _less(scored, opt, lm, progress, other)
     elif opt.method in ("ifd", "loss", "perplexity", "selectit"):
         cols, order, extra = _baseline(scored, k, opt, lm, progress)
     else:

@@ -95,7 +95,7 @@ _RANKED = {
                     "The cosine between the record's training update (Adam direction of its LoRA "
                     "gradient after a short warm-up, randomly projected) and the target set's "
                     "gradient: higher means training on it should lower the target loss more.",
-                    ("less",), ("seed",), optional=("less_grad_norm", "less_warmup")),
+                    ("less",), ("seed", "stage", "less_dim"), optional=("less_grad_norm", "less_warmup")),
 }
 
 _LM_OPTIONS = ("model", "device", "dtype", "template", "max_length", "token_budget")
