@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
-# The real-data bench runs behind docs/results.md ("Selections that train better"), in the order run.
+# The real-data runs behind docs/results.md ("Selections that train better"), in the order run.
 # Inputs come from bench/prepare_data.py (reads ../shared/datasets, writes bench/work/).
-# On this 2-core CPU the whole script takes about two hours; every run resumes where it stopped.
+# Sized for a 2-core CPU: the first 120 pool records, 60 test records, generation for the first
+# 16-20 of them; every bench resumes where it stopped (finished cells are never rerun).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1
 TS=".venv/bin/python -m tunesift"
 W=bench/work
 [ -f $W/alpaca_pool.jsonl ] || .venv/bin/python bench/prepare_data.py
-COMMON="--seeds 3 --budget 0.3 --knn 16 --epochs 2 --batch-size 8 --lr 5e-4 --autocast bfloat16 --cache-dir $W/cache -q"
-BASELINES="ifd,loss,selectit"
+COMMON="--seeds 3 --budget 0.3 --knn 16 --epochs 2 --batch-size 8 --lr 5e-4 --autocast bfloat16
+  --cache-dir $W/cache -q --train-limit 120 --test-limit 60"
 
-# 1. instruction stage: 160 Alpaca records, 80 held out
-$TS bench --train $W/alpaca_pool.jsonl --test $W/alpaca_test.jsonl --out $W/exp1_instruction $COMMON \
-  --methods base,random,delift-se,delift,donod,donod+delift,$BASELINES,full --generate-limit 30 --max-new-tokens 64
-# 4. noise: 160 GSM8K train records, 20% answers swapped; evaluated on GSM8K test
-$TS bench --train $W/gsm8k_noisy.jsonl --test $W/gsm8k_test.jsonl --out $W/exp4_noise $COMMON \
-  --methods base,random,delift-se,delift,donod,donod+delift,$BASELINES,full --generate-limit 24 --max-new-tokens 160
-# 2. task stage: mixed pool (Alpaca, GSM8K, SVAMP), target GSM8K, evaluated on GSM8K test
-$TS bench --train $W/mixed_pool.jsonl --test $W/gsm8k_test.jsonl --out $W/exp2_task --stage task \
-  --target $W/gsm8k_target.jsonl $COMMON --methods base,random,delift-se,delift,donod,full \
-  --generate-limit 24 --max-new-tokens 160
+# 1. instruction stage: 120 Alpaca records, 60 held out
+$TS bench --train $W/alpaca_pool.jsonl --test $W/alpaca_test.jsonl --out $W/e1_instruction $COMMON \
+  --methods base,random,delift,delift-se,donod,ifd,loss,full --generate-limit 20 --max-new-tokens 48
+# 4. noise: 120 GSM8K train records, ~20% with another record's answer; every selector's pick,
+#    then fine-tune and evaluate (teacher-forced loss on GSM8K test) for the main ones
+.venv/bin/python bench/noise_check.py --work $W --limit 120
+$TS bench --train $W/gsm8k_noisy.jsonl --test $W/gsm8k_test.jsonl --out $W/e4_noise $COMMON \
+  --methods base,random,donod,delift --metrics loss,perplexity
+# 3. continual stage: what FLCG picks from the mixed pool given GSM8K already trained on
+.venv/bin/python bench/continual_check.py --work $W
