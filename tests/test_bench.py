@@ -91,7 +91,7 @@ def test_bad_bench_options(extra, message, data, tiny_dir, tmp_path, capsys):
 
 
 def test_aggregate_mean_and_sample_std():
-    cells = [{"method": "random", "budget": 0.3, "seed": s, "n_train": 3, "select_s": 1.0, "train_s": 2.0,
+    cells = [{"method": "random", "budget": 0.3, "seed": s, "n_train": 3, "select_s": 1.0 - s / 4, "train_s": 2.0,
               "metrics": {"loss": v, "rougeL": 0.5}} for s, v in enumerate([1.0, 2.0, 3.0])]
     cells.append({"method": "base", "budget": None, "seed": 0, "n_train": 0, "select_s": 0.0, "train_s": 0.0,
                   "metrics": {"loss": 4.0, "rougeL": 0.1}})
@@ -99,6 +99,7 @@ def test_aggregate_mean_and_sample_std():
     assert [r["method"] for r in rows] == ["base", "random"]
     assert rows[1]["loss"] == 2.0 and rows[1]["loss_std"] == pytest.approx(1.0) and rows[1]["rougeL_std"] == 0.0
     assert rows[0]["loss_std"] == 0.0 and rows[0]["budget"] == "all"
+    assert rows[1]["select_s"] == 1.0 and rows[1]["train_s"] == 2.0  # selection: the uncached (largest) time
     table = markdown_table(rows)
     assert "| random | 0.3 | 3 | 3 | 2.0000 ± 1.0000 | 0.5000 ± 0.0000 |" in table and "loss ↓" in table
 
