@@ -29,10 +29,7 @@ RTOL = 1e-5
 TEXTS = tiny.CORPUS[:11]
 
 
-def rec(i: int, prompt: str, response: str, context=()) -> SimpleNamespace:
-    return SimpleNamespace(
-        id=f"r{i}", prompt=prompt, response=response, context=tuple(context), line=i + 1
-    )
+rec = tiny.rec
 
 
 def records(n: int) -> list[SimpleNamespace]:

@@ -46,12 +46,18 @@ def donod_out(demo, tiny_lm, tmp_path_factory):
     return _write(sel, root / "out", demo)
 
 
-@pytest.fixture(scope="module")
-def delift_out(demo, tiny_lm, tmp_path_factory):
-    root = tmp_path_factory.mktemp("delift")
+def _first_20(demo, root):
+    """The first 20 demo records as their own input file (DELIFT's kernel is quadratic)."""
     rows = [json.loads(line) for line in open(demo, encoding="utf-8")][:20]
     data = root / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return data
+
+
+@pytest.fixture(scope="module")
+def delift_out(demo, tiny_lm, tmp_path_factory):
+    root = tmp_path_factory.mktemp("delift")
+    data = _first_20(demo, root)
     sel = select(str(data), method="delift", budget=6, lm=tiny_lm, cache_dir=str(root / "cache"))
     return _write(sel, root / "out", data)
 
@@ -59,9 +65,7 @@ def delift_out(demo, tiny_lm, tmp_path_factory):
 @pytest.fixture(scope="module")
 def donod_delift_out(demo, tiny_lm, tmp_path_factory):
     root = tmp_path_factory.mktemp("donod_delift")
-    rows = [json.loads(line) for line in open(demo, encoding="utf-8")][:20]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data = _first_20(demo, root)
     sel = select(str(data), method="donod+delift", budget=6, prefilter=0.7, lm=tiny_lm,
                  cache_dir=str(root / "cache"))
     return _write(sel, root / "out", data)

@@ -26,10 +26,7 @@ TOL = 1e-4
 TEXTS = tiny.CORPUS[:11]
 
 
-def rec(i: int, prompt: str, response: str, context=()) -> SimpleNamespace:
-    return SimpleNamespace(
-        id=f"r{i}", prompt=prompt, response=response, context=tuple(context), line=i + 1
-    )
+rec = tiny.rec
 
 
 def records(n: int, *, long_every: int = 0) -> list[SimpleNamespace]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -61,3 +62,8 @@ def save_tiny(folder: Path, *, chat: bool = True, tied: bool = True, seed: int =
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def rec(i: int, prompt: str, response: str, context=()) -> SimpleNamespace:
+    """A minimal record (the attributes the renderer and scorers read)."""
+    return SimpleNamespace(id=f"r{i}", prompt=prompt, response=response, context=tuple(context), line=i + 1)
