@@ -47,15 +47,22 @@ def selection_impact(x: np.ndarray, knn: int, frac: float, seed: int) -> None:
     sel_exact = facility_location(K_exact, k).order
     sel_ann = facility_location(K_ann, k).order
     sel_rand = np.random.default_rng(seed).choice(n, size=k, replace=False)
-    print(f"\nselection impact, real set, n = {n:,}, k = {k:,}, knn = {knn}: exact pattern "
-          f"{c_exact:.1f} s CPU, IVF pattern {c_ann:.1f} s CPU, overlap of the two selections "
-          f"{len(np.intersect1d(sel_exact, sel_ann)) / k:.3f}")
+    print(
+        f"\nselection impact, real set, n = {n:,}, k = {k:,}, knn = {knn}: exact pattern "
+        f"{c_exact:.1f} s CPU, IVF pattern {c_ann:.1f} s CPU, overlap of the two selections "
+        f"{len(np.intersect1d(sel_exact, sel_ann)) / k:.3f}"
+    )
     print("| selection | f on the exact kNN kernel | dense f (all rows) / n |")
     print("|---|---|---|")
-    for name, sel in (("FL on the exact kNN kernel", sel_exact),
-                      ("FL on the IVF kNN kernel", sel_ann), ("random", sel_rand)):
-        print(f"| {name} | {fl_value(K_exact, sel):.1f} | {fl_value_blocked(x, sel) / n:.5f} |",
-              flush=True)
+    for name, sel in (
+        ("FL on the exact kNN kernel", sel_exact),
+        ("FL on the IVF kNN kernel", sel_ann),
+        ("random", sel_rand),
+    ):
+        print(
+            f"| {name} | {fl_value(K_exact, sel):.1f} | {fl_value_blocked(x, sel) / n:.5f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -65,13 +72,20 @@ def main() -> None:
     ap.add_argument("--knn", type=int, default=16)
     ap.add_argument("--nprobe", default="4,8,16,32,64")
     ap.add_argument("--hnsw", action="store_true", help="also HNSW (M = 32)")
-    ap.add_argument("--ivf-faiss", action="store_true",
-                    help="also faiss's own IVF-Flat search at the default nprobe")
+    ap.add_argument(
+        "--ivf-faiss",
+        action="store_true",
+        help="also faiss's own IVF-Flat search at the default nprobe",
+    )
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--selection-budget", type=float, default=0.0,
-                    help="> 0: on the real set, also compare FL selections on the exact and on "
-                         "the approximate (default IVF) kNN kernels at this budget fraction")
+    ap.add_argument(
+        "--selection-budget",
+        type=float,
+        default=0.0,
+        help="> 0: on the real set, also compare FL selections on the exact and on "
+        "the approximate (default IVF) kNN kernels at this budget fraction",
+    )
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
 
@@ -92,8 +106,16 @@ def main() -> None:
         n = len(x)
         q = np.sort(rng.choice(n, size=min(a.queries, n), replace=False))
         exact, w, c = timed(lambda x=x, q=q: knn_pattern(x[q], x, a.knn))
-        table.append((name, "exact (projected from the sampled rows)", "", 1.0,
-                      w * n / len(q), c * n / len(q)))
+        table.append(
+            (
+                name,
+                "exact (projected from the sampled rows)",
+                "",
+                1.0,
+                w * n / len(q),
+                c * n / len(q),
+            )
+        )
         print(f"# {name}: exact on {len(q)} rows {w:.1f} s wall, {c:.1f} s CPU", flush=True)
         nlist, _ = default_ivf_params(n)
         configs = [("ivf", int(p)) for p in a.nprobe.split(",")]
@@ -103,14 +125,22 @@ def main() -> None:
             configs.append(("hnsw", 0))
         for method, nprobe in configs:
             kw = {"nprobe": nprobe} if method.startswith("ivf") else {"hnsw_m": 32}
-            p, w, c = timed(lambda x=x, method=method, kw=kw: ann_knn_pattern(
-                x, x, a.knn, method=method, seed=a.seed, **kw))
+            p, w, c = timed(
+                lambda x=x, method=method, kw=kw: ann_knn_pattern(
+                    x, x, a.knn, method=method, seed=a.seed, **kw
+                )
+            )
             rec = p[q].multiply(exact).nnz / exact.nnz
-            params = (f"nlist {nlist}, nprobe {nprobe}" if method.startswith("ivf")
-                      else "M 32, efSearch 64")
+            params = (
+                f"nlist {nlist}, nprobe {nprobe}"
+                if method.startswith("ivf")
+                else "M 32, efSearch 64"
+            )
             table.append((name, method, params, rec, w, c))
-            print(f"# {name}: {method} {params}: recall {rec:.4f}, {w:.1f} s wall, {c:.1f} s CPU",
-                  flush=True)
+            print(
+                f"# {name}: {method} {params}: recall {rec:.4f}, {w:.1f} s wall, {c:.1f} s CPU",
+                flush=True,
+            )
     if a.selection_budget > 0:
         selection_impact(real, a.knn, a.selection_budget, a.seed)
     print()

@@ -74,18 +74,31 @@ def main() -> None:
                         kappa = math.ceil(2 * k / m) if v.startswith("os2") else k
                         c0 = time.process_time()
                         res = partitioned_facility_location(
-                            x, k, partitions=m, local_budget=kappa, weighted="weighted" in v,
-                            knn=a.knn if kind == "knn" else None, ann_method="exact",
+                            x,
+                            k,
+                            partitions=m,
+                            local_budget=kappa,
+                            weighted="weighted" in v,
+                            knn=a.knn if kind == "knn" else None,
+                            ann_method="exact",
                             seed=a.seed,
                         )
                         t = time.process_time() - c0
                         f = fl_value(K, res.order)
                         row = {
-                            "n": n, "kernel": kind, "k": k, "m": m, "variant": v, "kappa": kappa,
-                            "union": len(res.union), "ratio": f / f_full,
+                            "n": n,
+                            "kernel": kind,
+                            "k": k,
+                            "m": m,
+                            "variant": v,
+                            "kappa": kappa,
+                            "union": len(res.union),
+                            "ratio": f / f_full,
                             "rand_ratio": f_rand / f_full,
                             "gain_kept": (f - f_rand) / (f_full - f_rand),
-                            "winner": res.winner, "cpu_s": t, "full_cpu_s": t_full,
+                            "winner": res.winner,
+                            "cpu_s": t,
+                            "full_cpu_s": t_full,
                         }
                         rows.append(row)
                         print(
@@ -97,13 +110,17 @@ def main() -> None:
                         )
             del K
     print()
-    print("| n | kernel | k | m | variant | kappa | union | f / f_full | random | gain kept |"
-          " CPU s (full greedy) |")
+    print(
+        "| n | kernel | k | m | variant | kappa | union | f / f_full | random | gain kept |"
+        " CPU s (full greedy) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['n']:,} | {r['kernel']} | {r['k']:,} | {r['m']} | {r['variant']} |"
-              f" {r['kappa']:,} | {r['union']:,} | {r['ratio']:.4f} | {r['rand_ratio']:.4f} |"
-              f" {r['gain_kept']:.3f} | {r['cpu_s']:.1f} ({r['full_cpu_s']:.1f}) |")
+        print(
+            f"| {r['n']:,} | {r['kernel']} | {r['k']:,} | {r['m']} | {r['variant']} |"
+            f" {r['kappa']:,} | {r['union']:,} | {r['ratio']:.4f} | {r['rand_ratio']:.4f} |"
+            f" {r['gain_kept']:.3f} | {r['cpu_s']:.1f} ({r['full_cpu_s']:.1f}) |"
+        )
 
 
 if __name__ == "__main__":

@@ -68,10 +68,12 @@ def test_list_major_scan_finds_faiss_candidates(faiss):
     # "ivf" scans the same lists as faiss's IndexIVFFlat.search, list by list with BLAS
     x = clustered(2500, seed=8)
     for exclude_self in (False, True):
-        ours = emb.ann_knn_pattern(x, x, 9, exclude_self=exclude_self, method="ivf", nlist=40,
-                                   nprobe=4)
-        ref = emb.ann_knn_pattern(x, x, 9, exclude_self=exclude_self, method="ivf-faiss",
-                                  nlist=40, nprobe=4)
+        ours = emb.ann_knn_pattern(
+            x, x, 9, exclude_self=exclude_self, method="ivf", nlist=40, nprobe=4
+        )
+        ref = emb.ann_knn_pattern(
+            x, x, 9, exclude_self=exclude_self, method="ivf-faiss", nlist=40, nprobe=4
+        )
         check_format(ours, 2500, 2500, 9)
         assert ours.multiply(ref).nnz >= 0.999 * ref.nnz  # equal up to float ties
     # lists smaller than k: rows hold what their probed lists contain (-1 = none, skipped)
@@ -141,5 +143,6 @@ def test_sparse_cosine_kernel_is_blocked_and_unchanged(monkeypatch):
     blocked = emb.cosine_similarity_kernel(x, x, pattern)
     assert (whole != blocked).nnz == 0 and blocked.dtype == np.float32
     dense = emb.cosine_similarity_kernel(x, x)
-    np.testing.assert_allclose(blocked.toarray()[pattern.toarray()], dense[pattern.toarray()],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        blocked.toarray()[pattern.toarray()], dense[pattern.toarray()], atol=1e-6
+    )

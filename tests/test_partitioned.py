@@ -98,8 +98,9 @@ def test_knn_kernels_inside_parts():
     k = 50
     Ks = cosine_similarity_kernel(E, E, knn_pattern(E, E, 10))  # the global sparse kernel
     full = facility_location(Ks, k)
-    res = partitioned_facility_location(E, k, partitions=4, knn=10, ann_method="exact",
-                                        weighted=True)
+    res = partitioned_facility_location(
+        E, k, partitions=4, knn=10, ann_method="exact", weighted=True
+    )
     check_valid(res, 1200, k)
     # kNN graphs inside parts of n/m records differ from the pool's: a weaker approximation
     # (measured 0.82 here, 0.73 unweighted; see docs/scaling.md)
@@ -142,8 +143,7 @@ def test_bad_options():
     with pytest.raises(OptionError, match="union"):
         partitioned_facility_location(E, 100, partitions=4, local_budget=20)
     with pytest.raises(OptionError, match="knn"):
-        partitioned_facility_location(lambda r, c: K[np.ix_(r, c)], 5, partitions=2, n=1200,
-                                      knn=5)
+        partitioned_facility_location(lambda r, c: K[np.ix_(r, c)], 5, partitions=2, n=1200, knn=5)
     with pytest.raises(OptionError, match="does not match"):
         partitioned_facility_location(E, 5, partitions=2, n=10)
 
@@ -165,8 +165,9 @@ def test_a_round_one_set_wins_when_round_two_is_worse(monkeypatch):
     res = part.partitioned_facility_location(E, 30, partitions=3, seed=2)
     check_valid(res, 1200, 30)
     assert res.winner >= 0 and res.objective == res.part_objectives.max() > res.final_objective
-    np.testing.assert_array_equal(np.sort(res.order), np.sort(res.order[res.parts[res.order] ==
-                                                                          res.winner]))
+    np.testing.assert_array_equal(
+        np.sort(res.order), np.sort(res.order[res.parts[res.order] == res.winner])
+    )
     # a smaller local budget: round-1 sets of fewer than k picks never compete
     calls.clear()
     res = part.partitioned_facility_location(E, 30, partitions=3, local_budget=20, seed=2)

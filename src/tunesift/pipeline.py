@@ -434,7 +434,7 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
         t2 = time.perf_counter()
         log.info("GreeDi over %d partitions, budget %d", opt.partitions, k)
         res = partitioned_facility_location(e_pool, k, partitions=opt.partitions, knn=opt.knn or None,
-                                            ann_method=opt.ann, seed=opt.seed, optimizer=opt.optimizer,
+                                            ann_method=opt.ann, seed=opt.seed, optimizer=opt.optimizer, weighted=True,
                                             epsilon=opt.epsilon)
         timings["select_s"] = time.perf_counter() - t2
         return _greedy_columns(res, len(records)), np.asarray(res.order), {"timings": timings,
