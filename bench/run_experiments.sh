@@ -17,10 +17,11 @@ $TS bench --train $W/alpaca_pool.jsonl --test $W/alpaca_test.jsonl --out $W/e1_i
   --methods base,random,delift,delift-se,donod,ifd,loss,full --generate-limit 20 --max-new-tokens 48
 # 4. noise: 120 GSM8K train records, ~20% with another record's answer; every selector's pick,
 #    then fine-tune and evaluate (teacher-forced loss on GSM8K test) for the main ones.
-#    On 2026-11-23 only the selection side ran (noise_check.py, donod+delift left out); the bench
-#    below and step 3 did not fit in the session's CPU time.
+#    On 2026-11-23: noise_check.py ran without donod+delift (then with --only ifd,loss,selectit
+#    after an interruption), the bench below with these four methods; step 3 did not fit in the
+#    session's CPU time (add delift,delift-se,donod+delift,ifd,selectit to extend the same bench).
 .venv/bin/python bench/noise_check.py --work $W --limit 120
 $TS bench --train $W/gsm8k_noisy.jsonl --test $W/gsm8k_test.jsonl --out $W/e4_noise $COMMON \
-  --methods base,random,donod,delift --metrics loss,perplexity
+  --methods base,random,donod,loss --metrics loss,perplexity
 # 3. continual stage: what FLCG picks from the mixed pool given GSM8K already trained on
 .venv/bin/python bench/continual_check.py --work $W
