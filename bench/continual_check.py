@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--work", default="bench/work")
     ap.add_argument("--knn", type=int, default=16)
     ap.add_argument("--budget", default="0.3")
+    ap.add_argument("--only", default=None, help="comma list of row-name prefixes to run, e.g. random,delift-se")
     a = ap.parse_args()
     pool = read_records(f"{a.work}/mixed_pool.jsonl")
     existing = read_records(f"{a.work}/gsm8k_existing.jsonl")
@@ -43,6 +44,9 @@ def main() -> None:
         "delift instruction (FL)": [dict(method="delift", knn=a.knn)],
         "delift continual (FLCG)": [dict(method="delift", knn=a.knn, stage="continual", existing=existing)],
     }
+    if a.only:
+        keep = [p.strip() for p in a.only.split(",")]
+        runs = {k: v for k, v in runs.items() if any(k.startswith(p) for p in keep)}
     print(f"pool {len(pool)}: {dict(Counter(r.row['meta']['source'] for r in pool))}; "
           f"existing {len(existing)} GSM8K; budget {a.budget}\n")
     print("| selection | alpaca | gsm8k | svamp | mean max-cos to existing | select s |")
