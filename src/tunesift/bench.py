@@ -114,6 +114,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
     from .models import load_lm
     from .pipeline import select
     from .records import input_checksum, read_records
+    from .store import write_text
 
     _check(cfg)
     parse_metrics(cfg.metrics)
@@ -181,8 +182,6 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
         info["metrics"] = ev.metrics
         info["generations"] = [g for g in ev.generations if g is not None]
         info["total_s"] = round(time.perf_counter() - t0, 3)
-        from .store import write_text
-
         write_text(out / "cells" / f"{cell_name(method, budget, seed)}.json", json.dumps(info, indent=1) + "\n")
         log.info("%s: %s", cell_name(method, budget, seed),
                  ", ".join(f"{k} {v:.4g}" for k, v in ev.metrics.items()))

@@ -194,17 +194,6 @@ def select(
             typer.echo(f"report: {page}", err=True)
 
 
-def _train_config(mode, epochs, lr, batch_size, max_length, lora_r, lora_alpha, lora_dropout, seed, autocast,
-                  template):
-    from .finetune import TrainConfig
-
-    cfg = TrainConfig(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
-                      lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, seed=seed,
-                      autocast=autocast, template=template)
-    cfg.validate()
-    return cfg
-
-
 @app.command()
 def finetune(
     data: Path = typer.Argument(None, help="Training records (any input format; e.g. OUT/selected.jsonl)."),
@@ -227,19 +216,19 @@ def finetune(
                                        help="YAML file holding any of these options; flags override it."),
 ) -> None:
     """Fine-tune a model on records (LoRA by default), loss on response tokens only."""
+    from .finetune import TrainConfig, save
     from .finetune import finetune as run_finetune
-    from .finetune import save
     from .models import load_lm
+    from .outputs import check_writable
     from .records import read_records
 
     if data is None or out is None:
         raise TunesiftError("finetune needs the training DATA and --out")
-    check_out = Path(out)
-    from .outputs import check_writable
-
-    check_writable(check_out)
-    cfg = _train_config(mode, epochs, lr, batch_size, max_length, lora_r, lora_alpha, lora_dropout, seed,
-                        autocast, template)
+    check_writable(out)
+    cfg = TrainConfig(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
+                      lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, seed=seed,
+                      autocast=autocast, template=template)
+    cfg.validate()
     _setup_logging(quiet)
     records = read_records(data)
     lm = load_lm(model, device=device)
@@ -357,8 +346,11 @@ def bench(
     def pick(value, name, normal):
         return value if value is not None else (QUICK[name] if quick and name in QUICK else normal)
 
-    tcfg = _train_config(mode, pick(epochs, "epochs", 2), lr, batch_size, max_length, lora_r, 32, 0.05, 0,
-                         autocast, "auto")
+    from .finetune import TrainConfig
+
+    tcfg = TrainConfig(mode=mode, epochs=pick(epochs, "epochs", 2), lr=lr, batch_size=batch_size,
+                       max_length=max_length, lora_r=lora_r, autocast=autocast)
+    tcfg.validate()
     sel_opts = {"distance": distance, "eta": eta, "prefilter": prefilter, "max_length": max_length,
                 "dtype": select_dtype, "knn": pick(knn, "knn", 0),
                 "cache_dir": str(cache_dir) if cache_dir else None}

@@ -142,13 +142,10 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> np.nda
 
 def embedding_cosine(predictions: Sequence[str], references: Sequence[str], device: str = "cpu") -> np.ndarray:
     """Cosine similarity (n,) of all-MiniLM-L6-v2 embeddings of prediction and reference."""
-    from .models import resolve_device
-    from .scoring.embedding import _encoder
+    from .scoring.embedding import embed_texts
 
-    enc = _encoder(resolve_device(device))
-    kw = dict(convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False, batch_size=64)
-    a, b = enc.encode(list(predictions), **kw), enc.encode(list(references), **kw)
-    return np.sum(a * b, axis=1).astype(np.float64)
+    a, b = embed_texts(list(predictions), device=device), embed_texts(list(references), device=device)
+    return np.sum(a.astype(np.float64) * b, axis=1)
 
 
 def evaluate(

@@ -305,7 +305,7 @@ def _blocked_scores(kind: str, lm, opt: Options, records: list[Record], progress
     everything back and a killed run recomputes only the missing blocks (the unit of resume).
     With ``backend="ray"`` the missing blocks are scored on Ray workers (docs/ray.md), into the
     same cache."""
-    from .backends.blocks import get_block, put_block, score_block_checked
+    from .backends.blocks import BlockResult, get_block, put_block
     from .store import ArrayStore, content_key, default_cache_dir
 
     names, version, block = BLOCK_SCORERS[kind]
@@ -328,8 +328,8 @@ def _blocked_scores(kind: str, lm, opt: Options, records: list[Record], progress
             got = results[key]
         else:
             got = get_block(store, key, e - s, len(names))
-            if got is None:
-                got = score_block_checked(kind, lm, renderer, records[s:e], opt)
+            if got is None:  # select() has set unscorable records aside: score the block as it is
+                got = BlockResult(np.asarray(score_block(kind, lm, renderer, records[s:e], opt), dtype=np.float64), {})
                 put_block(store, key, got)
             advance(e - s)
         if got.errors:  # select() sets unscorable records aside before scoring: a bug, not a record
@@ -619,16 +619,11 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
 
 
 def _unscorable(records: list[Record], lm, opt: Options) -> dict[int, str]:
-    """{index: reason} of the records the model cannot score (checked before any scoring, so a
-    long job never dies halfway on one record)."""
-    renderer = _renderer(lm, opt)
-    out = {}
-    for i, r in enumerate(records):
-        try:
-            renderer.encode(r)
-        except TunesiftError as exc:
-            out[i] = str(exc)
-    return out
+    """{index: reason} of the records the method cannot score (checked before any scoring, so a
+    long job never dies halfway on one record): the blocks' own per-record check."""
+    from .backends.blocks import record_errors
+
+    return record_errors(opt.method, _renderer(lm, opt), records)
 
 
 def _spread(arr: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Run the per-record block scorers (DONOD and the baselines) on Ray actors.
 
 A pool of ``num_workers`` Ray actors each loads the model once and scores whole blocks with
-:func:`tunesift.backends.blocks.score_block_checked` (the function behind the local loop too).
+:func:`tunesift.backends.blocks.score_block_checked` (the local loop scores the same blocks with
+:func:`tunesift.pipeline.score_block` after select() has set unscorable records aside).
 The driver hands out blocks, at most two queued per actor, and writes every finished block into
 the same content-addressed :class:`~tunesift.store.ArrayStore` the local loop uses, the moment
 it arrives. So:

@@ -85,21 +85,28 @@ def embed_records(
         got = store.get("emb")
         if got is not None and got.shape == (len(texts), EMBED_DIM):
             return got
-    from ..models import resolve_device
-
-    enc = _encoder(resolve_device(device))
     parts = []
     step = max(batch_size, 1024)  # texts per progress update
     for start in range(0, len(texts), step):
         chunk = texts[start:start + step]
-        parts.append(enc.encode(chunk, batch_size=batch_size, convert_to_numpy=True,
-                                normalize_embeddings=True, show_progress_bar=False))
+        parts.append(embed_texts(chunk, device=device, batch_size=batch_size))
         if progress is not None:
             progress(start + len(chunk), len(texts))
-    emb = _normalise(np.concatenate(parts).astype(np.float32))
+    emb = np.concatenate(parts)
     if store:
         store.put("emb", emb)
     return emb
+
+
+def embed_texts(texts: list[str], *, device: str = "cpu", batch_size: int = 64) -> np.ndarray:
+    """all-MiniLM-L6-v2 embeddings of ``texts``: (len(texts), 384) float32 rows of unit L2 norm
+    (no cache; :func:`embed_records` caches)."""
+    from ..models import resolve_device
+
+    enc = _encoder(resolve_device(device))
+    out = enc.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                     show_progress_bar=False)
+    return _normalise(np.asarray(out, dtype=np.float32))
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
