@@ -123,3 +123,32 @@ def test_cosine_kernel_at_a_pattern_equals_the_dense_kernel_there():
     dense = cosine_similarity_kernel(a, b)
     r, c = pattern.nonzero()
     np.testing.assert_allclose(sparse.toarray()[r, c], dense[r, c], rtol=1e-6)
+
+
+def test_interrupted_embedding_resumes_from_its_chunks(tmp_path, monkeypatch):
+    """Finished chunks are cached while a run is under way; a rerun embeds only the rest, and
+    the chunks are removed once the whole array is stored."""
+    recs = [rec(i, f"Question {i}?", f"Answer {i}.") for i in range(7)]
+    want = emb.embed_records(recs, cache_dir=False)
+    calls, done = [], []
+    real = emb.embed_texts
+
+    class Killed(Exception):
+        pass
+
+    def flaky(texts, **kw):
+        calls.append(len(texts))
+        if len(calls) == 2 and not done:
+            done.append(1)
+            raise Killed  # killed during the second chunk
+        return real(texts, **kw)
+
+    monkeypatch.setattr(emb, "embed_texts", flaky)
+    with pytest.raises(Killed):
+        emb.embed_records(recs, cache_dir=tmp_path, chunk_size=3)
+    assert len(list(tmp_path.rglob("chunk-*.npy"))) == 1
+    calls.clear()
+    got = emb.embed_records(recs, cache_dir=tmp_path, chunk_size=3)
+    assert calls == [3, 1]  # the first chunk came from the cache
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert [p.name for p in tmp_path.rglob("*.npy")] == ["emb.npy"]

@@ -216,3 +216,107 @@ def test_select_with_the_ray_backend_equals_local(pool, tiny_lm, tmp_path):
     np.testing.assert_array_equal(local.kept, remote.kept)
     np.testing.assert_allclose(remote.columns["closeness"], local.columns["closeness"], rtol=1e-9, atol=1e-12)
     assert any((tmp_path / "b" / "donod").rglob("*.npy"))
+
+
+# -- DELIFT kernel blocks and embeddings on Ray -------------------------------------------------
+
+
+def _kernel_stats(k) -> list[np.ndarray]:
+    return [x.toarray() if hasattr(x, "toarray") else np.asarray(x) for x in (k.sq_err, k.logp)] + \
+        [k.base_sq_err, k.base_logp]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_ray_kernel_equals_local_and_shares_its_cache(pool, tiny_lm, tmp_path, sparse, monkeypatch):
+    from tunesift.backends.ray_backend import RayKernelRunner
+    from tunesift.scoring import utility
+    from tunesift.scoring.utility import utility_kernel
+
+    monkeypatch.setattr(utility, "BASE_ROWS", 5)  # 3 no-example chunks, here and on Ray
+
+    opt = Options(token_budget=256)
+    renderer = _renderer(tiny_lm, opt)
+    recs = records_from_rows(_rows(14, seed=5))
+    pairs = None
+    if sparse:
+        rng = np.random.default_rng(0)
+        pairs = rng.random((14, 14)) < 0.4
+    kw = dict(pairs=pairs, token_budget=256, block_size=4)
+    local = utility_kernel(tiny_lm, renderer, recs, recs, cache_dir=tmp_path / "local", **kw)
+    runner = RayKernelRunner(lambda: pool, opt)  # 3 base chunks, 4 column blocks: 7 tasks
+    seen = []
+    remote = utility_kernel(tiny_lm, renderer, recs, recs, cache_dir=tmp_path / "ray", runner=runner,
+                            progress=lambda d, t: seen.append((d, t)), **kw)
+    assert remote.info["blocks_computed"] == 4 and remote.info["blocks_loaded"] == 0
+    assert remote.info["prefixes"] == local.info["prefixes"] > 0
+    assert seen[-1][0] == seen[-1][1] == local.info["pairs"]
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    for a, b in zip(_kernel_stats(local), _kernel_stats(remote), strict=True):
+        np.testing.assert_array_equal(a, b)  # bit for bit: the same calls on the same weights
+    # the same files under the same key: a local run reads the Ray run's blocks back
+    names = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*.npy"))  # noqa: E731
+    assert names(tmp_path / "local") == names(tmp_path / "ray")
+    back = utility_kernel(tiny_lm, renderer, recs, recs, cache_dir=tmp_path / "ray", **kw)
+    assert back.info["blocks_loaded"] == 4 and back.info["blocks_computed"] == 0
+
+
+def test_ray_kernel_resumes_from_the_stored_blocks(pool, tiny_lm, tmp_path):
+    from tunesift.backends.ray_backend import RayKernelRunner
+    from tunesift.scoring.utility import utility_kernel
+
+    opt = Options(token_budget=256)
+    renderer = _renderer(tiny_lm, opt)
+    recs = records_from_rows(_rows(10, seed=6))
+    runner = RayKernelRunner(lambda: pool, opt)
+    kw = dict(token_budget=256, block_size=3, cache_dir=tmp_path, runner=runner)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(c0, c1, block, counts, inner):
+        if calls.append(c0) or len(calls) > 2:
+            raise Stop  # the driver dies after two blocks arrived
+        inner(c0, c1, block, counts)
+
+    calls: list[int] = []
+    blocks = runner.blocks
+    runner.blocks = lambda job, base, spans, on_block: blocks(
+        job, base, spans, lambda *a: stop_after_two(*a, on_block))
+    with pytest.raises(Stop):
+        utility_kernel(tiny_lm, renderer, recs, recs, **kw)
+    runner.blocks = blocks
+    again = utility_kernel(tiny_lm, renderer, recs, recs, **kw)
+    assert again.info["blocks_loaded"] == 2 and again.info["blocks_computed"] == 2
+    full = utility_kernel(tiny_lm, renderer, recs, recs, token_budget=256, block_size=3, cache_dir=False)
+    for a, b in zip(_kernel_stats(full), _kernel_stats(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ray_embeddings_equal_local(pool, tmp_path):
+    from tunesift.backends.ray_backend import RayEmbedRunner
+    from tunesift.scoring.embedding import embed_records
+
+    recs = records_from_rows(_rows(11, seed=7))
+    local = embed_records(recs, cache_dir=False)
+    got = []
+    remote = embed_records(recs, cache_dir=tmp_path, runner=RayEmbedRunner(lambda: pool), chunk_size=4,
+                           progress=lambda d, t: got.append(d))
+    np.testing.assert_allclose(remote, local, atol=1e-6)
+    assert got[-1] == 11
+    files = [p.name for p in tmp_path.rglob("*.npy")]
+    assert files == ["emb.npy"]  # the chunks are gone once the whole array is stored
+
+
+def test_select_delift_with_the_ray_backend_equals_local(pool, tiny_lm, tmp_path):
+    """--backend ray for delift (kernel and embeddings on workers) and delift-se (an
+    embeddings-only pool) picks what the local backend picks."""
+    from tunesift.pipeline import select
+
+    rows = _rows(16, seed=8)
+    for method, lm in (("delift", tiny_lm), ("delift-se", None)):
+        kw = dict(method=method, budget=5, knn=4, token_budget=256)
+        local = select(rows, lm=lm, cache_dir=str(tmp_path / f"{method}-a"), **kw)
+        remote = select(rows, lm=lm, cache_dir=str(tmp_path / f"{method}-b"), backend="ray", ray_workers=1, **kw)
+        np.testing.assert_array_equal(local.order, remote.order)
+        np.testing.assert_array_equal(local.kept, remote.kept)
+    assert any((tmp_path / "delift-b" / "delift-utility").rglob("cols-*.npy"))

@@ -130,7 +130,7 @@ def select(
     nu: float = typer.Option(1.0, help="DELIFT continual stage: FLCG nu."),
     optimizer: str = typer.Option("lazy", help="naive | lazy | stochastic greedy."),
     prefilter: float = typer.Option(0.7, help="donod+delift: share of the pool DONOD lets through to DELIFT."),
-    backend: str = typer.Option("local", help="local | ray: score DONOD and the baselines on Ray workers (docs/ray.md)."),
+    backend: str = typer.Option("local", help="local | ray: compute scores, DELIFT kernels and embeddings on Ray workers (docs/ray.md)."),
     ray_address: str | None = typer.Option(None, help="Ray cluster to join (e.g. ray://head:10001); default a local instance."),
     ray_workers: int = typer.Option(2, help="Ray: model workers (actors), each loads the model once."),
     ray_gpus: float | None = typer.Option(None, help="Ray: GPUs per worker (default: share the cluster's GPUs, at most 1)."),

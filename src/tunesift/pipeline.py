@@ -81,7 +81,7 @@ class Options:
     epsilon: float = 0.01
     # DONOD + DELIFT
     prefilter: float = 0.7
-    # execution: local, or the per-record scorers on Ray workers (docs/ray.md)
+    # execution: local, or scoring, DELIFT kernels and embeddings on Ray workers (docs/ray.md)
     backend: str = "local"
     ray_address: str | None = None
     ray_workers: int = 2
@@ -411,7 +411,25 @@ def _pair_progress(progress: Progress, label: str) -> Callable[[int, int], None]
 
 
 def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
+    if opt.backend != "ray":
+        return _delift_on(records, k, opt, lm, progress, other, embed_kernel, None)
+    from .backends.ray_backend import LazyPool, model_spec
+
+    # one pool for the embeddings and the kernel, started only if something is not cached
+    with LazyPool(model_spec(lm) if lm is not None else None, address=opt.ray_address,
+                  num_workers=opt.ray_workers, num_gpus=opt.ray_gpus) as pool:
+        return _delift_on(records, k, opt, lm, progress, other, embed_kernel, pool)
+
+
+def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: bool, pool):
+    """DELIFT / DELIFT (SE) selection; ``pool``: a Ray worker pool (LazyPool) or None (local)."""
     from .scoring import embedding as emb
+
+    embed_runner = kernel_runner = None
+    if pool is not None:
+        from .backends.ray_backend import RayEmbedRunner, RayKernelRunner
+
+        embed_runner, kernel_runner = RayEmbedRunner(pool), RayKernelRunner(pool, opt)
 
     t0 = time.perf_counter()
     timings = {}
@@ -419,9 +437,9 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
     need_emb = embed_kernel or opt.knn > 0
     if need_emb:
         log.info("embedding %d records with all-MiniLM-L6-v2", len(records) + len(other or []))
-        e_pool = emb.embed_records(records, cache_dir=opt.cache_dir, device=opt.device,
+        e_pool = emb.embed_records(records, cache_dir=opt.cache_dir, device=opt.device, runner=embed_runner,
                                    progress=_pair_progress(progress, "embedding the pool"))
-        e_other = (emb.embed_records(other, cache_dir=opt.cache_dir, device=opt.device,
+        e_other = (emb.embed_records(other, cache_dir=opt.cache_dir, device=opt.device, runner=embed_runner,
                                      progress=_pair_progress(progress, f"embedding the {opt.stage} set"))
                    if other else None)
         timings["embed_s"] = time.perf_counter() - t0
@@ -458,14 +476,14 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
         renderer = _renderer(lm, opt)
         t1 = time.perf_counter()
         kern = utility_kernel(lm, renderer, records, records, pairs=pattern, exclude_diagonal=not opt.keep_diagonal,
-                              same=True, token_budget=opt.token_budget, cache_dir=opt.cache_dir,
+                              same=True, token_budget=opt.token_budget, cache_dir=opt.cache_dir, runner=kernel_runner,
                               progress=_pair_progress(progress, "DELIFT kernel (pool x pool)"))
         uf = kern.values(opt.distance)
         uf_cross = None
         if other:
             kc = utility_kernel(lm, renderer, records, other, pairs=cross_pattern, exclude_diagonal=False,
                                 same=False, token_budget=opt.token_budget, cache_dir=opt.cache_dir,
-                                progress=_pair_progress(progress, f"DELIFT kernel (pool x {opt.stage})"))
+                                runner=kernel_runner, progress=_pair_progress(progress, f"DELIFT kernel (pool x {opt.stage})"))
             uf_cross = kc.values(opt.distance)
         timings["kernel_s"] = time.perf_counter() - t1
         kernels = [uf] + ([uf_cross] if other else [])

@@ -87,6 +87,10 @@ class ArrayStore:
         except (ValueError, OSError):  # a corrupt file (disk full mid-write elsewhere): recompute
             return None
 
+    def remove(self, name: str) -> None:
+        """Delete ``name`` if it is stored."""
+        self._path(name).unlink(missing_ok=True)
+
     def put(self, name: str, array: np.ndarray) -> None:
         with atomic_path(self._path(name)) as tmp:
             with open(tmp, "wb") as fh:

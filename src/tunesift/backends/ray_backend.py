@@ -1,9 +1,12 @@
-"""Run the per-record block scorers (DONOD and the baselines) on Ray actors.
+"""Run tunesift's expensive blocks on Ray actors: the per-record scorers (DONOD and the
+baselines), DELIFT utility-kernel blocks, and MiniLM embeddings.
 
-A pool of ``num_workers`` Ray actors each loads the model once and scores whole blocks with
-:func:`tunesift.backends.blocks.score_block_checked` (the local loop scores the same blocks with
-:func:`tunesift.pipeline.score_block` after select() has set unscorable records aside).
-The driver hands out blocks, at most two queued per actor, and writes every finished block into
+A pool of ``num_workers`` Ray actors each loads the model once and computes whole blocks:
+per-record blocks with :func:`tunesift.backends.blocks.score_block_checked` (the local loop
+scores the same blocks with :func:`tunesift.pipeline.score_block` after select() has set
+unscorable records aside), kernel column blocks with
+:func:`tunesift.scoring.utility.kernel_block` (:class:`RayKernelRunner`), text chunks with
+:func:`tunesift.scoring.embedding.embed_texts` (:class:`RayEmbedRunner`). The driver hands out blocks, at most two queued per actor, and writes every finished block into
 the same content-addressed :class:`~tunesift.store.ArrayStore` the local loop uses, the moment
 it arrives. So:
 
@@ -23,8 +26,11 @@ from __future__ import annotations
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import OptionError, TunesiftError
 from ..store import ArrayStore
@@ -100,13 +106,15 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
 
 
 class _BlockWorker:
-    """A Ray actor (wrapped with ``ray.remote`` by :class:`RayBlockPool`): one model, many blocks."""
+    """A Ray actor (wrapped with ``ray.remote`` by :class:`RayBlockPool`): one model, many blocks
+    of any kind: per-record scores, DELIFT kernel blocks, embeddings."""
 
-    def __init__(self, spec: dict, device: str, threads: int):
-        # A failure to load is kept and reported by ready() and score(), not raised here: an
+    def __init__(self, spec: dict | None, device: str, threads: int):
+        # A failure to load is kept and reported by ready() and the tasks, not raised here: an
         # exception in an actor's constructor makes Ray print tracebacks and retry in vain.
         self.error: str | None = None
         self.lm = None
+        self.device = device
         self._renderers: dict[tuple, object] = {}
         try:
             import torch
@@ -114,12 +122,13 @@ class _BlockWorker:
             from ..models import load_lm
 
             torch.set_num_threads(max(1, int(threads)))
-            self.lm = load_lm(spec["path"], device=device, dtype=spec.get("dtype", "auto"))
-            want = spec.get("fingerprint")
-            if want and self.lm.fingerprint != want:
-                raise TunesiftError(
-                    f"the model at {spec['path']} has fingerprint {self.lm.fingerprint}, the "
-                    f"driver's has {want}; every node needs the same model files")
+            if spec is not None:  # None: an embeddings-only pool
+                self.lm = load_lm(spec["path"], device=device, dtype=spec.get("dtype", "auto"))
+                want = spec.get("fingerprint")
+                if want and self.lm.fingerprint != want:
+                    raise TunesiftError(
+                        f"the model at {spec['path']} has fingerprint {self.lm.fingerprint}, the "
+                        f"driver's has {want}; every node needs the same model files")
         except Exception as exc:  # reported to the driver with the worker's name
             self.error = f"worker {worker_id()}: {_first_line(exc)}"
 
@@ -127,25 +136,61 @@ class _BlockWorker:
         """Who and where this worker is, or why it has no model (``error``)."""
         if self.error:
             return {"worker": worker_id(), "error": self.error}
-        return {"worker": worker_id(), "device": self.lm.device, "dtype": self.lm.dtype}
+        return {"worker": worker_id(), "device": self.device, "dtype": self.lm.dtype if self.lm else None}
 
-    def score(self, kind: str, records: list, opt) -> BlockResult:
-        """One block: :func:`~tunesift.backends.blocks.score_block_checked`."""
-        from ..pipeline import _renderer
-
+    def _model(self):
         if self.error:
             raise TunesiftError(f"a Ray worker could not load the model: {self.error}")
+        if self.lm is None:
+            raise TunesiftError("this Ray pool was started without a model (embeddings only)")
+        return self.lm
+
+    def _renderer(self, opt):
+        from ..pipeline import _renderer
+
         rkey = (opt.template, opt.max_length)
         renderer = self._renderers.get(rkey)
         # the renderer memoises tokenised texts; start afresh now and then so memory stays flat
         if renderer is None or len(getattr(renderer, "_cache", ())) > RENDER_CACHE_MAX:
-            renderer = self._renderers[rkey] = _renderer(self.lm, opt)
-        return score_block_checked(kind, self.lm, renderer, list(records), opt)
+            renderer = self._renderers[rkey] = _renderer(self._model(), opt)
+        return renderer
+
+    def score(self, kind: str, records: list, opt) -> BlockResult:
+        """One block: :func:`~tunesift.backends.blocks.score_block_checked`."""
+        lm = self._model()
+        return score_block_checked(kind, lm, self._renderer(opt), list(records), opt)
+
+    def kernel_base(self, job, opt, r0: int, r1: int):
+        """Rows ``r0:r1`` of the kernel's no-example statistics
+        (:func:`~tunesift.scoring.utility.kernel_base`)."""
+        from ..scoring.logprobs import ResponseScorer
+        from ..scoring.utility import kernel_base
+
+        return kernel_base(job, ResponseScorer(self._model(), token_budget=opt.token_budget), r0, r1)
+
+    def kernel_block(self, job, base, c0: int, c1: int, opt):
+        """Columns ``c0:c1`` of a DELIFT kernel and the work counts
+        (:func:`~tunesift.scoring.utility.kernel_block`)."""
+        from ..scoring.logprobs import ResponseScorer
+        from ..scoring.utility import _counts, kernel_block
+
+        counts = _counts()
+        scorer = ResponseScorer(self._model(), token_budget=opt.token_budget)
+        return kernel_block(job, self._renderer(opt), scorer, base, c0, c1, counts), counts
+
+    def embed(self, texts: list[str]):
+        """MiniLM embeddings of ``texts`` (:func:`~tunesift.scoring.embedding.embed_texts`)."""
+        from ..scoring.embedding import embed_texts
+
+        if self.error:
+            raise TunesiftError(f"a Ray worker did not start: {self.error}")
+        return embed_texts(list(texts), device=self.device)
 
 
 class RayBlockPool:
-    """``num_workers`` Ray actors, each holding one copy of the model (Ray must be initialised,
-    see :func:`init_ray`). Reusable for any number of :meth:`score` calls, kinds and options;
+    """``num_workers`` Ray actors, each holding one copy of the model (``spec``, see
+    :func:`model_spec`; None for an embeddings-only pool). Ray must be initialised, see
+    :func:`init_ray`. Reusable for any number of :meth:`score` calls, kinds and options;
     :meth:`close` (or ``with``) removes the actors.
 
     ``num_gpus`` per actor: None takes the cluster's GPUs shared evenly (at most 1 per actor;
@@ -155,7 +200,7 @@ class RayBlockPool:
     for) are a :class:`TunesiftError`.
     """
 
-    def __init__(self, spec: dict, *, num_workers: int = 2, num_gpus: float | None = None,
+    def __init__(self, spec: dict | None, *, num_workers: int = 2, num_gpus: float | None = None,
                  threads_per_worker: int = 1, max_restarts: int = 4, max_task_retries: int = 4,
                  ready_timeout: float = 600.0):
         ray = import_ray()
@@ -170,7 +215,8 @@ class RayBlockPool:
             num_gpus = min(1.0, total / num_workers) if total else 0.0
         if num_gpus < 0:
             raise OptionError(f"GPUs per worker must be >= 0, got {num_gpus}")
-        self.spec, self.num_gpus, self.threads = dict(spec), float(num_gpus), int(threads_per_worker)
+        self.spec = dict(spec) if spec is not None else None
+        self.num_gpus, self.threads = float(num_gpus), int(threads_per_worker)
         self.device = "cuda" if self.num_gpus > 0 else "cpu"
         self._actor = ray.remote(_BlockWorker).options(
             num_cpus=self.threads, num_gpus=self.num_gpus, max_restarts=max_restarts,
@@ -227,43 +273,11 @@ class RayBlockPool:
 
     def _run(self, kind: str, todo: list[Block], opt, store: ArrayStore,
              results: dict[str, BlockResult], on_block: OnBlock | None, max_attempts: int) -> None:
-        ray = import_ray()
         from ..pipeline import BLOCK_SCORERS
 
         width = len(BLOCK_SCORERS[kind][0])
-        if not self.workers:
-            raise TunesiftError("the Ray worker pool is closed")
-        queue = deque((key, list(recs), 1) for key, recs in todo)
-        inflight: dict = {}  # object ref -> (worker index, actor, key, records, attempt)
-        load = [0] * len(self.workers)
-        lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                ray.exceptions.ObjectLostError)
-        while queue or inflight:
-            while queue and min(load) < QUEUE_PER_WORKER:
-                w = load.index(min(load))
-                key, recs, attempt = queue.popleft()
-                actor = self.workers[w]
-                inflight[actor.score.remote(kind, recs, opt)] = (w, actor, key, recs, attempt)
-                load[w] += 1
-            [ref], _ = ray.wait(list(inflight), num_returns=1)
-            w, actor, key, recs, attempt = inflight.pop(ref)
-            load[w] -= 1
-            try:
-                res: BlockResult = ray.get(ref)
-            except ray.exceptions.RayTaskError as exc:  # score() raised: a failure of the job
-                if isinstance(exc.cause, TunesiftError):
-                    raise TunesiftError(str(exc.cause)) from None
-                raise
-            except lost as exc:  # the worker died and Ray's own retries are used up
-                if attempt >= max_attempts:
-                    raise TunesiftError(f"Ray: block {key} failed {attempt} times, last: "
-                                        f"{_reason(exc)}") from None
-                log.warning("Ray worker lost while scoring block %s (try %d of %d): %s", key,
-                            attempt, max_attempts, _reason(exc))
-                if isinstance(exc, ray.exceptions.ActorDiedError) and self.workers[w] is actor:
-                    self._replace(w)  # gone for good (and not replaced yet): a fresh actor
-                queue.appendleft((key, recs, attempt + 1))
-                continue
+
+        def done(key: str, recs: list, res: BlockResult) -> None:
             if res.rows.shape != (len(recs), width):
                 raise RuntimeError(f"Ray: block {key} came back with shape {res.rows.shape}, "
                                    f"expected {(len(recs), width)}")
@@ -271,6 +285,55 @@ class RayBlockPool:
             results[key] = res
             if on_block:
                 on_block(key, res)
+
+        self.dispatch([(key, list(recs)) for key, recs in todo],
+                      lambda actor, recs: actor.score.remote(kind, recs, opt), done, max_attempts)
+
+    def dispatch(self, tasks: list[tuple[str, object]], submit: Callable, done: Callable,
+                 max_attempts: int = 3) -> None:
+        """Run ``tasks`` (``(key, payload)`` pairs) on the actors, at most ``QUEUE_PER_WORKER``
+        queued per actor: ``submit(actor, payload)`` starts one (returns its object ref) and
+        ``done(key, payload, result)`` takes each result as it arrives, in this process.
+
+        A task whose worker died is retried (``max_attempts`` tries in all), on a fresh actor when
+        the old one is gone for good; a :class:`TunesiftError` raised in a task fails the job
+        with its message.
+        """
+        ray = import_ray()
+        if not self.workers:
+            raise TunesiftError("the Ray worker pool is closed")
+        queue = deque((key, payload, 1) for key, payload in tasks)
+        inflight: dict = {}  # object ref -> (worker index, actor, key, payload, attempt)
+        load = [0] * len(self.workers)
+        lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                ray.exceptions.ObjectLostError)
+        while queue or inflight:
+            while queue and min(load) < QUEUE_PER_WORKER:
+                w = load.index(min(load))
+                key, payload, attempt = queue.popleft()
+                actor = self.workers[w]
+                inflight[submit(actor, payload)] = (w, actor, key, payload, attempt)
+                load[w] += 1
+            [ref], _ = ray.wait(list(inflight), num_returns=1)
+            w, actor, key, payload, attempt = inflight.pop(ref)
+            load[w] -= 1
+            try:
+                res = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:  # the task raised: a failure of the job
+                if isinstance(exc.cause, TunesiftError):
+                    raise TunesiftError(str(exc.cause)) from None
+                raise
+            except lost as exc:  # the worker died and Ray's own retries are used up
+                if attempt >= max_attempts:
+                    raise TunesiftError(f"Ray: block {key} failed {attempt} times, last: "
+                                        f"{_reason(exc)}") from None
+                log.warning("Ray worker lost while computing block %s (try %d of %d): %s", key,
+                            attempt, max_attempts, _reason(exc))
+                if isinstance(exc, ray.exceptions.ActorDiedError) and self.workers[w] is actor:
+                    self._replace(w)  # gone for good (and not replaced yet): a fresh actor
+                queue.appendleft((key, payload, attempt + 1))
+                continue
+            done(key, payload, res)
 
     def _replace(self, w: int) -> None:
         ray = import_ray()
@@ -344,20 +407,108 @@ def score_blocks_ray(kind: str, spec: dict, blocks: Iterable[Block], opt, store_
     results, todo = _split_cached(kind, blocks, store_root, on_block)
     if not todo:
         return results
-    started = False
-    own = pool is None
+    with (nullcontext(pool) if pool is not None else
+          ray_pool(spec, address=address, num_workers=num_workers, num_gpus=num_gpus,
+                   threads_per_worker=threads_per_worker)) as p:
+        p._run(kind, todo, opt, ArrayStore(store_root), results, on_block, max_attempts=3)
+    return results
+
+
+@contextmanager
+def ray_pool(spec: dict | None, *, address: str | None = None, num_workers: int = 2,
+             num_gpus: float | None = None, threads_per_worker: int = 1) -> Iterator[RayBlockPool]:
+    """A :class:`RayBlockPool` on the cluster at ``address`` (or a local instance with
+    ``num_workers * threads_per_worker`` CPUs), closed at the end; a Ray connection made here
+    is shut down at the end too."""
+    started = init_ray(address, num_cpus=num_workers * threads_per_worker)
+    pool = None
     try:
-        if own:
-            started = init_ray(address, num_cpus=num_workers * threads_per_worker)
-            pool = RayBlockPool(spec, num_workers=num_workers, num_gpus=num_gpus,
-                                threads_per_worker=threads_per_worker)
-        pool._run(kind, todo, opt, ArrayStore(store_root), results, on_block, max_attempts=3)
+        pool = RayBlockPool(spec, num_workers=num_workers, num_gpus=num_gpus,
+                            threads_per_worker=threads_per_worker)
+        yield pool
     finally:
-        if own and pool is not None:
+        if pool is not None:
             pool.close()
         if started:
             import_ray().shutdown()
-    return results
+
+
+class LazyPool:
+    """A :func:`ray_pool` started on first use (``lazy()`` returns it) and closed by
+    :meth:`close`: a run whose results are all cached never starts Ray."""
+
+    def __init__(self, spec: dict | None, **kw):
+        self.spec, self.kw = spec, kw
+        self._stack: ExitStack | None = None
+        self._pool: RayBlockPool | None = None
+
+    def __call__(self) -> RayBlockPool:
+        if self._pool is None:
+            self._stack = ExitStack()
+            self._pool = self._stack.enter_context(ray_pool(self.spec, **self.kw))
+        return self._pool
+
+    def close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+        self._stack = self._pool = None
+
+    def __enter__(self) -> LazyPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RayKernelRunner:
+    """A :class:`~tunesift.scoring.utility.KernelRunner` on Ray: the no-example statistics in
+    chunks of ``base_rows`` targets (default ``utility.BASE_ROWS``, as the local run) and every missing column block as one task each, on the
+    actors of ``pool()`` (a :class:`RayBlockPool` with the driver's model, or a
+    :class:`LazyPool`). The job (token ids and pattern) is put in Ray's object store once and
+    shared by all tasks; :func:`~tunesift.scoring.utility.utility_kernel` stores each block in
+    the cache as it arrives, so a killed run resumes from the finished blocks."""
+
+    def __init__(self, pool: Callable[[], RayBlockPool], opt, base_rows: int | None = None):
+        self.pool, self.opt, self.base_rows = pool, opt, base_rows
+
+    def base(self, job) -> np.ndarray:
+        from ..scoring import utility
+
+        ray = import_ray()
+        job_ref = ray.put(job)
+        step = self.base_rows or utility.BASE_ROWS
+        spans = [(r, min(job.n_t, r + step)) for r in range(0, job.n_t, step)]
+        parts: dict[int, np.ndarray] = {}
+        self.pool().dispatch(
+            [(f"base-{r0}-{r1}", (r0, r1)) for r0, r1 in spans],
+            lambda actor, span: actor.kernel_base.remote(job_ref, self.opt, *span),
+            lambda key, span, res: parts.__setitem__(span[0], res))
+        return np.concatenate([parts[r0] for r0, _ in spans], axis=1) if spans else np.zeros((2, 0))
+
+    def blocks(self, job, base: np.ndarray, spans: list[tuple[int, int]], on_block) -> None:
+        if not spans:
+            return
+        ray = import_ray()
+        job_ref, base_ref = ray.put(job), ray.put(base)
+        self.pool().dispatch(
+            [(f"cols-{c0}-{c1}", (c0, c1)) for c0, c1 in spans],
+            lambda actor, span: actor.kernel_block.remote(job_ref, base_ref, *span, self.opt),
+            lambda key, span, res: on_block(span[0], span[1], res[0], res[1]))
+
+
+class RayEmbedRunner:
+    """Embeds chunks of texts on the actors of ``pool()`` (see
+    :func:`~tunesift.scoring.embedding.embed_records`, which caches each chunk as it arrives)."""
+
+    def __init__(self, pool: Callable[[], RayBlockPool]):
+        self.pool = pool
+
+    def embed(self, chunks: list[tuple[int, list[str]]], on_chunk: Callable[[int, np.ndarray], None]) -> None:
+        """``chunks``: ``(start, texts)`` pairs; ``on_chunk(start, (len(texts), 384) array)``."""
+        if chunks:
+            self.pool().dispatch([(f"texts-{start}", (start, texts)) for start, texts in chunks],
+                                 lambda actor, chunk: actor.embed.remote(chunk[1]),
+                                 lambda key, chunk, res: on_chunk(chunk[0], res))
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

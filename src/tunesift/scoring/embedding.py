@@ -64,18 +64,25 @@ def embed_records(
     device: str = "cpu",
     cache_dir: str | Path | None | bool = None,
     progress=None,
+    runner=None,
+    chunk_size: int = 4096,
 ) -> np.ndarray:
     """Embed ``record_text`` of each record with the bundled all-MiniLM-L6-v2.
 
     Returns (n, 384) float32 rows with unit L2 norm. Cached under
     ``<cache_dir>/embeddings/<key>/`` with ``key`` = content key of the texts and the encoder's
-    weights (default :func:`tunesift.store.default_cache_dir`; False disables the cache).
+    weights (default :func:`tunesift.store.default_cache_dir`; False disables the cache): the
+    whole array as ``emb``, and while a run is under way each finished chunk of ``chunk_size``
+    texts, so an interrupted run resumes (the chunks are removed once ``emb`` is written).
+    ``runner``: where the missing chunks are embedded (None: here; e.g.
+    :class:`tunesift.backends.ray_backend.RayEmbedRunner`). ``progress(done, total)`` after
+    each chunk.
     """
     texts = [record_text(r) for r in records]
     if not texts:
         return np.zeros((0, EMBED_DIM), dtype=np.float32)
-    if batch_size < 1:
-        raise OptionError("batch_size must be positive")
+    if batch_size < 1 or chunk_size < 1:
+        raise OptionError("batch_size and chunk_size must be positive")
     store = None
     if cache_dir is not False:
         root = Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir()
@@ -85,16 +92,41 @@ def embed_records(
         got = store.get("emb")
         if got is not None and got.shape == (len(texts), EMBED_DIM):
             return got
-    parts = []
-    step = max(batch_size, 1024)  # texts per progress update
-    for start in range(0, len(texts), step):
-        chunk = texts[start:start + step]
-        parts.append(embed_texts(chunk, device=device, batch_size=batch_size))
+    n = len(texts)
+    starts = list(range(0, n, chunk_size))
+    parts: dict[int, np.ndarray] = {}
+
+    def name(start: int) -> str:
+        return f"chunk-{start:010d}-{min(n, start + chunk_size):010d}"
+
+    def finished(start: int, emb: np.ndarray) -> None:
+        want = (min(n, start + chunk_size) - start, EMBED_DIM)
+        if emb.shape != want:
+            raise RuntimeError(f"embedding chunk at {start} has shape {emb.shape}, expected {want}")
+        parts[start] = emb
+        if store and len(starts) > 1:
+            store.put(name(start), emb)
         if progress is not None:
-            progress(start + len(chunk), len(texts))
-    emb = np.concatenate(parts)
+            progress(sum(len(p) for p in parts.values()), n)
+
+    todo = []
+    for start in starts:
+        got = store.get(name(start)) if store and len(starts) > 1 else None
+        if got is not None and got.shape == (min(n, start + chunk_size) - start, EMBED_DIM):
+            finished(start, got)
+        else:
+            todo.append((start, texts[start:start + chunk_size]))
+    if runner is not None:
+        runner.embed(todo, finished)
+    else:
+        for start, chunk in todo:
+            finished(start, embed_texts(chunk, device=device, batch_size=batch_size))
+    emb = np.concatenate([parts[s] for s in starts])
     if store:
         store.put("emb", emb)
+        if len(starts) > 1:
+            for start in starts:
+                store.remove(name(start))
     return emb
 
 

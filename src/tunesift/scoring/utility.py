@@ -45,6 +45,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -57,6 +58,9 @@ DISTANCES = ("rmse", "pmi")
 DEFAULT_DISTANCE = "rmse"
 CACHE_KIND = "delift-utility"
 CACHE_VERSION = 1
+# targets per no-example batch run (a Ray task each): the same split everywhere keeps local and
+# Ray kernels bit-identical (the rows of a forward batch change float rounding slightly)
+BASE_ROWS = 4096
 
 Kernel = np.ndarray | sp.csr_matrix
 ProgressFn = Callable[[int, int], None]
@@ -327,6 +331,23 @@ def _assemble(
 # -- the fast scorer --------------------------------------------------------------------------
 
 
+class KernelRunner(Protocol):
+    """Computes a kernel's missing pieces somewhere else (e.g. on Ray workers, see
+    :class:`tunesift.backends.ray_backend.RayKernelRunner`); :func:`utility_kernel` keeps the
+    cache, the assembly and the progress. Both methods must return exactly what
+    :func:`kernel_base` and :func:`kernel_block` return for the same job."""
+
+    def base(self, job: _Job) -> np.ndarray:
+        """The no-example statistics ``(2, n_t)``."""
+        ...
+
+    def blocks(self, job: _Job, base: np.ndarray, spans: list[tuple[int, int]],
+               on_block: Callable[[int, int, np.ndarray, dict], None]) -> None:
+        """Compute every column block ``(c0, c1)`` of ``spans``; call ``on_block(c0, c1, block,
+        counts)`` as each one arrives (any order, each once)."""
+        ...
+
+
 def utility_kernel(
     lm,
     renderer,
@@ -341,6 +362,7 @@ def utility_kernel(
     block_size: int = 64,
     cache_dir: str | Path | None | bool = None,
     progress: ProgressFn | None = None,
+    runner: KernelRunner | None = None,
 ) -> UtilityKernel:
     """DELIFT utility statistics for ``targets`` (rows) x ``examples`` (columns), fast.
 
@@ -360,9 +382,11 @@ def utility_kernel(
         cache_dir: cache root (default :func:`tunesift.store.default_cache_dir`); False disables
             caching.
         progress: ``progress(done_pairs, total_pairs)``, called at the start, after every
-            forward batch and after each finished group of columns (monotone; pairs from cached
-            blocks count at once). An exception raised in it stops the run; finished blocks
-            stay in the cache.
+            forward batch (local runs) and after each finished group of columns (monotone; pairs
+            from cached blocks count at once). An exception raised in it stops the run; finished
+            blocks stay in the cache.
+        runner: where the missing base and column blocks are computed (None: here, with ``lm``;
+            a :class:`KernelRunner` such as Ray workers). Blocks land in the same cache either way.
 
     Returns:
         a :class:`UtilityKernel`; ``.values(distance)`` gives UF.
@@ -375,16 +399,8 @@ def utility_kernel(
     if cache_dir is not False:
         root = Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir()
         store = ArrayStore(root / CACHE_KIND / _cache_key(job, lm))
-    scorer = ResponseScorer(lm, token_budget=token_budget)
-    info = {
-        "pairs": job.n_pairs(),
-        "blocks_computed": 0,
-        "blocks_loaded": 0,
-        "forwards": 0,
-        "prefixes": 0,
-        "cut_prefixes": 0,
-        "empty_prefixes": 0,
-    }
+    scorer = ResponseScorer(lm, token_budget=token_budget) if runner is None else None
+    info = {"pairs": job.n_pairs(), "blocks_computed": 0, "blocks_loaded": 0, **_counts()}
     total = job.n_pairs()
     done = 0
     if progress:
@@ -392,60 +408,115 @@ def utility_kernel(
 
     base = store.get("base") if store else None
     if base is None or base.shape != (2, n_t):
-        base = np.stack(scorer.score(job.header, job.conts))
+        base = runner.base(job) if runner else np.concatenate(
+            [kernel_base(job, scorer, r, r + BASE_ROWS) for r in range(0, n_t, BASE_ROWS)] or
+            [np.zeros((2, 0))], axis=1)
         if store:
             store.put("base", base)
 
     sparse = job.pattern is not None
     sq_all = np.full(job.pattern.nnz if sparse else (n_t, n_e), np.nan)
     lp_all = np.full_like(sq_all, np.nan)
+    todo = []
     for c0 in range(0, n_e, block_size):
         c1 = min(n_e, c0 + block_size)
-        name = f"cols-{c0:07d}-{c1:07d}"
-        if sparse:
-            e0, e1 = int(job.pattern.indptr[c0]), int(job.pattern.indptr[c1])
-            want = (2, e1 - e0)
-        else:
-            want = (2, n_t, c1 - c0)
-        got = store.get(name) if store else None
-        if got is not None and got.shape == want:
+        got = store.get(_block_name(c0, c1)) if store else None
+        if got is not None and got.shape == _block_shape(job, c0, c1):
             info["blocks_loaded"] += 1
             _place(job, sq_all, lp_all, c0, c1, got)
             done += sum(_n_col_pairs(job, j) for j in range(c0, c1))
             if progress:
                 progress(done, total)
-            continue
-        block = np.full(want, np.nan)
-        wave: list[_Column] = []
-        wave_tokens = 0
-        for j in range(c0, c1):
-            col = _plan_column(job, renderer, base, j, info)
-            wave.append(col)
-            wave_tokens += col.tokens
-            if wave_tokens < token_budget and j < c1 - 1:
-                continue  # gather more columns so their rows can share batches
-            _run_wave(job, scorer, wave, done, total, progress)
-            for c in wave:
-                if sparse:
-                    off = int(job.pattern.indptr[c.j]) - e0
-                    block[0, off : off + len(c.sq)] = c.sq
-                    block[1, off : off + len(c.sq)] = c.lp
-                else:
-                    block[0, :, c.j - c0] = c.sq
-                    block[1, :, c.j - c0] = c.lp
-                done += c.n_pairs
-            wave, wave_tokens = [], 0
-            if j == c1 - 1:
-                if store:
-                    store.put(name, block)
-                info["blocks_computed"] += 1
-                _place(job, sq_all, lp_all, c0, c1, block)
-            if progress:
-                progress(done, total)
-    info["forwards"] = scorer.forwards
-    info["mixed_batches"] = scorer.mixed_batches
+        else:
+            todo.append((c0, c1))
+
+    def finished(c0: int, c1: int, block: np.ndarray, counts: dict) -> None:
+        nonlocal done
+        if block.shape != _block_shape(job, c0, c1):
+            raise RuntimeError(f"kernel block {c0}-{c1} has shape {block.shape}, "
+                               f"expected {_block_shape(job, c0, c1)}")
+        if store:
+            store.put(_block_name(c0, c1), block)
+        info["blocks_computed"] += 1
+        for name, v in counts.items():
+            info[name] += v
+        _place(job, sq_all, lp_all, c0, c1, block)
+        done += sum(_n_col_pairs(job, j) for j in range(c0, c1))
+        if progress:
+            progress(done, total)
+
+    if runner is not None:
+        runner.blocks(job, base, todo, finished)
+    else:
+        for c0, c1 in todo:
+            counts = _counts()
+            report = (lambda k, d=done: progress(d + k, total)) if progress else None
+            block = kernel_block(job, renderer, scorer, base, c0, c1, counts, report)
+            finished(c0, c1, block, counts)
+    if scorer is not None:  # every forward of this run, the no-example arm's included
+        info["forwards"], info["mixed_batches"] = scorer.forwards, scorer.mixed_batches
     info["cache"] = str(store.root) if store else None
     return _assemble(job, sq_all, lp_all, base, distance_stats, info)
+
+
+def _counts() -> dict[str, int]:
+    """Work counters of a kernel run (summed over blocks, wherever they ran)."""
+    return {"forwards": 0, "prefixes": 0, "cut_prefixes": 0, "empty_prefixes": 0}
+
+
+def _block_name(c0: int, c1: int) -> str:
+    return f"cols-{c0:07d}-{c1:07d}"
+
+
+def _block_shape(job: _Job, c0: int, c1: int) -> tuple[int, ...]:
+    """A stored column block: ``(2, entries)`` (sparse, CSC order) or ``(2, n_t, c1 - c0)``."""
+    if job.pattern is not None:
+        return (2, int(job.pattern.indptr[c1]) - int(job.pattern.indptr[c0]))
+    return (2, job.n_t, c1 - c0)
+
+
+def kernel_base(job: _Job, scorer: ResponseScorer, r0: int = 0, r1: int | None = None) -> np.ndarray:
+    """The no-example arm of targets ``r0:r1`` (default all): ``(2, r1 - r0)`` rows
+    ``[sum (1-p)^2, sum log p]``."""
+    return np.stack(scorer.score(job.header, job.conts[r0:r1])).reshape(2, -1)
+
+
+def kernel_block(job: _Job, renderer, scorer: ResponseScorer, base: np.ndarray, c0: int, c1: int,
+                 counts: dict | None = None, report: Callable[[int], None] | None = None) -> np.ndarray:
+    """Columns ``c0:c1`` of the kernel, in the stored block layout (:func:`_block_shape`): row 0
+    ``sum (1-p)^2``, row 1 ``sum log p`` of each pair; the excluded diagonal is NaN.
+
+    ``counts`` (see :func:`_counts`) is increased by the work done; ``report(pairs)`` is called
+    with the pairs of this block finished so far (monotone) after every forward batch.
+    """
+    counts = counts if counts is not None else _counts()
+    forwards0 = scorer.forwards
+    block = np.full(_block_shape(job, c0, c1), np.nan)
+    e0 = int(job.pattern.indptr[c0]) if job.pattern is not None else 0
+    wave: list[_Column] = []
+    wave_tokens = 0
+    finished = 0
+    for j in range(c0, c1):
+        col = _plan_column(job, renderer, base, j, counts)
+        wave.append(col)
+        wave_tokens += col.tokens
+        if wave_tokens < scorer.token_budget and j < c1 - 1:
+            continue  # gather more columns so their rows can share batches
+        _run_wave(job, scorer, wave, (lambda rows, f=finished: report(f + rows)) if report else None)
+        for c in wave:
+            if job.pattern is not None:
+                off = int(job.pattern.indptr[c.j]) - e0
+                block[0, off : off + len(c.sq)] = c.sq
+                block[1, off : off + len(c.sq)] = c.lp
+            else:
+                block[0, :, c.j - c0] = c.sq
+                block[1, :, c.j - c0] = c.lp
+            finished += c.n_pairs
+        wave, wave_tokens = [], 0
+        if report:
+            report(finished)
+    counts["forwards"] += scorer.forwards - forwards0
+    return block
 
 
 def _n_col_pairs(job: _Job, j: int) -> int:
@@ -518,15 +589,10 @@ def _plan_column(job: _Job, renderer, base: np.ndarray, j: int, info: dict) -> _
     return _Column(j, sq, lp, groups, rows, n_pairs, tokens)
 
 
-def _run_wave(
-    job: _Job,
-    scorer: ResponseScorer,
-    wave: list[_Column],
-    done: int,
-    total: int,
-    progress: ProgressFn | None,
-) -> None:
-    """Score all prefix groups of a few columns together (their rows may share batches)."""
+def _run_wave(job: _Job, scorer: ResponseScorer, wave: list[_Column],
+              on_rows: Callable[[int], None] | None) -> None:
+    """Score all prefix groups of a few columns together (their rows may share batches);
+    ``on_rows(rows scored so far)`` after every forward batch."""
     flat = [(c, ks) for c in wave for _, ks in c.groups]
     groups = [
         (prefix, [job.conts[i] for i in c.rows[ks].tolist()])
@@ -538,8 +604,8 @@ def _run_wave(
     def on_batch(rows: int) -> None:
         nonlocal ran
         ran += rows
-        if progress:
-            progress(done + ran, total)
+        if on_rows:
+            on_rows(ran)
 
     results = scorer.score_groups(groups, on_batch=on_batch)
     for (c, ks), (s, l_) in zip(flat, results, strict=True):
