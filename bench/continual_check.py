@@ -6,7 +6,7 @@ close the picks sit to the existing data (mean over picks of the max MiniLM cosi
 record). FLCG should take fewer GSM8K records and sit farther from the existing set than the
 instruction-stage pick.
 
-    python bench/continual_check.py [--work bench/work] [--knn 16]
+    python bench/continual_check.py [--work bench/work] [--knn 16] [--max-length 1024]
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--work", default="bench/work")
     ap.add_argument("--knn", type=int, default=16)
     ap.add_argument("--budget", default="0.3")
+    ap.add_argument("--max-length", type=int, default=1024,
+                    help="as tunesift bench (its training max_length), so the pool kernel is shared")
     ap.add_argument("--only", default=None, help="comma list of row-name prefixes to run, e.g. random,delift-se")
     a = ap.parse_args()
     pool = read_records(f"{a.work}/mixed_pool.jsonl")
@@ -55,7 +57,7 @@ def main() -> None:
     for name, variants in runs.items():
         counts, closeness, secs = Counter(), [], []
         for kw in variants:
-            sel = select(pool, budget=a.budget, cache_dir=cache, lm=lm if kw["method"] == "delift" else None, **kw)
+            sel = select(pool, budget=a.budget, cache_dir=cache, max_length=a.max_length, lm=lm if kw["method"] == "delift" else None, **kw)
             counts.update(r.row["meta"]["source"] for r, k in zip(sel.records, sel.kept) if k)
             closeness.append(float(near[sel.kept].mean()))
             secs.append(sel.timings.get("score_select_s", 0.0))
