@@ -11,6 +11,7 @@ Writes, all as prompt/response JSONL (alpaca input folded into the prompt):
 - ``mixed_pool.jsonl``: 60 alpaca + 50 GSM8K + 50 SVAMP (``meta.source``); ``gsm8k_target.jsonl``:
   30 other GSM8K train records (the task stage's target set); ``gsm8k_existing.jsonl``: 60 other
   GSM8K train records (the continual stage's data already trained on).
+- ``alpaca_eval_test.jsonl`` (80 of AlpacaEval's 805 instructions with their reference outputs).
 """
 
 from __future__ import annotations
@@ -78,6 +79,13 @@ def main() -> None:
     write(out / "mixed_pool.jsonl", mixed)
     write(out / "gsm8k_target.jsonl", gs[210:240])
     write(out / "gsm8k_existing.jsonl", gs[240:300])
+
+    # AlpacaEval (other instructions than Alpaca's, references by text-davinci-003): a second
+    # held-out set for the instruction stage; its own generator, so the files above do not change
+    ev = [json.loads(x) for x in (src / "alpaca_eval" / "alpaca_eval.jsonl").read_text(encoding="utf-8").splitlines()]
+    random.Random(a.seed + 1).shuffle(ev)
+    write(out / "alpaca_eval_test.jsonl", [{"prompt": r["instruction"], "response": r["output"],
+                                            "meta": {"dataset": r["dataset"]}} for r in ev[:80]])
 
 
 if __name__ == "__main__":
