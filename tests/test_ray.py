@@ -243,12 +243,14 @@ def test_ray_kernel_equals_local_and_shares_its_cache(pool, tiny_lm, tmp_path, s
         pairs = rng.random((14, 14)) < 0.4
     kw = dict(pairs=pairs, token_budget=256, block_size=4)
     local = utility_kernel(tiny_lm, renderer, recs, recs, cache_dir=tmp_path / "local", **kw)
-    runner = RayKernelRunner(lambda: pool, opt)  # 3 base chunks, 4 column blocks: 7 tasks
+    runner = RayKernelRunner(lambda: pool)  # 3 base chunks, 4 column blocks: 7 tasks
     seen = []
     remote = utility_kernel(tiny_lm, renderer, recs, recs, cache_dir=tmp_path / "ray", runner=runner,
                             progress=lambda d, t: seen.append((d, t)), **kw)
     assert remote.info["blocks_computed"] == 4 and remote.info["blocks_loaded"] == 0
-    assert remote.info["prefixes"] == local.info["prefixes"] > 0
+    for name in ("prefixes", "forwards", "mixed_batches", "cut_prefixes", "empty_prefixes"):
+        assert remote.info[name] == local.info[name], name  # the same work, wherever it ran
+    assert local.info["prefixes"] > 0
     assert seen[-1][0] == seen[-1][1] == local.info["pairs"]
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     for a, b in zip(_kernel_stats(local), _kernel_stats(remote), strict=True):
@@ -267,7 +269,7 @@ def test_ray_kernel_resumes_from_the_stored_blocks(pool, tiny_lm, tmp_path):
     opt = Options(token_budget=256)
     renderer = _renderer(tiny_lm, opt)
     recs = records_from_rows(_rows(10, seed=6))
-    runner = RayKernelRunner(lambda: pool, opt)
+    runner = RayKernelRunner(lambda: pool)
     kw = dict(token_budget=256, block_size=3, cache_dir=tmp_path, runner=runner)
 
     class Stop(Exception):
@@ -280,8 +282,8 @@ def test_ray_kernel_resumes_from_the_stored_blocks(pool, tiny_lm, tmp_path):
 
     calls: list[int] = []
     blocks = runner.blocks
-    runner.blocks = lambda job, base, spans, on_block: blocks(
-        job, base, spans, lambda *a: stop_after_two(*a, on_block))
+    runner.blocks = lambda job, base, spans, budget, on_block: blocks(
+        job, base, spans, budget, lambda *a: stop_after_two(*a, on_block))
     with pytest.raises(Stop):
         utility_kernel(tiny_lm, renderer, recs, recs, **kw)
     runner.blocks = blocks
@@ -307,16 +309,34 @@ def test_ray_embeddings_equal_local(pool, tmp_path):
     assert files == ["emb.npy"]  # the chunks are gone once the whole array is stored
 
 
-def test_select_delift_with_the_ray_backend_equals_local(pool, tiny_lm, tmp_path):
+def test_select_delift_with_the_ray_backend_equals_local(pool, tiny_lm, tmp_path, monkeypatch):
     """--backend ray for delift (kernel and embeddings on workers) and delift-se (an
-    embeddings-only pool) picks what the local backend picks."""
+    embeddings-only pool) picks what the local backend picks, and the driver computes nothing."""
+    from tunesift.backends import ray_backend
     from tunesift.pipeline import select
+    from tunesift.scoring import embedding, utility
 
     rows = _rows(16, seed=8)
-    for method, lm in (("delift", tiny_lm), ("delift-se", None)):
+    specs = []
+    real_init = ray_backend.LazyPool.__init__
+
+    def spy(self, spec, **kw):
+        specs.append(spec)
+        real_init(self, spec, **kw)
+
+    def not_here(*a, **k):
+        raise AssertionError("computed on the driver, not on a Ray worker")
+
+    for method, lm in (("delift", tiny_lm), ("delift-se", tiny_lm)):
         kw = dict(method=method, budget=5, knn=4, token_budget=256)
         local = select(rows, lm=lm, cache_dir=str(tmp_path / f"{method}-a"), **kw)
-        remote = select(rows, lm=lm, cache_dir=str(tmp_path / f"{method}-b"), backend="ray", ray_workers=1, **kw)
+        with monkeypatch.context() as m:
+            for mod, name in ((utility, "kernel_block"), (utility, "kernel_base"), (embedding, "embed_texts")):
+                m.setattr(mod, name, not_here)  # the workers are other processes: unaffected
+            m.setattr(ray_backend.LazyPool, "__init__", spy)
+            remote = select(rows, lm=lm, cache_dir=str(tmp_path / f"{method}-b"), backend="ray", ray_workers=1,
+                            **kw)
         np.testing.assert_array_equal(local.order, remote.order)
         np.testing.assert_array_equal(local.kept, remote.kept)
+    assert specs[0]["fingerprint"] == tiny_lm.fingerprint and specs[1] is None  # SE: no LM on workers
     assert any((tmp_path / "delift-b" / "delift-utility").rglob("cols-*.npy"))

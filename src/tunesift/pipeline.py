@@ -415,8 +415,9 @@ def _delift(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
         return _delift_on(records, k, opt, lm, progress, other, embed_kernel, None)
     from .backends.ray_backend import LazyPool, model_spec
 
-    # one pool for the embeddings and the kernel, started only if something is not cached
-    with LazyPool(model_spec(lm) if lm is not None else None, address=opt.ray_address,
+    # one pool for the embeddings and the kernel, started only if something is not cached;
+    # DELIFT (SE) needs no language model on the workers
+    with LazyPool(None if embed_kernel else model_spec(lm), address=opt.ray_address,
                   num_workers=opt.ray_workers, num_gpus=opt.ray_gpus) as pool:
         return _delift_on(records, k, opt, lm, progress, other, embed_kernel, pool)
 
@@ -429,7 +430,7 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
     if pool is not None:
         from .backends.ray_backend import RayEmbedRunner, RayKernelRunner
 
-        embed_runner, kernel_runner = RayEmbedRunner(pool), RayKernelRunner(pool, opt)
+        embed_runner, kernel_runner = RayEmbedRunner(pool), RayKernelRunner(pool)
 
     t0 = time.perf_counter()
     timings = {}

@@ -193,11 +193,16 @@ class Renderer:
 
     def fit_prefix(self, prefix: list[int], continuation_len: int) -> list[int]:
         """Cut an example prefix from the start of its body so prefix + continuation fits."""
-        over = len(prefix) + continuation_len - self.max_length
-        if over <= 0:
-            return prefix
-        h = len(self.header)
-        body = prefix[h:]
-        if over >= len(body):
-            return list(self.header)  # nothing of the example fits: the no-example arm
-        return self.header + body[over:]
+        return fit_example(prefix, self.header, continuation_len, self.max_length)
+
+
+def fit_example(prefix: list[int], header: list[int], continuation_len: int, max_length: int) -> list[int]:
+    """``prefix`` (header | example body) cut from the start of its body so that prefix +
+    continuation fits ``max_length``; the header alone (the no-example arm) when nothing fits."""
+    over = len(prefix) + continuation_len - max_length
+    if over <= 0:
+        return prefix
+    body = prefix[len(header):]
+    if over >= len(body):
+        return list(header)  # nothing of the example fits: the no-example arm
+    return list(header) + body[over:]

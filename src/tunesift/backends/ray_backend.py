@@ -116,6 +116,7 @@ class _BlockWorker:
         self.lm = None
         self.device = device
         self._renderers: dict[tuple, object] = {}
+        self._objects: dict[str, object] = {}  # kernel jobs and bases fetched from the object store
         try:
             import torch
 
@@ -160,23 +161,40 @@ class _BlockWorker:
         lm = self._model()
         return score_block_checked(kind, lm, self._renderer(opt), list(records), opt)
 
-    def kernel_base(self, job, opt, r0: int, r1: int):
-        """Rows ``r0:r1`` of the kernel's no-example statistics
+    def _shared(self, wrapped: list):
+        """The object behind ``[ref]``, fetched once per actor: a kernel's job and base are put in
+        the object store once and read by many tasks (a ref inside a list is not resolved by Ray,
+        so the worker decides when to fetch and keeps the last few)."""
+        import ray
+
+        ref = wrapped[0]
+        key = ref.hex()
+        if key not in self._objects:
+            if len(self._objects) >= 4:
+                self._objects.pop(next(iter(self._objects)))
+            self._objects[key] = ray.get(ref)
+        return self._objects[key]
+
+    def kernel_base(self, job_ref: list, token_budget: int, r0: int, r1: int):
+        """Rows ``r0:r1`` of the kernel's no-example statistics and the work counts
         (:func:`~tunesift.scoring.utility.kernel_base`)."""
         from ..scoring.logprobs import ResponseScorer
-        from ..scoring.utility import kernel_base
+        from ..scoring.utility import _counts, kernel_base
 
-        return kernel_base(job, ResponseScorer(self._model(), token_budget=opt.token_budget), r0, r1)
+        counts = _counts()
+        scorer = ResponseScorer(self._model(), token_budget=token_budget)
+        return kernel_base(self._shared(job_ref), scorer, r0, r1, counts), counts
 
-    def kernel_block(self, job, base, c0: int, c1: int, opt):
+    def kernel_block(self, job_ref: list, base_ref: list, c0: int, c1: int, token_budget: int):
         """Columns ``c0:c1`` of a DELIFT kernel and the work counts
         (:func:`~tunesift.scoring.utility.kernel_block`)."""
         from ..scoring.logprobs import ResponseScorer
         from ..scoring.utility import _counts, kernel_block
 
         counts = _counts()
-        scorer = ResponseScorer(self._model(), token_budget=opt.token_budget)
-        return kernel_block(job, self._renderer(opt), scorer, base, c0, c1, counts), counts
+        scorer = ResponseScorer(self._model(), token_budget=token_budget)
+        job, base = self._shared(job_ref), self._shared(base_ref)
+        return kernel_block(job, scorer, base, c0, c1, counts), counts
 
     def embed(self, texts: list[str]):
         """MiniLM embeddings of ``texts`` (:func:`~tunesift.scoring.embedding.embed_texts`)."""
@@ -304,6 +322,18 @@ class RayBlockPool:
             raise TunesiftError("the Ray worker pool is closed")
         queue = deque((key, payload, 1) for key, payload in tasks)
         inflight: dict = {}  # object ref -> (worker index, actor, key, payload, attempt)
+        try:
+            self._drain(queue, inflight, submit, done, max_attempts)
+        finally:  # a failed job leaves no task running on the (reusable) actors
+            for ref in inflight:
+                try:
+                    ray.cancel(ref)
+                except Exception:  # already finished or gone
+                    pass
+
+    def _drain(self, queue: deque, inflight: dict, submit: Callable, done: Callable,
+               max_attempts: int) -> None:
+        ray = import_ray()
         load = [0] * len(self.workers)
         lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                 ray.exceptions.ObjectLostError)
@@ -434,8 +464,8 @@ def ray_pool(spec: dict | None, *, address: str | None = None, num_workers: int 
 
 
 class LazyPool:
-    """A :func:`ray_pool` started on first use (``lazy()`` returns it) and closed by
-    :meth:`close`: a run whose results are all cached never starts Ray."""
+    """A :func:`ray_pool` started on first use (calling the object returns the pool) and closed
+    by :meth:`close` (or ``with``): a run whose results are all cached never starts Ray."""
 
     def __init__(self, spec: dict | None, **kw):
         self.spec, self.kw = spec, kw
@@ -462,37 +492,50 @@ class LazyPool:
 
 class RayKernelRunner:
     """A :class:`~tunesift.scoring.utility.KernelRunner` on Ray: the no-example statistics in
-    chunks of ``base_rows`` targets (default ``utility.BASE_ROWS``, as the local run) and every missing column block as one task each, on the
-    actors of ``pool()`` (a :class:`RayBlockPool` with the driver's model, or a
-    :class:`LazyPool`). The job (token ids and pattern) is put in Ray's object store once and
-    shared by all tasks; :func:`~tunesift.scoring.utility.utility_kernel` stores each block in
-    the cache as it arrives, so a killed run resumes from the finished blocks."""
+    chunks of ``base_rows`` targets (default ``utility.BASE_ROWS``, as the local run) and every
+    missing column block as one task each, on the actors of ``pool()`` (a :class:`LazyPool`, or
+    ``lambda: pool`` for a :class:`RayBlockPool` with the driver's model). The job (token ids,
+    pattern) goes into Ray's object store once per kernel and each actor fetches it once;
+    :func:`~tunesift.scoring.utility.utility_kernel` stores each block in the cache as it
+    arrives, so a killed run resumes from the finished blocks."""
 
-    def __init__(self, pool: Callable[[], RayBlockPool], opt, base_rows: int | None = None):
-        self.pool, self.opt, self.base_rows = pool, opt, base_rows
+    def __init__(self, pool: Callable[[], RayBlockPool], base_rows: int | None = None):
+        self.pool, self.base_rows = pool, base_rows
+        self._put: tuple | None = None  # (job, [ref]) of the last job put in the object store
 
-    def base(self, job) -> np.ndarray:
+    def _job_ref(self, job) -> list:
+        if self._put is None or self._put[0] is not job:
+            self._put = (job, [import_ray().put(job)])
+        return self._put[1]
+
+    def base(self, job, token_budget: int) -> tuple[np.ndarray, dict]:
         from ..scoring import utility
 
-        ray = import_ray()
-        job_ref = ray.put(job)
+        pool = self.pool()  # first: Ray is initialised (as asked) before anything is put
+        job_ref = self._job_ref(job)
         step = self.base_rows or utility.BASE_ROWS
         spans = [(r, min(job.n_t, r + step)) for r in range(0, job.n_t, step)]
         parts: dict[int, np.ndarray] = {}
-        self.pool().dispatch(
-            [(f"base-{r0}-{r1}", (r0, r1)) for r0, r1 in spans],
-            lambda actor, span: actor.kernel_base.remote(job_ref, self.opt, *span),
-            lambda key, span, res: parts.__setitem__(span[0], res))
-        return np.concatenate([parts[r0] for r0, _ in spans], axis=1) if spans else np.zeros((2, 0))
+        counts = utility._counts()
 
-    def blocks(self, job, base: np.ndarray, spans: list[tuple[int, int]], on_block) -> None:
+        def done(key, span, res) -> None:
+            parts[span[0]] = res[0]
+            utility._add(counts, res[1])
+
+        pool.dispatch([(f"base rows {r0}-{r1}", (r0, r1)) for r0, r1 in spans],
+                      lambda actor, span: actor.kernel_base.remote(job_ref, token_budget, *span), done)
+        base = np.concatenate([parts[r0] for r0, _ in spans], axis=1) if spans else np.zeros((2, 0))
+        return base, counts
+
+    def blocks(self, job, base: np.ndarray, spans: list[tuple[int, int]], token_budget: int,
+               on_block) -> None:
         if not spans:
             return
-        ray = import_ray()
-        job_ref, base_ref = ray.put(job), ray.put(base)
-        self.pool().dispatch(
-            [(f"cols-{c0}-{c1}", (c0, c1)) for c0, c1 in spans],
-            lambda actor, span: actor.kernel_block.remote(job_ref, base_ref, *span, self.opt),
+        pool = self.pool()
+        job_ref, base_ref = self._job_ref(job), [import_ray().put(base)]
+        pool.dispatch(
+            [(f"columns {c0}-{c1}", (c0, c1)) for c0, c1 in spans],
+            lambda actor, span: actor.kernel_block.remote(job_ref, base_ref, *span, token_budget),
             lambda key, span, res: on_block(span[0], span[1], res[0], res[1]))
 
 
@@ -506,7 +549,8 @@ class RayEmbedRunner:
     def embed(self, chunks: list[tuple[int, list[str]]], on_chunk: Callable[[int, np.ndarray], None]) -> None:
         """``chunks``: ``(start, texts)`` pairs; ``on_chunk(start, (len(texts), 384) array)``."""
         if chunks:
-            self.pool().dispatch([(f"texts-{start}", (start, texts)) for start, texts in chunks],
+            self.pool().dispatch([(f"texts {start}-{start + len(texts)}", (start, texts))
+                                  for start, texts in chunks],
                                  lambda actor, chunk: actor.embed.remote(chunk[1]),
                                  lambda key, chunk, res: on_chunk(chunk[0], res))
 

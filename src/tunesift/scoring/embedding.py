@@ -99,12 +99,12 @@ def embed_records(
     def name(start: int) -> str:
         return f"chunk-{start:010d}-{min(n, start + chunk_size):010d}"
 
-    def finished(start: int, emb: np.ndarray) -> None:
+    def finished(start: int, emb: np.ndarray, stored: bool = False) -> None:
         want = (min(n, start + chunk_size) - start, EMBED_DIM)
         if emb.shape != want:
             raise RuntimeError(f"embedding chunk at {start} has shape {emb.shape}, expected {want}")
         parts[start] = emb
-        if store and len(starts) > 1:
+        if store and len(starts) > 1 and not stored:
             store.put(name(start), emb)
         if progress is not None:
             progress(sum(len(p) for p in parts.values()), n)
@@ -113,7 +113,7 @@ def embed_records(
     for start in starts:
         got = store.get(name(start)) if store and len(starts) > 1 else None
         if got is not None and got.shape == (min(n, start + chunk_size) - start, EMBED_DIM):
-            finished(start, got)
+            finished(start, got, stored=True)
         else:
             todo.append((start, texts[start:start + chunk_size]))
     if runner is not None:

@@ -10,7 +10,7 @@ in both arms, so only the example differs)::
     no-example arm:  header | prompt_i user_end | response_i end
     example arm:     fit(header | prompt_j user_end | response_j between) | prompt_i user_end | response_i end
 
-``fit`` is ``renderer.fit_prefix``: when the sequence is longer than ``max_length`` the example is
+``fit`` is :func:`tunesift.render.fit_example`: when the sequence is longer than ``max_length`` the example is
 cut from the start of its body; the scored response is never cut. An example cut to nothing
 leaves exactly the no-example arm, and the pair gets the baseline's statistics, so UF = 0
 (never the reference code's spurious "distance 0 = maximally helpful").
@@ -51,6 +51,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import OptionError
+from ..render import fit_example
 from ..store import ArrayStore, content_key, default_cache_dir
 from .logprobs import Continuation, ResponseScorer, plain_logprob_stats
 
@@ -221,8 +222,8 @@ class _Job:
         return total
 
 
-def _fit(renderer, prefix: list[int], cont: Continuation) -> list[int]:
-    return renderer.fit_prefix(prefix, len(cont.ids))
+def _fit(job: _Job, prefix: list[int], cont: Continuation) -> list[int]:
+    return fit_example(prefix, job.header, len(cont.ids), job.max_length)
 
 
 def _canonical_pattern(pairs, shape: tuple[int, int]) -> sp.csr_matrix:
@@ -334,14 +335,16 @@ def _assemble(
 class KernelRunner(Protocol):
     """Computes a kernel's missing pieces somewhere else (e.g. on Ray workers, see
     :class:`tunesift.backends.ray_backend.RayKernelRunner`); :func:`utility_kernel` keeps the
-    cache, the assembly and the progress. Both methods must return exactly what
-    :func:`kernel_base` and :func:`kernel_block` return for the same job."""
+    cache, the assembly and the progress. The job (``_Job``: token ids, pattern, ``max_length``)
+    holds everything a piece depends on besides the model; ``token_budget`` sets the batching.
+    Both methods must return what :func:`kernel_base` and :func:`kernel_block` return for the
+    same job, model, device and thread count."""
 
-    def base(self, job: _Job) -> np.ndarray:
-        """The no-example statistics ``(2, n_t)``."""
+    def base(self, job, token_budget: int) -> tuple[np.ndarray, dict]:
+        """The no-example statistics ``(2, n_t)`` and the work counts (see :func:`_counts`)."""
         ...
 
-    def blocks(self, job: _Job, base: np.ndarray, spans: list[tuple[int, int]],
+    def blocks(self, job, base: np.ndarray, spans: list[tuple[int, int]], token_budget: int,
                on_block: Callable[[int, int, np.ndarray, dict], None]) -> None:
         """Compute every column block ``(c0, c1)`` of ``spans``; call ``on_block(c0, c1, block,
         counts)`` as each one arrives (any order, each once)."""
@@ -401,6 +404,7 @@ def utility_kernel(
         store = ArrayStore(root / CACHE_KIND / _cache_key(job, lm))
     scorer = ResponseScorer(lm, token_budget=token_budget) if runner is None else None
     info = {"pairs": job.n_pairs(), "blocks_computed": 0, "blocks_loaded": 0, **_counts()}
+    # counts cover the work of this run only (pieces read from the cache count nothing)
     total = job.n_pairs()
     done = 0
     if progress:
@@ -408,9 +412,15 @@ def utility_kernel(
 
     base = store.get("base") if store else None
     if base is None or base.shape != (2, n_t):
-        base = runner.base(job) if runner else np.concatenate(
-            [kernel_base(job, scorer, r, r + BASE_ROWS) for r in range(0, n_t, BASE_ROWS)] or
-            [np.zeros((2, 0))], axis=1)
+        if runner is not None:
+            base, counts = runner.base(job, token_budget)
+        else:
+            counts = _counts()
+            base = np.concatenate([kernel_base(job, scorer, r, r + BASE_ROWS, counts)
+                                   for r in range(0, n_t, BASE_ROWS)] or [np.zeros((2, 0))], axis=1)
+        if base.shape != (2, n_t):
+            raise RuntimeError(f"kernel base has shape {base.shape}, expected {(2, n_t)}")
+        _add(info, counts)
         if store:
             store.put("base", base)
 
@@ -438,30 +448,32 @@ def utility_kernel(
         if store:
             store.put(_block_name(c0, c1), block)
         info["blocks_computed"] += 1
-        for name, v in counts.items():
-            info[name] += v
+        _add(info, counts)
         _place(job, sq_all, lp_all, c0, c1, block)
         done += sum(_n_col_pairs(job, j) for j in range(c0, c1))
         if progress:
             progress(done, total)
 
     if runner is not None:
-        runner.blocks(job, base, todo, finished)
+        runner.blocks(job, base, todo, token_budget, finished)
     else:
         for c0, c1 in todo:
             counts = _counts()
             report = (lambda k, d=done: progress(d + k, total)) if progress else None
-            block = kernel_block(job, renderer, scorer, base, c0, c1, counts, report)
+            block = kernel_block(job, scorer, base, c0, c1, counts, report)
             finished(c0, c1, block, counts)
-    if scorer is not None:  # every forward of this run, the no-example arm's included
-        info["forwards"], info["mixed_batches"] = scorer.forwards, scorer.mixed_batches
     info["cache"] = str(store.root) if store else None
     return _assemble(job, sq_all, lp_all, base, distance_stats, info)
 
 
 def _counts() -> dict[str, int]:
-    """Work counters of a kernel run (summed over blocks, wherever they ran)."""
-    return {"forwards": 0, "prefixes": 0, "cut_prefixes": 0, "empty_prefixes": 0}
+    """Work counters of a kernel run (summed over its pieces, wherever they ran)."""
+    return {"forwards": 0, "mixed_batches": 0, "prefixes": 0, "cut_prefixes": 0, "empty_prefixes": 0}
+
+
+def _add(info: dict, counts: dict) -> None:
+    for name, v in counts.items():
+        info[name] += v
 
 
 def _block_name(c0: int, c1: int) -> str:
@@ -475,13 +487,19 @@ def _block_shape(job: _Job, c0: int, c1: int) -> tuple[int, ...]:
     return (2, job.n_t, c1 - c0)
 
 
-def kernel_base(job: _Job, scorer: ResponseScorer, r0: int = 0, r1: int | None = None) -> np.ndarray:
+def kernel_base(job: _Job, scorer: ResponseScorer, r0: int = 0, r1: int | None = None,
+                counts: dict | None = None) -> np.ndarray:
     """The no-example arm of targets ``r0:r1`` (default all): ``(2, r1 - r0)`` rows
-    ``[sum (1-p)^2, sum log p]``."""
-    return np.stack(scorer.score(job.header, job.conts[r0:r1])).reshape(2, -1)
+    ``[sum (1-p)^2, sum log p]``; ``counts`` (see :func:`_counts`) is increased by the work."""
+    f0, m0 = scorer.forwards, scorer.mixed_batches
+    out = np.stack(scorer.score(job.header, job.conts[r0:r1])).reshape(2, -1)
+    if counts is not None:
+        counts["forwards"] += scorer.forwards - f0
+        counts["mixed_batches"] += scorer.mixed_batches - m0
+    return out
 
 
-def kernel_block(job: _Job, renderer, scorer: ResponseScorer, base: np.ndarray, c0: int, c1: int,
+def kernel_block(job: _Job, scorer: ResponseScorer, base: np.ndarray, c0: int, c1: int,
                  counts: dict | None = None, report: Callable[[int], None] | None = None) -> np.ndarray:
     """Columns ``c0:c1`` of the kernel, in the stored block layout (:func:`_block_shape`): row 0
     ``sum (1-p)^2``, row 1 ``sum log p`` of each pair; the excluded diagonal is NaN.
@@ -490,14 +508,14 @@ def kernel_block(job: _Job, renderer, scorer: ResponseScorer, base: np.ndarray, 
     with the pairs of this block finished so far (monotone) after every forward batch.
     """
     counts = counts if counts is not None else _counts()
-    forwards0 = scorer.forwards
+    f0, m0 = scorer.forwards, scorer.mixed_batches
     block = np.full(_block_shape(job, c0, c1), np.nan)
     e0 = int(job.pattern.indptr[c0]) if job.pattern is not None else 0
     wave: list[_Column] = []
     wave_tokens = 0
     finished = 0
     for j in range(c0, c1):
-        col = _plan_column(job, renderer, base, j, counts)
+        col = _plan_column(job, base, j, counts)
         wave.append(col)
         wave_tokens += col.tokens
         if wave_tokens < scorer.token_budget and j < c1 - 1:
@@ -515,7 +533,8 @@ def kernel_block(job: _Job, renderer, scorer: ResponseScorer, base: np.ndarray, 
         wave, wave_tokens = [], 0
         if report:
             report(finished)
-    counts["forwards"] += scorer.forwards - forwards0
+    counts["forwards"] += scorer.forwards - f0
+    counts["mixed_batches"] += scorer.mixed_batches - m0
     return block
 
 
@@ -551,7 +570,7 @@ class _Column:
     tokens: int  # continuation tokens still to score
 
 
-def _plan_column(job: _Job, renderer, base: np.ndarray, j: int, info: dict) -> _Column:
+def _plan_column(job: _Job, base: np.ndarray, j: int, info: dict) -> _Column:
     """Group column j's targets by how much of example j fits before them.
 
     Targets whose example is cut to nothing get the no-example statistics right away (UF = 0);
@@ -578,7 +597,7 @@ def _plan_column(job: _Job, renderer, base: np.ndarray, j: int, info: dict) -> _
             sq[ks], lp[ks] = base[0, idx], base[1, idx]
             info["empty_prefixes"] += len(ks)
             continue
-        prefix = _fit(renderer, job.prefixes[j], job.conts[int(idx[0])])
+        prefix = _fit(job, job.prefixes[j], job.conts[int(idx[0])])
         if len(prefix) != length:
             raise AssertionError("internal: prefix fit mismatch")  # pragma: no cover
         info["prefixes"] += 1
@@ -642,7 +661,7 @@ def plain_utility_kernel(
             if job.diag and i == j:
                 continue
             c = job.conts[i]
-            seqs.append((_fit(renderer, job.prefixes[j], c) + list(c.ids), c.n_response))
+            seqs.append((_fit(job, job.prefixes[j], c) + list(c.ids), c.n_response))
             slots.append((j, k))
     sq, lp = plain_logprob_stats(lm, seqs, token_budget=token_budget)
     n_t = job.n_t
