@@ -445,3 +445,28 @@ def test_default_model_fast_equals_plain(default_lm):
     sparse = utility_kernel(default_lm, r, recs, recs, pairs=pat, cache_dir=False)
     coo = sparse.values("pmi").tocoo()
     np.testing.assert_allclose(coo.data, fast.values("pmi")[coo.row, coo.col], atol=TOL, rtol=0)
+
+
+def test_auto_token_budget_follows_free_memory():
+    """0 (the default) sizes batches to the device: 4096 on a CPU; on CUDA the free memory over
+    the per-token cost (logits at 3 x 4 x V bytes dominate), clamped to [4096, 65536]."""
+    from types import SimpleNamespace
+
+    from tunesift.scoring.logprobs import auto_token_budget
+
+    cfg = SimpleNamespace(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                          num_key_value_heads=3, head_dim=64, vocab_size=49152)
+    gpu = SimpleNamespace(device="cuda", model=SimpleNamespace(config=cfg))
+    per_token = 12 * 49152 + 4 * 30 * 3 * 64 + 64 * 576
+    assert auto_token_budget(gpu, free_bytes=20 * per_token * 1000) == 10_000  # half of 20,000
+    assert auto_token_budget(gpu, free_bytes=10**9) == 4096  # a busy GPU: never below the CPU's
+    assert auto_token_budget(gpu, free_bytes=10**12) == 65536  # a big one: capped
+    assert auto_token_budget(SimpleNamespace(device="cpu", model=None)) == 4096
+
+
+def test_select_resolves_the_default_token_budget(tiny_lm):
+    from tunesift.pipeline import select
+
+    rows = [{"instruction": f"Say {i}.", "output": f"{i} {i}"} for i in range(6)]
+    sel = select(rows, method="loss", budget=3, lm=tiny_lm, cache_dir=False)
+    assert sel.options.token_budget == 4096  # on this CPU

@@ -113,7 +113,7 @@ def select(
     dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16"),
     template: str = typer.Option("auto", help="auto | chat | plain: how records are rendered for the model."),
     max_length: int = typer.Option(2048, help="Longest scored sequence in tokens; prompts/examples are cut, responses never."),
-    token_budget: int = typer.Option(4096, help="Padded tokens per forward batch."),
+    token_budget: int = typer.Option(0, help="Padded tokens per forward batch; 0: sized to the device's free memory (4096 on a CPU)."),
     cache_dir: Path | None = typer.Option(None, help="Score cache (default ~/.cache/tunesift/scores); reruns resume from it."),
     eta: float = typer.Option(1e-3, help="DONOD: SGD step of the simulated update."),
     reduction: str = typer.Option("mean", help="DONOD: token reduction of the loss, mean | sum."),

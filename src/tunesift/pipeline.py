@@ -28,7 +28,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,7 @@ class Options:
     dtype: str = "auto"
     template: str = "auto"
     max_length: int = 2048
-    token_budget: int = 4096
+    token_budget: int = 0  # padded tokens per forward batch; 0 = from the device's free memory
     cache_dir: str | None = None
     # DONOD
     eta: float = 1e-3
@@ -143,8 +143,8 @@ class Options:
             raise OptionError(f"epsilon must be in (0, 1), got {self.epsilon}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise OptionError(f"seed must be an integer >= 0, got {self.seed}")
-        if self.token_budget < 1:
-            raise OptionError(f"token budget must be positive, got {self.token_budget}")
+        if self.token_budget < 0:
+            raise OptionError(f"token budget must be >= 0 (0 = auto), got {self.token_budget}")
         if self.knn < 0:
             raise OptionError(f"knn must be >= 0 (0 = dense kernel), got {self.knn}")
         if self.max_length < 8:
@@ -600,6 +600,11 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
             timings["load_model_s"] = time.perf_counter() - t
         model_info = {"name": lm.source, "path": lm.path, "fingerprint": lm.fingerprint,
                       "dtype": lm.dtype, "device": lm.device}
+        if not opt.token_budget:  # batches sized to the device's free memory (4096 on a CPU)
+            from .scoring.logprobs import auto_token_budget
+
+            opt = replace(opt, token_budget=auto_token_budget(lm))
+            log.info("token budget %d padded tokens per batch", opt.token_budget)
     t = time.perf_counter()
     errors = _unscorable(records, lm, opt) if opt.method in LM_METHODS else {}
     ok = np.array([i for i in range(len(records)) if i not in errors], dtype=np.int64)

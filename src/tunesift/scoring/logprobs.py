@@ -79,6 +79,34 @@ def _pad_id(lm) -> int:
     return 0  # pragma: no cover
 
 
+CPU_TOKEN_BUDGET = 4096  # padded tokens per forward batch on a CPU (measured best on 2 cores)
+MAX_TOKEN_BUDGET = 1 << 16
+
+
+def auto_token_budget(lm, *, fraction: float = 0.5, free_bytes: int | None = None) -> int:
+    """Padded tokens per forward batch that fit the device's free memory.
+
+    CPU: ``CPU_TOKEN_BUDGET``. CUDA: ``fraction`` of the free memory (``free_bytes``, default
+    ``torch.cuda.mem_get_info``) divided by a per-token cost, clamped to [4096, 65536]. The cost
+    of one batch token, in bytes, is dominated by the logits at response positions (the LM head
+    output, its float32 copy and log-softmax: 3 x 4 x V) plus the KV cache (2 x layers x
+    kv_heads x head_dim x 2) and the layer activations (32 x hidden x 2), with V the vocabulary
+    and every token counted as a response token (the worst case).
+    """
+    if torch.device(lm.device).type != "cuda":
+        return CPU_TOKEN_BUDGET
+    cfg = getattr(lm.model.config, "text_config", None) or lm.model.config
+    hidden = int(cfg.hidden_size)
+    layers = int(cfg.num_hidden_layers)
+    heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or hidden // int(cfg.num_attention_heads))
+    per_token = 12 * int(cfg.vocab_size) + 4 * layers * heads * head_dim + 64 * hidden
+    if free_bytes is None:
+        free_bytes, _ = torch.cuda.mem_get_info(torch.device(lm.device))
+    fit = int(fraction * free_bytes) // per_token
+    return int(min(MAX_TOKEN_BUDGET, max(CPU_TOKEN_BUDGET, fit)))
+
+
 def attention_backends(device):
     """Context manager for scoring forwards: on CUDA avoid cuDNN attention, which plans a new
     kernel for every (batch, length) shape and made scoring CPU-bound (~2 ms per layer call);
