@@ -15,6 +15,9 @@ COMMON="--seeds 3 --budget 0.3 --knn 16 --epochs 2 --batch-size 8 --lr 5e-4 --au
 # 1. instruction stage: 120 Alpaca records, 60 held out
 $TS bench --train $W/alpaca_pool.jsonl --test $W/alpaca_test.jsonl --out $W/e1_instruction $COMMON --train-limit 120 \
   --methods base,random,delift,delift-se,donod,ifd,loss,full --generate-limit 20 --max-new-tokens 48
+#    the same picks, evaluated on 60 AlpacaEval instructions
+$TS bench --train $W/alpaca_pool.jsonl --test $W/alpaca_eval_test.jsonl --out $W/e1_alpaca_eval $COMMON \
+  --train-limit 120 --methods base,random,delift,delift-se --generate-limit 20 --max-new-tokens 48
 # 4. noise: 120 GSM8K train records, ~20% with another record's answer; every selector's pick,
 #    then fine-tune and evaluate (teacher-forced loss on GSM8K test).
 .venv/bin/python bench/noise_check.py --work $W --limit 120
