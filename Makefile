@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m tunesift.demo
+	$(PY) -m tunesift_demo
 
 test: $(STAMP) chromium
 	$(VENV)/bin/ruff check src tests bench

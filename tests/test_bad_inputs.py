@@ -55,6 +55,33 @@ CASES = [
     ("negative-nu", "d.jsonl", jsonl(GOOD), ["--method", "delift", "--stage", "continual", "--existing",
                                              "GOODTARGET", "--nu", "-1"], "nu must be a finite number >= 0"),
     ("negative-seed", "d.jsonl", jsonl(GOOD), ["--seed", "-1"], "seed must be an integer >= 0"),
+    # issue 15: every option checked before any work, messages that say what is wrong
+    ("weights-nan", "d.jsonl", jsonl(GOOD), ["--method", "donod", "--model", "no-such/model", "--weights", "nan,0.5"],
+     "weights must be two finite non-negative numbers"),
+    ("unknown-device", "d.jsonl", jsonl(GOOD), ["--device", "tpu"], "unknown device 'tpu'"),
+    ("unknown-dtype", "d.jsonl", jsonl(GOOD), ["--dtype", "int8"], "unknown dtype 'int8'"),
+    ("budget-exponent", "d.jsonl", jsonl(GOOD), ["--budget", "1e1"], "a count is written as a whole number, e.g. 10"),
+    ("unknown-out-format", "d.jsonl", jsonl(GOOD), ["--out-format", "xml"], "unknown out-format 'xml'"),
+    ("text-part-without-text", "d.jsonl", jsonl([{"messages": [{"role": "user", "content": "hi"}, {
+        "role": "assistant", "content": [{"type": "text"}]}]}]), [], "needs a 'text' string"),
+    ("empty-content-list", "d.jsonl", jsonl([{"messages": [{"role": "user", "content": []}, {
+        "role": "assistant", "content": "a"}]}]), [], "the content is an empty list"),
+    ("lone-surrogate-in-response", "d.jsonl", jsonl(GOOD[:1]) + '{"instruction": "x", "output": "y\\ud800"}\n', [],
+     "lone surrogate"),
+    ("several-record-defects", "d.jsonl", jsonl(GOOD[:2] + [{"instruction": "x", "output": ""}] * 2
+                                                + [{"instruction": "x", "output": None}] + GOOD[2:]), [],
+     "3 of 9 records cannot be used"),
+    ("skip-with-every-record-unusable", "d.jsonl", jsonl([{"instruction": "x", "output": "word " * 300}] * 2),
+     ["--method", "donod", "--model", "TINY", "--max-length", "64", "--on-error", "skip", "--cache-dir", "CACHE"],
+     "none of the 2 records can be used"),
+    ("input-path-too-long", "a" * 300 + ".jsonl", None, [], "File name too long"),
+    ("non-utf8-config", "d.jsonl", jsonl(GOOD), ["--config", "BADCONFIG"], "not valid UTF-8"),
+    # issue 15: outputs never land where they are not meant to, and the cache is checked up front
+    ("out-under-proc", "d.jsonl", jsonl(GOOD), ["--out", "/proc/tunesift-out"], "cannot write in '/proc'"),
+    ("out-dangling-symlink", "d.jsonl", jsonl(GOOD), ["--out", "DANGLING"], "symlink to a missing folder"),
+    ("out-holds-other-files", "d.jsonl", jsonl(GOOD), ["--out", "NOTOURS"], "holds files tunesift did not write"),
+    ("cache-dir-is-a-file", "d.jsonl", jsonl(GOOD), ["--method", "donod", "--model", "TINY", "--cache-dir",
+                                                     "BLOCKER"], "exists and is not a folder"),
 ]
 
 
@@ -66,9 +93,15 @@ def test_bad_input(case, name, content, extra, message, tmp_path, tiny_dir, caps
     (tmp_path / "target.jsonl").write_text("not json\n")
     (tmp_path / "good_target.jsonl").write_text(jsonl(GOOD[:2]))
     (tmp_path / "blocker").write_text("x")
+    (tmp_path / "bad.yaml").write_bytes(b"method: r\xe9ndom\n")
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
+    (tmp_path / "notours").mkdir()
+    (tmp_path / "notours" / "notes.txt").write_text("keep")
     out = tmp_path / "out"
     subs = {"TARGET": str(tmp_path / "target.jsonl"), "TINY": str(tiny_dir), "BLOCKER": str(tmp_path / "blocker"),
-            "GOODTARGET": str(tmp_path / "good_target.jsonl")}
+            "GOODTARGET": str(tmp_path / "good_target.jsonl"), "BADCONFIG": str(tmp_path / "bad.yaml"),
+            "DANGLING": str(tmp_path / "dangling"), "NOTOURS": str(tmp_path / "notours"),
+            "CACHE": str(tmp_path / "cache")}
     args = [subs.get(a, a) for a in extra]
     if "--out" not in args:
         args += ["--out", str(out)]
@@ -82,6 +115,7 @@ def test_bad_input(case, name, content, extra, message, tmp_path, tiny_dir, caps
     assert "Traceback" not in err
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []  # no temp folder left
+    assert [p.name for p in (tmp_path / "notours").iterdir()] == ["notes.txt"]
 
 
 def test_cases_are_documented():

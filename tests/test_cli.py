@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tunesift.cli import main
-from tunesift.demodata import write_demo
+from tunesift_demo import write_demo
 
 
 @pytest.fixture(scope="module")

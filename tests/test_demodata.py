@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from tunesift.demodata import (
+from tunesift.errors import OptionError
+from tunesift_demo.data import (
     ANTONYMS,
     CAPITALS,
     FAMILIES,
@@ -16,7 +17,6 @@ from tunesift.demodata import (
     number_to_words,
     write_demo,
 )
-from tunesift.errors import OptionError
 
 ARITH = re.compile(r"^(\d+) ([+\-×]) (\d+) = (-?\d+)\.$")
 

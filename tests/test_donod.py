@@ -38,7 +38,7 @@ def closed_and_reference(lm, params, seqs):
 
 
 @pytest.mark.parametrize("which", ["tiny_lm", "tiny_plain_lm"])
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "sqrt"])
 @pytest.mark.parametrize("eta", [1e-3, 1.0])
 def test_closed_form_matches_autograd(which, reduction, eta, request):
     lm = request.getfixturevalue(which)
@@ -192,3 +192,18 @@ def test_vocabulary_chunking_gives_the_same_terms(tiny_lm):
     capped = gradient_terms(h, w, y, softcap=3.0, scale=0.5)
     np.testing.assert_allclose(gradient_terms(h, w, y, softcap=3.0, scale=0.5, chunk=37, max_elems=0), capped,
                                rtol=1e-10)
+
+
+def test_sqrt_reduction_is_the_geometric_mean_of_mean_and_sum(tiny_lm):
+    """c = 1/sqrt(T) sits between mean (1/T) and sum (1): NOD_sqrt^2 = NOD_mean * NOD_sum exactly, and
+    to first order in eta DON scales the same way (DON_sqrt^2 ~ DON_mean * DON_sum)."""
+    stats = gradient_stats(tiny_lm.model, sequences(tiny_lm), pad_id=tiny_lm.tokenizer.pad_token_id, token_budget=64)
+    w_sq = lm_head_norm_sq(tiny_lm.model)
+    got = {r: don_nod_from_stats(stats, w_sq, DonodParams(1e-6, r)) for r in ("mean", "sum", "sqrt")}
+    t = stats[:, 2]
+    assert len(set(t)) > 1  # records of different lengths, so the three really differ
+    np.testing.assert_allclose(got["sqrt"][:, 1] ** 2, got["mean"][:, 1] * got["sum"][:, 1], rtol=1e-12)
+    np.testing.assert_allclose(got["sqrt"][:, 1], got["mean"][:, 1] * np.sqrt(t), rtol=1e-12)
+    np.testing.assert_allclose(got["sqrt"][:, 0], got["mean"][:, 0] * np.sqrt(t), rtol=1e-4)
+    with pytest.raises(OptionError):
+        DonodParams(1e-3, "max")

@@ -87,6 +87,54 @@ def test_lora_training_lowers_response_loss_and_is_seeded(tiny_dir, records):
     assert trained.fingerprint != lms[0].fingerprint
 
 
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_micro_batches_and_checkpointing_leave_the_training_unchanged(tiny_dir, records, mode):
+    """Memory bounds (token-budget micro-batches with accumulated gradients, recomputed layers,
+    chunked head) must not change what is learned: same losses and weights as one plain batch,
+    up to float summation order."""
+
+    def run(**kw):
+        lm = load_lm(str(tiny_dir), device="cpu", dtype="float32")
+        cfg = TrainConfig(mode=mode, epochs=2, lr=3e-3, batch_size=8, seed=3, lora_dropout=0.0, **kw)
+        res = finetune(lm, records, cfg)
+        return res.losses, [p.detach().clone() for p in res.model.parameters()]
+
+    plain_losses, plain_w = run(token_budget=1 << 20, checkpointing=False)
+    lean_losses, lean_w = run(token_budget=32, checkpointing=True)  # a micro-batch per record or two
+    np.testing.assert_allclose(lean_losses, plain_losses, rtol=2e-5)
+    for a, b in zip(lean_w, plain_w):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert len(lean_losses) == 6
+
+
+def test_micro_batch_count_follows_the_token_budget(monkeypatch, fresh, records):
+    import tunesift.finetune as ft
+
+    calls = []
+    real = ft.response_loss_sum
+    monkeypatch.setattr(ft, "response_loss_sum", lambda sc, m, seqs, pad: calls.append(len(seqs)) or real(sc, m, seqs, pad))
+    finetune(fresh, records[:8], TrainConfig(epochs=1, batch_size=8, token_budget=1 << 20))
+    assert calls == [8]  # one micro-batch holds the whole batch
+    calls.clear()
+    width = max(len(s) for s, _ in (renderer_of(fresh).sequence(r) for r in records[:8]))
+    finetune(fresh, records[:8], TrainConfig(epochs=1, batch_size=8, token_budget=2 * width))
+    assert sum(calls) == 8 and max(calls) <= 2 and len(calls) >= 4
+
+
+def test_heap_threshold_is_fixed_once(monkeypatch):
+    import tunesift.heap as heap
+
+    monkeypatch.setattr(heap, "_done", False)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert heap.bound_heap_growth() is False  # the user's own setting wins
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    import sys
+
+    if sys.platform.startswith("linux"):
+        assert heap.bound_heap_growth() is True
+        assert heap.bound_heap_growth() is False  # already done
+
+
 def test_full_finetuning_changes_every_weight(fresh, records):
     w0 = fresh.model.model.layers[1].mlp.down_proj.weight.detach().clone()
     res = finetune(fresh, records[:8], TrainConfig(mode="full", epochs=1, lr=1e-3, batch_size=4))

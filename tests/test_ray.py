@@ -11,6 +11,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from tiny import assert_close_across_runs  # noqa: E402
+
 from tunesift.backends.blocks import get_block  # noqa: E402
 from tunesift.backends.ray_backend import (  # noqa: E402
     RayBlockPool,
@@ -80,8 +82,8 @@ def test_ray_blocks_equal_local_blocks(pool, tiny_lm, records, tmp_path, kind):
         ref = _local(kind, tiny_lm, opt, recs)
         assert res[key].computed and res[key].errors == {}
         assert res[key].rows.dtype == np.float64
-        assert np.array_equal(res[key].rows, ref)  # bit for bit
-        assert np.array_equal(store.get(key), ref)  # the local loop's cache format
+        assert_close_across_runs(res[key].rows, ref)  # 1-thread worker vs 2-thread driver
+        assert np.array_equal(store.get(key), res[key].rows)  # the local loop's cache format, as sent
     assert len({r.worker for r in res.values()}) == 2  # both workers took blocks
 
 
@@ -129,7 +131,7 @@ def test_record_that_does_not_fit_is_an_error_row(pool, tiny_lm, tmp_path):
         assert np.isnan(res.rows[2]).all()
         good = [r for i, r in enumerate(recs) if i != 2]
         assert all(len(renderer.sequence(r)[0]) <= 64 for r in good)
-        assert np.array_equal(np.delete(res.rows, 2, axis=0), _local(kind, tiny_lm, opt, good))
+        assert_close_across_runs(np.delete(res.rows, 2, axis=0), _local(kind, tiny_lm, opt, good))
         back = get_block(ArrayStore(root), key, len(recs), res.rows.shape[1])  # errors are stored too
         assert back.errors == res.errors and np.array_equal(back.rows, res.rows, equal_nan=True)
         again = score_blocks_ray(kind, model_spec(tiny_lm), [(key, recs)], opt, root, pool=pool)[key]
@@ -153,7 +155,7 @@ def test_killed_worker_is_restarted_and_the_job_completes(pool, tiny_lm, records
     assert killed and len(res) == len(blocks)
     for key, recs in blocks:
         assert res[key].computed
-        assert np.array_equal(res[key].rows, _local("loss", tiny_lm, opt, recs))
+        assert_close_across_runs(res[key].rows, _local("loss", tiny_lm, opt, recs))
     workers = {int(r.worker.split(":")[1]) for r in res.values()}
     assert workers - pids, "no block was scored by the restarted worker"
     pool.info = pool._ready(pool.workers)  # the pool is whole again for later tests
@@ -178,7 +180,7 @@ def test_driver_replaces_an_actor_that_is_gone_for_good(pool, tiny_lm, records, 
     assert pool.workers[1] is not doomed  # replaced by a fresh actor
     assert {r.worker for r in res.values()} - before, "no block was scored by the new actor"
     for key, recs in blocks:
-        assert np.array_equal(res[key].rows, _local("donod", tiny_lm, opt, recs))
+        assert_close_across_runs(res[key].rows, _local("donod", tiny_lm, opt, recs))
     pool.info = pool._ready(pool.workers)
 
 
@@ -254,7 +256,7 @@ def test_ray_kernel_equals_local_and_shares_its_cache(pool, tiny_lm, tmp_path, s
     assert seen[-1][0] == seen[-1][1] == local.info["pairs"]
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     for a, b in zip(_kernel_stats(local), _kernel_stats(remote), strict=True):
-        np.testing.assert_array_equal(a, b)  # bit for bit: the same calls on the same weights
+        assert_close_across_runs(a, b)  # the same calls on the same weights, other threads
     # the same files under the same key: a local run reads the Ray run's blocks back
     names = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*.npy"))  # noqa: E731
     assert names(tmp_path / "local") == names(tmp_path / "ray")
@@ -291,7 +293,7 @@ def test_ray_kernel_resumes_from_the_stored_blocks(pool, tiny_lm, tmp_path):
     assert again.info["blocks_loaded"] == 2 and again.info["blocks_computed"] == 2
     full = utility_kernel(tiny_lm, renderer, recs, recs, token_budget=256, block_size=3, cache_dir=False)
     for a, b in zip(_kernel_stats(full), _kernel_stats(again), strict=True):
-        np.testing.assert_array_equal(a, b)
+        assert_close_across_runs(a, b)  # two blocks came from 1-thread workers
 
 
 def test_ray_embeddings_equal_local(pool, tmp_path):

@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 
 from tunesift.cli import main
-from tunesift.demodata import write_demo
 from tunesift.errors import TunesiftError
 from tunesift.outputs import write_selection
 from tunesift.pipeline import Options, Selection, select
 from tunesift.records import read_records
 from tunesift.report import render_report, write_report
+from tunesift_demo import write_demo
 
 CHROMIUM = "/usr/bin/chromium"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -161,6 +161,19 @@ def test_donod_report(donod_out, demo):
     assert "Kept: the 10 first-ranked of 12" in page and "Dropped: 10 of 28" in page
     assert re.search(r"rank 1 of 40: \w+ DON \(\d+\w\w pct\)", page)
     assert page.count('<tr data-id="') == 20
+    # why lines say what the scores show (ranks, percentiles, the cut), no diagnosis
+    whys = why_lines(page)
+    scores = pq.read_table(donod_out / "scores.parquet").to_pandas().sort_values("rank")
+    cut = scores.closeness.iloc[11]
+    for w in whys[:10]:
+        assert re.fullmatch(r"rank \d+ of 40: \w+ DON \(\d+\w\w pct\), \w+ NOD \(\d+\w\w pct\); "
+                            r"closeness \S+ \(\d+\w\w pct\)", w), w
+    for w in whys[10:]:
+        assert re.fullmatch(r"rank \d+ of 40 \(cut at 12\): \w+ DON \(\d+\w\w pct\), \w+ NOD \(\d+\w\w pct\); "
+                            rf"closeness \S+ \(\d+\w\w pct\), below the last kept \({cut:.4g}\)", w), w
+    for claim in ("typical", "mismatched", "noisy", "hard-to-learn", "strengthens"):
+        assert claim not in " ".join(whys)
+    assert "typical of answers that do not match" not in page  # nor in the plot captions
     m = json.loads((donod_out / "manifest.json").read_text())
     assert m["model"]["fingerprint"] in page and "eta" in page
     got = retention_rows(page)
@@ -174,12 +187,22 @@ def test_delift_report(delift_out):
     assert sections(page) == {"summary", "plots", "kept", "dropped"}
     assert len(images(page)) == 3  # gain curve, helped_by, helpfulness
     assert "instruction" in page and "objective" in page
-    assert "picked #1: covers gain" in page and "not picked: its best coverage" in page
+    assert "picked #1: covers gain" in page and "not picked: covered by kept record" in page
     assert "Kept: the 6 first picks of 6" in page and "Dropped: 10 of 14" in page
     # kept rows are listed in pick order
     scores = pq.read_table(delift_out / "scores.parquet").to_pandas()
     first = scores.sort_values("rank").id.iloc[0]
     assert re.findall(r'<tr data-id="([^"]+)"', page)[0] == first
+    # each dropped record names the kept record that covers it best, and by how much
+    s = scores.set_index("id")
+    whys = dict(zip(row_ids(page), why_lines(page)))
+    for rid in row_ids(page)[6:]:
+        by, cov = s.covered_by[rid], s.coverage[rid]
+        assert s.kept[by] and not s.kept[rid]
+        pick = int(s.order[by])
+        assert re.fullmatch(rf"not picked: covered by kept record {by} \(pick #{pick}\) at similarity "
+                            rf"{cov:.4g}, \d+\w\w pct of the not picked; helpfulness \S+, \d+\w\w pct", whys[rid]), whys[rid]
+    assert "order -1" not in page and "gain —" not in page  # no placeholders for scores a record lacks
 
 
 def test_delift_se_and_random_pages(nasty, tmp_path):
@@ -399,10 +422,13 @@ def test_donod_delift_report(donod_delift_out):
     for w in whys[6:11]:
         assert re.fullmatch(r"cut by DONOD's prefilter \(closeness rank (1[5-9]|20) of 20; the top 14 went on to "
                             r"DELIFT\): \w+ DON \(\d+\w\w pct\), \w+ NOD \(\d+\w\w pct\)", w), w
-    for w in whys[11:]:
-        assert re.fullmatch(r"passed DONOD at closeness rank ([1-9]|1[0-4]) of 20, then not picked: its best "
-                            r"coverage was already provided by the 6 picks \(helpfulness \S+, \d+\w\w pct of the "
-                            r"14 passed\)", w), w
+    for rid, w in zip(passed, whys[11:]):
+        by = scores.covered_by[rid]
+        assert by in ids[:6] or scores.kept[by]
+        assert re.fullmatch(rf"passed DONOD at closeness rank ([1-9]|1[0-4]) of 20, then not picked: covered by "
+                            rf"kept record {by} \(pick #\d\) at similarity [\d.]+, \d+\w\w pct of the not picked; "
+                            r"helpfulness \S+, \d+\w\w pct of the 14 passed", w), w
+    assert scores.covered_by[cut].isna().all()  # DONOD's cut records never reached DELIFT
     assert "prefiltered no" in page and "prefiltered yes" in page
 
 
@@ -466,6 +492,59 @@ def test_errors(nasty, tmp_path, capsys, damage, message):
     assert code == 2 and stdout == ""
     assert err.count("\n") == 1 and err.startswith("tunesift: error: ") and re.search(message, err)
     assert not (out / "report.html").exists()
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+@pytest.fixture(scope="module")
+def random_out(demo, tmp_path_factory):
+    """A random selection of the same demo input as donod_out (12 of 40)."""
+    root = tmp_path_factory.mktemp("random")
+    return _write(select(str(demo), method="random", budget=0.3, seed=5), root / "out", demo)
+
+
+def compare_cards(page: str) -> dict[str, str]:
+    import html
+
+    sec = page[page.index('<section id="compare">'):]
+    sec = sec[:sec.index("</section>")]
+    return {html.unescape(k): html.unescape(v)
+            for k, v in re.findall(r'<div class="card"><span>([^<]*)</span><b>([^<]*)</b></div>', sec)}
+
+
+def test_comparison_view(donod_out, random_out):
+    page = render_report(donod_out, compare=random_out)
+    self_contained(page)
+    assert sections(page) == {"summary", "compare", "plots", "kept", "dropped"}
+    a = pq.read_table(donod_out / "scores.parquet").to_pandas().set_index("id")
+    b = pq.read_table(random_out / "scores.parquet").to_pandas().set_index("id").loc[a.index]
+    both, only_a, only_b = int((a.kept & b.kept).sum()), int((a.kept & ~b.kept).sum()), int((~a.kept & b.kept).sum())
+    cards = compare_cards(page)
+    assert cards["A"] == "donod (out)" and cards["B"] == "random (out)"
+    assert (cards["kept by both"], cards["only A kept"], cards["only B kept"]) == (str(both), str(only_a), str(only_b))
+    assert cards["both dropped"] == str(40 - both - only_a - only_b)
+    assert cards["same decision"] == f"{100 * (40 - only_a - only_b) / 40:.1f}%"
+    assert cards["kept overlap (Jaccard)"] == f"{100 * both / (both + only_a + only_b):.1f}%"
+    assert "would both keep 3.6 records on average" in page  # 12 * 12 / 40
+    sec = page[page.index('<section id="compare">'):page.index('<section id="plots">')]
+    ids = row_ids(sec)
+    assert len(ids) == min(10, only_a) + min(10, only_b)
+    first_a, first_b = ids[:min(10, only_a)], ids[min(10, only_a):]
+    assert all(a.kept[i] and not b.kept[i] for i in first_a) and all(b.kept[i] and not a.kept[i] for i in first_b)
+    assert first_a == a.loc[first_a].sort_values("rank").index.tolist()  # A's first-ranked first
+    whys = why_lines(sec)  # per row: why the keeper kept it, why the other dropped it
+    assert re.fullmatch(r"rank \d+ of 40: .*", whys[0]) and whys[1].startswith("not drawn: position")
+    assert whys[2 * len(first_a)].startswith("drawn #") and "(cut at 12)" in whys[2 * len(first_a) + 1]
+
+
+def test_comparison_cli_and_errors(donod_out, random_out, nasty, capsys):
+    code, stdout, err = run(["report", donod_out, random_out], capsys)
+    assert code == 0, err
+    assert '<section id="compare">' in (donod_out / "report.html").read_text(encoding="utf-8")
+    code, stdout, err = run(["report", donod_out, nasty[2]], capsys)  # another input
+    assert code == 2 and stdout == "" and err.count("\n") == 1
+    assert "not a selection of the same input" in err and "12 records against 40" in err
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -538,3 +617,16 @@ def test_chromium_renders_donod_delift(donod_delift_out, tmp_path):
     for name in ("summary", "plots", "kept", "dropped"):
         assert f'<section id="{name}">' in dom
     assert dom.count('<td class="why">cut by DONOD') == 5
+    # the records DELIFT did not pick name the kept record that covers them
+    scores = pq.read_table(donod_delift_out / "scores.parquet").to_pandas().set_index("id")
+    shown = re.findall(r'<td class="why">passed DONOD [^<]*covered by kept record ([\w-]+) ', dom)
+    assert len(shown) == 5 and all(scores.kept[i] for i in shown)
+
+
+def test_chromium_renders_comparison(donod_out, random_out, tmp_path):
+    page = render_report(donod_out, compare=random_out)
+    widths, dom = rendered_widths(page, tmp_path)
+    assert len(widths) == 2 and min(widths) > 100
+    assert '<section id="compare">' in dom and "only A kept" in dom
+    sec = dom[dom.index('<section id="compare">'):dom.index('<section id="plots">')]
+    assert sec.count("<tr data-id=") >= 2 and "why A kept it" in sec and "why B dropped it" in sec

@@ -1,4 +1,5 @@
-"""Tests for tunesift.selection.submodular: greedy FL / FLMI / FLCG against plain references."""
+"""Tests for tunesift.selection.submodular (objectives in selection.objectives, optimisers in
+selection.optimizers): greedy FL / FLMI / FLCG against plain references."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from tunesift.errors import OptionError
-from tunesift.selection import submodular as sm
+from tunesift.selection import optimizers
 from tunesift.selection.submodular import (
     GreedyResult,
     facility_location,
@@ -140,7 +141,7 @@ def test_matches_reference_greedy(case: str, kind: str, optimizer: str) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_dense_row_paths(monkeypatch: pytest.MonkeyPatch, case: str, fraction: float) -> None:
     """Rows kept dense for ever (0.0) or moved to the live-entry store at first touch (1.0)."""
-    monkeypatch.setattr(sm, "_CONVERT_FRACTION", fraction)
+    monkeypatch.setattr(optimizers, "CONVERT_FRACTION", fraction)
     rng = np.random.default_rng(7)
     n = m = 90
     S = rand_kernel(rng, n, m).astype(np.float32).astype(np.float64)

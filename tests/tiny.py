@@ -67,3 +67,14 @@ def save_tiny(folder: Path, *, chat: bool = True, tied: bool = True, seed: int =
 def rec(i: int, prompt: str, response: str, context=()) -> SimpleNamespace:
     """A minimal record (the attributes the renderer and scorers read)."""
     return SimpleNamespace(id=f"r{i}", prompt=prompt, response=response, context=tuple(context), line=i + 1)
+
+
+def assert_close_across_runs(a, b, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Floats computed apart (other thread counts, processes, devices, batch shapes) agree to a
+    float32 tolerance, never bit for bit: MKL/oneDNN pick kernels by CPU (AVX-512/AMX or not),
+    thread count and shape, and reorder sums, so the last 2-3 digits move (7.76262269 vs
+    7.76262256 between a 1-thread Ray worker and a 2-thread driver on an AMD EPYC)."""
+    import numpy as np
+
+    np.testing.assert_allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64),
+                               rtol=rtol, atol=atol, equal_nan=True)

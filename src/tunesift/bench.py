@@ -218,12 +218,45 @@ def aggregate(cells: list[dict]) -> list[dict]:
             v = np.array([c["metrics"][m] for c in cs], dtype=float)
             row[m] = float(v.mean())
             row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        for m, (diff, se, n) in versus_random(cells, method, budget).items():
+            row[f"{m}_vs_random"], row[f"{m}_vs_random_se"], row["paired_seeds"] = diff, se, n
         rows.append(row)
     order = {m: i for i, m in enumerate(BENCH_METHODS)}
     edge = {"base": 0, "full": 2}  # base first, full last, budgets in between
     rows.sort(key=lambda r: (edge.get(r["method"], 1), 0.0 if r["budget"] == "all" else float(r["budget"]),
                              order.get(r["method"], 99)))
     return rows
+
+
+def versus_random(cells: list[dict], method: str, budget) -> dict[str, tuple[float, float, int]]:
+    """Paired differences of ``method`` from ``random`` at the same budget, per metric:
+    ``(mean_s d_s, std(d, ddof=1) / sqrt(n), n)`` with ``d_s = metric(method, s) - metric(random, s)``
+    over the n seeds both ran (each seed's random draw and training seed are shared, so pairing
+    removes most of the seed noise). Empty for random itself, base, full and unpaired methods."""
+    if method in ("random", "base", "full"):
+        return {}
+    mine = {c["seed"]: c for c in cells if c["method"] == method and c["budget"] == budget}
+    rand = {c["seed"]: c for c in cells if c["method"] == "random" and c["budget"] == budget}
+    seeds = sorted(set(mine) & set(rand))
+    if not seeds:
+        return {}
+    out = {}
+    for m in mine[seeds[0]]["metrics"]:
+        if not all(m in rand[s]["metrics"] for s in seeds):
+            continue
+        d = np.array([mine[s]["metrics"][m] - rand[s]["metrics"][m] for s in seeds], dtype=float)
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out[m] = (float(d.mean()), se, len(d))
+    return out
+
+
+def beyond_noise(row: dict, metric: str) -> bool | None:
+    """Whether the row's paired difference from random exceeds two standard errors of the paired
+    seed differences (None: no paired difference, or one seed, so no spread to compare with)."""
+    diff, se = row.get(f"{metric}_vs_random"), row.get(f"{metric}_vs_random_se")
+    if diff is None or se is None or not np.isfinite(se):
+        return None
+    return bool(abs(diff) > 2 * se)
 
 
 def _metric_names(rows: list[dict]) -> list[str]:
@@ -240,11 +273,26 @@ def markdown_table(rows: list[dict]) -> str:
     head = ["method", "budget", "seeds", "records"] + [
         f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in metrics] + ["select s (uncached)", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    paired = False
     for r in rows:
-        vals = [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" if m in r else "" for m in metrics]
+        vals = [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" + _versus_cell(r, m) if m in r else "" for m in metrics]
+        paired |= any(f"{m}_vs_random" in r for m in metrics)
         lines.append("| " + " | ".join([r["method"], str(r["budget"]), str(r["seeds"]), str(r["n_train"]), *vals,
                                         f"{r['select_s']:.1f}", f"{r['train_s']:.1f}"]) + " |")
+    if paired:
+        lines += ["", "Δ: the mean paired difference from random at the same budget (same seeds) ± its standard "
+                  "error. **\\*** marks a difference larger than two standard errors (beyond the seed "
+                  "spread); without it the difference is within noise. One seed gives no spread: no mark."]
     return "\n".join(lines) + "\n"
+
+
+def _versus_cell(row: dict, metric: str) -> str:
+    if f"{metric}_vs_random" not in row:
+        return ""
+    diff, se = row[f"{metric}_vs_random"], row[f"{metric}_vs_random_se"]
+    spread = f" ± {se:.4f}" if np.isfinite(se) else ""
+    mark = " \\*" if beyond_noise(row, metric) else ""
+    return f" (Δ {diff:+.4f}{spread}{mark})"
 
 
 def write_results(out: Path, rows: list[dict], cfg: BenchConfig) -> None:
@@ -267,8 +315,11 @@ def write_results(out: Path, rows: list[dict], cfg: BenchConfig) -> None:
 
 
 def plot_results(out: Path, rows: list[dict]) -> None:
-    """results.png: one panel per metric, a bar per method (first budget) with std error bars;
-    curve.png: each method's metric against the budget when there are several budgets."""
+    """results.png: one panel per metric, a bar per method (first budget) with std error bars on an
+    axis from zero, ``*`` over a bar whose paired difference from random exceeds two standard errors;
+    under it, when random ran too, each method's paired difference from random with ± 2 SE error
+    bars (red: beyond the seed spread, grey: within it). curve.png: each method's metric against
+    the budget (error bars: std over seeds) when there are several budgets."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,17 +329,33 @@ def plot_results(out: Path, rows: list[dict]) -> None:
     budgets = sorted({r["budget"] for r in rows if r["budget"] != "all"}, key=float)
     first = budgets[0] if budgets else "all"
     shown = [r for r in rows if r["budget"] in (first, "all")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False)
+    paired = [r for r in shown if any(f"{m}_vs_random" in r for m in metrics)]
+    nrow = 2 if paired else 1
+    fig, axes = plt.subplots(nrow, len(metrics), figsize=(3.2 * len(metrics), 3.4 * nrow), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         names = [r["method"] for r in shown]
         ax.bar(range(len(shown)), [r[m] for r in shown], yerr=[r[f"{m}_std"] for r in shown], capsize=3,
                color=["#999999" if n in ("base", "full") else "#4c72b0" for n in names])
         ax.set_xticks(range(len(shown)), names, rotation=45, ha="right", fontsize=8)
         ax.set_title(m, fontsize=9)
-        lo = min(r[m] - r[f"{m}_std"] for r in shown)
-        hi = max(r[m] + r[f"{m}_std"] for r in shown)
-        pad = 0.15 * (hi - lo) or abs(hi) * 0.05 or 0.01
-        ax.set_ylim(lo - pad, hi + pad)
+        # bars start at zero (no truncated axis that makes noise look decisive)
+        lo = min(0.0, min(r[m] - r[f"{m}_std"] for r in shown))
+        hi = max(0.0, max(r[m] + r[f"{m}_std"] for r in shown))
+        ax.set_ylim(lo * 1.1, hi * 1.12 or 0.01)
+        for x, r in enumerate(shown):
+            if beyond_noise(r, m):
+                ax.text(x, r[m] + r[f"{m}_std"], "*", ha="center", va="bottom", fontsize=12)
+    if paired:  # the paired differences from random with two standard errors: the spread is visible
+        for ax, m in zip(axes[1], metrics):
+            rs = [r for r in paired if f"{m}_vs_random" in r]
+            diffs = [r[f"{m}_vs_random"] for r in rs]
+            errs = [2 * r[f"{m}_vs_random_se"] if np.isfinite(r[f"{m}_vs_random_se"]) else 0.0 for r in rs]
+            for x, (r, d, e) in enumerate(zip(rs, diffs, errs)):
+                ax.errorbar([x], [d], yerr=[e], fmt="o", capsize=3,
+                            color="#c44e52" if beyond_noise(r, m) else "#8c8c8c")
+            ax.axhline(0, color="#333", lw=0.8)
+            ax.set_xticks(range(len(rs)), [r["method"] for r in rs], rotation=45, ha="right", fontsize=8)
+            ax.set_title(f"{m}: minus random (± 2 SE)", fontsize=9)
     fig.suptitle(f"budget {first}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "results.png", dpi=110)

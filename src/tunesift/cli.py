@@ -75,6 +75,9 @@ def _load_config(ctx: typer.Context, param, value: Path | None):
         loaded = yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise TunesiftError(f"{value}: cannot read config: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise TunesiftError(f"{value}: cannot read config: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} "
+                            f"at offset {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -92,12 +95,13 @@ def _load_config(ctx: typer.Context, param, value: Path | None):
     return value
 
 
-def _input_info(path: str | None) -> dict | None:
+def _input_info(path: str | None, sha256: str | None = None) -> dict | None:
+    """Path and checksum of an input; ``sha256``: the checksum taken as it was read (select)."""
     if path is None:
         return None
     from .records import input_checksum
 
-    return {"path": str(Path(path).resolve()), "sha256": input_checksum(path)}
+    return {"path": str(Path(path).resolve()), "sha256": sha256 or input_checksum(path)}
 
 
 @app.command()
@@ -116,7 +120,7 @@ def select(
     token_budget: int = typer.Option(0, help="Padded tokens per forward batch; 0: sized to the device's free memory (4096 on a CPU)."),
     cache_dir: Path | None = typer.Option(None, help="Score cache (default ~/.cache/tunesift/scores); reruns resume from it."),
     eta: float = typer.Option(1e-3, help="DONOD: SGD step of the simulated update."),
-    reduction: str = typer.Option("mean", help="DONOD: token reduction of the loss, mean | sum."),
+    reduction: str = typer.Option("mean", help="DONOD: token reduction of the loss, mean | sum | sqrt."),
     weights: str = typer.Option("0.5,0.5", help="DONOD: TOPSIS weights of DON,NOD."),
     stage: str = typer.Option("instruction", help="DELIFT: instruction | task | continual."),
     target: Path | None = typer.Option(None, help="DELIFT task stage: the target set."),
@@ -134,8 +138,11 @@ def select(
     ray_address: str | None = typer.Option(None, help="Ray cluster to join (e.g. ray://head:10001); default a local instance."),
     ray_workers: int = typer.Option(2, help="Ray: model workers (actors), each loads the model once."),
     ray_gpus: float | None = typer.Option(None, help="Ray: GPUs per worker (default: share the cluster's GPUs, at most 1)."),
-    on_error: str = typer.Option("fail", help="A record the model cannot score (response longer than "
-                                 "--max-length): fail (exit 2, nothing written) | skip (an error row, never kept)."),
+    on_error: str = typer.Option("fail", help="A record that cannot be used (an empty or unreadable field, a response "
+                                 "longer than --max-length): fail (exit 2, every such record listed, nothing "
+                                 "written) | skip (an error row, never kept)."),
+    out_format: str = typer.Option("jsonl", help="Kept records as jsonl (selected.jsonl) | parquet "
+                                   "(selected.parquet, native types) | hf (selected/, datasets save_to_disk)."),
     keep: str = typer.Option("easiest", help="loss/perplexity: keep the easiest (lowest) or the hardest records."),
     selectit_alpha: float = typer.Option(0.2, help="selectit: uncertainty weight, mean / (1 + alpha * std)."),
     ann: str = typer.Option("auto", help="kNN search for --knn: auto (exact up to 10^9 pairs, then faiss IVF) | "
@@ -154,19 +161,21 @@ def select(
                                        help="YAML recipe holding any of these options; flags override it."),
 ) -> None:
     """Score every record and write the subset worth training on."""
-    from .outputs import check_writable, write_selection
+    from .outputs import OUT_FORMATS, check_output_folder, write_selection
+    from .pipeline import LM_METHODS, Options
     from .pipeline import select as run_select
     from .records import FieldMap
 
     if data is None or out is None:
         raise TunesiftError("select needs the input DATA and --out (on the command line or in --config)")
-    data, out = Path(data), Path(out)
-    check_writable(out)
-    _setup_logging(quiet)
     try:
         w = tuple(float(x) for x in weights.split(","))
     except ValueError:
         raise TunesiftError(f"weights must be two numbers like 0.5,0.5, got '{weights}'") from None
+    if out_format not in OUT_FORMATS:
+        raise TunesiftError(f"unknown out-format '{out_format}': use one of {', '.join(OUT_FORMATS)}")
+    if report and out_format != "jsonl":
+        raise TunesiftError("--report reads selected.jsonl: use it with --out-format jsonl (the default)")
     fields = FieldMap(prompt=prompt_field, response=response_field, messages=messages_field, id=id_field)
     opts = dict(method=method, budget=budget, seed=seed, model=model, device=device, dtype=dtype,
                 template=template, max_length=max_length, token_budget=token_budget,
@@ -175,16 +184,30 @@ def select(
                 keep_diagonal=keep_diagonal, mi_eta=mi_eta, mi_form=mi_form, nu=nu, optimizer=optimizer,
                 prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, less_dim=less_dim, ann=ann, partitions=partitions, on_error=on_error,
                 backend=backend, ray_address=ray_address, ray_workers=ray_workers, ray_gpus=ray_gpus)
+    # every check that needs no data comes before any reading or scoring
+    Options(**opts).validate()
+    input_paths = [p for p in (data, target, existing, config) if p is not None]
+    check_output_folder(out, input_paths)
+    if method in LM_METHODS + ("delift-se",):
+        from .store import check_cache_dir, default_cache_dir
+
+        check_cache_dir(cache_dir or default_cache_dir())
+    _setup_logging(quiet)
     with _progress(quiet) as prog:
         sel = run_select(str(data), target=str(target) if target else None,
                          existing=str(existing) if existing else None, fields=fields, progress=prog, **opts)
-    inputs = {k: v for k, v in {"data": _input_info(str(data)), "target": _input_info(target and str(target)),
-                                "existing": _input_info(existing and str(existing))}.items() if v}
+    sums = sel.extra.get("input_sha256", {})
+    inputs = {k: v for k, v in {"data": _input_info(str(data), sums.get("data")),
+                                "target": _input_info(target and str(target), sums.get("target")),
+                                "existing": _input_info(existing and str(existing), sums.get("existing"))}.items()
+              if v}
     inputs["data"]["records"] = len(sel.records)
-    write_selection(sel, out, inputs)
+    write_selection(sel, out, inputs, out_format=out_format, input_paths=input_paths)
     if not quiet:
+        from .outputs import SELECTED
+
         n, kept = len(sel.records), int(sel.kept.sum())
-        typer.echo(f"{sel.method}: kept {kept} of {n} records -> {out}/selected.jsonl "
+        typer.echo(f"{sel.method}: kept {kept} of {n} records -> {out}/{SELECTED[out_format]} "
                    f"(scores: {out}/scores.parquet, {sel.timings.get('total_s', 0):.1f} s)", err=True)
     if report:
         from .report import write_report
@@ -380,6 +403,9 @@ def bench(
 @app.command("report")
 def report_cmd(
     out: Path = typer.Argument(..., help="Output folder of tunesift select (manifest.json, scores.parquet, ...)."),
+    other: Path | None = typer.Argument(None, help="A second output folder of the same input: the page adds "
+                                                   "a side-by-side comparison (agreement, what one kept "
+                                                   "that the other dropped)."),
     by: str | None = typer.Option(None, help="Field of the input rows to show retention per category, "
                                              "e.g. source or meta.family (dotted for nested fields)."),
     data: Path | None = typer.Option(None, help="The input file, when not at the path the manifest records "
@@ -388,7 +414,7 @@ def report_cmd(
     """Write OUT/report.html: one self-contained page explaining what was kept and why."""
     from .report import write_report
 
-    typer.echo(str(write_report(out, by=by, data=data)))
+    typer.echo(str(write_report(out, by=by, data=data, compare=other)))
 
 
 @app.command("demo-data")
@@ -399,22 +425,57 @@ def demo_data(
     seed: int = typer.Option(0, help="Seed."),
 ) -> None:
     """Write a synthetic instruction set with a known share of corrupted records (meta.corrupted)."""
-    from .demodata import write_demo
+    from tunesift_demo import write_demo
 
-    write_demo(out, n=n, corrupt=corrupt, seed=seed)
+    if out.is_dir():
+        raise TunesiftError(f"'{out}' is a folder: demo-data writes one JSONL file, e.g. {out / 'demo.jsonl'}")
+    try:
+        write_demo(out, n=n, corrupt=corrupt, seed=seed)
+    except OSError as exc:
+        raise TunesiftError(f"cannot write '{out}': {exc.strerror or exc}") from None
     typer.echo(f"wrote {n} records to {out}", err=True)
 
 
+INTERRUPTED = ("tunesift: interrupted by {name}: no output was written (any earlier output is unchanged); "
+               "rerun the same command to resume from the score cache")
+
+
+def _on_signal(signum, frame):
+    from .errors import Interrupted
+
+    raise Interrupted(signum)
+
+
+def _interrupted(signum: int) -> int:
+    """Print the one line for an interrupted run; exit status 128 + signal (130 SIGINT, 143 SIGTERM)."""
+    import signal
+
+    print(INTERRUPTED.format(name=signal.Signals(signum).name), file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: runs the app and turns user errors into one line + exit code 2."""
+    """Console entry point: runs the app and turns user errors into one line + exit code 2, and
+    SIGINT / SIGTERM into one line + exit code 130 / 143 (temporary files are cleaned up on the way)."""
+    import signal
+
+    from .errors import Interrupted
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, _on_signal)
+        except (ValueError, OSError):  # not the main thread: leave the handlers alone
+            pass
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
+    except Interrupted as exc:
+        return _interrupted(exc.signum)
     except TunesiftError as exc:
         print(f"tunesift: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("tunesift: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(signal.SIGINT)
     except Exception as exc:  # usage errors from click (vendored as typer._click in typer >= 0.29)
         try:
             from typer import _click as click
@@ -426,11 +487,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         abort = getattr(exceptions, "Abort", None)
         if abort is not None and isinstance(exc, abort):
-            return 130
+            return _interrupted(signal.SIGINT)
         raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if isinstance(rv, int) and rv:  # click/typer may report an abort as a return code
+        if rv == 130:
+            return _interrupted(signal.SIGINT)
+        return rv
     return 0
 
 
 def run() -> None:
-    """setuptools console-script wrapper (its return value is not used as the exit code)."""
+    """setuptools console-script wrapper: exits with :func:`main`'s status."""
     sys.exit(main())

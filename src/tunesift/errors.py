@@ -30,3 +30,17 @@ class InputError(TunesiftError):
 
 class OptionError(TunesiftError):
     """A bad command-line or API option (budget out of range, unknown method, ...)."""
+
+
+class CacheError(TunesiftError):
+    """The score cache cannot be used (not a folder, no permission, disk full, a folder where a
+    block should be). The message names the path; a rerun with a usable --cache-dir resumes."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwinds like KeyboardInterrupt (temporary files are removed,
+    nothing half-written is left) but is not swallowed by ``except Exception``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

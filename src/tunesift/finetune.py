@@ -11,6 +11,16 @@ Only the final hidden states at response positions go through the LM head, so th
 262k vocabulary). Batches are drawn from a seeded shuffle and grouped by length within windows of
 ``8 x batch_size`` records (less padding, still random). AdamW, linear warm-up then linear decay,
 gradient-norm clipping at 1.0. Everything random (LoRA init, dropout, order) follows ``seed``.
+
+Memory is bounded by three things, none of which changes the gradient (up to float summation
+order): a batch is split into micro-batches of at most ``token_budget`` padded tokens whose
+gradients accumulate (each micro-batch's loss sum is divided by the whole batch's token count);
+each decoder layer is recomputed in the backward pass instead of keeping its activations
+(gradient checkpointing: LoRA's dropout copies alone cost ~3 MB per token without it); and the
+LM head with its cross-entropy runs in chunks of ``HEAD_CHUNK`` positions, recomputed in backward,
+so no (tokens x vocabulary) logits are kept. Right-padded batches need no attention mask under
+causal attention (a real token only sees earlier, real tokens), which lets SDPA use its fused
+kernel instead of materialising the (batch, heads, T, T) probabilities.
 """
 
 from __future__ import annotations
@@ -47,6 +57,8 @@ class TrainConfig:
     seed: int = 0
     autocast: str = "none"  # none | bfloat16 (mixed precision; ~2-3x faster on CPUs with AMX)
     template: str = "auto"
+    token_budget: int = 2048  # padded tokens per micro-batch (gradients accumulate over a batch)
+    checkpointing: bool = True  # recompute decoder layers in backward (memory flat in the batch)
 
     @property
     def learning_rate(self) -> float:
@@ -71,6 +83,8 @@ class TrainConfig:
             raise OptionError(f"max-length must be at least 8 tokens, got {self.max_length}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise OptionError(f"seed must be an integer >= 0, got {self.seed}")
+        if self.token_budget < 8:
+            raise OptionError(f"token budget must be at least 8 tokens, got {self.token_budget}")
 
 
 @dataclass
@@ -116,25 +130,51 @@ def _pad(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int):
     return ids, attn, scored
 
 
+HEAD_CHUNK = 512  # response positions per LM-head chunk: 512 x 49k vocab x 4 B = 100 MB of logits
+
+
+def _head_loss_sum(head_logits, hidden, targets):
+    """Sum of cross-entropies of ``targets`` (N,) under ``head_logits(hidden)`` (N, V)."""
+    import torch
+
+    return torch.nn.functional.cross_entropy(head_logits(hidden).float(), targets, reduction="sum")
+
+
 def response_loss_sum(scorer, model, seqs, pad_id: int):
     """(sum of response-token cross-entropies, number of response tokens) of one batch, with grad.
 
     ``seqs``: (input_ids, response_mask) pairs. Position t predicts token t+1, so the hidden state
-    at t-1 is gathered for every scored token t (the first token is never scored)."""
+    at t-1 is gathered for every scored token t (the first token is never scored). Sequences are
+    right-padded and attention is causal, so no attention mask is passed (see the module doc).
+    In training mode the head runs in checkpointed chunks of ``HEAD_CHUNK`` positions."""
     import torch
+    from torch.utils.checkpoint import checkpoint
 
-    ids, attn, scored = _pad(seqs, pad_id)
+    ids, _attn, scored = _pad(seqs, pad_id)
     dev = next(model.parameters()).device
-    ids, attn, scored = ids.to(dev), attn.to(dev), scored.to(dev)
+    ids, scored = ids.to(dev), scored.to(dev)
     rows, cols = torch.nonzero(scored[:, 1:], as_tuple=True)  # predicting position cols+1
     targets = ids[rows, cols + 1]
     if scorer.head_path:
-        hid = scorer.decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
-        logits = scorer.head_logits(hid[rows, cols])
-    else:  # an architecture whose head we do not reproduce: full logits, still exact
-        logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[rows, cols]
-    loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-    return loss, int(targets.numel())
+        hid = scorer.decoder(input_ids=ids, use_cache=False).last_hidden_state[rows, cols]  # (N, d)
+        if not torch.is_grad_enabled():
+            return _head_loss_sum(scorer.head_logits, hid, targets), int(targets.numel())
+        loss = hid.new_zeros((), dtype=torch.float32)
+        for a in range(0, hid.shape[0], HEAD_CHUNK):
+            loss = loss + checkpoint(_head_loss_sum, scorer.head_logits, hid[a:a + HEAD_CHUNK],
+                                     targets[a:a + HEAD_CHUNK], use_reentrant=False)
+        return loss, int(targets.numel())
+    # an architecture whose head we do not reproduce: full logits, still exact
+    logits = model(input_ids=ids, use_cache=False).logits[rows, cols]
+    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"), int(targets.numel())
+
+
+def _checkpointing(model, on: bool) -> None:
+    """Per-layer activation checkpointing on or off (non-reentrant: dropout's RNG is replayed)."""
+    if on:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.activation_checkpointing_disable()
 
 
 def wrap_lora(model, cfg: TrainConfig):
@@ -169,7 +209,7 @@ def finetune(
     import torch
 
     from .render import Renderer, turn_format
-    from .scoring.logprobs import ResponseScorer
+    from .scoring.logprobs import ResponseScorer, length_batches
 
     cfg = config or TrainConfig()
     cfg.validate()
@@ -191,6 +231,8 @@ def finetune(
     model.eval()
     scorer.head_path  # noqa: B018 -- probe the head path now, in eval mode: in train mode dropout would
     # perturb the probe and draw from the RNG, making runs depend on whether the model was probed before
+    if cfg.checkpointing:
+        _checkpointing(inner, True)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     per_epoch = math.ceil(len(seqs) / cfg.batch_size)
@@ -210,19 +252,25 @@ def finetune(
     model.train()
     for _ in range(cfg.epochs):
         for batch in length_grouped_batches([len(s) for s, _ in seqs], cfg.batch_size, rng):
-            with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=cfg.autocast == "bfloat16"):
-                loss_sum, n_tok = response_loss_sum(scorer, inner, [seqs[i] for i in batch], pad)
-            loss = loss_sum / max(1, n_tok)
+            part = [seqs[i] for i in batch]
+            n_tok = sum(sum(m[1:]) for _, m in part)  # response tokens of the whole batch
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            batch_loss = 0.0
+            for micro in length_batches([len(s) for s, _ in part], cfg.token_budget):
+                with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=cfg.autocast == "bfloat16"):
+                    loss_sum, _ = response_loss_sum(scorer, inner, [part[i] for i in micro], pad)
+                (loss_sum / max(1, n_tok)).backward()  # accumulates: the batch's mean, micro by micro
+                batch_loss += float(loss_sum.detach())
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-            losses.append(float(loss.detach()))
+            losses.append(batch_loss / max(1, n_tok))
             tokens += n_tok
             if progress:
                 progress(len(batch))
     model.eval()
+    if cfg.checkpointing:
+        _checkpointing(inner, False)
     for p in model.parameters():
         p.requires_grad_(False)
     return TrainResult(model, opt, losses, total, tokens, time.perf_counter() - t0, cfg,

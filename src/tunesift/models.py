@@ -25,6 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .errors import OptionError, TunesiftError  # noqa: E402
+from .heap import bound_heap_growth  # noqa: E402
 
 ALIASES = {
     "default": "smollm2-135m",
@@ -188,6 +189,7 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars say what is happening
+    bound_heap_growth()  # activation tensors of varying shapes must not grow the heap step by step
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     where = model_folder(name)

@@ -1,38 +1,211 @@
-"""Write a selection: ``selected.jsonl``, ``scores.parquet`` and ``manifest.json``.
+"""Write a selection: the kept records, ``scores.parquet`` and ``manifest.json``, as one unit.
 
-All three files are first written into a temporary folder beside the output folder and only
-then moved into place, so a failed or killed run leaves no partial output: either the previous
-files or the complete new set.
+The kept records are ``selected.jsonl`` (``--out-format jsonl``, the default),
+``selected.parquet`` (``parquet``: native types kept) or the ``selected/`` folder of
+``datasets.Dataset.save_to_disk`` (``hf``).
+
+Safety rules (docs/errors.md):
+
+* The output folder holds tunesift's files only. It must be new, empty, or the output of an
+  earlier selection (only the files this module writes, plus ``report.html``); it must not be the
+  current folder (``--out ''`` or ``--out .``), a folder above it, a folder holding an input, or
+  a folder inside an input folder. A dangling symlink is refused; any other symlink is followed.
+* The whole set is written into a new folder beside the output folder and then swapped into place
+  in one step (``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two renames, with the previous
+  set kept beside it as ``.NAME.old-*`` until the new one is in place). Readers therefore see the
+  previous set or the complete new one. ``manifest.json`` also lists the SHA-256 of every other
+  file of the set (``files``), so a reader can check that the files belong together.
+* Writability is checked up front with a real probe write (``os.access`` is always true for root
+  and knows nothing of full disks or read-only pseudo file systems such as ``/proc``).
+
+JSON Lines output keeps every value as it was read where JSON can hold it. Values JSON cannot
+hold are written in a documented, loss-free tagged form (docs/input-formats.md):
+``{"$bytes": base64}``, ``{"$float": "NaN" | "Infinity" | "-Infinity"}``,
+``{"$datetime": ISO 8601}``, ``{"$date": ...}``, ``{"$time": ...}``,
+``{"$duration": ISO 8601 seconds}``; decimals are JSON numbers with their exact digits. The output
+is strict JSON (no bare ``NaN``); a lone surrogate in a string is written as its ``\\uXXXX``
+escape, exactly as it was read.
 """
 
 from __future__ import annotations
 
+import base64
+import ctypes
+import datetime as dt
+import decimal
+import hashlib
 import json
+import math
 import os
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-from .errors import OptionError
+from .errors import OptionError, TunesiftError
 from .pipeline import Selection, options_dict, versions
 
-FILES = ("selected.jsonl", "scores.parquet", "manifest.json")
+OUT_FORMATS = ("jsonl", "parquet", "hf")
+SELECTED = {"jsonl": "selected.jsonl", "parquet": "selected.parquet", "hf": "selected"}
+#: Every name an output folder of tunesift may hold.
+OWN = frozenset(set(SELECTED.values()) | {"scores.parquet", "manifest.json", "report.html"})
+FILES = ("selected.jsonl", "scores.parquet", "manifest.json")  # the default set
+
+
+def _probe(folder: Path, what: str) -> None:
+    """Write, sync and delete a small file in ``folder``; an OptionError in one line if that fails."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tunesift-probe-")
+        try:
+            os.write(fd, b"tunesift write probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise OptionError(f"cannot write in {what}: {exc.strerror or exc}") from None
+
+
+def _existing_parent(p: Path) -> Path:
+    parent = p
+    while True:
+        try:
+            if parent.exists():
+                return parent
+        except OSError:
+            pass
+        if parent == parent.parent:
+            return parent
+        parent = parent.parent
 
 
 def check_writable(out_dir: str | Path) -> Path:
-    """Fail early (before any scoring) when the output folder cannot be created or written."""
+    """Fail early (before any scoring) when the output folder cannot be created or written: the
+    nearest existing folder gets a real probe write. Returns the path (symlinks resolved)."""
+    raw = str(out_dir)
+    if not raw.strip():
+        raise OptionError("--out is empty: name the output folder")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OptionError(f"output '{out}' exists and is not a folder")
-    parent = out if out.exists() else out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OptionError(f"output folder '{out}' is not writable")
+    try:
+        if out.is_symlink() and not out.exists():
+            raise OptionError(f"output '{out}' is a symlink to a missing folder ({os.readlink(out)})")
+        out = Path(os.path.realpath(out))
+        if out.exists() and not out.is_dir():
+            raise OptionError(f"output '{out_dir}' exists and is not a folder")
+    except OSError as exc:
+        raise OptionError(f"output '{out_dir}': {exc.strerror or exc}") from None
+    parent = _existing_parent(out)
+    if not parent.is_dir():
+        raise OptionError(f"output '{out_dir}': '{parent}' is not a folder")
+    _probe(parent, f"output folder '{out_dir}'" if parent == out
+           else f"'{parent}' (where output '{out_dir}' would be created)")
     return out
 
 
-def manifest(sel: Selection, inputs: dict[str, dict]) -> dict:
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_output_folder(out_dir: str | Path, inputs: list[str | Path] = ()) -> Path:
+    """The checks of :func:`check_writable`, and that the folder is one tunesift may replace as a
+    whole: not the current folder or above it, holding no input and not inside an input folder,
+    and holding nothing but an earlier selection's files."""
+    out = check_writable(out_dir)
+    cwd = Path(os.path.realpath(Path.cwd()))
+    if _inside(cwd, out):
+        raise OptionError(f"--out '{out_dir}' is the current folder (or a folder above it); the output "
+                          "folder is replaced as a whole: name a new folder, e.g. --out out/")
+    for given in inputs:
+        if given is None:
+            continue
+        try:
+            src = Path(os.path.realpath(given))
+            src_is_dir = src.is_dir()
+        except OSError as exc:
+            raise OptionError(f"input '{given}': {exc.strerror or exc}") from None
+        if _inside(src, out):
+            raise OptionError(f"input '{given}' is inside the output folder '{out_dir}', which is replaced "
+                              "as a whole: write the selection to another folder")
+        if src_is_dir and _inside(out, src):
+            raise OptionError(f"output folder '{out_dir}' is inside the input folder '{given}': "
+                              "write the selection elsewhere")
+    if out.is_dir():
+        try:
+            foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN)
+        except OSError as exc:
+            raise OptionError(f"output folder '{out_dir}' cannot be listed: {exc.strerror}") from None
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise OptionError(f"output folder '{out_dir}' holds files tunesift did not write ({shown}); "
+                              "it is replaced as a whole: choose a new or empty folder")
+    return out
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def json_value(v):
+    """A value as strict JSON can hold it (see the module docstring for the tagged forms)."""
+    if isinstance(v, float):
+        if math.isfinite(v):
+            return v
+        return {"$float": "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")}
+    if v is None or isinstance(v, (str, bool, int)):
+        return v
+    if isinstance(v, dict):
+        return {str(k) if not isinstance(k, str) else k: json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_value(x) for x in v]
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(v)).decode("ascii")}
+    if isinstance(v, decimal.Decimal):
+        if v.is_finite():
+            return _decimal_marker(v)
+        return {"$decimal": str(v)}
+    if type(v).__name__ == "Timestamp" and hasattr(v, "isoformat"):  # pandas, nanoseconds kept
+        return {"$datetime": v.isoformat()}
+    if isinstance(v, dt.datetime):
+        return {"$datetime": v.isoformat()}
+    if isinstance(v, dt.date):
+        return {"$date": v.isoformat()}
+    if isinstance(v, dt.time):
+        return {"$time": v.isoformat()}
+    if isinstance(v, dt.timedelta):
+        return {"$duration": f"PT{v.total_seconds()!r}S"}
+    if hasattr(v, "item") and callable(v.item):  # numpy scalar
+        return json_value(v.item())
+    if hasattr(v, "tolist"):  # numpy array
+        return json_value(v.tolist())
+    if isinstance(v, (set, frozenset)):
+        return [json_value(x) for x in sorted(v, key=repr)]
+    raise TunesiftError(f"cannot write a value of type {type(v).__name__} to JSON Lines; use --out-format parquet")
+
+
+_DEC = "\x00tunesift-decimal:"  # marks a Decimal's digits until the JSON text is made
+_DEC_RE = re.compile(r'"\\u0000tunesift-decimal:([-+0-9.eE]+)"')
+
+
+def _decimal_marker(d: decimal.Decimal) -> str:
+    return _DEC + (format(d, "f") if abs(d.adjusted()) < 30 else str(d).replace("E", "e"))
+
+
+def json_line(row: dict) -> str:
+    """One strict-JSON line for ``row``: UTF-8 text, with a lone surrogate kept as its escape."""
+    value = json_value(row)
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, ensure_ascii=True, allow_nan=False)
+    return _DEC_RE.sub(r"\1", text) if "tunesift-decimal:" in text else text
+
+
+# ----------------------------------------------------------------------------- the set
+
+
+def manifest(sel: Selection, inputs: dict[str, dict], files: dict[str, str] | None = None,
+             out_format: str = "jsonl") -> dict:
     """What was run, on what, with which model and versions, what came out, and how long it took."""
     n = len(sel.records)
     kept = int(sel.kept.sum())
@@ -47,29 +220,138 @@ def manifest(sel: Selection, inputs: dict[str, dict]) -> dict:
         "objective": sel.extra.get("objective"),
         "versions": versions(),
         "timings": {k: round(v, 3) for k, v in sel.timings.items()},
+        "out_format": out_format,
+        "files": files or {},
     }
 
 
-def write_selection(sel: Selection, out_dir: str | Path, inputs: dict[str, dict] | None = None) -> Path:
-    """Write the three output files into ``out_dir`` atomically; returns the folder."""
+def _sha256(p: Path) -> str:
+    if p.is_dir():
+        from .records import input_checksum
+
+        return input_checksum(p)
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _scores_table(sel: Selection):
+    """scores.parquet; a string that is not valid Unicode (a lone surrogate in an id or an error
+    reason) is written as its ``\\uXXXX`` escape."""
+    try:
+        return sel.table()
+    except (UnicodeError, ValueError):
+        pass
+    import dataclasses
+
+    import numpy as np
+
+    def esc(x):
+        if not isinstance(x, str):
+            return x
+        try:
+            x.encode("utf-8")
+            return x
+        except UnicodeEncodeError:
+            return x.encode("utf-8", "backslashreplace").decode("utf-8")
+
+    records = [dataclasses.replace(r, id=esc(r.id)) for r in sel.records]
+    cols = {k: (np.array([esc(x) for x in v], dtype=object) if np.asarray(v).dtype == object else v)
+            for k, v in sel.columns.items()}
+    return dataclasses.replace(sel, records=records, columns=cols).table()
+
+
+def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
+    """The kept rows; Parquet and hf use the input's Arrow schema when it had one (native types)."""
+    rows = sel.subset
+    if out_format == "jsonl":
+        with open(tmp / "selected.jsonl", "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json_line(row) + "\n")
+        return
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = check_writable(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    schema = sel.extra.get("input_schema")
     try:
-        with open(tmp / "selected.jsonl", "w", encoding="utf-8") as fh:
-            for row in sel.subset:
-                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        pq.write_table(sel.table(), tmp / "scores.parquet")
-        (tmp / "manifest.json").write_text(json.dumps(manifest(sel, inputs or {}), indent=2, default=str) + "\n",
-                                           encoding="utf-8")
-        out.mkdir(parents=True, exist_ok=True)
-        stale = out / "report.html"  # a report of an earlier selection must not outlive it
-        if stale.exists():
-            stale.unlink()
-        for name in FILES:
-            os.replace(tmp / name, out / name)
+        table = None
+        if schema is not None:
+            try:
+                table = pa.Table.from_pylist(rows, schema=schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError):
+                table = None
+        if table is None:
+            table = pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeError) as exc:
+        raise TunesiftError(f"cannot write the kept records as {out_format}: {str(exc).splitlines()[0]}; "
+                            "use --out-format jsonl") from None
+    if out_format == "parquet":
+        pq.write_table(table, tmp / "selected.parquet")
+    else:
+        from datasets import Dataset
+
+        Dataset(table).save_to_disk(str(tmp / "selected"))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def write_selection(sel: Selection, out_dir: str | Path, inputs: dict[str, dict] | None = None, *,
+                    out_format: str = "jsonl", input_paths: list[str | Path] = ()) -> Path:
+    """Write the selection into ``out_dir`` as one unit (see the module docstring); returns the folder."""
+    import pyarrow.parquet as pq
+
+    if out_format not in OUT_FORMATS:
+        raise OptionError(f"unknown out-format '{out_format}': use one of {', '.join(OUT_FORMATS)}")
+    out = check_output_folder(out_dir, input_paths)
+    tmp = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        _write_selected(sel, tmp, out_format)
+        pq.write_table(_scores_table(sel), tmp / "scores.parquet")
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        text = json.dumps(json_value(manifest(sel, inputs or {}, files, out_format)), indent=2, allow_nan=False)
+        (tmp / "manifest.json").write_text(text + "\n", encoding="utf-8")
+        for p in tmp.rglob("*"):  # durable before the swap
+            if p.is_file():
+                with open(p, "rb") as fh:
+                    os.fsync(fh.fileno())
+        os.chmod(tmp, 0o777 & ~_umask())
+        if out.exists():
+            if _exchange(tmp, out):  # tmp now holds the previous set
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                os.replace(out, old / "set")
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        tmp = None
+    except OSError as exc:
+        raise TunesiftError(f"cannot write the output to '{out_dir}': {exc.strerror or exc}; "
+                            "nothing was changed there") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -149,8 +149,19 @@ class Options:
             raise OptionError(f"knn must be >= 0 (0 = dense kernel), got {self.knn}")
         if self.max_length < 8:
             raise OptionError(f"max-length must be at least 8 tokens, got {self.max_length}")
-        if len(self.weights) != 2 or min(self.weights) < 0 or sum(self.weights) <= 0:
-            raise OptionError(f"weights must be two non-negative numbers, got {self.weights}")
+        if (len(self.weights) != 2 or not all(isinstance(w, (int, float)) and math.isfinite(w) for w in self.weights)
+                or min(self.weights) < 0 or sum(self.weights) <= 0):
+            raise OptionError(f"weights must be two finite non-negative numbers, not both 0, got "
+                              f"{','.join(map(str, self.weights))}")
+        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
+                                                           and self.device[5:].isdigit())):
+            raise OptionError(f"unknown device '{self.device}': use auto, cpu, cuda or cuda:N")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise OptionError(f"unknown dtype '{self.dtype}': use auto, float32, bfloat16 or float16")
+        if self.ray_gpus is not None and not math.isfinite(self.ray_gpus):
+            raise OptionError(f"ray-gpus must be a finite number >= 0, got {self.ray_gpus}")
+        if not math.isfinite(self.selectit_alpha):
+            raise OptionError(f"selectit-alpha must be a finite number >= 0, got {self.selectit_alpha}")
         parse_budget(self.budget)
         from .scoring.donod import DonodParams
 
@@ -207,6 +218,7 @@ class Selection:
 
 def parse_budget(budget: float | int | str) -> float | int:
     """A fraction in (0, 1] (written with a decimal point, e.g. 0.3 or 1.0) or a count >= 1."""
+    shown = isinstance(budget, str)
     if isinstance(budget, str):
         text = budget.strip()
         try:
@@ -217,7 +229,10 @@ def parse_budget(budget: float | int | str) -> float | int:
         raise OptionError(f"budget must be a fraction in (0, 1] or a count, got {budget!r}")
     if isinstance(budget, float):
         if not 0 < budget <= 1:
-            raise OptionError(f"budget fraction must be in (0, 1], got {budget}")
+            hint = ""
+            if budget > 1 and budget == int(budget):
+                hint = f"; a count is written as a whole number, e.g. {int(budget)}"
+            raise OptionError(f"budget fraction must be in (0, 1], got {text if shown else budget}{hint}")
         return budget
     if budget < 1:
         raise OptionError(f"budget count must be at least 1, got {budget}")
@@ -234,13 +249,21 @@ def resolve_budget(budget: float | int | str, n: int) -> int:
     return b
 
 
-def as_records(data, fields: FieldMap | None = None, *, source: str = "<rows>") -> list[Record]:
-    """Records from a path, a list of Records, a list of dicts, a pandas DataFrame or an HF Dataset."""
+SKIP_HINT = "; fix or drop such records, or pass --on-error skip to keep them out as error rows"
+
+
+def as_records(data, fields: FieldMap | None = None, *, source: str = "<rows>", on_error: str = "fail",
+               digest: dict | None = None) -> list[Record]:
+    """Records from a path, a list of Records, a list of dicts, a pandas DataFrame or an HF Dataset.
+    ``on_error="skip"``: records with a defect come back with ``Record.error`` set; ``digest``
+    receives the input's sha256 as it was read (paths only)."""
+    hint = SKIP_HINT if on_error == "fail" and source == "<rows>" else ""
     if isinstance(data, (str, Path)):
-        return read_records(data, fields)
+        return read_records(data, fields, on_error=on_error, digest=digest, hint=hint)
     if isinstance(data, list) and data and isinstance(data[0], Record):
         return data
-    return records_from_rows(data, fields, source=source)  # dicts, DataFrame, Dataset, DatasetDict
+    return records_from_rows(data, fields, source=source, on_error=on_error,
+                             hint=hint)  # dicts, DataFrame, Dataset, DatasetDict
 
 
 def _no_progress(label: str, total: int) -> Callable[[int], None]:
@@ -497,10 +520,26 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
     res = _submodular(sim, cross, k, opt)
     timings["select_s"] = time.perf_counter() - t2
     cols = _greedy_columns(res, len(records))
+    cols.update(_coverage(sim, res.order, records))
     if not embed_kernel:
         cols["helped_by"] = _nanmean(uf, axis=1)  # mean UF of this record as a target: how much examples help it
         cols["helpfulness"] = _nanmean(uf, axis=0)  # mean UF of this record as an example: how much it helps others
     return cols, np.asarray(res.order), {"timings": timings, "objective": res.objective}
+
+
+def _coverage(sim, picks: np.ndarray, records) -> dict[str, np.ndarray]:
+    """For each record not picked, the pick that covers it best in the selection kernel ``sim``
+    (rows: records, columns: candidates) and by how much: ``covered_by`` (the pick's id; None for
+    picks and for records no pick covers) and ``coverage`` (``max_{j in picks} sim[i, j]``, its
+    term of the facility-location objective; NaN for picks), (n,) each."""
+    from .selection.objectives import fl_assignment
+
+    pos, value = fl_assignment(sim, picks)
+    picked = np.zeros(len(records), dtype=bool)
+    picked[picks] = True
+    ids = [records[int(j)].id for j in picks]
+    covered_by = np.array([None if p < 0 or picked[i] else ids[p] for i, p in enumerate(pos)], dtype=object)
+    return {"covered_by": covered_by, "coverage": np.where(picked, np.nan, value)}
 
 
 def _greedy_columns(res, n: int) -> dict[str, np.ndarray]:
@@ -538,7 +577,7 @@ def _donod_delift(records, k, opt, lm, progress: Progress, other):
     cols["prefiltered"] = np.zeros(n, dtype=bool)
     cols["prefiltered"][keep] = True
     for name, arr in cols_s.items():
-        full = np.full(n, -1 if arr.dtype.kind == "i" else np.nan, dtype=arr.dtype)
+        full = np.full(n, {"i": -1, "O": None}.get(arr.dtype.kind, np.nan), dtype=arr.dtype)
         full[keep] = arr
         cols[name] = full
     return cols, keep[np.asarray(order_s, dtype=np.int64)], extra
@@ -582,9 +621,13 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     opt.validate()
     progress = progress or _no_progress
     t_start = time.perf_counter()
-    records = as_records(data, fields)
-    tgt = as_records(target, fields, source="<target>") if target is not None else None
-    ext = as_records(existing, fields, source="<existing>") if existing is not None else None
+    digests: dict[str, dict] = {"data": {}, "target": {}, "existing": {}}  # sha256 of what was read
+    # per-record defects become Record.error here, so that every defect of the run (unreadable fields,
+    # records the model cannot score) is reported together below, or turned into error rows
+    records = as_records(data, fields, on_error="skip", digest=digests["data"])
+    tgt = as_records(target, fields, source="<target>", digest=digests["target"]) if target is not None else None
+    ext = as_records(existing, fields, source="<existing>", digest=digests["existing"]) \
+        if existing is not None else None
     other = _stage_other(opt, tgt, ext)
     k = resolve_budget(opt.budget, len(records))
     log.info("%s: %d records read, keeping %d", opt.method, len(records), k)
@@ -606,11 +649,19 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
             opt = replace(opt, token_budget=auto_token_budget(lm))
             log.info("token budget %d padded tokens per batch", opt.token_budget)
     t = time.perf_counter()
-    errors = _unscorable(records, lm, opt) if opt.method in LM_METHODS else {}
+    errors = {i: r.error for i, r in enumerate(records) if r.error}  # defects found when reading
+    readable = [i for i in range(len(records)) if i not in errors]
+    if opt.method in LM_METHODS and readable:
+        errors.update({readable[j]: why for j, why in
+                       _unscorable([records[i] for i in readable], lm, opt).items()})
+        errors = dict(sorted(errors.items()))
     ok = np.array([i for i in range(len(records)) if i not in errors], dtype=np.int64)
     if errors:
-        if opt.on_error == "fail" or not len(ok):
-            raise TunesiftError(next(iter(errors.values())))
+        if opt.on_error == "fail":
+            raise TunesiftError(_errors_line(errors, len(records), data) + SKIP_HINT)
+        if not len(ok):
+            raise TunesiftError(f"none of the {len(records)} records can be used (every one is an error row "
+                                f"under --on-error skip): {_errors_line(errors, len(records), data)}")
         log.warning("%d of %d records cannot be scored (see the error column); they are never kept",
                     len(errors), len(records))
         k = min(k, len(ok))
@@ -632,6 +683,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
         cols["error"] = np.array([errors.get(i) for i in range(len(records))], dtype=object)
         order = ok[np.asarray(order, dtype=np.int64)]
         extra["errors"] = len(errors)
+    extra["input_sha256"] = {k: v["sha256"] for k, v in digests.items() if v.get("sha256")}
+    extra["input_schema"] = digests["data"].get("schema")  # Arrow schema of Parquet/HF input (outputs)
     timings["score_select_s"] = time.perf_counter() - t
     timings.update(extra.pop("timings", {}))
     kept = np.zeros(len(records), dtype=bool)
@@ -640,6 +693,24 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     timings["total_s"] = time.perf_counter() - t_start
     return Selection(opt.method, records, kept, cols, np.asarray(order, dtype=np.int64), opt, k,
                      model_info, timings, extra)
+
+
+def _errors_line(errors: dict[int, str], n: int, data=None) -> str:
+    """The first reason in full, then how many records fail and the first few of the others
+    (without the file name, which the first names)."""
+    items = list(errors.items())
+    line = items[0][1]
+    src = f"{data}:" if isinstance(data, (str, Path)) else None
+
+    def short(why: str) -> str:
+        why = "line " + why[len(src):] if src and why.startswith(src) else why
+        return why if len(why) <= 120 else why[:117] + "..."
+
+    if len(items) > 1:
+        more = ", ".join(short(why) for _, why in items[1:4])
+        line += f"; {len(items)} of {n} records cannot be used, also: {more}" + (
+            f" and {len(items) - 4} more" if len(items) > 4 else "")
+    return line
 
 
 def _unscorable(records: list[Record], lm, opt: Options) -> dict[int, str]:
@@ -653,7 +724,7 @@ def _unscorable(records: list[Record], lm, opt: Options) -> dict[int, str]:
 def _spread(arr: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     """A column of the scored records spread over all n records (missing: NaN, -1 or False)."""
     arr = np.asarray(arr)
-    fill = {"b": False, "i": -1, "u": 0}.get(arr.dtype.kind, np.nan)
+    fill = {"b": False, "i": -1, "u": 0, "O": None}.get(arr.dtype.kind, np.nan)
     full = np.full(n, fill, dtype=arr.dtype if arr.dtype.kind in "biu" else np.result_type(arr.dtype, np.float64))
     full[rows] = arr
     return full

@@ -105,6 +105,7 @@ class Record:
     context: tuple[tuple[str, str], ...]
     row: dict = field(hash=False)
     line: int
+    error: str | None = None  # why the record cannot be used (only with on_error="skip"), else None
 
 
 @dataclass(frozen=True)
@@ -168,22 +169,34 @@ class FieldMap:
 # Public API
 
 
-def read_records(path: str | Path, fields: FieldMap | None = None) -> list[Record]:
+def read_records(path: str | Path, fields: FieldMap | None = None, *, on_error: str = "fail",
+                 digest: dict | None = None, hint: str = "") -> list[Record]:
     """Read and validate every record of an input file or ``datasets`` folder.
 
-    Raises :class:`~tunesift.errors.InputError` (one line: file, line or row, field) on the first
-    problem: a missing or unreadable file, an unknown format or schema, invalid JSON or UTF-8, a
-    missing, null, mistyped or empty field, a malformed chat, or a duplicated id. Raises
+    Whole-file problems raise :class:`~tunesift.errors.InputError` (one line: file, line or row,
+    field) at once: a missing or unreadable file, an unknown format or schema, invalid JSON or
+    UTF-8, a malformed CSV, a bad or duplicated id. Per-record defects (a missing, null, mistyped
+    or empty field, text that is not valid Unicode, a malformed chat) are all collected first:
+    with ``on_error="fail"`` one InputError names the first, the count and the lines of the next
+    few (``hint`` is appended); with ``on_error="skip"`` each becomes a Record whose ``error`` holds
+    the reason (its prompt and response are empty) and the read goes on. Raises
     :class:`~tunesift.errors.OptionError` for a bad ``fields`` argument.
+
+    ``digest``: a dict that receives ``"sha256"``, the checksum (:func:`input_checksum`) of the
+    bytes that were parsed, computed as they are read (not re-read later).
     """
     fields = _check_fields(fields)
     source = str(path)
-    rows, empty = _open(Path(path), source)
-    return _build(rows, fields, source, empty)
+    try:
+        rows, empty = _open(Path(path), source, digest)
+    except OSError as e:  # a path too long, a loop of symlinks, ...
+        raise InputError(source, f"cannot read the input: {e.strerror or _one_line(e)}") from None
+    return _build(rows, fields, source, empty, on_error, hint)
 
 
 def records_from_rows(
-    rows: Iterable[dict], fields: FieldMap | None = None, *, source: str = "<rows>"
+    rows: Iterable[dict], fields: FieldMap | None = None, *, source: str = "<rows>",
+    on_error: str = "fail", hint: str = "",
 ) -> list[Record]:
     """Validate rows already in memory: a list of dicts, ``DataFrame.to_dict("records")``, a
     ``datasets.Dataset`` (a ``DatasetDict`` gives its ``train`` split) or a pandas DataFrame.
@@ -204,7 +217,7 @@ def records_from_rows(
             f"expected an iterable of rows (dicts), got a single {_type_name(rows)}; "
             "pass a list of dicts",
         )
-    return _build(_iter_rows(rows, source), fields, source, "no records: there are no rows")
+    return _build(_iter_rows(rows, source), fields, source, "no records: there are no rows", on_error, hint)
 
 
 def detect_schema(row: dict, *, source: str = "<row>", line: int | None = None) -> str:
@@ -290,10 +303,13 @@ class _Loc(NamedTuple):
     unit: str  # "line", "row" or "element": names a second location in messages
 
 
-def _open(p: Path, source: str) -> tuple[Iterator[tuple[Any, _Loc]], str]:
-    """Pick the reader for a path; returns the (row, loc) iterator and the 'no records' text."""
+def _open(p: Path, source: str, digest: dict | None = None) -> tuple[Iterator[tuple[Any, _Loc]], str]:
+    """Pick the reader for a path; returns the (row, loc) iterator and the 'no records' text.
+    ``digest["sha256"]`` gets the checksum of the bytes read."""
+    digest = {} if digest is None else digest
     if p.is_dir():
-        return _read_dataset_dir(p, source)
+        digest["sha256"] = input_checksum(p)
+        return _read_dataset_dir(p, source, digest)
     if not p.exists():
         raise InputError(source, "no such file or directory")
     if not p.is_file():
@@ -314,8 +330,11 @@ def _open(p: Path, source: str) -> tuple[Iterator[tuple[Any, _Loc]], str]:
             raise InputError(
                 source, "a gzip-compressed Parquet file is not supported: gunzip it first"
             )
-        return _read_parquet(p, source)
+        data = _read_bytes(p, source)
+        digest["sha256"] = hashlib.sha256(data).hexdigest()
+        return _read_parquet(data, source, digest)
     data = _read_bytes(p, source)
+    digest["sha256"] = hashlib.sha256(data).hexdigest()
     if gz:
         try:
             data = gzip.decompress(data)
@@ -516,11 +535,14 @@ def _read_csv(text: str, source: str) -> Iterator[tuple[Any, _Loc]]:
         csv.field_size_limit(old_limit)
 
 
-def _read_parquet(p: Path, source: str) -> tuple[Iterator[tuple[Any, _Loc]], str]:
+def _read_parquet(data: bytes, source: str, digest: dict) -> tuple[Iterator[tuple[Any, _Loc]], str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_table(p).to_pylist()
+        table = pq.read_table(pa.BufferReader(data))
+        digest["schema"] = table.schema
+        rows = table.to_pylist()
     except OSError as e:
         raise InputError(source, f"cannot read the Parquet file: {_one_line(e)}") from None
     except Exception as e:  # pyarrow.ArrowInvalid and friends
@@ -528,7 +550,7 @@ def _read_parquet(p: Path, source: str) -> tuple[Iterator[tuple[Any, _Loc]], str
     return _iter_rows(rows, source), "no records: the Parquet file has no rows"
 
 
-def _read_dataset_dir(p: Path, source: str) -> tuple[Iterator[tuple[Any, _Loc]], str]:
+def _read_dataset_dir(p: Path, source: str, digest: dict) -> tuple[Iterator[tuple[Any, _Loc]], str]:
     markers = ("dataset_info.json", "state.json", "dataset_dict.json")
     if not any((p / m).is_file() for m in markers):
         raise InputError(
@@ -544,6 +566,7 @@ def _read_dataset_dir(p: Path, source: str) -> tuple[Iterator[tuple[Any, _Loc]],
         raise InputError(source, f"cannot load the Hugging Face dataset: {_one_line(e)}") from None
     if type(ds).__name__ == "DatasetDict":
         ds = _train_split(ds, source)
+    digest["schema"] = getattr(getattr(ds, "data", None), "schema", None)
     try:
         rows = ds.to_list()
     except Exception as e:
@@ -662,7 +685,14 @@ def _check_fields(fields: FieldMap | None) -> FieldMap:
     return fields
 
 
-def _build(rows: Iterator[tuple[Any, _Loc]], fm: FieldMap, source: str, empty: str) -> list[Record]:
+#: How many per-record defects an error message lists besides the first.
+SHOW_DEFECTS = 3
+
+
+def _build(rows: Iterator[tuple[Any, _Loc]], fm: FieldMap, source: str, empty: str,
+           on_error: str = "fail", hint: str = "") -> list[Record]:
+    if on_error not in ("fail", "skip"):
+        raise OptionError(f"unknown on-error '{on_error}': use fail or skip")
     rows = iter(rows)
     first = next(rows, None)
     if first is None:
@@ -681,11 +711,17 @@ def _build(rows: Iterator[tuple[Any, _Loc]], fm: FieldMap, source: str, empty: s
     hash_counts: dict[str, int] = {}
 
     out: list[Record] = []
+    defects: list[InputError] = []
     for row, loc in _chain(first, rows):
-        if spec.kind == "messages":
-            prompt, response, context = _chat(row, spec, loc, source)
-        else:
-            (prompt, response), context = _texts(row, spec, loc, source), ()
+        error = None
+        try:
+            if spec.kind == "messages":
+                prompt, response, context = _chat(row, spec, loc, source)
+            else:
+                (prompt, response), context = _texts(row, spec, loc, source), ()
+        except InputError as e:  # a defect of this record alone: collected, the read goes on
+            defects.append(e)
+            prompt, response, context, error = "", "", (), str(e)
         if id_field:
             rid = _field_id(row, id_field, id_why, loc, source)
             if rid in seen_ids:
@@ -704,8 +740,31 @@ def _build(rows: Iterator[tuple[Any, _Loc]], fm: FieldMap, source: str, empty: s
             n = hash_counts.get(h, 0) + 1
             hash_counts[h] = n
             rid = h if n == 1 else f"{h}-{n}"
-        out.append(Record(rid, prompt, response, context, row, loc.line))
+        out.append(Record(rid, prompt, response, context, row, loc.line, error))
+    if defects and on_error == "fail":
+        raise _defects_error(source, defects, len(out), hint)
     return out
+
+
+def _defects_error(source: str, defects: list[InputError], n: int, hint: str) -> InputError:
+    """One line for every per-record defect: the first in full, then the count and the next few."""
+    first = defects[0]
+    reason = first.reason
+    if len(defects) > 1:
+        more = [
+            f"{d.line}" + (f" '{d.field}'" if d.field else "") + f" ({_clip(d.reason, 60)})"
+            for d in defects[1 : 1 + SHOW_DEFECTS]
+        ]
+        rest = len(defects) - 1 - len(more)
+        reason += (
+            f"; {len(defects)} of {n} records cannot be used, also at {', '.join(more)}"
+            + (f" and {rest} more" if rest else "")
+        )
+    return InputError(source, reason + hint, line=first.line, field=first.field)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
@@ -741,6 +800,20 @@ def _text_value(row: dict, name: str, loc: _Loc, source: str, why: str) -> str:
         raise _err(
             source, loc, f"expected a string, got {_a(_type_name(value))} ({_show(value)})", name
         )
+    return _valid_text(value, loc, source, name)
+
+
+def _valid_text(value: str, loc: _Loc, source: str, at: str) -> str:
+    """``value``, if it is valid Unicode text (no lone surrogate such as a JSON ``\\ud800``)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _err(
+            source,
+            loc,
+            f"not valid Unicode text: a lone surrogate {value[e.start]!r} at character {e.start + 1}",
+            at,
+        ) from None
     return value
 
 
@@ -856,27 +929,42 @@ def _chat(
 def _turn_text(content: Any, loc: _Loc, source: str, at: str) -> str:
     """A turn's content: a string, or a list of OpenAI text parts joined with blank lines."""
     if isinstance(content, str):
-        return content
-    if isinstance(content, list) and content:
+        return _valid_text(content, loc, source, at)
+    if isinstance(content, list) and not content:
+        raise _err(
+            source, loc, "the content is an empty list; expected a string or a list of text parts", at
+        )
+    if isinstance(content, list):
         texts = []
         for j, part in enumerate(content):
-            if not (
-                isinstance(part, dict)
-                and part.get("type") == "text"
-                and isinstance(part.get("text"), str)
-            ):
-                kind = part.get("type") if isinstance(part, dict) else _type_name(part)
-                raise _err(
-                    source,
-                    loc,
-                    f"only text content parts are supported, got {_show(kind)}",
-                    f"{at}[{j}]",
-                )
-            texts.append(part["text"])
+            if isinstance(part, dict) and part.get("type") == "text":
+                text = part.get("text")
+                if not isinstance(text, str):
+                    got = "no 'text'" if "text" not in part else _a(_type_name(text))
+                    raise _err(
+                        source,
+                        loc,
+                        f"a text content part needs a 'text' string, got {got}",
+                        f"{at}[{j}].text",
+                    )
+                texts.append(_valid_text(text, loc, source, f"{at}[{j}].text"))
+                continue
+            kind = part.get("type") if isinstance(part, dict) else _type_name(part)
+            raise _err(
+                source,
+                loc,
+                f"only text content parts are supported, got {_show(kind)}",
+                f"{at}[{j}]",
+            )
         return "\n\n".join(texts)
     if content is None:
         raise _err(source, loc, "is null, expected a string", at)
-    raise _err(source, loc, f"expected a string, got {_a(_type_name(content))}", at)
+    raise _err(
+        source,
+        loc,
+        f"expected a string or a list of text parts, got {_a(_type_name(content))}",
+        at,
+    )
 
 
 def _field_id(row: dict, name: str, why: str, loc: _Loc, source: str) -> str:

@@ -14,6 +14,13 @@ exact by construction (no offset mapping, no boundary guessing) and makes a reco
 differs. For ChatML-style templates this equals tokenising the whole string, because segments
 meet at special tokens or newlines; the tests check it.
 
+Record text is tokenised as text: a control string inside it (``<|im_end|>``, ``<|im_start|>``,
+``<|endoftext|>``, any added token of the tokenizer) becomes the tokens of its characters, never
+the control token, so a record cannot inject turn structure. Only the template's own strings
+(header, user_end, end, between, the chat template's turn markers) are control tokens. Records
+without control strings are tokenised exactly as before (``split_special_tokens`` changes nothing
+for them).
+
 Plain template (used when the tokenizer has no chat template, e.g. a base model)::
 
     [BOS]### Instruction:\\n{prompt}\\n\\n### Response:\\n{response}[EOS]
@@ -21,7 +28,9 @@ Plain template (used when the tokenizer has no chat template, e.g. a base model)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from .errors import TunesiftError
 
@@ -30,6 +39,7 @@ PLAIN_USER_END = "\n\n### Response:\n"
 PLAIN_BETWEEN = "\n\n" + PLAIN_HEADER  # the example is not closed with EOS in plain context
 
 _U1, _A1, _U2 = "\x01TSU1\x01", "\x01TSA1\x01", "\x01TSU2\x01"
+_SLOT = re.compile("\x02TSP(\\d+)\x02")  # a record text's place in a rendered prompt
 
 
 @dataclass(frozen=True)
@@ -121,9 +131,45 @@ class Renderer:
     _cache: dict = field(default_factory=dict, repr=False)
 
     def ids(self, text: str) -> list[int]:
+        """Token ids of template text: control strings in it are control tokens."""
         if text not in self._cache:
             self._cache[text] = self.tokenizer(text, add_special_tokens=False).input_ids
         return self._cache[text]
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of record text: a control string in it is tokenised as plain characters."""
+        if not self.has_control(text):
+            return self.ids(text)
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+
+    @property
+    def controls(self) -> tuple[str, ...]:
+        """The strings the tokenizer would turn into added/control tokens."""
+        if "\x00controls" not in self._cache:
+            added = getattr(self.tokenizer, "get_added_vocab", lambda: {})() or {}
+            special = getattr(self.tokenizer, "all_special_tokens", []) or []
+            self._cache["\x00controls"] = tuple(t for t in {*added, *special} if t)
+        return self._cache["\x00controls"]
+
+    def has_control(self, text: str) -> bool:
+        return any(c in text for c in self.controls)
+
+    def prompt_ids(self, record) -> list[int]:
+        """Token ids of :meth:`prompt_text`, with the record's own text tokenised as text."""
+        texts = [c for _, c in record.context] + [record.prompt]
+        if not any(self.has_control(t) for t in texts):
+            return self.ids(self.prompt_text(record))
+        slot = iter(range(len(texts)))
+        masked = SimpleNamespace(context=tuple((r, f"\x02TSP{next(slot)}\x02") for r, _ in record.context),
+                                 prompt=f"\x02TSP{next(slot)}\x02")
+        pieces = _SLOT.split(self.prompt_text(masked))
+        out: list[int] = []
+        for i, piece in enumerate(pieces):
+            if i % 2:
+                out += self.text_ids(texts[int(piece)])
+            elif piece:
+                out += self.ids(piece)
+        return out
 
     @property
     def header(self) -> list[int]:
@@ -167,8 +213,8 @@ class Renderer:
 
     def encode(self, record) -> Encoded:
         """Zero-shot encoding of one record (prompt | user_end, response | end)."""
-        prompt = self.ids(self.prompt_text(record)) + self.ids(self.fmt.user_end)
-        response = self.tokenizer(record.response, add_special_tokens=False).input_ids + self.ids(self.fmt.end)
+        prompt = self.prompt_ids(record) + self.ids(self.fmt.user_end)
+        response = self._response_ids(record.response) + self.ids(self.fmt.end)
         room = self.max_length - len(self.header) - len(response)
         if room < len(self.ids(self.fmt.user_end)) + 1:
             raise TunesiftError(
@@ -176,6 +222,11 @@ class Renderer:
                 f"max_length {self.max_length}; raise --max-length or drop the record")
         cut = max(0, len(prompt) - room)
         return Encoded(prompt[cut:], response, cut)
+
+    def _response_ids(self, text: str) -> list[int]:
+        if self.has_control(text):
+            return self.text_ids(text)
+        return self.tokenizer(text, add_special_tokens=False).input_ids  # not cached: responses are unique
 
     def sequence(self, record) -> tuple[list[int], list[int]]:
         """(input_ids, response_mask) of the zero-shot sequence; mask is 1 on scored tokens."""
@@ -186,8 +237,8 @@ class Renderer:
 
     def example_prefix(self, record) -> list[int]:
         """Record j as an in-context example: header | prompt_j | user_end | response_j | between."""
-        body = (self.ids(self.prompt_text(record)) + self.ids(self.fmt.user_end)
-                + self.tokenizer(record.response, add_special_tokens=False).input_ids
+        body = (self.prompt_ids(record) + self.ids(self.fmt.user_end)
+                + self._response_ids(record.response)
                 + self.ids(self.fmt.between))
         return self.header + body
 

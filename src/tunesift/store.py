@@ -6,12 +6,22 @@ records' token ids, the model fingerprint, the template, and the method's parame
 input can therefore never reuse a stale score, and an interrupted run finds the blocks it already
 finished and computes only the rest. Every file is written to a temporary name in the same folder
 and renamed into place, so a crash leaves either the old file or the new one, never half of one.
+
+Integrity: every stored array carries its own checksum. A block file is the ``.npy`` bytes
+followed by a 40-byte trailer, ``b"TSSHA256"`` + the SHA-256 of the ``.npy`` bytes (``np.load``
+ignores the trailer). On read the checksum is verified; a block that is missing its trailer, fails
+the check, cannot be parsed, or holds a non-finite value where the kind forbids one is never used:
+it is logged as a warning and recomputed. Every failure to use the cache folder itself (a file
+where the folder should be, no permission, a full disk, a folder where a block should be) is a
+:class:`~tunesift.errors.CacheError`: one line naming the path and the reason.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +29,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from .errors import CacheError
+
+log = logging.getLogger("tunesift")
+
+#: Marks the checksum trailer of a stored array: MAGIC + sha256(npy bytes).
+MAGIC = b"TSSHA256"
 
 
 def content_key(*parts: object) -> str:
@@ -63,10 +80,62 @@ def default_cache_dir() -> Path:
     return home / "scores"
 
 
+def cache_failure(path: str | Path, exc: OSError, doing: str = "write") -> CacheError:
+    """One line for a cache folder that cannot be used (the OS reason, the path, what to do)."""
+    why = exc.strerror or str(exc)
+    return CacheError(f"score cache: cannot {doing} '{path}': {why}; free space, fix the permissions "
+                      "or point --cache-dir at another folder")
+
+
+def check_cache_dir(root: str | Path) -> Path:
+    """Create the cache folder and probe-write a file in it (before any scoring), or raise
+    :class:`~tunesift.errors.CacheError` in one line."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise CacheError(f"score cache: '{root}' exists and is not a folder; point --cache-dir at a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=root, prefix=".probe-")
+        try:
+            os.write(fd, b"tunesift cache probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise cache_failure(root, exc) from None
+    return root
+
+
+def pack_array(array: np.ndarray) -> bytes:
+    """``.npy`` bytes of ``array`` followed by the checksum trailer (MAGIC + sha256)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    body = buf.getvalue()
+    return body + MAGIC + hashlib.sha256(body).digest()
+
+
+def unpack_array(data: bytes) -> tuple[np.ndarray | None, str | None]:
+    """(array, None) when ``data`` is a block whose checksum holds, else (None, why)."""
+    tail = len(MAGIC) + 32
+    if len(data) < tail or data[-tail:-32] != MAGIC:
+        return None, "it has no checksum (written by another version, or altered)"
+    body = data[:-tail]
+    if hashlib.sha256(body).digest() != data[-32:]:
+        return None, "its checksum does not match its contents (altered or damaged)"
+    try:
+        return np.load(io.BytesIO(body), allow_pickle=False), None
+    except (ValueError, OSError, EOFError) as exc:
+        return None, f"it cannot be parsed ({exc})"
+
+
 class ArrayStore:
     """Named numpy arrays under one cache folder: ``store.get(name)`` / ``store.put(name, array)``.
 
-    Writes are atomic, so a block is either complete on disk or absent.
+    Writes are atomic, so a block is either complete on disk or absent; every block carries a
+    checksum that :meth:`get` verifies (a bad block is reported and read as missing, so the
+    caller recomputes it). ``finite=True``: a block holding NaN or infinity is bad too (for
+    kinds whose values are always finite).
     """
 
     def __init__(self, root: str | Path):
@@ -78,20 +147,38 @@ class ArrayStore:
     def has(self, name: str) -> bool:
         return self._path(name).exists()
 
-    def get(self, name: str) -> np.ndarray | None:
+    def get(self, name: str, *, finite: bool = False) -> np.ndarray | None:
+        """The stored array, or None when it is missing or fails its checks (then it is recomputed)."""
         p = self._path(name)
-        if not p.exists():
-            return None
         try:
-            return np.load(p, allow_pickle=False)
-        except (ValueError, OSError):  # a corrupt file (disk full mid-write elsewhere): recompute
+            if not p.exists():
+                return None
+            if p.is_dir():
+                raise IsADirectoryError(21, "a folder is where a cache block should be", str(p))
+            data = p.read_bytes()
+        except OSError as exc:
+            raise cache_failure(p, exc, "read") from None
+        arr, why = unpack_array(data)
+        if arr is None:
+            log.warning("score cache: ignoring block %s: %s; recomputing it", p, why)
             return None
+        if finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            log.warning("score cache: ignoring block %s: it holds NaN or infinite values; recomputing it", p)
+            return None
+        return arr
 
     def remove(self, name: str) -> None:
         """Delete ``name`` if it is stored."""
-        self._path(name).unlink(missing_ok=True)
+        try:
+            self._path(name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise cache_failure(self._path(name), exc, "remove") from None
 
     def put(self, name: str, array: np.ndarray) -> None:
-        with atomic_path(self._path(name)) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+        p = self._path(name)
+        try:
+            if p.is_dir():
+                raise IsADirectoryError(21, "a folder is where a cache block should be", str(p))
+            write_bytes(p, pack_array(array))
+        except OSError as exc:
+            raise cache_failure(p, exc) from None

@@ -106,14 +106,31 @@ def put_block(store: ArrayStore, key: str, result: BlockResult) -> None:
 
 
 def get_block(store: ArrayStore, key: str, n: int, width: int) -> BlockResult | None:
-    """A stored block of ``n`` records and ``width`` columns, or None when it is missing (or has
-    another shape: then it is recomputed). Errors are read only when a row is all NaN."""
+    """A stored block of ``n`` records and ``width`` columns, or None when it is missing or bad
+    (then it is recomputed). Bad: a failed checksum (:meth:`ArrayStore.get`), another shape, an
+    infinite value, or an all-NaN row without a recorded reason (a score row is all NaN only for
+    a record that failed). Errors are read only when a row is all NaN."""
+    import logging
+
     rows = store.get(key)
-    if rows is None or rows.shape != (n, width):
+    if rows is None:
+        return None
+    log = logging.getLogger("tunesift")
+    if rows.shape != (n, width) or rows.dtype.kind != "f":
+        log.warning("score cache: ignoring block %s: shape %s, expected %s; recomputing it",
+                    store._path(key), rows.shape, (n, width))
+        return None
+    if np.isinf(rows).any():
+        log.warning("score cache: ignoring block %s: it holds infinite values; recomputing it", store._path(key))
         return None
     errors: dict[int, str] = {}
-    if width and np.isnan(rows).all(axis=1).any():
+    nan_rows = np.isnan(rows).all(axis=1) if width else np.zeros(n, dtype=bool)
+    if nan_rows.any():
         errs = store.get(errors_name(key))
         if errs is not None and errs.shape == (n,):
             errors = {i: str(s) for i, s in enumerate(errs) if s}
+        if set(np.flatnonzero(nan_rows).tolist()) - set(errors):
+            log.warning("score cache: ignoring block %s: a row is NaN without a recorded error; recomputing it",
+                        store._path(key))
+            return None
     return BlockResult(rows, errors, computed=False)

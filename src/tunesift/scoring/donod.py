@@ -3,7 +3,9 @@
 For one record with T scored response tokens, let h_t (d,) be the final hidden state that
 predicts token y_t, z_t = W h_t (V,) the logits of the LM head W (V, d), p_t = softmax(z_t) and
 r_t = p_t - onehot(y_t) (times tanh' when the model soft-caps its logits). The gradient of the
-record's loss on W is G = c * sum_t r_t h_t^T, with c = 1/T for ``mean`` reduction and 1 for ``sum``.
+record's loss on W is G = c * sum_t r_t h_t^T, with c = 1/T for ``mean`` reduction, 1 for ``sum``
+and 1/sqrt(T) for ``sqrt`` (per-token normalised: length-neutral when token gradients are
+uncorrelated; ours, not the paper's, which does not say which it used).
 One plain SGD step gives W' = W - eta * G, and
 
     NOD = ||W' - W||_F = eta * ||G||_F
@@ -26,15 +28,20 @@ import torch
 
 from ..errors import OptionError
 
-REDUCTIONS = ("mean", "sum")
+REDUCTIONS = ("mean", "sum", "sqrt")
+# token scale c of the loss (and so of G) for a response of T scored tokens
+_TOKEN_SCALE = {"mean": lambda t: 1.0 / t, "sum": lambda t: 1.0, "sqrt": lambda t: 1.0 / math.sqrt(t)}
 
 
 
 @dataclass(frozen=True)
 class DonodParams:
-    """``eta``: SGD step of the simulated update; ``reduction``: token reduction of the loss.
+    """``eta``: SGD step of the simulated update; ``reduction``: token reduction of the loss,
+    ``mean`` (c = 1/T, what a standard SFT loss does), ``sum`` (c = 1, the literal per-sample
+    loss) or ``sqrt`` (c = 1/sqrt(T), per-token normalised; ours). The paper does not say which.
 
-    Defaults: eta = 1e-3 and mean reduction (see docs/donod.md for the eta sweep behind them).
+    Defaults: eta = 1e-3 and mean reduction (docs/results.md: the eta sweep on GSM8K and the noise
+    benchmark over four kinds of sets, bench/noise_bench.py).
     """
 
     eta: float = 1e-3
@@ -104,7 +111,7 @@ def don_nod(inner: float, g_sq: float, n_tokens: int, w_sq: float, params: Donod
 
     ``w_sq`` is ||W||_F^2 of the LM head (float64).
     """
-    c = 1.0 / n_tokens if params.reduction == "mean" else 1.0
+    c = _TOKEN_SCALE[params.reduction](n_tokens)
     eta = params.eta
     wg = c * inner
     gg = c * c * g_sq
@@ -227,7 +234,7 @@ def autograd_don_nod(model, ids: list[int], mask: list[int], params: DonodParams
     z = hidden[pos - 1] @ w.T * scale
     if softcap:
         z = softcap * torch.tanh(z / softcap)
-    loss = torch.nn.functional.cross_entropy(z, x[0, pos], reduction=params.reduction)
+    loss = torch.nn.functional.cross_entropy(z, x[0, pos], reduction="sum") * _TOKEN_SCALE[params.reduction](len(pos))
     (g,) = torch.autograd.grad(loss, w)
     with torch.no_grad():
         w_new = w - params.eta * g

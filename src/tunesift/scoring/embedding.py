@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import OptionError, TunesiftError
+from ..similarity import cos_to_unit, normalise
 from ..store import ArrayStore, content_key, default_cache_dir
 
 EMBED_DIM = 384
@@ -89,7 +90,7 @@ def embed_records(
         store = ArrayStore(
             root / CACHE_KIND / content_key("minilm-v1", _embedder_fingerprint(), texts)
         )
-        got = store.get("emb")
+        got = store.get("emb", finite=True)
         if got is not None and got.shape == (len(texts), EMBED_DIM):
             return got
     n = len(texts)
@@ -111,7 +112,7 @@ def embed_records(
 
     todo = []
     for start in starts:
-        got = store.get(name(start)) if store and len(starts) > 1 else None
+        got = store.get(name(start), finite=True) if store and len(starts) > 1 else None
         if got is not None and got.shape == (min(n, start + chunk_size) - start, EMBED_DIM):
             finished(start, got, stored=True)
         else:
@@ -138,15 +139,7 @@ def embed_texts(texts: list[str], *, device: str = "cpu", batch_size: int = 64) 
     enc = _encoder(resolve_device(device))
     out = enc.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
                      show_progress_bar=False)
-    return _normalise(np.asarray(out, dtype=np.float32))
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise OptionError(f"embeddings must be a 2-d array, got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
+    return normalise(np.asarray(out, dtype=np.float32))
 
 
 def cosine_similarity_kernel(a: np.ndarray, b: np.ndarray, pattern: sp.spmatrix | None = None):
@@ -156,26 +149,17 @@ def cosine_similarity_kernel(a: np.ndarray, b: np.ndarray, pattern: sp.spmatrix 
     :func:`knn_pattern`) only its entries are computed, in O(nnz d), and a CSR kernel is returned.
     """
     same = a is b
-    a = _normalise(a)
-    b = a if same else _normalise(b)
+    a = normalise(a)
+    b = a if same else normalise(b)
     if pattern is None:
-        return _cos_to_unit(a @ b.T)
+        return cos_to_unit(a @ b.T)
     p = pattern.tocsr().tocoo()
     vals = np.empty(p.nnz, dtype=np.float32)
     step = max(1, _BLOCK_ELEMS // max(1, a.shape[1]))  # entries per block: ~16 MB gathered
     for s0 in range(0, p.nnz, step):  # blocked: gathering all nnz rows at once is nnz x d
         r, c = p.row[s0 : s0 + step], p.col[s0 : s0 + step]
-        vals[s0 : s0 + step] = _cos_to_unit(np.einsum("ij,ij->i", a[r], b[c]))
+        vals[s0 : s0 + step] = cos_to_unit(np.einsum("ij,ij->i", a[r], b[c]))
     return sp.csr_matrix((vals, (p.row, p.col)), shape=(len(a), len(b)))
-
-
-def _cos_to_unit(s: np.ndarray) -> np.ndarray:
-    """(s + 1) / 2 clipped to [0, 1] as float32, in place (``s`` is a fresh float32 product
-    here; no temporaries: a 20k x 20k kernel needs 1.6 GB, not 4 x that)."""
-    s = np.asarray(s, dtype=np.float32)
-    s += 1.0
-    s *= 0.5
-    return np.clip(s, 0.0, 1.0, out=s)
 
 
 def knn_pattern(
@@ -195,7 +179,7 @@ def knn_pattern(
     """
     if k < 0:
         raise OptionError(f"k must be >= 0, got {k}")
-    a, b = _normalise(a), _normalise(b)
+    a, b = normalise(a), normalise(b)
     n_a, n_b = len(a), len(b)
     if exclude_self and n_a > n_b:
         raise OptionError("exclude_self needs a and b to be the same items (len(a) <= len(b))")
@@ -460,7 +444,7 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
         sq = np.einsum("ij,ij->i", x, x)
         if len(sq) and np.abs(sq - 1.0).max() <= 1e-5:
             return x
-    return np.ascontiguousarray(_normalise(x))
+    return np.ascontiguousarray(normalise(x))
 
 
 def _drop_self(got: np.ndarray, r0: int) -> np.ndarray:

@@ -261,7 +261,7 @@ class ResponseScorer:
         with torch.inference_mode():
             out = self.model(input_ids=ids, use_cache=True)
             ref = out.logits.float().log_softmax(-1)
-            layers = getattr(out.past_key_values, "layers", None)
+            layers = getattr(out.cache, "layers", None)
             mergeable = bool(layers) and all(type(x) is DynamicLayer for x in layers)
             if self.decoder is None or self.head is None:
                 return "full", mergeable
@@ -294,7 +294,7 @@ class ResponseScorer:
             else:
                 out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw)
         self.forwards += 1
-        return out.past_key_values
+        return out.cache
 
     def score(
         self, prefix: Sequence[int], conts: Sequence[Continuation]
@@ -399,7 +399,7 @@ class ResponseScorer:
         ids, mask = ids.to(dev), mask.to(dev)
         if cache is not None:
             mask = torch.cat([prefix_mask, mask], 1)
-            kw = {"past_key_values": cache, "use_cache": True}
+            kw = {"cache": cache, "use_cache": True}
             if prefix_lens is not None:
                 kw["position_ids"] = prefix_lens[:, None] + torch.arange(width, device=dev)[None]
         else:

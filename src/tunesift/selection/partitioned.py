@@ -46,7 +46,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from tunesift.errors import OptionError
+from tunesift.selection.objectives import fl_assignment
 from tunesift.selection.submodular import GreedyResult, facility_location
+from tunesift.similarity import cos_to_unit, normalise
 
 __all__ = [
     "KernelFn",
@@ -118,17 +120,15 @@ def fl_value_blocked(
     the rows i summed over (default all n; a random sample gives an unbiased estimate of the
     mean). Row blocks of ~16M similarities: O(|targets| |A| d) time, never n x n memory.
     """
-    from tunesift.scoring.embedding import _cos_to_unit, _normalise
-
     cols = np.asarray(cols, dtype=np.int64)
     if len(cols) == 0:
         return 0.0
-    sel_t = np.ascontiguousarray(_normalise(embeddings[cols]).T)  # (d, |A|), normalised once
+    sel_t = np.ascontiguousarray(normalise(embeddings[cols]).T)  # (d, |A|), normalised once
     rows = np.arange(len(embeddings)) if targets is None else np.asarray(targets, dtype=np.int64)
     step = block_rows or max(1, (1 << 24) // len(cols))
     total = 0.0
     for r0 in range(0, len(rows), step):
-        K = _cos_to_unit(_normalise(embeddings[rows[r0 : r0 + step]]) @ sel_t)
+        K = cos_to_unit(normalise(embeddings[rows[r0 : r0 + step]]) @ sel_t)
         total += float(K.max(axis=1).astype(_F64).sum())
     return total
 
@@ -155,20 +155,7 @@ def _gains_along(S: np.ndarray | sp.spmatrix, cols: np.ndarray) -> np.ndarray:
 def _assign(S: np.ndarray | sp.spmatrix, cols: np.ndarray) -> np.ndarray:
     """(n,) int64: for each row of ``S`` the position in ``cols`` of its most similar column
     (lowest position among ties), -1 where the row has no positive entry in ``cols``."""
-    n = S.shape[0]
-    if sp.issparse(S):
-        sub = sp.csr_matrix(S)[:, cols]
-        out = np.asarray(sub.argmax(axis=1)).reshape(n).astype(np.int64)
-        out[np.asarray(sub.max(axis=1).toarray()).reshape(n) <= 0] = -1
-        return out
-    out = np.empty(n, dtype=np.int64)
-    step = max(1, _GATHER_BYTES // (8 * max(1, len(cols))))
-    for r0 in range(0, n, step):
-        sub = S[r0 : r0 + step][:, cols]
-        best = sub.argmax(axis=1)
-        best[sub.max(axis=1) <= 0] = -1
-        out[r0 : r0 + step] = best
-    return out
+    return fl_assignment(S, cols)[0]
 
 
 def _scale_rows(S: np.ndarray | sp.spmatrix, w: np.ndarray) -> np.ndarray | sp.spmatrix:

@@ -1,5 +1,8 @@
 """Synthetic instruction-tuning data for ``make demo``, with known-bad records planted in it.
 
+(Over 500 lines on purpose: most of it is word lists and prompt templates of the eight task
+families, kept together with the generator that uses them.)
+
 :func:`generate_demo` builds ``n`` records in Alpaca schema::
 
     {"id": "demo-0001", "instruction": ..., "input": ..., "output": ...,

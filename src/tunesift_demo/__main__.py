@@ -1,4 +1,4 @@
-"""``make demo``: the main job on the embedded defaults, explained.
+"""``make demo`` (``python -m tunesift_demo``): the main job on the embedded defaults, explained.
 
 1. Writes the synthetic demo set (``tunesift demo-data``): 240 records from 8 task families,
    10% near-duplicates and 20% corrupted records whose response belongs to another prompt
@@ -33,8 +33,8 @@ def _kept(out: Path) -> list[dict]:
 
 
 def main() -> int:
-    from .cli import main as cli
-    from .demodata import write_demo
+    from tunesift.cli import main as cli
+    from tunesift_demo.data import write_demo
 
     root = Path(os.environ.get("TUNESIFT_DEMO_OUT", "out/demo"))
     data = root / "demo.jsonl"

@@ -1,0 +1,63 @@
+"""Text formatting shared by the report's modules: numbers, ordinals, percentiles, clipping."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+CLIP = 200  # characters of prompt / response shown
+
+
+def one_line(exc: BaseException | str) -> str:
+    """An exception's message on one line (runs of whitespace collapsed)."""
+    return " ".join(str(exc).split())
+
+
+def fmt(x: Any) -> str:
+    """A value as shown on the page: integers plainly, floats to 4 significant digits (scientific
+    below 1e-3 or from 1e5), booleans yes / no, None and non-finite floats as an em dash."""
+    if x is None:
+        return "—"
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        if not math.isfinite(x):
+            return "—"
+        if float(x).is_integer() and abs(x) < 1e6:
+            return str(int(x))
+        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+            return f"{x:.3e}"
+        return f"{x:.4g}"
+    return str(x)
+
+
+def ordinal(p: float) -> str:
+    """A percentile (clipped to 0-100, rounded) as an English ordinal: 1st, 22nd, 93rd, 11th."""
+    n = int(round(min(max(p, 0.0), 100.0)))
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def percentiles(x: np.ndarray) -> np.ndarray:
+    """Mid-rank percentile (0-100) of each finite value among the finite values; NaN elsewhere.
+
+    For value ``v``: ``100 * (#{x < v} + #{x <= v}) / 2 / #finite``, shape of ``x``."""
+    x = np.asarray(x, dtype=float)
+    out = np.full(x.shape, np.nan)
+    ok = np.isfinite(x)
+    if ok.any():
+        v = np.sort(x[ok])
+        lo = np.searchsorted(v, x[ok], "left")
+        hi = np.searchsorted(v, x[ok], "right")
+        out[ok] = (lo + hi) / 2 / v.size * 100
+    return out
+
+
+def clip(text: str, limit: int = CLIP) -> str:
+    """``text`` stripped and cut to ``limit`` characters, the last one an ellipsis when cut."""
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"

@@ -1,0 +1,61 @@
+"""The bench table and plot mark which differences from random exceed the seed spread (two
+standard errors of the paired seed differences), and the bars start at zero."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tunesift.bench import aggregate, beyond_noise, markdown_table, plot_results, versus_random
+
+
+def cells(diffs: dict[str, list[float]], base=(0.78, 0.79, 0.785)) -> list[dict]:
+    out = []
+    for s, b in enumerate(base):
+        for method, d in (("random", [0.0] * len(base)), *diffs.items()):
+            out.append({"method": method, "budget": 0.3, "seed": s, "n_train": 3, "select_s": 1.0, "train_s": 2.0,
+                        "metrics": {"rougeL": b + d[s]}})
+    return out
+
+
+def test_paired_difference_and_marks(tmp_path):
+    # "clear": +0.010 every seed (tiny paired spread); "noise": +-0.004 around +0.001
+    cs = cells({"clear": [0.010, 0.011, 0.009], "noise": [0.005, -0.003, 0.001]})
+    diff, se, n = versus_random(cs, "clear", 0.3)["rougeL"]
+    assert n == 3 and diff == pytest.approx(0.010) and se == pytest.approx(np.std([0.010, 0.011, 0.009], ddof=1) / np.sqrt(3))
+    assert versus_random(cs, "random", 0.3) == {} and versus_random(cs, "clear", 0.5) == {}
+    rows = {r["method"]: r for r in aggregate(cs)}
+    assert beyond_noise(rows["clear"], "rougeL") is True
+    assert beyond_noise(rows["noise"], "rougeL") is False  # |0.001| < 2 * 0.0023
+    assert beyond_noise(rows["random"], "rougeL") is None
+    table = markdown_table(list(rows.values()))
+    line = {ln.split(" | ")[0][2:]: ln for ln in table.splitlines() if ln.startswith("| ")}
+    assert "(Δ +0.0100 ± 0.0006 \\*)" in line["clear"]
+    assert "(Δ +0.0010 ± 0.0023)" in line["noise"] and "\\*" not in line["noise"]
+    assert "Δ" not in line["random"] and "two standard errors" in table
+    one = aggregate(cells({"clear": [0.01]}, base=(0.78,)))  # one seed: no spread, no mark
+    assert beyond_noise(one[1], "rougeL") is None and "\\*)" not in markdown_table(one)
+
+    plot_results(tmp_path, list(rows.values()))
+    img = np.asarray(Image.open(tmp_path / "results.png").convert("RGB")).astype(int)
+    red = (np.abs(img - [0xC4, 0x4E, 0x52]).sum(axis=2) < 30).sum()  # the difference beyond noise
+    assert red > 20 and img.shape[0] > 600  # two rows of panels: the values, then minus random
+
+
+def test_bars_start_at_zero(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    limits = []
+    real_savefig = plt.Figure.savefig
+
+    def spy(fig, *a, **kw):
+        limits.extend(ax.get_ylim() for ax in fig.axes)
+        return real_savefig(fig, *a, **kw)
+
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
+    plot_results(tmp_path, aggregate(cells({"clear": [0.010, 0.011, 0.009]})))
+    assert limits[0][0] == 0.0 and limits[0][1] > 0.79  # not a 0.782-0.790 zoom
+    lo, hi = limits[1]  # the differences panel shows zero and the +-2 SE spread
+    assert lo < 0.0 < hi or lo <= 0.0 <= hi
