@@ -24,6 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_million import DEFAULT_DATA, load_real_records, replicate  # noqa: E402
 
+from tunesift.machine import banner  # noqa: E402
+
 
 def timed(fn):
     w, c = time.perf_counter(), time.process_time()
@@ -88,6 +90,7 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    print(banner(), flush=True)  # the CPU/GPU and threads these figures come from
 
     from tunesift.scoring.embedding import (
         ann_knn_pattern,

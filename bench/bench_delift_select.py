@@ -16,6 +16,8 @@ import os
 import time
 from pathlib import Path
 
+from tunesift.machine import banner  # noqa: E402
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ALPACA = Path("../shared/datasets/alpaca_random_9k/random_9k.json")
@@ -34,6 +36,7 @@ def main() -> None:
     ap.add_argument("--skip-dense", action="store_true")
     ap.add_argument("--token-budget", type=int, default=4096)
     args = ap.parse_args()
+    print(banner(), flush=True)  # the CPU/GPU and threads these figures come from
 
     import tempfile
 

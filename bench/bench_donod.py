@@ -28,10 +28,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from tunesift.machine import banner  # noqa: E402
 from tunesift.models import load_lm  # noqa: E402
 from tunesift.records import records_from_rows  # noqa: E402
 from tunesift.render import Renderer, turn_format  # noqa: E402
 from tunesift.scoring.donod import (  # noqa: E402
+    TOKEN_SCALE,
     DonodParams,
     autograd_don_nod,
     don_nod_from_stats,
@@ -54,7 +56,8 @@ def full_backward_don_nod(model, ids, mask, params: DonodParams) -> tuple[float,
     x = torch.tensor([ids])
     labels = torch.tensor([[t if m else -100 for t, m in zip(ids, mask)]])
     out = model(input_ids=x, labels=labels)  # HF shifts labels; mean over response tokens
-    loss = out.loss if params.reduction == "mean" else out.loss * sum(mask)
+    n = sum(mask)
+    loss = out.loss * n * TOKEN_SCALE[params.reduction](n)  # HF's mean, rescaled to the reduction
     loss.backward()
     w = model.get_output_embeddings().weight
     g = w.grad.double()  # tied embeddings: includes the input-embedding path, as naive code would
@@ -173,6 +176,7 @@ def main() -> None:
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--token-budget", type=int, default=4096)
     args = ap.parse_args()
+    print(banner(), flush=True)  # the CPU/GPU and threads these figures come from
     speed(args) if args.cmd == "speed" else noise(args)
 
 

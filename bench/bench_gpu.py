@@ -19,6 +19,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from tunesift.machine import banner  # noqa: E402
+
 
 def peak(dtype, n=8192, reps=10) -> float:
     a = torch.randn(n, n, device="cuda", dtype=dtype)
@@ -58,6 +60,7 @@ def main() -> None:
     ap.add_argument("--donod-n", type=int, default=2048)
     ap.add_argument("--delift-n", type=int, default=128)
     args = ap.parse_args()
+    print(banner(), flush=True)  # the CPU/GPU and threads these figures come from
     import transformers
 
     from tunesift.render import Renderer, turn_format

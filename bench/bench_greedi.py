@@ -32,6 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_million import DEFAULT_DATA, load_real_records  # noqa: E402
 
+from tunesift.machine import banner  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -43,6 +45,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    print(banner(), flush=True)  # the CPU/GPU and threads these figures come from
 
     from tunesift.scoring.embedding import cosine_similarity_kernel, embed_records, knn_pattern
     from tunesift.selection.partitioned import fl_value, partitioned_facility_location

@@ -31,6 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from tunesift.machine import banner  # noqa: E402
 from tunesift.models import load_lm  # noqa: E402
 from tunesift.render import Renderer, turn_format  # noqa: E402
 from tunesift.scoring.utility import plain_utility_kernel, utility_kernel  # noqa: E402
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         help="alternate fast and plain this many times; the best time of each counts",
     )
     args = ap.parse_args(argv)
+    print(banner(), flush=True)  # the CPU/GPU and threads these figures come from
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

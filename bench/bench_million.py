@@ -51,6 +51,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from tunesift.machine import banner  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets"
 
@@ -210,6 +212,7 @@ def main() -> None:
     ap.add_argument("--greedi-weighted", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    print(banner(), flush=True)  # the CPU/GPU and threads these figures come from
 
     import faiss
     import scipy

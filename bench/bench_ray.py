@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from tunesift.machine import banner  # noqa: E402
 from tunesift.models import load_lm
 from tunesift.pipeline import select
 from tunesift.records import read_records
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--method", default="delift")
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
+    print(banner(), flush=True)  # the CPU/GPU and threads these figures come from
     recs = read_records(a.data)[: a.n]
     lm = load_lm("default")
     kw = dict(method=a.method, budget=0.3, knn=a.knn, lm=lm)

@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from tunesift.machine import banner  # noqa: E402
+
 
 def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux -> GB
@@ -205,6 +207,7 @@ def main() -> None:
     ap.add_argument("--child", choices=["dense", "sparse"], help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    print(banner(), flush=True)  # the CPU/GPU and threads these figures come from
 
     if a.child == "dense":
         child_dense(a.n, a.budget_frac, a.seed, a.skip_submodlib, a.kernel)

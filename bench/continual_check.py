@@ -17,6 +17,7 @@ from collections import Counter
 
 import numpy as np
 
+from tunesift.machine import banner  # noqa: E402
 from tunesift.models import load_lm
 from tunesift.pipeline import select
 from tunesift.records import read_records
@@ -32,6 +33,7 @@ def main() -> None:
                     help="as tunesift bench (its training max_length), so the pool kernel is shared")
     ap.add_argument("--only", default=None, help="comma list of row-name prefixes to run, e.g. random,delift-se")
     a = ap.parse_args()
+    print(banner(), flush=True)  # the CPU/GPU and threads these figures come from
     pool = read_records(f"{a.work}/mixed_pool.jsonl")
     existing = read_records(f"{a.work}/gsm8k_existing.jsonl")
     cache = f"{a.work}/cache"

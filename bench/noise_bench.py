@@ -42,7 +42,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import random
 import re
 import shutil
@@ -440,14 +439,9 @@ def device_line(lm) -> str:
     if dev.startswith("cuda"):
         return (f"{torch.cuda.get_device_name(torch.device(dev))}, torch {torch.__version__}, "
                 f"CUDA {torch.version.cuda}, {lm.dtype}")
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from tunesift.machine import cpu_model
+
+    cpu = cpu_model()
     return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, {lm.dtype}"
 
 
@@ -549,14 +543,14 @@ def donod_variants() -> dict[str, dict]:
     return v
 
 
-DEFAULT_DONOD = "donod mean eta=0.001"
-BASELINES = ("random", "loss (easiest)", "ifd", "selectit")
+DEFAULT_DONOD = "donod sqrt eta=0.001"
+BASELINES = ("random", "length (longest)", "loss (easiest)", "ifd", "selectit")
 
 
 def method_names(scorers: list[str]) -> list[str]:
     out = ["random"]
     if "ifd" in scorers:
-        out += ["loss (easiest)", "ifd"]
+        out += ["length (longest)", "loss (easiest)", "ifd"]
     if "selectit" in scorers:
         out += ["selectit"]
     if "donod" in scorers:
@@ -578,6 +572,8 @@ def rank(name: str, n: int, cols: dict, w_sq: float) -> list[np.ndarray]:
 
     if name == "random":  # as pipeline._random: a seeded permutation
         return [np.random.default_rng(s).permutation(n) for s in range(RANDOM_SEEDS)]
+    if name == "length (longest)":  # a control: sum-reduced scores grow with the response length
+        return [np.argsort(-cols["n_tokens"], kind="stable")]
     if name == "loss (easiest)":
         return [bl.loss_order(cols["loss"], "easiest")]
     if name == "ifd":
@@ -674,7 +670,7 @@ def run_set(name: str, args, scorer_obj: Scorer) -> None:
 def scorers_of(method: str) -> tuple[str, ...]:
     if method == "random":
         return ()
-    if method in ("loss (easiest)", "ifd"):
+    if method in ("length (longest)", "loss (easiest)", "ifd"):
         return ("ifd",)
     if method == "selectit":
         return ("selectit",)

@@ -14,6 +14,7 @@ import json
 
 import numpy as np
 
+from tunesift.machine import banner  # noqa: E402
 from tunesift.models import load_lm
 from tunesift.pipeline import select
 from tunesift.records import read_records
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N records only")
     ap.add_argument("--only", default=None, help="comma list of row names to run (prefix match), e.g. ifd,loss")
     a = ap.parse_args()
+    print(banner(), flush=True)  # the CPU/GPU and threads these figures come from
     records = read_records(f"{a.work}/gsm8k_noisy.jsonl")[: a.limit]
     swapped = np.array([bool(r.row["meta"]["swapped"]) for r in records])
     lm = load_lm("default")

@@ -314,7 +314,9 @@ def test_ifd_real_model_contradiction(default_lm):
     assert ifd[3] > ifd[2]
     assert ifd[5] > 0.9 and ifd[5] > ifd[4] + 0.15  # a phrase unrelated to its prompt: about 1
     assert ifd_order(ifd)[0] == 5 and ifd_order(ifd)[-1] == 0  # highest IFD < 1 first
-    assert c["loss"][1] > c["loss"][0] and c["loss_alone"][4] == pytest.approx(c["loss_alone"][5])
+    assert c["loss"][1] > c["loss"][0]
+    # the same tokens in two rows of a batch: equal up to float32 rounding (kernels may differ by row)
+    assert c["loss_alone"][4] == pytest.approx(c["loss_alone"][5], rel=1e-5)
     # SelectIT runs on the real tokenizer (digits are single tokens); a 135M model rates poorly,
     # so only sanity is asserted
     s = selectit_scores(default_lm, r, recs[:2], prompts=DEFAULT_PROMPTS[:3])

@@ -75,7 +75,8 @@ def test_plan_batches_respects_budget_and_covers_all():
         assert max(lengths[i] for i in b) * len(b) <= 90 or len(b) == 1
 
 
-def test_wrong_answer_gets_lower_don_and_higher_nod(tiny_lm):
+@pytest.mark.parametrize("reduction", ["sqrt", "mean"])  # the default and the paper's SFT reading
+def test_wrong_answer_gets_lower_don_and_higher_nod(tiny_lm, reduction):
     """After a few steps of fitting "x -> y" pairs, a mismatched answer looks noisy: low DON, high NOD."""
     from transformers import LlamaForCausalLM
 
@@ -95,9 +96,37 @@ def test_wrong_answer_gets_lower_don_and_higher_nod(tiny_lm):
     model.eval()
     bad = r.sequence(SimpleNamespace(id="b", line=2, prompt=PAIRS[0][0], response=PAIRS[3][1], context=()))
     stats = gradient_stats(model, good + [bad], pad_id=tiny_lm.tokenizer.pad_token_id)
-    dn = don_nod_from_stats(stats, lm_head_norm_sq(model), DonodParams())
+    dn = don_nod_from_stats(stats, lm_head_norm_sq(model), DonodParams(reduction=reduction))
     assert dn[-1, 0] < dn[:-1, 0].min() and dn[-1, 1] > dn[:-1, 1].max()
     assert topsis(dn, (0.5, 0.5), [True, False]).argmin() == len(good)
+
+
+def test_defaults_are_the_noise_bench_choice_everywhere():
+    """eta 1e-3 with sqrt reduction and TOPSIS 0.5/0.5 (docs/results.md, noise benchmark): the
+    library, the pipeline's Options and the CLI must agree, or `select()` and `tunesift select`
+    would rank differently."""
+    import inspect
+
+    from tunesift import cli
+    from tunesift.pipeline import Options
+
+    p = DonodParams()
+    assert (p.eta, p.reduction) == (1e-3, "sqrt")
+    o = Options()
+    assert (o.eta, o.reduction, tuple(o.weights)) == (p.eta, p.reduction, (0.5, 0.5))
+    sig = inspect.signature(cli.select).parameters
+    assert (sig["eta"].default.default, sig["reduction"].default.default, sig["weights"].default.default) \
+        == (p.eta, p.reduction, "0.5,0.5")
+
+
+def test_weights_1_0_rank_as_don_alone(tiny_lm):
+    """`--weights 1,0 --reduction sum` is documented as "DON alone, sum" (the bench's strongest
+    variant): TOPSIS with a zero NOD weight must order records exactly by DON, highest first."""
+    stats = gradient_stats(tiny_lm.model, sequences(tiny_lm), pad_id=tiny_lm.tokenizer.pad_token_id)
+    dn = don_nod_from_stats(stats, lm_head_norm_sq(tiny_lm.model), DonodParams(1e-3, "sum"))
+    assert len(set(np.round(dn[:, 0], 15))) == len(dn)  # distinct DON values, so the order is defined
+    c = topsis(dn, (1.0, 0.0), [True, False])
+    assert list(np.argsort(-c, kind="stable")) == list(np.argsort(-dn[:, 0], kind="stable"))
 
 
 def test_params_validation():

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import tiny
 
 from tunesift.errors import OptionError
 from tunesift.scoring import embedding as emb
@@ -122,7 +123,7 @@ def test_cosine_kernel_at_a_pattern_equals_the_dense_kernel_there():
     assert sp.issparse(sparse) and sparse.dtype == np.float32 and sparse.nnz == 27
     dense = cosine_similarity_kernel(a, b)
     r, c = pattern.nonzero()
-    np.testing.assert_allclose(sparse.toarray()[r, c], dense[r, c], rtol=1e-6)
+    tiny.assert_close_across_runs(sparse.toarray()[r, c], dense[r, c])  # row dots vs a matrix product
 
 
 def test_interrupted_embedding_resumes_from_its_chunks(tmp_path, monkeypatch):
@@ -150,5 +151,7 @@ def test_interrupted_embedding_resumes_from_its_chunks(tmp_path, monkeypatch):
     calls.clear()
     got = emb.embed_records(recs, cache_dir=tmp_path, chunk_size=3)
     assert calls == [3, 1]  # the first chunk came from the cache
-    np.testing.assert_allclose(got, want, atol=1e-6)
+    # chunks of 3 vs one batch of 7 (other padding and shapes): equal up to float32 rounding of
+    # unit vectors (measured 1e-7), never bit for bit
+    tiny.assert_close_across_runs(got, want, rtol=1e-5, atol=1e-5)
     assert [p.name for p in tmp_path.rglob("*.npy")] == ["emb.npy"]

@@ -57,12 +57,13 @@ def test_close_to_the_full_greedy(m):
     assert len(res.union) <= m * k
     # objective on the whole pool: measured ratios are > 0.99 here; the guarantee is far lower
     assert fl_value(K, res.order) >= 0.97 * full.objective
+    # float32 kernels from matrix products of other shapes: equal up to rounding, not bit for bit
     assert fl_value_blocked(E, res.order, block_rows=257) == pytest.approx(
-        fl_value(K, res.order), rel=1e-6
+        fl_value(K, res.order), rel=1e-5
     )
     # the reported objective is f on the union's records
     KU = K[np.ix_(res.union, res.union)]
-    assert res.objective == pytest.approx(fl_value(KU, np.searchsorted(res.union, res.order)))
+    assert res.objective == pytest.approx(fl_value(KU, np.searchsorted(res.union, res.order)), rel=1e-5)
     assert res.objective >= res.part_objectives.max() - 1e-9
     assert res.final_objective <= res.objective + 1e-9
 
@@ -71,8 +72,11 @@ def test_kernel_fn_never_builds_the_full_kernel():
     shapes = []
 
     def kernel_fn(rows, cols):
+        # computed as the embeddings path does (a part's own product, not a slice of the pool's
+        # K): then the picks below must be identical on any CPU, not just up to float ties
         shapes.append((len(rows), len(cols)))
-        return K[np.ix_(rows, cols)]
+        sub = E[rows]
+        return cosine_similarity_kernel(sub, sub if cols is rows else E[cols])
 
     res = partitioned_facility_location(kernel_fn, 40, partitions=4, n=1200, local_budget=50)
     check_valid(res, 1200, 40)

@@ -120,7 +120,9 @@ def select(
     token_budget: int = typer.Option(0, help="Padded tokens per forward batch; 0: sized to the device's free memory (4096 on a CPU)."),
     cache_dir: Path | None = typer.Option(None, help="Score cache (default ~/.cache/tunesift/scores); reruns resume from it."),
     eta: float = typer.Option(1e-3, help="DONOD: SGD step of the simulated update."),
-    reduction: str = typer.Option("mean", help="DONOD: token reduction of the loss, mean | sum | sqrt."),
+    reduction: str = typer.Option("sqrt", help="DONOD: token reduction of the loss, sqrt (1/sqrt(T), ours, "
+                                  "the default) | mean (1/T) | sum (1). DON alone with sum: --weights 1,0 "
+                                  "--reduction sum (docs/methods.md)."),
     weights: str = typer.Option("0.5,0.5", help="DONOD: TOPSIS weights of DON,NOD."),
     stage: str = typer.Option("instruction", help="DELIFT: instruction | task | continual."),
     target: Path | None = typer.Option(None, help="DELIFT task stage: the target set."),

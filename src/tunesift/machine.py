@@ -1,0 +1,65 @@
+"""What machine a figure came from: CPU model and features, thread count, GPU.
+
+Every benchmark prints :func:`banner` with its figures, and manifests record :func:`describe`,
+because speed (and the last digits of float results) move with the CPU: AMX makes bf16 fast on
+recent Intel Xeons and is absent on AMD EPYC; MKL/oneDNN pick other kernels per ISA.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "sve", "asimd")
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_features() -> list[str]:
+    """The vector/matrix features that decide float speed here (a subset of the CPU flags)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.split(":")[0].strip() in ("flags", "Features"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return [f for f in _FEATURES if f in flags]
+
+
+def describe() -> dict:
+    """{cpu, arch, features, cores, torch_threads, gpu}: JSON-ready; torch is read only when loaded."""
+    import sys
+
+    info = {"cpu": cpu_model(), "arch": platform.machine(), "features": cpu_features(), "cores": os.cpu_count()}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def banner() -> str:
+    """One line for benchmark output: ``# machine: <cpu> (<arch>, <features>), N cores, T torch threads[, GPU]``."""
+    d = describe()
+    feats = ", ".join(d["features"]) or "no AVX-512/AMX"
+    line = f"# machine: {d['cpu']} ({d['arch']}; {feats}), {d['cores']} cores"
+    if "torch_threads" in d:
+        line += f", {d['torch_threads']} torch threads"
+    if d.get("gpu"):
+        line += f", GPU {d['gpu']}"
+    return line
