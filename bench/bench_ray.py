@@ -14,10 +14,10 @@ import time
 
 import numpy as np
 
+from tunesift.io.records import read_records
 from tunesift.machine import banner  # noqa: E402
 from tunesift.models import load_lm
 from tunesift.pipeline import select
-from tunesift.records import read_records
 
 
 def main() -> None:

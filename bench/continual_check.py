@@ -17,10 +17,10 @@ from collections import Counter
 
 import numpy as np
 
+from tunesift.io.records import read_records
 from tunesift.machine import banner  # noqa: E402
 from tunesift.models import load_lm
 from tunesift.pipeline import select
-from tunesift.records import read_records
 from tunesift.scoring.embedding import embed_records
 
 

@@ -474,7 +474,7 @@ class Scorer:
 
     def score(self, scorer: str, rows: list[Row]) -> np.ndarray:
         from tunesift.backends.blocks import record_errors
-        from tunesift.records import records_from_rows
+        from tunesift.io.records import records_from_rows
         from tunesift.scoring import baselines as bl
         from tunesift.scoring.donod import gradient_stats
 

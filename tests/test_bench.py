@@ -9,8 +9,8 @@ import pytest
 from tunesift import bench as bench_mod
 from tunesift.bench import aggregate, markdown_table
 from tunesift.cli import main
+from tunesift.io.records import read_records
 from tunesift.pipeline import select
-from tunesift.records import read_records
 
 
 def run(args, capsys):
@@ -155,3 +155,35 @@ def test_donod_plus_delift_picks_inside_the_donod_prefilter(tiny_lm, tmp_path):
 def test_cell_names_are_file_safe():
     assert bench_mod.cell_name("donod+delift", 0.3, 1) == "donod-plus-delift__b0.3__s1"
     assert bench_mod.cell_name("full", None, 0) == "full__ball__s0"
+
+
+def test_a_bench_cell_leaves_no_model_alive(data, tiny_dir, tmp_path, monkeypatch):
+    """At most one model lives at a time: whenever the bench loads a model (a cell's selection
+    model, its training model), every model loaded before it is already freed (the selection
+    model of the same cell, the previous cell's trained and merged model), and none is left after
+    the run. The spy runs no garbage collection itself: the bench must free them."""
+    import weakref
+
+    from tunesift import models
+    from tunesift.finetune import TrainConfig
+
+    real, loaded, alive_at_load = models.load_lm, [], []
+
+    def spy(*args, **kwargs):
+        alive_at_load.append(sum(ref() is not None for ref in loaded))
+        lm = real(*args, **kwargs)
+        loaded.append(weakref.ref(lm.model))
+        return lm
+
+    monkeypatch.setattr(models, "load_lm", spy)
+    cfg = bench_mod.BenchConfig(train=str(data / "train.jsonl"), test=str(data / "test.jsonl"),
+                                methods=["base", "donod", "random", "full"], seeds=1, select_model=str(tiny_dir),
+                                train_model=str(tiny_dir), select_options={"cache_dir": str(tmp_path / "cache")},
+                                training=TrainConfig(epochs=1), metrics=["loss", "rougeL"], max_new_tokens=4,
+                                generate_limit=2)
+    bench_mod.run_bench(cfg, tmp_path / "b")
+    assert len(loaded) == 5  # base; donod's selection and training models; random; full
+    assert alive_at_load == [0, 0, 0, 0, 0]
+    assert all(ref() is None for ref in loaded)
+    cells = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "b" / "cells").iterdir()}
+    assert len(cells) == 4 and all(np.isfinite(c["metrics"]["loss"]) for c in cells.values())

@@ -16,7 +16,7 @@ from tunesift.evaluate import (
     parse_metrics,
     rouge_l,
 )
-from tunesift.records import records_from_rows
+from tunesift.io.records import records_from_rows
 from tunesift.render import Renderer, turn_format
 from tunesift.scoring.logprobs import plain_logprob_stats
 

@@ -15,8 +15,8 @@ from tunesift.finetune import (
     response_loss_sum,
     save,
 )
+from tunesift.io.records import records_from_rows
 from tunesift.models import load_lm
-from tunesift.records import records_from_rows
 from tunesift.render import Renderer, turn_format
 from tunesift.scoring.logprobs import ResponseScorer
 from tunesift.scoring.nll import response_nll

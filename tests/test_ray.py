@@ -13,15 +13,21 @@ ray = pytest.importorskip("ray")
 
 from tiny import assert_close_across_runs  # noqa: E402
 
-from tunesift.backends.blocks import get_block  # noqa: E402
+from tunesift.backends.blocks import (  # noqa: E402
+    BLOCK_SCORERS,
+    block_extra,
+    get_block,  # noqa: E402
+    score_block,
+)
 from tunesift.backends.ray_backend import (  # noqa: E402
     RayBlockPool,
     init_ray,
     model_spec,
     score_blocks_ray,
 )
-from tunesift.pipeline import BLOCK_SCORERS, Options, _block_extra, _renderer, score_block  # noqa: E402
-from tunesift.records import records_from_rows  # noqa: E402
+from tunesift.io.records import records_from_rows  # noqa: E402
+from tunesift.methods.options import Options  # noqa: E402
+from tunesift.render import renderer_for  # noqa: E402
 from tunesift.store import ArrayStore, content_key  # noqa: E402
 
 WORDS = "the cat sat on a mat and then it ran to the sea to find some fish for lunch".split()
@@ -55,18 +61,18 @@ def records():
 
 def _blocks(kind: str, lm, opt: Options, records, size: int) -> list[tuple[str, list]]:
     """(key, records) blocks with the keys the local loop computes."""
-    renderer = _renderer(lm, opt)
+    renderer = renderer_for(lm, opt.template, opt.max_length)
     version = BLOCK_SCORERS[kind][1]
     out = []
     for s in range(0, len(records), size):
         recs = records[s:s + size]
         seqs = [renderer.sequence(r) for r in recs]
-        out.append((content_key(version, lm.fingerprint, lm.dtype, seqs, *_block_extra(kind, opt)), recs))
+        out.append((content_key(version, lm.fingerprint, lm.dtype, seqs, *block_extra(kind, opt)), recs))
     return out
 
 
 def _local(kind: str, lm, opt: Options, recs) -> np.ndarray:
-    return np.asarray(score_block(kind, lm, _renderer(lm, opt), recs, opt), dtype=np.float64)
+    return np.asarray(score_block(kind, lm, renderer_for(lm, opt.template, opt.max_length), recs, opt), dtype=np.float64)
 
 
 @pytest.mark.parametrize("kind", ["donod", "loss", "ifd"])
@@ -121,7 +127,7 @@ def test_record_that_does_not_fit_is_an_error_row(pool, tiny_lm, tmp_path):
     rows[2]["output"] = " ".join(WORDS * 8)  # far longer than max_length
     recs = records_from_rows(rows)
     opt = Options(token_budget=512, max_length=64)
-    renderer = _renderer(tiny_lm, opt)
+    renderer = renderer_for(tiny_lm, opt.template, opt.max_length)
     key = "block-with-a-long-record"
     for kind in ("donod", "loss"):
         root = tmp_path / kind
@@ -237,7 +243,7 @@ def test_ray_kernel_equals_local_and_shares_its_cache(pool, tiny_lm, tmp_path, s
     monkeypatch.setattr(utility, "BASE_ROWS", 5)  # 3 no-example chunks, here and on Ray
 
     opt = Options(token_budget=256)
-    renderer = _renderer(tiny_lm, opt)
+    renderer = renderer_for(tiny_lm, opt.template, opt.max_length)
     recs = records_from_rows(_rows(14, seed=5))
     pairs = None
     if sparse:
@@ -269,7 +275,7 @@ def test_ray_kernel_resumes_from_the_stored_blocks(pool, tiny_lm, tmp_path):
     from tunesift.scoring.utility import utility_kernel
 
     opt = Options(token_budget=256)
-    renderer = _renderer(tiny_lm, opt)
+    renderer = renderer_for(tiny_lm, opt.template, opt.max_length)
     recs = records_from_rows(_rows(10, seed=6))
     runner = RayKernelRunner(lambda: pool)
     kw = dict(token_budget=256, block_size=3, cache_dir=tmp_path, runner=runner)

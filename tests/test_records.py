@@ -14,15 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tunesift.errors import InputError, OptionError
-from tunesift.records import (
-    FieldMap,
-    Record,
-    content_id,
-    detect_schema,
-    input_checksum,
-    read_records,
-    records_from_rows,
-)
+from tunesift.io.files import input_checksum
+from tunesift.io.records import Record, content_id, read_records, records_from_rows
+from tunesift.io.schema import FieldMap, detect_schema
 
 ALPACA = [
     {"instruction": "Add 2 and 3.", "input": "", "output": "5"},
@@ -217,7 +211,7 @@ def test_schema_preference_order():
     assert detect_schema({"prompt": "p", "response": "r", "question": "q", "answer": "a"}) == (
         "prompt_completion"
     )
-    assert detect_schema({"conversations": []}) == "messages"
+    assert detect_schema({"conversations": []}) == "sharegpt"
     # Null values do not count.
     assert detect_schema({"messages": None, "question": "q", "answer": "a"}) == "question_answer"
 

@@ -153,3 +153,46 @@ def test_plain_template_context_roles(plain_tok):
     ids, _ = r.sequence(rec("Q2", "A2", [("user", "Q1"), ("assistant", "A1"), ("tool", "T")]))
     text = plain_tok.decode(ids)
     assert text.startswith("### Instruction:\nQ1\n\n### Response:\nA1\n\n### Instruction:\ntool: T\n\nQ2")
+
+
+def tool_rec(prompt, response, context=()):
+    r = rec(prompt, response, context)
+    r.prompt_role = "tool"
+    return r
+
+
+TOOL_CTX = [("user", "Weather in Paris?"), ("assistant", '{"name": "weather", "arguments": {"city": "Paris"}}')]
+
+
+def test_tool_result_as_the_prompt_renders_like_the_template(chat_tok):
+    r = Renderer(chat_tok, turn_format(chat_tok))
+    ids, mask = r.sequence(tool_rec('{"temp": 21}', "21 degrees.", TOOL_CTX))
+    whole = chat_tok.apply_chat_template(
+        [{"role": role, "content": c} for role, c in TOOL_CTX]
+        + [{"role": "tool", "content": '{"temp": 21}'}, {"role": "assistant", "content": "21 degrees."}],
+        tokenize=False)
+    assert chat_tok.decode(ids) == whole.rstrip("\n")
+    assert chat_tok.decode([t for t, m in zip(ids, mask) if m]) == "21 degrees.<|im_end|>"
+    # a record without prompt_role (or "user") is a user prompt, as before
+    user_ids, _ = r.sequence(rec('{"temp": 21}', "21 degrees.", TOOL_CTX))
+    assert "<|im_start|>user\n{\"temp\": 21}" in chat_tok.decode(user_ids)
+
+
+def test_a_template_without_a_tool_role_gets_tool_results_as_user_turns():
+    tok = tiny.make_tokenizer(chat=True)
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}"
+                         "{{ raise_exception('unknown role ' + m['role']) }}{% endif %}"
+                         + tiny.CHATML.removeprefix("{% for m in messages %}"))
+    r = Renderer(tok, turn_format(tok))
+    assert r.fmt.name == "chat"
+    ids, mask = r.sequence(tool_rec("21", "21 degrees.", TOOL_CTX))
+    text = tok.decode(ids)
+    assert "<|im_start|>tool" not in text and text.count("<|im_start|>user\n") == 2
+    assert "<|im_start|>user\n21<|im_end|>\n<|im_start|>assistant\n21 degrees.<|im_end|>" in text
+    assert tok.decode([t for t, m in zip(ids, mask) if m]) == "21 degrees.<|im_end|>"
+
+
+def test_plain_template_tool_prompt(plain_tok):
+    r = Renderer(plain_tok, turn_format(plain_tok))
+    ids, mask = r.sequence(tool_rec("21", "21 degrees.", TOOL_CTX))
+    assert "\n\n### Instruction:\ntool: 21\n\n### Response:\n21 degrees." in plain_tok.decode(ids)

@@ -17,9 +17,9 @@ from PIL import Image
 
 from tunesift.cli import main
 from tunesift.errors import TunesiftError
+from tunesift.io.records import read_records
 from tunesift.outputs import write_selection
 from tunesift.pipeline import Options, Selection, select
-from tunesift.records import read_records
 from tunesift.report import render_report, write_report
 from tunesift_demo import write_demo
 
@@ -207,7 +207,7 @@ def test_delift_report(delift_out):
 
 def test_delift_se_and_random_pages(nasty, tmp_path):
     rows, data, out = nasty
-    from tunesift.records import records_from_rows
+    from tunesift.io.records import records_from_rows
 
     recs = records_from_rows(rows)
     order = np.array([4, 0, 7])
@@ -318,7 +318,7 @@ def test_selectit_prompt_count():
 def test_ranked_edge_cases(nasty, tmp_path):
     """IFD with fewer records below 1 than the budget, an infinite and a missing IFD; and a ranked
     method the report knows only from its table entry (LESS)."""
-    from tunesift.records import records_from_rows
+    from tunesift.io.records import records_from_rows
     from tunesift.scoring.baselines import ifd_order
 
     rows, data, _ = nasty

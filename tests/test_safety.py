@@ -170,18 +170,22 @@ def test_control_strings_are_text_with_the_real_default_tokenizer(default_lm):
 
 
 def test_manifest_checksum_is_of_the_bytes_that_were_scored(tmp_path, capsys, monkeypatch):
-    import tunesift.pipeline as pipeline
 
     data = jsonl(tmp_path / "d.jsonl", GOOD)
     original = hashlib.sha256(data.read_bytes()).hexdigest()
-    real = pipeline._random
+    from dataclasses import replace
 
-    def change_file_then_select(records, k, opt):
+    from tunesift.methods.catalogue import get_method
+    from tunesift.methods.registry import REGISTRY
+
+    entry = get_method("random")
+
+    def change_file_then_select(job):
         with open(data, "a") as fh:  # the file changes while the run goes on
             fh.write(json.dumps({"instruction": "late", "output": "row"}) + "\n")
-        return real(records, k, opt)
+        return entry.run(job)
 
-    monkeypatch.setattr(pipeline, "_random", change_file_then_select)
+    monkeypatch.setitem(REGISTRY, "random", replace(entry, run=change_file_then_select))
     out = tmp_path / "out"
     assert run(["select", data, "--method", "random", "--budget", "3", "--out", out, "-q"], capsys)[0] == 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -192,7 +196,8 @@ def test_manifest_checksum_is_of_the_bytes_that_were_scored(tmp_path, capsys, mo
 def test_checksum_as_read_equals_input_checksum_for_every_format(tmp_path):
     from datasets import Dataset
 
-    from tunesift.records import input_checksum, read_records
+    from tunesift.io.files import input_checksum
+    from tunesift.io.records import read_records
 
     jsonl(tmp_path / "d.jsonl", GOOD)
     pq.write_table(pa.Table.from_pylist(GOOD), tmp_path / "d.parquet")
@@ -469,7 +474,8 @@ def test_the_new_set_replaces_the_old_as_one_unit(exchange, tmp_path, capsys, mo
     assert run(["select", data, "--method", "random", "--budget", "4", "--out", out, "--report", "-q"],
                capsys)[0] == 0
     assert run(["select", data, "--method", "random", "--budget", "7", "--out", out, "-q"], capsys)[0] == 0
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "scores.parquet", "selected.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["dataset_info.json", "manifest.json", "scores.parquet",
+                                                     "selected.jsonl"]
     manifest = json.loads((out / "manifest.json").read_text())
     for name, sha in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == sha
@@ -488,12 +494,12 @@ def test_the_new_set_replaces_the_old_as_one_unit(exchange, tmp_path, capsys, mo
 ])
 @pytest.mark.parametrize("method", ["random", "donod"])
 def test_every_option_is_checked_before_any_work(extra, message, method, tmp_path, capsys, monkeypatch):
+    import tunesift.io.records as records
     import tunesift.models as models
-    import tunesift.records as records
 
     data = jsonl(tmp_path / "d.jsonl", GOOD)
     monkeypatch.setattr(models, "load_lm", lambda *a, **k: pytest.fail("model loaded before the option check"))
-    monkeypatch.setattr(records, "_build", lambda *a, **k: pytest.fail("input read before the option check"))
+    monkeypatch.setattr(records, "build_records", lambda *a, **k: pytest.fail("input read before the option check"))
     code, err = run(["select", data, "--method", method, "--out", tmp_path / "o", "-q", *extra], capsys)
     one_line_error(code, err, message)
 

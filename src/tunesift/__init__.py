@@ -6,7 +6,7 @@
 >>> sel.to_pandas()   # one row per input record with its scores and kept flag
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def select(data, **options):

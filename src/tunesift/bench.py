@@ -27,11 +27,12 @@ import numpy as np
 
 from .errors import OptionError, TunesiftError
 from .finetune import TrainConfig
-from .pipeline import DELIFT_METHODS, LM_METHODS, METHODS, parse_budget
+from .methods.catalogue import get_method, method_names
+from .methods.options import parse_budget
 
 log = logging.getLogger("tunesift")
 
-BENCH_METHODS = ("base", *METHODS, "full")
+BENCH_METHODS = ("base", *method_names(), "full")
 DEFAULT_METHODS = ("base", "random", "delift-se", "delift", "donod", "donod+delift", "full")
 # --quick: a smoke profile that finishes in minutes on a laptop CPU
 QUICK = {"train_limit": 120, "test_limit": 40, "generate_limit": 16, "max_new_tokens": 32, "epochs": 1}
@@ -106,14 +107,96 @@ def _limit(records, n: int | None):
     return records if n is None else records[:n]
 
 
+def release_memory() -> None:
+    """Free what the last cell left unreachable: collect reference cycles (torch modules and peft
+    wrappers hold some, so reference counting alone does not free a model), then hand the
+    heap's free pages back to the OS (:func:`tunesift.heap.trim_heap`)."""
+    import gc
+
+    from .heap import trim_heap
+
+    gc.collect()
+    trim_heap()
+
+
+def _select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict,
+                     progress: Callable[[str, int], Callable[[int], None]] | None) -> tuple[list, float]:
+    """(chosen records in pool order, selection wall seconds) of one cell.
+
+    A method that scores with a model loads the selection model here and drops it on return, so
+    it is never alive next to the training model (reloading it from the converted cache takes
+    well under a second; its scores come from the score cache on later seeds)."""
+    from .models import load_lm
+    from .pipeline import select
+
+    entry = get_method(method)
+    lm = load_lm(cfg.select_model, device=cfg.device,
+                 dtype=cfg.select_options.get("dtype", "auto")) if entry.needs_lm else None
+    side = {}
+    if entry.uses(cfg.stage) == "target":
+        side["target"] = data["target"]
+    if entry.uses(cfg.stage) == "existing":
+        side["existing"] = data["existing"]
+    opts = {**cfg.select_options, "model": cfg.select_model, "device": cfg.device}
+    opts["stage"] = cfg.stage if entry.stages else "instruction"
+    sel = select(data["train"], method=method, budget=budget, seed=seed, progress=progress, lm=lm, **side, **opts)
+    return [r for r, k in zip(sel.records, sel.kept) if k], round(sel.timings.get("score_select_s", 0.0), 3)
+
+
+def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
+             progress: Callable[[str, int], Callable[[int], None]] | None = None) -> dict:
+    """Run one cell and return its record (what ``OUT/cells/<cell>.json`` holds).
+
+    ``data``: the records under ``train``, ``test``, ``target`` and ``existing`` (None when not
+    given). Memory: at most one model is alive at a time. The selection model lives only inside
+    the selection; the training model is loaded after it, and once LoRA is merged the training
+    result (peft wrapper, optimizer state, LoRA weights and their gradients) is dropped before
+    the evaluation. Nothing of the cell's models is reachable after the return (call
+    :func:`release_memory` to free it before the next cell loads its models)."""
+    from .evaluate import evaluate
+    from .finetune import finetune, merged
+    from .models import load_lm
+
+    t0 = time.perf_counter()
+    info: dict = {"method": method, "budget": budget, "seed": seed}
+    if method in ("base", "full"):
+        chosen = data["train"] if method == "full" else []
+        info["select_s"] = 0.0
+    else:
+        chosen, info["select_s"] = _select_for_cell(cfg, method, budget, seed, data, progress)
+    existing = data["existing"]
+    fit_on = chosen + (existing if cfg.stage == "continual" and cfg.train_with_existing and method != "base"
+                       else [])
+    info["n_selected"] = len(chosen)
+    info["n_train"] = len(fit_on)
+    info["selected_ids"] = [r.id for r in chosen]
+    lm = load_lm(cfg.train_model, device=cfg.device)
+    t1 = time.perf_counter()
+    if fit_on:
+        bar = progress(f"fine-tuning {cell_name(method, budget, seed)}", len(fit_on) * cfg.training.epochs) \
+            if progress else None
+        res = finetune(lm, fit_on, replace(cfg.training, seed=seed), progress=bar)
+        info["train_losses"] = res.losses
+        lm = merged(lm, res)
+        del res  # optimizer state, peft wrapper and LoRA gradients: not needed to evaluate
+    info["train_s"] = round(time.perf_counter() - t1, 3)
+    t2 = time.perf_counter()
+    ev = evaluate(lm, data["test"], metrics=cfg.metrics, template=cfg.training.template,
+                  max_length=cfg.training.max_length, max_new_tokens=cfg.max_new_tokens,
+                  generate_limit=cfg.generate_limit, progress=progress)
+    info["eval_s"] = round(time.perf_counter() - t2, 3)
+    info["metrics"] = ev.metrics
+    info["generations"] = [g for g in ev.generations if g is not None]
+    info["total_s"] = round(time.perf_counter() - t0, 3)
+    return info
+
+
 def run_bench(cfg: BenchConfig, out: str | Path, *,
               progress: Callable[[str, int], Callable[[int], None]] | None = None) -> list[dict]:
     """Run every missing cell, then write the tables and plots. Returns the aggregated rows."""
-    from .evaluate import evaluate, parse_metrics
-    from .finetune import finetune, merged
-    from .models import load_lm
-    from .pipeline import select
-    from .records import input_checksum, read_records
+    from .evaluate import parse_metrics
+    from .io.files import input_checksum
+    from .io.records import read_records
     from .store import write_text
 
     _check(cfg)
@@ -135,56 +218,16 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
     (out / "cells").mkdir(exist_ok=True)
     pinned.write_text(json.dumps({"key": key, "config": asdict(cfg), "inputs": digests}, indent=2,
                                  default=str) + "\n", encoding="utf-8")
-    select_lm = None
     todo = [c for c in _cells(cfg) if not (out / "cells" / f"{cell_name(*c)}.json").exists()]
     log.info("bench: %d cells, %d to run (%d train / %d test records)", len(_cells(cfg)), len(todo),
              len(train), len(test))
+    data = {"train": train, "test": test, "target": target, "existing": existing}
     for method, budget, seed in todo:
-        t0 = time.perf_counter()
-        info: dict = {"method": method, "budget": budget, "seed": seed}
-        if method in ("base", "full"):
-            chosen = train if method == "full" else []
-            info["select_s"] = 0.0
-        else:
-            needs_lm = method in LM_METHODS
-            if needs_lm and select_lm is None:
-                select_lm = load_lm(cfg.select_model, device=cfg.device,
-                                    dtype=cfg.select_options.get("dtype", "auto"))
-            side = {}
-            if method in (*DELIFT_METHODS, "less") and cfg.stage == "task":
-                side["target"] = target
-            if method in DELIFT_METHODS and cfg.stage == "continual":
-                side["existing"] = existing
-            opts = {**cfg.select_options, "model": cfg.select_model, "device": cfg.device}
-            opts["stage"] = cfg.stage if method in (*DELIFT_METHODS, "less") else "instruction"
-            sel = select(train, method=method, budget=budget, seed=seed, progress=progress,
-                         lm=select_lm if needs_lm else None, **side, **opts)
-            chosen = [r for r, k in zip(sel.records, sel.kept) if k]
-            info["select_s"] = round(sel.timings.get("score_select_s", 0.0), 3)
-        fit_on = chosen + (existing if cfg.stage == "continual" and cfg.train_with_existing and method != "base"
-                           else [])
-        info["n_selected"] = len(chosen)
-        info["n_train"] = len(fit_on)
-        info["selected_ids"] = [r.id for r in chosen]
-        lm = load_lm(cfg.train_model, device=cfg.device)
-        t1 = time.perf_counter()
-        if fit_on:
-            bar = progress(f"fine-tuning {cell_name(method, budget, seed)}", len(fit_on) * cfg.training.epochs) \
-                if progress else None
-            res = finetune(lm, fit_on, replace(cfg.training, seed=seed), progress=bar)
-            info["train_losses"] = res.losses
-            lm = merged(lm, res)
-        info["train_s"] = round(time.perf_counter() - t1, 3)
-        t2 = time.perf_counter()
-        ev = evaluate(lm, test, metrics=cfg.metrics, template=cfg.training.template, max_length=cfg.training.max_length,
-                      max_new_tokens=cfg.max_new_tokens, generate_limit=cfg.generate_limit, progress=progress)
-        info["eval_s"] = round(time.perf_counter() - t2, 3)
-        info["metrics"] = ev.metrics
-        info["generations"] = [g for g in ev.generations if g is not None]
-        info["total_s"] = round(time.perf_counter() - t0, 3)
+        info = run_cell(cfg, method, budget, seed, data, progress=progress)
         write_text(out / "cells" / f"{cell_name(method, budget, seed)}.json", json.dumps(info, indent=1) + "\n")
         log.info("%s: %s", cell_name(method, budget, seed),
-                 ", ".join(f"{k} {v:.4g}" for k, v in ev.metrics.items()))
+                 ", ".join(f"{k} {v:.4g}" for k, v in info["metrics"].items()))
+        release_memory()  # the cell's models are unreachable now: free them before the next cell loads
     rows = aggregate(load_cells(out, cfg))
     write_results(out, rows, cfg)
     return rows

@@ -99,59 +99,67 @@ def _input_info(path: str | None, sha256: str | None = None) -> dict | None:
     """Path and checksum of an input; ``sha256``: the checksum taken as it was read (select)."""
     if path is None:
         return None
-    from .records import input_checksum
+    from .io.files import input_checksum
 
     return {"path": str(Path(path).resolve()), "sha256": sha256 or input_checksum(path)}
+
+
+def _help(name: str) -> str:
+    """The help text an option declares in :class:`~tunesift.methods.options.Options` (one place)."""
+    from .methods.options import Options
+
+    return Options.__dataclass_fields__[name].metadata["help"]
+
+
+def _default(name: str):
+    from .methods.options import Options
+
+    return Options.__dataclass_fields__[name].default
 
 
 @app.command()
 def select(
     data: Path = typer.Argument(None, help="Input file: JSONL, JSON array, CSV, Parquet or a saved HF dataset folder."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (selected.jsonl, scores.parquet, manifest.json)."),
-    method: str = typer.Option("donod", help="random | donod | delift | delift-se | donod+delift | "
-                                             "ifd | loss | perplexity | selectit | less"),
+    method: str = typer.Option(_default("method"), help=_help("method")),
     budget: str = typer.Option("0.3", help="Fraction in (0, 1] (e.g. 0.3, 1.0) or a count (e.g. 300)."),
-    seed: int = typer.Option(0, help="Seed for random selection and stochastic greedy."),
-    model: str = typer.Option("default", help="default (SmolLM2-135M-Instruct), gemma3-270m, a folder, a .gguf or an HF id in the local cache."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16"),
-    template: str = typer.Option("auto", help="auto | chat | plain: how records are rendered for the model."),
-    max_length: int = typer.Option(2048, help="Longest scored sequence in tokens; prompts/examples are cut, responses never."),
-    token_budget: int = typer.Option(0, help="Padded tokens per forward batch; 0: sized to the device's free memory (4096 on a CPU)."),
+    seed: int = typer.Option(_default("seed"), help=_help("seed")),
+    model: str = typer.Option(_default("model"), help=_help("model")),
+    device: str = typer.Option(_default("device"), help=_help("device")),
+    dtype: str = typer.Option(_default("dtype"), help=_help("dtype")),
+    template: str = typer.Option(_default("template"), help=_help("template")),
+    max_length: int = typer.Option(_default("max_length"), help=_help("max_length")),
+    token_budget: int = typer.Option(_default("token_budget"), help=_help("token_budget")),
     cache_dir: Path | None = typer.Option(None, help="Score cache (default ~/.cache/tunesift/scores); reruns resume from it."),
-    eta: float = typer.Option(1e-3, help="DONOD: SGD step of the simulated update."),
-    reduction: str = typer.Option("sqrt", help="DONOD: token reduction of the loss, sqrt (1/sqrt(T), ours, "
-                                  "the default) | mean (1/T) | sum (1). DON alone with sum: --weights 1,0 "
-                                  "--reduction sum (docs/methods.md)."),
+    eta: float = typer.Option(_default("eta"), help=_help("eta")),
+    reduction: str = typer.Option(_default("reduction"), help=_help("reduction")),
     weights: str = typer.Option("0.5,0.5", help="DONOD: TOPSIS weights of DON,NOD."),
-    stage: str = typer.Option("instruction", help="DELIFT: instruction | task | continual."),
+    stage: str = typer.Option(_default("stage"), help=_help("stage")),
     target: Path | None = typer.Option(None, help="DELIFT task stage: the target set."),
     existing: Path | None = typer.Option(None, help="DELIFT continual stage: data already trained on."),
-    distance: str = typer.Option("rmse", help="DELIFT: rmse (the paper's) | pmi (mean log-prob gain)."),
-    knn: int = typer.Option(0, help="DELIFT: score only the k nearest candidates per record (0 = all pairs)."),
-    clip_negative: bool = typer.Option(False, help="DELIFT: set negative utility to 0 before min-max scaling."),
-    keep_diagonal: bool = typer.Option(False, help="DELIFT: let a record count as its own example."),
-    mi_eta: float = typer.Option(1.0, help="DELIFT task stage: FLMI eta."),
-    mi_form: str = typer.Option("min", help="DELIFT task stage: min (submodlib FL1MI) | additive (paper)."),
-    nu: float = typer.Option(1.0, help="DELIFT continual stage: FLCG nu."),
-    optimizer: str = typer.Option("lazy", help="naive | lazy | stochastic greedy."),
-    prefilter: float = typer.Option(0.7, help="donod+delift: share of the pool DONOD lets through to DELIFT."),
-    backend: str = typer.Option("local", help="local | ray: compute scores, DELIFT kernels and embeddings on Ray workers (docs/ray.md)."),
-    ray_address: str | None = typer.Option(None, help="Ray cluster to join (e.g. ray://head:10001); default a local instance."),
-    ray_workers: int = typer.Option(2, help="Ray: model workers (actors), each loads the model once."),
-    ray_gpus: float | None = typer.Option(None, help="Ray: GPUs per worker (default: share the cluster's GPUs, at most 1)."),
-    on_error: str = typer.Option("fail", help="A record that cannot be used (an empty or unreadable field, a response "
-                                 "longer than --max-length): fail (exit 2, every such record listed, nothing "
-                                 "written) | skip (an error row, never kept)."),
+    distance: str = typer.Option(_default("distance"), help=_help("distance")),
+    knn: int = typer.Option(_default("knn"), help=_help("knn")),
+    clip_negative: bool = typer.Option(_default("clip_negative"), help=_help("clip_negative")),
+    keep_diagonal: bool = typer.Option(_default("keep_diagonal"), help=_help("keep_diagonal")),
+    mi_eta: float = typer.Option(_default("mi_eta"), help=_help("mi_eta")),
+    mi_form: str = typer.Option(_default("mi_form"), help=_help("mi_form")),
+    nu: float = typer.Option(_default("nu"), help=_help("nu")),
+    optimizer: str = typer.Option(_default("optimizer"), help=_help("optimizer")),
+    epsilon: float = typer.Option(_default("epsilon"), help=_help("epsilon")),
+    prefilter: float = typer.Option(_default("prefilter"), help=_help("prefilter")),
+    backend: str = typer.Option(_default("backend"), help=_help("backend")),
+    ray_address: str | None = typer.Option(_default("ray_address"), help=_help("ray_address")),
+    ray_workers: int = typer.Option(_default("ray_workers"), help=_help("ray_workers")),
+    ray_gpus: float | None = typer.Option(_default("ray_gpus"), help=_help("ray_gpus")),
+    on_error: str = typer.Option(_default("on_error"), help=_help("on_error")),
     out_format: str = typer.Option("jsonl", help="Kept records as jsonl (selected.jsonl) | parquet "
                                    "(selected.parquet, native types) | hf (selected/, datasets save_to_disk)."),
-    keep: str = typer.Option("easiest", help="loss/perplexity: keep the easiest (lowest) or the hardest records."),
-    selectit_alpha: float = typer.Option(0.2, help="selectit: uncertainty weight, mean / (1 + alpha * std)."),
-    ann: str = typer.Option("auto", help="kNN search for --knn: auto (exact up to 10^9 pairs, then faiss IVF) | "
-                                         "exact | ivf | ivf-faiss | hnsw (needs tunesift[scale])."),
-    partitions: int = typer.Option(1, help="delift-se instruction stage: GreeDi over this many random "
-                                           "partitions; the n x n kernel is never formed."),
-    less_dim: int = typer.Option(8192, help="less: random-projection dimension of the gradient features."),
+    keep: str = typer.Option(_default("keep"), help=_help("keep")),
+    selectit_alpha: float = typer.Option(_default("selectit_alpha"), help=_help("selectit_alpha")),
+    ann: str = typer.Option(_default("ann"), help=_help("ann")),
+    partitions: int = typer.Option(_default("partitions"), help=_help("partitions")),
+    less_dim: int = typer.Option(_default("less_dim"), help=_help("less_dim")),
+    by: str | None = typer.Option(_default("by"), help=_help("by")),
     prompt_field: str | None = typer.Option(None, help="Field(s) holding the prompt, comma-separated to join."),
     response_field: str | None = typer.Option(None, help="Field holding the response."),
     messages_field: str | None = typer.Option(None, help="Field holding a chat message list."),
@@ -163,10 +171,11 @@ def select(
                                        help="YAML recipe holding any of these options; flags override it."),
 ) -> None:
     """Score every record and write the subset worth training on."""
+    from .io.schema import FieldMap
+    from .methods.catalogue import get_method
+    from .methods.options import Options
     from .outputs import OUT_FORMATS, check_output_folder, write_selection
-    from .pipeline import LM_METHODS, Options
     from .pipeline import select as run_select
-    from .records import FieldMap
 
     if data is None or out is None:
         raise TunesiftError("select needs the input DATA and --out (on the command line or in --config)")
@@ -183,14 +192,14 @@ def select(
                 template=template, max_length=max_length, token_budget=token_budget,
                 cache_dir=str(cache_dir) if cache_dir else None, eta=eta, reduction=reduction, weights=w,
                 stage=stage, distance=distance, knn=knn, clip_negative=clip_negative,
-                keep_diagonal=keep_diagonal, mi_eta=mi_eta, mi_form=mi_form, nu=nu, optimizer=optimizer,
-                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, less_dim=less_dim, ann=ann, partitions=partitions, on_error=on_error,
+                keep_diagonal=keep_diagonal, mi_eta=mi_eta, mi_form=mi_form, nu=nu, optimizer=optimizer, epsilon=epsilon,
+                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, less_dim=less_dim, by=by, ann=ann, partitions=partitions, on_error=on_error,
                 backend=backend, ray_address=ray_address, ray_workers=ray_workers, ray_gpus=ray_gpus)
     # every check that needs no data comes before any reading or scoring
     Options(**opts).validate()
     input_paths = [p for p in (data, target, existing, config) if p is not None]
     check_output_folder(out, input_paths)
-    if method in LM_METHODS + ("delift-se",):
+    if get_method(method).needs_lm or method == "delift-se":  # delift-se caches its embeddings
         from .store import check_cache_dir, default_cache_dir
 
         check_cache_dir(cache_dir or default_cache_dir())
@@ -243,9 +252,9 @@ def finetune(
     """Fine-tune a model on records (LoRA by default), loss on response tokens only."""
     from .finetune import TrainConfig, save
     from .finetune import finetune as run_finetune
+    from .io.records import read_records
     from .models import load_lm
     from .outputs import check_writable
-    from .records import read_records
 
     if data is None or out is None:
         raise TunesiftError("finetune needs the training DATA and --out")
@@ -286,8 +295,8 @@ def evaluate(
 
     from .evaluate import evaluate as run_evaluate
     from .evaluate import parse_metrics
+    from .io.records import read_records
     from .models import load_lm
-    from .records import read_records
 
     names = parse_metrics(metrics)
     for name, v in (("max-new-tokens", max_new_tokens), ("generate-limit", generate_limit), ("limit", limit)):
@@ -379,7 +388,7 @@ def bench(
     sel_opts = {"distance": distance, "eta": eta, "prefilter": prefilter, "max_length": max_length,
                 "dtype": select_dtype, "knn": pick(knn, "knn", 0),
                 "cache_dir": str(cache_dir) if cache_dir else None}
-    from .pipeline import Options
+    from .methods.options import Options
 
     Options(**sel_opts).validate()
     cfg = BenchConfig(train=str(train), test=str(test), methods=[m.strip() for m in methods.split(",") if m.strip()],
@@ -391,7 +400,7 @@ def bench(
                       generate_limit=pick(generate_limit, "generate_limit", 100),
                       train_limit=pick(train_limit, "train_limit", None), test_limit=pick(test_limit, "test_limit", None),
                       device=device)
-    from .pipeline import parse_budget
+    from .methods.options import parse_budget
 
     cfg.budgets = [parse_budget(b) for b in cfg.budgets]
     _setup_logging(quiet)

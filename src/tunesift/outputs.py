@@ -2,7 +2,9 @@
 
 The kept records are ``selected.jsonl`` (``--out-format jsonl``, the default),
 ``selected.parquet`` (``parquet``: native types kept) or the ``selected/`` folder of
-``datasets.Dataset.save_to_disk`` (``hf``).
+``datasets.Dataset.save_to_disk`` (``hf``). Beside them, ``dataset_info.json`` registers the kept
+records for LLaMA-Factory (``dataset: selection``; :func:`tunesift.io.trainers.dataset_info`) when
+the input's schema has a LLaMA-Factory form.
 
 Safety rules (docs/errors.md):
 
@@ -44,12 +46,14 @@ import tempfile
 from pathlib import Path
 
 from .errors import OptionError, TunesiftError
+from .io.records import schema_of
+from .io.trainers import DATASET_NAME, dataset_info
 from .pipeline import Selection, options_dict, versions
 
 OUT_FORMATS = ("jsonl", "parquet", "hf")
 SELECTED = {"jsonl": "selected.jsonl", "parquet": "selected.parquet", "hf": "selected"}
 #: Every name an output folder of tunesift may hold.
-OWN = frozenset(set(SELECTED.values()) | {"scores.parquet", "manifest.json", "report.html"})
+OWN = frozenset(set(SELECTED.values()) | {"scores.parquet", "manifest.json", "report.html", "dataset_info.json"})
 FILES = ("selected.jsonl", "scores.parquet", "manifest.json")  # the default set
 
 
@@ -227,7 +231,7 @@ def manifest(sel: Selection, inputs: dict[str, dict], files: dict[str, str] | No
 
 def _sha256(p: Path) -> str:
     if p.is_dir():
-        from .records import input_checksum
+        from .io.files import input_checksum
 
         return input_checksum(p)
     h = hashlib.sha256()
@@ -295,6 +299,24 @@ def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
         Dataset(table).save_to_disk(str(tmp / "selected"))
 
 
+def _write_dataset_info(sel: Selection, tmp: Path, out_format: str) -> None:
+    """LLaMA-Factory's ``dataset_info.json`` beside the kept records (docs/trainers.md), when the
+    input's schema has a LLaMA-Factory form; for ``hf`` it names the folder's one Arrow file."""
+    schema = schema_of(sel.records)
+    if schema is None:
+        return
+    file_name = SELECTED[out_format]
+    if out_format == "hf":
+        shards = sorted(p.name for p in (tmp / file_name).glob("*.arrow"))
+        if len(shards) != 1:
+            return  # LLaMA-Factory reads one file, or a folder of files of one type only
+        file_name += "/" + shards[0]
+    entry = dataset_info(schema, file_name, present={k for row in sel.subset for k in row})
+    if entry is not None:
+        text = json.dumps({DATASET_NAME: entry}, indent=2, ensure_ascii=False)
+        (tmp / "dataset_info.json").write_text(text + "\n", encoding="utf-8")
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where not available."""
     if not sys.platform.startswith("linux"):
@@ -322,6 +344,7 @@ def write_selection(sel: Selection, out_dir: str | Path, inputs: dict[str, dict]
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         _write_selected(sel, tmp, out_format)
+        _write_dataset_info(sel, tmp, out_format)
         pq.write_table(_scores_table(sel), tmp / "scores.parquet")
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         text = json.dumps(json_value(manifest(sel, inputs or {}, files, out_format)), indent=2, allow_nan=False)

@@ -161,7 +161,7 @@ class Renderer:
             return self.ids(self.prompt_text(record))
         slot = iter(range(len(texts)))
         masked = SimpleNamespace(context=tuple((r, f"\x02TSP{next(slot)}\x02") for r, _ in record.context),
-                                 prompt=f"\x02TSP{next(slot)}\x02")
+                                 prompt=f"\x02TSP{next(slot)}\x02", prompt_role=prompt_role(record))
         pieces = _SLOT.split(self.prompt_text(masked))
         out: list[int] = []
         for i, piece in enumerate(pieces):
@@ -186,21 +186,22 @@ class Renderer:
         sequence, which DELIFT's prefix reuse relies on. Without a template (or if the template's
         rendering does not start with the header), user turns end with ``user_end``, assistant turns
         with ``between``, and other roles are written as ``role: content``.
+
+        Tool results (role ``tool``, also as the prompt: ``record.prompt_role``) go to the template
+        as ``tool`` turns; a template that rejects that role gets them as ``user`` turns (the turn
+        every template holds), and only if that fails too is the manual rendering used.
         """
         system = [c for r, c in record.context if r == "system"]
-        turns = [(r, c) for r, c in record.context if r != "system"] + [("user", record.prompt)]
+        turns = [(r, c) for r, c in record.context if r != "system"] + [(prompt_role(record), record.prompt)]
         if system:
             role, content = turns[0]
             turns[0] = (role, "\n\n".join(system) + "\n\n" + content)
         if self.fmt.name == "chat" and len(turns) > 1:
-            try:
-                text = self.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in turns],
-                                                          tokenize=False, add_generation_prompt=True)
-            except Exception:  # a template that rejects a role: fall back to the manual rendering
-                text = ""
-            h, u = self.fmt.header, self.fmt.user_end
-            if text.startswith(h) and text.endswith(u) and len(text) >= len(h) + len(u):
-                return text[len(h):len(text) - len(u)]
+            text = self._template_text(turns)
+            if text is None and any(r == "tool" for r, _ in turns):
+                text = self._template_text([("user" if r == "tool" else r, c) for r, c in turns])
+            if text is not None:
+                return text
         parts = []
         for role, content in turns[:-1]:
             if role == "user":
@@ -209,7 +210,21 @@ class Renderer:
                 parts.append(content + self.fmt.between)
             else:
                 parts.append(f"{role}: {content}\n\n")
-        return "".join(parts) + turns[-1][1]
+        role, content = turns[-1]
+        return "".join(parts) + (content if role == "user" else f"{role}: {content}")
+
+    def _template_text(self, turns: list[tuple[str, str]]) -> str | None:
+        """``turns`` rendered by the chat template, less the shared header and the final
+        ``user_end``; None when the template rejects them or renders them otherwise."""
+        try:
+            text = self.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in turns],
+                                                      tokenize=False, add_generation_prompt=True)
+        except Exception:  # a template that rejects a role
+            return None
+        h, u = self.fmt.header, self.fmt.user_end
+        if isinstance(text, str) and text.startswith(h) and text.endswith(u) and len(text) >= len(h) + len(u):
+            return text[len(h):len(text) - len(u)]
+        return None
 
     def encode(self, record) -> Encoded:
         """Zero-shot encoding of one record (prompt | user_end, response | end)."""
@@ -247,6 +262,12 @@ class Renderer:
         return fit_example(prefix, self.header, continuation_len, self.max_length)
 
 
+def prompt_role(record) -> str:
+    """The role of a record's prompt turn: ``"user"``, or ``"tool"`` when the response answers a
+    tool result (``Record.prompt_role``; records without the attribute are user prompts)."""
+    return "user"
+
+
 def fit_example(prefix: list[int], header: list[int], continuation_len: int, max_length: int) -> list[int]:
     """``prefix`` (header | example body) cut from the start of its body so that prefix +
     continuation fits ``max_length``; the header alone (the no-example arm) when nothing fits."""
@@ -257,3 +278,9 @@ def fit_example(prefix: list[int], header: list[int], continuation_len: int, max
     if over >= len(body):
         return list(header)  # nothing of the example fits: the no-example arm
     return list(header) + body[over:]
+
+
+def renderer_for(lm, template: str = "auto", max_length: int = 2048) -> Renderer:
+    """The renderer every scorer of ``lm`` uses: its tokenizer, the template's turn format and the
+    length limit (one place, so scorers, workers and fine-tuning render alike)."""
+    return Renderer(lm.tokenizer, turn_format(lm.tokenizer, template), max_length=max_length)

@@ -1,4 +1,4 @@
-"""Execution backends for the per-record block scorers (``pipeline.BLOCK_SCORERS``).
+"""Execution backends for the per-record block scorers (``blocks.BLOCK_SCORERS``).
 
 :mod:`.blocks` holds what every backend shares: scoring one block with per-record error rows
 (:func:`~tunesift.backends.blocks.score_block_checked`) and the on-disk format of a block in the

@@ -2,7 +2,7 @@
 
 Every backend (the local loop, Ray workers) scores a block the same way:
 :func:`score_block_checked` first asks the renderer about each record on its own
-(:func:`record_errors`), scores the records that pass with :func:`tunesift.pipeline.score_block`
+(:func:`record_errors`), scores the records that pass with :func:`score_block`
 in one call, and returns rows ``(len(records), width)`` float64 where a record that cannot be
 scored has an all-NaN row and its reason in ``errors``. A block without failed records is scored
 by exactly the call the local loop makes, so its rows are identical to the local ones.
@@ -23,6 +23,40 @@ import numpy as np
 
 from ..errors import TunesiftError
 from ..store import ArrayStore
+
+# Per-record scorers computed in cached blocks: kind -> (columns, cache version, records per block)
+BLOCK_SCORERS = {
+    "donod": (("r_dot_z", "grad_norm_sq", "n_tokens"), "donod-v1", 16),  # eta-free terms, see donod.score_batch
+    "loss": (("loss", "perplexity", "n_tokens"), "loss-v1", 64),
+    "ifd": (("loss", "loss_alone", "ifd", "n_tokens"), "ifd-v1", 64),
+    "selectit": (("selectit", "selectit_mean", "selectit_std", "selectit_digit_mass"), "selectit-v1", 64),
+}
+
+
+def score_block(kind: str, lm, renderer, records: list, opt) -> np.ndarray:
+    """Rows (len(records), width) of one block of a per-record scorer; the same function serves the
+    local loop and remote workers. ``opt``: the selection's Options (token budget, SelectIT alpha)."""
+    if kind == "donod":
+        from ..scoring.donod import gradient_stats
+
+        return gradient_stats(lm.model, [renderer.sequence(r) for r in records],
+                              pad_id=lm.tokenizer.pad_token_id, token_budget=opt.token_budget)
+    from ..scoring import baselines as bl
+
+    kw = {"token_budget": opt.token_budget}
+    if kind == "selectit":
+        kw["alpha"] = opt.selectit_alpha
+    cols = getattr(bl, f"{kind}_scores")(lm, renderer, records, **kw)
+    return np.stack([cols[c] for c in BLOCK_SCORERS[kind][0]], axis=1)
+
+
+def block_extra(kind: str, opt) -> tuple:
+    """Settings besides the token sequences that change a block's scores (part of its cache key)."""
+    if kind == "selectit":
+        from ..scoring.baselines import DEFAULT_PROMPTS
+
+        return (DEFAULT_PROMPTS, opt.selectit_alpha)
+    return ()
 
 
 @dataclass
@@ -69,16 +103,14 @@ def record_errors(kind: str, renderer, records: list) -> dict[int, str]:
 
 
 def score_block_checked(kind: str, lm, renderer, records: list, opt) -> BlockResult:
-    """Score one block of ``kind`` (a key of ``pipeline.BLOCK_SCORERS``) with error rows.
+    """Score one block of ``kind`` (a key of ``BLOCK_SCORERS``) with error rows.
 
     Records for which :func:`record_errors` reports a reason get an all-NaN row and their reason
     in ``BlockResult.errors``; the others are scored together by one
-    ``pipeline.score_block(kind, lm, renderer, records, opt)`` call (all of ``records`` when none
+    ``score_block(kind, lm, renderer, records, opt)`` call (all of ``records`` when none
     failed, so the rows equal the local loop's exactly). Any other exception propagates: it is a
     failure of the job, not of a record.
     """
-    from ..pipeline import BLOCK_SCORERS, score_block
-
     width = len(BLOCK_SCORERS[kind][0])
     errors = record_errors(kind, renderer, records)
     rows = np.full((len(records), width), np.nan)

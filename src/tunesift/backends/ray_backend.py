@@ -3,7 +3,7 @@ baselines), DELIFT utility-kernel blocks, and MiniLM embeddings.
 
 A pool of ``num_workers`` Ray actors each loads the model once and computes whole blocks:
 per-record blocks with :func:`tunesift.backends.blocks.score_block_checked` (the local loop
-scores the same blocks with :func:`tunesift.pipeline.score_block` after select() has set
+scores the same blocks with :func:`tunesift.backends.blocks.score_block` after select() has set
 unscorable records aside), kernel column blocks with
 :func:`tunesift.scoring.utility.kernel_block` (:class:`RayKernelRunner`), text chunks with
 :func:`tunesift.scoring.embedding.embed_texts` (:class:`RayEmbedRunner`). The driver hands out blocks, at most two queued per actor, and writes every finished block into
@@ -147,13 +147,13 @@ class _BlockWorker:
         return self.lm
 
     def _renderer(self, opt):
-        from ..pipeline import _renderer
+        from ..render import renderer_for
 
         rkey = (opt.template, opt.max_length)
         renderer = self._renderers.get(rkey)
         # the renderer memoises tokenised texts; start afresh now and then so memory stays flat
         if renderer is None or len(getattr(renderer, "_cache", ())) > RENDER_CACHE_MAX:
-            renderer = self._renderers[rkey] = _renderer(self._model(), opt)
+            renderer = self._renderers[rkey] = renderer_for(self._model(), opt.template, opt.max_length)
         return renderer
 
     def score(self, kind: str, records: list, opt) -> BlockResult:
@@ -179,9 +179,9 @@ class _BlockWorker:
         """Rows ``r0:r1`` of the kernel's no-example statistics and the work counts
         (:func:`~tunesift.scoring.utility.kernel_base`)."""
         from ..scoring.logprobs import ResponseScorer
-        from ..scoring.utility import _counts, kernel_base
+        from ..scoring.utility import kernel_base, work_counts
 
-        counts = _counts()
+        counts = work_counts()
         scorer = ResponseScorer(self._model(), token_budget=token_budget)
         return kernel_base(self._shared(job_ref), scorer, r0, r1, counts), counts
 
@@ -189,9 +189,9 @@ class _BlockWorker:
         """Columns ``c0:c1`` of a DELIFT kernel and the work counts
         (:func:`~tunesift.scoring.utility.kernel_block`)."""
         from ..scoring.logprobs import ResponseScorer
-        from ..scoring.utility import _counts, kernel_block
+        from ..scoring.utility import kernel_block, work_counts
 
-        counts = _counts()
+        counts = work_counts()
         scorer = ResponseScorer(self._model(), token_budget=token_budget)
         job, base = self._shared(job_ref), self._shared(base_ref)
         return kernel_block(job, scorer, base, c0, c1, counts), counts
@@ -291,7 +291,7 @@ class RayBlockPool:
 
     def _run(self, kind: str, todo: list[Block], opt, store: ArrayStore,
              results: dict[str, BlockResult], on_block: OnBlock | None, max_attempts: int) -> None:
-        from ..pipeline import BLOCK_SCORERS
+        from .blocks import BLOCK_SCORERS
 
         width = len(BLOCK_SCORERS[kind][0])
 
@@ -378,7 +378,7 @@ def _split_cached(kind: str, blocks: Iterable[Block], store_root: str | Path,
                   on_block: OnBlock | None) -> tuple[dict[str, BlockResult], list[Block]]:
     """Blocks already in the store (read back, ``computed=False``) and the ones still to score
     (each key once)."""
-    from ..pipeline import BLOCK_SCORERS
+    from .blocks import BLOCK_SCORERS
 
     if kind not in BLOCK_SCORERS:
         raise OptionError(f"no block scorer '{kind}': use one of {', '.join(BLOCK_SCORERS)}")
@@ -408,10 +408,10 @@ def score_blocks_ray(kind: str, spec: dict, blocks: Iterable[Block], opt, store_
                      pool: RayBlockPool | None = None) -> dict[str, BlockResult]:
     """Score blocks of a per-record scorer on Ray; every result lands in the score cache.
 
-    ``kind``: a key of ``pipeline.BLOCK_SCORERS`` (``donod``, ``loss``, ``ifd``, ``selectit``).
+    ``kind``: a key of ``blocks.BLOCK_SCORERS`` (``donod``, ``loss``, ``ifd``, ``selectit``).
     ``spec``: :func:`model_spec` of the driver's model (``path``, resolved ``dtype``,
     ``fingerprint``). ``blocks``: ``(cache key, records)`` pairs, the keys the caller computes
-    exactly as the local loop does. ``opt``: the :class:`~tunesift.pipeline.Options`
+    exactly as the local loop does. ``opt``: the :class:`~tunesift.methods.options.Options`
     (``template``, ``max_length``, ``token_budget``, ``selectit_alpha`` matter). ``store_root``:
     the folder of the kind's :class:`~tunesift.store.ArrayStore` (``<cache>/<kind>``).
 
@@ -516,7 +516,7 @@ class RayKernelRunner:
         step = self.base_rows or utility.BASE_ROWS
         spans = [(r, min(job.n_t, r + step)) for r in range(0, job.n_t, step)]
         parts: dict[int, np.ndarray] = {}
-        counts = utility._counts()
+        counts = utility.work_counts()
 
         def done(key, span, res) -> None:
             parts[span[0]] = res[0]

@@ -133,7 +133,7 @@ class Input:
 
 def read_input(res: Output, data: str | Path | None, by: str | None) -> Input:
     """Texts of the shown records and, when possible, the rows of the dropped ones."""
-    from ..records import read_records, records_from_rows
+    from ..io.records import read_records, records_from_rows
 
     texts: dict[str, tuple[str, str]] = {}
     kept_ids = [i for i, k in zip(res.ids, res.kept) if k]
@@ -174,7 +174,7 @@ def read_input(res: Output, data: str | Path | None, by: str | None) -> Input:
         return Input(texts, None)
     sha = (inputs.get("data") or {}).get("sha256")
     if sha and data is None:
-        from ..records import input_checksum
+        from ..io.files import input_checksum
 
         try:
             if input_checksum(path) != sha:

@@ -2,37 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from ..errors import TunesiftError
+from ..rowfields import MISSING, category, field_value
 from .read import Input, Output
 
 __all__ = ["MISSING", "field_value", "retention"]
-
-MISSING = object()  # field_value's answer for a row without the field
-
-
-def field_value(row: Any, name: str) -> Any:
-    """``row[name]``, or with a dotted name the nested value (``meta.family``); ``MISSING`` if absent."""
-    if isinstance(row, dict) and name in row:
-        return row[name]
-    cur = row
-    for part in name.split("."):
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        else:
-            return MISSING
-    return cur
-
-
-def category(value: Any) -> str:
-    """A field value as a category name: strings as is, other values as JSON, absent as (missing)."""
-    if value is MISSING:
-        return "(missing)"
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
 
 
 def retention(res: Output, inp: Input, by: str) -> list[tuple[str, int, int]]:

@@ -52,9 +52,11 @@ def _embedder_fingerprint() -> str:
 @functools.lru_cache(maxsize=2)
 def _encoder(device: str):
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
     from ..models import embedder_path
 
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar; our own bars say what is happening
     return SentenceTransformer(str(embedder_path()), device=device)
 
 

@@ -341,7 +341,7 @@ class KernelRunner(Protocol):
     same job, model, device and thread count."""
 
     def base(self, job, token_budget: int) -> tuple[np.ndarray, dict]:
-        """The no-example statistics ``(2, n_t)`` and the work counts (see :func:`_counts`)."""
+        """The no-example statistics ``(2, n_t)`` and the work counts (see :func:`work_counts`)."""
         ...
 
     def blocks(self, job, base: np.ndarray, spans: list[tuple[int, int]], token_budget: int,
@@ -403,7 +403,7 @@ def utility_kernel(
         root = Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir()
         store = ArrayStore(root / CACHE_KIND / _cache_key(job, lm))
     scorer = ResponseScorer(lm, token_budget=token_budget) if runner is None else None
-    info = {"pairs": job.n_pairs(), "blocks_computed": 0, "blocks_loaded": 0, **_counts()}
+    info = {"pairs": job.n_pairs(), "blocks_computed": 0, "blocks_loaded": 0, **work_counts()}
     # counts cover the work of this run only (pieces read from the cache count nothing)
     total = job.n_pairs()
     done = 0
@@ -415,7 +415,7 @@ def utility_kernel(
         if runner is not None:
             base, counts = runner.base(job, token_budget)
         else:
-            counts = _counts()
+            counts = work_counts()
             base = np.concatenate([kernel_base(job, scorer, r, r + BASE_ROWS, counts)
                                    for r in range(0, n_t, BASE_ROWS)] or [np.zeros((2, 0))], axis=1)
         if base.shape != (2, n_t):
@@ -458,7 +458,7 @@ def utility_kernel(
         runner.blocks(job, base, todo, token_budget, finished)
     else:
         for c0, c1 in todo:
-            counts = _counts()
+            counts = work_counts()
             report = (lambda k, d=done: progress(d + k, total)) if progress else None
             block = kernel_block(job, scorer, base, c0, c1, counts, report)
             finished(c0, c1, block, counts)
@@ -466,7 +466,7 @@ def utility_kernel(
     return _assemble(job, sq_all, lp_all, base, distance_stats, info)
 
 
-def _counts() -> dict[str, int]:
+def work_counts() -> dict[str, int]:
     """Work counters of a kernel run (summed over its pieces, wherever they ran)."""
     return {"forwards": 0, "mixed_batches": 0, "prefixes": 0, "cut_prefixes": 0, "empty_prefixes": 0}
 
@@ -490,7 +490,7 @@ def _block_shape(job: _Job, c0: int, c1: int) -> tuple[int, ...]:
 def kernel_base(job: _Job, scorer: ResponseScorer, r0: int = 0, r1: int | None = None,
                 counts: dict | None = None) -> np.ndarray:
     """The no-example arm of targets ``r0:r1`` (default all): ``(2, r1 - r0)`` rows
-    ``[sum (1-p)^2, sum log p]``; ``counts`` (see :func:`_counts`) is increased by the work."""
+    ``[sum (1-p)^2, sum log p]``; ``counts`` (see :func:`work_counts`) is increased by the work."""
     f0, m0 = scorer.forwards, scorer.mixed_batches
     out = np.stack(scorer.score(job.header, job.conts[r0:r1])).reshape(2, -1)
     if counts is not None:
@@ -504,10 +504,10 @@ def kernel_block(job: _Job, scorer: ResponseScorer, base: np.ndarray, c0: int, c
     """Columns ``c0:c1`` of the kernel, in the stored block layout (:func:`_block_shape`): row 0
     ``sum (1-p)^2``, row 1 ``sum log p`` of each pair; the excluded diagonal is NaN.
 
-    ``counts`` (see :func:`_counts`) is increased by the work done; ``report(pairs)`` is called
+    ``counts`` (see :func:`work_counts`) is increased by the work done; ``report(pairs)`` is called
     with the pairs of this block finished so far (monotone) after every forward batch.
     """
-    counts = counts if counts is not None else _counts()
+    counts = counts if counts is not None else work_counts()
     f0, m0 = scorer.forwards, scorer.mixed_batches
     block = np.full(_block_shape(job, c0, c1), np.nan)
     e0 = int(job.pattern.indptr[c0]) if job.pattern is not None else 0

@@ -1,0 +1,53 @@
+"""What trainers need beside a selection: LLaMA-Factory's ``dataset_info.json`` entry.
+
+LLaMA-Factory reads a dataset named in ``dataset_info.json`` of its ``dataset_dir``; an entry
+names the file and maps its columns onto LLaMA-Factory's ``alpaca`` or ``sharegpt`` formatting::
+
+    {"selection": {"file_name": "selected.jsonl", "formatting": "alpaca",
+                   "columns": {"prompt": "instruction", "query": "input", "response": "output"}}}
+
+The mapping follows the schema the input was read with (:class:`~tunesift.io.schema.Schema`):
+alpaca-like schemas (``alpaca``, ``prompt_completion``, ``question_answer``, a field map of one or
+two prompt fields) give ``alpaca``; chats (``messages``, ``sharegpt``, ``--messages-field``) give
+``sharegpt`` with the ``tags`` of the first record's turns. TRL's conversational
+prompt/completion (the chat split over two columns) and prompts joined from three or more fields
+have no LLaMA-Factory form: no entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .schema import Schema
+
+__all__ = ["DATASET_NAME", "dataset_info"]
+
+#: The dataset's name in the ``dataset_info.json`` tunesift writes (``dataset: selection``).
+DATASET_NAME = "selection"
+
+
+def dataset_info(schema: Schema, file_name: str, *, present: Iterable[str] | None = None) -> dict | None:
+    """The LLaMA-Factory ``dataset_info.json`` entry for the selection file ``file_name`` (a path
+    relative to the folder holding ``dataset_info.json``) read with ``schema``, or None when
+    LLaMA-Factory cannot read the schema.
+
+    ``present``: the columns the file holds; the optional columns (alpaca's ``input``,
+    ``system``, ``history``; a chat's ``system`` and ``tools``) are mapped only when present
+    (LLaMA-Factory fails on a mapped column the file lacks). None maps only the required ones.
+    """
+    have = set(present) if present is not None else set()
+    if schema.kind == "chat":
+        columns = {"messages": schema.messages}
+        columns.update({c: c for c in (schema.system, "tools") if c and c in have})
+        return {"file_name": file_name, "formatting": "sharegpt", "columns": columns,
+                "tags": dict(schema.tags)}
+    if schema.kind != "fields" or not 1 <= len(schema.prompt) <= 2:
+        return None
+    columns = {"prompt": schema.prompt[0][0]}
+    if len(schema.prompt) == 2 and schema.prompt[1][0] in have:
+        columns["query"] = schema.prompt[1][0]
+    columns["response"] = schema.response
+    for name, col in (("system", schema.system), ("history", schema.history)):
+        if col and col in have:
+            columns[name] = col
+    return {"file_name": file_name, "formatting": "alpaca", "columns": columns}

@@ -1,0 +1,90 @@
+"""The registry entries, one per method, in the order the CLI and docs list them."""
+
+from __future__ import annotations
+
+from ..errors import OptionError
+from .delift import donod_delift_pick, run_delift, run_delift_se
+from .less import run_less
+from .per_record import run_baseline, run_donod
+from .registry import REGISTRY, Method, RankedHint, register
+from .sampling import run_balanced_random, run_random
+
+LM = ("model", "device", "dtype", "template", "max_length", "token_budget")
+DONOD_OPTIONS = ("eta", "reduction", "weights")
+DELIFT_SETS = {"task": "target", "continual": "existing"}
+STAGES = ("instruction", "task", "continual")
+LOSS_WORDS = ("easiest", "easier", "hardest", "harder")
+
+register(Method(
+    "random", "a seeded uniform sample, the baseline", run_random, options=("method", "budget", "seed")))
+register(Method(
+    "donod", "DON and NOD of the LM head after one simulated SGD step, ranked by TOPSIS", run_donod,
+    needs_lm=True, block_kind="donod", options=("method", "budget", *LM, *DONOD_OPTIONS),
+    columns=("don", "nod", "closeness", "n_tokens")))
+register(Method(
+    "delift", "pairwise in-context utility kernel, then FL / FLMI / FLCG", run_delift, needs_lm=True,
+    stages=STAGES, second_set=DELIFT_SETS, greedy=True,
+    options=("method", "budget", "seed", *LM, "stage", "distance", "knn", "clip_negative", "keep_diagonal",
+             "mi_eta", "mi_form", "nu", "optimizer", "epsilon"),
+    columns=("order", "gain", "helped_by", "helpfulness")))
+register(Method(
+    "delift-se", "the DELIFT objectives on a sentence-embedding kernel", run_delift_se, stages=STAGES,
+    second_set=DELIFT_SETS, greedy=True,
+    options=("method", "budget", "seed", "device", "stage", "knn", "mi_eta", "mi_form", "nu", "optimizer", "epsilon"),
+    columns=("order", "gain")))
+register(Method(
+    "donod+delift", "DONOD cuts the worst records, DELIFT selects from the rest", donod_delift_pick, needs_lm=True,
+    stages=STAGES, second_set=DELIFT_SETS, block_kind="donod", greedy=True,
+    options=("method", "budget", "seed", *LM, "prefilter", *DONOD_OPTIONS, "stage", "distance", "knn",
+             "clip_negative", "keep_diagonal", "mi_eta", "mi_form", "nu", "optimizer", "epsilon"),
+    columns=("don", "nod", "closeness", "n_tokens", "prefiltered", "order", "gain", "helped_by", "helpfulness")))
+
+
+def _ranked(name: str, summary: str, run, hint: RankedHint, **kw) -> None:
+    register(Method(name, summary, run, needs_lm=True, options=("method", "budget", *LM, *hint.options),
+                    columns=hint.columns, ranked=hint, **kw))
+
+
+_ranked("ifd", "Instruction-Following Difficulty (Cherry LLM / Superfiltering)", lambda job: run_baseline(job, "ifd"),
+        RankedHint("ifd", "IFD", True,
+                   "Instruction-Following Difficulty: the response loss with the prompt divided by the loss "
+                   "without it. Below 1 the prompt helps predict the response; IFD keeps the highest IFD below 1 "
+                   "and drops IFD >= 1 first.", ("ifd", "loss", "loss_alone", "n_tokens")),
+        block_kind="ifd")
+_ranked("loss", "the response loss given the prompt (easiest first)", lambda job: run_baseline(job, "loss"),
+        RankedHint("loss", "loss", False,
+                   "The mean negative log-likelihood of the response tokens given the prompt (nats per token): "
+                   "low means the model already predicts the response well.",
+                   ("loss", "perplexity", "n_tokens"), ("keep",), words=LOSS_WORDS))
+_ranked("perplexity", "exp(loss): ranks as the loss", lambda job: run_baseline(job, "loss"),
+        RankedHint("perplexity", "perplexity", False,
+                   "exp(loss), the response's per-token perplexity given the prompt: it ranks exactly like the "
+                   "loss.", ("perplexity", "loss", "n_tokens"), ("keep",), words=LOSS_WORDS, log=True))
+_ranked("selectit", "the model rates each record (SelectIT)", lambda job: run_baseline(job, "selectit"),
+        RankedHint("selectit", "selectit", True,
+                   "The model's own rating of the record (1 to 5, weighted by how sure it is) averaged over the "
+                   "rating prompts, divided by 1 + alpha times their spread.",
+                   ("selectit", "selectit_mean", "selectit_std", "selectit_digit_mass"), ("selectit_alpha",)),
+        block_kind="selectit")
+_ranked("less", "LoRA gradient features matched to the target set (LESS)", run_less,
+        RankedHint("less", "LESS", True,
+                   "The cosine between the record's training update (Adam direction of its LoRA gradient after a "
+                   "short warm-up, randomly projected) and the target set's gradient: higher means training on it "
+                   "should lower the target loss more.", ("less",), ("seed", "stage", "less_dim"),
+                   optional=("less_grad_norm", "less_warmup")),
+        stages=("task",), second_set={"task": "target"})
+register(Method(
+    "balanced-random", "random with an equal share per value of a field (--by)", run_balanced_random,
+    options=("method", "budget", "seed", "by"), columns=("group",), required=("by",)))
+
+
+def get_method(name: str) -> Method:
+    """The registry entry of ``name``; an unknown name is a one-line OptionError."""
+    if name not in REGISTRY:
+        raise OptionError(f"unknown method '{name}': use one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered method, in the order the CLI and docs list them."""
+    return tuple(REGISTRY)

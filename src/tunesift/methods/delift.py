@@ -1,0 +1,216 @@
+"""DELIFT (model utility kernel) and DELIFT (SE) (embedding kernel) with submodular selection,
+and DONOD + DELIFT. The kernels come from :mod:`tunesift.scoring`, the objectives and greedy
+optimisers from :mod:`tunesift.selection`; this module wires them per stage:
+
+- ``instruction``: Facility Location on the pool kernel;
+- ``task``: FL mutual information against the target set (``cross``: pool x target);
+- ``continual``: FL conditional gain against the existing data (``cross``: pool x existing).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from ..render import renderer_for
+from .per_record import run_donod
+from .registry import Job, Picked, Progress
+
+log = logging.getLogger("tunesift")
+
+
+def run_delift(job: Job) -> Picked:
+    """DELIFT: the in-context utility kernel of the model, then the stage's objective."""
+    return Picked(*delift_pick(job.records, job.k, job.opt, job.lm, job.progress, job.other, embed_kernel=False))
+
+
+def run_delift_se(job: Job) -> Picked:
+    """DELIFT (SE): the same objectives on the all-MiniLM-L6-v2 cosine kernel ((cos + 1) / 2)."""
+    return Picked(*delift_pick(job.records, job.k, job.opt, job.lm, job.progress, job.other, embed_kernel=True))
+
+
+def submodular_pick(sim, cross, k: int, opt):
+    from ..selection import submodular as sm
+
+    kw = dict(optimizer=opt.optimizer, epsilon=opt.epsilon, seed=opt.seed)
+    if opt.stage == "instruction":
+        return sm.facility_location(sim, k, **kw)
+    if opt.stage == "task":
+        return sm.fl_mutual_information(sim, cross, k, eta=opt.mi_eta, form=opt.mi_form, **kw)
+    return sm.fl_conditional_gain(sim, cross, k, nu=opt.nu, **kw)
+
+
+def pair_progress(progress: Progress, label: str) -> Callable[[int, int], None]:
+    """Adapt progress(done, total) calls (kernel, embeddings) to a progress bar."""
+    state = {"advance": None, "done": 0}
+
+    def update(done: int, total: int) -> None:
+        if state["advance"] is None:
+            state["advance"] = progress(label, total)
+        state["advance"](done - state["done"])
+        state["done"] = done
+
+    return update
+
+
+def delift_pick(records, k, opt, lm, progress: Progress, other, embed_kernel: bool):
+    if opt.backend != "ray":
+        return _delift_on(records, k, opt, lm, progress, other, embed_kernel, None)
+    from ..backends.ray_backend import LazyPool, model_spec
+
+    # one pool for the embeddings and the kernel, started only if something is not cached;
+    # DELIFT (SE) needs no language model on the workers
+    with LazyPool(None if embed_kernel else model_spec(lm), address=opt.ray_address,
+                  num_workers=opt.ray_workers, num_gpus=opt.ray_gpus) as pool:
+        return _delift_on(records, k, opt, lm, progress, other, embed_kernel, pool)
+
+
+def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: bool, pool):
+    """DELIFT / DELIFT (SE) selection; ``pool``: a Ray worker pool (LazyPool) or None (local)."""
+    from ..scoring import embedding as emb
+
+    embed_runner = kernel_runner = None
+    if pool is not None:
+        from ..backends.ray_backend import RayEmbedRunner, RayKernelRunner
+
+        embed_runner, kernel_runner = RayEmbedRunner(pool), RayKernelRunner(pool)
+
+    t0 = time.perf_counter()
+    timings = {}
+    pattern = cross_pattern = None
+    need_emb = embed_kernel or opt.knn > 0
+    if need_emb:
+        log.info("embedding %d records with all-MiniLM-L6-v2", len(records) + len(other or []))
+        e_pool = emb.embed_records(records, cache_dir=opt.cache_dir, device=opt.device, runner=embed_runner,
+                                   progress=pair_progress(progress, "embedding the pool"))
+        e_other = (emb.embed_records(other, cache_dir=opt.cache_dir, device=opt.device, runner=embed_runner,
+                                     progress=pair_progress(progress, f"embedding the {opt.stage} set"))
+                   if other else None)
+        timings["embed_s"] = time.perf_counter() - t0
+    def knn(a: np.ndarray, b: np.ndarray, kk: int, exclude_self: bool = False):  # exact or faiss (--ann)
+        return emb.ann_knn_pattern(a, b, kk, exclude_self=exclude_self, method=opt.ann, seed=opt.seed)
+
+    if embed_kernel and opt.partitions > 1:  # GreeDi: the n x n kernel is never formed
+        from ..selection.partitioned import partitioned_facility_location
+
+        t2 = time.perf_counter()
+        log.info("GreeDi over %d partitions, budget %d", opt.partitions, k)
+        res = partitioned_facility_location(e_pool, k, partitions=opt.partitions, knn=opt.knn or None,
+                                            ann_method=opt.ann, seed=opt.seed, optimizer=opt.optimizer, weighted=True,
+                                            epsilon=opt.epsilon)
+        timings["select_s"] = time.perf_counter() - t2
+        return greedy_columns(res, len(records)), np.asarray(res.order), {"timings": timings,
+                                                                           "objective": res.objective}
+    if embed_kernel:
+        def se_kernel(b: np.ndarray):  # dense, or only at the k nearest (the pattern caps k)
+            return emb.cosine_similarity_kernel(e_pool, b, knn(e_pool, b, opt.knn) if opt.knn else None)
+
+        sim = se_kernel(e_pool)
+        cross = se_kernel(e_other) if other else None
+    else:
+        from ..scoring.utility import similarity_bounds, to_similarity, utility_kernel
+
+        if opt.knn:
+            # with the diagonal kept, the record itself takes one of the slots: ask for one more
+            # (knn_pattern caps k at the columns available)
+            k_self = opt.knn + 1 if opt.keep_diagonal else opt.knn
+            pattern = knn(e_pool, e_pool, k_self, exclude_self=not opt.keep_diagonal)
+            if other:
+                cross_pattern = knn(e_pool, e_other, opt.knn)
+        renderer = renderer_for(lm, opt.template, opt.max_length)
+        t1 = time.perf_counter()
+        kern = utility_kernel(lm, renderer, records, records, pairs=pattern, exclude_diagonal=not opt.keep_diagonal,
+                              same=True, token_budget=opt.token_budget, cache_dir=opt.cache_dir, runner=kernel_runner,
+                              progress=pair_progress(progress, "DELIFT kernel (pool x pool)"))
+        uf = kern.values(opt.distance)
+        uf_cross = None
+        if other:
+            kc = utility_kernel(lm, renderer, records, other, pairs=cross_pattern, exclude_diagonal=False,
+                                same=False, token_budget=opt.token_budget, cache_dir=opt.cache_dir,
+                                runner=kernel_runner, progress=pair_progress(progress, f"DELIFT kernel (pool x {opt.stage})"))
+            uf_cross = kc.values(opt.distance)
+        timings["kernel_s"] = time.perf_counter() - t1
+        kernels = [uf] + ([uf_cross] if other else [])
+        bounds = similarity_bounds(kernels, clip_negative=opt.clip_negative)
+        sim, *rest = (to_similarity(k, clip_negative=opt.clip_negative, bounds=bounds).astype(np.float32)
+                      for k in kernels)
+        cross = rest[0] if rest else None
+    t2 = time.perf_counter()
+    log.info("greedy %s maximisation (%s stage), budget %d", opt.optimizer, opt.stage, k)
+    res = submodular_pick(sim, cross, k, opt)
+    timings["select_s"] = time.perf_counter() - t2
+    cols = greedy_columns(res, len(records))
+    cols.update(coverage_columns(sim, res.order, records))
+    if not embed_kernel:
+        cols["helped_by"] = nanmean(uf, axis=1)  # mean UF of this record as a target: how much examples help it
+        cols["helpfulness"] = nanmean(uf, axis=0)  # mean UF of this record as an example: how much it helps others
+    return cols, np.asarray(res.order), {"timings": timings, "objective": res.objective}
+
+
+def coverage_columns(sim, picks: np.ndarray, records) -> dict[str, np.ndarray]:
+    """For each record not picked, the pick that covers it best in the selection kernel ``sim``
+    (rows: records, columns: candidates) and by how much: ``covered_by`` (the pick's id; None for
+    picks and for records no pick covers) and ``coverage`` (``max_{j in picks} sim[i, j]``, its
+    term of the facility-location objective; NaN for picks), (n,) each."""
+    from ..selection.objectives import fl_assignment
+
+    pos, value = fl_assignment(sim, picks)
+    picked = np.zeros(len(records), dtype=bool)
+    picked[picks] = True
+    ids = [records[int(j)].id for j in picks]
+    covered_by = np.array([None if p < 0 or picked[i] else ids[p] for i, p in enumerate(pos)], dtype=object)
+    return {"covered_by": covered_by, "coverage": np.where(picked, np.nan, value)}
+
+
+def greedy_columns(res, n: int) -> dict[str, np.ndarray]:
+    """``order`` (1-based pick position, -1 if not picked) and ``gain`` (NaN if not picked), (n,)."""
+    order_pos = np.full(n, -1, dtype=np.int64)
+    order_pos[res.order] = np.arange(1, len(res.order) + 1)
+    gain = np.full(n, np.nan)
+    gain[res.order] = res.gains
+    return {"order": order_pos, "gain": gain}
+
+
+def donod_delift_pick(job: Job) -> Picked:
+    """DONOD keeps the top max(k, round(prefilter * n)) records by closeness; DELIFT picks k of them.
+
+    Columns: DONOD's (for every record), ``prefiltered`` (True where DONOD let the record through)
+    and DELIFT's (order/gain; -1/NaN for records DONOD cut)."""
+    records, k, opt = job.records, job.k, job.opt
+    n = len(records)
+    first = run_donod(job)
+    m = max(k, int(round(opt.prefilter * n)))
+    keep = np.sort(first.order[:m])
+    log.info("DONOD prefilter kept %d of %d records; DELIFT selects %d of them", m, n, k)
+    cols_s, order_s, extra = delift_pick([records[i] for i in keep], k, opt, job.lm, job.progress, job.other,
+                                         embed_kernel=False)
+    cols = dict(first.columns)
+    cols["prefiltered"] = np.zeros(n, dtype=bool)
+    cols["prefiltered"][keep] = True
+    for name, arr in cols_s.items():
+        full = np.full(n, {"i": -1, "O": None}.get(arr.dtype.kind, np.nan), dtype=arr.dtype)
+        full[keep] = arr
+        cols[name] = full
+    return Picked(cols, keep[np.asarray(order_s, dtype=np.int64)], extra)
+
+
+def nanmean(m, axis: int) -> np.ndarray:
+    """Mean over the defined entries (not NaN; for sparse kernels, stored entries) along ``axis``."""
+    import scipy.sparse as sp
+
+    if sp.issparse(m):
+        c = m.tocoo()
+        ok = ~np.isnan(c.data)
+        idx = (c.row if axis == 1 else c.col)[ok]
+        size = m.shape[0] if axis == 1 else m.shape[1]
+        tot = np.bincount(idx, weights=c.data[ok], minlength=size)
+        cnt = np.bincount(idx, minlength=size)
+        return np.divide(tot, cnt, out=np.full(size, np.nan), where=cnt > 0)
+    import warnings
+
+    with warnings.catch_warnings():  # an all-NaN row (n = 1) is a NaN mean, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(m, axis=axis)

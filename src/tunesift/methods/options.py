@@ -1,0 +1,206 @@
+"""Every option of a selection, declared once.
+
+Each field of :class:`Options` carries its CLI help, the check of its value and the group (method)
+that reads it in ``field.metadata``; the ``select`` command's flags, docs/options.md (generated
+from the CLI), the manifest (``options_dict``) and the report's option table are all derived from
+these declarations, so an option is added in one place. Checks that relate two options (a stage a
+method does not support, GreeDi partitions on the wrong method) are made by the method's registry
+entry (:mod:`tunesift.methods.registry`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..errors import OptionError
+from ..scoring.donod import REDUCTIONS
+from ..scoring.embedding import ANN_METHODS
+
+Check = Callable[[Any], "str | None"]  # the error message, or None when the value is fine
+
+STAGES = ("instruction", "task", "continual")
+DISTANCES = ("rmse", "pmi")
+
+
+def one_of(what: str, choices: tuple[str, ...], use: str | None = None) -> Check:
+    return lambda v: None if v in choices else f"unknown {what} '{v}': use {use or ', '.join(choices)}"
+
+
+def at_least(name: str, low: int, note: str = "") -> Check:
+    return lambda v: None if v >= low else f"{name} must be at least {low}{note}, got {v}"
+
+
+def finite_at_least_zero(name: str) -> Check:
+    return lambda v: None if isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 else \
+        f"{name} must be a finite number >= 0, got {v}"
+
+
+def _seed(v) -> str | None:
+    return None if not isinstance(v, bool) and isinstance(v, int) and v >= 0 else f"seed must be an integer >= 0, got {v}"
+
+
+def _weights(w) -> str | None:
+    ok = (len(w) == 2 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in w)
+          and min(w) >= 0 and sum(w) > 0)
+    return None if ok else f"weights must be two finite non-negative numbers, not both 0, got {','.join(map(str, w))}"
+
+
+def _device(v: str) -> str | None:
+    ok = v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())
+    return None if ok else f"unknown device '{v}': use auto, cpu, cuda or cuda:N"
+
+
+def _eta(v) -> str | None:
+    return None if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else f"eta must be a positive number, got {v}"
+
+
+def opt(default, help: str, *, group: str = "general", check: Check | None = None, cli: str | None = None):
+    """A dataclass field holding its own documentation and check. ``cli``: how the flag is
+    written when it is not the field's own type (``budget``: text; ``weights``: ``a,b``)."""
+    return field(default=default, metadata={"help": help, "group": group, "check": check, "cli": cli})
+
+
+@dataclass
+class Options:
+    """Every option of a selection. Defaults are the documented ones (docs/options.md)."""
+
+    method: str = opt("donod", "The selection method (see the table in docs/methods.md).")
+    budget: float | int | str = opt(0.3, "Fraction in (0, 1] (e.g. 0.3, 1.0) or a count (e.g. 300).", cli="text")
+    seed: int = opt(0, "Seed for random selection and stochastic greedy.", check=_seed)
+    # the model
+    model: str = opt("default", "default (SmolLM2-135M-Instruct), gemma3-270m, a folder, a .gguf or an HF id in "
+                     "the local cache.", group="model")
+    device: str = opt("auto", "auto | cpu | cuda", group="model", check=_device)
+    dtype: str = opt("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16", group="model",
+                     check=one_of("dtype", ("auto", "float32", "bfloat16", "float16"),
+                                  "auto, float32, bfloat16 or float16"))
+    template: str = opt("auto", "auto | chat | plain: how records are rendered for the model.", group="model",
+                        check=one_of("template", ("auto", "chat", "plain"), "auto, chat or plain"))
+    max_length: int = opt(2048, "Longest scored sequence in tokens; prompts/examples are cut, responses never.",
+                          group="model", check=at_least("max-length", 8, " tokens"))
+    token_budget: int = opt(0, "Padded tokens per forward batch; 0: sized to the device's free memory (4096 on a "
+                            "CPU).", group="model",
+                            check=lambda v: None if v >= 0 else f"token budget must be >= 0 (0 = auto), got {v}")
+    cache_dir: str | None = opt(None, "Score cache (default ~/.cache/tunesift/scores); reruns resume from it.",
+                                group="model", cli="path")
+    # DONOD
+    eta: float = opt(1e-3, "DONOD: SGD step of the simulated update.", group="donod", check=_eta)
+    reduction: str = opt("sqrt", "DONOD: token reduction of the loss, sqrt (1/sqrt(T), ours, the default) | mean "
+                         "(1/T) | sum (1). DON alone with sum: --weights 1,0 --reduction sum (docs/methods.md).",
+                         group="donod", check=lambda v: None if v in REDUCTIONS else
+                         f"reduction must be one of {', '.join(REDUCTIONS)}, got '{v}'")
+    weights: tuple[float, float] = opt((0.5, 0.5), "DONOD: TOPSIS weights of DON,NOD.", group="donod",
+                                       check=_weights, cli="pair")
+    # DELIFT
+    stage: str = opt("instruction", "DELIFT: instruction | task | continual.", group="delift",
+                     check=one_of("stage", STAGES))
+    distance: str = opt("rmse", "DELIFT: rmse (the paper's) | pmi (mean log-prob gain).", group="delift",
+                        check=one_of("distance", DISTANCES, "rmse or pmi"))
+    knn: int = opt(0, "DELIFT: score only the k nearest candidates per record (0 = all pairs).", group="delift",
+                   check=lambda v: None if v >= 0 else f"knn must be >= 0 (0 = dense kernel), got {v}")
+    clip_negative: bool = opt(False, "DELIFT: set negative utility to 0 before min-max scaling.", group="delift")
+    keep_diagonal: bool = opt(False, "DELIFT: let a record count as its own example.", group="delift")
+    mi_eta: float = opt(1.0, "DELIFT task stage: FLMI eta.", group="delift", check=finite_at_least_zero("mi-eta"))
+    mi_form: str = opt("min", "DELIFT task stage: min (submodlib FL1MI) | additive (paper).", group="delift",
+                       check=one_of("FLMI form", ("min", "additive"), "min or additive"))
+    nu: float = opt(1.0, "DELIFT continual stage: FLCG nu.", group="delift", check=finite_at_least_zero("nu"))
+    optimizer: str = opt("lazy", "naive | lazy | stochastic greedy.", group="delift",
+                         check=one_of("optimizer", ("naive", "lazy", "stochastic"), "naive, lazy or stochastic"))
+    epsilon: float = opt(0.01, "Stochastic greedy: sample size n/k * log(1/epsilon) per step.", group="delift",
+                         check=lambda v: None if 0 < v < 1 else f"epsilon must be in (0, 1), got {v}")
+    prefilter: float = opt(0.7, "donod+delift: share of the pool DONOD lets through to DELIFT.", group="delift",
+                           check=lambda v: None if isinstance(v, (int, float)) and 0 < v <= 1 else
+                           f"prefilter must be a fraction in (0, 1], got {v}")
+    ann: str = opt("auto", "kNN search for --knn: auto (exact up to 10^9 pairs, then faiss IVF) | exact | ivf | "
+                   "ivf-faiss | hnsw (needs tunesift[scale]).", group="delift", check=one_of("ann", ANN_METHODS))
+    partitions: int = opt(1, "delift-se instruction stage: GreeDi over this many random partitions; the n x n "
+                          "kernel is never formed.", group="delift", check=at_least("partitions", 1))
+    # execution: local, or scoring, DELIFT kernels and embeddings on Ray workers (docs/ray.md)
+    backend: str = opt("local", "local | ray: compute scores, DELIFT kernels and embeddings on Ray workers "
+                       "(docs/ray.md).", group="execution", check=one_of("backend", ("local", "ray"), "local or ray"))
+    ray_address: str | None = opt(None, "Ray cluster to join (e.g. ray://head:10001); default a local instance.",
+                                  group="execution")
+    ray_workers: int = opt(2, "Ray: model workers (actors), each loads the model once.", group="execution",
+                           check=at_least("ray-workers", 1))
+    ray_gpus: float | None = opt(None, "Ray: GPUs per worker (default: share the cluster's GPUs, at most 1).",
+                                 group="execution",
+                                 check=lambda v: None if v is None or (math.isfinite(v) and v >= 0) else
+                                 f"ray-gpus must be >= 0, got {v}" if v < 0 else
+                                 f"ray-gpus must be a finite number >= 0, got {v}")
+    on_error: str = opt("fail", "A record that cannot be used (an empty or unreadable field, a response longer than "
+                        "--max-length): fail (exit 2, every such record listed, nothing written) | skip (an error "
+                        "row, never kept).", group="execution",
+                        check=one_of("on-error", ("fail", "skip"), "fail or skip"))
+    # baselines
+    keep: str = opt("easiest", "loss/perplexity: keep the easiest (lowest) or the hardest records.",
+                    group="baselines", check=one_of("keep", ("easiest", "hardest"), "easiest or hardest"))
+    selectit_alpha: float = opt(0.2, "selectit: uncertainty weight, mean / (1 + alpha * std).", group="baselines",
+                                check=lambda v: None if isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+                                else f"selectit-alpha must be a finite number >= 0, got {v}"
+                                if isinstance(v, (int, float)) and v >= 0 else
+                                f"selectit-alpha must be a number >= 0, got {v}")
+    less_dim: int = opt(8192, "less: random-projection dimension of the gradient features.", group="baselines",
+                        check=at_least("less-dim", 1))
+    by: str | None = opt(None, "balanced-random: the field whose values get equal shares (e.g. meta.source).",
+                         group="baselines")
+
+    def validate(self) -> None:
+        """Every field's own check, then the method's (:meth:`Method.check`): raises OptionError."""
+        from .catalogue import get_method
+
+        method = get_method(self.method)  # an unknown method is the first error
+        for f in fields(self):
+            check = f.metadata.get("check")
+            why = check(getattr(self, f.name)) if check else None
+            if why:
+                raise OptionError(why)
+        parse_budget(self.budget)
+        method.check(self)
+
+
+def option_fields() -> list:
+    """The declared fields (name, type, default, metadata) in declaration order."""
+    return list(fields(Options))
+
+
+def options_dict(opt: Options) -> dict:
+    """The options as JSON-ready values (the manifest's ``options``)."""
+    d = asdict(opt)
+    d["weights"] = list(opt.weights)
+    return d
+
+
+def parse_budget(budget: float | int | str) -> float | int:
+    """A fraction in (0, 1] (written with a decimal point, e.g. 0.3 or 1.0) or a count >= 1."""
+    shown = isinstance(budget, str)
+    if isinstance(budget, str):
+        text = budget.strip()
+        try:
+            budget = float(text) if any(c in text for c in ".eE") else int(text)
+        except ValueError:
+            raise OptionError(f"budget must be a fraction in (0, 1] or a count, got '{text}'") from None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget):
+        raise OptionError(f"budget must be a fraction in (0, 1] or a count, got {budget!r}")
+    if isinstance(budget, float):
+        if not 0 < budget <= 1:
+            hint = ""
+            if budget > 1 and budget == int(budget):
+                hint = f"; a count is written as a whole number, e.g. {int(budget)}"
+            raise OptionError(f"budget fraction must be in (0, 1], got {text if shown else budget}{hint}")
+        return budget
+    if budget < 1:
+        raise OptionError(f"budget count must be at least 1, got {budget}")
+    return budget
+
+
+def resolve_budget(budget: float | int | str, n: int) -> int:
+    """Number of records to keep out of ``n``: round(fraction * n) (at least 1) or the count."""
+    b = parse_budget(budget)
+    if isinstance(b, float):
+        return max(1, min(n, int(round(b * n))))
+    if b > n:
+        raise OptionError(f"budget {b} is larger than the {n} input records")
+    return b

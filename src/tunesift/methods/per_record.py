@@ -1,0 +1,100 @@
+"""Methods that score each record on its own and rank: DONOD and the per-record baselines
+(loss, perplexity, IFD, SelectIT), with their blockwise, cached, resumable scoring."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..backends.blocks import (
+    BLOCK_SCORERS,
+    BlockResult,
+    block_extra,
+    get_block,
+    put_block,
+    score_block,
+)
+from ..errors import TunesiftError
+from ..render import renderer_for
+from ..store import ArrayStore, content_key, default_cache_dir
+from .registry import Job, Picked
+
+log = logging.getLogger("tunesift")
+
+
+def blocked_scores(kind: str, job: Job) -> np.ndarray:
+    """Per-record score rows (n, width) of ``kind``, computed a block of records at a time and cached.
+
+    Each block is stored under ``<cache>/<kind>`` keyed by its content (cache version, model
+    fingerprint and dtype, the block's token sequences, other settings), so a rerun reads
+    everything back and a killed run recomputes only the missing blocks (the unit of resume).
+    With ``backend="ray"`` the missing blocks are scored on Ray workers (docs/ray.md), into the
+    same cache."""
+    lm, opt, records = job.lm, job.opt, job.records
+    names, version, block = BLOCK_SCORERS[kind]
+    renderer = renderer_for(lm, opt.template, opt.max_length)
+    seqs = [renderer.sequence(r) for r in records]
+    root = Path(opt.cache_dir or default_cache_dir()) / version.split("-v")[0]
+    store = ArrayStore(root)
+    spans = [(s, min(len(seqs), s + block)) for s in range(0, len(seqs), block)]
+    keys = [content_key(version, lm.fingerprint, lm.dtype, seqs[s:e], *block_extra(kind, opt)) for s, e in spans]
+    advance = job.progress(f"{kind} scoring", len(seqs))
+    if opt.backend == "ray":
+        from ..backends.ray_backend import model_spec, score_blocks_ray
+
+        results = score_blocks_ray(kind, model_spec(lm), [(k, records[s:e]) for k, (s, e) in zip(keys, spans)],
+                                   opt, root, address=opt.ray_address, num_workers=opt.ray_workers,
+                                   num_gpus=opt.ray_gpus, on_block=lambda key, res: advance(len(res.rows)))
+    out = np.zeros((len(seqs), len(names)))
+    cached = 0
+    for key, (s, e) in zip(keys, spans):
+        if opt.backend == "ray":
+            got = results[key]
+        else:
+            got = get_block(store, key, e - s, len(names))
+            cached += got is not None
+            if got is None:  # select() has set unscorable records aside: score the block as it is
+                got = BlockResult(np.asarray(score_block(kind, lm, renderer, records[s:e], opt), dtype=np.float64), {})
+                put_block(store, key, got)
+            advance(e - s)
+        if got.errors:  # select() sets unscorable records aside before scoring: a bug, not a record
+            i, why = next(iter(got.errors.items()))
+            raise TunesiftError(f"{kind}: record {records[s + i].id} could not be scored: {why}")
+        out[s:e] = got.rows
+    if opt.backend != "ray":
+        log.info("%s: %d of %d blocks read from the cache %s", kind, cached, len(spans), root)
+    return out
+
+
+def run_donod(job: Job) -> Picked:
+    """DON and NOD of the LM head after one simulated SGD step per record (closed form from the
+    cached eta-free terms), ranked by TOPSIS: DON a benefit, NOD a cost."""
+    from ..scoring.donod import DonodParams, don_nod_from_stats, lm_head_norm_sq
+    from ..selection.topsis import rank_desc, topsis
+
+    opt = job.opt
+    stats = blocked_scores("donod", job)
+    dn = don_nod_from_stats(stats, lm_head_norm_sq(job.lm.model), DonodParams(opt.eta, opt.reduction))
+    close = topsis(dn, opt.weights, [True, False])
+    order = np.argsort(rank_desc(close), kind="stable")
+    cols = {"don": dn[:, 0], "nod": dn[:, 1], "closeness": close, "n_tokens": stats[:, 2].astype(np.int64)}
+    return Picked(cols, order)
+
+
+def run_baseline(job: Job, kind: str) -> Picked:
+    """Score every record with one of the baselines (blockwise, cached) and rank them."""
+    from ..scoring import baselines as bl
+
+    rows = blocked_scores(kind, job)
+    cols = {c: rows[:, j] for j, c in enumerate(BLOCK_SCORERS[kind][0])}
+    if "n_tokens" in cols:
+        cols["n_tokens"] = cols["n_tokens"].astype(np.int64)
+    if kind == "loss":
+        order = bl.loss_order(cols["loss"], job.opt.keep)
+    elif kind == "ifd":
+        order = bl.ifd_order(cols["ifd"])
+    else:  # selectit: highest first, NaN last
+        order = np.argsort(np.where(np.isnan(cols["selectit"]), np.inf, -cols["selectit"]), kind="stable")
+    return Picked(cols, order)

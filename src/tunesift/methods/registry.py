@@ -1,0 +1,115 @@
+"""One registry entry per method: what it is, what it needs, which options it reads, how it runs.
+
+A :class:`Method` is the whole contract between a selection method and the rest of tunesift:
+``pipeline.select`` reads the records, loads the model when ``needs_lm``, sets aside the records
+the method cannot score, then calls ``run(job)`` and turns its :class:`Picked` into a
+:class:`~tunesift.pipeline.Selection`. The CLI lists the names, the report reads ``hints``, the
+bench reads ``needs_lm``. Adding a method is one entry here and its run function
+(docs/architecture.md shows ``balanced-random`` as the worked example).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import OptionError
+
+Progress = Callable[[str, int], Callable[[int], None]]
+
+
+@dataclass
+class Job:
+    """What a method's run function gets. ``records`` (n,) are the scorable records, ``k`` the
+    budget, ``other`` the stage's second set (target or existing records) or None."""
+
+    records: list
+    k: int
+    opt: object  # Options
+    lm: object | None
+    progress: Progress
+    other: list | None = None
+
+
+@dataclass
+class Picked:
+    """What a method returns: ``columns`` {name: (n,) array} of per-record scores, ``order`` the
+    indices it prefers, best first (the first k are kept), ``extra`` manifest details
+    (``timings``, ``objective``)."""
+
+    columns: dict[str, np.ndarray]
+    order: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RankedHint:
+    """For the report: a method that keeps the top ``budget`` records of one score column.
+
+    The report needs nothing else for it: the histogram of the score kept vs dropped with the cut,
+    the why line and the dropped list."""
+
+    column: str  # the ranking score (a scores.parquet column)
+    label: str  # its name in the why lines
+    higher_first: bool  # direction; keep="hardest" flips it for methods with the "keep" option
+    meaning: str  # what the score measures, one sentence for the plot caption
+    columns: tuple[str, ...]  # every score column shown, the ranking one first
+    options: tuple[str, ...] = ()  # the method's own options (after the model's)
+    optional: tuple[str, ...] = ()  # further columns shown when scores.parquet has them
+    words: tuple[str, str, str, str] = ("lowest", "lower", "highest", "higher")  # superlatives, comparatives
+    log: bool = False  # plot on a log axis when the values span decades
+
+
+@dataclass(frozen=True)
+class Method:
+    """A selection method.
+
+    ``stages``: the stages it supports, or None when it ignores ``--stage``; ``second_set``:
+    per stage, the second record set it reads (``target`` / ``existing``); ``options``: the
+    options it reads (the report shows these, the rest folded away); ``columns``: the
+    scores.parquet columns it always writes; ``block_kind``: the per-record scorer whose up-front
+    check (``backends.blocks.record_errors``) applies; ``greedy``: its kept records are submodular
+    picks; ``ranked``: for methods that keep the top of one score column, how the report plots it."""
+
+    name: str
+    summary: str
+    run: Callable[[Job], Picked]
+    needs_lm: bool = False
+    stages: tuple[str, ...] | None = None
+    second_set: dict[str, str] = field(default_factory=dict)
+    options: tuple[str, ...] = ("method", "budget")
+    columns: tuple[str, ...] = ()
+    block_kind: str = "loss"
+    greedy: bool = False
+    ranked: RankedHint | None = None
+    required: tuple[str, ...] = ()  # options that must be given (no default serves)
+
+    def check(self, opt) -> None:
+        """Checks across options that this method's entry decides; raises OptionError."""
+        if self.stages is not None and opt.stage not in self.stages:
+            if self.stages == ("task",):
+                raise OptionError(f"{self.name} matches gradients to a target set: use --stage task --target FILE")
+            raise OptionError(f"{self.name} does not support --stage {opt.stage}: use {', '.join(self.stages)}")
+        if opt.partitions > 1 and (self.name != "delift-se" or opt.stage != "instruction"):
+            raise OptionError("--partitions (GreeDi) works with --method delift-se --stage instruction")
+        for name in self.required:
+            if getattr(opt, name) in (None, ""):
+                raise OptionError(f"{self.name} needs --{name.replace('_', '-')} (see docs/methods.md)")
+        if opt.by is not None and self.name != "balanced-random":
+            raise OptionError("--by is read only by --method balanced-random")
+
+    def uses(self, stage: str) -> str | None:
+        """The second set (``target`` / ``existing``) this method reads at ``stage``, or None."""
+        return self.second_set.get(stage) if self.stages is not None else None
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in REGISTRY:
+        raise ValueError(f"method '{method.name}' registered twice")
+    REGISTRY[method.name] = method
+    return method

@@ -1,0 +1,113 @@
+"""The method registry: one entry per method, options declared once, and the worked example of
+adding a method (balanced-random, docs/architecture.md)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import fields
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tunesift.cli import app, main
+from tunesift.errors import OptionError
+from tunesift.methods.catalogue import get_method, method_names
+from tunesift.methods.options import Options
+from tunesift.pipeline import select
+
+
+def rows(sizes: dict[str, int]) -> list[dict]:
+    out = []
+    for src, n in sizes.items():
+        out += [{"instruction": f"{src} task {i}", "output": f"answer {i}", "meta": {"source": src}} for i in range(n)]
+    return out
+
+
+def test_every_method_is_one_registry_entry():
+    names = method_names()
+    assert len(names) == len(set(names))
+    assert {"random", "donod", "delift", "delift-se", "donod+delift", "ifd", "loss", "perplexity", "selectit", "less",
+            "balanced-random"} == set(names)
+    for name in names:
+        m = get_method(name)
+        assert m.name == name and callable(m.run)
+        assert set(m.options) <= {f.name for f in fields(Options)}, name  # only declared options
+        assert m.options[:2] == ("method", "budget")
+    assert [m for m in names if get_method(m).needs_lm] == ["donod", "delift", "donod+delift", "ifd", "loss",
+                                                           "perplexity", "selectit", "less"]
+
+
+def test_unknown_method_lists_the_registry():
+    with pytest.raises(OptionError, match="unknown method 'nope': use one of random, donod, .*balanced-random"):
+        Options(method="nope").validate()
+
+
+@pytest.mark.parametrize("field, bad, message", [
+    ("seed", -1, "seed must be an integer >= 0"),
+    ("knn", -2, "knn must be >= 0"),
+    ("weights", (float("nan"), 0.5), "weights must be two finite non-negative numbers"),
+    ("device", "tpu", "unknown device 'tpu'"),
+    ("dtype", "int8", "unknown dtype 'int8'"),
+    ("reduction", "max", "reduction must be one of mean, sum, sqrt"),
+    ("epsilon", 1.5, "epsilon must be in (0, 1)"),
+    ("ray_gpus", float("inf"), "ray-gpus must be a finite number >= 0"),
+])
+def test_each_option_checks_its_own_value(field, bad, message):
+    with pytest.raises(OptionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Options(method="random", **{field: bad}).validate()
+
+
+def test_method_checks_its_stages_and_options():
+    with pytest.raises(OptionError, match="less matches gradients to a target set"):
+        Options(method="less").validate()
+    with pytest.raises(OptionError, match="--by is read only by --method balanced-random"):
+        Options(method="random", by="meta.source").validate()
+    with pytest.raises(OptionError, match="GreeDi"):
+        Options(method="delift", partitions=2).validate()
+
+
+def test_cli_flags_take_help_and_defaults_from_the_options():
+    import typer.main
+
+    cmd = typer.main.get_command(app).commands["select"]
+    params = {p.name: p for p in cmd.params}
+    declared = Options.__dataclass_fields__
+    for name in ("eta", "mi_eta", "knn", "reduction", "by", "epsilon", "on_error"):
+        assert params[name].help == declared[name].metadata["help"]
+        assert params[name].default == declared[name].default
+
+
+def test_balanced_random_gives_every_group_an_equal_share():
+    data = rows({"a": 30, "b": 30, "c": 30})
+    sel = select(data, method="balanced-random", budget=12, by="meta.source", seed=3)
+    kept = Counter(r.row["meta"]["source"] for r, k in zip(sel.records, sel.kept) if k)
+    assert kept == {"a": 4, "b": 4, "c": 4}
+    again = select(data, method="balanced-random", budget=12, by="meta.source", seed=3)
+    np.testing.assert_array_equal(sel.order, again.order)  # seeded
+    other = select(data, method="balanced-random", budget=12, by="meta.source", seed=4)
+    assert not np.array_equal(sel.kept, other.kept)
+    assert list(sel.columns["group"][:3]) == ["a", "a", "a"]
+
+
+def test_balanced_random_spreads_a_small_group_s_shortfall_and_groups_missing_values():
+    data = rows({"a": 2, "b": 40, "c": 40}) + [{"instruction": "no source", "output": "x"}] * 3
+    sel = select(data, method="balanced-random", budget=20, by="meta.source", seed=0)
+    kept = Counter(r.row.get("meta", {}).get("source", "(missing)") for r, k in zip(sel.records, sel.kept) if k)
+    assert kept["a"] == 2 and kept["(missing)"] == 3  # smaller than their share: all of them
+    assert kept["b"] + kept["c"] == 15 and abs(kept["b"] - kept["c"]) <= 1  # the rest, evenly
+    assert sum(kept.values()) == 20
+
+
+def test_balanced_random_needs_by_and_runs_from_the_cli(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows({"x": 10, "y": 20})), encoding="utf-8")
+    assert main(["select", str(data), "--method", "balanced-random", "--out", str(tmp_path / "o1"), "-q"]) == 2
+    assert "balanced-random needs --by" in capsys.readouterr().err
+    assert main(["select", str(data), "--method", "balanced-random", "--by", "meta.source", "--budget", "10",
+                 "--out", str(tmp_path / "o2"), "-q"]) == 0
+    table = pq.read_table(tmp_path / "o2" / "scores.parquet").to_pandas()
+    assert Counter(table.loc[table.kept, "group"]) == {"x": 5, "y": 5}
+    manifest = json.loads((tmp_path / "o2" / "manifest.json").read_text())
+    assert manifest["options"]["by"] == "meta.source"
