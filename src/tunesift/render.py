@@ -265,7 +265,7 @@ class Renderer:
 def prompt_role(record) -> str:
     """The role of a record's prompt turn: ``"user"``, or ``"tool"`` when the response answers a
     tool result (``Record.prompt_role``; records without the attribute are user prompts)."""
-    return "user"
+    return getattr(record, "prompt_role", "user")
 
 
 def fit_example(prefix: list[int], header: list[int], continuation_len: int, max_length: int) -> list[int]:
