@@ -111,3 +111,15 @@ def test_balanced_random_needs_by_and_runs_from_the_cli(tmp_path, capsys):
     assert Counter(table.loc[table.kept, "group"]) == {"x": 5, "y": 5}
     manifest = json.loads((tmp_path / "o2" / "manifest.json").read_text())
     assert manifest["options"]["by"] == "meta.source"
+
+
+def test_manifest_says_which_schema_and_template_were_used(tiny_dir, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows({"x": 6})), encoding="utf-8")
+    assert main(["select", str(data), "--method", "loss", "--model", str(tiny_dir), "--budget", "2",
+                 "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "-q"]) == 0
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["schema"] == "alpaca" and manifest["template"] == "chat"
+    assert main(["select", str(data), "--method", "random", "--budget", "2", "--out", str(tmp_path / "r"), "-q"]) == 0
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["schema"] == "alpaca" and manifest["template"] is None  # no model, no rendering

@@ -49,6 +49,7 @@ from .errors import OptionError, TunesiftError
 from .io.records import schema_of
 from .io.trainers import DATASET_NAME, dataset_info
 from .pipeline import Selection, options_dict, versions
+from .store import probe_write
 
 OUT_FORMATS = ("jsonl", "parquet", "hf")
 SELECTED = {"jsonl": "selected.jsonl", "parquet": "selected.parquet", "hf": "selected"}
@@ -60,13 +61,7 @@ FILES = ("selected.jsonl", "scores.parquet", "manifest.json")  # the default set
 def _probe(folder: Path, what: str) -> None:
     """Write, sync and delete a small file in ``folder``; an OptionError in one line if that fails."""
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tunesift-probe-")
-        try:
-            os.write(fd, b"tunesift write probe\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
+        probe_write(folder)
     except OSError as exc:
         raise OptionError(f"cannot write in {what}: {exc.strerror or exc}") from None
 
@@ -222,6 +217,8 @@ def manifest(sel: Selection, inputs: dict[str, dict], files: dict[str, str] | No
         "inputs": inputs,
         "counts": {"input": n, "kept": kept, "dropped": n - kept, "errors": int(sel.extra.get("errors", 0))},
         "objective": sel.extra.get("objective"),
+        "schema": sel.extra.get("schema"),  # how the input was read (alpaca, sharegpt, messages, ...)
+        "template": sel.extra.get("template"),  # how records were rendered for the model (chat | plain)
         "versions": versions(),
         "timings": {k: round(v, 3) for k, v in sel.timings.items()},
         "out_format": out_format,

@@ -22,7 +22,7 @@ import numpy as np
 
 from .backends.blocks import record_errors
 from .errors import OptionError, TunesiftError
-from .io.records import Record, read_records, records_from_rows
+from .io.records import Record, read_records, records_from_rows, schema_of
 from .io.schema import FieldMap
 from .methods.catalogue import get_method, method_names
 from .methods.options import Options, options_dict, parse_budget, resolve_budget
@@ -148,7 +148,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     k = resolve_budget(opt.budget, len(records))
     log.info("%s: %d records read, keeping %d", opt.method, len(records), k)
     timings = {"read_s": time.perf_counter() - t_start}
-    model_info = None
+    model_info, template = None, None
     if method.needs_lm:
         if lm is None:
             from .models import load_lm
@@ -157,8 +157,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
             log.info("loading model '%s' (%s, %s)", opt.model, opt.device, opt.dtype)
             lm = load_lm(opt.model, device=opt.device, dtype=opt.dtype)
             timings["load_model_s"] = time.perf_counter() - t
-        log.info("model %s on %s, %s; template %s", lm.source, lm.device, lm.dtype,
-                 renderer_for(lm, opt.template, opt.max_length).fmt.name)
+        template = renderer_for(lm, opt.template, opt.max_length).fmt.name
+        log.info("model %s on %s, %s; template %s", lm.source, lm.device, lm.dtype, template)
         model_info = {"name": lm.source, "path": lm.path, "fingerprint": lm.fingerprint,
                       "dtype": lm.dtype, "device": lm.device}
         if not opt.token_budget:  # batches sized to the device's free memory (4096 on a CPU)
@@ -191,6 +191,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
         cols["error"] = np.array([errors.get(i) for i in range(len(records))], dtype=object)
         order = ok[np.asarray(order, dtype=np.int64)]
         extra["errors"] = len(errors)
+    schema = schema_of(records)
+    extra["schema"], extra["template"] = (schema.name if schema else None), template
     extra["input_sha256"] = {k: v["sha256"] for k, v in digests.items() if v.get("sha256")}
     extra["input_schema"] = digests["data"].get("schema")  # Arrow schema of Parquet/HF input (outputs)
     timings["score_select_s"] = time.perf_counter() - t

@@ -95,13 +95,7 @@ def check_cache_dir(root: str | Path) -> Path:
         raise CacheError(f"score cache: '{root}' exists and is not a folder; point --cache-dir at a folder")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=root, prefix=".probe-")
-        try:
-            os.write(fd, b"tunesift cache probe")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
+        probe_write(root)
     except OSError as exc:
         raise cache_failure(root, exc) from None
     return root
@@ -182,3 +176,15 @@ class ArrayStore:
             write_bytes(p, pack_array(array))
         except OSError as exc:
             raise cache_failure(p, exc) from None
+
+
+def probe_write(folder: Path) -> None:
+    """Write, sync and delete a small file in ``folder`` (a real write: ``os.access`` says yes to
+    root everywhere, even on a full disk or under /proc); raises the OSError when that fails."""
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".tunesift-probe-")
+    try:
+        os.write(fd, b"tunesift write probe\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
