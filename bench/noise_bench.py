@@ -455,12 +455,12 @@ class Scorer:
     def load(self):
         if self.lm is None:
             from tunesift.models import load_lm
-            from tunesift.render import Renderer, turn_format
+            from tunesift.render import renderer_for
             from tunesift.scoring.logprobs import auto_token_budget
 
             t = time.perf_counter()
             self.lm = load_lm(self.args.model, device=self.args.device, dtype=self.args.dtype)
-            self.renderer = Renderer(self.lm.tokenizer, turn_format(self.lm.tokenizer), max_length=self.args.max_length)
+            self.renderer = renderer_for(self.lm, "auto", self.args.max_length)
             self.token_budget = self.args.token_budget or auto_token_budget(self.lm)
             self.device = device_line(self.lm)
             print(f"model {self.lm.source} on {self.device}; token budget {self.token_budget} "

@@ -167,12 +167,12 @@ def evaluate(
     ``metrics`` defaults to :func:`default_metrics`; generative metrics use the first
     ``generate_limit`` records (all when None), the likelihood metrics always use all of them.
     """
-    from .render import Renderer, turn_format
+    from .render import renderer_for
     from .scoring.nll import perplexity, response_nll
 
     names = list(metrics) if metrics else default_metrics(records)
     parse_metrics(names)
-    renderer = renderer or Renderer(lm.tokenizer, turn_format(lm.tokenizer, template), max_length=max_length)
+    renderer = renderer or renderer_for(lm, template, max_length)
     n = len(records)
     per: dict[str, np.ndarray] = {}
     out: dict[str, float] = {}

@@ -208,14 +208,14 @@ def finetune(
     """
     import torch
 
-    from .render import Renderer, turn_format
+    from .render import renderer_for
     from .scoring.logprobs import ResponseScorer, length_batches
 
     cfg = config or TrainConfig()
     cfg.validate()
     if not records:
         raise TunesiftError("nothing to fine-tune on: the training set is empty")
-    renderer = renderer or Renderer(lm.tokenizer, turn_format(lm.tokenizer, cfg.template), max_length=cfg.max_length)
+    renderer = renderer or renderer_for(lm, cfg.template, cfg.max_length)
     seqs = [renderer.sequence(r) for r in records]
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

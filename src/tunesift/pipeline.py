@@ -157,7 +157,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
             log.info("loading model '%s' (%s, %s)", opt.model, opt.device, opt.dtype)
             lm = load_lm(opt.model, device=opt.device, dtype=opt.dtype)
             timings["load_model_s"] = time.perf_counter() - t
-        template = renderer_for(lm, opt.template, opt.max_length).fmt.name
+        renderer = renderer_for(lm, opt.template, opt.max_length)
+        template = renderer.fmt.name
         log.info("model %s on %s, %s; template %s", lm.source, lm.device, lm.dtype, template)
         model_info = {"name": lm.source, "path": lm.path, "fingerprint": lm.fingerprint,
                       "dtype": lm.dtype, "device": lm.device}
@@ -171,7 +172,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     readable = [i for i in range(len(records)) if i not in errors]
     if method.needs_lm and readable:
         errors.update({readable[j]: why for j, why in
-                       _unscorable([records[i] for i in readable], lm, opt).items()})
+                       record_errors(method.block_kind, renderer, [records[i] for i in readable]).items()})
         errors = dict(sorted(errors.items()))
     ok = np.array([i for i in range(len(records)) if i not in errors], dtype=np.int64)
     if errors:
@@ -221,12 +222,6 @@ def _errors_line(errors: dict[int, str], n: int, data=None) -> str:
         line += f"; {len(items)} of {n} records cannot be used, also: {more}" + (
             f" and {len(items) - 4} more" if len(items) > 4 else "")
     return line
-
-
-def _unscorable(records: list[Record], lm, opt: Options) -> dict[int, str]:
-    """{index: reason} of the records the method cannot score (checked before any scoring, so a
-    long job never dies halfway on one record): the blocks' own per-record check."""
-    return record_errors(get_method(opt.method).block_kind, renderer_for(lm, opt.template, opt.max_length), records)
 
 
 def _spread(arr: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:

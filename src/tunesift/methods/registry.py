@@ -97,7 +97,7 @@ class Method:
         for name in self.required:
             if getattr(opt, name) in (None, ""):
                 raise OptionError(f"{self.name} needs --{name.replace('_', '-')} (see docs/methods.md)")
-        if opt.by is not None and self.name != "balanced-random":
+        if opt.by is not None and "by" not in self.options:
             raise OptionError("--by is read only by --method balanced-random")
 
     def uses(self, stage: str) -> str | None:
