@@ -1,11 +1,32 @@
 #!/usr/bin/env bash
-# The real-data runs behind docs/results.md ("Selections that train better"), in the order run.
-# Inputs come from bench/prepare_data.py (reads ../shared/datasets, writes bench/work/).
-# Sized for a 2-core CPU: the first 120 pool records (all 160 of the mixed pool), 60 test records, generation for the first
-# 16-20 of them; every bench resumes where it stopped (finished cells are never rerun).
+# The real-data runs behind docs/results.md. Every bench resumes where it stopped (finished cells
+# are never rerun), so any of these may be stopped and rerun, in this session or a later one.
+#
+#   bash bench/run_experiments.sh            # "small": the runs behind "Selections that train better"
+#   bash bench/run_experiments.sh grid       # issue 17's evidence grid: 1,000 records, 3 seeds (bench/evidence.py)
+#   bash bench/run_experiments.sh smoke      # the grid at 40 records, 1 seed, random + rds: does it start?
+#
+# Extra arguments after the mode go to bench/evidence.py (e.g. `grid --device cuda`, `grid --only random,rds`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1
+MODE=${1:-small}
+shift || true
+case "$MODE" in
+  grid)  # the five experiments in order; then the summary of what is done
+    .venv/bin/python bench/evidence.py run all "$@"
+    .venv/bin/python bench/evidence.py summary "$@"
+    exit 0 ;;
+  smoke)
+    .venv/bin/python bench/evidence.py run all --smoke "$@"
+    .venv/bin/python bench/evidence.py summary --smoke "$@"
+    exit 0 ;;
+  small) ;;
+  *) echo "unknown mode '$MODE': use small, grid or smoke" >&2; exit 2 ;;
+esac
+# "small": inputs from bench/prepare_data.py (reads ../shared/datasets, writes bench/work/), sized for a
+# 2-core CPU: the first 120 pool records (all 160 of the mixed pool), 60 test records, generation for the
+# first 16-20 of them.
 TS=".venv/bin/python -m tunesift"
 W=bench/work
 [ -f $W/alpaca_pool.jsonl ] || .venv/bin/python bench/prepare_data.py

@@ -35,14 +35,16 @@ CASES = {
     "delift-dense": ["--method", "delift", "--knn", "0"],
     "delift-task": ["--method", "delift", "--knn", "6", "--stage", "task", "--target", "{target}"],
     "delift-continual": ["--method", "delift", "--knn", "6", "--stage", "continual", "--existing", "{existing}"],
-    "delift-se": ["--method", "delift-se"],
-    "delift-se-task": ["--method", "delift-se", "--stage", "task", "--target", "{target}"],
+    "delift-se": ["--method", "delift-se", "--knn", "0"],
+    "delift-se-task": ["--method", "delift-se", "--knn", "0", "--stage", "task", "--target", "{target}"],
     "donod+delift": ["--method", "donod+delift", "--knn", "6", "--reduction", "mean"],
     "ifd": ["--method", "ifd"],
     "loss": ["--method", "loss"],
     "perplexity-hardest": ["--method", "perplexity", "--keep", "hardest"],
     "selectit": ["--method", "selectit"],
     "less": ["--method", "less", "--stage", "task", "--target", "{target}", "--less-dim", "64"],
+    "rds": ["--method", "rds"],
+    "rds-task": ["--method", "rds", "--stage", "task", "--target", "{target}"],
 }
 
 

@@ -29,14 +29,14 @@ def test_every_method_is_one_registry_entry():
     names = method_names()
     assert len(names) == len(set(names))
     assert {"random", "donod", "delift", "delift-se", "donod+delift", "ifd", "loss", "perplexity", "selectit", "less",
-            "balanced-random"} == set(names)
+            "balanced-random", "rds"} == set(names)
     for name in names:
         m = get_method(name)
         assert m.name == name and callable(m.run)
         assert set(m.options) <= {f.name for f in fields(Options)}, name  # only declared options
         assert m.options[:2] == ("method", "budget")
     assert [m for m in names if get_method(m).needs_lm] == ["donod", "delift", "donod+delift", "ifd", "loss",
-                                                           "perplexity", "selectit", "less"]
+                                                           "perplexity", "selectit", "less", "rds"]
 
 
 def test_unknown_method_lists_the_registry():

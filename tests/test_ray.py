@@ -226,6 +226,19 @@ def test_select_with_the_ray_backend_equals_local(pool, tiny_lm, tmp_path):
     assert any((tmp_path / "b" / "donod").rglob("*.npy"))
 
 
+def test_learned_utility_on_ray_equals_local(pool, tiny_lm, tmp_path):
+    """--utility learned with --backend ray: the labels are scored on the workers, the pick is the local one."""
+    from tunesift.pipeline import select
+
+    rows = _rows(24, seed=4)
+    kw = dict(method="delift", budget=6, knn=6, utility="learned", label_fraction=0.3, token_budget=512)
+    local = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "a"), **kw)
+    remote = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "b"), backend="ray", ray_workers=1, **kw)
+    assert remote.ids == local.ids
+    assert remote.extra["surrogate"]["pool"]["labelled_pairs"] == local.extra["surrogate"]["pool"]["labelled_pairs"]
+    assert_close_across_runs(remote.columns["helpfulness"], local.columns["helpfulness"])
+
+
 # -- DELIFT kernel blocks and embeddings on Ray -------------------------------------------------
 
 
@@ -267,7 +280,11 @@ def test_ray_kernel_equals_local_and_shares_its_cache(pool, tiny_lm, tmp_path, s
     names = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*.npy"))  # noqa: E731
     assert names(tmp_path / "local") == names(tmp_path / "ray")
     back = utility_kernel(tiny_lm, renderer, recs, recs, cache_dir=tmp_path / "ray", **kw)
-    assert back.info["blocks_loaded"] == 4 and back.info["blocks_computed"] == 0
+    assert back.info["blocks_computed"] == 0 and back.info["forwards"] == 0
+    if sparse:  # sparse pairs come back from the shared pair store, dense kernels from their blocks
+        assert back.info["pairs_shared"] == local.info["pairs"]
+    else:
+        assert back.info["blocks_loaded"] == 4
 
 
 def test_ray_kernel_resumes_from_the_stored_blocks(pool, tiny_lm, tmp_path):

@@ -413,12 +413,12 @@ def test_bad_output_places_are_one_line_before_any_work(where, tmp_path, capsys,
         out = tmp_path / "link"
         out.symlink_to(tmp_path / "missing")
     else:
-        import tunesift.outputs as outputs
+        import tempfile
 
         def full(*a, **k):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        monkeypatch.setattr(outputs.tempfile, "mkstemp", full)
+        monkeypatch.setattr(tempfile, "mkstemp", full)
         out = tmp_path / "out"
     code, err = run(["select", data, "--method", "random", "--out", out, "-q"], capsys)
     one_line_error(code, err)
@@ -465,10 +465,10 @@ def test_a_failed_write_leaves_the_previous_set_whole(tmp_path, capsys, monkeypa
 
 @pytest.mark.parametrize("exchange", [True, False])
 def test_the_new_set_replaces_the_old_as_one_unit(exchange, tmp_path, capsys, monkeypatch):
-    import tunesift.outputs as outputs
+    import tunesift.folders as folders
 
     if not exchange:
-        monkeypatch.setattr(outputs, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(folders, "exchange", lambda a, b: False)
     data = jsonl(tmp_path / "d.jsonl", GOOD)
     out = tmp_path / "out"
     assert run(["select", data, "--method", "random", "--budget", "4", "--out", out, "--report", "-q"],

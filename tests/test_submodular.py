@@ -36,8 +36,9 @@ def f_mi_min(S: np.ndarray, Q: np.ndarray, eta: float, A: list[int]) -> float:
     return float(np.minimum(best, eta * Q.max(axis=1)).sum())
 
 
-def f_mi_add(S: np.ndarray, Q: np.ndarray, eta: float, A: list[int]) -> float:
-    return f_fl(S, A) + eta * float(Q.max(axis=1)[A].sum())
+def f_mi_add(S: np.ndarray, T: np.ndarray, eta: float, A: list[int]) -> float:
+    """T: (n_query, n), queries as targets: the bonus of j is max_q T[q, j]."""
+    return f_fl(S, A) + eta * float(T.max(axis=0)[A].sum())
 
 
 def f_cg(S: np.ndarray, E: np.ndarray, nu: float, A: list[int]) -> float:
@@ -80,7 +81,7 @@ def run_case(case: str, Sx, S: np.ndarray, aux: dict, k: int, **kw) -> GreedyRes
     if case == "mi_min":
         return fl_mutual_information(Sx, aux["Q"], k, eta=aux["eta"], **kw)
     if case == "mi_add":
-        return fl_mutual_information(Sx, aux["Q"], k, eta=aux["eta"], form="additive", **kw)
+        return fl_mutual_information(Sx, aux["T"], k, eta=aux["eta"], form="additive", **kw)
     return fl_conditional_gain(Sx, aux["E"], k, nu=aux["nu"], **kw)
 
 
@@ -89,7 +90,7 @@ def objective_fn(case: str, S: np.ndarray, aux: dict):
         "fl": lambda A: f_fl(S, A),
         "fl_init": lambda A: f_fl(S, A, aux["c"]),
         "mi_min": lambda A: f_mi_min(S, aux["Q"], aux["eta"], A),
-        "mi_add": lambda A: f_mi_add(S, aux["Q"], aux["eta"], A),
+        "mi_add": lambda A: f_mi_add(S, aux["T"], aux["eta"], A),
         "cg": lambda A: f_cg(S, aux["E"], aux["nu"], A),
     }[case]
 
@@ -101,6 +102,7 @@ def make_aux(rng: np.random.Generator, n: int) -> dict:
         "eta": 0.7,
         "E": rng.random((n, 3)),
         "nu": 0.8,
+        "T": rng.random((4, n)),  # additive FLMI: queries x pool
     }
 
 

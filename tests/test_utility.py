@@ -142,6 +142,10 @@ def test_sparse_pattern_kept_and_equals_plain_and_dense(tiny_lm):
     pattern = sp.csr_matrix(dense_pat)
     fast = utility_kernel(tiny_lm, r, recs, recs, pairs=pattern, cache_dir=False, block_size=3)
     plain = plain_utility_kernel(tiny_lm, r, recs, recs, pairs=pattern)
+    # a target with no pair to score gets no no-example pass (NaN): only targets with pairs pay it
+    assert np.isnan(fast.base_sq_err[5]) and np.isnan(fast.base_logp[5])
+    assert np.isfinite(np.delete(fast.base_logp, 5)).all()
+    plain.base_sq_err[5] = plain.base_logp[5] = np.nan
     assert_close(fast, plain)
     uf = fast.values()
     assert sp.isspmatrix_csr(uf) and uf.shape == (8, 8)
@@ -383,19 +387,42 @@ def test_cache_is_keyed_by_inputs(tiny_lm, tmp_path):
     pat = sp.csr_matrix(np.ones((4, 4), dtype=bool))
     first = utility_kernel(tiny_lm, r, recs, recs, cache_dir=tmp_path, pairs=pat)
     same = utility_kernel(tiny_lm, r, recs, recs, cache_dir=tmp_path, pairs=pat.copy())
-    assert same.info["blocks_loaded"] == 1 and same.info["forwards"] == 0
-    assert same.info["cache"] == first.info["cache"]
+    assert same.info["pairs_shared"] == 12 and same.info["forwards"] == 0  # every pair from the pair store
     np.testing.assert_array_equal(same.values().data, first.values().data)
-    for other in (
-        {"pairs": pat, "exclude_diagonal": False},
-        {"pairs": sp.csr_matrix(np.eye(4, k=1, dtype=bool))},
-        {"pairs": None},
-    ):
+    sub = utility_kernel(tiny_lm, r, recs, recs, cache_dir=tmp_path, pairs=sp.csr_matrix(np.eye(4, k=1, dtype=bool)))
+    assert sub.info["pairs_shared"] == 3 and sub.info["forwards"] == 0  # a subset of the pairs: shared too
+    for other in ({"pairs": pat, "exclude_diagonal": False}, {"pairs": None}):
         k = utility_kernel(tiny_lm, r, recs, recs, cache_dir=tmp_path, **other)
         assert k.info["blocks_loaded"] == 0 and k.info["cache"] != first.info["cache"]
+        assert k.info["forwards"] > 0 and not k.info.get("pairs_shared")
     shorter = renderer_for(tiny_lm, 300)
     k = utility_kernel(tiny_lm, shorter, recs, recs, cache_dir=tmp_path, pairs=pat)
     assert k.info["blocks_loaded"] == 0  # max_length is in the key
+
+
+def test_sparse_runs_share_scored_pairs(tiny_lm, tmp_path):
+    """A learned run's labels serve a later exact kNN run (and the reverse): only new pairs are scored."""
+    r = renderer_for(tiny_lm)
+    recs = records(8)
+    rng = np.random.default_rng(0)
+    full = sp.csr_matrix(rng.random((8, 8)) < 0.6)
+    part = full.multiply(sp.csr_matrix(rng.random((8, 8)) < 0.5)).tocsr()
+    kw = {"block_size": 3, "token_budget": 64}
+    a = utility_kernel(tiny_lm, r, recs, recs, pairs=part, cache_dir=tmp_path, **kw)
+    b = utility_kernel(tiny_lm, r, recs, recs, pairs=full, cache_dir=tmp_path, **kw)
+    n_part = int(part.nnz - part.diagonal().sum())
+    assert b.info["pairs_shared"] == n_part and b.info["pairs"] == int(full.nnz - full.diagonal().sum())
+    fresh = utility_kernel(tiny_lm, r, recs, recs, pairs=full, cache_dir=False, **kw)
+    for x, y in zip(dense_stats(b), dense_stats(fresh), strict=True):
+        tiny.assert_close_across_runs(x, y)
+    # the subset read back from the store equals what the first run computed, bit for bit
+    c = part.tocoo()
+    off = c.row != c.col
+    got_a = np.asarray(a.values()[c.row[off], c.col[off]]).ravel()
+    got_b = np.asarray(b.values()[c.row[off], c.col[off]]).ravel()
+    np.testing.assert_array_equal(got_b, got_a)
+    again = utility_kernel(tiny_lm, r, recs, recs, pairs=part, cache_dir=tmp_path, **kw)
+    assert again.info["forwards"] == 0 and again.info["pairs_shared"] == n_part
 
 
 # -- similarity transform --------------------------------------------------------------------

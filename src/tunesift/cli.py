@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the torch import
@@ -23,33 +22,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Select the instruction-tuning records worth training on (DELIFT, DONOD).")
 
 
-@contextmanager
 def _progress(quiet: bool):
-    """A rich progress bar factory on stderr: progress(label, total) -> advance(n)."""
-    if quiet:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """A rich progress bar factory on stderr: progress(label, total) -> advance(n); None with --quiet."""
+    from .progress import progress_bars
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
-        def factory(label: str, total: int):
-            task = bar.add_task(label, total=total)
-
-            def advance(n: int, total_now: int | None = None) -> None:
-                if total_now is not None:
-                    bar.update(task, total=total_now)
-                bar.advance(task, n)
-            return advance
-        yield factory
+    return progress_bars(not quiet)
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -124,6 +101,8 @@ def select(
     method: str = typer.Option(_default("method"), help=_help("method")),
     budget: str = typer.Option("0.3", help="Fraction in (0, 1] (e.g. 0.3, 1.0) or a count (e.g. 300)."),
     seed: int = typer.Option(_default("seed"), help=_help("seed")),
+    limit: int | None = typer.Option(_default("limit"), help=_help("limit")),
+    sample: int | None = typer.Option(_default("sample"), help=_help("sample")),
     model: str = typer.Option(_default("model"), help=_help("model")),
     device: str = typer.Option(_default("device"), help=_help("device")),
     dtype: str = typer.Option(_default("dtype"), help=_help("dtype")),
@@ -139,7 +118,10 @@ def select(
     existing: Path | None = typer.Option(None, help="DELIFT continual stage: data already trained on."),
     distance: str = typer.Option(_default("distance"), help=_help("distance")),
     knn: int = typer.Option(_default("knn"), help=_help("knn")),
+    utility: str = typer.Option(_default("utility"), help=_help("utility")),
+    label_fraction: float = typer.Option(_default("label_fraction"), help=_help("label_fraction")),
     clip_negative: bool = typer.Option(_default("clip_negative"), help=_help("clip_negative")),
+    scale: str = typer.Option(_default("scale"), help=_help("scale")),
     keep_diagonal: bool = typer.Option(_default("keep_diagonal"), help=_help("keep_diagonal")),
     mi_eta: float = typer.Option(_default("mi_eta"), help=_help("mi_eta")),
     mi_form: str = typer.Option(_default("mi_form"), help=_help("mi_form")),
@@ -174,7 +156,7 @@ def select(
     from .io.schema import FieldMap
     from .methods.catalogue import get_method
     from .methods.options import Options
-    from .outputs import OUT_FORMATS, check_output_folder, write_selection
+    from .outputs import check_output_folder, check_save, save_selection
     from .pipeline import select as run_select
 
     if data is None or out is None:
@@ -183,15 +165,13 @@ def select(
         w = tuple(float(x) for x in weights.split(","))
     except ValueError:
         raise TunesiftError(f"weights must be two numbers like 0.5,0.5, got '{weights}'") from None
-    if out_format not in OUT_FORMATS:
-        raise TunesiftError(f"unknown out-format '{out_format}': use one of {', '.join(OUT_FORMATS)}")
-    if report and out_format != "jsonl":
-        raise TunesiftError("--report reads selected.jsonl: use it with --out-format jsonl (the default)")
+    check_save(out_format, report)
     fields = FieldMap(prompt=prompt_field, response=response_field, messages=messages_field, id=id_field)
-    opts = dict(method=method, budget=budget, seed=seed, model=model, device=device, dtype=dtype,
+    opts = dict(method=method, budget=budget, seed=seed, limit=limit, sample=sample, model=model, device=device, dtype=dtype,
                 template=template, max_length=max_length, token_budget=token_budget,
                 cache_dir=str(cache_dir) if cache_dir else None, eta=eta, reduction=reduction, weights=w,
-                stage=stage, distance=distance, knn=knn, clip_negative=clip_negative,
+                stage=stage, distance=distance, knn=knn, utility=utility, label_fraction=label_fraction,
+                clip_negative=clip_negative, scale=scale,
                 keep_diagonal=keep_diagonal, mi_eta=mi_eta, mi_form=mi_form, nu=nu, optimizer=optimizer, epsilon=epsilon,
                 prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, less_dim=less_dim, by=by, ann=ann, partitions=partitions, on_error=on_error,
                 backend=backend, ray_address=ray_address, ray_workers=ray_workers, ray_gpus=ray_gpus)
@@ -207,25 +187,60 @@ def select(
     with _progress(quiet) as prog:
         sel = run_select(str(data), target=str(target) if target else None,
                          existing=str(existing) if existing else None, fields=fields, progress=prog, **opts)
-    sums = sel.extra.get("input_sha256", {})
-    inputs = {k: v for k, v in {"data": _input_info(str(data), sums.get("data")),
-                                "target": _input_info(target and str(target), sums.get("target")),
-                                "existing": _input_info(existing and str(existing), sums.get("existing"))}.items()
-              if v}
-    inputs["data"]["records"] = len(sel.records)
-    write_selection(sel, out, inputs, out_format=out_format, input_paths=input_paths)
+    save_selection(sel, out, out_format=out_format, report=report, guard=[config] if config else [])
     if not quiet:
         from .outputs import SELECTED
 
         n, kept = len(sel.records), int(sel.kept.sum())
         typer.echo(f"{sel.method}: kept {kept} of {n} records -> {out}/{SELECTED[out_format]} "
                    f"(scores: {out}/scores.parquet, {sel.timings.get('total_s', 0):.1f} s)", err=True)
-    if report:
-        from .report import write_report
+        if report:
+            typer.echo(f"report: {out / 'report.html'}", err=True)
 
-        page = write_report(out)
-        if not quiet:
-            typer.echo(f"report: {page}", err=True)
+
+@app.command()
+def kernel(
+    data: Path = typer.Argument(None, help="Targets (rows): any input format."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder (utility.npy or utility.npz, rows.txt, "
+                             "cols.txt, base.npy, kernel.json; labelled.npz with --utility learned)."),
+    examples: Path | None = typer.Option(None, help="In-context examples (columns); default: DATA itself."),
+    model: str = typer.Option(_default("model"), help=_help("model")),
+    device: str = typer.Option(_default("device"), help=_help("device")),
+    dtype: str = typer.Option(_default("dtype"), help=_help("dtype")),
+    template: str = typer.Option(_default("template"), help=_help("template")),
+    max_length: int = typer.Option(_default("max_length"), help=_help("max_length")),
+    token_budget: int = typer.Option(_default("token_budget"), help=_help("token_budget")),
+    cache_dir: Path | None = typer.Option(None, help="Score cache (shared with select); reruns resume from it."),
+    distance: str = typer.Option(_default("distance"), help=_help("distance")),
+    knn: int = typer.Option(_default("knn"), help=_help("knn")),
+    utility: str = typer.Option(_default("utility"), help=_help("utility")),
+    label_fraction: float = typer.Option(_default("label_fraction"), help=_help("label_fraction")),
+    keep_diagonal: bool = typer.Option(_default("keep_diagonal"), help=_help("keep_diagonal")),
+    seed: int = typer.Option(_default("seed"), help="Seed of the labelled pairs (--utility learned)."),
+    ann: str = typer.Option(_default("ann"), help=_help("ann")),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
+) -> None:
+    """Compute DELIFT's utility kernel (rows: targets, columns: examples) and write it as files."""
+    from .kernel_export import export_kernel
+    from .methods.delift import pair_progress
+
+    if data is None or out is None:
+        raise TunesiftError("kernel needs the input DATA and --out")
+    opts = dict(model=model, device=device, dtype=dtype, template=template, max_length=max_length,
+                token_budget=token_budget, cache_dir=str(cache_dir) if cache_dir else None, distance=distance,
+                knn=knn, utility=utility, label_fraction=label_fraction, keep_diagonal=keep_diagonal, seed=seed,
+                ann=ann)
+    _setup_logging(quiet)
+    with _progress(quiet) as prog:
+        progress = (lambda label: pair_progress(prog, label)) if prog else None
+        folder = export_kernel(str(data), out, examples=str(examples) if examples else None, progress=progress,
+                               input_paths=[p for p in (data, examples) if p is not None], **opts)
+    if not quiet:
+        meta = (folder / "kernel.json").read_text(encoding="utf-8")
+        import json
+
+        m = json.loads(meta)
+        typer.echo(f"kernel {m['shape'][0]} x {m['shape'][1]}, {m['pairs']} pairs -> {folder}", err=True)
 
 
 @app.command()

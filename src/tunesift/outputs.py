@@ -1,5 +1,8 @@
 """Write a selection: the kept records, ``scores.parquet`` and ``manifest.json``, as one unit.
 
+:func:`save_selection` is what ``tunesift select --out`` and ``Selection.save`` /
+``tunesift.select(..., out=)`` both call, so the two write the same files under the same rules.
+
 The kept records are ``selected.jsonl`` (``--out-format jsonl``, the default),
 ``selected.parquet`` (``parquet``: native types kept) or the ``selected/`` folder of
 ``datasets.Dataset.save_to_disk`` (``hf``). Beside them, ``dataset_info.json`` registers the kept
@@ -32,7 +35,6 @@ escape, exactly as it was read.
 from __future__ import annotations
 
 import base64
-import ctypes
 import datetime as dt
 import decimal
 import hashlib
@@ -40,12 +42,10 @@ import json
 import math
 import os
 import re
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 from .errors import OptionError, TunesiftError
+from .folders import publish
 from .io.records import schema_of
 from .io.trainers import DATASET_NAME, dataset_info
 from .pipeline import Selection, options_dict, versions
@@ -106,7 +106,7 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_output_folder(out_dir: str | Path, inputs: list[str | Path] = ()) -> Path:
+def check_output_folder(out_dir: str | Path, inputs: list[str | Path] = (), own: frozenset[str] = OWN) -> Path:
     """The checks of :func:`check_writable`, and that the folder is one tunesift may replace as a
     whole: not the current folder or above it, holding no input and not inside an input folder,
     and holding nothing but an earlier selection's files."""
@@ -131,7 +131,7 @@ def check_output_folder(out_dir: str | Path, inputs: list[str | Path] = ()) -> P
                               "write the selection elsewhere")
     if out.is_dir():
         try:
-            foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN)
+            foreign = sorted(p.name for p in out.iterdir() if p.name not in own)
         except OSError as exc:
             raise OptionError(f"output folder '{out_dir}' cannot be listed: {exc.strerror}") from None
         if foreign:
@@ -203,11 +203,24 @@ def json_line(row: dict) -> str:
 # ----------------------------------------------------------------------------- the set
 
 
+def counts(sel: Selection) -> dict:
+    """The manifest's ``counts``: every input record accounted for. ``input`` records were selected
+    from (one row each in scores.parquet): ``kept`` + ``dropped``, ``errors`` of them error rows.
+    With ``--limit`` / ``--sample`` also: ``read`` records read from the input, ``not_sampled``
+    of them left out by ``--sample``, ``not_read`` after the first ``--limit`` (null when not
+    counted: the rest of a file is not parsed)."""
+    n = len(sel.records)
+    kept = int(sel.kept.sum())
+    out = {"input": n, "kept": kept, "dropped": n - kept, "errors": int(sel.extra.get("errors", 0))}
+    part = sel.extra.get("read") or {}
+    if part.get("limit") is not None or part.get("sample") is not None:
+        out.update({k: part.get(k) for k in ("read", "not_sampled", "not_read")})
+    return out
+
+
 def manifest(sel: Selection, inputs: dict[str, dict], files: dict[str, str] | None = None,
              out_format: str = "jsonl") -> dict:
     """What was run, on what, with which model and versions, what came out, and how long it took."""
-    n = len(sel.records)
-    kept = int(sel.kept.sum())
     return {
         "tool": "tunesift",
         "method": sel.method,
@@ -215,10 +228,12 @@ def manifest(sel: Selection, inputs: dict[str, dict], files: dict[str, str] | No
         "budget": sel.budget,
         "model": sel.model,
         "inputs": inputs,
-        "counts": {"input": n, "kept": kept, "dropped": n - kept, "errors": int(sel.extra.get("errors", 0))},
+        "counts": counts(sel),
         "objective": sel.extra.get("objective"),
         "schema": sel.extra.get("schema"),  # how the input was read (alpaca, sharegpt, messages, ...)
         "template": sel.extra.get("template"),  # how records were rendered for the model (chat | plain)
+        # --utility learned: labelled / held-out pairs and the held-out fidelity, per kernel
+        **({"surrogate": sel.extra["surrogate"]} if sel.extra.get("surrogate") else {}),
         "versions": versions(),
         "timings": {k: round(v, 3) for k, v in sel.timings.items()},
         "out_format": out_format,
@@ -266,7 +281,7 @@ def _scores_table(sel: Selection):
 
 def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
     """The kept rows; Parquet and hf use the input's Arrow schema when it had one (native types)."""
-    rows = sel.subset
+    rows = sel.rows
     if out_format == "jsonl":
         with open(tmp / "selected.jsonl", "w", encoding="utf-8") as fh:
             for row in rows:
@@ -308,24 +323,10 @@ def _write_dataset_info(sel: Selection, tmp: Path, out_format: str) -> None:
         if len(shards) != 1:
             return  # LLaMA-Factory reads one file, or a folder of files of one type only
         file_name += "/" + shards[0]
-    entry = dataset_info(schema, file_name, present={k for row in sel.subset for k in row})
+    entry = dataset_info(schema, file_name, present={k for row in sel.rows for k in row})
     if entry is not None:
         text = json.dumps({DATASET_NAME: entry}, indent=2, ensure_ascii=False)
         (tmp / "dataset_info.json").write_text(text + "\n", encoding="utf-8")
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where not available."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    return rc == 0
 
 
 def write_selection(sel: Selection, out_dir: str | Path, inputs: dict[str, dict] | None = None, *,
@@ -336,42 +337,62 @@ def write_selection(sel: Selection, out_dir: str | Path, inputs: dict[str, dict]
     if out_format not in OUT_FORMATS:
         raise OptionError(f"unknown out-format '{out_format}': use one of {', '.join(OUT_FORMATS)}")
     out = check_output_folder(out_dir, input_paths)
-    tmp = None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+
+    def fill(tmp: Path) -> None:
         _write_selected(sel, tmp, out_format)
         _write_dataset_info(sel, tmp, out_format)
         pq.write_table(_scores_table(sel), tmp / "scores.parquet")
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         text = json.dumps(json_value(manifest(sel, inputs or {}, files, out_format)), indent=2, allow_nan=False)
         (tmp / "manifest.json").write_text(text + "\n", encoding="utf-8")
-        for p in tmp.rglob("*"):  # durable before the swap
-            if p.is_file():
-                with open(p, "rb") as fh:
-                    os.fsync(fh.fileno())
-        os.chmod(tmp, 0o777 & ~_umask())
-        if out.exists():
-            if _exchange(tmp, out):  # tmp now holds the previous set
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-                os.replace(out, old / "set")
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-        tmp = None
-    except OSError as exc:
-        raise TunesiftError(f"cannot write the output to '{out_dir}': {exc.strerror or exc}; "
-                            "nothing was changed there") from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    publish(out, fill, "the output", out_dir)
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# ----------------------------------------------------------------------------- one entry point
+
+
+def check_save(out_format: str, report: bool = False) -> None:
+    """The output options' own checks (before any scoring): a known format, ``report`` with jsonl."""
+    if out_format not in OUT_FORMATS:
+        raise OptionError(f"unknown out-format '{out_format}': use one of {', '.join(OUT_FORMATS)}")
+    if report and out_format != "jsonl":
+        raise OptionError("--report reads selected.jsonl: use it with --out-format jsonl (the default)")
+
+
+def input_info(sel: Selection) -> dict[str, dict]:
+    """The manifest's ``inputs``: for each set read from a file (data, target, existing) its
+    absolute path and SHA-256 (taken as it was read); data given in memory is named by its type.
+    ``data`` also holds ``records``, the number selected from."""
+    from .io.files import input_checksum
+
+    sums = sel.extra.get("input_sha256", {})
+    info: dict[str, dict] = {}
+    for name in ("data", "target", "existing"):
+        path = sel.sources.get(name)
+        if path is not None:
+            info[name] = {"path": str(Path(path).resolve()), "sha256": sums.get(name) or input_checksum(path)}
+    if "data" not in info:
+        data = sel.data
+        info["data"] = {"in_memory": f"{type(data).__module__.split('.')[0]}.{type(data).__name__}"
+                        if data is not None else "records"}
+    info["data"]["records"] = len(sel.records)
+    return info
+
+
+def save_selection(sel: Selection, out_dir: str | Path, *, out_format: str = "jsonl", report: bool = False,
+                   guard: list[str | Path] = ()) -> Path:
+    """Write ``sel`` as ``tunesift select --out`` does: the output folder's checks (never an
+    input, never the current folder, nothing foreign replaced), the kept records, scores.parquet
+    and manifest.json swapped in as one unit (:func:`write_selection`), then ``report.html`` when
+    ``report``. ``guard``: further input files the folder must not hold (the CLI's ``--config``).
+    Returns the folder."""
+    check_save(out_format, report)
+    inputs = [*sel.sources.values(), *guard]
+    out = write_selection(sel, out_dir, input_info(sel), out_format=out_format, input_paths=inputs)
+    if report:
+        from .report import write_report
+
+        write_report(out)
+    return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import logging
 import platform
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -35,14 +36,21 @@ __all__ = ["Options", "Selection", "as_records", "options_dict", "parse_budget",
 
 log = logging.getLogger("tunesift")
 
+#: The bundled models' names, for Selection's repr (``--model`` aliases resolve to these keys).
+MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M-Instruct", "gemma3-270m": "gemma-3-270m"}
 
-@dataclass
+
+@dataclass(repr=False)
 class Selection:
     """The result of a selection.
 
-    ``records`` are all input records in input order; ``kept`` (n,) bool marks the selected
-    ones; ``columns`` holds per-record score arrays (n,) named after what they are; ``order``
-    lists selected indices in the order the method preferred them.
+    ``records`` are the n records selected from, in input order (every input record, or the part
+    that ``limit`` / ``sample`` chose); ``kept`` (n,) bool marks the selected ones; ``columns``
+    holds per-record score arrays (n,) named after what they are; ``order`` lists selected indices
+    (into ``records``) in the order the method preferred them. ``positions`` (n,) is each record's
+    0-based position among the input's records (None: 0..n-1, nothing was sampled); ``data`` is
+    the input when it was given in memory (a list, DataFrame or Dataset: :attr:`subset` returns
+    the same type), None for a path; ``sources`` the absolute paths of the inputs read from files.
     """
 
     method: str
@@ -55,6 +63,9 @@ class Selection:
     model: dict | None = None
     timings: dict[str, float] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    positions: np.ndarray | None = None
+    data: object = None
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def ids(self) -> list[str]:
@@ -62,9 +73,61 @@ class Selection:
         return [r.id for r, k in zip(self.records, self.kept) if k]
 
     @property
-    def subset(self) -> list[dict]:
-        """The kept records' original rows, untouched, in input order."""
+    def mask(self) -> np.ndarray:
+        """(n,) bool, one per record selected from (the rows of :meth:`scores`): True where kept."""
+        return np.asarray(self.kept, dtype=bool)
+
+    @property
+    def indices(self) -> np.ndarray:
+        """(k,) int64: the kept records' 0-based positions in the input, ascending (input order).
+        ``df.iloc[sel.indices]`` / ``ds.select(sel.indices)`` give :attr:`subset`; without
+        ``limit`` / ``sample`` this equals ``np.flatnonzero(sel.mask)``."""
+        kept = np.flatnonzero(self.mask)
+        return kept.astype(np.int64) if self.positions is None else np.asarray(self.positions, np.int64)[kept]
+
+    @property
+    def rows(self) -> list[dict]:
+        """The kept records' original rows as dicts, untouched, in input order."""
         return [r.row for r, k in zip(self.records, self.kept) if k]
+
+    @property
+    def subset(self):
+        """The kept rows, in input order, in the input's own type: a pandas DataFrame for a
+        DataFrame (``iloc``, its index kept), a ``datasets.Dataset`` for a Dataset or the train
+        split of a DatasetDict (``select``), a list of the very row objects for a list; for a
+        path (or any other input) the rows as a list of dicts."""
+        data, idx = self.data, self.indices
+        if data is None:
+            return self.rows
+        kind = type(data).__name__
+        if kind in ("DatasetDict", "IterableDatasetDict"):
+            data, kind = data["train"], "Dataset"
+        if kind == "DataFrame" and hasattr(data, "iloc"):
+            return data.iloc[idx]
+        if kind == "Dataset" and hasattr(data, "select"):
+            return data.select(idx.tolist())
+        if isinstance(data, (list, tuple)):
+            return [data[i] for i in idx]
+        return self.rows
+
+    def __repr__(self) -> str:
+        """``Selection(method='donod', kept=300/1000, budget=300, model='SmolLM2-135M-Instruct')``."""
+        parts = [f"method={self.method!r}", f"kept={int(self.mask.sum())}/{len(self.records)}",
+                 f"budget={self.budget}"]
+        if self.model:
+            from .models import ALIASES
+
+            name = str(self.model.get("name"))
+            name = MODEL_NAMES.get(ALIASES.get(name, ""), Path(name).name)
+            parts.append(f"model={name!r}")
+        if self.extra.get("errors"):
+            parts.append(f"errors={self.extra['errors']}")
+        read = self.extra.get("read") or {}
+        if read.get("limit") is not None:
+            parts.append(f"limit={read['limit']}")
+        if read.get("sample") is not None:
+            parts.append(f"sample={read['sample']}, seed={read['seed']}")
+        return f"Selection({', '.join(parts)})"
 
     def table(self):
         """One row per input record: id, line, the method's scores, rank, kept (a pyarrow Table)."""
@@ -80,25 +143,62 @@ class Selection:
         cols["kept"] = pa.array(self.kept.astype(bool))
         return pa.table(cols)
 
-    def to_pandas(self):
+    def scores(self):
+        """:meth:`table` as a pandas DataFrame: one row per record selected from."""
         return self.table().to_pandas()
+
+    def to_pandas(self):
+        """The same as :meth:`scores`."""
+        return self.scores()
 
 
 SKIP_HINT = "; fix or drop such records, or pass --on-error skip to keep them out as error rows"
 
 
 def as_records(data, fields: FieldMap | None = None, *, source: str = "<rows>", on_error: str = "fail",
-               digest: dict | None = None) -> list[Record]:
+               digest: dict | None = None, limit: int | None = None) -> list[Record]:
     """Records from a path, a list of Records, a list of dicts, a pandas DataFrame or an HF Dataset.
     ``on_error="skip"``: records with a defect come back with ``Record.error`` set; ``digest``
-    receives the input's sha256 as it was read (paths only)."""
+    receives the input's sha256 as it was read (paths only); ``limit``: the first ``limit`` only."""
     hint = SKIP_HINT if on_error == "fail" and source == "<rows>" else ""
     if isinstance(data, (str, Path)):
-        return read_records(data, fields, on_error=on_error, digest=digest, hint=hint)
+        return read_records(data, fields, on_error=on_error, digest=digest, hint=hint, limit=limit)
     if isinstance(data, list) and data and isinstance(data[0], Record):
-        return data
-    return records_from_rows(data, fields, source=source, on_error=on_error,
+        return data[:limit] if limit else data
+    return records_from_rows(data, fields, source=source, on_error=on_error, limit=limit,
                              hint=hint)  # dicts, DataFrame, Dataset, DatasetDict
+
+
+def _in_memory_count(data) -> int | None:
+    """How many rows an in-memory input holds (the train split of a DatasetDict), if it says."""
+    if type(data).__name__ in ("DatasetDict", "IterableDatasetDict"):
+        data = data["train"] if "train" in data else None
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def _take_part(records: list[Record], data, opt: Options) -> tuple[list[Record], np.ndarray | None, dict]:
+    """The part of the input selected from: ``opt.limit`` was applied while reading; ``opt.sample``
+    keeps ``sorted(random.Random(seed).sample(range(n), sample))`` of the n records read (the
+    sample :func:`~tunesift.io.records.read_records` takes). Returns the records, their input
+    positions (None: 0..n-1) and the accounting for the manifest: ``read`` records read,
+    ``not_read`` after ``limit`` (None: not counted, a file's rest is not parsed),
+    ``not_sampled``."""
+    n = len(records)
+    total = None if isinstance(data, (str, Path)) else _in_memory_count(data)
+    not_read = 0 if opt.limit is None or n < opt.limit else (total - n if total is not None else None)
+    part = {"limit": opt.limit, "sample": opt.sample, "seed": opt.seed if opt.sample is not None else None,
+            "read": n, "not_read": not_read, "not_sampled": 0}
+    if opt.sample is None:
+        return records, None, part
+    if opt.sample > n:
+        raise OptionError(f"--sample {opt.sample} is more than the {n} records of the input; "
+                          "give a smaller sample, or leave --sample out to read them all")
+    keep = np.array(sorted(random.Random(opt.seed).sample(range(n), opt.sample)), dtype=np.int64)
+    part["not_sampled"] = n - opt.sample
+    return [records[i] for i in keep], keep, part
 
 
 def _second_set(method: Method, opt: Options, target, existing) -> list[Record] | None:
@@ -140,7 +240,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     digests: dict[str, dict] = {"data": {}, "target": {}, "existing": {}}  # sha256 of what was read
     # per-record defects become Record.error here, so that every defect of the run (unreadable fields,
     # records the model cannot score) is reported together below, or turned into error rows
-    records = as_records(data, fields, on_error="skip", digest=digests["data"])
+    records = as_records(data, fields, on_error="skip", digest=digests["data"], limit=opt.limit)
+    records, positions, part = _take_part(records, data, opt)
     tgt = as_records(target, fields, source="<target>", digest=digests["target"]) if target is not None else None
     ext = as_records(existing, fields, source="<existing>", digest=digests["existing"]) \
         if existing is not None else None
@@ -194,6 +295,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
         extra["errors"] = len(errors)
     schema = schema_of(records)
     extra["schema"], extra["template"] = (schema.name if schema else None), template
+    extra["read"] = part
     extra["input_sha256"] = {k: v["sha256"] for k, v in digests.items() if v.get("sha256")}
     extra["input_schema"] = digests["data"].get("schema")  # Arrow schema of Parquet/HF input (outputs)
     timings["score_select_s"] = time.perf_counter() - t
@@ -202,8 +304,12 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     kept[order[:k]] = True
     log.info("%s: selected %d of %d records in %.1f s", opt.method, k, len(records), time.perf_counter() - t_start)
     timings["total_s"] = time.perf_counter() - t_start
+    sources = {name: str(Path(given).resolve()) for name, given in (("data", data), ("target", target), ("existing", existing))
+               if isinstance(given, (str, Path))}
+    in_memory = None if isinstance(data, (str, Path)) or (isinstance(data, list) and data
+                                                            and isinstance(data[0], Record)) else data
     return Selection(opt.method, records, kept, cols, np.asarray(order, dtype=np.int64), opt, k,
-                     model_info, timings, extra)
+                     model_info, timings, extra, positions, in_memory, sources)
 
 
 def _errors_line(errors: dict[int, str], n: int, data=None) -> str:

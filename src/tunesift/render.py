@@ -24,6 +24,21 @@ for them).
 Plain template (used when the tokenizer has no chat template, e.g. a base model)::
 
     [BOS]### Instruction:\\n{prompt}\\n\\n### Response:\\n{response}[EOS]
+
+Paper template (``--template paper``, :class:`PaperRenderer`): the strings of the DELIFT
+reference code (``get_icl_utility_kernel_no_vllm.py``), whose two arms use different wording::
+
+    no-example arm:  ids("Instruction: Please generate a response to the following query.\\n\\n\\n"
+                         "Query: " + P_i + "\\n") [EOS] ids(R_i) [EOS]
+    example arm:     ids("Instruction:\\nUse the following example as a guide to answer the query in the
+                         same format and style, providing a clear and concise response.\\n\\n\\n"
+                         "Example:\\n" + P_j + "\\n" + R_j + "\\n\\n\\nQuery:\\n" + P_i + "\\n") [EOS] ids(R_i) [EOS]
+
+with ``P = "Instruction: {instruction}\\nInput: {input}\\n"`` and ``R = " " + response`` (the
+reference's text before and after ``Output:`` in ``"Instruction: ...\\nInput: ...\\nOutput: ..."``;
+see :func:`paper_texts`), no BOS, the response and the final EOS scored. The target's tokens differ
+between the arms (``"Query: "`` vs ``"Query:\\n"``), so the renderer gives them per arm
+(:meth:`Renderer.query`) and the DELIFT kernel scores each arm with its own continuation.
 """
 
 from __future__ import annotations
@@ -96,7 +111,12 @@ def chat_format(tokenizer) -> TurnFormat | None:
 
 
 def turn_format(tokenizer, template: str = "auto") -> TurnFormat:
-    """``auto``: the chat template when there is one that fits, else plain; or force ``chat``/``plain``."""
+    """``auto``: the chat template when there is one that fits, else plain; or force ``chat``/``plain``.
+
+    ``paper`` changes whole sequences, not only the turn strings: build its renderer with
+    :func:`renderer_for` (this raises for it)."""
+    if template == PAPER:
+        raise TunesiftError("--template paper needs its own renderer: use tunesift.render.renderer_for")
     if template == "plain":
         return plain_format(tokenizer)
     fmt = chat_format(tokenizer)
@@ -129,6 +149,9 @@ class Renderer:
     fmt: TurnFormat
     max_length: int = 2048
     _cache: dict = field(default_factory=dict, repr=False)
+    #: True when a target's tokens after an example differ from its zero-shot tokens
+    #: (:meth:`query` is not :meth:`encode`); the DELIFT kernel then scores each arm apart.
+    per_arm = False
 
     def ids(self, text: str) -> list[int]:
         """Token ids of template text: control strings in it are control tokens."""
@@ -173,7 +196,14 @@ class Renderer:
 
     @property
     def header(self) -> list[int]:
+        """Token ids in front of every zero-shot sequence (and of the no-example arm)."""
         return self.ids(self.fmt.header)
+
+    @property
+    def example_header(self) -> list[int]:
+        """Token ids in front of every example prefix: what is left when an example is cut to
+        nothing (the header here; :class:`PaperRenderer` has its own)."""
+        return self.header
 
     def prompt_text(self, record) -> str:
         """The record's prompt segment: earlier chat turns, then the prompt, between the header and
@@ -239,6 +269,7 @@ class Renderer:
         return Encoded(prompt[cut:], response, cut)
 
     def _response_ids(self, text: str) -> list[int]:
+        """Token ids of record text, not cached (responses and whole contexts are unique)."""
         if self.has_control(text):
             return self.text_ids(text)
         return self.tokenizer(text, add_special_tokens=False).input_ids  # not cached: responses are unique
@@ -257,9 +288,14 @@ class Renderer:
                 + self.ids(self.fmt.between))
         return self.header + body
 
+    def query(self, record) -> Encoded:
+        """A target's tokens after an example prefix (the example arm of DELIFT): the zero-shot
+        :meth:`encode` here, so both arms share them; :class:`PaperRenderer` words them apart."""
+        return self.encode(record)
+
     def fit_prefix(self, prefix: list[int], continuation_len: int) -> list[int]:
         """Cut an example prefix from the start of its body so prefix + continuation fits."""
-        return fit_example(prefix, self.header, continuation_len, self.max_length)
+        return fit_example(prefix, self.example_header, continuation_len, self.max_length)
 
 
 def prompt_role(record) -> str:
@@ -280,7 +316,141 @@ def fit_example(prefix: list[int], header: list[int], continuation_len: int, max
     return list(header) + body[over:]
 
 
+# -- the DELIFT reference code's prompt format (--template paper) -------------------------------
+
+PAPER = "paper"
+PAPER_NO_EXAMPLE = "Instruction: Please generate a response to the following query.\n\n\nQuery: "
+PAPER_EXAMPLE = ("Instruction:\nUse the following example as a guide to answer the query in the same format "
+                 "and style, providing a clear and concise response.\n\n\nExample:\n")
+PAPER_QUERY = "\n\n\nQuery:\n"  # between the example's response and the target's prompt
+
+
+def paper_texts(record) -> tuple[str, str]:
+    """A record as the reference's prompt and response strings: ``("Instruction: {instruction}\\n
+    Input: {input}\\n", " " + response)``, i.e. the text before and after ``Output:`` in the
+    reference's ``"Instruction: {instruction}\\nInput: {input}\\nOutput: {output}"`` (the response
+    keeps the leading space).
+
+    * Records read with several prompt fields (alpaca ``instruction`` + ``input``, or
+      ``--prompt-field a,b``): the first field is the instruction, the later non-blank ones (joined
+      with ``"\\n\\n"``) the input, blank when there are none.
+    * Records with earlier turns (chats, alpaca ``system`` / ``history``): an empty instruction and
+      every turn, the prompt turn last, as ``"role: content"`` lines in the input (how the reference
+      writes MT-Bench conversations).
+    * Any other record: its prompt is the instruction and the input is blank.
+    """
+    instruction, inp = record.prompt, ""
+    if record.context:
+        turns = [*record.context, (prompt_role(record), record.prompt)]
+        instruction, inp = "", "\n".join(f"{role}: {content}" for role, content in turns)
+    else:
+        schema = getattr(record, "schema", None)
+        parts = getattr(schema, "prompt", ()) if getattr(schema, "kind", "") == "fields" else ()
+        first = (getattr(record, "row", None) or {}).get(parts[0][0]) if len(parts) > 1 else None
+        if isinstance(first, str) and record.prompt.startswith(first + "\n\n"):
+            instruction, inp = first, record.prompt[len(first) + 2:]
+    return f"Instruction: {instruction}\nInput: {inp}\n", " " + record.response
+
+
+def paper_format(tokenizer) -> TurnFormat:
+    """The turn strings of the paper template, for code that reads them: no header (no BOS), EOS
+    between the prompt and the response (``user_end``) and after the response (``end``)."""
+    eos = tokenizer.eos_token
+    if not eos or tokenizer.eos_token_id is None:
+        raise TunesiftError("--template paper needs a tokenizer with an EOS token (it separates the "
+                            "prompt from the response and ends the response)")
+    return TurnFormat("", eos, eos, "", PAPER)
+
+
+class PaperRenderer(Renderer):
+    """The DELIFT reference code's sequences (see the module docstring), with tunesift's length rule:
+    the response is never cut, a too-long context loses tokens from its start and a too-long example
+    is cut from the start of its body (an example cut to nothing gives UF = 0).
+
+    Each context is tokenised as one string, as in the reference. The example arm is split into
+    ``example_prefix(j) = ids(EXAMPLE) + ids(P_j + "\\n" + R_j + "\\n\\n\\nQuery:\\n")`` and
+    ``query(i) = ids(P_i + "\\n") [EOS] ids(R_i) [EOS]`` so that example j's KV cache serves every
+    target. Both cuts (after the example header and before the target's prompt) fall between
+    ``":\\n"`` and ``"Instruction:"``, fixed text that GPT-2-style pre-tokenizers (SmolLM2, GPT-2,
+    Llama 3, Qwen) always split there, so the parts tokenise like the whole string. Each record is
+    checked (its example prefix followed by its own query against the whole string's tokens), and
+    a tokenizer that merges across the cut is a clear error instead of a silent difference.
+    Record text with control strings is tokenised as text (the reference would read them as control
+    tokens).
+    """
+
+    per_arm = True
+
+    @property
+    def eos(self) -> list[int]:
+        return [int(self.tokenizer.eos_token_id)]
+
+    @property
+    def example_header(self) -> list[int]:
+        return self.ids(PAPER_EXAMPLE)
+
+    def _fit(self, record, context: list[int], response: list[int], room: int) -> Encoded:
+        """``context [EOS]`` cut from the left to ``room - len(response)`` tokens."""
+        prompt = context + self.eos
+        keep = room - len(response)
+        if keep < 2:
+            after = "" if room == self.max_length else \
+                f" after the paper template's example header ({self.max_length - room} tokens)"
+            raise TunesiftError(
+                f"record {record.id} (line {record.line}): response of {len(response)} tokens does not fit "
+                f"max_length {self.max_length}{after}; raise --max-length or drop the record")
+        cut = max(0, len(prompt) - keep)
+        return Encoded(prompt[cut:], response, cut)
+
+    def _response(self, record) -> list[int]:
+        return self._response_ids(paper_texts(record)[1]) + self.eos
+
+    def encode(self, record) -> Encoded:
+        """The no-example arm: ``ids(NO_EXAMPLE + P + "\\n") [EOS]``, ``ids(R) [EOS]``."""
+        prompt = paper_texts(record)[0]
+        return self._fit(record, self._response_ids(PAPER_NO_EXAMPLE + prompt + "\n"), self._response(record),
+                         self.max_length)
+
+    def query(self, record) -> Encoded:
+        """The target after an example: ``ids(P + "\\n") [EOS]``, ``ids(R) [EOS]``."""
+        prompt = paper_texts(record)[0]
+        room = self.max_length - len(self.example_header)
+        self._check_cut(record)
+        return self._fit(record, self._response_ids(prompt + "\n"), self._response(record), room)
+
+    def example_prefix(self, record) -> list[int]:
+        """``ids(EXAMPLE) + ids(P_j + "\\n" + R_j + "\\n\\n\\nQuery:\\n")``."""
+        self._check_cut(record)
+        return self.example_header + self._response_ids(self._example_body(record))
+
+    def _example_body(self, record) -> str:
+        prompt, response = paper_texts(record)
+        return prompt + "\n" + response + PAPER_QUERY
+
+    def _check_cut(self, record) -> None:
+        """The record's example prefix followed by its own query tokenises like the whole string."""
+        texts = paper_texts(record)
+        key = ("\x00cut", *texts)
+        if key in self._cache:
+            return
+        body, query = texts[0] + "\n" + texts[1] + PAPER_QUERY, texts[0] + "\n"
+        whole = self._response_ids(PAPER_EXAMPLE + body + query)
+        if whole != self.example_header + self._response_ids(body) + self._response_ids(query):
+            raise TunesiftError(
+                f"record {record.id} (line {record.line}): --template paper: this tokenizer merges tokens "
+                "across the example/query boundary, which the kernel's shared example prefix needs "
+                "intact; use --template chat or plain")
+        self._cache[key] = True
+
+
 def renderer_for(lm, template: str = "auto", max_length: int = 2048) -> Renderer:
     """The renderer every scorer of ``lm`` uses: its tokenizer, the template's turn format and the
     length limit (one place, so scorers, workers and fine-tuning render alike)."""
-    return Renderer(lm.tokenizer, turn_format(lm.tokenizer, template), max_length=max_length)
+    return make_renderer(lm.tokenizer, template, max_length)
+
+
+def make_renderer(tokenizer, template: str = "auto", max_length: int = 2048) -> Renderer:
+    """:func:`renderer_for` from a tokenizer: ``auto`` | ``chat`` | ``plain`` | ``paper``."""
+    if template == PAPER:
+        return PaperRenderer(tokenizer, paper_format(tokenizer), max_length=max_length)
+    return Renderer(tokenizer, turn_format(tokenizer, template), max_length=max_length)

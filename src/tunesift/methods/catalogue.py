@@ -6,6 +6,7 @@ from ..errors import OptionError
 from .delift import donod_delift_pick, run_delift, run_delift_se
 from .less import run_less
 from .per_record import run_baseline, run_donod
+from .rds import run_rds
 from .registry import REGISTRY, Method, RankedHint, register
 from .sampling import run_balanced_random, run_random
 
@@ -24,8 +25,8 @@ register(Method(
 register(Method(
     "delift", "pairwise in-context utility kernel, then FL / FLMI / FLCG", run_delift, needs_lm=True,
     stages=STAGES, second_set=DELIFT_SETS, greedy=True,
-    options=("method", "budget", "seed", *LM, "stage", "distance", "knn", "clip_negative", "keep_diagonal",
-             "mi_eta", "mi_form", "nu", "optimizer", "epsilon"),
+    options=("method", "budget", "seed", *LM, "stage", "distance", "knn", "utility", "label_fraction", "clip_negative",
+             "scale", "keep_diagonal", "mi_eta", "mi_form", "nu", "optimizer", "epsilon"),
     columns=("order", "gain", "helped_by", "helpfulness")))
 register(Method(
     "delift-se", "the DELIFT objectives on a sentence-embedding kernel", run_delift_se, stages=STAGES,
@@ -36,7 +37,8 @@ register(Method(
     "donod+delift", "DONOD cuts the worst records, DELIFT selects from the rest", donod_delift_pick, needs_lm=True,
     stages=STAGES, second_set=DELIFT_SETS, block_kind="donod", greedy=True,
     options=("method", "budget", "seed", *LM, "prefilter", *DONOD_OPTIONS, "stage", "distance", "knn",
-             "clip_negative", "keep_diagonal", "mi_eta", "mi_form", "nu", "optimizer", "epsilon"),
+             "utility", "label_fraction", "clip_negative", "scale", "keep_diagonal", "mi_eta", "mi_form", "nu", "optimizer",
+             "epsilon"),
     columns=("don", "nod", "closeness", "n_tokens", "prefiltered", "order", "gain", "helped_by", "helpfulness")))
 
 
@@ -76,6 +78,10 @@ _ranked("less", "LoRA gradient features matched to the target set (LESS)", run_l
 register(Method(
     "balanced-random", "random with an equal share per value of a field (--by)", run_balanced_random,
     options=("method", "budget", "seed", "by"), columns=("group",), required=("by",)))
+register(Method(
+    "rds", "RDS+: weighted-mean hidden states, round-robin cosine to the target (pool centroid without one)",
+    run_rds, needs_lm=True, stages=("instruction", "task"), second_set={"task": "target"},
+    options=("method", "budget", *LM, "stage"), columns=("rds",)))
 
 
 def get_method(name: str) -> Method:

@@ -43,6 +43,16 @@ def submodular_pick(sim, cross, k: int, opt):
     return sm.fl_conditional_gain(sim, cross, k, nu=opt.nu, **kw)
 
 
+def scaled(kernels: list, opt) -> list:
+    """UF kernels -> similarities in [0, 1] (float32): one min-max over all of them (``--scale joint``:
+    FLCG's ``max S - nu max E`` and FLMI compare like numbers) or one per kernel (``separate``, as the
+    reference code); ``--clip-negative`` first sets UF < 0 to 0."""
+    from ..scoring.utility import similarity_bounds, to_similarity
+
+    bounds = similarity_bounds(kernels, clip_negative=opt.clip_negative) if opt.scale == "joint" else None
+    return [to_similarity(k, clip_negative=opt.clip_negative, bounds=bounds).astype(np.float32) for k in kernels]
+
+
 def pair_progress(progress: Progress, label: str) -> Callable[[int, int], None]:
     """Adapt progress(done, total) calls (kernel, embeddings) to a progress bar."""
     state = {"advance": None, "done": 0}
@@ -81,7 +91,10 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
     t0 = time.perf_counter()
     timings = {}
     pattern = cross_pattern = None
-    need_emb = embed_kernel or opt.knn > 0
+    need_emb = embed_kernel or opt.knn > 0 or opt.utility == "learned"
+    # additive FLMI's term is how much each pool record helps the target set: a targets x pool kernel
+    additive = bool(other) and opt.stage == "task" and opt.mi_form == "additive"
+    surrogate = None
     if need_emb:
         log.info("embedding %d records with all-MiniLM-L6-v2", len(records) + len(other or []))
         e_pool = emb.embed_records(records, cache_dir=opt.cache_dir, device=opt.device, runner=embed_runner,
@@ -109,9 +122,12 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
             return emb.cosine_similarity_kernel(e_pool, b, knn(e_pool, b, opt.knn) if opt.knn else None)
 
         sim = se_kernel(e_pool)
-        cross = se_kernel(e_other) if other else None
+        if additive:
+            cross = emb.cosine_similarity_kernel(e_other, e_pool, knn(e_other, e_pool, opt.knn) if opt.knn else None)
+        else:
+            cross = se_kernel(e_other) if other else None
     else:
-        from ..scoring.utility import similarity_bounds, to_similarity, utility_kernel
+        from .utility_kernels import stage_kernels
 
         if opt.knn:
             # with the diagonal kept, the record itself takes one of the slots: ask for one more
@@ -119,24 +135,28 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
             k_self = opt.knn + 1 if opt.keep_diagonal else opt.knn
             pattern = knn(e_pool, e_pool, k_self, exclude_self=not opt.keep_diagonal)
             if other:
-                cross_pattern = knn(e_pool, e_other, opt.knn)
+                cross_pattern = knn(e_other, e_pool, opt.knn) if additive else knn(e_pool, e_other, opt.knn)
         renderer = renderer_for(lm, opt.template, opt.max_length)
         t1 = time.perf_counter()
-        kern = utility_kernel(lm, renderer, records, records, pairs=pattern, exclude_diagonal=not opt.keep_diagonal,
-                              same=True, token_budget=opt.token_budget, cache_dir=opt.cache_dir, runner=kernel_runner,
-                              progress=pair_progress(progress, "DELIFT kernel (pool x pool)"))
-        uf = kern.values(opt.distance)
-        uf_cross = None
-        if other:
-            kc = utility_kernel(lm, renderer, records, other, pairs=cross_pattern, exclude_diagonal=False,
-                                same=False, token_budget=opt.token_budget, cache_dir=opt.cache_dir,
-                                runner=kernel_runner, progress=pair_progress(progress, f"DELIFT kernel (pool x {opt.stage})"))
-            uf_cross = kc.values(opt.distance)
+        kerns = stage_kernels(lm, renderer, records, None if additive else other, opt, pattern=pattern,
+                              cross_pattern=None if additive else cross_pattern,
+                              e_pool=e_pool if need_emb else None, e_other=e_other if need_emb else None,
+                              runner=kernel_runner, progress=lambda label: pair_progress(progress, label))
+        uf, uf_cross = kerns.pool, kerns.cross
+        if additive:  # how much each pool record helps the targets: m x n pairs (m x knn), exact or learned
+            from .utility_kernels import one_kernel
+
+            k_tp = one_kernel(lm, renderer, other, records, opt, same=False, pattern=cross_pattern,
+                              e_t=e_other if need_emb else None, e_e=e_pool if need_emb else None,
+                              runner=kernel_runner, progress=lambda label: pair_progress(progress, label),
+                              label="task x pool")
+            uf_cross = k_tp.values
+            if k_tp.report:
+                kerns.surrogate["cross"] = k_tp.report
+        if kerns.surrogate:
+            surrogate = kerns.surrogate
         timings["kernel_s"] = time.perf_counter() - t1
-        kernels = [uf] + ([uf_cross] if other else [])
-        bounds = similarity_bounds(kernels, clip_negative=opt.clip_negative)
-        sim, *rest = (to_similarity(k, clip_negative=opt.clip_negative, bounds=bounds).astype(np.float32)
-                      for k in kernels)
+        sim, *rest = scaled([uf] + ([uf_cross] if other else []), opt)
         cross = rest[0] if rest else None
     t2 = time.perf_counter()
     log.info("greedy %s maximisation (%s stage), budget %d", opt.optimizer, opt.stage, k)
@@ -147,7 +167,10 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
     if not embed_kernel:
         cols["helped_by"] = nanmean(uf, axis=1)  # mean UF of this record as a target: how much examples help it
         cols["helpfulness"] = nanmean(uf, axis=0)  # mean UF of this record as an example: how much it helps others
-    return cols, np.asarray(res.order), {"timings": timings, "objective": res.objective}
+    extra = {"timings": timings, "objective": res.objective}
+    if surrogate:
+        extra["surrogate"] = surrogate
+    return cols, np.asarray(res.order), extra
 
 
 def coverage_columns(sim, picks: np.ndarray, records) -> dict[str, np.ndarray]:

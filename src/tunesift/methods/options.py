@@ -42,6 +42,11 @@ def _seed(v) -> str | None:
     return None if not isinstance(v, bool) and isinstance(v, int) and v >= 0 else f"seed must be an integer >= 0, got {v}"
 
 
+def _records(flag: str) -> Check:
+    return lambda v: None if v is None or (not isinstance(v, bool) and isinstance(v, int) and v >= 1) else \
+        f"--{flag} must be a whole number of records, at least 1; got {v!r}"
+
+
 def _weights(w) -> str | None:
     ok = (len(w) == 2 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in w)
           and min(w) >= 0 and sum(w) > 0)
@@ -69,7 +74,12 @@ class Options:
 
     method: str = opt("donod", "The selection method (see the table in docs/methods.md).")
     budget: float | int | str = opt(0.3, "Fraction in (0, 1] (e.g. 0.3, 1.0) or a count (e.g. 300).", cli="text")
-    seed: int = opt(0, "Seed for random selection and stochastic greedy.", check=_seed)
+    seed: int = opt(0, "Seed for random selection, stochastic greedy and --sample.", check=_seed)
+    # the part of the input selected from (io.records.read_records documents both)
+    limit: int | None = opt(None, "Select from the first N records only; the rest of the input is not read.",
+                            group="input", check=_records("limit"))
+    sample: int | None = opt(None, "Select from a seeded random sample of N records (--seed), in input order.",
+                             group="input", check=_records("sample"))
     # the model
     model: str = opt("default", "default (SmolLM2-135M-Instruct), gemma3-270m, a folder, a .gguf or an HF id in "
                      "the local cache.", group="model")
@@ -77,8 +87,9 @@ class Options:
     dtype: str = opt("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16", group="model",
                      check=one_of("dtype", ("auto", "float32", "bfloat16", "float16"),
                                   "auto, float32, bfloat16 or float16"))
-    template: str = opt("auto", "auto | chat | plain: how records are rendered for the model.", group="model",
-                        check=one_of("template", ("auto", "chat", "plain"), "auto, chat or plain"))
+    template: str = opt("auto", "auto | chat | plain | paper (the DELIFT reference code's prompt format): how "
+                        "records are rendered for the model.", group="model",
+                        check=one_of("template", ("auto", "chat", "plain", "paper"), "auto, chat, plain or paper"))
     max_length: int = opt(2048, "Longest scored sequence in tokens; prompts/examples are cut, responses never.",
                           group="model", check=at_least("max-length", 8, " tokens"))
     token_budget: int = opt(0, "Padded tokens per forward batch; 0: sized to the device's free memory (4096 on a "
@@ -99,9 +110,19 @@ class Options:
                      check=one_of("stage", STAGES))
     distance: str = opt("rmse", "DELIFT: rmse (the paper's) | pmi (mean log-prob gain).", group="delift",
                         check=one_of("distance", DISTANCES, "rmse or pmi"))
-    knn: int = opt(0, "DELIFT: score only the k nearest candidates per record (0 = all pairs).", group="delift",
+    knn: int = opt(16, "DELIFT: score only the k nearest candidates per record (0 = all pairs, n^2: hours past a "
+                   "few hundred records on a CPU).", group="delift",
                    check=lambda v: None if v >= 0 else f"knn must be >= 0 (0 = dense kernel), got {v}")
+    utility: str = opt("exact", "DELIFT: exact (every candidate pair scored by the model) | learned (a share of the "
+                       "pairs scored, the rest predicted: --label-fraction; docs/methods.md).", group="delift",
+                       check=one_of("utility", ("exact", "learned"), "exact or learned"))
+    label_fraction: float = opt(0.1, "DELIFT --utility learned: share of the candidate pairs scored exactly.",
+                                group="delift", check=lambda v: None if isinstance(v, (int, float)) and 0 < v <= 1
+                                else f"label-fraction must be a fraction in (0, 1], got {v}")
     clip_negative: bool = opt(False, "DELIFT: set negative utility to 0 before min-max scaling.", group="delift")
+    scale: str = opt("joint", "DELIFT: min-max scaling of the stage's kernels, joint (one scale for all, so FLCG/FLMI "
+                     "compare like numbers) | separate (each kernel its own, as the reference code).",
+                     group="delift", check=one_of("scale", ("joint", "separate"), "joint or separate"))
     keep_diagonal: bool = opt(False, "DELIFT: let a record count as its own example.", group="delift")
     mi_eta: float = opt(1.0, "DELIFT task stage: FLMI eta.", group="delift", check=finite_at_least_zero("mi-eta"))
     mi_form: str = opt("min", "DELIFT task stage: min (submodlib FL1MI) | additive (paper).", group="delift",
@@ -158,6 +179,9 @@ class Options:
             if why:
                 raise OptionError(why)
         parse_budget(self.budget)
+        if self.limit is not None and self.sample is not None:
+            raise OptionError("--limit and --sample cannot be combined: --limit N reads the first N records, "
+                              "--sample N a seeded random N of all of them; give one")
         method.check(self)
 
 
@@ -167,9 +191,11 @@ def option_fields() -> list:
 
 
 def options_dict(opt: Options) -> dict:
-    """The options as JSON-ready values (the manifest's ``options``)."""
+    """The options as JSON-ready values (the manifest's ``options``); the budget as parsed (0.3 or
+    300, however it was written)."""
     d = asdict(opt)
     d["weights"] = list(opt.weights)
+    d["budget"] = parse_budget(opt.budget)
     return d
 
 

@@ -80,7 +80,8 @@ def _summary(res: Output) -> dict[str, Any]:
                 and (k not in STAGE_ONLY or STAGE_ONLY[k] == opts.get("stage"))]
     return {
         "cards": cards,
-        "notes": list(res.notes),
+        "notes": list(res.notes) + [surrogate_note(name, rep) for name, rep in (m.get("surrogate") or {}).items()
+                                    if isinstance(rep, dict)],
         "model": ([(k, str(model.get(k))) for k in ("name", "fingerprint", "dtype", "device", "path")
                    if model.get(k) is not None] if isinstance(model, dict) else None),
         "inputs": [(f"{name} {k}", str(v)) for name, info in inputs.items() if isinstance(info, dict)
@@ -89,6 +90,20 @@ def _summary(res: Output) -> dict[str, Any]:
         "options": [(k, _option_value(opts[k])) for k in relevant],
         "other_options": [(k, _option_value(opts[k])) for k in opts if k not in relevant],
     }
+
+
+def surrogate_note(name: str, rep: dict) -> str:
+    """One line on a learned utility kernel (``--utility learned``): how much of it was scored
+    exactly and how well the surrogate predicted the held-out exact pairs."""
+    kernel = {"pool": "pool x pool", "cross": "pool x second set"}.get(name, name)
+
+    def f(key: str) -> str:
+        v = rep.get(key)
+        return "n/a" if v is None else f"{v:.2f}"
+
+    return (f"Learned utility ({kernel}): {rep.get('labelled_pairs', 0):,} of {rep.get('candidate_pairs', 0):,} "
+            f"candidate pairs scored exactly, the rest predicted. On {rep.get('heldout_pairs', 0):,} held-out exact "
+            f"pairs: Spearman {f('spearman')}, R² {f('r2')}, within-target Spearman {f('within_row_spearman')}.")
 
 
 def _score(res: Output, name: str, i: int) -> str:

@@ -109,6 +109,8 @@ def method_plots(res: Output) -> list[tuple[str, str, str]]:
         return _donod_delift_plots(res, plt)
     if res.method in RANKED:
         return _ranked_plots(res, plt)
+    if "gain" not in res.cols:  # neither greedy nor ranked (balanced-random, rds): no method plot
+        return []
     out = [_gain_curve(res, plt)]
     if res.method == "delift" and "helped_by" in res.cols:
         out += _utility_plots(res, plt, res.kept)

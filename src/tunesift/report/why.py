@@ -58,6 +58,8 @@ class Why:
         name = "_" + self.res.method.replace("-", "_").replace("+", "_")
         if self.res.method in RANKED and not hasattr(self, name):
             name = "_ranked"
+        if not hasattr(self, name):  # a method without its own wording: its rank and the cut
+            return self._head(i) + ("kept" if self.res.kept[i] else "not kept")
         return getattr(self, name)(i)
 
     def _random(self, i: int) -> str:

@@ -10,6 +10,11 @@ in both arms, so only the example differs)::
     no-example arm:  header | prompt_i user_end | response_i end
     example arm:     fit(header | prompt_j user_end | response_j between) | prompt_i user_end | response_i end
 
+A renderer with ``per_arm`` (``--template paper``: the reference code's two wordings) gives each
+arm its own target tokens: ``renderer.header | renderer.encode(i)`` without an example and
+``fit(renderer.example_prefix(j)) | renderer.query(i)`` after one (the scored response tokens are
+the same in both; an example is cut down to ``renderer.example_header``).
+
 ``fit`` is :func:`tunesift.render.fit_example`: when the sequence is longer than ``max_length`` the example is
 cut from the start of its body; the scored response is never cut. An example cut to nothing
 leaves exactly the no-example arm, and the pair gets the baseline's statistics, so UF = 0
@@ -42,6 +47,8 @@ a rerun loads the finished blocks and computes only the rest.
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +61,10 @@ from ..errors import OptionError
 from ..render import fit_example
 from ..store import ArrayStore, content_key, default_cache_dir
 from .logprobs import Continuation, ResponseScorer, plain_logprob_stats
+
+log = logging.getLogger("tunesift")
+# the remaining-time estimate is logged once this much scoring has been timed
+WARMUP_S = 20.0
 
 DISTANCES = ("rmse", "pmi")
 DEFAULT_DISTANCE = "rmse"
@@ -197,6 +208,16 @@ class _Job:
     csr: sp.csr_matrix | None
     diag: bool  # pairs (i, i) are excluded (NaN)
     max_length: int
+    # the no-example arm when its target tokens differ from ``conts`` (renderer.per_arm), else None
+    base_header: list[int] | None = None
+    base_conts: list[Continuation] | None = None
+
+    @property
+    def zero_shot(self) -> tuple[list[int], list[Continuation]]:
+        """(header, continuations) of the no-example arm."""
+        if self.base_conts is None:
+            return self.header, self.conts
+        return self.base_header, self.base_conts
 
     @property
     def n_t(self) -> int:
@@ -247,31 +268,43 @@ def _is_same(targets, examples) -> bool:
     )
 
 
+def _patterns(pairs, shape: tuple[int, int]):
+    """The canonical boolean pattern as (CSC, CSC entry -> CSR entry permutation, CSR)."""
+    csr = _canonical_pattern(pairs, shape)
+    pattern = csr.tocsc()
+    pattern.sort_indices()
+    # where each CSC entry lands in CSR order
+    order = sp.csc_matrix(
+        (np.arange(pattern.nnz, dtype=np.int64) + 1, pattern.indices, pattern.indptr),
+        shape=pattern.shape,
+    ).tocsr()
+    order.sort_indices()
+    if not (
+        np.array_equal(order.indptr, csr.indptr) and np.array_equal(order.indices, csr.indices)
+    ):
+        raise AssertionError("internal: CSC/CSR pattern mismatch")  # pragma: no cover
+    perm = order.data - 1
+    return pattern, perm, csr
+
+
 def _prepare(renderer, targets, examples, pairs, exclude_diagonal: bool, same: bool | None) -> _Job:
     encs = [renderer.encode(t) for t in targets]
     conts = [Continuation(tuple(e.prompt + e.response), len(e.response)) for e in encs]
+    header, base_header, base_conts = list(renderer.header), None, None
+    if getattr(renderer, "per_arm", False):  # the target reads differently after an example
+        base_header, base_conts = header, conts
+        conts = [Continuation(tuple(e.prompt + e.response), len(e.response))
+                 for e in (renderer.query(t) for t in targets)]
+        header = list(renderer.example_header)
     prefixes = [list(renderer.example_prefix(e)) for e in examples]
     if same is None:
         same = _is_same(targets, examples)
     diag = bool(exclude_diagonal and same)
     pattern = csr = perm = None
     if pairs is not None:
-        csr = _canonical_pattern(pairs, (len(targets), len(examples)))
-        pattern = csr.tocsc()
-        pattern.sort_indices()
-        # where each CSC entry lands in CSR order
-        order = sp.csc_matrix(
-            (np.arange(pattern.nnz, dtype=np.int64) + 1, pattern.indices, pattern.indptr),
-            shape=pattern.shape,
-        ).tocsr()
-        order.sort_indices()
-        if not (
-            np.array_equal(order.indptr, csr.indptr) and np.array_equal(order.indices, csr.indices)
-        ):
-            raise AssertionError("internal: CSC/CSR pattern mismatch")  # pragma: no cover
-        perm = order.data - 1
+        pattern, perm, csr = _patterns(pairs, (len(targets), len(examples)))
     return _Job(
-        list(renderer.header), conts, prefixes, pattern, perm, csr, diag, renderer.max_length
+        header, conts, prefixes, pattern, perm, csr, diag, renderer.max_length, base_header, base_conts
     )
 
 
@@ -284,9 +317,11 @@ def _ids_digest(lists) -> str:
     return h.hexdigest()
 
 
-def _cache_key(job: _Job, lm) -> str:
+def _cache_key(job: _Job, lm, pattern: bool = True) -> str:
+    """The cache folder of a job; ``pattern=False``: of every job on the same records and model
+    (the shared pair store)."""
     pat = None
-    if job.csr is not None:
+    if job.csr is not None and pattern:
         pat = [list(job.csr.shape), _ids_digest([job.csr.indptr, job.csr.indices])]
     return content_key(
         CACHE_KIND,
@@ -300,6 +335,8 @@ def _cache_key(job: _Job, lm) -> str:
         job.max_length,
         pat,
         job.diag,
+        *([] if job.base_conts is None
+          else [job.base_header, _ids_digest([c.ids for c in job.base_conts])]),
     )
 
 
@@ -397,11 +434,110 @@ def utility_kernel(
     if token_budget < 1 or block_size < 1:
         raise OptionError("token_budget and block_size must be positive")
     job = _prepare(renderer, targets, examples, pairs, exclude_diagonal, same)
-    n_t, n_e = job.n_t, job.n_e
-    store = None
+    root = None
     if cache_dir is not False:
         root = Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir()
-        store = ArrayStore(root / CACHE_KIND / _cache_key(job, lm))
+    if root is None or job.pattern is None:
+        sq_all, lp_all, base, info = _compute(job, lm, root, token_budget, block_size, progress, runner)
+        return _assemble(job, sq_all, lp_all, base, distance_stats, info)
+    # sparse: pairs scored by any earlier sparse run with the same records and model (an exact kNN
+    # kernel, a learned run's labels) are read from the shared pair store, only the rest is scored
+    shared = ArrayStore(root / CACHE_KIND / f"pairs-{_cache_key(job, lm, pattern=False)}")
+    keys = _entry_keys(job)  # (nnz,) CSC order; -1 on the excluded diagonal
+    known_keys, known = _load_pairs(shared)
+    have = np.zeros(len(keys), dtype=bool)
+    sq_all = np.full(len(keys), np.nan)
+    lp_all = np.full(len(keys), np.nan)
+    if len(known_keys):
+        pos = np.searchsorted(known_keys, keys).clip(0, len(known_keys) - 1)
+        have = (keys >= 0) & (known_keys[pos] == keys)
+        sq_all[have], lp_all[have] = known[0, pos[have]], known[1, pos[have]]
+    need = (keys >= 0) & ~have
+    n_have, total = int(have.sum()), job.n_pairs()
+    base = shared.get("base")
+    rows = _rows_with_pairs(job)
+    if base is not None and base.shape != (2, job.n_t):
+        base = None
+    if need.any() or base is None or np.isnan(base[0, rows]).any():
+        sub = _with_entries(job, need)
+
+        def shifted(d: int, t: int) -> None:
+            progress(d + n_have, total)
+
+        sq_s, lp_s, new_base, info = _compute(sub, lm, root, token_budget, block_size,
+                                              shifted if progress else None, runner, known_base=base, base_rows=rows)
+        sq_all[need], lp_all[need] = sq_s, lp_s  # the sub-job's entries are the needed ones, CSC order
+        base = new_base if base is None else np.where(np.isnan(base), new_base, base)
+        shared.put("base", base)
+        if need.any():
+            shared.put(f"chunk-{_cache_key(sub, lm)[:24]}", np.stack([keys[need].astype(np.float64), sq_s, lp_s]))
+    else:
+        info = {"pairs": total, "blocks_computed": 0, "blocks_loaded": 0, **work_counts(), "cache": str(shared.root)}
+        if progress:
+            progress(total, total)
+    info["pairs"], info["pairs_shared"] = total, n_have
+    return _assemble(job, sq_all, lp_all, base, distance_stats, info)
+
+
+def _rows_with_pairs(job: _Job) -> np.ndarray:
+    """Targets with at least one pair to score: all (dense) or the pattern's rows (sparse)."""
+    if job.pattern is None:
+        return np.arange(job.n_t)
+    rows = np.zeros(job.n_t, dtype=bool)
+    p = job.pattern
+    idx = p.indices
+    if job.diag:
+        cols = np.repeat(np.arange(job.n_e), np.diff(p.indptr))
+        idx = idx[idx != cols]
+    rows[idx] = True
+    return np.flatnonzero(rows)
+
+
+def _entry_keys(job: _Job) -> np.ndarray:
+    """``row * n_e + col`` of each pattern entry in CSC order; -1 for an excluded diagonal pair."""
+    p = job.pattern
+    cols = np.repeat(np.arange(job.n_e, dtype=np.int64), np.diff(p.indptr))
+    rows = p.indices.astype(np.int64)
+    keys = rows * job.n_e + cols
+    if job.diag:
+        keys[rows == cols] = -1
+    return keys
+
+
+def _load_pairs(shared: ArrayStore) -> tuple[np.ndarray, np.ndarray]:
+    """The shared store's scored pairs: sorted unique keys (m,) and their ``[sq_err, logp]`` (2, m)."""
+    chunks = []
+    if shared.root.is_dir():
+        for path in sorted(shared.root.glob("chunk-*.npy")):
+            arr = shared.get(path.stem)
+            if arr is not None and arr.ndim == 2 and arr.shape[0] == 3:
+                chunks.append(arr)
+    if not chunks:
+        return np.zeros(0, dtype=np.int64), np.zeros((2, 0))
+    allc = np.concatenate(chunks, axis=1)
+    keys, first = np.unique(allc[0].astype(np.int64), return_index=True)
+    return keys, allc[1:, first]
+
+
+def _with_entries(job: _Job, mask: np.ndarray) -> _Job:
+    """The same job restricted to the pattern entries where ``mask`` (CSC order) is True."""
+    from dataclasses import replace
+
+    p = job.pattern
+    cols = np.repeat(np.arange(job.n_e, dtype=np.int64), np.diff(p.indptr))
+    sub = sp.csr_matrix((np.ones(int(mask.sum()), dtype=bool), (p.indices[mask], cols[mask])), shape=p.shape)
+    pattern, perm, csr = _patterns(sub, p.shape)
+    return replace(job, pattern=pattern, csr_perm=perm, csr=csr)
+
+
+def _compute(job: _Job, lm, root: Path | None, token_budget: int, block_size: int, progress, runner,
+             known_base: np.ndarray | None = None, base_rows: np.ndarray | None = None):
+    """Score ``job`` (base and column blocks, resuming from the per-job cache under ``root``):
+    returns ``(sq_all, lp_all, base, info)`` with the entries in CSC order (sparse) or (n_t, n_e).
+    ``known_base``: the no-example statistics (2, n_t) another run already has (NaN rows: not
+    computed); ``base_rows``: the targets whose base is needed (default: those with a pair)."""
+    n_t, n_e = job.n_t, job.n_e
+    store = ArrayStore(root / CACHE_KIND / _cache_key(job, lm)) if root is not None else None
     scorer = ResponseScorer(lm, token_budget=token_budget) if runner is None else None
     info = {"pairs": job.n_pairs(), "blocks_computed": 0, "blocks_loaded": 0, **work_counts()}
     # counts cover the work of this run only (pieces read from the cache count nothing)
@@ -410,19 +546,31 @@ def utility_kernel(
     if progress:
         progress(0, total)
 
+    # the no-example arm only for targets with a pair to score (a learned run labels a few rows);
+    # NaN marks a target whose base was never needed
+    rows = base_rows if base_rows is not None else _rows_with_pairs(job)
     base = store.get("base") if store else None
     if base is None or base.shape != (2, n_t):
-        if runner is not None:
-            base, counts = runner.base(job, token_budget)
+        base = known_base.copy() if known_base is not None and known_base.shape == (2, n_t) else None
+    missing = rows if base is None else rows[np.isnan(base[0, rows])]
+    if len(missing):
+        if base is None:
+            base = np.full((2, n_t), np.nan)
+        if runner is not None:  # workers compute every row (their split keeps Ray and local runs equal)
+            full, counts = runner.base(job, token_budget)
+            if full.shape != (2, n_t):
+                raise RuntimeError(f"kernel base has shape {full.shape}, expected {(2, n_t)}")
+            base[:, missing] = full[:, missing]
         else:
             counts = work_counts()
-            base = np.concatenate([kernel_base(job, scorer, r, r + BASE_ROWS, counts)
-                                   for r in range(0, n_t, BASE_ROWS)] or [np.zeros((2, 0))], axis=1)
-        if base.shape != (2, n_t):
-            raise RuntimeError(f"kernel base has shape {base.shape}, expected {(2, n_t)}")
+            for r in range(0, len(missing), BASE_ROWS):
+                part = missing[r:r + BASE_ROWS]
+                base[:, part] = kernel_base(job, scorer, counts=counts, rows=part)
         _add(info, counts)
         if store:
             store.put("base", base)
+    elif base is None:
+        base = np.full((2, n_t), np.nan)
 
     sparse = job.pattern is not None
     sq_all = np.full(job.pattern.nnz if sparse else (n_t, n_e), np.nan)
@@ -454,16 +602,53 @@ def utility_kernel(
         if progress:
             progress(done, total)
 
+    todo_pairs = sum(_n_col_pairs(job, j) for c0, c1 in todo for j in range(c0, c1))
+    if todo_pairs:
+        log.info("DELIFT kernel: %d targets x %d examples, %d pairs, %d to score (the rest cached)%s",
+                 n_t, n_e, total, todo_pairs, f"; an interrupted run resumes from {store.root}" if store else "")
+    eta = _Estimate(todo_pairs, done)
+
+    def finished_timed(c0: int, c1: int, block: np.ndarray, counts: dict) -> None:
+        finished(c0, c1, block, counts)
+        eta.update(done)
+
     if runner is not None:
-        runner.blocks(job, base, todo, token_budget, finished)
+        runner.blocks(job, base, todo, token_budget, finished_timed)
     else:
         for c0, c1 in todo:
             counts = work_counts()
-            report = (lambda k, d=done: progress(d + k, total)) if progress else None
+
+            def report(k, d=done):
+                eta.update(d + k)
+                if progress:
+                    progress(d + k, total)
+
             block = kernel_block(job, scorer, base, c0, c1, counts, report)
-            finished(c0, c1, block, counts)
+            finished_timed(c0, c1, block, counts)
     info["cache"] = str(store.root) if store else None
-    return _assemble(job, sq_all, lp_all, base, distance_stats, info)
+    return sq_all, lp_all, base, info
+
+
+class _Estimate:
+    """Logs the kernel's remaining time once, measured on this device over the first pairs
+    scored (at least ``WARMUP_S`` seconds, or the first finished block of a remote runner)."""
+
+    def __init__(self, todo: int, done0: int):
+        self.todo, self.done0, self.t0, self.logged = todo, done0, time.perf_counter(), todo == 0
+
+    def update(self, done: int) -> None:
+        scored = done - self.done0
+        elapsed = time.perf_counter() - self.t0
+        if self.logged or scored <= 0 or (elapsed < WARMUP_S and scored < self.todo):
+            return
+        self.logged = True
+        left = elapsed / scored * max(self.todo - scored, 0)
+        log.info("DELIFT kernel: %.1f pairs/s on this device over the first %d pairs: about %s left",
+                 scored / elapsed, scored, _duration(left))
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 def work_counts() -> dict[str, int]:
@@ -488,11 +673,14 @@ def _block_shape(job: _Job, c0: int, c1: int) -> tuple[int, ...]:
 
 
 def kernel_base(job: _Job, scorer: ResponseScorer, r0: int = 0, r1: int | None = None,
-                counts: dict | None = None) -> np.ndarray:
-    """The no-example arm of targets ``r0:r1`` (default all): ``(2, r1 - r0)`` rows
-    ``[sum (1-p)^2, sum log p]``; ``counts`` (see :func:`work_counts`) is increased by the work."""
+                counts: dict | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+    """The no-example arm of targets ``r0:r1`` (default all), or of the targets ``rows``:
+    ``(2, m)`` rows ``[sum (1-p)^2, sum log p]``; ``counts`` (see :func:`work_counts`) is
+    increased by the work."""
     f0, m0 = scorer.forwards, scorer.mixed_batches
-    out = np.stack(scorer.score(job.header, job.conts[r0:r1])).reshape(2, -1)
+    header, conts = job.zero_shot
+    todo = conts[r0:r1] if rows is None else [conts[int(i)] for i in rows]
+    out = np.stack(scorer.score(header, todo)).reshape(2, -1)
     if counts is not None:
         counts["forwards"] += scorer.forwards - f0
         counts["mixed_batches"] += scorer.mixed_batches - m0
@@ -652,8 +840,9 @@ def plain_utility_kernel(
     nothing are scored like any other pair (their sequence is the no-example arm).
     """
     job = _prepare(renderer, targets, examples, pairs, exclude_diagonal, same)
+    header, base_conts = job.zero_shot
     seqs: list[tuple[list[int], int]] = [
-        (job.header + list(c.ids), c.n_response) for c in job.conts
+        (header + list(c.ids), c.n_response) for c in base_conts
     ]
     slots: list[tuple[int, int]] = []  # (column, position in that column's rows)
     for j in range(job.n_e):
@@ -661,7 +850,9 @@ def plain_utility_kernel(
             if job.diag and i == j:
                 continue
             c = job.conts[i]
-            seqs.append((_fit(job, job.prefixes[j], c) + list(c.ids), c.n_response))
+            prefix = _fit(job, job.prefixes[j], c)
+            # cut to nothing: the no-example arm (the same tokens unless the renderer is per-arm)
+            seqs.append(seqs[i] if len(prefix) == len(job.header) else (prefix + list(c.ids), c.n_response))
             slots.append((j, k))
     sq, lp = plain_logprob_stats(lm, seqs, token_budget=token_budget)
     n_t = job.n_t

@@ -22,7 +22,11 @@ Objectives (``A`` is the selected set of candidate columns, max over the empty s
 
   ``form="additive"`` (the DELIFT paper's printed form; ``S`` square, rows = columns = pool)::
 
-      f(A) = sum_i max_{j in A} S[i, j] + eta * sum_{j in A} max_q Q[j, q]
+      f(A) = sum_i max_{j in A} S[i, j] + eta * sum_{j in A} max_q T[q, j]     T: (n_query, n)
+
+  Here the query set is the *target* side: ``T[q, j]`` is how much candidate ``j`` helps query
+  ``q`` (the paper's ``max_{i in D_T} s_ij``, rows = targets as everywhere), not how much the
+  query helps the candidate (``Q[j, q]``, FL1MI's orientation).
 
 * FL conditional gain (FLCG)::
 
@@ -31,7 +35,7 @@ Objectives (``A`` is the selected set of candidate columns, max over the empty s
 All three are one :class:`FLObjective`: FL over ``S' = min(S, cap[:, None])`` (``cap_i = eta *
 max_q Q[i, q]`` for FL1MI, else +inf; never materialised) starting from a per-row current maximum
 ``cur = c`` (``c_i = nu * max_k E[i, k]`` for FLCG, else 0), plus a modular bonus per candidate
-(``eta * max_q Q[j, q]`` for the additive form). The gain of candidate ``j`` is
+(``eta * max_q T[q, j]`` for the additive form). The gain of candidate ``j`` is
 ``sum_i max(0, S'[i, j] - cur_i) + bonus_j``. Build them with :func:`fl_objective`,
 :func:`flmi_objective` and :func:`flcg_objective`; maximise them with
 :func:`tunesift.selection.optimizers.maximize`.
@@ -221,21 +225,37 @@ def fl_objective(S: np.ndarray | sp.spmatrix, init: np.ndarray | None = None, *,
 
 def flmi_objective(S: np.ndarray | sp.spmatrix, Q: np.ndarray | sp.spmatrix, *, eta: float = 1.0,
                    form: str = "min", budget: int | None = None) -> FLObjective:
-    """FL mutual information with a query set: ``form="min"`` (FL1MI), ``S`` (n, m) capped at
-    ``eta * max_q Q[i, q]``; ``form="additive"``, ``S`` square (n, n) plus the modular bonus
-    ``eta * max_q Q[j, q]``. ``Q``: (n, n_query)."""
+    """FL mutual information with a query set.
+
+    ``form="min"`` (FL1MI): ``S`` (n, m) capped at ``eta * max_q Q[i, q]``, ``Q``: (n, n_query)
+    (pool rows as targets, queries as examples). ``form="additive"``: ``S`` square (n, n) plus the
+    modular bonus ``eta * max_q Q[q, j]``, ``Q``: (n_query, n) (queries as targets, pool candidates
+    as examples: how much candidate j helps query q)."""
     if form not in ("min", "additive"):
         raise OptionError(f"form must be 'min' or 'additive', got {form!r}")
     K, colsum = as_kernel(S, "S", want_colsum=form == "additive")
     n, m = K.shape
     _budget(budget, K)
     eta_f = check_scalar(eta, "eta")
-    q = row_max(Q, n, "Q")
     if form == "min":
-        return FLObjective(K, cap=eta_f * q)
+        return FLObjective(K, cap=eta_f * row_max(Q, n, "Q"))
     if n != m:
         raise OptionError(f"form='additive' needs a square S (pool x pool), got {n}x{m}")
-    return FLObjective(K, bonus=eta_f * q, colsum=colsum)
+    return FLObjective(K, bonus=eta_f * column_max(Q, m, "Q"), colsum=colsum)
+
+
+def column_max(T: np.ndarray | sp.spmatrix, m: int, name: str) -> np.ndarray:
+    """max over rows of each column of ``T`` (n_query, m), float64 (m,); 0 for columns with no
+    rows / no stored entries (missing sparse entries are 0, kernels are >= 0)."""
+    K, _ = as_kernel(T, name)
+    if K.shape[1] != m:
+        raise OptionError(f"{name} must have {m} columns (queries x pool candidates, one per candidate of S), "
+                          f"got {K.shape[1]}")
+    if K.shape[0] == 0:
+        return np.zeros(m, dtype=_F64)
+    if sp.issparse(K):
+        return np.asarray(K.max(axis=0).toarray(), dtype=_F64).reshape(m)
+    return K.max(axis=0).astype(_F64)
 
 
 def flcg_objective(S: np.ndarray | sp.spmatrix, E: np.ndarray | sp.spmatrix, *,

@@ -78,8 +78,10 @@ def fl_mutual_information(
     ``form="min"`` (submodlib's FL1MI): ``I(A; Q) = sum_i min(max_{j in A} S[i, j], eta * q_i)``
     with ``q_i = max_q Q[i, q]``; ``S``: (n, m), ``Q``: (n, n_query).
     ``form="additive"`` (DELIFT's printed form): ``f(A) = sum_i max_{j in A} S[i, j] + eta *
-    sum_{j in A} q_j``; ``S`` must be square (n, n) with rows and columns the same pool and
-    ``Q``: (n, n_query). The objective reported is ``I(A; Q)`` resp. ``f(A)``.
+    sum_{j in A} max_q Q[q, j]``; ``S`` must be square (n, n) with rows and columns the same pool
+    and ``Q``: (n_query, n), the queries as targets: ``Q[q, j]`` is how much candidate ``j`` helps
+    query ``q`` (the paper's ``max_{i in D_T} s_ij``). The objective reported is ``I(A; Q)``
+    resp. ``f(A)``.
     """
     opts = check_options(optimizer, epsilon, seed)
     return _maximize(flmi_objective(S, Q, eta=eta, form=form, budget=budget), budget, opts, stop_if_zero_gain)

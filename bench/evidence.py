@@ -1,0 +1,302 @@
+"""The evidence grid of issue 17: five benches at 1,000 records, 3 seeds, budgets 10% and 30%.
+
+    python bench/evidence.py prepare                    # inputs from ../shared/datasets -> bench/work/evidence/data
+    python bench/evidence.py run instruction [--device cuda] [--only random,rds]
+    python bench/evidence.py run all                    # every experiment, in the order below
+    python bench/evidence.py plan                       # cells per experiment, how many are done
+    python bench/evidence.py summary                    # bench/work/evidence/summary.md from what is done
+    python bench/evidence.py run all --smoke            # 40 records, 1 seed, random + rds: does it start?
+
+Experiments (each one ``tunesift bench`` folder under bench/work/evidence/, resumable: a finished
+cell is never rerun, so the grid may span sessions and machines; the settings are pinned per folder):
+
+1. ``instruction``: 1,000 Alpaca records, 300 held-out Alpaca records, and AlpacaEval's 805
+   instructions as a second held-out set (``<metric>@alpaca_eval``).
+2. ``task``: a 1,000-record mixed pool (Alpaca 250, GSM8K 250, SVAMP 200, MAWPS 150, P3 150;
+   ``meta.source``), target 100 other GSM8K train records, evaluated on 300 GSM8K test records
+   (loss and exact-match accuracy of greedy generations of up to 256 tokens).
+3. ``noise``: 1,000 GSM8K train records, 20% with another record's answer (``meta.swapped``),
+   evaluated on the same 300 GSM8K test records.
+4. ``continual``: fine-tune on 300 other GSM8K records first (the existing data, once per seed),
+   then on each method's pick of the mixed pool; evaluated on both domains: Alpaca (test) and
+   GSM8K (``<metric>@gsm8k``).
+5. ``transfer``: the picks of experiment 1 (SmolLM2-135M selects; same cache, so the same picks),
+   trained and evaluated on Gemma 3 270M.
+
+Methods: base and full (the references), random, balanced-random (``--by meta.source``, mixed
+pools only: on a one-source pool it is random), rds, delift (the model's utilities on the 16
+nearest candidates per record; ``--dense-delift``: every pair, on a GPU), delift-learned (the learned
+surrogate, 10% of the pairs scored), delift-se, donod, donod+delift, ifd, and less in the task
+stage. Training: LoRA, 2 epochs, batches of 8, lr 5e-4, bfloat16 autocast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tunesift.bench import BenchConfig, beyond_noise_lines, cell_name, grid_cells, run_bench
+from tunesift.finetune import TrainConfig
+from tunesift.machine import banner
+
+EXPERIMENTS = ("instruction", "task", "noise", "continual", "transfer")
+BUDGETS = [0.1, 0.3]
+SELECTORS = ["random", "rds", "delift", "delift-learned", "delift-se", "donod", "donod+delift", "ifd"]
+METHODS = {
+    "instruction": ["base", *SELECTORS, "full"],
+    "task": ["base", "random", "balanced-random", *SELECTORS[1:], "less", "full"],
+    "noise": ["base", *SELECTORS, "full"],
+    "continual": ["base", "random", "balanced-random", *SELECTORS[1:], "full"],
+    "transfer": ["base", "random", "rds", "delift", "delift-se", "donod", "full"],
+}
+VARIANTS = {"delift-learned": {"method": "delift", "utility": "learned", "label_fraction": 0.1},
+            "balanced-random": {"by": "meta.source"}}
+SMOKE = {"train": 40, "test": 10, "target": 10, "existing": 20, "seeds": 1, "methods": ["random", "rds"]}
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    """JSONL; a row without an id gets ``<file stem>-<line>`` (readable ids in the bench cells)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for i, r in enumerate(rows):
+            fh.write(json.dumps({"id": f"{path.stem}-{i + 1:04d}", **r}, ensure_ascii=False) + "\n")
+    print(f"{path}: {len(rows)} records")
+
+
+def _alpaca(row: dict) -> dict:
+    prompt = row["instruction"] + (("\n\n" + row["input"]) if row.get("input") else "")
+    return {"prompt": prompt, "response": row["output"]}
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def prepare(shared: Path, out: Path, seed: int = 0) -> None:
+    """Write the grid's inputs (prompt/response JSONL) under ``out``; disjoint draws from seeded
+    shuffles of each source, so every file is the same on every machine."""
+    rng = random.Random(seed)
+    al = [_alpaca(r) for r in json.loads((shared / "alpaca_random_9k" / "random_9k.json").read_text("utf-8"))
+          if r["output"].strip()]
+    rng.shuffle(al)
+    gs = [{"prompt": r["question"], "response": r["answer"]} for r in _jsonl(shared / "gsm8k" / "train.jsonl")]
+    rng.shuffle(gs)
+    gt = [{"prompt": r["question"], "response": r["answer"]} for r in _jsonl(shared / "gsm8k" / "test.jsonl")]
+    rng.shuffle(gt)
+    sv = [{"prompt": f"{r['Body'].strip()} {r['Question'].strip()}", "response": _number(r["Answer"])}
+          for r in json.loads((shared / "svamp" / "SVAMP.json").read_text("utf-8"))]
+    rng.shuffle(sv)
+    mw = [{"prompt": r["input"], "response": _number(r["target"])} for r in _jsonl(shared / "mawps" / "test.jsonl")]
+    rng.shuffle(mw)
+    p3 = [{"prompt": r["prompt"].strip(), "response": r["completion"].replace("<|endoftext|>", "").strip()}
+          for f in sorted((shared / "p3_t0_subset").glob("*.jsonl")) for r in _jsonl(f)]
+    p3 = [r for r in p3 if r["prompt"] and r["response"]]
+    rng.shuffle(p3)
+
+    _write(out / "alpaca_pool.jsonl", al[:1000])
+    _write(out / "alpaca_test.jsonl", al[1000:1300])
+    ev = _jsonl(shared / "alpaca_eval" / "alpaca_eval.jsonl")
+    _write(out / "alpaca_eval.jsonl", [{"prompt": r["instruction"], "response": r["output"]} for r in ev])
+    _write(out / "gsm8k_test.jsonl", gt[:300])
+    noisy = [dict(r, meta={"swapped": False}) for r in gs[:1000]]
+    swap = sorted(rng.sample(range(1000), 200))  # 20%: a cyclic shift of answers among the chosen
+    answers = [noisy[i]["response"] for i in swap]
+    for n, i in enumerate(swap):
+        noisy[i] = {"prompt": noisy[i]["prompt"], "response": answers[(n + 1) % len(swap)], "meta": {"swapped": True}}
+    _write(out / "gsm8k_noisy.jsonl", noisy)
+    mixed = ([dict(r, meta={"source": "alpaca"}) for r in al[1300:1550]]
+             + [dict(r, meta={"source": "gsm8k"}) for r in gs[1000:1250]]
+             + [dict(r, meta={"source": "svamp"}) for r in sv[:200]]
+             + [dict(r, meta={"source": "mawps"}) for r in mw[:150]]
+             + [dict(r, meta={"source": "p3"}) for r in p3[:150]])
+    rng.shuffle(mixed)
+    _write(out / "mixed_pool.jsonl", mixed)
+    _write(out / "gsm8k_target.jsonl", gs[1250:1350])
+    _write(out / "gsm8k_existing.jsonl", gs[1350:1650])
+
+
+def smoke_inputs(data: Path, out: Path) -> Path:
+    """The first records of every input (SMOKE sizes) under ``out``: a grid that starts in minutes."""
+    sizes = {"alpaca_pool": "train", "mixed_pool": "train", "gsm8k_noisy": "train", "alpaca_test": "test",
+             "alpaca_eval": "test", "gsm8k_test": "test", "gsm8k_target": "target", "gsm8k_existing": "existing"}
+    for name, kind in sizes.items():
+        rows = _jsonl(data / f"{name}.jsonl")
+        if name == "mixed_pool":  # keep every source in the small pool
+            by = {}
+            for r in rows:
+                by.setdefault(r["meta"]["source"], []).append(r)
+            rows = [r for i in range(SMOKE["train"]) for g in by.values() if i < len(g) for r in [g[i]]]
+        _write(out / f"{name}.jsonl", rows[:SMOKE[kind]])
+    return out
+
+
+# -- the experiments -----------------------------------------------------------------------------
+
+
+def config(exp: str, data: Path, work: Path, a) -> BenchConfig:
+    """The bench settings of one experiment (``a``: the command line)."""
+    pools = {"instruction": "alpaca_pool", "transfer": "alpaca_pool", "task": "mixed_pool", "noise": "gsm8k_noisy",
+             "continual": "mixed_pool"}
+    tests = {"instruction": "alpaca_test", "transfer": "alpaca_test", "task": "gsm8k_test", "noise": "gsm8k_test",
+             "continual": "alpaca_test"}
+    cache = work / "cache" / ("instruction" if exp == "transfer" else exp)  # transfer reuses experiment 1's picks
+    math = exp in ("task", "noise")
+    methods = METHODS[exp]
+    if a.smoke:
+        methods = [m for m in SMOKE["methods"] if m in methods]
+    if a.only:
+        keep = [m.strip() for m in a.only.split(",")]
+        methods = [m for m in methods if m in keep]
+    opts = {k: v for k, v in VARIANTS.items() if k in methods}
+    if a.dense_delift:
+        opts["delift"] = {"knn": 0}
+    return BenchConfig(
+        train=str(data / f"{pools[exp]}.jsonl"), test=str(data / f"{tests[exp]}.jsonl"), methods=methods,
+        budgets=list(BUDGETS), seeds=SMOKE["seeds"] if a.smoke else a.seeds,
+        stage={"task": "task", "continual": "continual"}.get(exp, "instruction"),
+        target=str(data / "gsm8k_target.jsonl") if exp == "task" else None,
+        existing=str(data / "gsm8k_existing.jsonl") if exp == "continual" else None,
+        continual="sequential", select_model=a.select_model or "default",
+        train_model=a.train_model or ("gemma3-270m" if exp == "transfer" else "default"),
+        select_options={"knn": a.knn, "max_length": 1024, "cache_dir": str(cache)},
+        method_options=opts,
+        training=TrainConfig(epochs=1 if a.smoke else 2, batch_size=8, lr=5e-4, autocast=a.autocast,
+                             max_length=1024),
+        metrics=None,  # per set: loss, perplexity, ROUGE-L, MiniLM cosine (+ exact match on GSM8K)
+        max_new_tokens=32 if a.smoke else (256 if math else 128),
+        generate_limit=4 if a.smoke else (300 if math else 100),
+        also_test={"instruction": {"alpaca_eval": str(data / "alpaca_eval.jsonl")},
+                   "continual": {"gsm8k": str(data / "gsm8k_test.jsonl")}}.get(exp, {}),
+        device=resolved_device(a.device))
+
+
+def resolved_device(device: str) -> str:
+    """``auto`` as the device it means here: pinned in the bench settings, so that a CPU run (float32)
+    and a GPU run (bfloat16) of the grid never mix their cells in one folder."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def folders(a) -> tuple[Path, Path]:
+    """(data folder, bench root): bench/work/evidence or, with --smoke, bench/work/evidence-smoke."""
+    root = Path(a.work) / ("evidence-smoke" if a.smoke else "evidence")
+    return Path(a.work) / "evidence" / "data", root
+
+
+def run(a) -> None:
+    data, root = folders(a)
+    if not (data / "mixed_pool.jsonl").exists():
+        prepare(Path(a.shared), data)
+    if a.smoke:
+        data = smoke_inputs(data, root / "data")
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for exp in (EXPERIMENTS if a.experiment == "all" else [a.experiment]):
+        cfg = config(exp, data, root, a)
+        print(f"\n== {exp}: {len(cfg.methods)} methods x {cfg.budgets} x {cfg.seeds} seeds -> {root / exp}", flush=True)
+        rows = run_bench(cfg, root / exp)
+        print((root / exp / "results.md").read_text(encoding="utf-8"))
+        print(f"{exp}: {len(rows)} rows", flush=True)
+
+
+def plan(a) -> None:
+    data, root = folders(a)
+    total = done = 0
+    for exp in EXPERIMENTS:
+        cfg = config(exp, data, root, a)
+        cells = grid_cells(cfg)
+        have = sum((root / exp / "cells" / f"{cell_name(*c)}.json").exists() for c in cells)
+        total, done = total + len(cells), done + have
+        print(f"{exp:12s} {have:4d} of {len(cells):4d} cells done   methods: {', '.join(cfg.methods)}")
+    print(f"{'all':12s} {done:4d} of {total:4d}")
+
+
+def composition(out: Path, pool: Path, key: str) -> dict[str, dict[str, float]]:
+    """Per (method, budget): the mean share of each value of ``meta.<key>`` among the picked records."""
+    meta = {r["id"]: str(r.get("meta", {}).get(key)) for r in _jsonl(pool)}
+    shares: dict[str, list[Counter]] = {}
+    for p in sorted((out / "cells").glob("*.json")):
+        c = json.loads(p.read_text(encoding="utf-8"))
+        if c["method"] in ("base", "full") or not c["selected_ids"]:
+            continue
+        got = Counter(meta.get(i, "?") for i in c["selected_ids"])
+        shares.setdefault(f"{c['method']} @ {c['budget']}", []).append(
+            Counter({k: v / len(c["selected_ids"]) for k, v in got.items()}))
+    return {k: {v: round(sum(c[v] for c in cs) / len(cs), 3) for v in sorted({x for c in cs for x in c})}
+            for k, cs in shares.items()}
+
+
+def _num(v) -> str:
+    return "" if v is None or v != v else f"{v:.3g}"  # v != v: NaN
+
+
+def summary(a) -> None:
+    data, root = folders(a)
+    parts = [f"# Evidence grid: what is done\n\n{banner().lstrip('# ')}\n"]
+    for exp in EXPERIMENTS:
+        res = root / exp / "results.json"
+        if not res.exists():
+            parts.append(f"## {exp}\n\nnot run yet\n")
+            continue
+        rows = json.loads(res.read_text(encoding="utf-8"))
+        lines = beyond_noise_lines(rows)
+        seeds = max((r.get("paired_seeds", 0) for r in rows), default=0)
+        none = "none" if seeds > 1 else "no verdict: fewer than two paired seeds give no spread"
+        parts.append(f"## {exp}\n\nFull table: `{root / exp / 'results.md'}`.\n\nBeyond the seed spread:\n\n"
+                     + ("\n".join(lines) if lines else none) + "\n")
+        parts.append("| method | budget | select s | train s | select / train | (select + train) / full train |\n"
+                     "|---|---|---|---|---|---|\n" + "".join(
+                         f"| {r['method']} | {r['budget']} | {r['select_s']:.1f} | {r['train_s']:.1f} | "
+                         f"{_num(r.get('cost_ratio'))} | {_num(r.get('total_vs_full'))} |\n"
+                         for r in rows if r["method"] != "base"))
+        cfg = config(exp, data, root, a)
+        key = {"noise": "swapped", "task": "source", "continual": "source"}.get(exp)
+        if key:
+            comp = composition(root / exp, Path(cfg.train), key)
+            parts.append(f"\nWhat the picks are made of (`meta.{key}`, mean share over seeds):\n\n"
+                         + "\n".join(f"- {k}: {v}" for k, v in comp.items()) + "\n")
+    out = root / "summary.md"
+    out.write_text("\n".join(parts), encoding="utf-8")
+    print(out.read_text(encoding="utf-8"))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=("prepare", "run", "plan", "summary"))
+    ap.add_argument("experiment", nargs="?", default="all", choices=(*EXPERIMENTS, "all"))
+    ap.add_argument("--work", default="bench/work")
+    ap.add_argument("--shared", default="../shared/datasets")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--knn", type=int, default=16, help="DELIFT / DELIFT (SE): nearest candidates per record")
+    ap.add_argument("--dense-delift", action="store_true", help="delift scores every pair (knn 0): for a GPU")
+    ap.add_argument("--only", default=None, help="comma list: run only these methods of each experiment")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--autocast", default="bfloat16")
+    ap.add_argument("--smoke", action="store_true", help="40 records, 1 seed, random + rds, 1 epoch")
+    ap.add_argument("--select-model", default=None, help="instead of SmolLM2-135M (default)")
+    ap.add_argument("--train-model", default=None, help="instead of SmolLM2-135M (Gemma 3 270M for transfer)")
+    a = ap.parse_args(argv)
+    print(banner(), flush=True)
+    if a.command == "prepare":
+        prepare(Path(a.shared), folders(a)[0])
+    else:
+        {"run": run, "plan": plan, "summary": summary}[a.command](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Does the learned DELIFT utility earn its place? The label-budget sweep of issue 14.
+
+Reference: the exact kNN utility kernel (k = --k, default 32) of a pool, computed once through the
+library with a cache (``tunesift select --method delift --knn 32 --cache-dir DIR`` fills it; this
+script reads it back with the same options and computes only what is missing). Every labelled
+kernel below takes its labels from that exact kernel: the values the scorer would compute for those
+pairs (each pair's value does not depend on which other pairs are scored).
+
+A pick A is judged by the share of the random-to-exact gap it closes on the exact kernel's FL
+objective, ``(f(A) - f(random)) / (f(A_exact) - f(random))``, random averaged over 200 draws.
+Rivals at each label fraction (share of the k candidate pairs scored exactly):
+
+- ``learned``: what ``--utility learned`` ships: uniform random labels, the additive surrogate with
+  offset, helpfulness and features (``surrogate.DEFAULT_PARTS``);
+- ablations: ``free effects`` (offset + helpfulness, no features), ``+ pair`` (plus the cosine pair
+  term), ``balanced labels`` (labels spread over the examples first, ``balanced_pairs``);
+- ``nearest``: the same number of exact pairs spent on each target's nearest neighbours (a kNN
+  kernel with k' = fraction * k), no prediction;
+- ``constant``: the same labels, every other candidate pair filled with the labels' mean;
+- ``delift-se``: the cosine kernel on the same candidate pattern (no labels at all).
+
+    tunesift select ../shared/datasets/alpaca_random_9k/random_9k.json --limit 1000 --method delift \
+        --knn 10 --budget 100 --dtype bfloat16 --cache-dir DIR --out OUT     # the exact kernel, cached
+    python bench/surrogate_sweep.py --data ../shared/datasets/alpaca_random_9k/random_9k.json --limit 1000 \
+        --cache-dir DIR --dtype bfloat16 --k 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+from tunesift.machine import banner
+from tunesift.methods.utility_kernels import candidate_pattern
+from tunesift.scoring import embedding as emb
+from tunesift.scoring import surrogate as sg
+from tunesift.scoring.utility import to_similarity, utility_kernel
+from tunesift.selection.objectives import fl_assignment
+from tunesift.selection.submodular import facility_location
+
+FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+def objective(S, picks) -> float:
+    return float(fl_assignment(S, np.asarray(picks))[1].sum())
+
+
+def pick(uf, budget: int) -> np.ndarray:
+    return facility_location(to_similarity(uf).astype(np.float32), budget).order
+
+
+def exact_on(uf: sp.csr_matrix, lab: sp.csr_matrix) -> sp.csr_matrix:
+    """The exact kernel restricted to the labelled pattern (values kept, zeros included)."""
+    lab = lab.tocsr().astype(bool)
+    lab.sort_indices()
+    c = lab.tocoo()
+    vals = np.asarray(uf[c.row, c.col]).ravel()
+    return sp.csr_matrix((vals, lab.indices.copy(), lab.indptr.copy()), shape=uf.shape)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--limit", type=int, default=None, help="the first N records")
+    ap.add_argument("--cache-dir", required=True)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--budgets", default="0.1,0.3")
+    ap.add_argument("--fractions", default=",".join(map(str, FRACTIONS)))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out", default=None, help="write the table as JSON here")
+    a = ap.parse_args()
+    print(banner())
+    from tunesift.io.records import read_records
+    from tunesift.models import load_lm
+    from tunesift.render import renderer_for
+
+    recs = read_records(a.data, None, limit=a.limit, on_error="skip")
+    recs = [r for r in recs if not r.error]
+    n = len(recs)
+    e = emb.embed_records(recs, cache_dir=a.cache_dir)
+    pattern = emb.ann_knn_pattern(e, e, a.k, exclude_self=True, method="auto", seed=0)
+    lm = load_lm(a.model, device="cpu", dtype=a.dtype)
+    t = time.perf_counter()
+    kern = utility_kernel(lm, renderer_for(lm, "auto", 2048), recs, recs, pairs=pattern, cache_dir=a.cache_dir)
+    print(f"exact kNN-{a.k} kernel: {n} x {n}, {pattern.nnz} pairs ({kern.info['blocks_loaded']} blocks from the "
+          f"cache, {kern.info['blocks_computed']} computed) in {time.perf_counter() - t:.0f} s")
+    uf = kern.values("rmse").tocsr()
+    S = to_similarity(uf)
+    basis = sg.pca_basis(e)
+    feats = sg.record_features(e, None, kern.n_tokens, basis)  # as shipped: no d0 (see utility_kernels)
+    cos = sp.csr_matrix(emb.cosine_similarity_kernel(e, e, pattern))
+    cand = candidate_pattern(n, n, pattern, exclude_diagonal=True)
+
+    def pair_fn(rows, cols):
+        return sg.pair_cosine(e, e, rows, cols)[:, None]
+
+    rows = []
+    for b in (float(x) for x in a.budgets.split(",")):
+        budget = int(round(b * n))
+        a_exact = pick(uf, budget)
+        f_exact = objective(S, a_exact)
+        rng = np.random.default_rng(0)
+        f_rand = float(np.mean([objective(S, rng.choice(n, budget, replace=False)) for _ in range(200)]))
+        f_se = objective(S, facility_location(cos.astype(np.float32), budget).order)
+
+        def gap(picks, f_rand=f_rand, f_exact=f_exact) -> float:
+            return (objective(S, picks) - f_rand) / (f_exact - f_rand)
+
+        print(f"\nbudget {budget} of {n}: f(exact) {f_exact:.2f}, f(random) {f_rand:.2f}; "
+              f"delift-se closes {(f_se - f_rand) / (f_exact - f_rand):.3f}")
+        for frac in (float(x) for x in a.fractions.split(",")):
+            m = int(round(frac * cand.nnz))
+            res: dict[str, list] = {}
+            fid = []
+            for seed in range(a.seeds):
+                uni = exact_on(uf, sg.uniform_pairs(cand, m, seed=seed))
+                bal = exact_on(uf, sg.balanced_pairs(cand, m, seed=seed))
+                variants = {  # "learned": what --utility learned ships (uniform labels, DEFAULT_PARTS)
+                    "learned": dict(parts=sg.DEFAULT_PARTS, lab=uni),
+                    "free effects": dict(parts=("offset", "helpfulness"), lab=uni),
+                    "+ pair": dict(parts=sg.PARTS, lab=uni),
+                    "balanced labels": dict(parts=sg.DEFAULT_PARTS, lab=bal),
+                    "constant": dict(parts=(), lab=uni),
+                }
+                for name, v in variants.items():
+                    filled = sg.fill_kernel(cand, v["lab"], row_feats=feats, col_feats=feats, pair_fn=pair_fn,
+                                            parts=v["parts"], seed=seed)
+                    res.setdefault(name, []).append(gap(pick(filled.values, budget)))
+                    if name == "learned":
+                        fid.append(filled.report)
+            near = exact_on(uf, sg.nearest_pairs(cand, cos, m))
+            res["nearest"] = [gap(pick(near, budget))]
+            row = {"budget": budget, "fraction": frac, "labels": m, "se": (f_se - f_rand) / (f_exact - f_rand),
+                   **{k: float(np.mean(v)) for k, v in res.items()},
+                   **{f"{k}_sd": float(np.std(v)) for k, v in res.items()},
+                   "spearman": float(np.mean([r["spearman"] for r in fid])),
+                   "r2": float(np.mean([r["r2"] for r in fid])),
+                   "within_row": float(np.mean([r["within_row_spearman"] or np.nan for r in fid]))}
+            rows.append(row)
+            print(f"  labels {frac:>5.0%} ({m:>6} pairs): learned {row['learned']:.3f}±{row['learned_sd']:.3f}  "
+                  f"free {row['free effects']:.3f}  +pair {row['+ pair']:.3f}  balanced "
+                  f"{row['balanced labels']:.3f}  nearest {row['nearest']:.3f}  constant {row['constant']:.3f}  "
+                  f"| held-out Spearman {row['spearman']:.3f} R2 {row['r2']:.3f} within-row {row['within_row']:.3f}",
+                  flush=True)
+    if a.out:
+        with open(a.out, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

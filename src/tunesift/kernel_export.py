@@ -1,0 +1,107 @@
+"""``tunesift kernel``: compute DELIFT's utility kernel and write it for inspection and reuse.
+
+Rows are targets (the pool), columns are in-context examples (the pool again, or ``--examples``).
+The folder holds::
+
+    utility.npy      dense (n_t, n_e) float64 UF, NaN where not computed (the excluded diagonal)
+    utility.npz      or, with --knn, the scipy CSR (n_t, n_e) of UF on the kNN pattern
+    labelled.npz     --utility learned: CSR bool (n_t, n_e), True where the value is exact
+    base.npy         (n_t,) the targets' no-example distance d0 (UF = d0 - d(example))
+    rows.txt         target ids, one per line (a JSON string if the id holds a line break); cols.txt:
+                     example ids
+    kernel.json      options, shape, pairs, the surrogate's fidelity, versions
+
+``np.load("utility.npy")`` / ``scipy.sparse.load_npz("utility.npz")`` read it back. The kernel is
+the same one ``select --method delift`` computes with the same options (and shares its cache).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import OptionError
+from .folders import publish
+from .methods.options import Options, options_dict
+from .methods.utility_kernels import one_kernel
+from .outputs import check_output_folder
+from .pipeline import as_records, versions
+from .render import renderer_for
+
+KERNEL_FILES = frozenset({"utility.npy", "utility.npz", "labelled.npz", "base.npy", "rows.txt", "cols.txt",
+                          "kernel.json"})
+KERNEL_OPTIONS = ("model", "device", "dtype", "template", "max_length", "token_budget", "cache_dir", "distance",
+                  "knn", "utility", "label_fraction", "keep_diagonal", "seed", "ann")
+
+
+def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None, progress=None,
+                  input_paths: list[str | Path] = (), **options) -> Path:
+    """Compute the UF kernel of ``data`` (targets) x ``examples`` (default: ``data``) and write it
+    to ``out`` as one unit (see the module docstring). ``options``: the kernel's options
+    (:data:`KERNEL_OPTIONS`). Returns the folder."""
+    unknown = sorted(set(options) - set(KERNEL_OPTIONS))
+    if unknown:
+        raise OptionError(f"tunesift kernel does not take {', '.join(unknown)}")
+    opt = Options(method="delift", **options)
+    opt.validate()
+    folder = check_output_folder(out, list(input_paths), own=KERNEL_FILES)
+    targets = as_records(data, fields)
+    same = examples is None
+    cols = targets if same else as_records(examples, fields, source="<examples>")
+    if lm is None:
+        from .models import load_lm
+
+        lm = load_lm(opt.model, device=opt.device, dtype=opt.dtype)
+    renderer = renderer_for(lm, opt.template, opt.max_length)
+    if not opt.token_budget:  # batches sized to the device's free memory (4096 on a CPU), as in select
+        from .scoring.logprobs import auto_token_budget
+
+        opt = replace(opt, token_budget=auto_token_budget(lm))
+    e_t = e_e = pattern = None
+    if opt.knn or opt.utility == "learned":
+        from .scoring import embedding as emb
+
+        e_t = emb.embed_records(targets, cache_dir=opt.cache_dir, device=opt.device)
+        e_e = e_t if same else emb.embed_records(cols, cache_dir=opt.cache_dir, device=opt.device)
+        if opt.knn:
+            k = opt.knn + 1 if (same and opt.keep_diagonal) else opt.knn
+            pattern = emb.ann_knn_pattern(e_t, e_e, k, exclude_self=same and not opt.keep_diagonal,
+                                          method=opt.ann, seed=opt.seed)
+    kern = one_kernel(lm, renderer, targets, cols, opt, same=same, pattern=pattern, e_t=e_t, e_e=e_e,
+                      progress=progress, label="pool x pool" if same else "pool x examples")
+    meta = {"tool": "tunesift", "kind": "delift-utility", "rows": "targets", "cols": "in-context examples",
+            "shape": list(np.shape(kern.values)), "sparse": sp.issparse(kern.values),
+            "pairs": int(kern.values.nnz) if sp.issparse(kern.values) else int(np.isfinite(kern.values).sum()),
+            "options": {k: v for k, v in options_dict(opt).items() if k in KERNEL_OPTIONS},
+            "model": {"name": lm.source, "path": str(lm.path), "fingerprint": lm.fingerprint, "dtype": str(lm.dtype),
+                      "device": str(lm.device)}, "template": renderer.fmt.name,
+            "surrogate": kern.report, "versions": versions()}
+    def fill(tmp: Path) -> None:
+        if sp.issparse(kern.values):
+            sp.save_npz(tmp / "utility.npz", kern.values.tocsr())
+        else:
+            np.save(tmp / "utility.npy", np.asarray(kern.values, dtype=np.float64))
+        if kern.labelled is not None:
+            sp.save_npz(tmp / "labelled.npz", kern.labelled.tocsr())
+        np.save(tmp / "base.npy", np.asarray(kern.base, dtype=np.float64))
+        (tmp / "rows.txt").write_text(id_lines(targets), encoding="utf-8")
+        (tmp / "cols.txt").write_text(id_lines(cols), encoding="utf-8")
+        (tmp / "kernel.json").write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+
+    publish(folder, fill, "the kernel", out)
+    return folder
+
+
+def id_lines(records) -> str:
+    """One id per line; an id holding a line break (or starting with a quote) is written as a JSON
+    string, so every line is one id."""
+    out = []
+    for r in records:
+        rid = str(r.id)
+        out.append(json.dumps(rid, ensure_ascii=False) if ("\n" in rid or "\r" in rid or rid.startswith('"'))
+                   else rid)
+    return "".join(x + "\n" for x in out)

@@ -1,0 +1,265 @@
+"""The evidence bench (issue 17): selection cost against fine-tuning cost, the lines that say which
+differences from random are beyond the seed spread, the data-efficiency curve's data and axes,
+further held-out sets, method variants, stages per method, and the sequential continual stage."""
+
+import hashlib
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from tunesift import bench as bm
+from tunesift.bench import (
+    BenchConfig,
+    add_costs,
+    aggregate,
+    beyond_noise_lines,
+    curve_data,
+    curve_limits,
+    markdown_table,
+    selection_stage,
+)
+from tunesift.errors import OptionError
+from tunesift.finetune import TrainConfig
+from tunesift.methods.catalogue import get_method
+
+
+def cell(method, budget, seed, metrics, *, n=3, select_s=1.0, train_s=2.0):
+    return {"method": method, "budget": budget, "seed": seed, "n_train": n, "n_selected": n,
+            "select_s": select_s, "train_s": train_s, "metrics": metrics}
+
+
+def test_selection_cost_next_to_fine_tuning_cost():
+    rows = add_costs([
+        {"method": "base", "budget": "all", "select_s": 0.0, "train_s": 0.0},
+        {"method": "random", "budget": 0.3, "select_s": 0.0, "train_s": 30.0},
+        {"method": "delift", "budget": 0.3, "select_s": 120.0, "train_s": 40.0},
+        {"method": "full", "budget": "all", "select_s": 0.0, "train_s": 100.0},
+    ])
+    by = {r["method"]: r for r in rows}
+    assert np.isnan(by["base"]["cost_ratio"])  # nothing trained: no ratio
+    assert by["random"]["cost_ratio"] == 0.0 and by["delift"]["cost_ratio"] == pytest.approx(3.0)
+    assert by["delift"]["total_vs_full"] == pytest.approx(1.6)  # (120 + 40) / 100: dearer than all data
+    assert by["random"]["total_vs_full"] == pytest.approx(0.3)
+    no_full = add_costs([{"method": "donod", "budget": 0.1, "select_s": 5.0, "train_s": 20.0}])
+    assert "total_vs_full" not in no_full[0] and no_full[0]["cost_ratio"] == pytest.approx(0.25)
+    cells = [cell("random", 0.3, 0, {"loss": 1.0}, select_s=0.001, train_s=10.0),
+             cell("delift", 0.3, 0, {"loss": 0.9}, select_s=25.0, train_s=10.0)]
+    table = markdown_table(aggregate(cells))
+    assert "select / train" in table.splitlines()[0]
+    # the scores are computed by a method's first cell and read back by the others, budgets included
+    two = aggregate([cell("rds", 0.1, 0, {"loss": 1.0}, select_s=20.0), cell("rds", 0.3, 0, {"loss": 1.0}, select_s=0.1)])
+    assert [r["select_s"] for r in two] == [20.0, 20.0]
+    lines = {ln.split(" | ")[0][2:]: ln for ln in table.splitlines() if ln.startswith("| ")}
+    assert lines["delift"].endswith("| 25.0 | 10.0 | 2.50 |") and lines["random"].endswith("| < 0.01 |")
+
+
+def test_lines_name_the_differences_beyond_the_seed_spread():
+    cells = []
+    for s, r in enumerate([1.00, 1.10, 0.95]):  # random's loss and ROUGE-L per seed
+        cells += [cell("random", 0.3, s, {"loss": r, "rougeL": 0.30}),
+                  cell("good", 0.3, s, {"loss": r - 0.050 - 0.001 * s, "rougeL": 0.30 + 0.002 * (s - 1)}),
+                  cell("bad", 0.3, s, {"loss": r + 0.020 + 0.0005 * s, "rougeL": 0.30}),
+                  cell("random", 0.1, s, {"loss": r, "rougeL": 0.30}),
+                  cell("good", 0.1, s, {"loss": r - 0.05 * (1 - 2 * (s % 2)), "rougeL": 0.30})]  # noise
+    lines = beyond_noise_lines(aggregate(cells))
+    assert len(lines) == 2
+    assert lines[0].startswith("- good at budget 0.3: loss better than random by 0.0510")
+    assert lines[1].startswith("- bad at budget 0.3: loss worse than random by 0.0205")
+    assert "3 paired seeds" in lines[0]
+    # higher is better for ROUGE-L: +0.01 on every seed is "better"
+    up = [cell("random", 0.3, s, {"rougeL": 0.3}) for s in range(3)] + \
+         [cell("m", 0.3, s, {"rougeL": 0.31 + 0.001 * s}) for s in range(3)]
+    assert beyond_noise_lines(aggregate(up))[0].startswith("- m at budget 0.3: rougeL better than random")
+
+
+def curve_rows():
+    cells = [cell("base", None, 0, {"loss": 2.0, "rougeL": 0.2}, n=0, train_s=0.0)]
+    for s in range(3):
+        cells.append(cell("full", None, s, {"loss": 1.5 + 0.01 * s, "rougeL": 0.4}, n=100))
+        for budget, n, lo in ((0.3, 30, 1.7), (0.1, 10, 1.9)):
+            cells.append(cell("random", budget, s, {"loss": lo + 0.02 * s, "rougeL": 0.3}, n=n))
+            cells.append(cell("rds", budget, s, {"loss": lo - 0.05, "rougeL": 0.31}, n=n))
+    return aggregate(cells)
+
+
+def test_curve_data_lines_bands_and_references():
+    data = curve_data(curve_rows(), "loss")
+    assert set(data["lines"]) == {"random", "rds"}
+    rnd = data["lines"]["random"]
+    assert rnd["x"] == [10.0, 30.0]  # records picked, increasing
+    assert rnd["mean"] == pytest.approx([1.92, 1.72])
+    assert rnd["lo"] == pytest.approx([1.92 - 0.02, 1.72 - 0.02]) and rnd["hi"] == pytest.approx([1.94, 1.74])
+    assert data["lines"]["rds"]["lo"] == pytest.approx(data["lines"]["rds"]["mean"])  # no spread: no band
+    assert rnd["seeds"] == [3, 3]
+    assert data["base"] == 2.0 and data["full"]["x"] == 100.0 and data["full"]["mean"] == pytest.approx(1.51)
+    lo, hi = curve_limits(data, "loss")
+    assert lo < 1.50 and hi > 2.0  # the loss axis spans the whole pool's value and the untuned model's
+    assert curve_limits(curve_data(curve_rows(), "rougeL"), "rougeL")[0] == 0.0  # bounded metric: from zero
+    assert curve_limits(curve_data(curve_rows(), "rougeL@eval"), "rougeL@eval") == pytest.approx((0.0, 1.05))
+
+
+def test_curve_png_is_written_with_several_budgets(tmp_path):
+    bm.plot_results(tmp_path, curve_rows())
+    assert (tmp_path / "curve.png").stat().st_size > 0 and (tmp_path / "results.png").stat().st_size > 0
+
+
+def test_metrics_of_further_held_out_sets_are_named_and_ordered():
+    cells = [cell("random", 0.3, s, {"loss": 1.0 + s, "rougeL@eval": 0.2, "loss@eval": 2.0, "exact_match": 0.1,
+                                     "loss@old": 3.0}) for s in range(2)]
+    rows = aggregate(cells)
+    assert bm._metric_names(rows) == ["loss", "exact_match", "loss@eval", "rougeL@eval", "loss@old"]
+    head = markdown_table(rows).splitlines()[0]
+    assert "loss@eval ↓" in head and "rougeL@eval ↑" in head
+    assert bm.also_metrics(["loss", "exact_match"], [type("R", (), {"response": "hello there"})()]) == ["loss"]
+    assert bm.also_metrics(["loss", "exact_match"], [type("R", (), {"response": "#### 4"})()]) == \
+        ["loss", "exact_match"]
+    assert bm.also_metrics(None, []) is None
+
+
+def test_new_settings_leave_the_key_of_older_benches_alone():
+    cfg = BenchConfig(train="a.jsonl", test="b.jsonl")
+    d = asdict(cfg)
+    for k in ("methods", "budgets", "seeds", *bm.LATER_FIELDS):
+        d.pop(k)
+    d["inputs"] = {"train": "x"}
+    before = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert bm._config_key(cfg, {"train": "x"}) == before  # what a bench run before these fields pinned
+    assert bm._config_key(BenchConfig(train="a.jsonl", test="b.jsonl", continual="sequential"),
+                          {"train": "x"}) != before
+
+
+def test_each_method_selects_in_a_stage_it_has():
+    cont = BenchConfig(train="a", test="b", stage="continual", existing="e")
+    assert selection_stage(cont, get_method("rds")) == "instruction"  # its pool-only variant
+    assert selection_stage(cont, get_method("delift")) == "continual"
+    assert selection_stage(cont, get_method("random")) == "instruction"
+    assert selection_stage(BenchConfig(train="a", test="b", stage="task", target="t"), get_method("rds")) == "task"
+    with pytest.raises(OptionError, match="less does not select in the instruction stage"):
+        selection_stage(BenchConfig(train="a", test="b"), get_method("less"))
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"methods": ["random", "less"]}, "less does not select in the instruction stage"),
+    ({"methods": ["balanced-random"]}, "balanced-random needs --by"),
+    ({"methods": ["x"], "method_options": {"x": {"method": "nope"}}}, "unknown method 'nope'"),
+    ({"methods": ["y"], "method_options": {"y": {"knn": 4}}}, "unknown bench method 'y'"),
+    ({"methods": ["random"], "continual": "both"}, "unknown continual mode"),
+    ({"methods": ["dl"], "method_options": {"dl": {"method": "delift", "knn": -1}}}, "knn must be >= 0"),
+])
+def test_bad_grids_fail_before_any_cell(kw, message):
+    with pytest.raises(OptionError, match=message):
+        bm._check(BenchConfig(train="a", test="b", **kw))
+    bm._check(BenchConfig(train="a", test="b", methods=["base", "br", "full"],
+                          method_options={"br": {"method": "balanced-random", "by": "meta.source"}}))
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evidence")
+    pool = [{"instruction": f"What is {i} + {i}?", "output": f"It is {2 * i}.", "meta": {"source": "ab"[i % 2]}}
+            for i in range(12)]
+    old = [{"instruction": f"Name the colour number {i}.", "output": f"Colour {i} is blue."} for i in range(6)]
+    return {"train": write_rows(d / "pool.jsonl", pool), "test": write_rows(d / "test.jsonl", pool[:4]),
+            "existing": write_rows(d / "existing.jsonl", old), "old": write_rows(d / "old.jsonl", old[:3])}
+
+
+def test_a_variant_selects_with_its_own_options(files, tmp_path):
+    from tunesift.io.records import read_records
+
+    cfg = BenchConfig(train=str(files["train"]), test=str(files["test"]), methods=["br"],
+                      method_options={"br": {"method": "balanced-random", "by": "meta.source"}},
+                      select_options={"cache_dir": str(tmp_path)})
+    data = {"train": read_records(files["train"]), "target": None, "existing": None}
+    chosen, _ = bm._select_for_cell(cfg, "br", 4, 0, data, None)
+    assert sorted(r.row["meta"]["source"] for r in chosen) == ["a", "a", "b", "b"]
+
+
+def test_sequential_continual_trains_on_the_existing_data_first(files, tiny_dir, tmp_path, monkeypatch):
+    from tunesift.evaluate import evaluate
+    from tunesift.io.records import read_records
+    from tunesift.models import load_lm
+
+    cfg = BenchConfig(train=str(files["train"]), test=str(files["test"]), methods=["base", "random", "rds"],
+                      budgets=[4], seeds=1, stage="continual", existing=str(files["existing"]), continual="sequential",
+                      also_test={"old": str(files["old"])}, select_model=str(tiny_dir), train_model=str(tiny_dir),
+                      select_options={"cache_dir": str(tmp_path / "cache"), "token_budget": 512},
+                      training=TrainConfig(epochs=1, lr=3e-3), metrics=["loss"], generate_limit=0)
+    out = tmp_path / "b"
+    rows = bm.run_bench(cfg, out)
+    stage1 = out / "stage1" / "s0"
+    assert (stage1 / "tunesift_train.json").exists()
+    cells = {p.stem: json.loads(p.read_text()) for p in (out / "cells").iterdir()}
+    assert set(cells) == {"base__ball__s0", "random__b4__s0", "rds__b4__s0"}
+    rnd = cells["random__b4__s0"]
+    assert rnd["n_train"] == rnd["n_selected"] == 4  # the pick only: the existing data came first
+    assert rnd["stage1_s"] > 0 and set(rnd["metrics"]) == {"loss", "loss@old"}
+    assert cells["rds__b4__s0"]["n_selected"] == 4  # rds has no continual form: its pool-only pick
+    # base is the stage-1 model: trained on the old domain, it beats the untouched model there
+    untouched = evaluate(load_lm(str(tiny_dir), device="cpu"), read_records(files["old"]), metrics=["loss"])
+    assert cells["base__ball__s0"]["metrics"]["loss@old"] < untouched.metrics["loss"] - 0.05
+    assert {r["method"] for r in rows} == {"base", "random", "rds"}
+    assert "loss@old" in (out / "results.md").read_text()
+    # a rerun trains nothing, stage 1 included
+    monkeypatch.setattr("tunesift.finetune.finetune", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    mtime = (stage1 / "tunesift_train.json").stat().st_mtime_ns
+    bm.run_bench(cfg, out)
+    assert (stage1 / "tunesift_train.json").stat().st_mtime_ns == mtime
+
+
+def load_evidence():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "bench" / "evidence.py"
+    spec = importlib.util.spec_from_file_location("evidence", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
+    """bench/evidence.py end to end on stand-in inputs (the files `prepare` writes, 20 records each)
+    with the tiny model: all five experiments start, resume, and the summary reads them back."""
+    ev = load_evidence()
+    data = tmp_path / "work" / "evidence" / "data"
+    sources = ["alpaca", "gsm8k", "svamp", "mawps", "p3"]
+    math = [{"prompt": f"Tom has {i} apples and gets {i} more. How many?", "response": f"{i}+{i}={2 * i}\n#### {2 * i}"}
+            for i in range(20)]
+    chat = [{"prompt": f"Say something about the number {i}.", "response": f"The number {i} is fine."} for i in range(20)]
+    ev._write(data / "alpaca_pool.jsonl", chat)
+    ev._write(data / "alpaca_test.jsonl", chat[:3])
+    ev._write(data / "alpaca_eval.jsonl", chat[3:6])
+    ev._write(data / "gsm8k_test.jsonl", math[:3])
+    ev._write(data / "gsm8k_target.jsonl", math[3:6])
+    ev._write(data / "gsm8k_existing.jsonl", math[6:10])
+    ev._write(data / "gsm8k_noisy.jsonl", [dict(r, meta={"swapped": i % 5 == 0}) for i, r in enumerate(math)])
+    ev._write(data / "mixed_pool.jsonl", [dict((math if i % 2 else chat)[i], meta={"source": sources[i % 5]})
+                                          for i in range(20)])
+    args = ["--work", str(tmp_path / "work"), "--seeds", "1", "--only", "base,random,balanced-random,rds",
+            "--select-model", str(tiny_dir), "--train-model", str(tiny_dir), "--device", "cpu", "--autocast", "none"]
+    ev.main(["run", "all", *args])
+    root = tmp_path / "work" / "evidence"
+    for exp in ev.EXPERIMENTS:
+        assert (root / exp / "results.md").exists() and (root / exp / "curve.png").exists(), exp
+    pinned = json.loads((root / "task" / "bench.json").read_text())["config"]
+    assert pinned["device"] == "cpu" and pinned["stage"] == "task" and pinned["method_options"] == {
+        "balanced-random": {"by": "meta.source"}}
+    task = json.loads((root / "task" / "results.json").read_text())
+    assert "exact_match" in task[0] and {r["method"] for r in task} == {"base", "random", "balanced-random", "rds"}
+    inst = json.loads((root / "instruction" / "results.json").read_text())
+    assert "loss@alpaca_eval" in inst[0] and "balanced-random" not in {r["method"] for r in inst}
+    cont = json.loads((root / "continual" / "results.json").read_text())
+    assert "exact_match@gsm8k" in cont[0] and (root / "continual" / "stage1" / "s0").is_dir()
+    capsys.readouterr()
+    ev.main(["plan", *args])
+    assert "all            29 of   29" in capsys.readouterr().out  # every cell done: a rerun runs none
+    ev.main(["summary", *args])
+    text = (root / "summary.md").read_text()
+    assert text.count("Beyond the seed spread") == 5 and "meta.swapped" in text and "gsm8k" in text

@@ -1,0 +1,132 @@
+"""--scale joint|separate (one min-max for all of a stage's kernels, or one per kernel) and the
+additive FLMI term in the paper's orientation (how much each candidate helps the target set)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import tiny
+
+from tunesift.errors import OptionError
+from tunesift.methods.delift import scaled
+from tunesift.methods.options import Options
+from tunesift.pipeline import as_records, select
+from tunesift.render import renderer_for
+from tunesift.scoring.utility import utility_kernel
+from tunesift.selection.submodular import fl_conditional_gain, fl_mutual_information
+
+# -- the additive FLMI term ------------------------------------------------------------------------
+
+
+def test_additive_term_is_how_much_the_candidate_helps_the_targets():
+    """Two readings of eta * max_q s(., .) for candidate j: the paper's s[q, j] (j as the example,
+    target q predicted) and its transpose s[j, q] (q as the example). They pick differently here."""
+    S = np.full((3, 3), 0.5)  # the pool kernel gives no candidate an edge
+    helps_target = np.array([[0.0, 0.9, 0.1]])  # (1 target, 3 pool): pool record 1 helps the target most
+    helped_by_target = np.array([[0.9], [0.0], [0.1]])  # (3 pool, 1 target): the target helps record 0 most
+    paper = fl_mutual_information(S, helps_target, 1, eta=1.0, form="additive")
+    assert paper.order.tolist() == [1]
+    assert paper.objective == pytest.approx(1.5 + 0.9)
+    transposed = fl_mutual_information(S, helped_by_target.T, 1, eta=1.0, form="additive")
+    assert transposed.order.tolist() == [0]  # the other reading, for contrast
+    # sparse targets x pool (kNN): missing entries are 0, the bonus is the column maximum
+    sparse = fl_mutual_information(S, sp.csr_matrix(helps_target), 2, eta=1.0, form="additive")
+    assert sparse.order.tolist() == [1, 2]
+    # the min form (submodlib FL1MI, the default) keeps pool rows x queries
+    assert fl_mutual_information(S, helped_by_target, 1).order.tolist() == [0]
+
+
+def test_additive_term_shape_is_checked():
+    S = np.full((3, 3), 0.5)
+    with pytest.raises(OptionError, match="3 columns"):
+        fl_mutual_information(S, np.ones((3, 2)), 1, form="additive")
+    assert Options().mi_form == "min"
+
+
+# -- --scale -----------------------------------------------------------------------------------
+
+
+def uf_pair():
+    rng = np.random.default_rng(3)
+    pool = rng.uniform(-0.2, 0.6, (5, 5))
+    np.fill_diagonal(pool, np.nan)
+    return pool, rng.uniform(0.0, 0.1, (5, 2))  # the second kernel spans a much smaller range
+
+
+def test_joint_and_separate_scaling():
+    pool, cross = uf_pair()
+    joint = scaled([pool, cross], Options(scale="joint"))
+    separate = scaled([pool, cross], Options(scale="separate"))
+    lo, hi = min(np.nanmin(pool), cross.min()), max(np.nanmax(pool), cross.max())
+    np.testing.assert_allclose(joint[1], (cross - lo) / (hi - lo), rtol=1e-6)
+    np.testing.assert_allclose(separate[1], (cross - cross.min()) / (cross.max() - cross.min()), rtol=1e-6)
+    assert separate[1].min() == 0 and separate[1].max() == pytest.approx(1)
+    assert joint[1].max() < 0.5  # on the joint scale the small kernel stays small
+    # the pool kernel holds both extremes, so it is the same either way; the cross kernel is not
+    np.testing.assert_array_equal(joint[0], separate[0])
+    assert not np.allclose(joint[1], separate[1])
+    # one kernel (instruction stage): the two are the same map
+    np.testing.assert_array_equal(scaled([cross], Options(scale="joint"))[0],
+                                  scaled([cross], Options(scale="separate"))[0])
+    with pytest.raises(OptionError, match="unknown scale 'both': use joint or separate"):
+        Options(method="delift", scale="both").validate()
+
+
+def test_scaling_changes_the_continual_picks():
+    """FLCG subtracts nu * max_k E[i, k]: separately scaled, the weak existing kernel is stretched to
+    [0, 1] and blocks the rows it barely helps (the reference's behaviour), joint it does not."""
+    pool = np.array([[0.0, 0.7], [0.6, 0.0], [0.6, 0.0]])  # candidate 0 helps rows 1, 2; candidate 1 row 0
+    existing = np.array([[0.0], [0.2], [0.2]])  # the existing data already helps rows 1 and 2 a little
+    picks = {}
+    for mode in ("joint", "separate"):
+        sim, ext = scaled([pool, existing], Options(scale=mode))
+        picks[mode] = fl_conditional_gain(sim, ext, 1).order.tolist()
+    # joint: gains 2 (0.6 - 0.2) / 0.7 = 1.14 vs 0.7 / 0.7 = 1; separate: rows 1, 2 blocked (E -> 1)
+    assert picks == {"joint": [0], "separate": [1]}
+
+
+# -- end to end (tiny model) ----------------------------------------------------------------------
+
+
+POOL = [{"instruction": t, "output": tiny.CORPUS[(3 * i + 1) % 11]} for i, t in enumerate(tiny.CORPUS[:8])]
+TARGET = [{"instruction": tiny.CORPUS[9], "output": tiny.CORPUS[10]},
+          {"instruction": tiny.CORPUS[4], "output": tiny.CORPUS[6]}]
+
+
+def test_instruction_stage_is_the_same_under_both_scales(tiny_lm, tmp_path):
+    runs = [select(POOL, method="delift", budget=3, lm=tiny_lm, cache_dir=str(tmp_path), scale=s)
+            for s in ("joint", "separate")]
+    assert runs[0].order.tolist() == runs[1].order.tolist()
+    np.testing.assert_allclose(runs[0].columns["gain"], runs[1].columns["gain"], rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("knn", [0, 3])
+def test_task_stage_additive_uses_the_targets_x_pool_kernel(tiny_lm, tmp_path, knn, monkeypatch):
+    from tunesift.scoring import embedding as emb
+    from tunesift.selection import submodular as sm
+
+    seen = []
+    real = sm.fl_mutual_information
+    monkeypatch.setattr(sm, "fl_mutual_information", lambda S, Q, *a, **k: seen.append(Q) or real(S, Q, *a, **k))
+    sel = select(POOL, target=TARGET, method="delift", stage="task", mi_form="additive", budget=3, knn=knn,
+                 lm=tiny_lm, cache_dir=str(tmp_path), token_budget=4096)
+    [Q] = seen
+    assert Q.shape == (2, 8)
+    # recomputed by hand: UF(targets = target set, examples = pool), scaled jointly with the pool kernel
+    r = renderer_for(tiny_lm, "auto", 2048)
+    pool, tgt = sel.records, as_records(TARGET, source="<target>")
+    pattern = cross_pattern = None
+    if knn:
+        e_pool, e_tgt = emb.embed_records(pool, cache_dir=str(tmp_path)), emb.embed_records(tgt, cache_dir=str(tmp_path))
+        pattern = emb.ann_knn_pattern(e_pool, e_pool, knn, exclude_self=True, method="auto", seed=0)
+        cross_pattern = emb.ann_knn_pattern(e_tgt, e_pool, knn, exclude_self=False, method="auto", seed=0)
+        assert Q.nnz == 2 * knn
+    uf = utility_kernel(tiny_lm, r, pool, pool, pairs=pattern, cache_dir=False).values()
+    uf_t = utility_kernel(tiny_lm, r, tgt, pool, pairs=cross_pattern, same=False, exclude_diagonal=False,
+                          cache_dir=False).values()
+    sim, t_sim = scaled([uf, uf_t], Options())
+    want = real(sim, t_sim, 3, form="additive")
+    assert sel.order.tolist() == want.order.tolist()
+    got = Q.toarray() if sp.issparse(Q) else Q
+    np.testing.assert_allclose(got, t_sim.toarray() if sp.issparse(t_sim) else t_sim, atol=1e-5)

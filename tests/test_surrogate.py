@@ -1,0 +1,250 @@
+"""The learned DELIFT utility surrogate: label sampling, the additive model, fidelity, the filled
+kernel, and `--utility learned` through select for all three stages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from tunesift.scoring import surrogate as sg
+
+
+def knn_like(n: int, k: int, seed: int = 0) -> sp.csr_matrix:
+    """A random k-regular-by-row candidate pattern without the diagonal."""
+    rng = np.random.default_rng(seed)
+    rows, cols = [], []
+    for i in range(n):
+        c = rng.choice(np.delete(np.arange(n), i), size=k, replace=False)
+        rows += [i] * k
+        cols += list(c)
+    return sp.csr_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(n, n))
+
+
+def test_balanced_pairs_spread_labels_over_every_column_first():
+    cand = knn_like(60, 8)
+    lab = sg.balanced_pairs(cand, 90, seed=3)
+    assert lab.nnz == 90
+    assert (lab.astype(int) - lab.multiply(cand).astype(int)).nnz == 0  # a subset of the candidates
+    per_col = np.asarray(lab.sum(axis=0)).ravel()
+    has = np.asarray(cand.sum(axis=0)).ravel() > 0
+    assert per_col[has].min() >= 1 and per_col.max() - per_col[has].min() <= 1  # 90 labels / <= 60 columns
+    per_row = np.asarray(lab.sum(axis=1)).ravel()
+    assert per_row.max() - per_row.min() <= 3
+    # deterministic for a seed, different for another
+    assert (sg.balanced_pairs(cand, 90, seed=3) != lab).nnz == 0
+    assert (sg.balanced_pairs(cand, 90, seed=4) != lab).nnz > 0
+    # uniform sampling (NN-CIFT's) leaves columns unlabelled at the same budget
+    uni = sg.uniform_pairs(cand, 90, seed=3)
+    assert uni.nnz == 90 and (np.asarray(uni.sum(axis=0)).ravel()[has] == 0).sum() > 0
+
+
+def test_balanced_pairs_caps_at_the_candidates():
+    cand = knn_like(10, 3)
+    assert sg.balanced_pairs(cand, 10_000).nnz == cand.nnz
+    assert sg.balanced_pairs(cand, 0).nnz == 0
+
+
+def test_nearest_pairs_gives_every_row_its_nearest_first():
+    cand = knn_like(20, 5, seed=1)
+    rank = cand.astype(float).multiply(np.random.default_rng(0).random((20, 20))).tocsr()
+    got = sg.nearest_pairs(cand, rank, 30)
+    per_row = np.asarray(got.sum(axis=1)).ravel()
+    assert got.nnz == 30 and per_row.min() == 1 and per_row.max() == 2
+    for i in range(20):  # each row's first label is its highest-ranked candidate
+        r = rank.getrow(i)
+        best = r.indices[np.argmax(r.data)]
+        assert got[i, best]
+
+
+def additive_truth(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(0, 0.05, n)  # target offsets
+    x = rng.normal(size=(n, 3))  # example features
+    h = x @ np.array([0.03, -0.02, 0.01]) + rng.normal(0, 0.005, n)  # helpfulness, mostly from features
+    return a, h, x
+
+
+def test_the_additive_model_recovers_offsets_and_helpfulness():
+    n = 80
+    a, h, x = additive_truth(n)
+    cand = knn_like(n, 10)
+    c = cand.tocoo()
+    y = 0.01 + a[c.row] + h[c.col]
+    lab = sg.balanced_pairs(cand, 300, seed=0)
+    lc = lab.tocoo()
+    model = sg.fit_surrogate(lc.row, lc.col, 0.01 + a[lc.row] + h[lc.col], shape=(n, n), row_feats=None,
+                             col_feats=x, lam_free=0.1, lam_feat=0.1)
+    pred = model.predict(c.row, c.col)
+    assert np.corrcoef(pred, y)[0, 1] > 0.97
+    assert np.corrcoef(model.helpfulness(), h)[0, 1] > 0.95
+    # the constant fill (no parts) predicts the labels' mean everywhere
+    const = sg.fit_surrogate(lc.row, lc.col, y[:0].sum() + 0.01 + a[lc.row] + h[lc.col], shape=(n, n), parts=())
+    assert np.allclose(const.predict(c.row, c.col), (0.01 + a[lc.row] + h[lc.col]).mean())
+
+
+def test_features_carry_helpfulness_to_unlabelled_columns():
+    n = 60
+    a, h, x = additive_truth(n, seed=2)
+    cand = knn_like(n, 8, seed=2)
+    lab = sg.balanced_pairs(cand, 240, seed=0)
+    lc = lab.tocoo()
+    keep = lc.col >= 20  # columns 0..19 get no label at all
+    rows, cols = lc.row[keep], lc.col[keep]
+    y = a[rows] + h[cols]
+    with_f = sg.fit_surrogate(rows, cols, y, shape=(n, n), col_feats=x, lam_free=0.1, lam_feat=0.1)
+    free_only = sg.fit_surrogate(rows, cols, y, shape=(n, n), parts=("offset", "helpfulness"), lam_free=0.1)
+    unl = np.arange(20)
+    assert np.corrcoef(with_f.helpfulness()[unl], h[unl])[0, 1] > 0.9
+    assert np.allclose(free_only.helpfulness()[unl], 0.0)  # nothing to go on without features
+
+
+def test_fidelity_metrics():
+    rng = np.random.default_rng(0)
+    rows = np.repeat(np.arange(30), 3)
+    y = rng.normal(size=90)
+    perfect = sg.fidelity(y, y, rows)
+    assert perfect["spearman"] == pytest.approx(1.0) and perfect["r2"] == pytest.approx(1.0)
+    assert perfect["within_row_spearman"] == pytest.approx(1.0)
+    # a per-row offset added to the prediction leaves the within-row ranking intact, not R^2
+    off = sg.fidelity(y, y + rng.normal(size=30)[rows] * 5, rows)
+    assert off["within_row_spearman"] == pytest.approx(1.0) and off["r2"] < 0
+    assert sg.fidelity(y, -y, rows)["spearman"] == pytest.approx(-1.0)
+    assert sg.fidelity(y[:2], y[:2], rows[:2]) == {"spearman": None, "r2": None, "within_row_spearman": None}
+
+
+def test_fill_kernel_keeps_exact_labels_and_the_candidate_pattern():
+    n = 50
+    a, h, x = additive_truth(n, seed=5)
+    cand = knn_like(n, 6, seed=5)
+    lab = sg.balanced_pairs(cand, 120, seed=1)
+    lc = lab.tocoo()
+    exact = sp.csr_matrix((a[lc.row] + h[lc.col] + 0.001, (lc.row, lc.col)), shape=(n, n))
+    f = sg.fill_kernel(cand, exact, col_feats=x, seed=0, lam_free=0.1, lam_feat=0.1)  # noiseless: little shrinkage
+    assert (f.values.astype(bool) != cand).nnz == 0 or np.array_equal(f.values.indptr, cand.indptr)
+    assert np.array_equal(f.values.indices, cand.tocsr().indices) and np.array_equal(f.labelled.toarray(),
+                                                                                       lab.toarray())
+    got = np.asarray(f.values[lc.row, lc.col]).ravel()
+    assert np.array_equal(got, a[lc.row] + h[lc.col] + 0.001)  # exact where labelled, bit for bit
+    rep = f.report
+    assert rep["candidate_pairs"] == cand.nnz and rep["labelled_pairs"] == 120 and rep["heldout_pairs"] == 24
+    assert rep["spearman"] > 0.8 and rep["r2"] > 0.5
+    json.dumps(rep)  # manifest-ready
+
+
+def rows(n: int) -> list[dict]:
+    return [{"instruction": f"Add {i} and {i + 1}.", "output": f"The sum is {2 * i + 1}."} for i in range(n)]
+
+
+@pytest.mark.parametrize("stage", ["instruction", "task", "task-additive", "continual"])
+def test_select_with_the_learned_utility(stage, tiny_lm, tmp_path):
+    from tunesift.pipeline import select
+
+    other = [{"instruction": f"Subtract {i} from {3 * i}.", "output": f"{2 * i}"} for i in range(6)]
+    kw = {"task": {"target": other}, "continual": {"existing": other},
+          "task-additive": {"target": other, "mi_form": "additive"}}.get(stage, {})
+    stage = stage.split("-")[0]
+    sel = select(rows(24), method="delift", stage=stage, utility="learned", label_fraction=0.3, knn=6, budget=6,
+                 lm=tiny_lm, cache_dir=str(tmp_path), **kw)
+    assert sel.kept.sum() == 6
+    rep = sel.extra["surrogate"]
+    assert rep["pool"]["candidate_pairs"] == 24 * 6 and rep["pool"]["labelled_pairs"] == round(0.3 * 144)
+    assert ("cross" in rep) == (stage != "instruction")
+    # seeded and deterministic; labels come from the cache the second time
+    again = select(rows(24), method="delift", stage=stage, utility="learned", label_fraction=0.3, knn=6, budget=6,
+                   lm=tiny_lm, cache_dir=str(tmp_path), **kw)
+    assert again.ids == sel.ids and again.extra["surrogate"] == rep
+
+
+def test_learned_with_every_pair_labelled_is_the_exact_pick(tiny_lm, tmp_path):
+    from tunesift.pipeline import select
+
+    exact = select(rows(16), method="delift", knn=5, budget=5, lm=tiny_lm, cache_dir=str(tmp_path))
+    full = select(rows(16), method="delift", knn=5, budget=5, utility="learned", label_fraction=1.0, lm=tiny_lm,
+                  cache_dir=str(tmp_path))
+    assert full.ids == exact.ids
+    np.testing.assert_allclose(full.columns["helpfulness"], exact.columns["helpfulness"], rtol=1e-5, atol=1e-7)
+
+
+def test_learned_utility_is_in_the_manifest(tiny_dir, tmp_path):
+    from tunesift.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows(20)))
+    out = tmp_path / "out"
+    code = main(["select", str(data), "--method", "delift", "--utility", "learned", "--label-fraction", "0.25",
+                 "--knn", "5", "--budget", "5", "--model", str(tiny_dir), "--cache-dir", str(tmp_path / "c"),
+                 "--out", str(out), "-q"])
+    assert code == 0
+    man = json.loads((out / "manifest.json").read_text())
+    s = man["surrogate"]["pool"]
+    assert s["labelled_pairs"] == 25 and s["heldout_pairs"] == 5 and s["candidate_pairs"] == 100
+    assert {"spearman", "r2", "within_row_spearman"} <= set(s)
+    assert man["options"]["utility"] == "learned" and man["options"]["label_fraction"] == 0.25
+
+
+@pytest.mark.parametrize("utility", ["exact", "learned"])
+def test_kernel_command_writes_what_select_computes(utility, tiny_dir, tmp_path):
+    from tunesift.cli import main
+    from tunesift.models import load_lm
+    from tunesift.pipeline import select
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": f"r{i}", **r}) + "\n" for i, r in enumerate(rows(12))))
+    out = tmp_path / "k"
+    args = ["kernel", str(data), "--knn", "4", "--model", str(tiny_dir), "--cache-dir", str(tmp_path / "c"),
+            "--out", str(out), "-q", "--utility", utility, "--label-fraction", "0.5"]
+    assert main(args) == 0
+    uf = sp.load_npz(out / "utility.npz")
+    assert uf.shape == (12, 12) and uf.nnz == 48 and uf.diagonal().sum() == 0
+    assert (out / "rows.txt").read_text().split() == [f"r{i}" for i in range(12)]
+    assert (out / "cols.txt").read_text() == (out / "rows.txt").read_text()
+    meta = json.loads((out / "kernel.json").read_text())
+    assert meta["shape"] == [12, 12] and meta["pairs"] == 48 and meta["options"]["utility"] == utility
+    assert np.load(out / "base.npy").shape == (12,)
+    # the exact kernel is the one select's DELIFT picks from (same cache, same values)
+    sel = select(str(data), method="delift", knn=4, budget=4, utility=utility, label_fraction=0.5,
+                 lm=load_lm(str(tiny_dir), device="cpu", dtype="float32"), cache_dir=str(tmp_path / "c"))
+    counts = np.asarray((uf != 0).sum(axis=0)).ravel()
+    col_mean = np.asarray(uf.sum(axis=0)).ravel() / np.maximum(counts, 1)
+    ok = counts > 0
+    np.testing.assert_allclose(col_mean[ok], sel.columns["helpfulness"][ok], rtol=1e-5, atol=1e-9)
+    if utility == "learned":
+        lab = sp.load_npz(out / "labelled.npz")
+        assert lab.nnz == 24 and meta["surrogate"]["labelled_pairs"] == 24
+    else:
+        assert not (out / "labelled.npz").exists() and meta["surrogate"] is None
+    # a rerun replaces the folder; a folder holding foreign files is refused
+    assert main(args) == 0
+    (out / "mine.txt").write_text("x")
+    assert main(args) == 2
+
+
+def test_kernel_dense_with_examples(tiny_dir, tmp_path):
+    from tunesift.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows(6)))
+    ex = tmp_path / "e.jsonl"
+    ex.write_text("".join(json.dumps(r) + "\n" for r in rows(9)[6:]))
+    out = tmp_path / "k"
+    assert main(["kernel", str(data), "--examples", str(ex), "--knn", "0", "--model", str(tiny_dir), "--cache-dir",
+                 str(tmp_path / "c"), "--out", str(out), "-q"]) == 0
+    uf = np.load(out / "utility.npy")
+    assert uf.shape == (6, 3) and np.isfinite(uf).all()  # no diagonal rule across two sets
+
+
+def test_report_states_the_surrogate_fidelity(tiny_dir, tmp_path):
+    from tunesift.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows(20)))
+    out = tmp_path / "out"
+    assert main(["select", str(data), "--method", "delift", "--utility", "learned", "--label-fraction", "0.25",
+                 "--knn", "5", "--budget", "5", "--model", str(tiny_dir), "--cache-dir", str(tmp_path / "c"),
+                 "--out", str(out), "-q", "--report"]) == 0
+    page = (out / "report.html").read_text()
+    assert "Learned utility (pool x pool): 25 of 100 candidate pairs scored exactly" in page
+    assert "held-out exact pairs: Spearman" in page
