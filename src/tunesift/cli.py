@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the torch import
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -94,6 +95,24 @@ def _default(name: str):
     return Options.__dataclass_fields__[name].default
 
 
+
+class Shared:
+    """Options that ``select`` and ``kernel`` both take, declared once (help from :class:`Options`)."""
+
+    model = Annotated[str, typer.Option(help=_help("model"))]
+    device = Annotated[str, typer.Option(help=_help("device"))]
+    dtype = Annotated[str, typer.Option(help=_help("dtype"))]
+    template = Annotated[str, typer.Option(help=_help("template"))]
+    max_length = Annotated[int, typer.Option(help=_help("max_length"))]
+    token_budget = Annotated[int, typer.Option(help=_help("token_budget"))]
+    distance = Annotated[str, typer.Option(help=_help("distance"))]
+    knn = Annotated[int, typer.Option(help=_help("knn"))]
+    utility = Annotated[str, typer.Option(help=_help("utility"))]
+    label_fraction = Annotated[float, typer.Option(help=_help("label_fraction"))]
+    keep_diagonal = Annotated[bool, typer.Option(help=_help("keep_diagonal"))]
+    ann = Annotated[str, typer.Option(help=_help("ann"))]
+
+
 @app.command()
 def select(
     data: Path = typer.Argument(None, help="Input file: JSONL, JSON array, CSV, Parquet or a saved HF dataset folder."),
@@ -103,12 +122,12 @@ def select(
     seed: int = typer.Option(_default("seed"), help=_help("seed")),
     limit: int | None = typer.Option(_default("limit"), help=_help("limit")),
     sample: int | None = typer.Option(_default("sample"), help=_help("sample")),
-    model: str = typer.Option(_default("model"), help=_help("model")),
-    device: str = typer.Option(_default("device"), help=_help("device")),
-    dtype: str = typer.Option(_default("dtype"), help=_help("dtype")),
-    template: str = typer.Option(_default("template"), help=_help("template")),
-    max_length: int = typer.Option(_default("max_length"), help=_help("max_length")),
-    token_budget: int = typer.Option(_default("token_budget"), help=_help("token_budget")),
+    model: Shared.model = _default("model"),
+    device: Shared.device = _default("device"),
+    dtype: Shared.dtype = _default("dtype"),
+    template: Shared.template = _default("template"),
+    max_length: Shared.max_length = _default("max_length"),
+    token_budget: Shared.token_budget = _default("token_budget"),
     cache_dir: Path | None = typer.Option(None, help="Score cache (default ~/.cache/tunesift/scores); reruns resume from it."),
     eta: float = typer.Option(_default("eta"), help=_help("eta")),
     reduction: str = typer.Option(_default("reduction"), help=_help("reduction")),
@@ -116,13 +135,13 @@ def select(
     stage: str = typer.Option(_default("stage"), help=_help("stage")),
     target: Path | None = typer.Option(None, help="DELIFT task stage: the target set."),
     existing: Path | None = typer.Option(None, help="DELIFT continual stage: data already trained on."),
-    distance: str = typer.Option(_default("distance"), help=_help("distance")),
-    knn: int = typer.Option(_default("knn"), help=_help("knn")),
-    utility: str = typer.Option(_default("utility"), help=_help("utility")),
-    label_fraction: float = typer.Option(_default("label_fraction"), help=_help("label_fraction")),
+    distance: Shared.distance = _default("distance"),
+    knn: Shared.knn = _default("knn"),
+    utility: Shared.utility = _default("utility"),
+    label_fraction: Shared.label_fraction = _default("label_fraction"),
     clip_negative: bool = typer.Option(_default("clip_negative"), help=_help("clip_negative")),
     scale: str = typer.Option(_default("scale"), help=_help("scale")),
-    keep_diagonal: bool = typer.Option(_default("keep_diagonal"), help=_help("keep_diagonal")),
+    keep_diagonal: Shared.keep_diagonal = _default("keep_diagonal"),
     mi_eta: float = typer.Option(_default("mi_eta"), help=_help("mi_eta")),
     mi_form: str = typer.Option(_default("mi_form"), help=_help("mi_form")),
     nu: float = typer.Option(_default("nu"), help=_help("nu")),
@@ -138,7 +157,7 @@ def select(
                                    "(selected.parquet, native types) | hf (selected/, datasets save_to_disk)."),
     keep: str = typer.Option(_default("keep"), help=_help("keep")),
     selectit_alpha: float = typer.Option(_default("selectit_alpha"), help=_help("selectit_alpha")),
-    ann: str = typer.Option(_default("ann"), help=_help("ann")),
+    ann: Shared.ann = _default("ann"),
     partitions: int = typer.Option(_default("partitions"), help=_help("partitions")),
     less_dim: int = typer.Option(_default("less_dim"), help=_help("less_dim")),
     by: str | None = typer.Option(_default("by"), help=_help("by")),
@@ -204,20 +223,20 @@ def kernel(
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (utility.npy or utility.npz, rows.txt, "
                              "cols.txt, base.npy, kernel.json; labelled.npz with --utility learned)."),
     examples: Path | None = typer.Option(None, help="In-context examples (columns); default: DATA itself."),
-    model: str = typer.Option(_default("model"), help=_help("model")),
-    device: str = typer.Option(_default("device"), help=_help("device")),
-    dtype: str = typer.Option(_default("dtype"), help=_help("dtype")),
-    template: str = typer.Option(_default("template"), help=_help("template")),
-    max_length: int = typer.Option(_default("max_length"), help=_help("max_length")),
-    token_budget: int = typer.Option(_default("token_budget"), help=_help("token_budget")),
+    model: Shared.model = _default("model"),
+    device: Shared.device = _default("device"),
+    dtype: Shared.dtype = _default("dtype"),
+    template: Shared.template = _default("template"),
+    max_length: Shared.max_length = _default("max_length"),
+    token_budget: Shared.token_budget = _default("token_budget"),
     cache_dir: Path | None = typer.Option(None, help="Score cache (shared with select); reruns resume from it."),
-    distance: str = typer.Option(_default("distance"), help=_help("distance")),
-    knn: int = typer.Option(_default("knn"), help=_help("knn")),
-    utility: str = typer.Option(_default("utility"), help=_help("utility")),
-    label_fraction: float = typer.Option(_default("label_fraction"), help=_help("label_fraction")),
-    keep_diagonal: bool = typer.Option(_default("keep_diagonal"), help=_help("keep_diagonal")),
+    distance: Shared.distance = _default("distance"),
+    knn: Shared.knn = _default("knn"),
+    utility: Shared.utility = _default("utility"),
+    label_fraction: Shared.label_fraction = _default("label_fraction"),
+    keep_diagonal: Shared.keep_diagonal = _default("keep_diagonal"),
     seed: int = typer.Option(_default("seed"), help="Seed of the labelled pairs (--utility learned)."),
-    ann: str = typer.Option(_default("ann"), help=_help("ann")),
+    ann: Shared.ann = _default("ann"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
 ) -> None:
     """Compute DELIFT's utility kernel (rows: targets, columns: examples) and write it as files."""
