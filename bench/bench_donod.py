@@ -40,6 +40,7 @@ from tunesift.scoring.donod import (  # noqa: E402
     don_nod_from_stats,
     gradient_stats,
     lm_head_norm_sq,
+    padded_batch,
     plan_batches,
 )
 from tunesift.selection.topsis import topsis  # noqa: E402
@@ -76,12 +77,7 @@ def bare_forward(model, seqs, pad_id: int, token_budget: int) -> None:
     body, head, _, _ = decoder_and_head(model)
     for idx in plan_batches([len(s[0]) for s in seqs], token_budget):
         batch = [seqs[i] for i in idx]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        att = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, (seq, _) in enumerate(batch):
-            ids[b, :len(seq)] = torch.tensor(seq)
-            att[b, :len(seq)] = 1
+        ids, att = padded_batch(batch, pad_id)
         hidden = body(input_ids=ids, attention_mask=att).last_hidden_state
         for b, (seq, mask) in enumerate(batch):
             pos = torch.tensor([t for t in range(1, len(seq)) if mask[t]], dtype=torch.long)

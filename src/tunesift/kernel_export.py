@@ -18,7 +18,6 @@ the same one ``select --method delift`` computes with the same options (and shar
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +26,9 @@ import scipy.sparse as sp
 from .errors import OptionError
 from .folders import publish
 from .methods.options import Options, options_dict
-from .methods.utility_kernels import one_kernel
+from .methods.utility_kernels import knn_candidates, one_kernel
 from .outputs import check_output_folder
-from .pipeline import as_records, versions
+from .pipeline import as_records, describe_model, versions, with_token_budget
 from .render import renderer_for
 
 KERNEL_FILES = frozenset({"utility.npy", "utility.npz", "labelled.npz", "base.npy", "rows.txt", "cols.txt",
@@ -57,28 +56,21 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
 
         lm = load_lm(opt.model, device=opt.device, dtype=opt.dtype)
     renderer = renderer_for(lm, opt.template, opt.max_length)
-    if not opt.token_budget:  # batches sized to the device's free memory (4096 on a CPU), as in select
-        from .scoring.logprobs import auto_token_budget
-
-        opt = replace(opt, token_budget=auto_token_budget(lm))
-    e_t = e_e = pattern = None
+    opt = with_token_budget(opt, lm)
+    e_t = e_e = None
     if opt.knn or opt.utility == "learned":
-        from .scoring import embedding as emb
+        from .scoring.embedding import embed_records
 
-        e_t = emb.embed_records(targets, cache_dir=opt.cache_dir, device=opt.device)
-        e_e = e_t if same else emb.embed_records(cols, cache_dir=opt.cache_dir, device=opt.device)
-        if opt.knn:
-            k = opt.knn + 1 if (same and opt.keep_diagonal) else opt.knn
-            pattern = emb.ann_knn_pattern(e_t, e_e, k, exclude_self=same and not opt.keep_diagonal,
-                                          method=opt.ann, seed=opt.seed)
+        e_t = embed_records(targets, cache_dir=opt.cache_dir, device=opt.device)
+        e_e = e_t if same else embed_records(cols, cache_dir=opt.cache_dir, device=opt.device)
+    pattern = knn_candidates(e_t, e_e, opt, same=same)
     kern = one_kernel(lm, renderer, targets, cols, opt, same=same, pattern=pattern, e_t=e_t, e_e=e_e,
                       progress=progress, label="pool x pool" if same else "pool x examples")
     meta = {"tool": "tunesift", "kind": "delift-utility", "rows": "targets", "cols": "in-context examples",
             "shape": list(np.shape(kern.values)), "sparse": sp.issparse(kern.values),
             "pairs": int(kern.values.nnz) if sp.issparse(kern.values) else int(np.isfinite(kern.values).sum()),
             "options": {k: v for k, v in options_dict(opt).items() if k in KERNEL_OPTIONS},
-            "model": {"name": lm.source, "path": str(lm.path), "fingerprint": lm.fingerprint, "dtype": str(lm.dtype),
-                      "device": str(lm.device)}, "template": renderer.fmt.name,
+            "model": describe_model(lm), "template": renderer.fmt.name,
             "surrogate": kern.report, "versions": versions()}
     def fill(tmp: Path) -> None:
         if sp.issparse(kern.values):

@@ -261,13 +261,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
         renderer = renderer_for(lm, opt.template, opt.max_length)
         template = renderer.fmt.name
         log.info("model %s on %s, %s; template %s", lm.source, lm.device, lm.dtype, template)
-        model_info = {"name": lm.source, "path": lm.path, "fingerprint": lm.fingerprint,
-                      "dtype": lm.dtype, "device": lm.device}
-        if not opt.token_budget:  # batches sized to the device's free memory (4096 on a CPU)
-            from .scoring.logprobs import auto_token_budget
-
-            opt = replace(opt, token_budget=auto_token_budget(lm))
-            log.info("token budget %d padded tokens per batch", opt.token_budget)
+        model_info = describe_model(lm)
+        opt = with_token_budget(opt, lm)
     t = time.perf_counter()
     errors = {i: r.error for i, r in enumerate(records) if r.error}  # defects found when reading
     readable = [i for i in range(len(records)) if i not in errors]
@@ -310,6 +305,23 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
                                                             and isinstance(data[0], Record)) else data
     return Selection(opt.method, records, kept, cols, np.asarray(order, dtype=np.int64), opt, k,
                      model_info, timings, extra, positions, in_memory, sources)
+
+
+def describe_model(lm) -> dict:
+    """The manifest's ``model``: what was asked for, what was loaded, its fingerprint, dtype and device."""
+    return {"name": lm.source, "path": lm.path, "fingerprint": lm.fingerprint, "dtype": lm.dtype, "device": lm.device}
+
+
+def with_token_budget(opt: Options, lm) -> Options:
+    """``opt`` with ``token_budget`` 0 (auto) resolved: batches sized to the device's free memory
+    (4096 padded tokens on a CPU)."""
+    if opt.token_budget:
+        return opt
+    from .scoring.logprobs import auto_token_budget
+
+    opt = replace(opt, token_budget=auto_token_budget(lm))
+    log.info("token budget %d padded tokens per batch", opt.token_budget)
+    return opt
 
 
 def _errors_line(errors: dict[int, str], n: int, data=None) -> str:

@@ -127,15 +127,13 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
         else:
             cross = se_kernel(e_other) if other else None
     else:
-        from .utility_kernels import stage_kernels
+        from .utility_kernels import knn_candidates, stage_kernels
 
         if opt.knn:
-            # with the diagonal kept, the record itself takes one of the slots: ask for one more
-            # (knn_pattern caps k at the columns available)
-            k_self = opt.knn + 1 if opt.keep_diagonal else opt.knn
-            pattern = knn(e_pool, e_pool, k_self, exclude_self=not opt.keep_diagonal)
+            pattern = knn_candidates(e_pool, e_pool, opt, same=True)
             if other:
-                cross_pattern = knn(e_other, e_pool, opt.knn) if additive else knn(e_pool, e_other, opt.knn)
+                cross_pattern = (knn_candidates(e_other, e_pool, opt, same=False) if additive
+                                 else knn_candidates(e_pool, e_other, opt, same=False))
         renderer = renderer_for(lm, opt.template, opt.max_length)
         t1 = time.perf_counter()
         kerns = stage_kernels(lm, renderer, records, None if additive else other, opt, pattern=pattern,

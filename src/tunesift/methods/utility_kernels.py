@@ -1,10 +1,10 @@
 """DELIFT's utility kernels for a stage, exact or learned.
 
 ``exact``: every candidate pair (the kNN graph with ``--knn k``, else all pairs) is scored by the
-model (:func:`tunesift.scoring.utility.utility_kernel`). ``learned``: a share ``label_fraction``
-of the candidate pairs is scored, spread over the examples (:func:`balanced_pairs`), and the rest
-is predicted by the additive surrogate of :mod:`tunesift.scoring.surrogate`; the labels land in
-the same cache as exact runs' blocks.
+model (:func:`tunesift.scoring.utility.utility_kernel`). ``learned``: a seeded uniform share
+``label_fraction`` of the candidate pairs is scored and the rest is predicted by the additive
+surrogate of :mod:`tunesift.scoring.surrogate`; the labels land in the same shared pair store as
+exact runs' pairs.
 """
 
 from __future__ import annotations
@@ -51,6 +51,20 @@ def candidate_pattern(n_t: int, n_e: int, knn: sp.csr_matrix | None, exclude_dia
     return sp.csr_matrix(full)
 
 
+def knn_candidates(e_t: np.ndarray, e_e: np.ndarray, opt, *, same: bool) -> sp.csr_matrix | None:
+    """The ``--knn`` candidate pattern (n_t, n_e): each target's k most similar examples (None:
+    ``--knn 0``, all pairs). For the same records a target is never its own candidate, unless
+    ``--keep-diagonal``, where it takes one extra slot so that k others are still scored
+    (``ann_knn_pattern`` caps k at the columns available)."""
+    if not opt.knn:
+        return None
+    from ..scoring.embedding import ann_knn_pattern
+
+    keep_self = same and opt.keep_diagonal
+    return ann_knn_pattern(e_t, e_e, opt.knn + 1 if keep_self else opt.knn, exclude_self=same and not keep_self,
+                           method=opt.ann, seed=opt.seed)
+
+
 def one_kernel(lm, renderer, targets, examples, opt, *, same: bool, pattern=None, e_t=None, e_e=None, runner=None,
                progress=None, label: str = "pool x pool") -> Kernel:
     """UF for ``targets`` x ``examples`` under ``opt.utility`` (``exact`` or ``learned``).
@@ -63,13 +77,13 @@ def one_kernel(lm, renderer, targets, examples, opt, *, same: bool, pattern=None
 
     diag = not opt.keep_diagonal
 
-    def kernel(t, e, pairs, same_: bool, what: str):
-        return utility_kernel(lm, renderer, t, e, pairs=pairs, exclude_diagonal=diag, same=same_,
+    def kernel(pairs, what: str):
+        return utility_kernel(lm, renderer, targets, examples, pairs=pairs, exclude_diagonal=diag, same=same,
                               token_budget=opt.token_budget, cache_dir=opt.cache_dir, runner=runner,
                               progress=progress(what) if progress else None)
 
     if opt.utility == "exact":
-        k = kernel(targets, examples, pattern, same, f"DELIFT kernel ({label})")
+        k = kernel(pattern, f"DELIFT kernel ({label})")
         return Kernel(k.values(opt.distance), k.base_distance(opt.distance))
 
     from ..scoring import surrogate as sg
@@ -81,7 +95,7 @@ def one_kernel(lm, renderer, targets, examples, opt, *, same: bool, pattern=None
     labels = sg.uniform_pairs(cand, _n_labels(cand, opt.label_fraction), seed=opt.seed)
     log.info("learned utility (%s): scoring %d of %d candidate pairs exactly (label fraction %g)",
              label, labels.nnz, cand.nnz, opt.label_fraction)
-    k = kernel(targets, examples, labels, same, f"DELIFT labels ({label})")
+    k = kernel(labels, f"DELIFT labels ({label})")
     # features: length and embedding; the no-example distance d0 is known only for labelled targets
     # (the base pass runs for them alone), and left out: it did not earn its place (docs/results.md)
     basis = sg.pca_basis(e_t)

@@ -157,6 +157,17 @@ def _float64_weight(head) -> torch.Tensor:
     return hit[1]
 
 
+def padded_batch(batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` (B, width) of ``[(input_ids, mask)]``."""
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(batch), width), dtype=torch.long)
+    for b, (seq, _) in enumerate(batch):
+        ids[b, : len(seq)] = torch.tensor(seq)
+        att[b, : len(seq)] = 1
+    return ids, att
+
+
 @torch.inference_mode()
 def score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -> np.ndarray:
     """Gradient terms of right-padded sequences from one forward pass.
@@ -169,12 +180,7 @@ def score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) ->
     if getattr(head, "bias", None) is not None:  # no LM head we know has one; refuse rather than be wrong
         raise OptionError("the DONOD closed form assumes an LM head without bias")
     dev = next(model.parameters()).device
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    att = torch.zeros((len(batch), width), dtype=torch.long)
-    for b, (seq, _) in enumerate(batch):
-        ids[b, : len(seq)] = torch.tensor(seq)
-        att[b, : len(seq)] = 1
+    ids, att = padded_batch(batch, pad_id)
     hidden = body(input_ids=ids.to(dev), attention_mask=att.to(dev)).last_hidden_state
     # Logits in float64: <W, G> = sum_t (E_p[z_t] - z_t[y_t]) cancels heavily for confident tokens,
     # and float32 logits leave it ~1% off on real models (measured on SmolLM2).

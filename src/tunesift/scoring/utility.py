@@ -50,7 +50,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -472,7 +472,7 @@ def utility_kernel(
         if need.any():
             shared.put(f"chunk-{_cache_key(sub, lm)[:24]}", np.stack([keys[need].astype(np.float64), sq_s, lp_s]))
     else:
-        info = {"pairs": total, "blocks_computed": 0, "blocks_loaded": 0, **work_counts(), "cache": str(shared.root)}
+        info = {**_new_info(total), "cache": str(shared.root)}
         if progress:
             progress(total, total)
     info["pairs"], info["pairs_shared"] = total, n_have
@@ -480,24 +480,22 @@ def utility_kernel(
 
 
 def _rows_with_pairs(job: _Job) -> np.ndarray:
-    """Targets with at least one pair to score: all (dense) or the pattern's rows (sparse)."""
+    """Targets with at least one pair to score (sorted): all (dense) or the pattern's rows (sparse)."""
     if job.pattern is None:
         return np.arange(job.n_t)
-    rows = np.zeros(job.n_t, dtype=bool)
-    p = job.pattern
-    idx = p.indices
-    if job.diag:
-        cols = np.repeat(np.arange(job.n_e), np.diff(p.indptr))
-        idx = idx[idx != cols]
-    rows[idx] = True
-    return np.flatnonzero(rows)
+    keys = _entry_keys(job)
+    return np.unique(keys[keys >= 0] // job.n_e)
+
+
+def _entry_cols(pattern: sp.csc_matrix) -> np.ndarray:
+    """The column of each entry of a CSC pattern, in storage order (nnz,)."""
+    return np.repeat(np.arange(pattern.shape[1], dtype=np.int64), np.diff(pattern.indptr))
 
 
 def _entry_keys(job: _Job) -> np.ndarray:
     """``row * n_e + col`` of each pattern entry in CSC order; -1 for an excluded diagonal pair."""
-    p = job.pattern
-    cols = np.repeat(np.arange(job.n_e, dtype=np.int64), np.diff(p.indptr))
-    rows = p.indices.astype(np.int64)
+    cols = _entry_cols(job.pattern)
+    rows = job.pattern.indices.astype(np.int64)
     keys = rows * job.n_e + cols
     if job.diag:
         keys[rows == cols] = -1
@@ -521,10 +519,8 @@ def _load_pairs(shared: ArrayStore) -> tuple[np.ndarray, np.ndarray]:
 
 def _with_entries(job: _Job, mask: np.ndarray) -> _Job:
     """The same job restricted to the pattern entries where ``mask`` (CSC order) is True."""
-    from dataclasses import replace
-
     p = job.pattern
-    cols = np.repeat(np.arange(job.n_e, dtype=np.int64), np.diff(p.indptr))
+    cols = _entry_cols(p)
     sub = sp.csr_matrix((np.ones(int(mask.sum()), dtype=bool), (p.indices[mask], cols[mask])), shape=p.shape)
     pattern, perm, csr = _patterns(sub, p.shape)
     return replace(job, pattern=pattern, csr_perm=perm, csr=csr)
@@ -539,7 +535,7 @@ def _compute(job: _Job, lm, root: Path | None, token_budget: int, block_size: in
     n_t, n_e = job.n_t, job.n_e
     store = ArrayStore(root / CACHE_KIND / _cache_key(job, lm)) if root is not None else None
     scorer = ResponseScorer(lm, token_budget=token_budget) if runner is None else None
-    info = {"pairs": job.n_pairs(), "blocks_computed": 0, "blocks_loaded": 0, **work_counts()}
+    info = _new_info(job.n_pairs())
     # counts cover the work of this run only (pieces read from the cache count nothing)
     total = job.n_pairs()
     done = 0
@@ -649,6 +645,11 @@ class _Estimate:
 
 def _duration(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def _new_info(pairs: int) -> dict:
+    """A kernel run's ``info`` before any work: its pairs, no blocks, zero work counts."""
+    return {"pairs": pairs, "blocks_computed": 0, "blocks_loaded": 0, **work_counts()}
 
 
 def work_counts() -> dict[str, int]:
