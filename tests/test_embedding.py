@@ -54,6 +54,28 @@ def test_embed_records_normalised_cached_and_meaningful(tmp_path, monkeypatch):
     assert emb.embed_records([], cache_dir=tmp_path).shape == (0, 384)
 
 
+def test_bf16_embeddings_are_close_and_cached_apart(tmp_path, monkeypatch):
+    """--dtype bfloat16 embeds under bf16 autocast: close to float32 (cosine > 0.999, the same
+    neighbours here), in its own cache entry, and an unknown precision is a clear error."""
+    e32 = emb.embed_records(RECS, cache_dir=tmp_path)
+    e16 = emb.embed_records(RECS, cache_dir=tmp_path, precision="bfloat16")
+    assert e16.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e16, axis=1), 1.0, atol=1e-5)
+    cos = (e32 * e16).sum(axis=1)
+    assert cos.min() > 0.999
+    k32, k16 = e32 @ e32.T, e16 @ e16.T
+    np.fill_diagonal(k32, -1)
+    np.fill_diagonal(k16, -1)
+    assert (k32.argmax(axis=1) == k16.argmax(axis=1)).all()
+    assert len(list(tmp_path.rglob("emb.npy"))) == 2  # two cache entries, neither served for the other
+    monkeypatch.setattr(emb, "_encoder", lambda device: pytest.fail("encoder called despite cache"))
+    np.testing.assert_array_equal(emb.embed_records(RECS, cache_dir=tmp_path, precision="bfloat16"), e16)
+    with pytest.raises(OptionError, match="precision 'float16'"):
+        emb.embed_records(RECS, cache_dir=tmp_path, precision="float16")
+    assert emb.embed_precision("bfloat16", "cpu") == "bfloat16"
+    assert emb.embed_precision("auto", "cpu") == emb.embed_precision("float32", "cpu") == "float32"
+
+
 def test_cosine_similarity_kernel():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(4, 6)) * 3, rng.normal(size=(3, 6))

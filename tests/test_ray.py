@@ -330,6 +330,11 @@ def test_ray_embeddings_equal_local(pool, tmp_path):
                            progress=lambda d, t: got.append(d))
     np.testing.assert_allclose(remote, local, atol=1e-6)
     assert got[-1] == 11
+    # the precision travels to the workers
+    bf16 = embed_records(recs, cache_dir=False, runner=RayEmbedRunner(lambda: pool), chunk_size=4,
+                         precision="bfloat16")
+    np.testing.assert_allclose(bf16, embed_records(recs, cache_dir=False, precision="bfloat16"), atol=1e-6)
+    assert not np.array_equal(bf16, local)
     files = [p.name for p in tmp_path.rglob("*.npy")]
     assert files == ["emb.npy"]  # the chunks are gone once the whole array is stored
 

@@ -47,6 +47,41 @@ def test_balanced_pairs_caps_at_the_candidates():
     assert sg.balanced_pairs(cand, 0).nnz == 0
 
 
+def test_row_pairs_label_whole_rows_of_seeded_targets():
+    cand = knn_like(40, 6, seed=2)
+    lab = sg.row_pairs(cand, 45, seed=3)
+    assert lab.nnz == 45
+    assert (lab.astype(int) - lab.multiply(cand).astype(int)).nnz == 0  # a subset of the candidates
+    per_row = np.asarray(lab.sum(axis=1)).ravel()
+    # 7 whole rows of 6 and one row cut to 3: one no-example pass per labelled target
+    assert sorted(per_row[per_row > 0].tolist()) == [3] + [6] * 7
+    assert (sg.row_pairs(cand, 45, seed=3) != lab).nnz == 0
+    other = sg.row_pairs(cand, 45, seed=4)
+    assert set(np.flatnonzero(other.getnnz(axis=1))) != set(np.flatnonzero(lab.getnnz(axis=1)))
+    # uniform sampling touches many more targets at the same budget
+    assert np.count_nonzero(sg.uniform_pairs(cand, 45, seed=3).getnnz(axis=1)) > 8
+    assert sg.row_pairs(cand, 10_000).nnz == cand.nnz and sg.row_pairs(cand, 0).nnz == 0
+
+
+def test_fill_kernel_holds_out_whole_rows_for_row_labels():
+    n = 60
+    a, h, x = additive_truth(n, seed=7)
+    cand = knn_like(n, 5, seed=7)
+    lab = sg.row_pairs(cand, 100, seed=0).tocoo()
+    exact = sp.csr_matrix((a[lab.row] + h[lab.col], (lab.row, lab.col)), shape=(n, n))
+    test = sg._heldout(lab.row.astype(np.int64), 20, 0, by_row=True)
+    held_rows = set(lab.row[test].tolist())
+    assert len(test) == 20 and len(held_rows) == 4  # whole rows: 4 of the 20 labelled targets
+    assert not held_rows & set(np.delete(lab.row, test).tolist())  # no held-out row is in the fit
+    by_row = sg.fill_kernel(cand, exact, col_feats=x, holdout_rows=True, seed=0)
+    by_pair = sg.fill_kernel(cand, exact, col_feats=x, seed=0)
+    assert by_row.report["heldout_by"] == "row" and by_pair.report["heldout_by"] == "pair"
+    assert by_row.report["heldout_pairs"] == 20
+    # the free target offsets cannot be learned for unseen rows: the row hold-out is the harder test
+    assert by_row.report["r2"] < by_pair.report["r2"]
+    np.testing.assert_array_equal(by_row.values.toarray(), by_pair.values.toarray())  # same final refit
+
+
 def test_nearest_pairs_gives_every_row_its_nearest_first():
     cand = knn_like(20, 5, seed=1)
     rank = cand.astype(float).multiply(np.random.default_rng(0).random((20, 20))).tocsr()
@@ -151,6 +186,7 @@ def test_select_with_the_learned_utility(stage, tiny_lm, tmp_path):
     assert sel.kept.sum() == 6
     rep = sel.extra["surrogate"]
     assert rep["pool"]["candidate_pairs"] == 24 * 6 and rep["pool"]["labelled_pairs"] == round(0.3 * 144)
+    assert rep["pool"]["heldout_by"] == "row"
     assert ("cross" in rep) == (stage != "instruction")
     # seeded and deterministic; labels come from the cache the second time
     again = select(rows(24), method="delift", stage=stage, utility="learned", label_fraction=0.3, knn=6, budget=6,
@@ -247,4 +283,4 @@ def test_report_states_the_surrogate_fidelity(tiny_dir, tmp_path):
                  "--out", str(out), "-q", "--report"]) == 0
     page = (out / "report.html").read_text()
     assert "Learned utility (pool x pool): 25 of 100 candidate pairs scored exactly" in page
-    assert "held-out exact pairs: Spearman" in page
+    assert "held-out exact pairs (whole target rows, unseen in the fit): Spearman" in page

@@ -59,10 +59,11 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
     opt = with_token_budget(opt, lm)
     e_t = e_e = None
     if opt.knn or opt.utility == "learned":
-        from .scoring.embedding import embed_records
+        from .scoring.embedding import embed_precision, embed_records
 
-        e_t = embed_records(targets, cache_dir=opt.cache_dir, device=opt.device)
-        e_e = e_t if same else embed_records(cols, cache_dir=opt.cache_dir, device=opt.device)
+        precision = embed_precision(opt.dtype, opt.device)
+        e_t = embed_records(targets, cache_dir=opt.cache_dir, device=opt.device, precision=precision)
+        e_e = e_t if same else embed_records(cols, cache_dir=opt.cache_dir, device=opt.device, precision=precision)
     pattern = knn_candidates(e_t, e_e, opt, same=same)
     kern = one_kernel(lm, renderer, targets, cols, opt, same=same, pattern=pattern, e_t=e_t, e_e=e_e,
                       progress=progress, label="pool x pool" if same else "pool x examples")

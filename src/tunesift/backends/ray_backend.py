@@ -196,13 +196,13 @@ class _BlockWorker:
         job, base = self._shared(job_ref), self._shared(base_ref)
         return kernel_block(job, scorer, base, c0, c1, counts), counts
 
-    def embed(self, texts: list[str]):
+    def embed(self, texts: list[str], precision: str = "float32"):
         """MiniLM embeddings of ``texts`` (:func:`~tunesift.scoring.embedding.embed_texts`)."""
         from ..scoring.embedding import embed_texts
 
         if self.error:
             raise TunesiftError(f"a Ray worker did not start: {self.error}")
-        return embed_texts(list(texts), device=self.device)
+        return embed_texts(list(texts), device=self.device, precision=precision)
 
 
 class RayBlockPool:
@@ -546,12 +546,13 @@ class RayEmbedRunner:
     def __init__(self, pool: Callable[[], RayBlockPool]):
         self.pool = pool
 
-    def embed(self, chunks: list[tuple[int, list[str]]], on_chunk: Callable[[int, np.ndarray], None]) -> None:
+    def embed(self, chunks: list[tuple[int, list[str]]], on_chunk: Callable[[int, np.ndarray], None], *,
+              precision: str = "float32") -> None:
         """``chunks``: ``(start, texts)`` pairs; ``on_chunk(start, (len(texts), 384) array)``."""
         if chunks:
             self.pool().dispatch([(f"texts {start}-{start + len(texts)}", (start, texts))
                                   for start, texts in chunks],
-                                 lambda actor, chunk: actor.embed.remote(chunk[1]),
+                                 lambda actor, chunk: actor.embed.remote(chunk[1], precision),
                                  lambda key, chunk, res: on_chunk(chunk[0], res))
 
 

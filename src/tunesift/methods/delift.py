@@ -96,11 +96,13 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
     additive = bool(other) and opt.stage == "task" and opt.mi_form == "additive"
     surrogate = None
     if need_emb:
-        log.info("embedding %d records with all-MiniLM-L6-v2", len(records) + len(other or []))
+        precision = emb.embed_precision(opt.dtype, opt.device)
+        log.info("embedding %d records with all-MiniLM-L6-v2 (%s)", len(records) + len(other or []), precision)
         e_pool = emb.embed_records(records, cache_dir=opt.cache_dir, device=opt.device, runner=embed_runner,
-                                   progress=pair_progress(progress, "embedding the pool"))
+                                   progress=pair_progress(progress, "embedding the pool"), precision=precision)
         e_other = (emb.embed_records(other, cache_dir=opt.cache_dir, device=opt.device, runner=embed_runner,
-                                     progress=pair_progress(progress, f"embedding the {opt.stage} set"))
+                                     progress=pair_progress(progress, f"embedding the {opt.stage} set"),
+                                     precision=precision)
                    if other else None)
         timings["embed_s"] = time.perf_counter() - t0
     def knn(a: np.ndarray, b: np.ndarray, kk: int, exclude_self: bool = False):  # exact or faiss (--ann)

@@ -84,7 +84,8 @@ class Options:
     model: str = opt("default", "default (SmolLM2-135M-Instruct), gemma3-270m, a folder, a .gguf or an HF id in "
                      "the local cache.", group="model")
     device: str = opt("auto", "auto | cpu | cuda", group="model", check=_device)
-    dtype: str = opt("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16", group="model",
+    dtype: str = opt("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16; "
+                     "DELIFT's sentence encoder runs in bf16 too when the model does", group="model",
                      check=one_of("dtype", ("auto", "float32", "bfloat16", "float16"),
                                   "auto, float32, bfloat16 or float16"))
     template: str = opt("auto", "auto | chat | plain | paper (the DELIFT reference code's prompt format): how "

@@ -101,9 +101,10 @@ def surrogate_note(name: str, rep: dict) -> str:
         v = rep.get(key)
         return "n/a" if v is None else f"{v:.2f}"
 
+    held = " (whole target rows, unseen in the fit)" if rep.get("heldout_by") == "row" else ""
     return (f"Learned utility ({kernel}): {rep.get('labelled_pairs', 0):,} of {rep.get('candidate_pairs', 0):,} "
             f"candidate pairs scored exactly, the rest predicted. On {rep.get('heldout_pairs', 0):,} held-out exact "
-            f"pairs: Spearman {f('spearman')}, R² {f('r2')}, within-target Spearman {f('within_row_spearman')}.")
+            f"pairs{held}: Spearman {f('spearman')}, R² {f('r2')}, within-target Spearman {f('within_row_spearman')}.")
 
 
 def _score(res: Output, name: str, i: int) -> str:

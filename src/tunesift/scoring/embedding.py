@@ -28,6 +28,7 @@ from ..store import ArrayStore, content_key, default_cache_dir
 
 EMBED_DIM = 384
 CACHE_KIND = "embeddings"
+PRECISIONS = ("float32", "bfloat16")
 _BLOCK_ELEMS = 1 << 22  # similarities per block in knn_pattern (16 MB of float32)
 
 
@@ -69,12 +70,14 @@ def embed_records(
     progress=None,
     runner=None,
     chunk_size: int = 4096,
+    precision: str = "float32",
 ) -> np.ndarray:
     """Embed ``record_text`` of each record with the bundled all-MiniLM-L6-v2.
 
-    Returns (n, 384) float32 rows with unit L2 norm. Cached under
-    ``<cache_dir>/embeddings/<key>/`` with ``key`` = content key of the texts and the encoder's
-    weights (default :func:`tunesift.store.default_cache_dir`; False disables the cache): the
+    Returns (n, 384) float32 rows with unit L2 norm. ``precision``: ``float32`` or ``bfloat16``
+    (the encoder's matmuls under bf16 autocast, see :func:`embed_texts`). Cached under
+    ``<cache_dir>/embeddings/<key>/`` with ``key`` = content key of the texts, the encoder's
+    weights and a bf16 precision (default :func:`tunesift.store.default_cache_dir`; False disables the cache): the
     whole array as ``emb``, and while a run is under way each finished chunk of ``chunk_size``
     texts, so an interrupted run resumes (the chunks are removed once ``emb`` is written).
     ``runner``: where the missing chunks are embedded (None: here; e.g.
@@ -86,11 +89,14 @@ def embed_records(
         return np.zeros((0, EMBED_DIM), dtype=np.float32)
     if batch_size < 1 or chunk_size < 1:
         raise OptionError("batch_size and chunk_size must be positive")
+    if precision not in PRECISIONS:
+        raise OptionError(f"unknown embedding precision '{precision}': use {' or '.join(PRECISIONS)}")
     store = None
     if cache_dir is not False:
         root = Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir()
         store = ArrayStore(
-            root / CACHE_KIND / content_key("minilm-v1", _embedder_fingerprint(), texts)
+            root / CACHE_KIND / content_key("minilm-v1" + ("" if precision == "float32" else "-bf16"),
+                                            _embedder_fingerprint(), texts)
         )
         got = store.get("emb", finite=True)
         if got is not None and got.shape == (len(texts), EMBED_DIM):
@@ -120,10 +126,10 @@ def embed_records(
         else:
             todo.append((start, texts[start:start + chunk_size]))
     if runner is not None:
-        runner.embed(todo, finished)
+        runner.embed(todo, finished, precision=precision)
     else:
         for start, chunk in todo:
-            finished(start, embed_texts(chunk, device=device, batch_size=batch_size))
+            finished(start, embed_texts(chunk, device=device, batch_size=batch_size, precision=precision))
     emb = np.concatenate([parts[s] for s in starts])
     if store:
         store.put("emb", emb)
@@ -133,15 +139,42 @@ def embed_records(
     return emb
 
 
-def embed_texts(texts: list[str], *, device: str = "cpu", batch_size: int = 64) -> np.ndarray:
+def embed_texts(texts: list[str], *, device: str = "cpu", batch_size: int = 64,
+                precision: str = "float32") -> np.ndarray:
     """all-MiniLM-L6-v2 embeddings of ``texts``: (len(texts), 384) float32 rows of unit L2 norm
-    (no cache; :func:`embed_records` caches)."""
+    (no cache; :func:`embed_records` caches).
+
+    ``precision="bfloat16"`` runs the encoder under torch's bf16 autocast (weights stay float32,
+    matmuls in bf16 with float32 accumulation): about 2x faster on a CPU with AMX and on GPUs;
+    measured on 256 Alpaca texts, cosine to the float32 embedding >= 0.99998 and 99.5% of the
+    16-NN lists unchanged (docs/results.md).
+    """
+    import contextlib
+
+    import torch
+
     from ..models import resolve_device
 
-    enc = _encoder(resolve_device(device))
-    out = enc.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                     show_progress_bar=False)
+    dev = resolve_device(device)
+    enc = _encoder(dev)
+    ctx = (torch.autocast(dev.split(":")[0], dtype=torch.bfloat16) if precision == "bfloat16"
+           else contextlib.nullcontext())
+    with ctx:
+        out = enc.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                         show_progress_bar=False)
     return normalise(np.asarray(out, dtype=np.float32))
+
+
+def embed_precision(dtype: str, device: str) -> str:
+    """The encoder precision that goes with a run's ``--dtype``: ``bfloat16`` when the LM runs in
+    bf16 (``auto`` on a GPU, or asked for), else ``float32``; so one flag sets every model's
+    precision."""
+    import torch
+
+    from ..models import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    return "bfloat16" if resolve_dtype(dtype, dev) == torch.bfloat16 else "float32"
 
 
 def cosine_similarity_kernel(a: np.ndarray, b: np.ndarray, pattern: sp.spmatrix | None = None):
