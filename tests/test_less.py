@@ -248,3 +248,16 @@ def test_options(tiny_lm, sets, tmp_path):
         with pytest.raises(OptionError, match=msg):
             less_scores(tiny_lm, others, target, cache_dir=tmp_path, **kw)
     assert not (tmp_path / "less").exists()  # options are checked before any work
+
+
+def test_less_renders_with_the_paper_template_without_a_renderer(tiny_lm, sets, tmp_path):
+    """less_scores builds its renderer with renderer_for, so ``train.template = "paper"`` works
+    (a bare turn format would refuse it) and equals passing that renderer explicitly."""
+    from tunesift.render import renderer_for
+
+    others, target = sets
+    cfg = warmup_config(1, template="paper", max_length=256)
+    got = less_scores(tiny_lm, others[:6], target[:2], train=cfg, cache_dir=False)
+    want = less_scores(tiny_lm, others[:6], target[:2], train=cfg, cache_dir=False,
+                       renderer=renderer_for(tiny_lm, "paper", 256))
+    np.testing.assert_allclose(got["less"], want["less"], rtol=1e-6, atol=1e-9)

@@ -248,3 +248,33 @@ def test_select_runs_with_the_paper_template(tiny_lm, tmp_path, method):
             for i, t in enumerate(tiny.CORPUS[:6])]
     sel = select(rows, method=method, budget=2, lm=tiny_lm, template="paper", cache_dir=str(tmp_path))
     assert sel.extra["template"] == "paper" and int(sel.kept.sum()) == 2
+
+
+def test_a_record_that_fits_alone_but_not_after_the_example_header_is_an_error_row(tiny_lm, tmp_path):
+    """The up-front check covers DELIFT's example arm under --template paper: a record whose
+    query no longer fits after the example header becomes an error row (or a clear error), never
+    a failure inside the kernel; DONOD scores it, since it has no example arm."""
+    from tunesift.pipeline import select
+
+    r = renderer_for(tiny_lm, "paper", 8192)
+    long_out = " ".join(tiny.CORPUS)
+    rows = [{"instruction": t, "output": tiny.CORPUS[(3 * i + 1) % 11]} for i, t in enumerate(tiny.CORPUS[:6])]
+    rows.append({"instruction": "Say it.", "output": long_out})
+    rec = tiny.rec(6, "Say it.", long_out)
+    alone = len(r.encode(rec).response) + 6  # room for the response and a little of the prompt
+    limit = alone + len(r.example_header) // 2
+    short = renderer_for(tiny_lm, "paper", limit)
+    short.encode(rec)  # fits alone
+    with pytest.raises(TunesiftError, match="after the paper template's example header"):
+        short.query(rec)
+    sel = select(rows, method="delift", budget=2, lm=tiny_lm, template="paper", max_length=limit, knn=3,
+                 on_error="skip", cache_dir=str(tmp_path))
+    assert sel.columns["error"][6] and "line 7" in sel.columns["error"][6]
+    assert "example header" in sel.columns["error"][6] and not any(sel.columns["error"][:6])
+    assert int(sel.kept.sum()) == 2 and not sel.kept[6]
+    with pytest.raises(TunesiftError, match="example header"):
+        select(rows, method="delift", budget=2, lm=tiny_lm, template="paper", max_length=limit, knn=3,
+               cache_dir=str(tmp_path))
+    donod = select(rows, method="donod", budget=2, lm=tiny_lm, template="paper", max_length=limit,
+                   cache_dir=str(tmp_path))
+    assert "error" not in donod.columns or not any(donod.columns["error"])

@@ -268,7 +268,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     readable = [i for i in range(len(records)) if i not in errors]
     if method.needs_lm and readable:
         errors.update({readable[j]: why for j, why in
-                       record_errors(method.block_kind, renderer, [records[i] for i in readable]).items()})
+                       record_errors(method.block_kind, renderer, [records[i] for i in readable],
+                                     in_context=method.in_context).items()})
         errors = dict(sorted(errors.items()))
     ok = np.array([i for i in range(len(records)) if i not in errors], dtype=np.int64)
     if errors:

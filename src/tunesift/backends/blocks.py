@@ -80,18 +80,25 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def record_errors(kind: str, renderer, records: list) -> dict[int, str]:
+def record_errors(kind: str, renderer, records: list, *, in_context: bool = False) -> dict[int, str]:
     """``{index: reason}`` of the records that ``kind`` cannot score, checked one record at a time
     with the renderer alone (no model call, tokenizer work only).
 
     Every kind needs the record's zero-shot encoding (its response must fit ``max_length``;
     this is the check ``pipeline.select`` makes before scoring); SelectIT also needs its rating
-    prompts to fit.
+    prompts to fit. ``in_context`` (DELIFT): the record is also scored after an example and used
+    as one; with a renderer whose target reads differently after an example (``--template
+    paper``), its query must fit after the example header and its example text must tokenise
+    cleanly at the cut.
     """
     out: dict[int, str] = {}
+    arms = in_context and getattr(renderer, "per_arm", False)
     for i, r in enumerate(records):
         try:
             renderer.encode(r)
+            if arms:
+                renderer.query(r)
+                renderer.example_prefix(r)
             if kind == "selectit":
                 from ..scoring.baselines import DEFAULT_PROMPTS, rating_ids
 

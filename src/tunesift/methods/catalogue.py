@@ -24,7 +24,7 @@ register(Method(
     columns=("don", "nod", "closeness", "n_tokens")))
 register(Method(
     "delift", "pairwise in-context utility kernel, then FL / FLMI / FLCG", run_delift, needs_lm=True,
-    stages=STAGES, second_set=DELIFT_SETS, greedy=True,
+    in_context=True, stages=STAGES, second_set=DELIFT_SETS, greedy=True,
     options=("method", "budget", "seed", *LM, "stage", "distance", "knn", "utility", "label_fraction", "clip_negative",
              "scale", "keep_diagonal", "mi_eta", "mi_form", "nu", "optimizer", "epsilon"),
     columns=("order", "gain", "helped_by", "helpfulness")))
@@ -35,7 +35,7 @@ register(Method(
     columns=("order", "gain")))
 register(Method(
     "donod+delift", "DONOD cuts the worst records, DELIFT selects from the rest", donod_delift_pick, needs_lm=True,
-    stages=STAGES, second_set=DELIFT_SETS, block_kind="donod", greedy=True,
+    stages=STAGES, second_set=DELIFT_SETS, block_kind="donod", in_context=True, greedy=True,
     options=("method", "budget", "seed", *LM, "prefilter", *DONOD_OPTIONS, "stage", "distance", "knn",
              "utility", "label_fraction", "clip_negative", "scale", "keep_diagonal", "mi_eta", "mi_form", "nu", "optimizer",
              "epsilon"),

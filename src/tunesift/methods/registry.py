@@ -70,7 +70,9 @@ class Method:
     per stage, the second record set it reads (``target`` / ``existing``); ``options``: the
     options it reads (the report shows these, the rest folded away); ``columns``: the
     scores.parquet columns it always writes; ``block_kind``: the per-record scorer whose up-front
-    check (``backends.blocks.record_errors``) applies; ``greedy``: its kept records are submodular
+    check (``backends.blocks.record_errors``) applies; ``in_context``: it also scores each record
+    after another one as an in-context example (DELIFT), so that check covers the example arm
+    too; ``greedy``: its kept records are submodular
     picks; ``ranked``: for methods that keep the top of one score column, how the report plots it."""
 
     name: str
@@ -82,6 +84,7 @@ class Method:
     options: tuple[str, ...] = ("method", "budget")
     columns: tuple[str, ...] = ()
     block_kind: str = "loss"
+    in_context: bool = False
     greedy: bool = False
     ranked: RankedHint | None = None
     required: tuple[str, ...] = ()  # options that must be given (no default serves)

@@ -437,7 +437,7 @@ def less_scores(
 
     Raises :class:`OptionError` without a target set: LESS matches a target (task stage).
     """
-    from ..render import Renderer, turn_format
+    from ..render import renderer_for
     from ..store import ArrayStore, content_key, default_cache_dir
 
     if not target:
@@ -458,9 +458,7 @@ def less_scores(
         raise OptionError("LESS warm-up must be LoRA fine-tuning (train.mode = 'lora')")
     cfg = _target_modules(lm.model, cfg)
     widx = warmup_indices(len(records), warmup, seed)
-    renderer = renderer or Renderer(
-        lm.tokenizer, turn_format(lm.tokenizer, cfg.template), max_length=cfg.max_length
-    )
+    renderer = renderer or renderer_for(lm, cfg.template, cfg.max_length)
     seqs = [renderer.sequence(r) for r in records]
     tseqs = [renderer.sequence(r) for r in target]
     warm_key = content_key(
