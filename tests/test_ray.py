@@ -330,11 +330,15 @@ def test_ray_embeddings_equal_local(pool, tmp_path):
                            progress=lambda d, t: got.append(d))
     np.testing.assert_allclose(remote, local, atol=1e-6)
     assert got[-1] == 11
-    # the precision travels to the workers
+    # the precision travels to the workers: the same chunks in float32 there agree to 1e-6, so a
+    # larger difference is the bf16 autocast (whose rounding depends on batch shapes and threads: compared
+    # with a tolerance, never bit for bit)
     bf16 = embed_records(recs, cache_dir=False, runner=RayEmbedRunner(lambda: pool), chunk_size=4,
                          precision="bfloat16")
-    np.testing.assert_allclose(bf16, embed_records(recs, cache_dir=False, precision="bfloat16"), atol=1e-6)
-    assert not np.array_equal(bf16, local)
+    again = embed_records(recs, cache_dir=False, runner=RayEmbedRunner(lambda: pool), chunk_size=4)
+    np.testing.assert_allclose(again, remote, atol=1e-6)
+    assert np.abs(bf16 - again).max() > 1e-5
+    assert (bf16 * local).sum(axis=1).min() > 0.999
     files = [p.name for p in tmp_path.rglob("*.npy")]
     assert files == ["emb.npy"]  # the chunks are gone once the whole array is stored
 
