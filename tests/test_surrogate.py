@@ -92,6 +92,13 @@ def test_nearest_pairs_gives_every_row_its_nearest_first():
         r = rank.getrow(i)
         best = r.indices[np.argmax(r.data)]
         assert got[i, best]
+    # a round cut short by the budget: a seeded sample of rows, not the first rows of the file
+    cut = sg.nearest_pairs(cand, rank, 8, seed=0)
+    rows_cut = set(np.flatnonzero(cut.getnnz(axis=1)))
+    assert len(rows_cut) == 8 and rows_cut != set(range(8))
+    assert rows_cut != set(np.flatnonzero(sg.nearest_pairs(cand, rank, 8, seed=1).getnnz(axis=1)))
+    assert (sg.nearest_pairs(cand, rank, 8, seed=0) != cut).nnz == 0
+    assert sg.nearest_pairs(cand, rank, 10_000).nnz == cand.nnz and sg.nearest_pairs(cand, rank, 0).nnz == 0
 
 
 def additive_truth(n: int, seed: int = 0):
@@ -173,8 +180,9 @@ def rows(n: int) -> list[dict]:
     return [{"instruction": f"Add {i} and {i + 1}.", "output": f"The sum is {2 * i + 1}."} for i in range(n)]
 
 
-@pytest.mark.parametrize("stage", ["instruction", "task", "task-additive", "continual"])
-def test_select_with_the_learned_utility(stage, tiny_lm, tmp_path):
+@pytest.mark.parametrize("stage,labels", [("instruction", "nearest"), ("instruction", "rows"), ("task", "nearest"),
+                                          ("task-additive", "rows"), ("continual", "nearest")])
+def test_select_with_the_learned_utility(stage, labels, tiny_lm, tmp_path):
     from tunesift.pipeline import select
 
     other = [{"instruction": f"Subtract {i} from {3 * i}.", "output": f"{2 * i}"} for i in range(6)]
@@ -182,15 +190,16 @@ def test_select_with_the_learned_utility(stage, tiny_lm, tmp_path):
           "task-additive": {"target": other, "mi_form": "additive"}}.get(stage, {})
     stage = stage.split("-")[0]
     sel = select(rows(24), method="delift", stage=stage, utility="learned", label_fraction=0.3, knn=6, budget=6,
-                 lm=tiny_lm, cache_dir=str(tmp_path), **kw)
+                 labels=labels, lm=tiny_lm, cache_dir=str(tmp_path), **kw)
     assert sel.kept.sum() == 6
     rep = sel.extra["surrogate"]
     assert rep["pool"]["candidate_pairs"] == 24 * 6 and rep["pool"]["labelled_pairs"] == round(0.3 * 144)
-    assert rep["pool"]["heldout_by"] == "row"
+    # nearest: every target has labels (pairs held out); rows: whole target rows held out
+    assert rep["pool"]["heldout_by"] == {"nearest": "pair", "rows": "row"}[labels]
     assert ("cross" in rep) == (stage != "instruction")
     # seeded and deterministic; labels come from the cache the second time
     again = select(rows(24), method="delift", stage=stage, utility="learned", label_fraction=0.3, knn=6, budget=6,
-                   lm=tiny_lm, cache_dir=str(tmp_path), **kw)
+                   labels=labels, lm=tiny_lm, cache_dir=str(tmp_path), **kw)
     assert again.ids == sel.ids and again.extra["surrogate"] == rep
 
 
@@ -250,6 +259,16 @@ def test_kernel_command_writes_what_select_computes(utility, tiny_dir, tmp_path)
     if utility == "learned":
         lab = sp.load_npz(out / "labelled.npz")
         assert lab.nnz == 24 and meta["surrogate"]["labelled_pairs"] == 24
+        # --labels nearest (the default): each target's 2 most similar of its 4 candidates
+        from tunesift.io.records import read_records
+        from tunesift.scoring.embedding import embed_records
+
+        e = embed_records(read_records(str(data), None), cache_dir=str(tmp_path / "c"))
+        cand = (uf != 0).tocsr()
+        for i in range(12):
+            c = cand.indices[cand.indptr[i]:cand.indptr[i + 1]]
+            top2 = set(c[np.argsort(-(e[c] @ e[i]))[:2]].tolist())
+            assert set(lab.getrow(i).indices.tolist()) == top2
     else:
         assert not (out / "labelled.npz").exists() and meta["surrogate"] is None
     # a rerun replaces the folder; a folder holding foreign files is refused
@@ -283,4 +302,4 @@ def test_report_states_the_surrogate_fidelity(tiny_dir, tmp_path):
                  "--out", str(out), "-q", "--report"]) == 0
     page = (out / "report.html").read_text()
     assert "Learned utility (pool x pool): 25 of 100 candidate pairs scored exactly" in page
-    assert "held-out exact pairs (whole target rows, unseen in the fit): Spearman" in page
+    assert "held-out exact pairs: Spearman" in page  # --labels nearest: single pairs held out

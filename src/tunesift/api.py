@@ -73,6 +73,7 @@ def select(
     knn: int = 16,
     utility: str = "exact",
     label_fraction: float = 0.1,
+    labels: str = "nearest",
     clip_negative: bool = False,
     scale: str = "joint",
     keep_diagonal: bool = False,

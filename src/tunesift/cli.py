@@ -109,6 +109,7 @@ class Shared:
     knn = Annotated[int, typer.Option(help=_help("knn"))]
     utility = Annotated[str, typer.Option(help=_help("utility"))]
     label_fraction = Annotated[float, typer.Option(help=_help("label_fraction"))]
+    labels = Annotated[str, typer.Option(help=_help("labels"))]
     keep_diagonal = Annotated[bool, typer.Option(help=_help("keep_diagonal"))]
     ann = Annotated[str, typer.Option(help=_help("ann"))]
 
@@ -139,6 +140,7 @@ def select(
     knn: Shared.knn = _default("knn"),
     utility: Shared.utility = _default("utility"),
     label_fraction: Shared.label_fraction = _default("label_fraction"),
+    labels: Shared.labels = _default("labels"),
     clip_negative: bool = typer.Option(_default("clip_negative"), help=_help("clip_negative")),
     scale: str = typer.Option(_default("scale"), help=_help("scale")),
     keep_diagonal: Shared.keep_diagonal = _default("keep_diagonal"),
@@ -190,7 +192,7 @@ def select(
                 template=template, max_length=max_length, token_budget=token_budget,
                 cache_dir=str(cache_dir) if cache_dir else None, eta=eta, reduction=reduction, weights=w,
                 stage=stage, distance=distance, knn=knn, utility=utility, label_fraction=label_fraction,
-                clip_negative=clip_negative, scale=scale,
+                labels=labels, clip_negative=clip_negative, scale=scale,
                 keep_diagonal=keep_diagonal, mi_eta=mi_eta, mi_form=mi_form, nu=nu, optimizer=optimizer, epsilon=epsilon,
                 prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, less_dim=less_dim, by=by, ann=ann, partitions=partitions, on_error=on_error,
                 backend=backend, ray_address=ray_address, ray_workers=ray_workers, ray_gpus=ray_gpus)
@@ -234,6 +236,7 @@ def kernel(
     knn: Shared.knn = _default("knn"),
     utility: Shared.utility = _default("utility"),
     label_fraction: Shared.label_fraction = _default("label_fraction"),
+    labels: Shared.labels = _default("labels"),
     keep_diagonal: Shared.keep_diagonal = _default("keep_diagonal"),
     seed: int = typer.Option(_default("seed"), help="Seed of the labelled pairs (--utility learned)."),
     ann: Shared.ann = _default("ann"),
@@ -247,7 +250,8 @@ def kernel(
         raise TunesiftError("kernel needs the input DATA and --out")
     opts = dict(model=model, device=device, dtype=dtype, template=template, max_length=max_length,
                 token_budget=token_budget, cache_dir=str(cache_dir) if cache_dir else None, distance=distance,
-                knn=knn, utility=utility, label_fraction=label_fraction, keep_diagonal=keep_diagonal, seed=seed,
+                knn=knn, utility=utility, label_fraction=label_fraction, labels=labels, keep_diagonal=keep_diagonal,
+                seed=seed,
                 ann=ann)
     _setup_logging(quiet)
     with _progress(quiet) as prog:

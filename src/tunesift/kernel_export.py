@@ -34,7 +34,7 @@ from .render import renderer_for
 KERNEL_FILES = frozenset({"utility.npy", "utility.npz", "labelled.npz", "base.npy", "rows.txt", "cols.txt",
                           "kernel.json"})
 KERNEL_OPTIONS = ("model", "device", "dtype", "template", "max_length", "token_budget", "cache_dir", "distance",
-                  "knn", "utility", "label_fraction", "keep_diagonal", "seed", "ann")
+                  "knn", "utility", "label_fraction", "labels", "keep_diagonal", "seed", "ann")
 
 
 def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None, progress=None,

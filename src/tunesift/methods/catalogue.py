@@ -25,8 +25,8 @@ register(Method(
 register(Method(
     "delift", "pairwise in-context utility kernel, then FL / FLMI / FLCG", run_delift, needs_lm=True,
     in_context=True, stages=STAGES, second_set=DELIFT_SETS, greedy=True,
-    options=("method", "budget", "seed", *LM, "stage", "distance", "knn", "utility", "label_fraction", "clip_negative",
-             "scale", "keep_diagonal", "mi_eta", "mi_form", "nu", "optimizer", "epsilon"),
+    options=("method", "budget", "seed", *LM, "stage", "distance", "knn", "utility", "label_fraction", "labels",
+             "clip_negative", "scale", "keep_diagonal", "mi_eta", "mi_form", "nu", "optimizer", "epsilon"),
     columns=("order", "gain", "helped_by", "helpfulness")))
 register(Method(
     "delift-se", "the DELIFT objectives on a sentence-embedding kernel", run_delift_se, stages=STAGES,
@@ -37,7 +37,8 @@ register(Method(
     "donod+delift", "DONOD cuts the worst records, DELIFT selects from the rest", donod_delift_pick, needs_lm=True,
     stages=STAGES, second_set=DELIFT_SETS, block_kind="donod", in_context=True, greedy=True,
     options=("method", "budget", "seed", *LM, "prefilter", *DONOD_OPTIONS, "stage", "distance", "knn",
-             "utility", "label_fraction", "clip_negative", "scale", "keep_diagonal", "mi_eta", "mi_form", "nu", "optimizer",
+             "utility", "label_fraction", "labels", "clip_negative", "scale", "keep_diagonal", "mi_eta", "mi_form", "nu",
+             "optimizer",
              "epsilon"),
     columns=("don", "nod", "closeness", "n_tokens", "prefiltered", "order", "gain", "helped_by", "helpfulness")))
 

@@ -120,6 +120,10 @@ class Options:
     label_fraction: float = opt(0.1, "DELIFT --utility learned: share of the candidate pairs scored exactly.",
                                 group="delift", check=lambda v: None if isinstance(v, (int, float)) and 0 < v <= 1
                                 else f"label-fraction must be a fraction in (0, 1], got {v}")
+    labels: str = opt("nearest", "DELIFT --utility learned: which candidate pairs are scored: nearest (each target's "
+                      "most similar candidates, round by round; every labelled target pays its no-example pass) | rows "
+                      "(all candidates of sampled targets: ~k times fewer no-example passes, for tiny label fractions "
+                      "on big pools).", group="delift", check=one_of("labels", ("nearest", "rows"), "nearest or rows"))
     clip_negative: bool = opt(False, "DELIFT: set negative utility to 0 before min-max scaling.", group="delift")
     scale: str = opt("joint", "DELIFT: min-max scaling of the stage's kernels, joint (one scale for all, so FLCG/FLMI "
                      "compare like numbers) | separate (each kernel its own, as the reference code).",

@@ -2,9 +2,10 @@
 
 ``exact``: every candidate pair (the kNN graph with ``--knn k``, else all pairs) is scored by the
 model (:func:`tunesift.scoring.utility.utility_kernel`). ``learned``: a share ``label_fraction``
-of the candidate pairs is scored, as whole candidate rows of a seeded sample of targets, and the
-rest is predicted by the additive surrogate of :mod:`tunesift.scoring.surrogate`; the labels land
-in the same shared pair store as exact runs' pairs.
+of the candidate pairs is scored (``labels``: each target's nearest candidates, round by round,
+or whole candidate rows of a seeded sample of targets) and the rest is predicted by the additive
+surrogate of :mod:`tunesift.scoring.surrogate`; the labels land in the same shared pair store as
+exact runs' pairs.
 """
 
 from __future__ import annotations
@@ -90,12 +91,18 @@ def one_kernel(lm, renderer, targets, examples, opt, *, same: bool, pattern=None
 
     n_t, n_e = len(targets), len(examples)
     cand = candidate_pattern(n_t, n_e, pattern, exclude_diagonal=diag and same)
-    # whole rows of sampled targets (one no-example pass per labelled target) and no pairwise term: in
-    # the measured sweep (docs/results.md) uniform or balanced labels and the cosine pair term did not
-    # pick better than these cheaper, simpler choices
-    labels = sg.row_pairs(cand, _n_labels(cand, opt.label_fraction), seed=opt.seed)
-    log.info("learned utility (%s): scoring %d of %d candidate pairs exactly (label fraction %g), "
-             "all candidates of %d of %d targets", label, labels.nnz, cand.nnz, opt.label_fraction,
+    # nearest: each row's likely FL maximum exact, the fill for the rest (the best pick in the sweep);
+    # rows: one no-example pass per labelled target (the cheapest at tiny label fractions). Uniform or
+    # balanced labels and the cosine pair term did not pick better (docs/results.md).
+    m = _n_labels(cand, opt.label_fraction)
+    if opt.labels == "nearest":
+        from ..scoring.embedding import cosine_similarity_kernel
+
+        labels = sg.nearest_pairs(cand, cosine_similarity_kernel(e_t, e_e, cand), m, seed=opt.seed)
+    else:
+        labels = sg.row_pairs(cand, m, seed=opt.seed)
+    log.info("learned utility (%s): scoring %d of %d candidate pairs exactly (label fraction %g, %s), "
+             "in %d of %d targets", label, labels.nnz, cand.nnz, opt.label_fraction, opt.labels,
              int(np.count_nonzero(labels.getnnz(axis=1))), n_t)
     k = kernel(labels, f"DELIFT labels ({label})")
     # features: length and embedding; the no-example distance d0 is known only for labelled targets
@@ -104,7 +111,7 @@ def one_kernel(lm, renderer, targets, examples, opt, *, same: bool, pattern=None
     row_feats = sg.record_features(e_t, None, k.n_tokens, basis)
     col_feats = row_feats if same else sg.record_features(e_e, None, _response_tokens(renderer, examples), basis)
     filled = sg.fill_kernel(cand, k.values(opt.distance), row_feats=row_feats, col_feats=col_feats,
-                            parts=sg.DEFAULT_PARTS, holdout_rows=True, seed=opt.seed)
+                            parts=sg.DEFAULT_PARTS, holdout_rows=opt.labels == "rows", seed=opt.seed)
     _log_fidelity(label, filled.report)
     return Kernel(filled.values, k.base_distance(opt.distance), filled.labelled, filled.report)
 

@@ -129,25 +129,32 @@ def row_pairs(pattern: sp.csr_matrix, n_labels: int, seed: int = 0) -> sp.csr_ma
     return _pattern(np.concatenate(rows), np.concatenate(cols), csr.shape)
 
 
-def nearest_pairs(pattern: sp.csr_matrix, rank: sp.csr_matrix, n_labels: int) -> sp.csr_matrix:
-    """The same number of pairs spent on each target's nearest candidates: per row, the entries
-    of ``pattern`` with the highest ``rank`` values (e.g. cosine), round by round, so every row
-    gets its nearest neighbour before any row gets its second."""
-    r = rank.multiply(pattern.astype(bool)).tocsr()
-    r.sort_indices()
-    n_t = r.shape[0]
-    per_row = [r.indices[r.indptr[i]:r.indptr[i + 1]][np.argsort(-r.data[r.indptr[i]:r.indptr[i + 1]],
-                                                                  kind="stable")] for i in range(n_t)]
-    n = int(min(max(n_labels, 0), r.nnz))
-    rows, cols = [], []
-    depth = 0
-    while len(rows) < n:
-        for i in range(n_t):
-            if depth < len(per_row[i]) and len(rows) < n:
-                rows.append(i)
-                cols.append(int(per_row[i][depth]))
-        depth += 1
-    return _pattern(rows, cols, pattern.shape)
+def nearest_pairs(pattern: sp.csr_matrix, rank: sp.csr_matrix, n_labels: int, seed: int = 0) -> sp.csr_matrix:
+    """Labels spent on each target's nearest candidates: per row, the entries of ``pattern``
+    (n_t, n_e) with the highest ``rank`` values (e.g. cosine; CSR on the pattern), round by
+    round, so every row gets its nearest candidate before any row gets its second. Within a round
+    that the budget cuts short, rows go in a seeded random order (not file order).
+
+    What ``--utility learned --labels nearest`` ships: the exact values land where a row's
+    facility-location maximum most likely is, and the surrogate fills the rest of the row. Returns
+    a boolean CSR (n_t, n_e) with ``min(n_labels, nnz)`` entries.
+    """
+    pat = pattern.tocsr().astype(bool)
+    pat.sort_indices()
+    # rank values on the pattern's entries (an explicit 0 rank stays a candidate)
+    r = rank.tocsr()
+    c = pat.tocoo()
+    val = np.asarray(r[c.row, c.col]).ravel().astype(np.float64)
+    n = int(min(max(n_labels, 0), pat.nnz))
+    # each entry's depth in its row (0 = the row's nearest): sort by (row, -rank), stable
+    order = np.lexsort((-val, c.row))
+    depth = np.empty(pat.nnz, dtype=np.int64)
+    starts = pat.indptr[c.row[order]]
+    depth[order] = np.arange(pat.nnz) - starts
+    # take whole rounds while they fit, then the cut round's rows in a seeded order
+    tie = np.random.default_rng(seed).permutation(pat.shape[0])[c.row]
+    take = np.lexsort((tie, depth))[:n]
+    return _pattern(c.row[take], c.col[take], pat.shape)
 
 
 def _pattern(rows, cols, shape) -> sp.csr_matrix:
