@@ -196,3 +196,24 @@ def test_plain_template_tool_prompt(plain_tok):
     r = Renderer(plain_tok, turn_format(plain_tok))
     ids, mask = r.sequence(tool_rec("21", "21 degrees.", TOOL_CTX))
     assert "\n\n### Instruction:\ntool: 21\n\n### Response:\n21 degrees." in plain_tok.decode(ids)
+
+
+def test_record_memo_is_bounded_and_exact(chat_tok, monkeypatch):
+    """The renderer memoises record prompts for re-encoding (check, then scoring) but keeps only
+    the last RECORD_MEMO: memory stays flat in the pool size, and every encoding is still exact."""
+    import tunesift.render as render
+
+    monkeypatch.setattr(render, "RECORD_MEMO", 8)
+    r = Renderer(chat_tok, turn_format(chat_tok))
+    recs = [rec(f"question number {i} about {'x' * (i % 5)}", f"answer {i}") for i in range(30)]
+    first = [r.encode(x) for x in recs]
+    assert len(r._recent) == 8  # the first 22 prompts were evicted
+    again = [r.encode(x) for x in recs]  # evicted prompts are tokenised afresh, identically
+    fresh = Renderer(chat_tok, turn_format(chat_tok))
+    assert [(e.prompt, e.response) for e in first] == [(e.prompt, e.response) for e in again] \
+        == [(e.prompt, e.response) for e in map(fresh.encode, recs)]
+    calls = []
+    real = r.tokenizer.__call__
+    monkeypatch.setattr(type(r.tokenizer), "__call__", lambda self, *a, **k: calls.append(a) or real(*a, **k))
+    r.prompt_ids(recs[-1])  # still memoised: no tokenizer call for the prompt
+    assert calls == []

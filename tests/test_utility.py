@@ -14,6 +14,7 @@ import torch
 from tunesift.errors import OptionError
 from tunesift.models import LoadedModel
 from tunesift.render import Renderer, turn_format
+from tunesift.scoring.kernel_blocks import BLOCK_PAIRS, column_spans
 from tunesift.scoring.logprobs import Continuation, ResponseScorer, expand_cache, length_batches
 from tunesift.scoring.utility import (
     UtilityKernel,
@@ -331,6 +332,67 @@ def test_expanded_cache_is_a_view_and_leaves_the_prefix_cache_intact(tiny_gemma)
 
 
 # -- cache and resume ------------------------------------------------------------------------
+
+
+def test_column_spans_widen_thin_sparse_blocks_only():
+    assert column_spans(None, 10, 4) == [(0, 4), (4, 8), (8, 10)]  # dense: fixed width
+    rng = np.random.default_rng(1)
+    n_e, bs = 1000, 8
+    need = BLOCK_PAIRS * bs
+    # a full kNN-like pattern (every column holds >= need / bs entries): the dense spans again
+    full = sp.csc_matrix(rng.random((200, n_e)) < 0.3)
+    assert column_spans(full, n_e, bs) == column_spans(None, n_e, bs)
+    # a learned run's labels: 3 target rows over 1,000 columns, about one entry per column
+    thin = sp.csc_matrix(rng.random((50, n_e)) < 0.001 * np.isin(np.arange(50), [4, 9, 30])[:, None] * 300)
+    spans = column_spans(thin, n_e, bs)
+    assert spans[0][0] == 0 and spans[-1][1] == n_e
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))  # contiguous
+    entries = [int(thin.indptr[c1] - thin.indptr[c0]) for c0, c1 in spans]
+    assert all(e >= need for e in entries[:-1])  # every block but the last is full enough
+    assert len(spans) <= thin.nnz // need + 1 < n_e // bs  # far fewer blocks than 125
+    assert all(c1 - c0 >= bs for c0, c1 in spans[:-1])
+
+
+def test_thin_pattern_scores_in_few_blocks_and_equals_plain(tiny_lm, tmp_path):
+    r = renderer_for(tiny_lm)
+    recs = records(11)
+    dense_pat = np.zeros((11, 11), dtype=bool)
+    dense_pat[[1, 7]] = True  # two labelled target rows, as in a learned run's row labels
+    pattern = sp.csr_matrix(dense_pat)
+    kw = {"block_size": 2, "token_budget": 4096, "cache_dir": tmp_path}
+    fast = utility_kernel(tiny_lm, r, recs, recs, pairs=pattern, **kw)
+    # 20 pairs (diagonal excluded); blocks need 8 entries: 3 blocks, not 6 two-column ones
+    assert fast.info["blocks_computed"] == 3
+    plain = plain_utility_kernel(tiny_lm, r, recs, recs, pairs=pattern)
+    np.testing.assert_allclose(fast.values().data, plain.values().data, rtol=1e-4, atol=1e-4)
+    again = utility_kernel(tiny_lm, r, recs, recs, pairs=pattern, **kw)
+    assert again.info["forwards"] == 0  # resumed from the same spans
+
+
+def test_wave_prefix_bank_is_bounded(tiny_lm, monkeypatch):
+    """A thin pattern's waves gather one prefix per column; the bank of their KV caches stops
+    growing at BANK_TOKENS x token_budget padded tokens, with the same numbers."""
+    import tunesift.scoring.kernel_blocks as kb
+
+    r = renderer_for(tiny_lm)
+    recs = records(11, long_every=2)
+    dense_pat = np.zeros((11, 11), dtype=bool)
+    dense_pat[[1, 7]] = True
+    pattern = sp.csr_matrix(dense_pat)
+    banks = []
+    real_bank = ResponseScorer._bank
+    monkeypatch.setattr(ResponseScorer, "_bank", lambda self, p: banks.append(len(p)) or real_bank(self, p))
+    kw = {"block_size": 2, "token_budget": 4096, "cache_dir": False}
+    wide = utility_kernel(tiny_lm, r, recs, recs, pairs=pattern, **kw)
+    assert max(banks) > 1  # unbounded here: several columns share a bank
+    banks.clear()
+    monkeypatch.setattr(kb, "BANK_TOKENS", 1e-9)  # any one prefix fills the bank
+    narrow = utility_kernel(tiny_lm, r, recs, recs, pairs=pattern, **kw)
+    assert banks == []  # every wave is one column, i.e. one prefix: no bank at all
+    assert narrow.info["forwards"] > wide.info["forwards"]
+    plain = plain_utility_kernel(tiny_lm, r, recs, recs, pairs=pattern)
+    np.testing.assert_allclose(narrow.values().data, plain.values().data, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(wide.values().data, plain.values().data, rtol=1e-4, atol=1e-4)
 
 
 class Stop(Exception):

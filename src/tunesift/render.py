@@ -44,6 +44,8 @@ between the arms (``"Query: "`` vs ``"Query:\\n"``), so the renderer gives them 
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -54,6 +56,8 @@ PLAIN_USER_END = "\n\n### Response:\n"
 PLAIN_BETWEEN = "\n\n" + PLAIN_HEADER  # the example is not closed with EOS in plain context
 
 _U1, _A1, _U2 = "\x01TSU1\x01", "\x01TSA1\x01", "\x01TSU2\x01"
+# record texts a renderer memoises (LRU); template texts are always kept
+RECORD_MEMO = 4096
 _SLOT = re.compile("\x02TSP(\\d+)\x02")  # a record text's place in a rendered prompt
 
 
@@ -148,7 +152,8 @@ class Renderer:
     tokenizer: object
     fmt: TurnFormat
     max_length: int = 2048
-    _cache: dict = field(default_factory=dict, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)  # template texts: few, kept
+    _recent: OrderedDict = field(default_factory=OrderedDict, repr=False)  # record texts, LRU
     #: True when a target's tokens after an example differ from its zero-shot tokens
     #: (:meth:`query` is not :meth:`encode`); the DELIFT kernel then scores each arm apart.
     per_arm = False
@@ -158,6 +163,19 @@ class Renderer:
         if text not in self._cache:
             self._cache[text] = self.tokenizer(text, add_special_tokens=False).input_ids
         return self._cache[text]
+
+    def _memo(self, key, make: Callable[[], object]):
+        """``make()`` memoised for the last ``RECORD_MEMO`` record keys: a record encoded twice in
+        a row (its check, then its scoring) is tokenised once, while memory stays flat in the
+        record count (an unbounded memo held every prompt of a 100,000-record pool)."""
+        got = self._recent.get(key)
+        if got is None:
+            got = self._recent[key] = make()
+            if len(self._recent) > RECORD_MEMO:
+                self._recent.popitem(last=False)
+        else:
+            self._recent.move_to_end(key)
+        return got
 
     def text_ids(self, text: str) -> list[int]:
         """Token ids of record text: a control string in it is tokenised as plain characters."""
@@ -181,7 +199,8 @@ class Renderer:
         """Token ids of :meth:`prompt_text`, with the record's own text tokenised as text."""
         texts = [c for _, c in record.context] + [record.prompt]
         if not any(self.has_control(t) for t in texts):
-            return self.ids(self.prompt_text(record))
+            text = self.prompt_text(record)
+            return self._memo(text, lambda: self.tokenizer(text, add_special_tokens=False).input_ids)
         slot = iter(range(len(texts)))
         masked = SimpleNamespace(context=tuple((r, f"\x02TSP{next(slot)}\x02") for r, _ in record.context),
                                  prompt=f"\x02TSP{next(slot)}\x02", prompt_role=prompt_role(record))
@@ -431,7 +450,7 @@ class PaperRenderer(Renderer):
         """The record's example prefix followed by its own query tokenises like the whole string."""
         texts = paper_texts(record)
         key = ("\x00cut", *texts)
-        if key in self._cache:
+        if key in self._recent:
             return
         body, query = texts[0] + "\n" + texts[1] + PAPER_QUERY, texts[0] + "\n"
         whole = self._response_ids(PAPER_EXAMPLE + body + query)
@@ -440,7 +459,7 @@ class PaperRenderer(Renderer):
                 f"record {record.id} (line {record.line}): --template paper: this tokenizer merges tokens "
                 "across the example/query boundary, which the kernel's shared example prefix needs "
                 "intact; use --template chat or plain")
-        self._cache[key] = True
+        self._memo(key, lambda: True)
 
 
 def renderer_for(lm, template: str = "auto", max_length: int = 2048) -> Renderer:

@@ -5,7 +5,7 @@ A pool of ``num_workers`` Ray actors each loads the model once and computes whol
 per-record blocks with :func:`tunesift.backends.blocks.score_block_checked` (the local loop
 scores the same blocks with :func:`tunesift.backends.blocks.score_block` after select() has set
 unscorable records aside), kernel column blocks with
-:func:`tunesift.scoring.utility.kernel_block` (:class:`RayKernelRunner`), text chunks with
+:func:`tunesift.scoring.kernel_blocks.kernel_block` (:class:`RayKernelRunner`), text chunks with
 :func:`tunesift.scoring.embedding.embed_texts` (:class:`RayEmbedRunner`). The driver hands out blocks, at most two queued per actor, and writes every finished block into
 the same content-addressed :class:`~tunesift.store.ArrayStore` the local loop uses, the moment
 it arrives. So:
@@ -49,7 +49,6 @@ WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 QUEUE_PER_WORKER = 2  # blocks queued on an actor at once: the next one is ready when one ends
-RENDER_CACHE_MAX = 200_000  # tokenised texts a worker's renderer keeps before starting afresh
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # blocks and records are small; keep /dev/shm free
 
 
@@ -151,8 +150,7 @@ class _BlockWorker:
 
         rkey = (opt.template, opt.max_length)
         renderer = self._renderers.get(rkey)
-        # the renderer memoises tokenised texts; start afresh now and then so memory stays flat
-        if renderer is None or len(getattr(renderer, "_cache", ())) > RENDER_CACHE_MAX:
+        if renderer is None:  # its memo of record texts is bounded (render.RECORD_MEMO)
             renderer = self._renderers[rkey] = renderer_for(self._model(), opt.template, opt.max_length)
         return renderer
 
@@ -177,9 +175,9 @@ class _BlockWorker:
 
     def kernel_base(self, job_ref: list, token_budget: int, r0: int, r1: int):
         """Rows ``r0:r1`` of the kernel's no-example statistics and the work counts
-        (:func:`~tunesift.scoring.utility.kernel_base`)."""
+        (:func:`~tunesift.scoring.kernel_blocks.kernel_base`)."""
+        from ..scoring.kernel_blocks import kernel_base, work_counts
         from ..scoring.logprobs import ResponseScorer
-        from ..scoring.utility import kernel_base, work_counts
 
         counts = work_counts()
         scorer = ResponseScorer(self._model(), token_budget=token_budget)
@@ -187,9 +185,9 @@ class _BlockWorker:
 
     def kernel_block(self, job_ref: list, base_ref: list, c0: int, c1: int, token_budget: int):
         """Columns ``c0:c1`` of a DELIFT kernel and the work counts
-        (:func:`~tunesift.scoring.utility.kernel_block`)."""
+        (:func:`~tunesift.scoring.kernel_blocks.kernel_block`)."""
+        from ..scoring.kernel_blocks import kernel_block, work_counts
         from ..scoring.logprobs import ResponseScorer
-        from ..scoring.utility import kernel_block, work_counts
 
         counts = work_counts()
         scorer = ResponseScorer(self._model(), token_budget=token_budget)
@@ -510,17 +508,18 @@ class RayKernelRunner:
 
     def base(self, job, token_budget: int) -> tuple[np.ndarray, dict]:
         from ..scoring import utility
+        from ..scoring.kernel_blocks import add_counts, work_counts
 
         pool = self.pool()  # first: Ray is initialised (as asked) before anything is put
         job_ref = self._job_ref(job)
         step = self.base_rows or utility.BASE_ROWS
         spans = [(r, min(job.n_t, r + step)) for r in range(0, job.n_t, step)]
         parts: dict[int, np.ndarray] = {}
-        counts = utility.work_counts()
+        counts = work_counts()
 
         def done(key, span, res) -> None:
             parts[span[0]] = res[0]
-            utility._add(counts, res[1])
+            add_counts(counts, res[1])
 
         pool.dispatch([(f"base rows {r0}-{r1}", (r0, r1)) for r0, r1 in spans],
                       lambda actor, span: actor.kernel_base.remote(job_ref, token_budget, *span), done)

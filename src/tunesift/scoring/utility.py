@@ -29,7 +29,7 @@ The kernel keeps the sufficient statistics per pair (``sq_err = sum (1-p)^2``, `
 and per target (``n_tokens = T_i`` and the no-example ``base_sq_err``, ``base_logp``), so
 :meth:`UtilityKernel.values` switches distance without rescoring.
 
-Speed: each example prefix runs once (``use_cache=True``) and its KV cache serves every target
+Speed (:mod:`tunesift.scoring.kernel_blocks`): each example prefix runs once (``use_cache=True``) and its KV cache serves every target
 scored against it (:class:`tunesift.scoring.logprobs.ResponseScorer`). Targets are length-sorted
 into batches of at most ``token_budget`` padded continuation tokens; logits are formed only at
 response positions. Work goes column by column (sparse pairs are grouped by column, so one
@@ -38,7 +38,8 @@ prefix serves all its targets); consecutive columns with few targets are scored 
 :func:`plain_utility_kernel` recomputes every full sequence (the reference and the benchmark
 baseline).
 
-Caching: results are written per block of ``block_size`` columns under
+Caching: results are written per block of ``block_size`` columns (sparse: widened until a block
+holds ``BLOCK_PAIRS * block_size`` pairs, :func:`~tunesift.scoring.kernel_blocks.column_spans`) under
 ``<cache_dir>/delift-utility/<key>/`` (``key`` = :func:`tunesift.store.content_key` of all token
 ids, the model fingerprint and dtype, ``max_length``, the sparse pattern and the diagonal rule);
 a rerun loads the finished blocks and computes only the rest.
@@ -46,7 +47,6 @@ a rerun loads the finished blocks and computes only the rest.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -58,9 +58,18 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import OptionError
-from ..render import fit_example
-from ..store import ArrayStore, content_key, default_cache_dir
-from .logprobs import Continuation, ResponseScorer, plain_logprob_stats
+from ..store import ArrayStore, default_cache_dir
+from .kernel_blocks import (
+    add_counts,
+    block_shape,
+    column_spans,
+    kernel_base,
+    kernel_block,
+    n_col_pairs,
+    work_counts,
+)
+from .kernel_job import CACHE_KIND, KernelJob, cache_key, fit_prefix, pattern_views, prepare_job
+from .logprobs import ResponseScorer, plain_logprob_stats
 
 log = logging.getLogger("tunesift")
 # the remaining-time estimate is logged once this much scoring has been timed
@@ -68,8 +77,6 @@ WARMUP_S = 20.0
 
 DISTANCES = ("rmse", "pmi")
 DEFAULT_DISTANCE = "rmse"
-CACHE_KIND = "delift-utility"
-CACHE_VERSION = 1
 # targets per no-example batch run (a Ray task each): the same split everywhere keeps local and
 # Ray kernels bit-identical (the rows of a forward batch change float rounding slightly)
 BASE_ROWS = 4096
@@ -195,153 +202,8 @@ def _minmax(x: np.ndarray, clip_negative: bool, bounds: tuple[float, float]) -> 
     return x
 
 
-# -- problem set-up shared by both scorers ---------------------------------------------------
-
-
-@dataclass
-class _Job:
-    header: list[int]
-    conts: list[Continuation]  # one per target: prompt_i user_end | response_i end
-    prefixes: list[list[int]]  # one per example: header | example body (before fitting)
-    pattern: sp.csc_matrix | None  # canonical boolean pattern, CSC (columns = examples)
-    csr_perm: np.ndarray | None  # CSC entry order -> CSR entry order
-    csr: sp.csr_matrix | None
-    diag: bool  # pairs (i, i) are excluded (NaN)
-    max_length: int
-    # the no-example arm when its target tokens differ from ``conts`` (renderer.per_arm), else None
-    base_header: list[int] | None = None
-    base_conts: list[Continuation] | None = None
-
-    @property
-    def zero_shot(self) -> tuple[list[int], list[Continuation]]:
-        """(header, continuations) of the no-example arm."""
-        if self.base_conts is None:
-            return self.header, self.conts
-        return self.base_header, self.base_conts
-
-    @property
-    def n_t(self) -> int:
-        return len(self.conts)
-
-    @property
-    def n_e(self) -> int:
-        return len(self.prefixes)
-
-    def column_rows(self, j: int) -> np.ndarray:
-        """All target rows of column j in storage order (the diagonal included)."""
-        if self.pattern is None:
-            return np.arange(self.n_t)
-        return self.pattern.indices[self.pattern.indptr[j] : self.pattern.indptr[j + 1]]
-
-    def n_pairs(self) -> int:
-        total = self.n_t * self.n_e if self.pattern is None else int(self.pattern.nnz)
-        if self.diag:
-            if self.pattern is None:
-                total -= min(self.n_t, self.n_e)
-            else:
-                total -= int(self.pattern.diagonal().sum())
-        return total
-
-
-def _fit(job: _Job, prefix: list[int], cont: Continuation) -> list[int]:
-    return fit_example(prefix, job.header, len(cont.ids), job.max_length)
-
-
-def _canonical_pattern(pairs, shape: tuple[int, int]) -> sp.csr_matrix:
-    m = pairs.tocsr(copy=True) if sp.issparse(pairs) else sp.csr_matrix(np.asarray(pairs))
-    if m.shape != shape:
-        raise OptionError(
-            f"pairs pattern has shape {m.shape}, expected {shape} (targets x examples)"
-        )
-    m = m.astype(bool)
-    m.sum_duplicates()
-    m.eliminate_zeros()
-    m.sort_indices()
-    return m
-
-
-def _is_same(targets, examples) -> bool:
-    if targets is examples:
-        return True
-    return len(targets) == len(examples) and all(
-        t.id == e.id for t, e in zip(targets, examples, strict=True)
-    )
-
-
-def _patterns(pairs, shape: tuple[int, int]):
-    """The canonical boolean pattern as (CSC, CSC entry -> CSR entry permutation, CSR)."""
-    csr = _canonical_pattern(pairs, shape)
-    pattern = csr.tocsc()
-    pattern.sort_indices()
-    # where each CSC entry lands in CSR order
-    order = sp.csc_matrix(
-        (np.arange(pattern.nnz, dtype=np.int64) + 1, pattern.indices, pattern.indptr),
-        shape=pattern.shape,
-    ).tocsr()
-    order.sort_indices()
-    if not (
-        np.array_equal(order.indptr, csr.indptr) and np.array_equal(order.indices, csr.indices)
-    ):
-        raise AssertionError("internal: CSC/CSR pattern mismatch")  # pragma: no cover
-    perm = order.data - 1
-    return pattern, perm, csr
-
-
-def _prepare(renderer, targets, examples, pairs, exclude_diagonal: bool, same: bool | None) -> _Job:
-    encs = [renderer.encode(t) for t in targets]
-    conts = [Continuation(tuple(e.prompt + e.response), len(e.response)) for e in encs]
-    header, base_header, base_conts = list(renderer.header), None, None
-    if getattr(renderer, "per_arm", False):  # the target reads differently after an example
-        base_header, base_conts = header, conts
-        conts = [Continuation(tuple(e.prompt + e.response), len(e.response))
-                 for e in (renderer.query(t) for t in targets)]
-        header = list(renderer.example_header)
-    prefixes = [list(renderer.example_prefix(e)) for e in examples]
-    if same is None:
-        same = _is_same(targets, examples)
-    diag = bool(exclude_diagonal and same)
-    pattern = csr = perm = None
-    if pairs is not None:
-        pattern, perm, csr = _patterns(pairs, (len(targets), len(examples)))
-    return _Job(
-        header, conts, prefixes, pattern, perm, csr, diag, renderer.max_length, base_header, base_conts
-    )
-
-
-def _ids_digest(lists) -> str:
-    h = hashlib.sha256()
-    for ids in lists:
-        a = np.asarray(ids, dtype=np.int64)
-        h.update(len(a).to_bytes(8, "little"))
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _cache_key(job: _Job, lm, pattern: bool = True) -> str:
-    """The cache folder of a job; ``pattern=False``: of every job on the same records and model
-    (the shared pair store)."""
-    pat = None
-    if job.csr is not None and pattern:
-        pat = [list(job.csr.shape), _ids_digest([job.csr.indptr, job.csr.indices])]
-    return content_key(
-        CACHE_KIND,
-        CACHE_VERSION,
-        job.header,
-        _ids_digest([c.ids for c in job.conts]),
-        [c.n_response for c in job.conts],
-        _ids_digest(job.prefixes),
-        str(lm.fingerprint),
-        str(lm.dtype),
-        job.max_length,
-        pat,
-        job.diag,
-        *([] if job.base_conts is None
-          else [job.base_header, _ids_digest([c.ids for c in job.base_conts])]),
-    )
-
-
 def _assemble(
-    job: _Job,
+    job: KernelJob,
     sq_cols: np.ndarray,
     lp_cols: np.ndarray,
     base: np.ndarray,
@@ -360,7 +222,7 @@ def _assemble(
         sq, lp = to_csr(sq_cols), to_csr(lp_cols)
     else:
         sq, lp = sq_cols, lp_cols
-    n_tok = np.array([c.n_response for c in job.conts], dtype=np.int64)
+    n_tok = job.conts.n_response.copy()
     return UtilityKernel(
         sq if distance_stats else None, lp, n_tok, base[0].copy(), base[1].copy(), info
     )
@@ -372,7 +234,7 @@ def _assemble(
 class KernelRunner(Protocol):
     """Computes a kernel's missing pieces somewhere else (e.g. on Ray workers, see
     :class:`tunesift.backends.ray_backend.RayKernelRunner`); :func:`utility_kernel` keeps the
-    cache, the assembly and the progress. The job (``_Job``: token ids, pattern, ``max_length``)
+    cache, the assembly and the progress. The job (``KernelJob``: token ids, pattern, ``max_length``)
     holds everything a piece depends on besides the model; ``token_budget`` sets the batching.
     Both methods must return what :func:`kernel_base` and :func:`kernel_block` return for the
     same job, model, device and thread count."""
@@ -433,7 +295,7 @@ def utility_kernel(
     """
     if token_budget < 1 or block_size < 1:
         raise OptionError("token_budget and block_size must be positive")
-    job = _prepare(renderer, targets, examples, pairs, exclude_diagonal, same)
+    job = prepare_job(renderer, targets, examples, pairs, exclude_diagonal, same)
     root = None
     if cache_dir is not False:
         root = Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir()
@@ -442,7 +304,7 @@ def utility_kernel(
         return _assemble(job, sq_all, lp_all, base, distance_stats, info)
     # sparse: pairs scored by any earlier sparse run with the same records and model (an exact kNN
     # kernel, a learned run's labels) are read from the shared pair store, only the rest is scored
-    shared = ArrayStore(root / CACHE_KIND / f"pairs-{_cache_key(job, lm, pattern=False)}")
+    shared = ArrayStore(root / CACHE_KIND / f"pairs-{cache_key(job, lm, pattern=False)}")
     keys = _entry_keys(job)  # (nnz,) CSC order; -1 on the excluded diagonal
     known_keys, known = _load_pairs(shared)
     have = np.zeros(len(keys), dtype=bool)
@@ -470,7 +332,7 @@ def utility_kernel(
         base = new_base if base is None else np.where(np.isnan(base), new_base, base)
         shared.put("base", base)
         if need.any():
-            shared.put(f"chunk-{_cache_key(sub, lm)[:24]}", np.stack([keys[need].astype(np.float64), sq_s, lp_s]))
+            shared.put(f"chunk-{cache_key(sub, lm)[:24]}", np.stack([keys[need].astype(np.float64), sq_s, lp_s]))
     else:
         info = {**_new_info(total), "cache": str(shared.root)}
         if progress:
@@ -479,7 +341,7 @@ def utility_kernel(
     return _assemble(job, sq_all, lp_all, base, distance_stats, info)
 
 
-def _rows_with_pairs(job: _Job) -> np.ndarray:
+def _rows_with_pairs(job: KernelJob) -> np.ndarray:
     """Targets with at least one pair to score (sorted): all (dense) or the pattern's rows (sparse)."""
     if job.pattern is None:
         return np.arange(job.n_t)
@@ -492,7 +354,7 @@ def _entry_cols(pattern: sp.csc_matrix) -> np.ndarray:
     return np.repeat(np.arange(pattern.shape[1], dtype=np.int64), np.diff(pattern.indptr))
 
 
-def _entry_keys(job: _Job) -> np.ndarray:
+def _entry_keys(job: KernelJob) -> np.ndarray:
     """``row * n_e + col`` of each pattern entry in CSC order; -1 for an excluded diagonal pair."""
     cols = _entry_cols(job.pattern)
     rows = job.pattern.indices.astype(np.int64)
@@ -517,23 +379,23 @@ def _load_pairs(shared: ArrayStore) -> tuple[np.ndarray, np.ndarray]:
     return keys, allc[1:, first]
 
 
-def _with_entries(job: _Job, mask: np.ndarray) -> _Job:
+def _with_entries(job: KernelJob, mask: np.ndarray) -> KernelJob:
     """The same job restricted to the pattern entries where ``mask`` (CSC order) is True."""
     p = job.pattern
     cols = _entry_cols(p)
     sub = sp.csr_matrix((np.ones(int(mask.sum()), dtype=bool), (p.indices[mask], cols[mask])), shape=p.shape)
-    pattern, perm, csr = _patterns(sub, p.shape)
+    pattern, perm, csr = pattern_views(sub, p.shape)
     return replace(job, pattern=pattern, csr_perm=perm, csr=csr)
 
 
-def _compute(job: _Job, lm, root: Path | None, token_budget: int, block_size: int, progress, runner,
+def _compute(job: KernelJob, lm, root: Path | None, token_budget: int, block_size: int, progress, runner,
              known_base: np.ndarray | None = None, base_rows: np.ndarray | None = None):
     """Score ``job`` (base and column blocks, resuming from the per-job cache under ``root``):
     returns ``(sq_all, lp_all, base, info)`` with the entries in CSC order (sparse) or (n_t, n_e).
     ``known_base``: the no-example statistics (2, n_t) another run already has (NaN rows: not
     computed); ``base_rows``: the targets whose base is needed (default: those with a pair)."""
     n_t, n_e = job.n_t, job.n_e
-    store = ArrayStore(root / CACHE_KIND / _cache_key(job, lm)) if root is not None else None
+    store = ArrayStore(root / CACHE_KIND / cache_key(job, lm)) if root is not None else None
     scorer = ResponseScorer(lm, token_budget=token_budget) if runner is None else None
     info = _new_info(job.n_pairs())
     # counts cover the work of this run only (pieces read from the cache count nothing)
@@ -562,7 +424,7 @@ def _compute(job: _Job, lm, root: Path | None, token_budget: int, block_size: in
             for r in range(0, len(missing), BASE_ROWS):
                 part = missing[r:r + BASE_ROWS]
                 base[:, part] = kernel_base(job, scorer, counts=counts, rows=part)
-        _add(info, counts)
+        add_counts(info, counts)
         if store:
             store.put("base", base)
     elif base is None:
@@ -572,13 +434,12 @@ def _compute(job: _Job, lm, root: Path | None, token_budget: int, block_size: in
     sq_all = np.full(job.pattern.nnz if sparse else (n_t, n_e), np.nan)
     lp_all = np.full_like(sq_all, np.nan)
     todo = []
-    for c0 in range(0, n_e, block_size):
-        c1 = min(n_e, c0 + block_size)
+    for c0, c1 in column_spans(job.pattern, n_e, block_size):
         got = store.get(_block_name(c0, c1)) if store else None
-        if got is not None and got.shape == _block_shape(job, c0, c1):
+        if got is not None and got.shape == block_shape(job, c0, c1):
             info["blocks_loaded"] += 1
             _place(job, sq_all, lp_all, c0, c1, got)
-            done += sum(_n_col_pairs(job, j) for j in range(c0, c1))
+            done += sum(n_col_pairs(job, j) for j in range(c0, c1))
             if progress:
                 progress(done, total)
         else:
@@ -586,19 +447,19 @@ def _compute(job: _Job, lm, root: Path | None, token_budget: int, block_size: in
 
     def finished(c0: int, c1: int, block: np.ndarray, counts: dict) -> None:
         nonlocal done
-        if block.shape != _block_shape(job, c0, c1):
+        if block.shape != block_shape(job, c0, c1):
             raise RuntimeError(f"kernel block {c0}-{c1} has shape {block.shape}, "
-                               f"expected {_block_shape(job, c0, c1)}")
+                               f"expected {block_shape(job, c0, c1)}")
         if store:
             store.put(_block_name(c0, c1), block)
         info["blocks_computed"] += 1
-        _add(info, counts)
+        add_counts(info, counts)
         _place(job, sq_all, lp_all, c0, c1, block)
-        done += sum(_n_col_pairs(job, j) for j in range(c0, c1))
+        done += sum(n_col_pairs(job, j) for j in range(c0, c1))
         if progress:
             progress(done, total)
 
-    todo_pairs = sum(_n_col_pairs(job, j) for c0, c1 in todo for j in range(c0, c1))
+    todo_pairs = sum(n_col_pairs(job, j) for c0, c1 in todo for j in range(c0, c1))
     if todo_pairs:
         log.info("DELIFT kernel: %d targets x %d examples, %d pairs, %d to score (the rest cached)%s",
                  n_t, n_e, total, todo_pairs, f"; an interrupted run resumes from {store.root}" if store else "")
@@ -652,91 +513,11 @@ def _new_info(pairs: int) -> dict:
     return {"pairs": pairs, "blocks_computed": 0, "blocks_loaded": 0, **work_counts()}
 
 
-def work_counts() -> dict[str, int]:
-    """Work counters of a kernel run (summed over its pieces, wherever they ran)."""
-    return {"forwards": 0, "mixed_batches": 0, "prefixes": 0, "cut_prefixes": 0, "empty_prefixes": 0}
-
-
-def _add(info: dict, counts: dict) -> None:
-    for name, v in counts.items():
-        info[name] += v
-
-
 def _block_name(c0: int, c1: int) -> str:
     return f"cols-{c0:07d}-{c1:07d}"
 
 
-def _block_shape(job: _Job, c0: int, c1: int) -> tuple[int, ...]:
-    """A stored column block: ``(2, entries)`` (sparse, CSC order) or ``(2, n_t, c1 - c0)``."""
-    if job.pattern is not None:
-        return (2, int(job.pattern.indptr[c1]) - int(job.pattern.indptr[c0]))
-    return (2, job.n_t, c1 - c0)
-
-
-def kernel_base(job: _Job, scorer: ResponseScorer, r0: int = 0, r1: int | None = None,
-                counts: dict | None = None, rows: np.ndarray | None = None) -> np.ndarray:
-    """The no-example arm of targets ``r0:r1`` (default all), or of the targets ``rows``:
-    ``(2, m)`` rows ``[sum (1-p)^2, sum log p]``; ``counts`` (see :func:`work_counts`) is
-    increased by the work."""
-    f0, m0 = scorer.forwards, scorer.mixed_batches
-    header, conts = job.zero_shot
-    todo = conts[r0:r1] if rows is None else [conts[int(i)] for i in rows]
-    out = np.stack(scorer.score(header, todo)).reshape(2, -1)
-    if counts is not None:
-        counts["forwards"] += scorer.forwards - f0
-        counts["mixed_batches"] += scorer.mixed_batches - m0
-    return out
-
-
-def kernel_block(job: _Job, scorer: ResponseScorer, base: np.ndarray, c0: int, c1: int,
-                 counts: dict | None = None, report: Callable[[int], None] | None = None) -> np.ndarray:
-    """Columns ``c0:c1`` of the kernel, in the stored block layout (:func:`_block_shape`): row 0
-    ``sum (1-p)^2``, row 1 ``sum log p`` of each pair; the excluded diagonal is NaN.
-
-    ``counts`` (see :func:`work_counts`) is increased by the work done; ``report(pairs)`` is called
-    with the pairs of this block finished so far (monotone) after every forward batch.
-    """
-    counts = counts if counts is not None else work_counts()
-    f0, m0 = scorer.forwards, scorer.mixed_batches
-    block = np.full(_block_shape(job, c0, c1), np.nan)
-    e0 = int(job.pattern.indptr[c0]) if job.pattern is not None else 0
-    wave: list[_Column] = []
-    wave_tokens = 0
-    finished = 0
-    for j in range(c0, c1):
-        col = _plan_column(job, base, j, counts)
-        wave.append(col)
-        wave_tokens += col.tokens
-        if wave_tokens < scorer.token_budget and j < c1 - 1:
-            continue  # gather more columns so their rows can share batches
-        _run_wave(job, scorer, wave, (lambda rows, f=finished: report(f + rows)) if report else None)
-        for c in wave:
-            if job.pattern is not None:
-                off = int(job.pattern.indptr[c.j]) - e0
-                block[0, off : off + len(c.sq)] = c.sq
-                block[1, off : off + len(c.sq)] = c.lp
-            else:
-                block[0, :, c.j - c0] = c.sq
-                block[1, :, c.j - c0] = c.lp
-            finished += c.n_pairs
-        wave, wave_tokens = [], 0
-        if report:
-            report(finished)
-    counts["forwards"] += scorer.forwards - f0
-    counts["mixed_batches"] += scorer.mixed_batches - m0
-    return block
-
-
-def _n_col_pairs(job: _Job, j: int) -> int:
-    rows = job.column_rows(j)
-    return (
-        len(rows) - int(job.diag and j in set(rows.tolist()))
-        if job.pattern is not None
-        else (job.n_t - int(job.diag and j < job.n_t))
-    )
-
-
-def _place(job: _Job, sq_all, lp_all, c0: int, c1: int, block: np.ndarray) -> None:
+def _place(job: KernelJob, sq_all, lp_all, c0: int, c1: int, block: np.ndarray) -> None:
     if job.pattern is not None:
         e0, e1 = int(job.pattern.indptr[c0]), int(job.pattern.indptr[c1])
         sq_all[e0:e1] = block[0]
@@ -744,80 +525,6 @@ def _place(job: _Job, sq_all, lp_all, c0: int, c1: int, block: np.ndarray) -> No
     else:
         sq_all[:, c0:c1] = block[0]
         lp_all[:, c0:c1] = block[1]
-
-
-@dataclass
-class _Column:
-    """One example's share of the work: its statistics (filled in place) and prefix groups."""
-
-    j: int
-    sq: np.ndarray  # (rows of column j,) NaN on the excluded diagonal
-    lp: np.ndarray
-    groups: list[tuple[list[int], list[int]]]  # (fitted prefix, positions in the column's rows)
-    rows: np.ndarray
-    n_pairs: int
-    tokens: int  # continuation tokens still to score
-
-
-def _plan_column(job: _Job, base: np.ndarray, j: int, info: dict) -> _Column:
-    """Group column j's targets by how much of example j fits before them.
-
-    Targets whose example is cut to nothing get the no-example statistics right away (UF = 0);
-    the excluded diagonal stays NaN.
-    """
-    rows = job.column_rows(j)
-    sq = np.full(len(rows), np.nan)
-    lp = np.full(len(rows), np.nan)
-    by_len: dict[int, list[int]] = {}
-    full = len(job.prefixes[j])
-    h = len(job.header)
-    n_pairs = 0
-    for k, i in enumerate(rows.tolist()):
-        if job.diag and i == j:
-            continue
-        n_pairs += 1
-        over = full + len(job.conts[i].ids) - job.max_length
-        by_len.setdefault(full if over <= 0 else max(h, full - over), []).append(k)
-    groups = []
-    tokens = 0
-    for length, ks in sorted(by_len.items(), reverse=True):
-        idx = rows[ks]
-        if length == h:  # cut to nothing: exactly the no-example arm
-            sq[ks], lp[ks] = base[0, idx], base[1, idx]
-            info["empty_prefixes"] += len(ks)
-            continue
-        prefix = _fit(job, job.prefixes[j], job.conts[int(idx[0])])
-        if len(prefix) != length:
-            raise AssertionError("internal: prefix fit mismatch")  # pragma: no cover
-        info["prefixes"] += 1
-        if length < full:
-            info["cut_prefixes"] += len(ks)
-        groups.append((prefix, ks))
-        tokens += sum(len(job.conts[i].ids) for i in idx.tolist())
-    return _Column(j, sq, lp, groups, rows, n_pairs, tokens)
-
-
-def _run_wave(job: _Job, scorer: ResponseScorer, wave: list[_Column],
-              on_rows: Callable[[int], None] | None) -> None:
-    """Score all prefix groups of a few columns together (their rows may share batches);
-    ``on_rows(rows scored so far)`` after every forward batch."""
-    flat = [(c, ks) for c in wave for _, ks in c.groups]
-    groups = [
-        (prefix, [job.conts[i] for i in c.rows[ks].tolist()])
-        for c in wave
-        for prefix, ks in c.groups
-    ]
-    ran = 0
-
-    def on_batch(rows: int) -> None:
-        nonlocal ran
-        ran += rows
-        if on_rows:
-            on_rows(ran)
-
-    results = scorer.score_groups(groups, on_batch=on_batch)
-    for (c, ks), (s, l_) in zip(flat, results, strict=True):
-        c.sq[ks], c.lp[ks] = s, l_
 
 
 # -- the reference scorer ---------------------------------------------------------------------
@@ -840,7 +547,7 @@ def plain_utility_kernel(
     all positions, exactly what the original DELIFT code does). Pairs whose example is cut to
     nothing are scored like any other pair (their sequence is the no-example arm).
     """
-    job = _prepare(renderer, targets, examples, pairs, exclude_diagonal, same)
+    job = prepare_job(renderer, targets, examples, pairs, exclude_diagonal, same)
     header, base_conts = job.zero_shot
     seqs: list[tuple[list[int], int]] = [
         (header + list(c.ids), c.n_response) for c in base_conts
@@ -851,7 +558,7 @@ def plain_utility_kernel(
             if job.diag and i == j:
                 continue
             c = job.conts[i]
-            prefix = _fit(job, job.prefixes[j], c)
+            prefix = fit_prefix(job, job.prefixes[j], c)
             # cut to nothing: the no-example arm (the same tokens unless the renderer is per-arm)
             seqs.append(seqs[i] if len(prefix) == len(job.header) else (prefix + list(c.ids), c.n_response))
             slots.append((j, k))
