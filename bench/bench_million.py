@@ -57,11 +57,13 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets"
 
 
-def _peak_rss_gb() -> float:
+def peak_rss_gb() -> float:
+    """This process's peak RSS so far, GB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux -> GB
 
 
-def _rss_gb() -> float:
+def rss_gb() -> float:
+    """This process's current RSS, GB."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
 
@@ -79,8 +81,8 @@ def phase(name: str, **extra: object):
     row.update(
         wall_s=time.perf_counter() - w,
         cpu_s=time.process_time() - c,
-        rss_gb=_rss_gb(),
-        peak_rss_gb=_peak_rss_gb(),
+        rss_gb=rss_gb(),
+        peak_rss_gb=peak_rss_gb(),
     )
     PHASES.append(row)
     print("PHASE " + json.dumps(row), flush=True)

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import queue
-import resource
 import subprocess
 import sys
 import threading
@@ -29,9 +28,8 @@ import numpy as np
 
 from tunesift.machine import banner  # noqa: E402
 
-
-def _rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux -> GB
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_million import peak_rss_gb  # noqa: E402
 
 
 def _emit(obj: dict) -> None:
@@ -59,7 +57,7 @@ def child_dense(n: int, frac: float, seed: int, skip_submodlib: bool, kernel: st
 
     k = max(1, int(n * frac))
     S = make_dense(n, kernel, seed)
-    base = _rss_gb()
+    base = peak_rss_gb()
     t = time.perf_counter()
     res = facility_location(S, k, optimizer="lazy")
     ours = time.perf_counter() - t
@@ -71,7 +69,7 @@ def child_dense(n: int, frac: float, seed: int, skip_submodlib: bool, kernel: st
             "time": ours,
             "kernel_gb": S.nbytes / 1e9,
             "rss_base_gb": base,
-            "rss_peak_gb": _rss_gb(),
+            "rss_peak_gb": peak_rss_gb(),
             "objective": res.objective,
         }
     )
@@ -112,7 +110,7 @@ def child_dense(n: int, frac: float, seed: int, skip_submodlib: bool, kernel: st
             "identical": order == ours_order,
             "tie_at": tie_at,
             "max_gain_diff": float(np.max(np.abs(gains[:m] - res.gains[:m]))),
-            "rss_peak_gb": _rss_gb(),
+            "rss_peak_gb": peak_rss_gb(),
         }
     )
 
@@ -131,7 +129,7 @@ def child_sparse(n: int, degree: int, frac: float, seed: int) -> None:
     S.sum_duplicates()  # duplicate random neighbours are merged (summed)
     del cols, vals
     k = max(1, int(n * frac))
-    base = _rss_gb()
+    base = peak_rss_gb()
     t = time.perf_counter()
     res = facility_location(S, k, optimizer="lazy")
     ours = time.perf_counter() - t
@@ -144,7 +142,7 @@ def child_sparse(n: int, degree: int, frac: float, seed: int) -> None:
             "time": ours,
             "input_gb": (S.data.nbytes + S.indices.nbytes + S.indptr.nbytes) / 1e9,
             "rss_base_gb": base,
-            "rss_peak_gb": _rss_gb(),
+            "rss_peak_gb": peak_rss_gb(),
             "picked": len(res.order),
             "objective": res.objective,
         }

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-
-def rss_gb() -> float:
-    """Current RSS of this process (Linux)."""
-    with open("/proc/self/status") as f:
-        return int(f.read().split("VmRSS:")[1].split()[0]) / 1e6
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_million import peak_rss_gb, rss_gb  # noqa: E402
 
 
 def one(data: str, n: int, pairs: int, dtype: str, seed: int) -> dict:
@@ -58,7 +55,7 @@ def one(data: str, n: int, pairs: int, dtype: str, seed: int) -> dict:
     k = utility_kernel(lm, renderer, recs, recs, pairs=pattern, cache_dir=False, progress=progress)
     dt = time.perf_counter() - t
     return {"n": n, "records": m, "pairs": k.info["pairs"], "rss_before_gb": round(before or 0.0, 2),
-            "peak_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+            "peak_gb": round(peak_rss_gb(), 2),
             "pairs_per_s": round(k.info["pairs"] / dt, 2)}
 
 

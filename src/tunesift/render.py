@@ -447,19 +447,21 @@ class PaperRenderer(Renderer):
         return prompt + "\n" + response + PAPER_QUERY
 
     def _check_cut(self, record) -> None:
-        """The record's example prefix followed by its own query tokenises like the whole string."""
+        """The record's example prefix followed by its own query tokenises like the whole string
+        (checked once per record while it stays in the memo)."""
         texts = paper_texts(record)
-        key = ("\x00cut", *texts)
-        if key in self._recent:
-            return
-        body, query = texts[0] + "\n" + texts[1] + PAPER_QUERY, texts[0] + "\n"
-        whole = self._response_ids(PAPER_EXAMPLE + body + query)
-        if whole != self.example_header + self._response_ids(body) + self._response_ids(query):
-            raise TunesiftError(
-                f"record {record.id} (line {record.line}): --template paper: this tokenizer merges tokens "
-                "across the example/query boundary, which the kernel's shared example prefix needs "
-                "intact; use --template chat or plain")
-        self._memo(key, lambda: True)
+
+        def check() -> bool:
+            body, query = texts[0] + "\n" + texts[1] + PAPER_QUERY, texts[0] + "\n"
+            whole = self._response_ids(PAPER_EXAMPLE + body + query)
+            if whole != self.example_header + self._response_ids(body) + self._response_ids(query):
+                raise TunesiftError(
+                    f"record {record.id} (line {record.line}): --template paper: this tokenizer merges tokens "
+                    "across the example/query boundary, which the kernel's shared example prefix needs "
+                    "intact; use --template chat or plain")
+            return True
+
+        self._memo(("\x00cut", *texts), check)
 
 
 def renderer_for(lm, template: str = "auto", max_length: int = 2048) -> Renderer:

@@ -175,7 +175,7 @@ def _plan_column(job: KernelJob, base: np.ndarray, j: int, info: dict) -> _Colum
             sq[ks], lp[ks] = base[0, idx], base[1, idx]
             info["empty_prefixes"] += len(ks)
             continue
-        prefix = fit_prefix(job, job.prefixes[j], job.conts[int(idx[0])])
+        prefix = fit_prefix(job, job.prefixes[j], int(n_ids[idx[0]]))
         if len(prefix) != length:
             raise AssertionError("internal: prefix fit mismatch")  # pragma: no cover
         info["prefixes"] += 1

@@ -16,7 +16,6 @@ import scipy.sparse as sp
 from ..errors import OptionError
 from ..render import fit_example
 from ..store import content_key
-from .logprobs import Continuation
 from .token_table import ContinuationTable, TokenLists
 
 CACHE_KIND = "delift-utility"
@@ -70,9 +69,10 @@ class KernelJob:
         return total
 
 
-def fit_prefix(job: KernelJob, prefix: list[int], cont: Continuation) -> list[int]:
-    """Example ``prefix`` cut so that it and ``cont`` fit ``max_length`` (:func:`~tunesift.render.fit_example`)."""
-    return fit_example(prefix, job.header, len(cont.ids), job.max_length)
+def fit_prefix(job: KernelJob, prefix: list[int], n_cont: int) -> list[int]:
+    """Example ``prefix`` cut so that it and a continuation of ``n_cont`` tokens fit ``max_length``
+    (:func:`~tunesift.render.fit_example`)."""
+    return fit_example(prefix, job.header, n_cont, job.max_length)
 
 
 def canonical_pattern(pairs, shape: tuple[int, int]) -> sp.csr_matrix:

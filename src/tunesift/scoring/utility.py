@@ -29,12 +29,9 @@ The kernel keeps the sufficient statistics per pair (``sq_err = sum (1-p)^2``, `
 and per target (``n_tokens = T_i`` and the no-example ``base_sq_err``, ``base_logp``), so
 :meth:`UtilityKernel.values` switches distance without rescoring.
 
-Speed (:mod:`tunesift.scoring.kernel_blocks`): each example prefix runs once (``use_cache=True``) and its KV cache serves every target
-scored against it (:class:`tunesift.scoring.logprobs.ResponseScorer`). Targets are length-sorted
-into batches of at most ``token_budget`` padded continuation tokens; logits are formed only at
-response positions. Work goes column by column (sparse pairs are grouped by column, so one
-prefix serves all its targets); consecutive columns with few targets are scored together as a
-"wave" of at least ``token_budget`` tokens so that their rows fill batches.
+Speed: each example prefix runs once (``use_cache=True``) and its KV cache serves every target
+scored against it (:class:`tunesift.scoring.logprobs.ResponseScorer`); logits are formed only at
+response positions; columns are scored in waves (:mod:`tunesift.scoring.kernel_blocks`).
 :func:`plain_utility_kernel` recomputes every full sequence (the reference and the benchmark
 baseline).
 
@@ -558,7 +555,7 @@ def plain_utility_kernel(
             if job.diag and i == j:
                 continue
             c = job.conts[i]
-            prefix = fit_prefix(job, job.prefixes[j], c)
+            prefix = fit_prefix(job, job.prefixes[j], len(c.ids))
             # cut to nothing: the no-example arm (the same tokens unless the renderer is per-arm)
             seqs.append(seqs[i] if len(prefix) == len(job.header) else (prefix + list(c.ids), c.n_response))
             slots.append((j, k))
