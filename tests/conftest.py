@@ -42,6 +42,38 @@ def tiny_plain_lm(tiny_plain_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma():
+    """A tiny Gemma 3 with logit soft-capping and an 8-token sliding window (shorter than prefixes)."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tunesift.models import LoadedModel
+
+    tok = tiny.make_tokenizer(True)
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        sliding_window=8,
+        final_logit_softcapping=3.0,
+        layer_types=["sliding_attention", "full_attention"],
+        attn_implementation="sdpa",
+    )
+    model = Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    return LoadedModel(model, tok, "tiny-gemma", "tiny-gemma", "tiny-gemma", "cpu", "float32")
+
+
+@pytest.fixture(scope="session")
 def default_lm():
     """The real default model (SmolLM2-135M-Instruct), converted once into the cache."""
     from tunesift.models import load_lm

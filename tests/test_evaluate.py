@@ -12,6 +12,7 @@ from tunesift.evaluate import (
     exact_match,
     final_answer,
     generate,
+    generation_batches,
     is_math,
     parse_metrics,
     rouge_l,
@@ -70,11 +71,14 @@ def test_loss_and_perplexity_are_exact(tiny_lm, recs):
     assert ev.generations == [None] * len(recs)
 
 
-@pytest.mark.parametrize("which", ["tiny_lm", "tiny_plain_lm"])
+@pytest.mark.parametrize("which", ["tiny_lm", "tiny_plain_lm", "tiny_gemma"])  # gemma: sliding-window layers
 def test_batched_greedy_generation_equals_a_manual_loop(which, request, recs):
+    """Left padding and the static cache (sized per batch, written in place) change nothing."""
     lm = request.getfixturevalue(which)
     rend = Renderer(lm.tokenizer, turn_format(lm.tokenizer), max_length=256)
     got = generate(lm, rend, recs, max_new_tokens=6, batch_size=4)  # prompts of different lengths, left-padded
+    assert generate(lm, rend, recs, max_new_tokens=6, batch_size=1) == got  # no padding at all
+    assert generate(lm, rend, recs, max_new_tokens=6, batch_size=4, static_cache=False) == got
     stop = rend.ids(rend.fmt.end)[0]
     for r, text in zip(recs, got):
         ids = rend.header + rend.encode(r).prompt
@@ -91,6 +95,17 @@ def test_batched_greedy_generation_equals_a_manual_loop(which, request, recs):
                     break
                 new.append(nxt)
         assert text == lm.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_generation_batches_bound_rows_and_cache_tokens():
+    widths = [50, 10, 300, 12, 11, 40, 900]
+    got = generation_batches(widths, max_new_tokens=100, batch_size=3, budget=500)
+    assert sorted(i for b in got for i in b) == list(range(7))
+    for b in got:
+        assert len(b) <= 3
+        assert len(b) == 1 or len(b) * (max(widths[i] for i in b) + 100) <= 500
+    assert got == [[1, 4, 3], [5, 0], [2], [6]]  # by width; 900 + 100 alone
+    assert generation_batches([], 10, 4) == []
 
 
 def test_generative_metrics_respect_the_limit(tiny_lm, recs):

@@ -135,6 +135,28 @@ def test_heap_threshold_is_fixed_once(monkeypatch):
         assert heap.bound_heap_growth() is False  # already done
 
 
+def test_kernel_caches_are_capped_unless_the_user_chose(monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    import tunesift.heap as heap
+
+    for name in heap.KERNEL_CACHE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "5")  # the user's own setting wins
+    assert heap.bound_kernel_caches() == ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(heap.KERNEL_CACHE)
+    assert os.environ["LRU_CACHE_CAPACITY"] == "5"
+    assert heap.bound_kernel_caches() == []  # nothing left to set
+    # importing the model loader sets both, in a fresh process (before any model runs)
+    env = {k: v for k, v in os.environ.items() if k not in heap.KERNEL_CACHE_VARS}
+    out = subprocess.run([sys.executable, "-c", "import os, tunesift.models; print(os.environ["
+                          "'ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])"],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(heap.KERNEL_CACHE)] * 2
+
+
 def test_full_finetuning_changes_every_weight(fresh, records):
     w0 = fresh.model.model.layers[1].mlp.down_proj.weight.detach().clone()
     res = finetune(fresh, records[:8], TrainConfig(mode="full", epochs=1, lr=1e-3, batch_size=4))

@@ -12,10 +12,15 @@ import tiny
 import torch
 
 from tunesift.errors import OptionError
-from tunesift.models import LoadedModel
 from tunesift.render import Renderer, turn_format
 from tunesift.scoring.kernel_blocks import BLOCK_PAIRS, column_spans
-from tunesift.scoring.logprobs import Continuation, ResponseScorer, expand_cache, length_batches
+from tunesift.scoring.logprobs import (
+    Continuation,
+    ResponseScorer,
+    expand_cache,
+    kv_batches,
+    length_batches,
+)
 from tunesift.scoring.utility import (
     UtilityKernel,
     plain_utility_kernel,
@@ -242,6 +247,48 @@ def test_length_batches_respect_budget_and_avoid_padding():
     assert length_batches([], budget=100) == []
 
 
+def test_kv_batches_bound_cached_tokens():
+    rng = np.random.default_rng(0)
+    prefix = rng.integers(0, 300, 40).tolist()
+    length = rng.integers(1, 60, 40).tolist()
+    prefix[7], length[7] = 900, 50  # over the budget on its own
+    batches = kv_batches(range(40), prefix, length, budget=600)
+    assert sorted(r for b in batches for r in b) == list(range(40))
+    assert [7] in batches
+    for b in batches:
+        held = len(b) * (max(prefix[r] for r in b) + max(length[r] for r in b))
+        assert len(b) == 1 or held <= 600
+    # longest prefixes first, and a batch closes only when the next row would pass the budget
+    assert kv_batches([0, 1, 2, 3], [100, 10, 200, 10], [10, 10, 10, 10], budget=400) == [[2], [0, 1, 3]]
+    assert kv_batches([], [], [], budget=10) == []
+
+
+def test_kv_budget_bounds_every_forward_and_keeps_values(tiny_lm):
+    """Short continuations after long prefixes: rows x (prefix + continuation) stays within the
+    KV budget in every forward (mixed-prefix bank and single-prefix batches), same numbers."""
+    r = renderer_for(tiny_lm)
+    recs = records(11, long_every=3)
+    encs = [r.encode(x) for x in recs]
+    groups = [(r.example_prefix(recs[j]), [Continuation(tuple(e.prompt + e.response), len(e.response))
+                                           for e in encs if e is not encs[j]]) for j in (0, 3, 4)]
+    p_longest = max(len(p) for p, _ in groups)
+    w_longest = max(len(c.ids) for _, cs in groups for c in cs)
+    free = ResponseScorer(tiny_lm, token_budget=4096, kv_budget=10**9)
+    bound = ResponseScorer(tiny_lm, token_budget=4096, kv_budget=3 * (p_longest + w_longest))
+    for scorer in (free, bound):
+        got = scorer.score_groups(groups)
+        single = [scorer.score(p, c) for p, c in groups]  # one prefix per call: expanded caches
+        assert scorer.mixed_batches > 0
+        for a, b in zip(got, single, strict=True):
+            tiny.assert_close_across_runs(np.array(a), np.array(b), rtol=1e-5, atol=1e-5)
+    assert free.widest_kv > bound.kv_budget  # the unbounded scorer held more than the bound
+    assert 0 < bound.widest_kv <= bound.kv_budget
+    assert bound.forwards > free.forwards
+    for a, b in zip(free.score_groups(groups), bound.score_groups(groups), strict=True):
+        tiny.assert_close_across_runs(np.array(a), np.array(b), rtol=1e-5, atol=1e-5)
+    assert ResponseScorer(tiny_lm, token_budget=100).kv_budget == 400  # KV_TOKENS x token_budget
+
+
 def test_empty_inputs_and_bad_pattern(tiny_lm):
     r = renderer_for(tiny_lm)
     recs = records(3)
@@ -254,35 +301,6 @@ def test_empty_inputs_and_bad_pattern(tiny_lm):
 
 
 # -- model heads: soft-capping, sliding windows, unknown heads ---------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_gemma():
-    """A tiny Gemma 3 with logit soft-capping and an 8-token sliding window (shorter than prefixes)."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    tok = tiny.make_tokenizer(True)
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=512,
-        sliding_window=8,
-        final_logit_softcapping=3.0,
-        layer_types=["sliding_attention", "full_attention"],
-        attn_implementation="sdpa",
-    )
-    model = Gemma3ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    return LoadedModel(model, tok, "tiny-gemma", "tiny-gemma", "tiny-gemma", "cpu", "float32")
 
 
 def test_gemma_softcap_and_sliding_window(tiny_gemma):
@@ -334,6 +352,26 @@ def test_expanded_cache_is_a_view_and_leaves_the_prefix_cache_intact(tiny_gemma)
 # -- cache and resume ------------------------------------------------------------------------
 
 
+def test_span_pairs_count_the_pattern_less_the_diagonal(tiny_lm):
+    from tunesift.scoring.kernel_job import prepare_job
+
+    r = renderer_for(tiny_lm)
+    recs = records(7)
+    pat = np.random.default_rng(1).random((7, 7)) < 0.5
+    pat[[0, 3, 5], [0, 3, 5]] = True
+    pat[2, 2] = False
+    for exclude in (True, False):
+        job = prepare_job(r, recs, recs, sp.csr_matrix(pat), exclude, None)
+        per = [int(pat[:, j].sum()) - int(exclude and pat[j, j]) for j in range(7)]
+        for c0, c1 in [(0, 7), (0, 3), (3, 4), (2, 2), (4, 7)]:
+            assert job.span_pairs(c0, c1) == sum(per[c0:c1])
+        assert job.n_pairs() == sum(per)
+    dense = prepare_job(r, recs, recs[:5], None, True, False)  # other examples: no diagonal
+    assert dense.span_pairs(1, 4) == 3 * 7 and dense.n_pairs() == 35
+    square = prepare_job(r, recs, recs, None, True, None)
+    assert square.span_pairs(0, 2) == 2 * 6 and square.n_pairs() == 42
+
+
 def test_column_spans_widen_thin_sparse_blocks_only():
     assert column_spans(None, 10, 4) == [(0, 4), (4, 8), (8, 10)]  # dense: fixed width
     rng = np.random.default_rng(1)
@@ -381,10 +419,19 @@ def test_wave_prefix_bank_is_bounded(tiny_lm, monkeypatch):
     pattern = sp.csr_matrix(dense_pat)
     banks = []
     real_bank = ResponseScorer._bank
-    monkeypatch.setattr(ResponseScorer, "_bank", lambda self, p: banks.append(len(p)) or real_bank(self, p))
+    monkeypatch.setattr(ResponseScorer, "_bank",
+                        lambda self, p: banks.append((len(p), max(map(len, p)))) or real_bank(self, p))
     kw = {"block_size": 2, "token_budget": 4096, "cache_dir": False}
     wide = utility_kernel(tiny_lm, r, recs, recs, pairs=pattern, **kw)
-    assert max(banks) > 1  # unbounded here: several columns share a bank
+    assert max(n for n, _ in banks) > 1  # unbounded here: several columns share a bank
+    # a cap of 2.5 long prefixes: a long prefix joining short ones would pad them all to its
+    # length, so the wave runs without it (the bank never passes the cap, padding included)
+    cap = int(2.5 * max(p for _, p in banks))
+    assert max(n * p for n, p in banks) > cap
+    banks.clear()
+    monkeypatch.setattr(kb, "BANK_TOKENS", cap / 4096)
+    capped = utility_kernel(tiny_lm, r, recs, recs, pairs=pattern, **kw)
+    assert banks and max(n for n, _ in banks) > 1 and max(n * p for n, p in banks) <= cap
     banks.clear()
     monkeypatch.setattr(kb, "BANK_TOKENS", 1e-9)  # any one prefix fills the bank
     narrow = utility_kernel(tiny_lm, r, recs, recs, pairs=pattern, **kw)
@@ -393,6 +440,7 @@ def test_wave_prefix_bank_is_bounded(tiny_lm, monkeypatch):
     plain = plain_utility_kernel(tiny_lm, r, recs, recs, pairs=pattern)
     np.testing.assert_allclose(narrow.values().data, plain.values().data, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(wide.values().data, plain.values().data, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(capped.values().data, plain.values().data, rtol=1e-4, atol=1e-4)
 
 
 class Stop(Exception):

@@ -1,5 +1,8 @@
 """Keep the process heap from growing with the number of steps.
 
+Two causes, two bounds: glibc's heap (below) and the CPU kernel caches of oneDNN and ideep
+(:func:`bound_kernel_caches`).
+
 glibc serves allocations above ``M_MMAP_THRESHOLD`` with their own ``mmap`` (returned to the OS on
 ``free``) and the rest from its heap. Its threshold is *dynamic*: each freed mmapped block raises it
 (up to 32 MiB), so after a few training steps the activation tensors of varying shapes (one per
@@ -18,6 +21,10 @@ import sys
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter numbers from glibc's malloc.h
 MMAP_THRESHOLD = 1 << 20
+# entries kept by oneDNN's primitive cache and by ideep's (PyTorch's oneDNN wrapper) LRU cache;
+# both default to 1,024
+KERNEL_CACHE = 64
+KERNEL_CACHE_VARS = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
 _done = False
 
@@ -37,6 +44,25 @@ def bound_heap_growth() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     _done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     return _done
+
+
+def bound_kernel_caches() -> list[str]:
+    """Cap the CPU kernel caches at ``KERNEL_CACHE`` entries (unless the user set the variables);
+    returns the variables set.
+
+    oneDNN (bf16 matmuls and the like on CPU) and ideep keep every compiled kernel of every shape
+    they met, up to 1,024 each. Scoring runs forwards of ever new shapes (rows x length differ
+    batch to batch), so these caches grew through a long run: 320 DELIFT row labels peaked at
+    2.03 GB, 640 at 2.56 GB; with the caches capped at 8, 1.68 GB at the same speed
+    (docs/results.md). Each library reads its variable when it first builds a kernel, so this
+    must run before the process's first CPU matmul through oneDNN (:mod:`tunesift.models` calls
+    it on import)."""
+    done = []
+    for name in KERNEL_CACHE_VARS:
+        if name not in os.environ:
+            os.environ[name] = str(KERNEL_CACHE)
+            done.append(name)
+    return done
 
 
 def trim_heap() -> bool:

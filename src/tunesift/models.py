@@ -25,7 +25,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .errors import OptionError, TunesiftError  # noqa: E402
-from .heap import bound_heap_growth  # noqa: E402
+from .heap import bound_heap_growth, bound_kernel_caches  # noqa: E402
+
+bound_kernel_caches()  # before any model runs: oneDNN and ideep read their cache sizes once
 
 ALIASES = {
     "default": "smollm2-135m",

@@ -73,17 +73,12 @@ def kernel_block(job: KernelJob, scorer: ResponseScorer, base: np.ndarray, c0: i
     wave: list[_Column] = []
     wave_tokens = n_prefixes = widest = 0
     finished = 0
-    for j in range(c0, c1):
-        col = _plan_column(job, base, j, counts)
-        wave.append(col)
-        wave_tokens += col.tokens
-        n_prefixes += len(col.groups)
-        widest = max([widest, *(len(p) for p, _ in col.groups)])
-        # the wave's prefix KV caches are stacked right-padded into one bank: bound its padded
-        # tokens too, or a thin pattern (one target per example) would bank dozens of long prefixes
-        if wave_tokens < scorer.token_budget and n_prefixes * widest < BANK_TOKENS * scorer.token_budget \
-                and j < c1 - 1:
-            continue  # gather more columns so their rows can share batches
+    # the wave's prefix KV caches are stacked right-padded into one bank: bound its padded tokens
+    # too, or a thin pattern (one target per example) would bank dozens of long prefixes
+    bank_cap = BANK_TOKENS * scorer.token_budget
+
+    def run_wave() -> None:
+        nonlocal wave, wave_tokens, n_prefixes, widest, finished
         _run_wave(job, scorer, wave, (lambda rows, f=finished: report(f + rows)) if report else None)
         for c in wave:
             if job.pattern is not None:
@@ -97,6 +92,19 @@ def kernel_block(job: KernelJob, scorer: ResponseScorer, base: np.ndarray, c0: i
         wave, wave_tokens, n_prefixes, widest = [], 0, 0, 0
         if report:
             report(finished)
+
+    for j in range(c0, c1):
+        col = _plan_column(job, base, j, counts)
+        col_widest = max((len(p) for p, _ in col.groups), default=0)
+        if wave and (n_prefixes + len(col.groups)) * max(widest, col_widest) > bank_cap:
+            run_wave()  # this column's prefixes would overfill the bank (a long one pads all): not in this wave
+        wave.append(col)
+        wave_tokens += col.tokens
+        n_prefixes += len(col.groups)
+        widest = max(widest, col_widest)
+        if wave_tokens < scorer.token_budget and n_prefixes * widest < bank_cap and j < c1 - 1:
+            continue  # gather more columns so their rows can share batches
+        run_wave()
     counts["forwards"] += scorer.forwards - f0
     counts["mixed_batches"] += scorer.mixed_batches - m0
     return block
@@ -122,16 +130,6 @@ def column_spans(pattern: sp.csc_matrix | None, n_e: int, block_size: int) -> li
         spans.append((c0, c1))
         c0 = c1
     return spans
-
-
-def n_col_pairs(job: KernelJob, j: int) -> int:
-    """Pairs column j scores (its pattern rows, less the excluded diagonal)."""
-    rows = job.column_rows(j)
-    return (
-        len(rows) - int(job.diag and j in set(rows.tolist()))
-        if job.pattern is not None
-        else (job.n_t - int(job.diag and j < job.n_t))
-    )
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -60,13 +61,26 @@ class KernelJob:
         return self.pattern.indices[self.pattern.indptr[j] : self.pattern.indptr[j + 1]]
 
     def n_pairs(self) -> int:
-        total = self.n_t * self.n_e if self.pattern is None else int(self.pattern.nnz)
-        if self.diag:
-            if self.pattern is None:
-                total -= min(self.n_t, self.n_e)
-            else:
-                total -= int(self.pattern.diagonal().sum())
-        return total
+        """Pairs the kernel scores (its pattern, less the excluded diagonal)."""
+        return int(self._pairs_before[-1])
+
+    def span_pairs(self, c0: int, c1: int) -> int:
+        """Pairs columns ``c0:c1`` score (their pattern rows, less the excluded diagonal)."""
+        return int(self._pairs_before[c1] - self._pairs_before[c0])
+
+    @cached_property
+    def _pairs_before(self) -> np.ndarray:
+        """(n_e + 1,) int64: pairs scored by columns ``0..j-1``."""
+        if self.pattern is None:
+            per = np.full(self.n_e, self.n_t, dtype=np.int64)
+            if self.diag:
+                per[: min(self.n_t, self.n_e)] -= 1
+        else:
+            per = np.diff(self.pattern.indptr).astype(np.int64)
+            if self.diag:  # entries (j, j): row index == column index
+                cols = np.repeat(np.arange(self.n_e), per)
+                per -= np.bincount(cols[self.pattern.indices == cols], minlength=self.n_e)
+        return np.concatenate([[0], np.cumsum(per)])
 
 
 def fit_prefix(job: KernelJob, prefix: list[int], n_cont: int) -> list[int]:

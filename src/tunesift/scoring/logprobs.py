@@ -22,7 +22,8 @@ token), so the prefix pass needs no logits at all.
 
 Batching: rows are length-sorted and cut into batches of at most ``token_budget`` padded tokens
 with a dynamic programme that minimises padding plus a per-forward overhead
-(:func:`length_batches`). When several prefixes are scored together (:meth:`ResponseScorer.score_groups`:
+(:func:`length_batches`); a batch after a prefix is cut further so that it holds at most
+``kv_budget`` cached tokens, ``rows x (prefix + continuation)`` (:func:`kv_batches`). When several prefixes are scored together (:meth:`ResponseScorer.score_groups`:
 sparse columns with few targets, examples cut differently for long targets) and the model's
 cache is plain full-attention layers, the prefixes run right-padded in a few batched forwards
 and their caches are stacked into a :class:`_PrefixBank`; a batch can then mix rows of different
@@ -47,7 +48,8 @@ import torch
 
 from ..errors import TunesiftError
 
-HEAD_CHUNK = 1024  # response positions per LM-head matmul (bounds the float32 logits to ~200 MB)
+HEAD_CHUNK = 256  # response positions per LM-head matmul: its logits, float32 copy and log-softmax
+# are ~14 bytes x vocabulary a position (170 MB for SmolLM2's 49,152 at 256)
 BATCH_OVERHEAD = 32  # fixed cost of one forward batch, in padded-token equivalents
 _HEAD_CHECKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {head key: mode}
 
@@ -81,6 +83,9 @@ def _pad_id(lm) -> int:
 
 CPU_TOKEN_BUDGET = 4096  # padded tokens per forward batch on a CPU (measured best on 2 cores)
 MAX_TOKEN_BUDGET = 1 << 16
+# a forward after a prefix holds at most this many cached tokens per ``token_budget`` (KV memory:
+# 23 kB a token for SmolLM2-135M in bfloat16, held twice, so 4 x 4096 tokens is about 750 MB)
+KV_TOKENS = 4
 
 
 def auto_token_budget(lm, *, fraction: float = 0.5, free_bytes: int | None = None) -> int:
@@ -164,6 +169,37 @@ def length_batches(
     return out[::-1]
 
 
+def kv_batches(batch: Sequence[int], prefix_lens: Sequence[int], lengths: Sequence[int],
+               budget: int) -> list[list[int]]:
+    """Cut one continuation batch so that no forward holds more than ``budget`` cached tokens.
+
+    A forward after a prefix cache keeps, in every layer, ``rows x (P + W)`` keys and values
+    (the cache expanded or gathered to the batch, then concatenated with the continuation's),
+    with P the longest prefix and W the longest continuation of its rows; ``length_batches``
+    bounds only ``rows x W``. Many short continuations after long prefixes (2,000-token examples,
+    50-token targets) would otherwise hold 40 x 2,050 tokens in every layer, gigabytes. Rows are
+    taken longest prefix first and a batch is closed before ``rows x (P + W)`` would pass
+    ``budget`` (a row longer than ``budget`` on its own gets a batch of one).
+
+    ``batch``: row ids; ``prefix_lens[r]`` / ``lengths[r]``: prefix and continuation lengths of
+    row ``r``. Returns batches of row ids, every row exactly once.
+    """
+    order = sorted(batch, key=lambda r: (-prefix_lens[r], r))
+    out: list[list[int]] = []
+    cur: list[int] = []
+    p_max = w_max = 0
+    for r in order:
+        p, w = (p_max, max(w_max, lengths[r])) if cur else (prefix_lens[r], lengths[r])
+        if cur and (len(cur) + 1) * (p + w) > budget:
+            out.append(cur)
+            cur, p, w = [], prefix_lens[r], lengths[r]
+        cur.append(r)
+        p_max, w_max = p, w
+    if cur:
+        out.append(cur)
+    return out
+
+
 def expand_cache(cache, batch: int):
     """A batch-``batch`` copy of a batch-1 KV cache that leaves ``cache`` untouched.
 
@@ -194,12 +230,17 @@ class ResponseScorer:
     """Scores continuations after a cached prefix with one LM (see the module docstring).
 
     ``token_budget`` bounds ``rows x padded continuation length`` per forward batch; rows are
-    sorted by length so padding stays small. ``forwards`` counts decoder forward calls.
+    sorted by length so padding stays small. ``kv_budget`` (default ``KV_TOKENS x
+    token_budget``) bounds ``rows x (padded prefix + continuation length)``, the keys and values
+    a forward after a prefix holds in every layer (:func:`kv_batches`). ``forwards`` counts
+    decoder forward calls; ``widest_kv`` is the largest ``rows x (P + W)`` any forward held.
     """
 
     lm: object
     token_budget: int = 4096
+    kv_budget: int | None = None
     forwards: int = 0
+    widest_kv: int = 0
     mixed_batches: int = 0  # forward batches whose rows had different prefixes
     _mode: str | None = field(default=None, repr=False)
     mergeable: bool = field(default=False, repr=False)
@@ -217,6 +258,8 @@ class ResponseScorer:
         self.pad = _pad_id(self.lm)
         # a forward's fixed cost in padded-token equivalents: small on CPU, large on a GPU
         self.overhead = BATCH_OVERHEAD if self.device.type == "cpu" else 1024
+        if self.kv_budget is None:
+            self.kv_budget = KV_TOKENS * self.token_budget
 
     @property
     def head_path(self) -> bool:
@@ -341,6 +384,17 @@ class ResponseScorer:
                     [(a, k) for k in b]
                     for b in length_batches(lens, self.token_budget, self.overhead)
                 ]
+        p_len = [len(groups[g][0]) for g in live]
+        batches = [
+            [batch[i] for i in part]
+            for batch in batches
+            for part in kv_batches(
+                range(len(batch)),
+                [p_len[a] for a, _ in batch],
+                [len(groups[live[a]][1][k].ids) for a, k in batch],
+                self.kv_budget,
+            )
+        ]
         for batch in batches:
             conts = [groups[live[a]][1][k] for a, k in batch]
             owners = sorted({a for a, _ in batch})
@@ -398,6 +452,7 @@ class ResponseScorer:
         dev = self.device
         ids, mask = ids.to(dev), mask.to(dev)
         if cache is not None:
+            self.widest_kv = max(self.widest_kv, b * (prefix_mask.shape[1] + width))
             mask = torch.cat([prefix_mask, mask], 1)
             kw = {"cache": cache, "use_cache": True}
             if prefix_lens is not None:
@@ -451,10 +506,11 @@ class _PrefixBank:
             ks = k0.new_zeros((len(lens), k0.shape[1], p_max, k0.shape[3]))
             vs = v0.new_zeros((len(lens), v0.shape[1], p_max, v0.shape[3]))
             for idx, cache in parts:
-                k, v = cache.layers[i].keys, cache.layers[i].values
-                rows = torch.tensor(idx, device=k.device)
-                ks[rows, :, : k.shape[2]] = k
-                vs[rows, :, : v.shape[2]] = v
+                layer = cache.layers[i]
+                rows = torch.tensor(idx, device=layer.keys.device)
+                ks[rows, :, : layer.keys.shape[2]] = layer.keys
+                vs[rows, :, : layer.values.shape[2]] = layer.values
+                layer.keys = layer.values = None  # copied: free it now, not after the last layer
             keys.append(ks)
             values.append(vs)
         return cls(template, keys, values, torch.tensor(lens, device=keys[0].device))

@@ -62,7 +62,6 @@ from .kernel_blocks import (
     column_spans,
     kernel_base,
     kernel_block,
-    n_col_pairs,
     work_counts,
 )
 from .kernel_job import CACHE_KIND, KernelJob, cache_key, fit_prefix, pattern_views, prepare_job
@@ -436,7 +435,7 @@ def _compute(job: KernelJob, lm, root: Path | None, token_budget: int, block_siz
         if got is not None and got.shape == block_shape(job, c0, c1):
             info["blocks_loaded"] += 1
             _place(job, sq_all, lp_all, c0, c1, got)
-            done += sum(n_col_pairs(job, j) for j in range(c0, c1))
+            done += job.span_pairs(c0, c1)
             if progress:
                 progress(done, total)
         else:
@@ -452,11 +451,11 @@ def _compute(job: KernelJob, lm, root: Path | None, token_budget: int, block_siz
         info["blocks_computed"] += 1
         add_counts(info, counts)
         _place(job, sq_all, lp_all, c0, c1, block)
-        done += sum(n_col_pairs(job, j) for j in range(c0, c1))
+        done += job.span_pairs(c0, c1)
         if progress:
             progress(done, total)
 
-    todo_pairs = sum(n_col_pairs(job, j) for c0, c1 in todo for j in range(c0, c1))
+    todo_pairs = sum(job.span_pairs(c0, c1) for c0, c1 in todo)
     if todo_pairs:
         log.info("DELIFT kernel: %d targets x %d examples, %d pairs, %d to score (the rest cached)%s",
                  n_t, n_e, total, todo_pairs, f"; an interrupted run resumes from {store.root}" if store else "")
