@@ -143,6 +143,25 @@ def test_features_carry_helpfulness_to_unlabelled_columns():
     assert np.allclose(free_only.helpfulness()[unl], 0.0)  # nothing to go on without features
 
 
+def test_pca_basis_is_the_svd_directions_in_bounded_memory():
+    """Covariance eigenvectors accumulated over row chunks = the top right singular vectors of
+    the centred matrix (same sign rule), whatever the chunk; the projection too."""
+    rng = np.random.default_rng(0)
+    scales = np.linspace(3.0, 0.2, 12)  # distinct variances: each direction well defined
+    x = (rng.normal(size=(500, 12)) * scales) @ np.linalg.qr(rng.normal(size=(12, 12)))[0] + 0.7
+    _, _, vt = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
+    ref = vt[:5].T
+    ref = ref * np.sign(ref[np.abs(ref).argmax(axis=0), np.arange(5)])
+    for chunk in (7, 64, 1 << 14):
+        b = sg.pca_basis(x, dims=5, chunk=chunk)
+        assert b.shape == (12, 5)
+        np.testing.assert_allclose(b, ref, atol=1e-9)
+        f = sg.record_features(x, None, None, b, chunk=chunk)
+        np.testing.assert_allclose(f, x @ ref, atol=1e-9)
+    assert sg.pca_basis(x[:3], dims=16).shape == (12, 3)  # no more directions than records
+    assert sg.pca_basis(x[:0], dims=16).shape == (12, 0)
+
+
 def test_fidelity_metrics():
     rng = np.random.default_rng(0)
     rows = np.repeat(np.arange(30), 3)

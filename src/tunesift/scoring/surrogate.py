@@ -12,21 +12,23 @@ additive::
     h_j = v_j + psi_j . beta       example helpfulness:  a free effect + example features
     x_ij                           optional pair features (cosine of the two embeddings)
 
-``phi_i`` / ``psi_j``: the record's no-example distance d0, its log token counts and the first
-principal components of its embedding. Fitted by ridge regression on the labelled pairs: a free
-effect with m labels keeps m / (m + lambda) of its mean residual (lambda = 20: example effects are
-small next to the per-pair noise), the rest comes from the feature prediction, so an example with
-no label still gets h_j from its features. The features earn their place at small label
-budgets; the pair term does not (:data:`DEFAULT_PARTS` leaves it out).
+``phi_i`` / ``psi_j``: the record's log token counts and the first principal components of its
+embedding (its no-example distance d0 can be added; it did not earn its place). Fitted by ridge
+regression on the labelled pairs: a free effect with m labels keeps m / (m + lambda) of its mean
+residual (lambda = 20: example effects are small next to the per-pair noise), the rest comes from
+the feature prediction, so an example with no label still gets h_j from its features. The features
+earn their place at small label budgets; the pair term does not (:data:`DEFAULT_PARTS` leaves it
+out).
 
-Which pairs get labels: :func:`row_pairs` (the default: all candidates of a seeded sample of
-targets, so each labelled target pays one no-example pass for all its labels), :func:`uniform_pairs`
-(NN-CIFT's sampling) or :func:`balanced_pairs` (every example column labelled before any twice).
-Measured, neither uniform nor balanced labels picked better than whole rows; they are kept for
-that comparison, with :func:`nearest_pairs` (the same budget spent on each target's nearest
-candidates, no prediction). With row labels, fidelity is measured on whole held-out rows
-(``fill_kernel(holdout_rows=True)``): a held-out pair whose row has other labels would have its
-target offset estimated from them, which an unlabelled target never has.
+Which pairs get labels: :func:`nearest_pairs` (the default, ``--labels nearest``: each target's
+most similar candidates, round by round, so the exact values land where a row's facility-location
+maximum most likely is), :func:`row_pairs` (``--labels rows``: all candidates of a seeded sample of
+targets, so each labelled target pays one no-example pass for all its labels; the cheapest at tiny
+label fractions on big pools), :func:`uniform_pairs` (NN-CIFT's sampling) or :func:`balanced_pairs`
+(every example column labelled before any twice). Measured, uniform and balanced labels picked no
+better than nearest ones; they are kept for that comparison. With row labels, fidelity is measured
+on whole held-out rows (``fill_kernel(holdout_rows=True)``): a held-out pair whose row has other
+labels would have its target offset estimated from them, which an unlabelled target never has.
 
 Everything here is numpy/scipy on arrays; the LM work (the labels) is
 :func:`tunesift.scoring.utility.utility_kernel` on the labelled pattern.
@@ -49,6 +51,7 @@ DEFAULT_HOLDOUT = 0.2
 LAM_FREE = 20.0
 LAM_FEAT = 100.0
 PCA_DIMS = 16
+ROW_CHUNK = 1 << 14  # rows per float64 block in the feature code (~50 MB at d = 384)
 
 
 # -- which pairs to label -----------------------------------------------------------------------
@@ -168,12 +171,13 @@ def _pattern(rows, cols, shape) -> sp.csr_matrix:
 
 
 def record_features(embeddings: np.ndarray | None, d0: np.ndarray | None, n_tokens: np.ndarray | None,
-                    basis: np.ndarray | None = None) -> np.ndarray:
+                    basis: np.ndarray | None = None, chunk: int = ROW_CHUNK) -> np.ndarray:
     """Per-record features (n, f): [d0, log(1 + tokens), embedding projected on ``basis``].
 
     ``embeddings`` (n, 384) unit rows; ``basis`` (384, p) principal directions (see
     :func:`pca_basis`); ``d0`` (n,) no-example distance; ``n_tokens`` (n,) counts. Any part may be
-    None (left out). Columns are not standardised here (the model does it).
+    None (left out). Columns are not standardised here (the model does it). The projection runs
+    in float64 over ``chunk`` rows at a time (no float64 copy of the whole matrix).
     """
     parts = []
     if d0 is not None:
@@ -181,21 +185,37 @@ def record_features(embeddings: np.ndarray | None, d0: np.ndarray | None, n_toke
     if n_tokens is not None:
         parts.append(np.log1p(np.asarray(n_tokens, dtype=np.float64))[:, None])
     if embeddings is not None and basis is not None:
-        parts.append(np.asarray(embeddings, dtype=np.float64) @ basis)
+        proj = np.empty((len(embeddings), basis.shape[1]))
+        for s in range(0, len(embeddings), chunk):
+            proj[s:s + chunk] = np.asarray(embeddings[s:s + chunk], dtype=np.float64) @ basis
+        parts.append(proj)
     n = next((len(p) for p in parts), 0)
     return np.concatenate(parts, axis=1) if parts else np.zeros((n, 0))
 
 
-def pca_basis(embeddings: np.ndarray, dims: int = PCA_DIMS) -> np.ndarray:
+def pca_basis(embeddings: np.ndarray, dims: int = PCA_DIMS, chunk: int = ROW_CHUNK) -> np.ndarray:
     """The top ``dims`` principal directions (d, dims) of ``embeddings`` (n, d), sign-fixed so
-    that the largest-magnitude loading of each is positive (deterministic up to float noise)."""
-    x = np.asarray(embeddings, dtype=np.float64)
-    x = x - x.mean(axis=0)
-    dims = int(min(dims, *x.shape))
+    that the largest-magnitude loading of each is positive (deterministic up to float noise).
+
+    Eigenvectors of the covariance ``C = (X - mu)^T (X - mu) / n`` (d, d), accumulated over
+    ``chunk`` rows at a time in float64: memory O(d^2 + chunk d), not the O(n d) float64 copies
+    and left singular vectors of an SVD of X (about 1 GB at 100,000 x 384).
+    """
+    x = np.asarray(embeddings)
+    n, d = x.shape
+    dims = int(min(dims, n, d))
     if dims == 0:
-        return np.zeros((x.shape[1], 0))
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    v = vt[:dims].T
+        return np.zeros((d, 0))
+    mu = np.zeros(d)
+    for s in range(0, n, chunk):
+        mu += x[s:s + chunk].sum(axis=0, dtype=np.float64)
+    mu /= n
+    cov = np.zeros((d, d))
+    for s in range(0, n, chunk):
+        b = x[s:s + chunk].astype(np.float64) - mu  # two passes: no E[x^2] - mu^2 cancellation
+        cov += b.T @ b
+    w, v = np.linalg.eigh(cov / n)  # ascending eigenvalues
+    v = v[:, np.argsort(w)[::-1][:dims]]
     sign = np.sign(v[np.abs(v).argmax(axis=0), np.arange(dims)])
     return v * np.where(sign == 0, 1.0, sign)
 
