@@ -39,7 +39,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tunesift.bench import BenchConfig, beyond_noise_lines, cell_name, grid_cells, run_bench
+from tunesift.bench import (
+    MIN_MARK_SEEDS,
+    BenchConfig,
+    beyond_noise_lines,
+    cell_name,
+    grid_cells,
+    run_bench,
+)
 from tunesift.finetune import TrainConfig
 from tunesift.machine import banner
 
@@ -256,7 +263,7 @@ def summary(a) -> None:
         rows = json.loads(res.read_text(encoding="utf-8"))
         lines = beyond_noise_lines(rows)
         seeds = max((r.get("paired_seeds", 0) for r in rows), default=0)
-        none = "none" if seeds > 1 else "no verdict: fewer than two paired seeds give no spread"
+        none = "none" if seeds >= MIN_MARK_SEEDS else f"no verdict: fewer than {MIN_MARK_SEEDS} paired seeds"
         parts.append(f"## {exp}\n\nFull table: `{root / exp / 'results.md'}`.\n\nBeyond the seed spread:\n\n"
                      + ("\n".join(lines) if lines else none) + "\n")
         parts.append("| method | budget | select s | train s | select / train | (select + train) / full train |\n"

@@ -34,6 +34,10 @@ def test_paired_difference_and_marks(tmp_path):
     assert "Δ" not in line["random"] and "two standard errors" in table
     one = aggregate(cells({"clear": [0.01]}, base=(0.78,)))  # one seed: no spread, no mark
     assert beyond_noise(one[1], "rougeL") is None and "\\*)" not in markdown_table(one)
+    # two seeds: a spread with one degree of freedom, too few for a mark (the table still shows Δ)
+    two = {r["method"]: r for r in aggregate(cells({"clear": [0.010, 0.011]}, base=(0.78, 0.79)))}
+    assert two["clear"]["paired_seeds"] == 2 and beyond_noise(two["clear"], "rougeL") is None
+    assert "(Δ +0.0105 ± 0.0005)" in markdown_table(list(two.values()))
 
     plot_results(tmp_path, list(rows.values()))
     img = np.asarray(Image.open(tmp_path / "results.png").convert("RGB")).astype(int)

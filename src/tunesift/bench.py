@@ -428,11 +428,17 @@ def versus_random(cells: list[dict], method: str, budget) -> dict[str, tuple[flo
     return out
 
 
+# paired seeds a mark needs: the standard error of two differences has one degree of freedom, so
+# "beyond 2 SE" would flag 2 of 300 exact matches (measured on the evidence grid's task bench)
+MIN_MARK_SEEDS = 3
+
+
 def beyond_noise(row: dict, metric: str) -> bool | None:
     """Whether the row's paired difference from random exceeds two standard errors of the paired
-    seed differences (None: no paired difference, or one seed, so no spread to compare with)."""
+    seed differences (None: no paired difference, or fewer than :data:`MIN_MARK_SEEDS` paired
+    seeds, too few for the spread to be estimated)."""
     diff, se = row.get(f"{metric}_vs_random"), row.get(f"{metric}_vs_random_se")
-    if diff is None or se is None or not np.isfinite(se):
+    if diff is None or se is None or not np.isfinite(se) or row.get("paired_seeds", 0) < MIN_MARK_SEEDS:
         return None
     return bool(abs(diff) > 2 * se)
 
@@ -493,7 +499,8 @@ def markdown_table(rows: list[dict]) -> str:
     if paired:
         lines += ["", "Δ: the mean paired difference from random at the same budget (same seeds) ± its standard "
                   "error. **\\*** marks a difference larger than two standard errors (beyond the seed "
-                  "spread); without it the difference is within noise. One seed gives no spread: no mark."]
+                  "spread); without it the difference is within noise. Fewer than "
+                  f"{MIN_MARK_SEEDS} paired seeds: no mark (the spread is not estimated)."]
     lines += ["", "select / train: the selection's wall time (uncached) over the fine-tuning's on its pick."]
     return "\n".join(lines) + "\n"
 
