@@ -170,7 +170,8 @@ def config(exp: str, data: Path, work: Path, a) -> BenchConfig:
         opts["delift"] = {"knn": 0}
     return BenchConfig(
         train=str(data / f"{pools[exp]}.jsonl"), test=str(data / f"{tests[exp]}.jsonl"), methods=methods,
-        budgets=[float(b) for b in a.budgets.split(",")] if a.budgets else list(BUDGETS), seeds=SMOKE["seeds"] if a.smoke else a.seeds,
+        budgets=[float(b) for b in a.budgets.split(",")] if a.budgets else list(BUDGETS),
+        seeds=SMOKE["seeds"] if a.smoke else a.seeds,
         stage={"task": "task", "continual": "continual"}.get(exp, "instruction"),
         target=str(data / "gsm8k_target.jsonl") if exp == "task" else None,
         existing=str(data / "gsm8k_existing.jsonl") if exp == "continual" else None,
@@ -293,7 +294,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dense-delift", action="store_true", help="delift scores every pair (knn 0): for a GPU")
     ap.add_argument("--only", default=None, help="comma list: run only these methods of each experiment")
     ap.add_argument("--budgets", default=None,
-                    help="comma list: run only these budgets (default 0.1,0.3); cells join the same grid")
+                    help=f"comma list: run only these budgets (default {','.join(map(str, BUDGETS))}); cells join the same grid")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--autocast", default="bfloat16")
     ap.add_argument("--smoke", action="store_true", help="40 records, 1 seed, random + rds, 1 epoch")

@@ -23,8 +23,9 @@ token), so the prefix pass needs no logits at all.
 Batching: rows are length-sorted and cut into batches of at most ``token_budget`` padded tokens
 with a dynamic programme that minimises padding plus a per-forward overhead
 (:func:`length_batches`); a batch after a prefix is cut further so that it holds at most
-``kv_budget`` cached tokens, ``rows x (prefix + continuation)`` (:func:`kv_batches`). When several prefixes are scored together (:meth:`ResponseScorer.score_groups`:
-sparse columns with few targets, examples cut differently for long targets) and the model's
+``kv_budget`` cached tokens, ``rows x (prefix + continuation)`` (:func:`kv_batches`). When
+several prefixes are scored together (:meth:`ResponseScorer.score_groups`: sparse columns with
+few targets, examples cut differently for long targets) and the model's
 cache is plain full-attention layers, the prefixes run right-padded in a few batched forwards
 and their caches are stacked into a :class:`_PrefixBank`; a batch can then mix rows of different
 prefixes (the mask hides each row's padded prefix slots and the continuation's position ids
