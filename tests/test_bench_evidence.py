@@ -118,6 +118,27 @@ def test_metrics_of_further_held_out_sets_are_named_and_ordered():
     assert bm.also_metrics(None, []) is None
 
 
+def test_each_method_keeps_its_own_options_as_a_bench_grows(tmp_path):
+    """Adding a variant to a bench leaves the methods already run valid; rerunning a method with
+    other options is refused (its cells would mix two settings under one name)."""
+    plain = BenchConfig(train="a", test="b", methods=["base", "random"])
+    variant = BenchConfig(train="a", test="b", methods=["balanced-random"],
+                          method_options={"balanced-random": {"by": "meta.source"}})
+    assert bm._config_key(plain, {}) == bm._config_key(variant, {})
+    # a bench.json from before the per-method map: its last run's methods, with their options
+    old = {"key": "k", "config": {"methods": ["base", "random"], "method_options": {}}}
+    grown = bm.pin_method_options(old, variant, tmp_path)
+    assert grown == {"base": {}, "random": {}, "balanced-random": {"by": "meta.source"}}
+    assert bm.pin_method_options({"method_options": grown}, plain, tmp_path) == grown
+    other = BenchConfig(train="a", test="b", methods=["balanced-random"],
+                        method_options={"balanced-random": {"by": "meta.category"}})
+    with pytest.raises(OptionError, match="'balanced-random' ran here with options"):
+        bm.pin_method_options({"method_options": grown}, other, tmp_path)
+    bare = BenchConfig(train="a", test="b", methods=["balanced-random"])  # the same name, now without options
+    with pytest.raises(OptionError, match="'balanced-random'"):
+        bm.pin_method_options({"method_options": grown}, bare, tmp_path)
+
+
 def test_new_settings_leave_the_key_of_older_benches_alone():
     cfg = BenchConfig(train="a.jsonl", test="b.jsonl")
     d = asdict(cfg)
@@ -260,6 +281,10 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     capsys.readouterr()
     ev.main(["plan", *args])
     assert "all            29 of   29" in capsys.readouterr().out  # every cell done: a rerun runs none
+    # a rerun of a subset without the variant keeps the folder (its settings key is the same)
+    ev.main(["run", "task", *[("base" if a.startswith("base,") else a) for a in args]])
+    assert json.loads((root / "task" / "bench.json").read_text())["method_options"]["balanced-random"] == {
+        "by": "meta.source"}
     ev.main(["summary", *args])
     text = (root / "summary.md").read_text()
     assert text.count("Beyond the seed spread") == 5 and "meta.swapped" in text and "gsm8k" in text

@@ -5,7 +5,9 @@ method (seeded), fine-tune a fresh copy of the training model on them (same seed
 test set. ``full`` trains on the whole pool and ``base`` evaluates the model without fine-tuning
 (one cell each per seed / once). Each finished cell is written to ``OUT/cells/<cell>.json`` at
 once, so a rerun skips it (resume); the settings are pinned in ``OUT/bench.json`` and a rerun
-with other settings is refused rather than mixing results.
+with other settings is refused rather than mixing results. Methods, budgets and seeds may be added
+to a bench later; each method's own options (``method_options``) are pinned per method, so adding a
+variant leaves the cells already run valid, and rerunning a method with other options is refused.
 
 Outputs: ``results.md`` / ``results.csv`` / ``results.json`` (mean and sample std over seeds per
 method and budget; the paired difference from ``random`` with its standard error and a mark where it
@@ -151,12 +153,39 @@ def grid_cells(cfg: BenchConfig) -> list[tuple[str, object, int]]:
 
 def _config_key(cfg: BenchConfig, digests: dict) -> str:
     d = asdict(cfg)
-    d.pop("methods"), d.pop("budgets"), d.pop("seeds")  # adding methods/budgets/seeds extends a bench
+    # adding methods/budgets/seeds extends a bench; a method's own options are pinned per method
+    # (pin_method_options), so adding a variant does not change the key of the methods already run
+    for name in ("methods", "budgets", "seeds", "method_options"):
+        d.pop(name)
     for name, default in LATER_FIELDS.items():
-        if d[name] == default:
+        if name in d and d[name] == default:
             d.pop(name)
     d["inputs"] = digests
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def pin_method_options(pinned: dict | None, cfg: BenchConfig, out: Path) -> dict[str, dict]:
+    """Each method's own options (``cfg.method_options``, ``{}`` for none) over every method run in
+    ``out``: those ``pinned`` (the folder's bench.json) records, extended with this run's methods.
+
+    A method that ran here before with other options is refused: its cells would mix two settings
+    under one name. A bench.json written before this map existed records only its last run's methods.
+    """
+    def norm(opts: dict) -> dict:  # as JSON reads it back (tuples become lists)
+        return json.loads(json.dumps(opts, sort_keys=True, default=str))
+
+    if pinned is None:
+        have = {}
+    elif "method_options" in pinned:
+        have = pinned["method_options"]
+    else:
+        c = pinned["config"]
+        have = {m: c.get("method_options", {}).get(m, {}) for m in c["methods"]}
+    mine = {m: norm(cfg.method_options.get(m, {})) for m in cfg.methods}
+    for m, opts in mine.items():
+        if m in have and have[m] != opts:
+            raise OptionError(f"{out}: method {m!r} ran here with options {have[m]}, now {opts}; use another --out")
+    return {**have, **mine}
 
 
 def _limit(records, n: int | None):
@@ -323,13 +352,13 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
     key = _config_key(cfg, digests)
     out.mkdir(parents=True, exist_ok=True)
     pinned = out / "bench.json"
-    if pinned.exists():
-        old = json.loads(pinned.read_text(encoding="utf-8"))
-        if old.get("key") != key:
-            raise OptionError(f"{out} holds a bench run with other settings or inputs; use another --out")
+    old = json.loads(pinned.read_text(encoding="utf-8")) if pinned.exists() else None
+    if old is not None and old.get("key") != key:
+        raise OptionError(f"{out} holds a bench run with other settings or inputs; use another --out")
+    per_method = pin_method_options(old, cfg, out)
     (out / "cells").mkdir(exist_ok=True)
-    pinned.write_text(json.dumps({"key": key, "config": asdict(cfg), "inputs": digests}, indent=2,
-                                 default=str) + "\n", encoding="utf-8")
+    pinned.write_text(json.dumps({"key": key, "config": asdict(cfg), "inputs": digests,
+                                  "method_options": per_method}, indent=2, default=str) + "\n", encoding="utf-8")
     todo = [c for c in grid_cells(cfg) if not (out / "cells" / f"{cell_name(*c)}.json").exists()]
     log.info("bench: %d cells, %d to run (%d train / %d test records)", len(grid_cells(cfg)), len(todo),
              len(train), len(test))
