@@ -96,8 +96,7 @@ def main() -> None:
           f"cache, {kern.info['blocks_computed']} computed) in {time.perf_counter() - t:.0f} s")
     uf = kern.values("rmse").tocsr()
     S = to_similarity(uf)
-    basis = sg.pca_basis(e)
-    feats = sg.record_features(e, None, kern.n_tokens, basis)  # as shipped: no d0 (see utility_kernels)
+    feats, _ = sg.shipped_features(e, kern.n_tokens)  # the features `--utility learned` uses
     cos = sp.csr_matrix(emb.cosine_similarity_kernel(e, e, pattern))
     cand = candidate_pattern(n, n, pattern, exclude_diagonal=True)
 

@@ -162,6 +162,24 @@ def test_pca_basis_is_the_svd_directions_in_bounded_memory():
     assert sg.pca_basis(x[:0], dims=16).shape == (12, 0)
 
 
+def test_shipped_features_put_examples_on_the_targets_basis():
+    """[log1p(tokens), embedding on the targets' PCA basis] for both sides; examples are projected
+    on the targets' directions (not their own), and no d0 column."""
+    rng = np.random.default_rng(1)
+    e_t = rng.normal(size=(40, 384)).astype(np.float32)
+    e_e = (rng.normal(size=(25, 384)) * np.linspace(5, 0.1, 384)).astype(np.float32)  # other directions
+    n_t, n_e = rng.integers(5, 300, 40), rng.integers(5, 300, 25)
+    rows, cols = sg.shipped_features(e_t, n_t, e_e, n_e)
+    basis = sg.pca_basis(e_t)
+    assert rows.shape == (40, 1 + basis.shape[1]) and cols.shape == (25, 1 + basis.shape[1])
+    np.testing.assert_allclose(rows[:, 0], np.log1p(n_t))
+    np.testing.assert_allclose(cols[:, 0], np.log1p(n_e))
+    np.testing.assert_allclose(cols[:, 1:], e_e.astype(np.float64) @ basis, atol=1e-8)
+    assert not np.allclose(cols[:, 1:], e_e.astype(np.float64) @ sg.pca_basis(e_e), atol=1e-3)
+    same_rows, same_cols = sg.shipped_features(e_t, n_t)
+    assert same_cols is same_rows and np.array_equal(same_rows, rows)
+
+
 def test_fidelity_metrics():
     rng = np.random.default_rng(0)
     rows = np.repeat(np.arange(30), 3)

@@ -105,11 +105,8 @@ def one_kernel(lm, renderer, targets, examples, opt, *, same: bool, pattern=None
              "in %d of %d targets", label, labels.nnz, cand.nnz, opt.label_fraction, opt.labels,
              int(np.count_nonzero(labels.getnnz(axis=1))), n_t)
     k = kernel(labels, f"DELIFT labels ({label})")
-    # features: length and embedding; the no-example distance d0 is known only for labelled targets
-    # (the base pass runs for them alone), and left out: it did not earn its place (docs/results.md)
-    basis = sg.pca_basis(e_t)
-    row_feats = sg.record_features(e_t, None, k.n_tokens, basis)
-    col_feats = row_feats if same else sg.record_features(e_e, None, _response_tokens(renderer, examples), basis)
+    row_feats, col_feats = (sg.shipped_features(e_t, k.n_tokens) if same else
+                            sg.shipped_features(e_t, k.n_tokens, e_e, _response_tokens(renderer, examples)))
     filled = sg.fill_kernel(cand, k.values(opt.distance), row_feats=row_feats, col_feats=col_feats,
                             parts=sg.DEFAULT_PARTS, holdout_rows=opt.labels == "rows", seed=opt.seed)
     _log_fidelity(label, filled.report)

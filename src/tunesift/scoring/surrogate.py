@@ -220,6 +220,22 @@ def pca_basis(embeddings: np.ndarray, dims: int = PCA_DIMS, chunk: int = ROW_CHU
     return v * np.where(sign == 0, 1.0, sign)
 
 
+def shipped_features(e_rows: np.ndarray, n_rows: np.ndarray, e_cols: np.ndarray | None = None,
+                     n_cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The record features the learned utility ships with, for targets and examples:
+    [log(1 + tokens), embedding on the targets' top :data:`PCA_DIMS` principal directions].
+
+    ``e_rows`` (n_t, 384), ``n_rows`` (n_t,) for the targets; ``e_cols`` (n_e, 384), ``n_cols`` (n_e,)
+    for the examples, projected on the targets' basis (None: the examples are the targets).
+    The no-example distance d0 is left out: it is known only for labelled targets and did not
+    earn its place (docs/results.md). Returns (row features (n_t, f), column features (n_e, f)).
+    """
+    basis = pca_basis(e_rows)
+    rows = record_features(e_rows, None, n_rows, basis)
+    cols = rows if e_cols is None else record_features(e_cols, None, n_cols, basis)
+    return rows, cols
+
+
 def pair_cosine(e_t: np.ndarray, e_e: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                 chunk: int = 1 << 16) -> np.ndarray:
     """cos(e_t[rows[k]], e_e[cols[k]]) for each pair k, (m,); rows of e_* are unit vectors."""
