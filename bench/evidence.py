@@ -4,7 +4,7 @@
     python bench/evidence.py run instruction [--device cuda] [--only random,rds]
     python bench/evidence.py run all                    # every experiment, in the order below
     python bench/evidence.py plan                       # cells per experiment, how many are done
-    python bench/evidence.py summary                    # bench/work/evidence/summary.md from what is done
+    python bench/evidence.py summary                    # tables from every finished cell + bench/work/evidence/summary.md
     python bench/evidence.py run all --smoke            # 40 records, 1 seed, random + rds: does it start?
 
 Experiments (each one ``tunesift bench`` folder under bench/work/evidence/, resumable: a finished
@@ -42,10 +42,13 @@ from pathlib import Path
 from tunesift.bench import (
     MIN_MARK_SEEDS,
     BenchConfig,
+    aggregate,
     beyond_noise_lines,
     cell_name,
     grid_cells,
+    load_cells,
     run_bench,
+    write_results,
 )
 from tunesift.finetune import TrainConfig
 from tunesift.machine import banner
@@ -257,11 +260,14 @@ def summary(a) -> None:
     data, root = folders(a)
     parts = [f"# Evidence grid: what is done\n\n{banner().lstrip('# ')}\n"]
     for exp in EXPERIMENTS:
-        res = root / exp / "results.json"
-        if not res.exists():
+        cfg = config(exp, data, root, a)
+        # every finished cell of the grid, whichever run made it: a run with --only tabulates its own
+        # methods alone, so the tables are rebuilt here from the cells
+        rows = aggregate(load_cells(root / exp, cfg))
+        if not rows:
             parts.append(f"## {exp}\n\nnot run yet\n")
             continue
-        rows = json.loads(res.read_text(encoding="utf-8"))
+        write_results(root / exp, rows, cfg)
         lines = beyond_noise_lines(rows)
         seeds = max((r.get("paired_seeds", 0) for r in rows), default=0)
         none = "none" if seeds >= MIN_MARK_SEEDS else f"no verdict: fewer than {MIN_MARK_SEEDS} paired seeds"
@@ -272,7 +278,6 @@ def summary(a) -> None:
                          f"| {r['method']} | {r['budget']} | {r['select_s']:.1f} | {r['train_s']:.1f} | "
                          f"{_num(r.get('cost_ratio'))} | {_num(r.get('total_vs_full'))} |\n"
                          for r in rows if r["method"] != "base"))
-        cfg = config(exp, data, root, a)
         key = {"noise": "swapped", "task": "source", "continual": "source"}.get(exp)
         if key:
             comp = composition(root / exp, Path(cfg.train), key)

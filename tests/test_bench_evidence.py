@@ -286,5 +286,8 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     assert json.loads((root / "task" / "bench.json").read_text())["method_options"]["balanced-random"] == {
         "by": "meta.source"}
     ev.main(["summary", *args])
+    # the rerun with --only base tabulated base alone; the summary rebuilds the table from every cell
+    task = json.loads((root / "task" / "results.json").read_text())
+    assert {r["method"] for r in task} == {"base", "random", "balanced-random", "rds"}
     text = (root / "summary.md").read_text()
     assert text.count("Beyond the seed spread") == 5 and "meta.swapped" in text and "gsm8k" in text
