@@ -125,6 +125,9 @@ def test_each_method_keeps_its_own_options_as_a_bench_grows(tmp_path):
     variant = BenchConfig(train="a", test="b", methods=["balanced-random"],
                           method_options={"balanced-random": {"by": "meta.source"}})
     assert bm._config_key(plain, {}) == bm._config_key(variant, {})
+    # a bench pinned before (options in its key when given) still resumes: its key is accepted
+    assert bm._config_key(variant, {}, legacy=True) != bm._config_key(variant, {})
+    assert bm._config_key(plain, {}, legacy=True) == bm._config_key(plain, {})
     # a bench.json from before the per-method map: its last run's methods, with their options
     old = {"key": "k", "config": {"methods": ["base", "random"], "method_options": {}}}
     grown = bm.pin_method_options(old, variant, tmp_path)

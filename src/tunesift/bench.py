@@ -151,11 +151,13 @@ def grid_cells(cfg: BenchConfig) -> list[tuple[str, object, int]]:
     return cells
 
 
-def _config_key(cfg: BenchConfig, digests: dict) -> str:
+def _config_key(cfg: BenchConfig, digests: dict, *, legacy: bool = False) -> str:
+    """The settings key pinned in bench.json. ``legacy``: as benches pinned it before method options
+    were pinned per method (options in the key when any were given), so those benches still resume."""
     d = asdict(cfg)
     # adding methods/budgets/seeds extends a bench; a method's own options are pinned per method
     # (pin_method_options), so adding a variant does not change the key of the methods already run
-    for name in ("methods", "budgets", "seeds", "method_options"):
+    for name in ("methods", "budgets", "seeds") if legacy else ("methods", "budgets", "seeds", "method_options"):
         d.pop(name)
     for name, default in LATER_FIELDS.items():
         if name in d and d[name] == default:
@@ -353,7 +355,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
     out.mkdir(parents=True, exist_ok=True)
     pinned = out / "bench.json"
     old = json.loads(pinned.read_text(encoding="utf-8")) if pinned.exists() else None
-    if old is not None and old.get("key") != key:
+    if old is not None and old.get("key") not in (key, _config_key(cfg, digests, legacy=True)):
         raise OptionError(f"{out} holds a bench run with other settings or inputs; use another --out")
     per_method = pin_method_options(old, cfg, out)
     (out / "cells").mkdir(exist_ok=True)
