@@ -237,12 +237,12 @@ def plan(a) -> None:
     print(f"{'all':12s} {done:4d} of {total:4d}")
 
 
-def composition(out: Path, pool: Path, key: str) -> dict[str, dict[str, float]]:
-    """Per (method, budget): the mean share of each value of ``meta.<key>`` among the picked records."""
+def composition(cells: list[dict], pool: Path, key: str) -> dict[str, dict[str, float]]:
+    """Per (method, budget): the mean share of each value of ``meta.<key>`` among the records each
+    cell (a finished cell's JSON) picked."""
     meta = {r["id"]: str(r.get("meta", {}).get(key)) for r in _jsonl(pool)}
     shares: dict[str, list[Counter]] = {}
-    for p in sorted((out / "cells").glob("*.json")):
-        c = json.loads(p.read_text(encoding="utf-8"))
+    for c in cells:
         if c["method"] in ("base", "full") or not c["selected_ids"]:
             continue
         got = Counter(meta.get(i, "?") for i in c["selected_ids"])
@@ -263,7 +263,8 @@ def summary(a) -> None:
         cfg = config(exp, data, root, a)
         # every finished cell of the grid, whichever run made it: a run with --only tabulates its own
         # methods alone, so the tables are rebuilt here from the cells
-        rows = aggregate(load_cells(root / exp, cfg))
+        cells = load_cells(root / exp, cfg)
+        rows = aggregate(cells)
         if not rows:
             parts.append(f"## {exp}\n\nnot run yet\n")
             continue
@@ -280,7 +281,7 @@ def summary(a) -> None:
                          for r in rows if r["method"] != "base"))
         key = {"noise": "swapped", "task": "source", "continual": "source"}.get(exp)
         if key:
-            comp = composition(root / exp, Path(cfg.train), key)
+            comp = composition(cells, Path(cfg.train), key)
             parts.append(f"\nWhat the picks are made of (`meta.{key}`, mean share over seeds):\n\n"
                          + "\n".join(f"- {k}: {v}" for k, v in comp.items()) + "\n")
     out = root / "summary.md"
