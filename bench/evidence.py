@@ -24,7 +24,8 @@ cell is never rerun, so the grid may span sessions and machines; the settings ar
    trained and evaluated on Gemma 3 270M.
 
 Methods: base and full (the references), random, balanced-random (``--by meta.source``, mixed
-pools only: on a one-source pool it is random), rds, delift (the model's utilities on the 16
+pools only: on a one-source pool it is random), random-gsm8k (task stage: random among the pool's
+GSM8K records, the target's own source; a control that knows the source labels), rds, delift (the model's utilities on the 16
 nearest candidates per record; ``--dense-delift``: every pair, on a GPU), delift-learned (the learned
 surrogate, 10% of the pairs scored), delift-se, donod, donod+delift, ifd, and less in the task
 stage. Training: LoRA, 2 epochs, batches of 8, lr 5e-4, bfloat16 autocast.
@@ -58,13 +59,14 @@ BUDGETS = [0.1, 0.3]
 SELECTORS = ["random", "rds", "delift", "delift-learned", "delift-se", "donod", "donod+delift", "ifd"]
 METHODS = {
     "instruction": ["base", *SELECTORS, "full"],
-    "task": ["base", "random", "balanced-random", *SELECTORS[1:], "less", "full"],
+    "task": ["base", "random", "balanced-random", "random-gsm8k", *SELECTORS[1:], "less", "full"],
     "noise": ["base", *SELECTORS, "full"],
     "continual": ["base", "random", "balanced-random", *SELECTORS[1:], "full"],
     "transfer": ["base", "random", "rds", "delift", "delift-se", "donod", "full"],
 }
 VARIANTS = {"delift-learned": {"method": "delift", "utility": "learned", "label_fraction": 0.1},
-            "balanced-random": {"by": "meta.source"}}
+            "balanced-random": {"by": "meta.source"},
+            "random-gsm8k": {"method": "random", "within": "meta.source=gsm8k"}}
 SMOKE = {"train": 40, "test": 10, "target": 10, "existing": 20, "seeds": 1, "methods": ["random", "rds"]}
 
 

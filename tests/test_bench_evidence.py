@@ -203,6 +203,11 @@ def test_a_variant_selects_with_its_own_options(files, tmp_path):
     data = {"train": read_records(files["train"]), "target": None, "existing": None}
     chosen, _ = bm._select_for_cell(cfg, "br", 4, 0, data, None)
     assert sorted(r.row["meta"]["source"] for r in chosen) == ["a", "a", "b", "b"]
+    cfg.methods, cfg.method_options = ["ra"], {"ra": {"method": "random", "within": "meta.source=a"}}
+    bm._check(cfg)
+    for seed in range(3):  # the target-source control: only the matching records, a seeded sample of them
+        chosen, _ = bm._select_for_cell(cfg, "ra", 4, seed, data, None)
+        assert [r.row["meta"]["source"] for r in chosen] == ["a"] * 4
 
 
 def test_sequential_continual_trains_on_the_existing_data_first(files, tiny_dir, tmp_path, monkeypatch):

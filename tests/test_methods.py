@@ -64,6 +64,10 @@ def test_method_checks_its_stages_and_options():
         Options(method="less").validate()
     with pytest.raises(OptionError, match="--by is read only by --method balanced-random"):
         Options(method="random", by="meta.source").validate()
+    with pytest.raises(OptionError, match="--within is read only by --method random"):
+        Options(method="balanced-random", by="meta.source", within="meta.source=a").validate()
+    with pytest.raises(OptionError, match="within must read FIELD=VALUE"):
+        Options(method="random", within="meta.source").validate()
     with pytest.raises(OptionError, match="GreeDi"):
         Options(method="delift", partitions=2).validate()
 
@@ -111,6 +115,37 @@ def test_balanced_random_needs_by_and_runs_from_the_cli(tmp_path, capsys):
     assert Counter(table.loc[table.kept, "group"]) == {"x": 5, "y": 5}
     manifest = json.loads((tmp_path / "o2" / "manifest.json").read_text())
     assert manifest["options"]["by"] == "meta.source"
+
+
+def test_random_within_samples_one_value_of_a_field_first(tmp_path, capsys, caplog):
+    data = rows({"a": 30, "b": 12}) + [{"instruction": "no source", "output": "x"}] * 2
+    sel = select(data, method="random", budget=8, within="meta.source=b", seed=5)
+    kept = Counter(r.row.get("meta", {}).get("source") for r, k in zip(sel.records, sel.kept) if k)
+    assert kept == {"b": 8}
+    assert sel.columns["within"].sum() == 12
+    plain = select(data, method="random", budget=8, seed=5)
+    b = [int(i) for i in plain.order if sel.columns["within"][i]]
+    assert [int(i) for i in sel.order[:12]] == b  # the plain pick's order, restricted to the matches
+    assert not sel.columns["within"][sel.order[12:]].any()
+    other = select(data, method="random", budget=8, within="meta.source=b", seed=6)
+    assert not np.array_equal(sel.kept, other.kept)
+    # fewer matches than the budget: every match, then the others at random, and a warning says so
+    more = select(data, method="random", budget=15, within="meta.source=b", seed=5)
+    kept = Counter(r.row.get("meta", {}).get("source", "(missing)") for r, k in zip(more.records, more.kept) if k)
+    assert kept["b"] == 12 and sum(kept.values()) == 15
+    assert "12 of 44 records match, fewer than the budget 15: all of them are kept, and 3 others" in caplog.text
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
+    assert main(["select", str(path), "--method", "random", "--within", "meta.source=c", "--budget", "3",
+                 "--out", str(tmp_path / "o"), "-q"]) == 2
+    assert "--within meta.source=c: no record matches (values of meta.source: (missing), a, b)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main(["select", str(path), "--method", "random", "--within", "meta.source=b", "--budget", "3",
+                 "--out", str(tmp_path / "p"), "-q"]) == 0
+    table = pq.read_table(tmp_path / "p" / "scores.parquet").to_pandas()
+    assert table.loc[table.kept, "within"].all() and table["within"].sum() == 12
+    assert json.loads((tmp_path / "p" / "manifest.json").read_text())["counts"]["within"] == 12
 
 
 def test_manifest_says_which_schema_and_template_were_used(tiny_dir, tmp_path):

@@ -94,6 +94,7 @@ def select(
     selectit_alpha: float = 0.2,
     less_dim: int = 8192,
     by: str | None = None,
+    within: str | None = None,
     target=None,
     existing=None,
     prompt_field: str | None = None,

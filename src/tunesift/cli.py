@@ -163,6 +163,7 @@ def select(
     partitions: int = typer.Option(_default("partitions"), help=_help("partitions")),
     less_dim: int = typer.Option(_default("less_dim"), help=_help("less_dim")),
     by: str | None = typer.Option(_default("by"), help=_help("by")),
+    within: str | None = typer.Option(_default("within"), help=_help("within")),
     prompt_field: str | None = typer.Option(None, help="Field(s) holding the prompt, comma-separated to join."),
     response_field: str | None = typer.Option(None, help="Field holding the response."),
     messages_field: str | None = typer.Option(None, help="Field holding a chat message list."),
@@ -194,7 +195,7 @@ def select(
                 stage=stage, distance=distance, knn=knn, utility=utility, label_fraction=label_fraction,
                 labels=labels, clip_negative=clip_negative, scale=scale,
                 keep_diagonal=keep_diagonal, mi_eta=mi_eta, mi_form=mi_form, nu=nu, optimizer=optimizer, epsilon=epsilon,
-                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, less_dim=less_dim, by=by, ann=ann, partitions=partitions, on_error=on_error,
+                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, less_dim=less_dim, by=by, within=within, ann=ann, partitions=partitions, on_error=on_error,
                 backend=backend, ray_address=ray_address, ray_workers=ray_workers, ray_gpus=ray_gpus)
     # every check that needs no data comes before any reading or scoring
     Options(**opts).validate()

@@ -17,7 +17,8 @@ STAGES = ("instruction", "task", "continual")
 LOSS_WORDS = ("easiest", "easier", "hardest", "harder")
 
 register(Method(
-    "random", "a seeded uniform sample, the baseline", run_random, options=("method", "budget", "seed")))
+    "random", "a seeded uniform sample, the baseline", run_random,
+    options=("method", "budget", "seed", "within")))
 register(Method(
     "donod", "DON and NOD of the LM head after one simulated SGD step, ranked by TOPSIS", run_donod,
     needs_lm=True, block_kind="donod", options=("method", "budget", *LM, *DONOD_OPTIONS),

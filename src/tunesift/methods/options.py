@@ -62,6 +62,16 @@ def _eta(v) -> str | None:
     return None if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else f"eta must be a positive number, got {v}"
 
 
+def _within(value: str | None) -> str | None:
+    """Why ``--within`` is malformed (it must read FIELD=VALUE with a field name), or None."""
+    if value is None:
+        return None
+    name, eq, _ = value.partition("=")
+    if not eq or not name.strip():
+        return f"within must read FIELD=VALUE (e.g. meta.source=gsm8k), got '{value}'"
+    return None
+
+
 def opt(default, help: str, *, group: str = "general", check: Check | None = None, cli: str | None = None):
     """A dataclass field holding its own documentation and check. ``cli``: how the flag is
     written when it is not the field's own type (``budget``: text; ``weights``: ``a,b``)."""
@@ -172,6 +182,8 @@ class Options:
                         check=at_least("less-dim", 1))
     by: str | None = opt(None, "balanced-random: the field whose values get equal shares (e.g. meta.source).",
                          group="baselines")
+    within: str | None = opt(None, "random: sample only records whose field has this value, FIELD=VALUE (e.g. "
+                             "meta.source=gsm8k).", group="baselines", check=_within)
 
     def validate(self) -> None:
         """Every field's own check, then the method's (:meth:`Method.check`): raises OptionError."""

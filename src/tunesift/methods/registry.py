@@ -102,6 +102,8 @@ class Method:
                 raise OptionError(f"{self.name} needs --{name.replace('_', '-')} (see docs/methods.md)")
         if opt.by is not None and "by" not in self.options:
             raise OptionError("--by is read only by --method balanced-random")
+        if opt.within is not None and "within" not in self.options:
+            raise OptionError("--within is read only by --method random")
 
     def uses(self, stage: str) -> str | None:
         """The second set (``target`` / ``existing``) this method reads at ``stage``, or None."""

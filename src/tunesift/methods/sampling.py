@@ -1,17 +1,44 @@
-"""Methods that read no model: ``random`` (the baseline every method must beat) and
-``balanced-random`` (random with an equal share per value of a field, ``--by``)."""
+"""Methods that read no model: ``random`` (the baseline every method must beat; ``--within``
+restricts it to one value of a field) and ``balanced-random`` (random with an equal share per value
+of a field, ``--by``)."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
+from ..errors import OptionError
 from ..rowfields import category, field_value
 from .registry import Job, Picked
 
+log = logging.getLogger(__name__)
+
 
 def run_random(job: Job) -> Picked:
-    """A seeded uniform permutation: the first k are kept."""
-    return Picked({}, np.random.default_rng(job.opt.seed).permutation(len(job.records)))
+    """A seeded uniform permutation: the first k are kept.
+
+    With ``--within FIELD=VALUE`` the records whose field has that value (as
+    :func:`~tunesift.rowfields.category` names it: ``meta.swapped=false`` matches JSON false) come
+    first, in the same permutation's order, then the others: the k kept are a uniform sample of the
+    matching records. With fewer matches than k, all of them are kept and the rest of the budget is
+    a uniform sample of the others (logged as a warning; the manifest counts the matches).
+    Column ``within``: whether each record matches.
+    """
+    order = np.random.default_rng(job.opt.seed).permutation(len(job.records))
+    if job.opt.within is None:
+        return Picked({}, order)
+    name, _, wanted = job.opt.within.partition("=")
+    values = [category(field_value(r.row, name.strip())) for r in job.records]
+    match = np.array([v == wanted for v in values], dtype=bool)
+    if not match.any():
+        seen = ", ".join(sorted(set(values))[:8])
+        raise OptionError(f"--within {job.opt.within}: no record matches (values of {name.strip()}: {seen})")
+    if match.sum() < job.k:
+        log.warning("--within %s: %d of %d records match, fewer than the budget %d: all of them are kept, and "
+                    "%d others at random", job.opt.within, match.sum(), len(values), job.k, job.k - match.sum())
+    order = np.concatenate([order[match[order]], order[~match[order]]])
+    return Picked({"within": match}, order)
 
 
 def run_balanced_random(job: Job) -> Picked:
