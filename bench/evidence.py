@@ -40,17 +40,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tunesift.bench import (
-    MIN_MARK_SEEDS,
-    BenchConfig,
-    aggregate,
-    beyond_noise_lines,
-    cell_name,
-    grid_cells,
-    load_cells,
-    run_bench,
-    write_results,
-)
+from tunesift.bench import BenchConfig, cell_name, grid_cells, load_cells, run_bench
+from tunesift.bench_tables import MIN_MARK_SEEDS, aggregate, beyond_noise_lines, write_results
 from tunesift.finetune import TrainConfig
 from tunesift.machine import banner
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tunesift import bench as bench_mod
-from tunesift.bench import aggregate, markdown_table
+from tunesift.bench_tables import aggregate, markdown_table
 from tunesift.cli import main
 from tunesift.io.records import read_records
 from tunesift.pipeline import select

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from tunesift import bench as bm
-from tunesift.bench import (
-    BenchConfig,
+from tunesift import bench_tables as bt
+from tunesift.bench import BenchConfig, selection_stage
+from tunesift.bench_tables import (
     add_costs,
     aggregate,
     beyond_noise_lines,
     curve_data,
     curve_limits,
     markdown_table,
-    selection_stage,
 )
 from tunesift.errors import OptionError
 from tunesift.finetune import TrainConfig
@@ -101,7 +101,7 @@ def test_curve_data_lines_bands_and_references():
 
 
 def test_curve_png_is_written_with_several_budgets(tmp_path):
-    bm.plot_results(tmp_path, curve_rows())
+    bt.plot_results(tmp_path, curve_rows())
     assert (tmp_path / "curve.png").stat().st_size > 0 and (tmp_path / "results.png").stat().st_size > 0
 
 
@@ -109,7 +109,7 @@ def test_metrics_of_further_held_out_sets_are_named_and_ordered():
     cells = [cell("random", 0.3, s, {"loss": 1.0 + s, "rougeL@eval": 0.2, "loss@eval": 2.0, "exact_match": 0.1,
                                      "loss@old": 3.0}) for s in range(2)]
     rows = aggregate(cells)
-    assert bm._metric_names(rows) == ["loss", "exact_match", "loss@eval", "rougeL@eval", "loss@old"]
+    assert bt._metric_names(rows) == ["loss", "exact_match", "loss@eval", "rougeL@eval", "loss@old"]
     head = markdown_table(rows).splitlines()[0]
     assert "loss@eval ↓" in head and "rougeL@eval ↑" in head
     assert bm.also_metrics(["loss", "exact_match"], [type("R", (), {"response": "hello there"})()]) == ["loss"]

@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tunesift.bench import aggregate, beyond_noise, markdown_table, plot_results, versus_random
+from tunesift.bench_tables import (
+    aggregate,
+    beyond_noise,
+    markdown_table,
+    plot_results,
+    versus_random,
+)
 
 
 def cells(diffs: dict[str, list[float]], base=(0.78, 0.79, 0.785)) -> list[dict]:

@@ -449,7 +449,7 @@ def bench(
     _setup_logging(quiet)
     with _progress(quiet) as prog:
         rows = run_bench(cfg, out, progress=prog)
-    from .bench import markdown_table
+    from .bench_tables import markdown_table
 
     typer.echo(markdown_table(rows))
 

@@ -1,0 +1,338 @@
+"""The bench's results from its finished cells: mean and spread over seeds, the paired difference
+from random with its standard error and the mark where it exceeds two, selection cost against
+fine-tuning cost, and the tables and plots (``results.md`` / ``.csv`` / ``.json``, ``results.png``,
+``curve.png``). Pure functions of the cells (dicts, as ``OUT/cells/*.json`` hold them), apart from
+the writers; :mod:`tunesift.bench` runs the cells."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TunesiftError
+from .methods.catalogue import method_names
+
+
+def aggregate(cells: list[dict]) -> list[dict]:
+    """One row per (method, budget): mean and sample std (ddof=1; 0 for one seed) of each metric
+    over seeds, the number of seeds, records trained on and picked, the selection's wall time (the
+    largest over all the method's cells, budgets included: its first cell computes the scores, the
+    others read them from the cache), the mean training wall time, and the costs
+    (:func:`add_costs`)."""
+    groups: dict[tuple, list[dict]] = {}
+    uncached: dict[str, float] = {}  # a method's scores are computed by its first cell, read back by the rest
+    for c in cells:
+        groups.setdefault((c["method"], c["budget"]), []).append(c)
+        uncached[c["method"]] = max(uncached.get(c["method"], 0.0), float(c["select_s"]))
+    rows = []
+    for (method, budget), cs in groups.items():
+        row = {"method": method, "budget": "all" if budget is None else budget, "seeds": len(cs),
+               "n_train": int(np.mean([c["n_train"] for c in cs])),
+               "n_selected": int(np.mean([c.get("n_selected", c["n_train"]) for c in cs])),
+               "select_s": uncached[method],
+               "train_s": float(np.mean([c["train_s"] for c in cs]))}
+        for m in cs[0]["metrics"]:
+            v = np.array([c["metrics"][m] for c in cs], dtype=float)
+            row[m] = float(v.mean())
+            row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        for m, (diff, se, n) in versus_random(cells, method, budget).items():
+            row[f"{m}_vs_random"], row[f"{m}_vs_random_se"], row["paired_seeds"] = diff, se, n
+        rows.append(row)
+    order = {m: i for i, m in enumerate(method_names())}  # base and full are placed by edge
+    edge = {"base": 0, "full": 2}  # base first, full last, budgets in between
+    rows.sort(key=lambda r: (edge.get(r["method"], 1), 0.0 if r["budget"] == "all" else float(r["budget"]),
+                             order.get(r["method"], 99)))
+    return add_costs(rows)
+
+
+def add_costs(rows: list[dict]) -> list[dict]:
+    """Selection cost against fine-tuning cost, per row (in place; returns ``rows``):
+
+    - ``cost_ratio = select_s / train_s``: what choosing the records cost per second of training on
+      them (NaN without training, i.e. ``base``);
+    - ``total_vs_full = (select_s + train_s) / train_s(full)``: selecting then training on the pick,
+      as a share of training on the whole pool (present when ``full`` ran; below 1 the selection
+      saves compute overall).
+
+    Wall seconds on the bench's machine; ``select_s`` is the uncached selection (the largest over
+    seeds), so a deterministic selector's cost is counted once, not per seed."""
+    full = [r["train_s"] for r in rows if r["method"] == "full" and r["train_s"] > 0]
+    for r in rows:
+        r["cost_ratio"] = r["select_s"] / r["train_s"] if r["train_s"] > 0 else float("nan")
+        if full:
+            r["total_vs_full"] = (r["select_s"] + r["train_s"]) / full[0]
+    return rows
+
+
+def versus_random(cells: list[dict], method: str, budget) -> dict[str, tuple[float, float, int]]:
+    """Paired differences of ``method`` from ``random`` at the same budget, per metric:
+    ``(mean_s d_s, std(d, ddof=1) / sqrt(n), n)`` with ``d_s = metric(method, s) - metric(random, s)``
+    over the n seeds both ran (each seed's random draw and training seed are shared, so pairing
+    removes most of the seed noise). Empty for random itself, base, full and unpaired methods."""
+    if method in ("random", "base", "full"):
+        return {}
+    mine = {c["seed"]: c for c in cells if c["method"] == method and c["budget"] == budget}
+    rand = {c["seed"]: c for c in cells if c["method"] == "random" and c["budget"] == budget}
+    seeds = sorted(set(mine) & set(rand))
+    if not seeds:
+        return {}
+    out = {}
+    for m in mine[seeds[0]]["metrics"]:
+        if not all(m in rand[s]["metrics"] for s in seeds):
+            continue
+        d = np.array([mine[s]["metrics"][m] - rand[s]["metrics"][m] for s in seeds], dtype=float)
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out[m] = (float(d.mean()), se, len(d))
+    return out
+
+
+# paired seeds a mark needs: the standard error of two differences has one degree of freedom, so
+# "beyond 2 SE" would flag 2 of 300 exact matches (measured on the evidence grid's task bench)
+MIN_MARK_SEEDS = 3
+
+
+def beyond_noise(row: dict, metric: str) -> bool | None:
+    """Whether the row's paired difference from random exceeds two standard errors of the paired
+    seed differences (None: no paired difference, or fewer than :data:`MIN_MARK_SEEDS` paired
+    seeds, too few for the spread to be estimated)."""
+    diff, se = row.get(f"{metric}_vs_random"), row.get(f"{metric}_vs_random_se")
+    if diff is None or se is None or not np.isfinite(se) or row.get("paired_seeds", 0) < MIN_MARK_SEEDS:
+        return None
+    return bool(abs(diff) > 2 * se)
+
+
+STAT_SUFFIXES = ("_std", "_vs_random", "_vs_random_se")
+
+
+def _metric_names(rows: list[dict]) -> list[str]:
+    """The metrics the rows hold: the test set's in METRICS order, then each further held-out
+    set's (``<metric>@<name>``), set by set."""
+    from .evaluate import METRICS
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    extra = [k for k in keys if "@" in k and k.partition("@")[0] in METRICS and not k.endswith(STAT_SUFFIXES)]
+    sets = list(dict.fromkeys(k.partition("@")[2] for k in extra))
+    return [m for m in METRICS if m in keys] + [f"{m}@{name}" for name in sets for m in METRICS
+                                                  if f"{m}@{name}" in extra]
+
+
+def lower_is_better(metric: str) -> bool:
+    from .evaluate import LOWER_IS_BETTER
+
+    return metric.partition("@")[0] in LOWER_IS_BETTER
+
+
+def beyond_noise_lines(rows: list[dict]) -> list[str]:
+    """One line per (method, budget, metric) whose paired difference from random exceeds two
+    standard errors, saying whether it is better or worse than random."""
+    out = []
+    for r in rows:
+        for m in _metric_names([r]):
+            if beyond_noise(r, m):
+                d = r[f"{m}_vs_random"]
+                better = (d < 0) == lower_is_better(m)
+                out.append(f"- {r['method']} at budget {r['budget']}: {m} {'better' if better else 'worse'} than "
+                           f"random by {abs(d):.4f} (± {r[f'{m}_vs_random_se']:.4f}, {r['paired_seeds']} paired seeds)")
+    return out
+
+
+def _ratio(v: float) -> str:
+    return "" if not np.isfinite(v) else f"{v:.2f}" if v >= 0.01 else "< 0.01"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Mean ± std per metric (arrows say which direction is better), seeds, size and costs."""
+    metrics = _metric_names(rows)
+    head = ["method", "budget", "seeds", "records"] + [
+        f"{m} {'↓' if lower_is_better(m) else '↑'}" for m in metrics] + [
+        "select s (uncached)", "train s", "select / train"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    paired = False
+    for r in rows:
+        vals = [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" + _versus_cell(r, m) if m in r else "" for m in metrics]
+        paired |= any(f"{m}_vs_random" in r for m in metrics)
+        lines.append("| " + " | ".join([r["method"], str(r["budget"]), str(r["seeds"]), str(r["n_train"]), *vals,
+                                        f"{r['select_s']:.1f}", f"{r['train_s']:.1f}",
+                                        _ratio(r.get("cost_ratio", float("nan")))]) + " |")
+    if paired:
+        lines += ["", "Δ: the mean paired difference from random at the same budget (same seeds) ± its standard "
+                  "error. **\\*** marks a difference larger than two standard errors (beyond the seed "
+                  "spread); without it the difference is within noise. Fewer than "
+                  f"{MIN_MARK_SEEDS} paired seeds: no mark (the spread is not estimated)."]
+    lines += ["", "select / train: the selection's wall time (uncached) over the fine-tuning's on its pick."]
+    return "\n".join(lines) + "\n"
+
+
+def _versus_cell(row: dict, metric: str) -> str:
+    if f"{metric}_vs_random" not in row:
+        return ""
+    diff, se = row[f"{metric}_vs_random"], row[f"{metric}_vs_random_se"]
+    spread = f" ± {se:.4f}" if np.isfinite(se) else ""
+    mark = " \\*" if beyond_noise(row, metric) else ""
+    return f" (Δ {diff:+.4f}{spread}{mark})"
+
+
+def write_results(out: Path, rows: list[dict], cfg) -> None:
+    """results.md / .csv / .json and the plots; ``cfg``: the :class:`~tunesift.bench.BenchConfig`
+    (its inputs, stage, models and training make the title)."""
+    from .store import write_text
+
+    if not rows:
+        raise TunesiftError(f"{out}: no finished cells to tabulate")
+    title = f"# tunesift bench: {Path(cfg.train).name} -> {Path(cfg.test).name} ({cfg.stage} stage)\n\n"
+    note = (f"select model `{cfg.select_model}`, train model `{cfg.train_model}` ({cfg.training.mode}, "
+            f"{cfg.training.epochs} epochs), mean ± std over seeds.\n\n")
+    marks = beyond_noise_lines(rows)
+    paired = any(k.endswith("_vs_random") for r in rows for k in r)
+    verdict = ("\n## Beyond the seed spread (paired differences from random > 2 SE)\n\n"
+               + ("\n".join(marks) if marks else "None: every difference from random is within two standard "
+                  "errors of the paired seed differences.") + "\n") if paired else ""
+    full = [r for r in rows if r["method"] == "full"]
+    cost = (f"\nFine-tuning on the whole pool took {full[0]['train_s']:.1f} s; `total_vs_full` in results.json is "
+            "(select + train) / that.\n") if full else ""
+    write_text(out / "results.md", title + note + markdown_table(rows) + verdict + cost)
+    write_text(out / "results.json", json.dumps(rows, indent=1) + "\n")
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    plot_results(out, rows)
+
+
+def plot_results(out: Path, rows: list[dict]) -> None:
+    """results.png: one panel per metric, a bar per method (first budget) with std error bars on an
+    axis from zero, ``*`` over a bar whose paired difference from random exceeds two standard errors;
+    under it, when random ran too, each method's paired difference from random with ± 2 SE error
+    bars (red: beyond the seed spread, grey: within it). curve.png: each method's metric against
+    the budget (error bars: std over seeds) when there are several budgets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = _metric_names(rows)
+    budgets = sorted({r["budget"] for r in rows if r["budget"] != "all"}, key=float)
+    first = budgets[0] if budgets else "all"
+    shown = [r for r in rows if r["budget"] in (first, "all")]
+    paired = [r for r in shown if any(f"{m}_vs_random" in r for m in metrics)]
+    nrow = 2 if paired else 1
+    fig, axes = plt.subplots(nrow, len(metrics), figsize=(3.2 * len(metrics), 3.4 * nrow), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        names = [r["method"] for r in shown]
+        ax.bar(range(len(shown)), [r[m] for r in shown], yerr=[r[f"{m}_std"] for r in shown], capsize=3,
+               color=["#999999" if n in ("base", "full") else "#4c72b0" for n in names])
+        ax.set_xticks(range(len(shown)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(m, fontsize=9)
+        # bars start at zero (no truncated axis that makes noise look decisive)
+        lo = min(0.0, min(r[m] - r[f"{m}_std"] for r in shown))
+        hi = max(0.0, max(r[m] + r[f"{m}_std"] for r in shown))
+        ax.set_ylim(lo * 1.1, hi * 1.12 or 0.01)
+        for x, r in enumerate(shown):
+            if beyond_noise(r, m):
+                ax.text(x, r[m] + r[f"{m}_std"], "*", ha="center", va="bottom", fontsize=12)
+    if paired:  # the paired differences from random with two standard errors: the spread is visible
+        for ax, m in zip(axes[1], metrics):
+            rs = [r for r in paired if f"{m}_vs_random" in r]
+            diffs = [r[f"{m}_vs_random"] for r in rs]
+            errs = [2 * r[f"{m}_vs_random_se"] if np.isfinite(r[f"{m}_vs_random_se"]) else 0.0 for r in rs]
+            for x, (r, d, e) in enumerate(zip(rs, diffs, errs)):
+                ax.errorbar([x], [d], yerr=[e], fmt="o", capsize=3,
+                            color="#c44e52" if beyond_noise(r, m) else "#8c8c8c")
+            ax.axhline(0, color="#333", lw=0.8)
+            ax.set_xticks(range(len(rs)), [r["method"] for r in rs], rotation=45, ha="right", fontsize=8)
+            ax.set_title(f"{m}: minus random (± 2 SE)", fontsize=9)
+    fig.suptitle(f"budget {first}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "results.png", dpi=110)
+    plt.close(fig)
+    if len(budgets) > 1:
+        plot_curves(out / "curve.png", rows, metrics)
+
+
+BOUNDED = ("rougeL", "exact_match", "cosine")  # metrics in [0, 1]: their curves start at zero
+
+
+def curve_data(rows: list[dict], metric: str) -> dict:
+    """The data-efficiency curve of ``metric``: per selector, the metric against the records it
+    picked, with the seed spread.
+
+    Returns ``{"lines": {method: {"x", "mean", "lo", "hi", "seeds"}}, "base": float | None,
+    "full": {"x", "mean", "lo", "hi"} | None}``: ``x`` the mean records picked (``n_selected``;
+    budgets given as fractions and counts land on one axis), sorted; the band ``lo``/``hi`` =
+    mean -+ sample std over seeds (zero width for one seed); ``base`` the untuned model's value and
+    ``full`` the whole pool's point, the two references every selector sits between."""
+    lines: dict[str, dict] = {}
+    for r in rows:
+        if r["budget"] == "all" or metric not in r:
+            continue
+        ln = lines.setdefault(r["method"], {"x": [], "mean": [], "lo": [], "hi": [], "seeds": []})
+        ln["x"].append(float(r.get("n_selected", r["n_train"])))
+        ln["mean"].append(r[metric])
+        ln["lo"].append(r[metric] - r[f"{metric}_std"])
+        ln["hi"].append(r[metric] + r[f"{metric}_std"])
+        ln["seeds"].append(r["seeds"])
+    for ln in lines.values():
+        idx = np.argsort(ln["x"], kind="stable")
+        for k in ln:
+            ln[k] = [ln[k][i] for i in idx]
+    base = next((r[metric] for r in rows if r["method"] == "base" and metric in r), None)
+    full = next(({"x": float(r.get("n_selected", r["n_train"])), "mean": r[metric],
+                  "lo": r[metric] - r[f"{metric}_std"], "hi": r[metric] + r[f"{metric}_std"]}
+                 for r in rows if r["method"] == "full" and metric in r), None)
+    return {"lines": lines, "base": base, "full": full}
+
+
+def curve_limits(data: dict, metric: str) -> tuple[float, float]:
+    """The y range of a curve panel: everything drawn (bands, base, full) with 5% margins, and from
+    zero for a metric in [0, 1] (an accuracy never gets a zoomed axis that makes noise look
+    decisive); a loss axis spans at least from the full-data value to the untuned model's, so the
+    gaps between selectors are read against the whole gain of fine-tuning."""
+    vals = [v for ln in data["lines"].values() for v in ln["lo"] + ln["hi"]]
+    if data["base"] is not None:
+        vals.append(data["base"])
+    if data["full"] is not None:
+        vals += [data["full"]["lo"], data["full"]["hi"]]
+    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+    if metric.partition("@")[0] in BOUNDED:
+        lo = min(0.0, lo)
+    pad = 0.05 * (hi - lo or abs(hi) or 1.0)
+    return (lo if lo == 0.0 else lo - pad), hi + pad
+
+
+def plot_curves(path: Path, rows: list[dict], metrics: list[str]) -> None:
+    """``path`` (curve.png): per metric, one line per selector against the records it picked, a
+    band for the seed spread (mean ± std), the untuned model (dashed) and the whole pool (a point
+    with its spread and a dotted line); x from 0 to the pool, y by :func:`curve_limits`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        data = curve_data(rows, m)
+        for i, (method, ln) in enumerate(data["lines"].items()):
+            color = "#333333" if method == "random" else plt.cm.tab10(i % 10)
+            ax.plot(ln["x"], ln["mean"], marker="o", ms=3, lw=1.2, color=color, label=method)
+            ax.fill_between(ln["x"], ln["lo"], ln["hi"], color=color, alpha=0.15, lw=0)
+        xmax = max([x for ln in data["lines"].values() for x in ln["x"]] + [1.0])
+        if data["base"] is not None:
+            ax.axhline(data["base"], color="#888", ls="--", lw=0.9, label="base (no fine-tuning)")
+        if data["full"] is not None:
+            f = data["full"]
+            xmax = max(xmax, f["x"])
+            ax.errorbar([f["x"]], [f["mean"]], yerr=[[f["mean"] - f["lo"]], [f["hi"] - f["mean"]]], fmt="s",
+                        color="#555", capsize=3, label="full pool")
+            ax.axhline(f["mean"], color="#555", ls=":", lw=0.9)
+        ax.set_xlim(0, xmax * 1.05)
+        ax.set_ylim(*curve_limits(data, m))
+        ax.set_title(f"{m} {'↓' if lower_is_better(m) else '↑'}", fontsize=9)
+        ax.set_xlabel("records picked", fontsize=8)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
