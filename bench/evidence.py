@@ -25,10 +25,10 @@ cell is never rerun, so the grid may span sessions and machines; the settings ar
 
 Methods: base and full (the references), random, balanced-random (``--by meta.source``, mixed
 pools only: on a one-source pool it is random), random-gsm8k (task stage: random among the pool's
-GSM8K records, the target's own source; a control that knows the source labels), rds, delift (the model's utilities on the 16
-nearest candidates per record; ``--dense-delift``: every pair, on a GPU), delift-learned (the learned
-surrogate, 10% of the pairs scored), delift-se, donod, donod+delift, ifd, and less in the task
-stage. Training: LoRA, 2 epochs, batches of 8, lr 5e-4, bfloat16 autocast.
+GSM8K records, the target's own source; a control that knows the source labels), rds, delift (the
+model's utilities on the 16 nearest candidates per record; ``--dense-delift``: every pair, on a
+GPU), delift-learned (the learned surrogate, 10% of the pairs scored), delift-se, donod,
+donod+delift, ifd, and less in the task stage. Training: LoRA, 2 epochs, batches of 8, lr 5e-4, bfloat16 autocast.
 """
 
 from __future__ import annotations

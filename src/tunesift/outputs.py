@@ -208,16 +208,15 @@ def counts(sel: Selection) -> dict:
     from (one row each in scores.parquet): ``kept`` + ``dropped``, ``errors`` of them error rows.
     With ``--limit`` / ``--sample`` also: ``read`` records read from the input, ``not_sampled``
     of them left out by ``--sample``, ``not_read`` after the first ``--limit`` (null when not
-    counted: the rest of a file is not parsed). With ``random --within``: ``within``, the records
-    that match."""
+    counted: the rest of a file is not parsed). Then any counts the method adds
+    (``Picked.extra["counts"]``; ``random --within``: ``within``, the records that match)."""
     n = len(sel.records)
     kept = int(sel.kept.sum())
     out = {"input": n, "kept": kept, "dropped": n - kept, "errors": int(sel.extra.get("errors", 0))}
     part = sel.extra.get("read") or {}
     if part.get("limit") is not None or part.get("sample") is not None:
         out.update({k: part.get(k) for k in ("read", "not_sampled", "not_read")})
-    if "within" in sel.columns:
-        out["within"] = int(sel.columns["within"].sum())  # bool (n,); error rows are False
+    out.update(sel.extra.get("counts") or {})
     return out
 
 

@@ -37,7 +37,7 @@ class Job:
 class Picked:
     """What a method returns: ``columns`` {name: (n,) array} of per-record scores, ``order`` the
     indices it prefers, best first (the first k are kept), ``extra`` manifest details
-    (``timings``, ``objective``)."""
+    (``timings``, ``objective``, ``counts``: added to the manifest's counts)."""
 
     columns: dict[str, np.ndarray]
     order: np.ndarray

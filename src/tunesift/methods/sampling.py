@@ -29,16 +29,18 @@ def run_random(job: Job) -> Picked:
     if job.opt.within is None:
         return Picked({}, order)
     name, _, wanted = job.opt.within.partition("=")
-    values = [category(field_value(r.row, name.strip())) for r in job.records]
+    name = name.strip()
+    values = [category(field_value(r.row, name)) for r in job.records]
     match = np.array([v == wanted for v in values], dtype=bool)
-    if not match.any():
+    n_match = int(match.sum())
+    if n_match == 0:
         seen = ", ".join(sorted(set(values))[:8])
-        raise OptionError(f"--within {job.opt.within}: no record matches (values of {name.strip()}: {seen})")
-    if match.sum() < job.k:
+        raise OptionError(f"--within {job.opt.within}: no record matches (values of {name}: {seen})")
+    if n_match < job.k:
         log.warning("--within %s: %d of %d records match, fewer than the budget %d: all of them are kept, and "
-                    "%d others at random", job.opt.within, match.sum(), len(values), job.k, job.k - match.sum())
+                    "%d others at random", job.opt.within, n_match, len(values), job.k, job.k - n_match)
     order = np.concatenate([order[match[order]], order[~match[order]]])
-    return Picked({"within": match}, order)
+    return Picked({"within": match}, order, {"counts": {"within": n_match}})
 
 
 def run_balanced_random(job: Job) -> Picked:
