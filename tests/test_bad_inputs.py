@@ -80,6 +80,7 @@ CASES = [
     ("out-under-proc", "d.jsonl", jsonl(GOOD), ["--out", "/proc/tunesift-out"], "cannot write in '/proc'"),
     ("out-dangling-symlink", "d.jsonl", jsonl(GOOD), ["--out", "DANGLING"], "symlink to a missing folder"),
     ("out-holds-other-files", "d.jsonl", jsonl(GOOD), ["--out", "NOTOURS"], "holds files tunesift did not write"),
+    ("out-not-a-tunesift-output", "d.jsonl", jsonl(GOOD), ["--out", "FOREIGNSET"], "is not an earlier tunesift output"),
     ("cache-dir-is-a-file", "d.jsonl", jsonl(GOOD), ["--method", "donod", "--model", "TINY", "--cache-dir",
                                                      "BLOCKER"], "exists and is not a folder"),
 ]
@@ -97,10 +98,13 @@ def test_bad_input(case, name, content, extra, message, tmp_path, tiny_dir, caps
     (tmp_path / "dangling").symlink_to(tmp_path / "missing")
     (tmp_path / "notours").mkdir()
     (tmp_path / "notours" / "notes.txt").write_text("keep")
+    (tmp_path / "foreignset").mkdir()
+    (tmp_path / "foreignset" / "manifest.json").write_text('{"project": "mine"}')
     out = tmp_path / "out"
     subs = {"TARGET": str(tmp_path / "target.jsonl"), "TINY": str(tiny_dir), "BLOCKER": str(tmp_path / "blocker"),
             "GOODTARGET": str(tmp_path / "good_target.jsonl"), "BADCONFIG": str(tmp_path / "bad.yaml"),
             "DANGLING": str(tmp_path / "dangling"), "NOTOURS": str(tmp_path / "notours"),
+            "FOREIGNSET": str(tmp_path / "foreignset"),
             "CACHE": str(tmp_path / "cache")}
     args = [subs.get(a, a) for a in extra]
     if "--out" not in args:
@@ -116,6 +120,7 @@ def test_bad_input(case, name, content, extra, message, tmp_path, tiny_dir, caps
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []  # no temp folder left
     assert [p.name for p in (tmp_path / "notours").iterdir()] == ["notes.txt"]
+    assert (tmp_path / "foreignset" / "manifest.json").read_text() == '{"project": "mine"}'
 
 
 def test_cases_are_documented():

@@ -122,6 +122,41 @@ def test_finetune_then_evaluate_commands(data, tiny_dir, tmp_path, capsys):
     assert code == 0 and json.loads(stdout)["loss"] > tuned["loss"]  # training on the same pattern helps
 
 
+def test_finetune_and_evaluate_replace_only_their_own_unchanged_folders(data, tiny_dir, tmp_path, capsys, monkeypatch):
+    """``--out`` of finetune and evaluate is swapped in as a whole like select's: a folder holding a
+    user's files, or an earlier output edited since, is refused before any work, with nothing touched;
+    an unchanged earlier output is replaced."""
+    import tunesift.finetune
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    ft = ["finetune", data / "train.jsonl", "--model", tiny_dir, "--epochs", "1", "-q", "--out"]
+    ev = ["evaluate", "--test", data / "test.jsonl", "--model", tiny_dir, "--metrics", "loss", "--limit", "2", "-q",
+          "--out"]
+    real = tunesift.finetune.finetune
+    monkeypatch.setattr(tunesift.finetune, "finetune", lambda *a, **k: pytest.fail("trained before the check"))
+    for args in (ft, ev):
+        code, _, err = run(args + [mine], capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "is not an earlier tunesift output" in err or "holds files tunesift did not write" in err, err
+        assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    monkeypatch.setattr(tunesift.finetune, "finetune", real)
+    for args, name, meta in ((ft, "m", "tunesift_train.json"), (ev, "e", "metrics.json")):
+        out = tmp_path / name
+        assert run(args + [out], capsys)[0] == 0
+        assert run(args + [out], capsys)[0] == 0  # its own, unchanged: replaced
+        files = json.loads((out / meta).read_text())["files"]
+        assert files and set(files) == {p.name for p in out.iterdir()} - {meta}
+        edited = out / sorted(files)[0]
+        if edited.is_dir():
+            edited = next(p for p in edited.rglob("*") if p.is_file())
+        edited.write_bytes(edited.read_bytes() + b"\n")
+        code, _, err = run(args + [out], capsys)
+        assert code == 2 and "is not as tunesift wrote it" in err, err
+        assert edited.read_bytes().endswith(b"\n")
+
+
 @pytest.mark.parametrize("args, message", [
     (["finetune", "DATA", "--out", "OUT", "--mode", "qlora"], "unknown fine-tuning mode"),
     (["finetune", "DATA"], "needs the training DATA and --out"),

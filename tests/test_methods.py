@@ -114,7 +114,20 @@ def test_balanced_random_needs_by_and_runs_from_the_cli(tmp_path, capsys):
     table = pq.read_table(tmp_path / "o2" / "scores.parquet").to_pandas()
     assert Counter(table.loc[table.kept, "group"]) == {"x": 5, "y": 5}
     manifest = json.loads((tmp_path / "o2" / "manifest.json").read_text())
-    assert manifest["options"]["by"] == "meta.source"
+    assert manifest["options"]["by"] == "meta.source" and manifest["counts"]["groups"] == 2
+    # a field no record has (misspelt, or not written with dots) is an error, not plain random
+    assert main(["select", str(data), "--method", "balanced-random", "--by", "source", "--budget", "10",
+                 "--out", str(tmp_path / "o3"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("tunesift: error: --by source: no record has this field (the first record's fields: "
+                   "instruction, meta, output); a nested field is written with dots, e.g. meta.source")
+    assert not (tmp_path / "o3").exists()
+
+
+def test_balanced_random_with_one_group_says_it_is_plain_random(caplog):
+    sel = select(rows({"x": 10}), method="balanced-random", budget=4, by="meta.source", seed=0)
+    assert sel.kept.sum() == 4
+    assert "--by meta.source: every record has the value x, so this is plain random" in caplog.text
 
 
 def test_random_within_samples_one_value_of_a_field_first(tmp_path, capsys, caplog):

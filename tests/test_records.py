@@ -520,6 +520,23 @@ def test_empty_inputs(tmp_path, name, text, words):
     expect_error(write(tmp_path / name, text), None, None, "no records", *words)
 
 
+def test_a_parquet_input_never_aborts_the_exit(tmp_path):
+    """pyarrow released a buffer wrapping the file's Python bytes on a scanner thread during the
+    interpreter's exit; with torch imported that aborted about every other process (exit 134, not
+    the CLI's own code). The reader now hands Arrow its own copy: every exit is the one asked for."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"instruction": ["a", "b", "c"], "output": ["1", "2", "3"]}), path)
+    script = ("import sys, torch; from tunesift.io.records import read_records; "
+              f"assert len(read_records({str(path)!r})) == 3; sys.exit(2)")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+            for _ in range(8)]
+    assert [r.returncode for r in runs] == [2] * 8, [r.stderr[-300:] for r in runs]
+
+
 def test_empty_parquet_and_rows(tmp_path):
     path = tmp_path / "d.parquet"
     pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), path)

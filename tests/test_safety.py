@@ -483,6 +483,87 @@ def test_the_new_set_replaces_the_old_as_one_unit(exchange, tmp_path, capsys, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "out"]  # no temporary folders left
 
 
+def test_an_output_folder_is_replaced_only_as_tunesift_wrote_it(tmp_path, capsys):
+    """The swap deletes the previous set: every entry of it must be tunesift's and unchanged (the
+    manifest's checksums), or the run is refused up front with nothing touched."""
+    data = jsonl(tmp_path / "d.jsonl", GOOD)
+    args = ["select", data, "--method", "random", "--budget", "4", "-q", "--out"]
+
+    def refused(out, *words):
+        before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        one_line_error(*run(args + [out], capsys), *words)
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    # a user's folders and files under tunesift's names, in a folder tunesift never wrote
+    (tmp_path / "a" / "selected").mkdir(parents=True)
+    (tmp_path / "a" / "selected" / "important.txt").write_text("precious")
+    refused(tmp_path / "a", "'", "is not an earlier tunesift output", "manifest.json is missing")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text('{"project": "mine"}')
+    refused(tmp_path / "b", "is not an earlier tunesift output", "was not written by tunesift")
+    # an earlier selection (with its report) is replaced; once edited by hand it is not
+    out = tmp_path / "o"
+    assert run(args + [out, "--report"], capsys)[0] == 0
+    assert run(args + [out, "--report"], capsys)[0] == 0
+    with open(out / "selected.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"instruction": "curated by hand", "output": "x"}) + "\n")
+    refused(out, "selected.jsonl is not as tunesift wrote it")
+    assert run(args + [tmp_path / "o2"], capsys)[0] == 0
+    (tmp_path / "o2" / "report.html").write_text("<html><title>my own notes</title></html>")
+    refused(tmp_path / "o2", "report.html is not as tunesift wrote it")
+    assert run(args + [tmp_path / "o3", "--out-format", "hf"], capsys)[0] == 0
+    (tmp_path / "o3" / "selected" / "notes.txt").write_text("mine")
+    refused(tmp_path / "o3", "selected is not as tunesift wrote it")
+
+
+def test_a_failed_write_leaves_no_new_folders_and_the_write_check_is_where_the_set_is_staged(
+        tmp_path, capsys, monkeypatch):
+    import tunesift.outputs as outputs
+
+    data = jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "output": "x", "n": 1},
+                                        {"instruction": "b", "output": "y", "n": "text"}])
+    code, err = run(["select", data, "--method", "random", "--budget", "1.0", "--out-format", "parquet",
+                     "--out", tmp_path / "new" / "deeper" / "out", "-q"], capsys)
+    one_line_error(code, err, "cannot write the kept records as parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]  # no 'new/deeper' left behind
+    # an existing output folder: the probe writes in its parent, where the new set is staged (it once
+    # wrote inside the folder, so a read-only parent failed only after the scoring)
+    out = tmp_path / "out"
+    assert run(["select", data, "--method", "random", "--budget", "1", "--out", out, "-q"], capsys)[0] == 0
+
+    def read_only(folder):
+        if folder == tmp_path:
+            raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(outputs, "probe_write", read_only)
+    one_line_error(*run(["select", data, "--method", "random", "--budget", "1", "--out", out, "-q"], capsys),
+                   f"cannot write in '{tmp_path}' (where output", "is replaced as a whole): Permission denied")
+
+
+def test_a_line_break_in_a_file_name_an_output_folder_as_input_and_a_quiet_hf_save(tmp_path, capsys):
+    data = tmp_path / "a\nb.jsonl"
+    data.write_text('{"instruction": "x"}\n', encoding="utf-8")
+    line = one_line_error(*run(["select", data, "--method", "random", "--out", tmp_path / "o", "-q"], capsys))
+    assert "a\\nb.jsonl" in line
+    good = jsonl(tmp_path / "d.jsonl", GOOD)
+    code, err = run(["select", good, "--method", "random", "--budget", "3", "--out-format", "hf", "--out",
+                     tmp_path / "h", "-q"], capsys)
+    assert code == 0 and err == ""
+    # an earlier output folder given as the input: the message names the file to select from
+    one_line_error(*run(["select", tmp_path / "h", "--method", "random", "--out", tmp_path / "o2", "-q"], capsys),
+                   "a tunesift output folder: select from its kept records", str(tmp_path / "h" / "selected"))
+
+
+def test_a_budget_above_the_usable_records_says_it_is_cut(tmp_path, caplog):
+    from tunesift import select
+
+    rows = list(GOOD)
+    rows[2] = {"instruction": "x", "output": "  "}
+    sel = select(rows, method="random", budget=12, on_error="skip")
+    assert sel.kept.sum() == 11
+    assert "the budget of 12 records is more than the 11 that can be used: keeping 11" in caplog.text
+
+
 # ----------------------------------------------------------------------------- 9. options up front
 
 

@@ -286,6 +286,7 @@ def test_kernel_command_writes_what_select_computes(utility, tiny_dir, tmp_path)
     meta = json.loads((out / "kernel.json").read_text())
     assert meta["shape"] == [12, 12] and meta["pairs"] == 48 and meta["options"]["utility"] == utility
     assert np.load(out / "base.npy").shape == (12,)
+    assert set(meta["files"]) == {p.name for p in out.iterdir()} - {"kernel.json"}
     # the exact kernel is the one select's DELIFT picks from (same cache, same values)
     sel = select(str(data), method="delift", knn=4, budget=4, utility=utility, label_fraction=0.5,
                  lm=load_lm(str(tiny_dir), device="cpu", dtype="float32"), cache_dir=str(tmp_path / "c"))
@@ -308,8 +309,11 @@ def test_kernel_command_writes_what_select_computes(utility, tiny_dir, tmp_path)
             assert set(lab.getrow(i).indices.tolist()) == top2
     else:
         assert not (out / "labelled.npz").exists() and meta["surrogate"] is None
-    # a rerun replaces the folder; a folder holding foreign files is refused
+    # a rerun replaces the folder; a folder holding foreign files, or a file edited since, is refused
     assert main(args) == 0
+    with open(out / "rows.txt", "a") as fh:
+        fh.write("mine\n")
+    assert main(args) == 2 and (out / "rows.txt").read_text().endswith("mine\n")
     (out / "mine.txt").write_text("x")
     assert main(args) == 2
 

@@ -289,15 +289,16 @@ def finetune(
                                        help="YAML file holding any of these options; flags override it."),
 ) -> None:
     """Fine-tune a model on records (LoRA by default), loss on response tokens only."""
-    from .finetune import TrainConfig, save
+    from .finetune import TRAIN_META, TrainConfig, save, trained_by_tunesift
     from .finetune import finetune as run_finetune
     from .io.records import read_records
     from .models import load_lm
-    from .outputs import check_writable
+    from .outputs import check_output_folder
 
     if data is None or out is None:
         raise TunesiftError("finetune needs the training DATA and --out")
-    check_writable(out)
+    # before training: writable, no input inside, and replaced only if an unchanged earlier model
+    check_output_folder(out, [data], own=None, manifest=TRAIN_META, unlisted={}, ours=trained_by_tunesift)
     cfg = TrainConfig(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
                       lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, seed=seed,
                       autocast=autocast, template=template)
@@ -332,15 +333,19 @@ def evaluate(
     """Evaluate a (fine-tuned) model on held-out records: loss, perplexity, ROUGE-L, exact match, cosine."""
     import json
 
+    from .evaluate import EVAL_FILES, parse_metrics, save_evaluation, written_by_evaluate
     from .evaluate import evaluate as run_evaluate
-    from .evaluate import parse_metrics
     from .io.records import read_records
     from .models import load_lm
+    from .outputs import check_output_folder
 
     names = parse_metrics(metrics)
     for name, v in (("max-new-tokens", max_new_tokens), ("generate-limit", generate_limit), ("limit", limit)):
         if v is not None and v < 1:
             raise TunesiftError(f"{name} must be at least 1, got {v}")
+    if out is not None:  # before any work: writable, and replaced only if an unchanged earlier evaluation
+        check_output_folder(out, [test, adapter], own=EVAL_FILES, manifest="metrics.json", unlisted={},
+                            ours=written_by_evaluate)
     if adapter is not None:
         from .finetune import check_trained_folder
 
@@ -359,16 +364,7 @@ def evaluate(
     result = {"model": lm.source, "fingerprint": lm.fingerprint, "test": _input_info(str(test)),
               "records": len(records), "metrics": ev.metrics, "timings": ev.timings}
     if out is not None:
-        from .store import write_text
-
-        rows = []
-        for i, r in enumerate(records):
-            row = {"id": r.id, "reference": r.response, "prediction": ev.generations[i]}
-            row.update({k: (None if v[i] != v[i] else float(v[i])) for k, v in ev.per_record.items()})
-            rows.append(json.dumps(row, ensure_ascii=False))
-        Path(out).mkdir(parents=True, exist_ok=True)
-        write_text(Path(out) / "predictions.jsonl", "\n".join(rows) + "\n")
-        write_text(Path(out) / "metrics.json", json.dumps(result, indent=2) + "\n")
+        save_evaluation(out, records, ev, result)
     typer.echo(json.dumps(ev.metrics))
 
 
@@ -508,6 +504,11 @@ def _interrupted(signum: int) -> int:
     return 128 + signum
 
 
+def _escape_breaks(message: str) -> str:
+    """The message on one line: a line break inside it (a file name holding one) as its escape."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app and turns user errors into one line + exit code 2, and
     SIGINT / SIGTERM into one line + exit code 130 / 143 (temporary files are cleaned up on the way)."""
@@ -526,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         return _interrupted(exc.signum)
     except TunesiftError as exc:
-        print(f"tunesift: error: {exc}", file=sys.stderr)
+        print(f"tunesift: error: {_escape_breaks(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return _interrupted(signal.SIGINT)
@@ -537,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             import click
         exceptions = click.exceptions
         if isinstance(exc, exceptions.ClickException):
-            print(f"tunesift: error: {exc.format_message()}", file=sys.stderr)
+            print(f"tunesift: error: {_escape_breaks(exc.format_message())}", file=sys.stderr)
             return 2
         abort = getattr(exceptions, "Abort", None)
         if abort is not None and isinstance(exc, abort):

@@ -232,3 +232,33 @@ def evaluate(
             per[name] = vals
             out[name] = float(np.mean(vals[:m])) if m else float("nan")
     return Evaluation(out, per, gens, timings)
+
+
+EVAL_FILES = frozenset({"metrics.json", "predictions.jsonl"})
+
+
+def written_by_evaluate(meta: dict) -> bool:
+    """True for a ``metrics.json`` that :func:`save_evaluation` wrote (also one from before its ``tool`` key)."""
+    return meta.get("tool") == "tunesift" or {"metrics", "records", "fingerprint"} <= meta.keys()
+
+
+def save_evaluation(out, records: Sequence, ev: Evaluation, result: dict) -> None:
+    """``metrics.json`` (``result`` plus the SHA-256 of the predictions) and ``predictions.jsonl``
+    (one row per test record: id, reference, prediction, per-record metrics; NaN as null), written
+    as one unit into ``out`` (:func:`tunesift.folders.publish`). The caller checked ``out`` first
+    (:func:`tunesift.outputs.check_output_folder` with :data:`EVAL_FILES`)."""
+    import json
+    from pathlib import Path
+
+    from .folders import digest, publish
+
+    def fill(tmp: Path) -> None:
+        with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as fh:
+            for i, r in enumerate(records):
+                row = {"id": r.id, "reference": r.response, "prediction": ev.generations[i]}
+                row.update({k: (None if v[i] != v[i] else float(v[i])) for k, v in ev.per_record.items()})
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        meta = {"tool": "tunesift", **result, "files": {"predictions.jsonl": digest(tmp / "predictions.jsonl")}}
+        (tmp / "metrics.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    publish(Path(out), fill, "the evaluation", out)

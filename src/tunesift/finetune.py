@@ -292,29 +292,43 @@ def merged(lm, result: TrainResult):
                     h.hexdigest()[:16], lm.device, lm.dtype)
 
 
+def trained_by_tunesift(meta: dict) -> bool:
+    """True for a ``tunesift_train.json`` that :func:`save` wrote (also one from before its ``tool`` key)."""
+    return meta.get("tool") == "tunesift" or {"base_model", "config", "losses"} <= meta.keys()
+
+
+def check_model_out(out: str | Path) -> None:
+    """Refuse ``out`` unless it is new, empty, or a folder :func:`save` wrote that nobody changed
+    since (its files' SHA-256 as ``tunesift_train.json`` lists them): one-line OptionError, before
+    any training. A rerun replaces only what tunesift wrote."""
+    from .folders import check_earlier_set
+
+    out = Path(out)
+    if out.is_dir():
+        check_earlier_set(out, out, TRAIN_META, unlisted={}, ours=trained_by_tunesift, names_checked=False)
+
+
 def save(result: TrainResult, lm, out: str | Path, info: dict | None = None) -> Path:
     """Write the adapter (LoRA) or the whole model (full) plus ``tunesift_train.json`` to ``out``.
 
-    Written into a temporary sibling folder and renamed, so ``out`` is never half written."""
-    import shutil
-    import tempfile
+    Filled in a sibling folder and swapped in (:func:`tunesift.folders.publish`), so ``out`` is
+    never half written; ``tunesift_train.json`` lists the SHA-256 of every other file, and an
+    existing ``out`` is replaced only when :func:`check_model_out` allows it."""
+    from .folders import digest, publish
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    check_model_out(out)
+
+    def fill(tmp: Path) -> None:
         result.model.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
-        meta = {"base_model": lm.source, "base_path": lm.path, "base_fingerprint": lm.fingerprint,
+        meta = {"tool": "tunesift", "base_model": lm.source, "base_path": lm.path, "base_fingerprint": lm.fingerprint,
                 "config": asdict(result.config), "steps": result.steps, "tokens": result.tokens,
-                "seconds": round(result.seconds, 2), "losses": result.losses, **result.extra, **(info or {})}
+                "seconds": round(result.seconds, 2), "losses": result.losses, **result.extra, **(info or {}),
+                "files": {p.name: digest(p) for p in sorted(tmp.iterdir())}}
         (tmp / TRAIN_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    publish(out, fill, "the model", out)
     return out
 
 

@@ -7,6 +7,8 @@ the folder as it was. Used by ``select --out`` (:mod:`tunesift.outputs`) and ``t
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -14,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import TunesiftError
+from .errors import OptionError, TunesiftError
 
 
 def exchange(a: Path, b: Path) -> bool:
@@ -29,6 +31,60 @@ def exchange(a: Path, b: Path) -> bool:
     at_fdcwd, rename_exchange = -100, 2
     rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
     return rc == 0
+
+
+def digest(p: Path) -> str:
+    """SHA-256 of a file, or of a folder's files (:func:`tunesift.io.files.input_checksum`)."""
+    if p.is_dir():
+        from .io.files import input_checksum
+
+        return input_checksum(p)
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_earlier_set(out: Path, shown: str | Path, manifest: str, unlisted: dict[str, str] | None = None,
+                      ours: Callable[[dict], bool] | None = None, names_checked: bool = True) -> None:
+    """Refuse to replace a non-empty folder ``out`` unless tunesift wrote it and nothing in it changed
+    since: ``manifest`` (``manifest.json``, ``kernel.json``, ``tunesift_train.json``) must be
+    tunesift's (``ours(meta)``, default ``meta["tool"] == "tunesift"``), and every other entry must
+    have the SHA-256 the manifest lists for it (``files``). A manifest from before the checksums is
+    trusted by the entries' names alone, and only when the caller checked them (``names_checked``).
+    ``unlisted``: entries written after the manifest (``report.html``), each recognised by a marker
+    in its first 4 KiB.
+
+    A file a user put there or edited by hand under one of tunesift's names (their own
+    ``manifest.json``, a curated ``selected.jsonl``, a note inside ``selected/``) is thereby never
+    deleted by the swap."""
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return
+    advice = "it is replaced as a whole: choose a new or empty folder, or move it away"
+    try:
+        meta = json.loads((out / manifest).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict) or not (ours(meta) if ours else meta.get("tool") == "tunesift"):
+        raise OptionError(f"output folder '{shown}' is not an earlier tunesift output ({manifest} is missing or "
+                          f"was not written by tunesift); {advice}")
+    files = meta.get("files")
+    if not isinstance(files, dict) and not names_checked:
+        raise OptionError(f"output folder '{shown}': its {manifest} lists no checksums (an older tunesift), so "
+                          f"its files cannot be told from a user's; {advice}")
+    for p in entries:
+        if p.name == manifest:
+            continue
+        if p.name in (unlisted or {}):
+            with open(p, "rb") as fh:
+                same = (unlisted or {})[p.name].encode() in fh.read(4096)
+        else:
+            same = not isinstance(files, dict) or files.get(p.name) == digest(p)
+        if not same:
+            raise OptionError(f"output folder '{shown}': {p.name} is not as tunesift wrote it (changed since, or "
+                              f"put there by hand); {advice}")
 
 
 def umask() -> int:
@@ -64,18 +120,25 @@ def swap_in(tmp: Path, out: Path) -> None:
 
 
 def publish(out: Path, fill: Callable[[Path], None], what: str, shown: str | Path) -> None:
-    """Fill a staging folder with ``fill(tmp)`` and swap it in as ``out``. On an OS error nothing
-    of ``out`` changes and the staging folder is removed: one-line ``TunesiftError`` naming
-    ``what`` (e.g. "the output") and the folder as the user gave it (``shown``)."""
+    """Fill a staging folder with ``fill(tmp)`` and swap it in as ``out``. On any failure nothing of
+    ``out`` changes and the staging folder (and any parent folder made for it) is removed; an OS
+    error becomes a one-line ``TunesiftError`` naming ``what`` (e.g. "the output") and the folder
+    as the user gave it (``shown``)."""
+    made = [p for p in out.parents if not p.exists()]  # folders the staging creates, deepest first
     tmp = None
     try:
         tmp = staging_folder(out)
         fill(tmp)
         swap_in(tmp, out)
-        tmp = None
+        tmp = made = None
     except OSError as exc:
         raise TunesiftError(f"cannot write {what} to '{shown}': {exc.strerror or exc}; "
                             "nothing was changed there") from None
     finally:
-        if tmp is not None:
+        if tmp is not None:  # failed or interrupted: no staging folder left
             shutil.rmtree(tmp, ignore_errors=True)
+        for p in made or ():  # nor the empty parents it made
+            try:
+                p.rmdir()
+            except OSError:
+                break

@@ -9,7 +9,9 @@ The folder holds::
     base.npy         (n_t,) the targets' no-example distance d0 (UF = d0 - d(example))
     rows.txt         target ids, one per line (a JSON string if the id holds a line break); cols.txt:
                      example ids
-    kernel.json      options, shape, pairs, the surrogate's fidelity, versions
+    kernel.json      options, shape, pairs, the surrogate's fidelity, versions, and the SHA-256 of
+                     every other file (``files``: a rerun into the folder replaces it only when
+                     they still match)
 
 ``np.load("utility.npy")`` / ``scipy.sparse.load_npz("utility.npz")`` read it back. The kernel is
 the same one ``select --method delift`` computes with the same options (and shares its cache).
@@ -24,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import OptionError
-from .folders import publish
+from .folders import digest, publish
 from .methods.options import Options, options_dict
 from .methods.utility_kernels import knn_candidates, one_kernel
 from .outputs import check_output_folder
@@ -47,7 +49,7 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
         raise OptionError(f"tunesift kernel does not take {', '.join(unknown)}")
     opt = Options(method="delift", **options)
     opt.validate()
-    folder = check_output_folder(out, list(input_paths), own=KERNEL_FILES)
+    folder = check_output_folder(out, list(input_paths), own=KERNEL_FILES, manifest="kernel.json", unlisted={})
     targets = as_records(data, fields)
     same = examples is None
     cols = targets if same else as_records(examples, fields, source="<examples>")
@@ -83,6 +85,7 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
         np.save(tmp / "base.npy", np.asarray(kern.base, dtype=np.float64))
         (tmp / "rows.txt").write_text(id_lines(targets), encoding="utf-8")
         (tmp / "cols.txt").write_text(id_lines(cols), encoding="utf-8")
+        meta["files"] = {p.name: digest(p) for p in sorted(tmp.iterdir())}  # a rerun replaces only these
         (tmp / "kernel.json").write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
 
     publish(folder, fill, "the kernel", out)

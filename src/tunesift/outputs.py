@@ -12,7 +12,9 @@ the input's schema has a LLaMA-Factory form.
 Safety rules (docs/errors.md):
 
 * The output folder holds tunesift's files only. It must be new, empty, or the output of an
-  earlier selection (only the files this module writes, plus ``report.html``); it must not be the
+  earlier selection as tunesift wrote it (only the files this module writes, plus
+  ``report.html``; each with the SHA-256 its ``manifest.json`` lists: a user's file under one of
+  these names, or a selection edited by hand, is never replaced); it must not be the
   current folder (``--out ''`` or ``--out .``), a folder above it, a folder holding an input, or
   a folder inside an input folder. A dangling symlink is refused; any other symlink is followed.
 * The whole set is written into a new folder beside the output folder and then swapped into place
@@ -20,8 +22,9 @@ Safety rules (docs/errors.md):
   set kept beside it as ``.NAME.old-*`` until the new one is in place). Readers therefore see the
   previous set or the complete new one. ``manifest.json`` also lists the SHA-256 of every other
   file of the set (``files``), so a reader can check that the files belong together.
-* Writability is checked up front with a real probe write (``os.access`` is always true for root
-  and knows nothing of full disks or read-only pseudo file systems such as ``/proc``).
+* Writability is checked up front with a real probe write where the new set is staged, beside the
+  folder (``os.access`` is always true for root and knows nothing of full disks or read-only
+  pseudo file systems such as ``/proc``). A failed write leaves no staging or new parent folder.
 
 JSON Lines output keeps every value as it was read where JSON can hold it. Values JSON cannot
 hold are written in a documented, loss-free tagged form (docs/input-formats.md):
@@ -37,15 +40,15 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
-import hashlib
 import json
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import OptionError, TunesiftError
-from .folders import publish
+from .folders import check_earlier_set, digest, publish
 from .io.records import schema_of
 from .io.trainers import DATASET_NAME, dataset_info
 from .pipeline import Selection, options_dict, versions
@@ -80,8 +83,9 @@ def _existing_parent(p: Path) -> Path:
 
 
 def check_writable(out_dir: str | Path) -> Path:
-    """Fail early (before any scoring) when the output folder cannot be created or written: the
-    nearest existing folder gets a real probe write. Returns the path (symlinks resolved)."""
+    """Fail early (before any scoring) when the output folder cannot be created or replaced: the
+    nearest existing folder above it, where the new set is staged, gets a real probe write.
+    Returns the path (symlinks resolved)."""
     raw = str(out_dir)
     if not raw.strip():
         raise OptionError("--out is empty: name the output folder")
@@ -94,11 +98,12 @@ def check_writable(out_dir: str | Path) -> Path:
             raise OptionError(f"output '{out_dir}' exists and is not a folder")
     except OSError as exc:
         raise OptionError(f"output '{out_dir}': {exc.strerror or exc}") from None
-    parent = _existing_parent(out)
+    # the new set is staged in a folder beside ``out`` and swapped in: its parent is what must be writable
+    parent = _existing_parent(out.parent)
     if not parent.is_dir():
         raise OptionError(f"output '{out_dir}': '{parent}' is not a folder")
-    _probe(parent, f"output folder '{out_dir}'" if parent == out
-           else f"'{parent}' (where output '{out_dir}' would be created)")
+    _probe(parent, f"'{parent}' (where output '{out_dir}' " + ("is replaced as a whole)" if out.exists()
+                                                               else "would be created)"))
     return out
 
 
@@ -106,10 +111,15 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_output_folder(out_dir: str | Path, inputs: list[str | Path] = (), own: frozenset[str] = OWN) -> Path:
+def check_output_folder(out_dir: str | Path, inputs: list[str | Path] = (), own: frozenset[str] | None = OWN,
+                        manifest: str = "manifest.json", unlisted: dict[str, str] | None = None,
+                        ours: Callable[[dict], bool] | None = None) -> Path:
     """The checks of :func:`check_writable`, and that the folder is one tunesift may replace as a
     whole: not the current folder or above it, holding no input and not inside an input folder,
-    and holding nothing but an earlier selection's files."""
+    and holding nothing but an earlier output's files (``own``; None: any names), each as tunesift
+    wrote it (:func:`tunesift.folders.check_earlier_set`: ``manifest``, tunesift's by ``ours``, names
+    them and their checksums; ``unlisted``, default ``report.html``, are recognised by a marker)."""
+    unlisted = {"report.html": "<title>tunesift report"} if unlisted is None else unlisted
     out = check_writable(out_dir)
     cwd = Path(os.path.realpath(Path.cwd()))
     if _inside(cwd, out):
@@ -131,13 +141,17 @@ def check_output_folder(out_dir: str | Path, inputs: list[str | Path] = (), own:
                               "write the selection elsewhere")
     if out.is_dir():
         try:
-            foreign = sorted(p.name for p in out.iterdir() if p.name not in own)
+            foreign = sorted(p.name for p in out.iterdir() if own is not None and p.name not in own)
         except OSError as exc:
             raise OptionError(f"output folder '{out_dir}' cannot be listed: {exc.strerror}") from None
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise OptionError(f"output folder '{out_dir}' holds files tunesift did not write ({shown}); "
                               "it is replaced as a whole: choose a new or empty folder")
+        try:
+            check_earlier_set(out, out_dir, manifest, unlisted, ours, names_checked=own is not None)
+        except OSError as exc:
+            raise OptionError(f"output folder '{out_dir}' cannot be read: {exc.strerror or exc}") from None
     return out
 
 
@@ -243,18 +257,6 @@ def manifest(sel: Selection, inputs: dict[str, dict], files: dict[str, str] | No
     }
 
 
-def _sha256(p: Path) -> str:
-    if p.is_dir():
-        from .io.files import input_checksum
-
-        return input_checksum(p)
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _scores_table(sel: Selection):
     """scores.parquet; a string that is not valid Unicode (a lone surrogate in an id or an error
     reason) is written as its ``\\uXXXX`` escape."""
@@ -308,9 +310,15 @@ def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
     if out_format == "parquet":
         pq.write_table(table, tmp / "selected.parquet")
     else:
-        from datasets import Dataset
+        import datasets
 
-        Dataset(table).save_to_disk(str(tmp / "selected"))
+        shown = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # its "Saving the dataset" bar would print even under -q
+        try:
+            datasets.Dataset(table).save_to_disk(str(tmp / "selected"))
+        finally:
+            if shown:
+                datasets.enable_progress_bars()
 
 
 def _write_dataset_info(sel: Selection, tmp: Path, out_format: str) -> None:
@@ -344,7 +352,7 @@ def write_selection(sel: Selection, out_dir: str | Path, inputs: dict[str, dict]
         _write_selected(sel, tmp, out_format)
         _write_dataset_info(sel, tmp, out_format)
         pq.write_table(_scores_table(sel), tmp / "scores.parquet")
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        files = {p.name: digest(p) for p in sorted(tmp.iterdir())}
         text = json.dumps(json_value(manifest(sel, inputs or {}, files, out_format)), indent=2, allow_nan=False)
         (tmp / "manifest.json").write_text(text + "\n", encoding="utf-8")
 

@@ -280,7 +280,10 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
                                 f"under --on-error skip): {_errors_line(errors, len(records), data)}")
         log.warning("%d of %d records cannot be scored (see the error column); they are never kept",
                     len(errors), len(records))
-        k = min(k, len(ok))
+        if k > len(ok):
+            log.warning("the budget of %d records is more than the %d that can be used: keeping %d", k, len(ok),
+                        len(ok))
+            k = len(ok)
     scored = [records[i] for i in ok] if errors else records
     picked = method.run(Job(scored, k, opt, lm, progress, other))
     cols, order, extra = picked.columns, picked.order, dict(picked.extra)

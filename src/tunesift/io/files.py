@@ -310,7 +310,12 @@ def _read_parquet(data: bytes, source: str, digest: dict) -> tuple[Rows, str]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        # Arrow's own copy of the bytes: a buffer wrapping the Python ``bytes`` may be released on
+        # one of Arrow's scanner threads while the interpreter exits, which takes the GIL there and
+        # aborts the process (exit 134 instead of the CLI's own code; seen with torch imported)
+        buf = pa.allocate_buffer(len(data))
+        memoryview(buf).cast("B")[:] = data
+        table = pq.read_table(pa.BufferReader(buf))
         digest["schema"] = table.schema
         rows = table.to_pylist()
     except OSError as e:
@@ -321,6 +326,9 @@ def _read_parquet(data: bytes, source: str, digest: dict) -> tuple[Rows, str]:
 
 
 def _read_dataset_dir(p: Path, source: str, digest: dict) -> tuple[Rows, str]:
+    kept = [n for n in ("selected.jsonl", "selected.parquet", "selected") if (p / n).exists()]
+    if (p / "manifest.json").is_file() and kept:  # its dataset_info.json is LLaMA-Factory's, not datasets'
+        raise InputError(source, f"a tunesift output folder: select from its kept records, {p / kept[0]}")
     markers = ("dataset_info.json", "state.json", "dataset_dict.json")
     if not any((p / m).is_file() for m in markers):
         raise InputError(

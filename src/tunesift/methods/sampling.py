@@ -50,12 +50,22 @@ def run_balanced_random(job: Job) -> Picked:
     one record at a time, skipping groups that ran out: the first k of that order give every group
     ``floor(k / groups)`` or one more, and a group smaller than its share gives its whole size with
     the rest spread over the larger groups. Records without the field form their own group,
-    ``(missing)``. Column ``group``: each record's group name.
+    ``(missing)``; no record with the field at all is an error (a misspelt field would otherwise
+    quietly give plain random), and a single group is logged as a warning. Column ``group``: each
+    record's group name; the manifest counts the groups (``counts.groups``).
     """
     by = job.opt.by
     rng = np.random.default_rng(job.opt.seed)
     names = np.array([category(field_value(r.row, by)) for r in job.records], dtype=object)
-    groups = [rng.permutation(np.flatnonzero(names == g)) for g in sorted(set(names))]
+    kinds = sorted(set(names))
+    if kinds == ["(missing)"]:
+        first = job.records[0].row
+        shown = ", ".join(sorted(map(str, first))[:12]) if isinstance(first, dict) else type(first).__name__
+        raise OptionError(f"--by {by}: no record has this field (the first record's fields: {shown}); "
+                          "a nested field is written with dots, e.g. meta.source")
+    if len(kinds) == 1:
+        log.warning("--by %s: every record has the value %s, so this is plain random", by, kinds[0])
+    groups = [rng.permutation(np.flatnonzero(names == g)) for g in kinds]
     groups = [groups[i] for i in rng.permutation(len(groups))]
     order = [int(g[i]) for i in range(max(len(g) for g in groups)) for g in groups if i < len(g)]
-    return Picked({"group": names}, np.asarray(order, dtype=np.int64), {"groups": len(groups)})
+    return Picked({"group": names}, np.asarray(order, dtype=np.int64), {"counts": {"groups": len(groups)}})
