@@ -124,6 +124,49 @@ def test_subset_of_a_dataframe_is_its_rows_with_their_index(demo_rows):
     assert sel.ids == list(sel.scores().loc[sel.mask, "id"])
 
 
+def test_a_dataframe_is_read_as_its_json_file_would_be(tmp_path):
+    """Missing values (NaN, None, pd.NA) are missing fields; list columns that pandas holds as numpy
+    arrays (read_parquet, Dataset.to_pandas) are lists: the same records as from the file."""
+    import pandas as pd
+    from datasets import Dataset
+
+    from tunesift.errors import InputError
+
+    rows = [{"instruction": "q0", "input": "ctx", "output": "a0"}, {"instruction": "q1", "output": "a1"},
+            {"instruction": "q2", "input": "", "output": "a2"}, {"instruction": "q3", "output": "a3"}]
+    df = pd.DataFrame(rows)
+    assert df["input"].isna().sum() == 2
+    df.loc[3, "input"] = pd.NA
+    assert tunesift.select(df, method="random", budget=4).ids == tunesift.select(rows, method="random", budget=4).ids
+    chats = [{"messages": [{"role": "user", "content": f"u{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+             for i in range(4)]
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist(chats), path)
+    for frame in (Dataset.from_list(chats).to_pandas(), pd.read_parquet(path)):
+        assert type(frame.loc[0, "messages"]).__name__ == "ndarray"
+        sel = tunesift.select(frame, method="random", budget=2, seed=1)
+        assert sel.ids == tunesift.select(str(path), method="random", budget=2, seed=1).ids
+        assert [r["messages"] for r in sel.rows] == [chats[i]["messages"] for i in sel.indices]
+    twice = pd.DataFrame([["q", "a", "b"]], columns=["instruction", "output", "output"])
+    with pytest.raises(InputError, match=r"duplicate column names \(output\)"):
+        tunesift.select(twice, method="random", budget=1)
+    for bad in (None, 5):
+        with pytest.raises(InputError, match="expected rows .* or a path, got"):
+            tunesift.select(bad, method="random", budget=1)
+
+
+def test_a_bad_record_is_an_input_error_and_numpy_numbers_are_options():
+    from tunesift.errors import InputError, RecordsError
+
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(6)]
+    with pytest.raises(RecordsError, match="field 'output'") as err:
+        tunesift.select([*rows, {"instruction": "q", "output": 5}], method="random", budget=1)
+    assert isinstance(err.value, InputError)
+    a = tunesift.select(rows, method="random", budget=np.int64(3), seed=np.int64(2))
+    b = tunesift.select(rows, method="random", budget=3, seed=2)
+    assert a.ids == b.ids and a.budget == 3 and type(a.options.seed) is int
+
+
 def test_subset_of_a_dataset_is_a_dataset(demo_rows):
     from datasets import Dataset, DatasetDict
 

@@ -28,6 +28,16 @@ class InputError(TunesiftError):
         self.path, self.line, self.field, self.reason = str(path), line, field, reason
 
 
+class RecordsError(InputError):
+    """Records that cannot be used (defects found reading them, or too long for the model), as one
+    line: the first in full (file, line, field), then how many and where the next few are."""
+
+    def __init__(self, message: str):
+        TunesiftError.__init__(self, message)
+        self.path = self.line = self.field = None
+        self.reason = message
+
+
 class OptionError(TunesiftError):
     """A bad command-line or API option (budget out of range, unknown method, ...)."""
 

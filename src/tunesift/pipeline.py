@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends.blocks import record_errors
-from .errors import OptionError, TunesiftError
+from .errors import OptionError, RecordsError
 from .io.records import Record, read_records, records_from_rows, schema_of
 from .io.schema import FieldMap
 from .methods.catalogue import get_method, method_names
@@ -274,9 +274,9 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     ok = np.array([i for i in range(len(records)) if i not in errors], dtype=np.int64)
     if errors:
         if opt.on_error == "fail":
-            raise TunesiftError(_errors_line(errors, len(records), data) + SKIP_HINT)
+            raise RecordsError(_errors_line(errors, len(records), data) + SKIP_HINT)
         if not len(ok):
-            raise TunesiftError(f"none of the {len(records)} records can be used (every one is an error row "
+            raise RecordsError(f"none of the {len(records)} records can be used (every one is an error row "
                                 f"under --on-error skip): {_errors_line(errors, len(records), data)}")
         log.warning("%d of %d records cannot be scored (see the error column); they are never kept",
                     len(errors), len(records))

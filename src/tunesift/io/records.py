@@ -140,10 +140,18 @@ def records_from_rows(
     _check_part(limit, sample, seed)
     if type(rows).__name__ in ("DatasetDict", "IterableDatasetDict"):
         rows = train_split(rows, source)  # type: ignore[arg-type]
-    elif hasattr(rows, "to_dict") and hasattr(rows, "columns") and hasattr(rows, "iloc"):
-        rows = rows.to_dict("records")  # a pandas DataFrame
+    elif hasattr(rows, "to_dict") and hasattr(rows, "columns") and hasattr(rows, "iloc"):  # a pandas DataFrame
+        if not rows.columns.is_unique:
+            dup = sorted({str(c) for c in rows.columns[rows.columns.duplicated()]})
+            raise InputError(source, f"the DataFrame has duplicate column names ({', '.join(dup)}); "
+                                     "only one of each would be read")
+        rows = [{k if isinstance(k, str) else str(k): v for k, v in ((k, from_pandas(v)) for k, v in r.items())
+                 if v is not None} for r in rows.to_dict("records")]  # a missing cell: no such field
     elif type(rows).__name__ == "Dataset" and hasattr(rows, "to_list"):
         rows = rows.to_list()  # datasets.Dataset: much faster than iterating it
+    elif rows is None or not isinstance(rows, Iterable):
+        raise InputError(source, f"expected rows (a list of dicts, a DataFrame, a Dataset) or a path, "
+                                 f"got {type_name(rows)}")
     elif isinstance(rows, (Mapping, str, bytes)):
         raise InputError(
             source,
@@ -152,6 +160,23 @@ def records_from_rows(
         )
     return build_records(iter_rows(rows, source), fields, source, "no records: there are no rows",
                          on_error, hint, limit=limit, sample=sample, seed=seed)
+
+
+def from_pandas(value):
+    """A DataFrame cell as a JSON file would give it: missing (NaN, None, ``pd.NA``, ``NaT``) as
+    None, numpy arrays (list columns of ``read_parquet`` or ``Dataset.to_pandas``) as lists, the
+    same inside dicts and lists."""
+    if isinstance(value, float):
+        return None if value != value else value
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if type(value).__name__ in ("NAType", "NaTType"):
+        return None
+    if isinstance(value, dict):
+        return {k: from_pandas(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or (type(value).__name__ == "ndarray" and value.ndim > 0):
+        return [from_pandas(v) for v in value]
+    return value
 
 
 def content_id(row: Mapping) -> str:

@@ -11,6 +11,7 @@ entry (:mod:`tunesift.methods.registry`).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -39,7 +40,8 @@ def finite_at_least_zero(name: str) -> Check:
 
 
 def _seed(v) -> str | None:
-    return None if not isinstance(v, bool) and isinstance(v, int) and v >= 0 else f"seed must be an integer >= 0, got {v}"
+    ok = not isinstance(v, bool) and isinstance(v, numbers.Integral) and v >= 0  # numpy integers too
+    return None if ok else f"seed must be an integer >= 0, got {v!r}"
 
 
 def _records(flag: str) -> Check:
@@ -185,6 +187,14 @@ class Options:
     within: str | None = opt(None, "random: sample only records whose field has this value, FIELD=VALUE (e.g. "
                              "meta.source=gsm8k).", group="baselines", check=_within)
 
+    def __post_init__(self) -> None:
+        for f in fields(self):  # numpy scalars (a seed or budget computed with numpy) as Python numbers
+            v = getattr(self, f.name)
+            if isinstance(v, numbers.Integral) and not isinstance(v, (bool, int)):
+                setattr(self, f.name, int(v))
+            elif isinstance(v, numbers.Real) and not isinstance(v, (bool, int, float)):
+                setattr(self, f.name, float(v))
+
     def validate(self) -> None:
         """Every field's own check, then the method's (:meth:`Method.check`): raises OptionError."""
         from .catalogue import get_method
@@ -225,6 +235,10 @@ def parse_budget(budget: float | int | str) -> float | int:
             budget = float(text) if any(c in text for c in ".eE") else int(text)
         except ValueError:
             raise OptionError(f"budget must be a fraction in (0, 1] or a count, got '{text}'") from None
+    if isinstance(budget, numbers.Integral) and not isinstance(budget, bool):
+        budget = int(budget)  # numpy integers too
+    elif isinstance(budget, numbers.Real) and not isinstance(budget, bool):
+        budget = float(budget)
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget):
         raise OptionError(f"budget must be a fraction in (0, 1] or a count, got {budget!r}")
     if isinstance(budget, float):
