@@ -357,3 +357,27 @@ def test_no_dataset_info_for_a_schema_llamafactory_cannot_read(tmp_path):
     assert main(["select", str(jsonl(tmp_path / "d.jsonl", rows)), "--method", "random", "--budget", "3",
                  "--out", str(out), "-q"]) == 0
     assert (out / "selected.jsonl").is_file() and not (out / "dataset_info.json").exists()
+
+
+def test_no_dataset_info_when_a_kept_chat_turn_is_spelled_another_way_or_holds_no_text(tmp_path, capsys):
+    """LLaMA-Factory matches each turn's role to the tags exactly and needs text content; the tags
+    come from the first record, so a later 'human' among 'user' turns, or a tool call with null
+    content, would fail there: no entry, and a warning that says why."""
+    from tunesift.io.trainers import unreadable_turn
+
+    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+            "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system"}
+    good = [{"messages": [msg("user", "a"), msg("assistant", "b")]}]
+    assert unreadable_turn(good, "messages", tags) is None
+    assert "with role 'human'" in unreadable_turn(good + [{"messages": [msg("human", "a"), msg("assistant", "b")]}],
+                                                  "messages", tags)
+    call = {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f"}}]}
+    assert "content is not text" in unreadable_turn([{"messages": [msg("user", "a"), call]}], "messages", tags)
+    rows = [{"messages": [msg("user", f"q{i}"), msg("assistant", f"a{i}")]} for i in range(5)]
+    rows.append({"messages": [msg("human", "q"), msg("assistant", "a")]})
+    out = tmp_path / "out"
+    assert main(["select", str(jsonl(tmp_path / "d.jsonl", rows)), "--method", "random", "--budget", "1.0",
+                 "--out", str(out), "-q"]) == 0
+    assert (out / "selected.jsonl").is_file() and not (out / "dataset_info.json").exists()
+    err = " ".join(capsys.readouterr().err.split())  # the warning, as rich wraps it on stderr
+    assert "no dataset_info.json for LLaMA-Factory: kept record 6 has a turn with role 'human'" in err

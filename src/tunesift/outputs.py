@@ -41,6 +41,7 @@ import base64
 import datetime as dt
 import decimal
 import json
+import logging
 import math
 import os
 import re
@@ -50,9 +51,11 @@ from pathlib import Path
 from .errors import OptionError, TunesiftError
 from .folders import check_earlier_set, digest, publish
 from .io.records import schema_of
-from .io.trainers import DATASET_NAME, dataset_info
+from .io.trainers import DATASET_NAME, dataset_info, unreadable_turn
 from .pipeline import Selection, options_dict, versions
 from .store import probe_write
+
+log = logging.getLogger(__name__)
 
 OUT_FORMATS = ("jsonl", "parquet", "hf")
 SELECTED = {"jsonl": "selected.jsonl", "parquet": "selected.parquet", "hf": "selected"}
@@ -334,6 +337,10 @@ def _write_dataset_info(sel: Selection, tmp: Path, out_format: str) -> None:
             return  # LLaMA-Factory reads one file, or a folder of files of one type only
         file_name += "/" + shards[0]
     entry = dataset_info(schema, file_name, present={k for row in sel.rows for k in row})
+    why = entry and entry["formatting"] == "sharegpt" and unreadable_turn(sel.rows, schema.messages, entry["tags"])
+    if why:
+        log.warning("no dataset_info.json for LLaMA-Factory: %s", why)
+        return
     if entry is not None:
         text = json.dumps({DATASET_NAME: entry}, indent=2, ensure_ascii=False)
         (tmp / "dataset_info.json").write_text(text + "\n", encoding="utf-8")

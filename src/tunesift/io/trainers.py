@@ -9,7 +9,8 @@ names the file and maps its columns onto LLaMA-Factory's ``alpaca`` or ``sharegp
 The mapping follows the schema the input was read with (:class:`~tunesift.io.schema.Schema`):
 alpaca-like schemas (``alpaca``, ``prompt_completion``, ``question_answer``, a field map of one or
 two prompt fields) give ``alpaca``; chats (``messages``, ``sharegpt``, ``--messages-field``) give
-``sharegpt`` with the ``tags`` of the first record's turns. TRL's conversational
+``sharegpt`` with the ``tags`` of the first record's turns (no entry when a kept turn is spelled
+another way or holds no text: :func:`unreadable_turn`). TRL's conversational
 prompt/completion (the chat split over two columns) and prompts joined from three or more fields
 have no LLaMA-Factory form: no entry.
 """
@@ -20,10 +21,26 @@ from collections.abc import Iterable
 
 from .schema import Schema
 
-__all__ = ["DATASET_NAME", "dataset_info"]
+__all__ = ["DATASET_NAME", "dataset_info", "unreadable_turn"]
 
 #: The dataset's name in the ``dataset_info.json`` tunesift writes (``dataset: selection``).
 DATASET_NAME = "selection"
+
+
+def unreadable_turn(rows: Iterable[dict], messages: str, tags: dict[str, str]) -> str | None:
+    """Why LLaMA-Factory cannot read the chats of ``rows`` with ``tags``, or None: it matches each
+    turn's role to the tags exactly (one spelling per kind of turn, taken from the first record)
+    and needs text content (not a list of parts, not a tool call with null content)."""
+    role, content = tags["role_tag"], tags["content_tag"]
+    known = {v for k, v in tags.items() if k not in ("role_tag", "content_tag")}
+    for i, row in enumerate(rows, 1):
+        for turn in row.get(messages) or ():
+            if not isinstance(turn, dict) or turn.get(role) not in known:
+                got = turn.get(role) if isinstance(turn, dict) else turn
+                return f"kept record {i} has a turn with {role} {got!r}, not one of {sorted(known)}"
+            if not isinstance(turn.get(content), str):
+                return f"kept record {i} has a turn whose {content} is not text"
+    return None
 
 
 def dataset_info(schema: Schema, file_name: str, *, present: Iterable[str] | None = None) -> dict | None:
