@@ -1,7 +1,9 @@
 """Output folders written as one unit: filled in a temporary sibling, then swapped in.
 
 A reader sees the previous complete set or the new complete set, never a mix; a failure leaves
-the folder as it was. Used by ``select --out`` (:mod:`tunesift.outputs`) and ``tunesift kernel``.
+the folder as it was; an existing folder is replaced only when tunesift wrote it and nothing in it
+changed since (:func:`check_earlier_set`). Used by ``select --out`` (:mod:`tunesift.outputs`),
+``tunesift kernel``, ``tunesift finetune`` and ``tunesift evaluate``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def check_earlier_set(out: Path, shown: str | Path, manifest: str, unlisted: dic
     entries = sorted(out.iterdir()) if out.is_dir() else []
     if not entries:
         return
+    unlisted = unlisted or {}
     advice = "it is replaced as a whole: choose a new or empty folder, or move it away"
     try:
         meta = json.loads((out / manifest).read_text(encoding="utf-8"))
@@ -77,9 +80,9 @@ def check_earlier_set(out: Path, shown: str | Path, manifest: str, unlisted: dic
     for p in entries:
         if p.name == manifest:
             continue
-        if p.name in (unlisted or {}):
+        if p.name in unlisted:
             with open(p, "rb") as fh:
-                same = (unlisted or {})[p.name].encode() in fh.read(4096)
+                same = unlisted[p.name].encode() in fh.read(4096)
         else:
             same = not isinstance(files, dict) or files.get(p.name) == digest(p)
         if not same:
