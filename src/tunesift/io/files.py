@@ -163,13 +163,38 @@ def _decode(data: bytes, source: str) -> str:
         ) from None
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook``: a JSON object as a dict, or :class:`_DuplicateKey` when it names a key
+    twice (``json`` would silently keep the last value, losing the others)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _twice(key: str) -> str:
+    return f"a JSON object names the key {show(key)} twice; only its last value would be read"
+
+
 def _read_jsonl(text: str, source: str, ext: str) -> Rows:
     raw_lines = text.split("\n")
     for n, raw in enumerate(raw_lines, 1):
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            obj = json.loads(raw, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            raise InputError(source, _twice(e.key), line=n) from None
         except RecursionError:
             raise InputError(source, "invalid JSON: nested too deeply", line=n) from None
         except json.JSONDecodeError as e:
@@ -207,7 +232,7 @@ def _whole_json_hint(text: str) -> str | None:
 
 
 def _read_json_array(text: str, source: str) -> Rows:
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_keys)
     skip = _JSON_WS.match
     end = len(text)
     pos = skip(text, 0).end() + 1  # past "["
@@ -229,6 +254,9 @@ def _read_json_array(text: str, source: str) -> Rows:
         start = pos
         try:
             obj, pos = decoder.raw_decode(text, pos)
+        except _DuplicateKey as e:
+            line = text.count("\n", 0, start) + 1
+            raise InputError(source, f"{_twice(e.key)} (array element {index + 1})", line=line) from None
         except json.JSONDecodeError as e:
             raise InputError(
                 source, f"invalid JSON: {e.msg} (column {e.colno})", line=e.lineno
