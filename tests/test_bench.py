@@ -55,6 +55,12 @@ def test_bench_runs_every_cell_writes_tables_and_resumes(data, tiny_dir, tmp_pat
     train_ids = {r.id for r in read_records(data / "train.jsonl")}
     assert len(cell["selected_ids"]) == 6 and len(set(cell["selected_ids"])) == 6
     assert set(cell["selected_ids"]) <= train_ids
+    from tunesift.bench import code_fingerprint
+    from tunesift.machine import cpu_model
+
+    ran = cell["ran_with"]  # which code and machine made it: cells of one grid span sessions
+    assert ran["code"] == code_fingerprint() and len(ran["code"]) == 16
+    assert ran["versions"]["tunesift"] and ran["machine"]["cpu"] == cpu_model()
     assert "| random | 0.25 | 2 | 6 |" in stdout
     # a rerun reruns nothing: make training fail if it were called
     monkeypatch.setattr("tunesift.finetune.finetune", lambda *a, **k: (_ for _ in ()).throw(AssertionError))

@@ -9,6 +9,7 @@ from tunesift.bench_tables import (
     aggregate,
     beyond_noise,
     markdown_table,
+    paired_p,
     plot_results,
     versus_random,
 )
@@ -27,6 +28,9 @@ def test_paired_difference_and_marks(tmp_path):
     # "clear": +0.010 every seed (tiny paired spread); "noise": +-0.004 around +0.001
     cs = cells({"clear": [0.010, 0.011, 0.009], "noise": [0.005, -0.003, 0.001]})
     diff, se, n = versus_random(cs, "clear", 0.3)["rougeL"]
+    # the paired t-test behind p: exactly 2 SE with 3 seeds is p = 0.18 (t = 2, 2 degrees of freedom)
+    assert paired_p(2.0, 1.0, 3) == pytest.approx(0.1835, abs=1e-4)
+    assert paired_p(0.01, 0.0, 3) == 0.0 and np.isnan(paired_p(0.01, float("nan"), 1))
     assert n == 3 and diff == pytest.approx(0.010) and se == pytest.approx(np.std([0.010, 0.011, 0.009], ddof=1) / np.sqrt(3))
     assert versus_random(cs, "random", 0.3) == {} and versus_random(cs, "clear", 0.5) == {}
     rows = {r["method"]: r for r in aggregate(cs)}
@@ -35,8 +39,9 @@ def test_paired_difference_and_marks(tmp_path):
     assert beyond_noise(rows["random"], "rougeL") is None
     table = markdown_table(list(rows.values()))
     line = {ln.split(" | ")[0][2:]: ln for ln in table.splitlines() if ln.startswith("| ")}
-    assert "(Δ +0.0100 ± 0.0006 \\*)" in line["clear"]
-    assert "(Δ +0.0010 ± 0.0023)" in line["noise"] and "\\*" not in line["noise"]
+    assert "(Δ +0.0100 ± 0.0006 \\*, p 0.003)" in line["clear"]
+    assert "(Δ +0.0010 ± 0.0023, p 0.707)" in line["noise"] and "\\*" not in line["noise"]
+    assert "paired t-test" in table
     assert "Δ" not in line["random"] and "two standard errors" in table
     one = aggregate(cells({"clear": [0.01]}, base=(0.78,)))  # one seed: no spread, no mark
     assert beyond_noise(one[1], "rougeL") is None and "\\*)" not in markdown_table(one)

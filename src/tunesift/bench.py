@@ -274,6 +274,16 @@ def also_metrics(metrics: list[str] | None, records) -> list[str] | None:
     return [m for m in metrics if m != "exact_match"] or None
 
 
+def code_fingerprint() -> str:
+    """The first 16 hex digits of the SHA-256 of tunesift's own source files (names and bytes):
+    which code made a cell, where the version number does not change between commits."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
              progress: Callable[[str, int], Callable[[int], None]] | None = None, out: Path | None = None) -> dict:
     """Run one cell and return its record (what ``OUT/cells/<cell>.json`` holds).
@@ -364,8 +374,13 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
     log.info("bench: %d cells, %d to run (%d train / %d test records)", len(grid_cells(cfg)), len(todo),
              len(train), len(test))
     data = {"train": train, "test": test, "target": target, "existing": existing, "also": also}
+    from .machine import describe
+    from .pipeline import versions
+
+    ran_with = {"versions": versions(), "code": code_fingerprint(), "machine": describe()}
     for method, budget, seed in todo:
         info = run_cell(cfg, method, budget, seed, data, progress=progress, out=out)
+        info["ran_with"] = ran_with  # which code and machine made the cell: cells of a grid span sessions
         write_text(out / "cells" / f"{cell_name(method, budget, seed)}.json", json.dumps(info, indent=1) + "\n")
         log.info("%s: %s", cell_name(method, budget, seed),
                  ", ".join(f"{k} {v:.4g}" for k, v in info["metrics"].items()))

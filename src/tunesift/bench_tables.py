@@ -40,6 +40,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
             row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
         for m, (diff, se, n) in versus_random(cells, method, budget).items():
             row[f"{m}_vs_random"], row[f"{m}_vs_random_se"], row["paired_seeds"] = diff, se, n
+            row[f"{m}_vs_random_p"] = paired_p(diff, se, n)
         rows.append(row)
     order = {m: i for i, m in enumerate(method_names())}  # base and full are placed by edge
     edge = {"base": 0, "full": 2}  # base first, full last, budgets in between
@@ -67,11 +68,25 @@ def add_costs(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def paired_p(diff: float, se: float, n: int) -> float:
+    """Two-sided p-value of the paired t-test: t = diff / se with n - 1 degrees of freedom (NaN
+    below 2 seeds; 0 when every seed moved by the same nonzero amount). With 3 seeds, the mark's
+    2 SE is p = 0.18: the mark says "beyond the seed spread", p says how firmly."""
+    if n < 2 or not np.isfinite(se):
+        return float("nan")
+    if se == 0:
+        return 1.0 if diff == 0 else 0.0
+    from scipy.stats import t
+
+    return float(2 * t.sf(abs(diff) / se, n - 1))
+
+
 def versus_random(cells: list[dict], method: str, budget) -> dict[str, tuple[float, float, int]]:
     """Paired differences of ``method`` from ``random`` at the same budget, per metric:
     ``(mean_s d_s, std(d, ddof=1) / sqrt(n), n)`` with ``d_s = metric(method, s) - metric(random, s)``
     over the n seeds both ran (each seed's random draw and training seed are shared, so pairing
-    removes most of the seed noise). Empty for random itself, base, full and unpaired methods."""
+    removes most of the seed noise). Empty for random itself, base, full and unpaired methods.
+    :func:`paired_p` turns one into a p-value."""
     if method in ("random", "base", "full"):
         return {}
     mine = {c["seed"]: c for c in cells if c["method"] == method and c["budget"] == budget}
@@ -104,7 +119,7 @@ def beyond_noise(row: dict, metric: str) -> bool | None:
     return bool(abs(diff) > 2 * se)
 
 
-STAT_SUFFIXES = ("_std", "_vs_random", "_vs_random_se")
+STAT_SUFFIXES = ("_std", "_vs_random", "_vs_random_se", "_vs_random_p")
 
 
 def _metric_names(rows: list[dict]) -> list[str]:
@@ -135,7 +150,8 @@ def beyond_noise_lines(rows: list[dict]) -> list[str]:
                 d = r[f"{m}_vs_random"]
                 better = (d < 0) == lower_is_better(m)
                 out.append(f"- {r['method']} at budget {r['budget']}: {m} {'better' if better else 'worse'} than "
-                           f"random by {abs(d):.4f} (± {r[f'{m}_vs_random_se']:.4f}, {r['paired_seeds']} paired seeds)")
+                           f"random by {abs(d):.4f} (± {r[f'{m}_vs_random_se']:.4f}, {r['paired_seeds']} paired seeds, "
+                           f"paired t-test p = {_p(r.get(f'{m}_vs_random_p'))})")
     return out
 
 
@@ -161,9 +177,15 @@ def markdown_table(rows: list[dict]) -> str:
         lines += ["", "Δ: the mean paired difference from random at the same budget (same seeds) ± its standard "
                   "error. **\\*** marks a difference larger than two standard errors (beyond the seed "
                   "spread); without it the difference is within noise. Fewer than "
-                  f"{MIN_MARK_SEEDS} paired seeds: no mark (the spread is not estimated)."]
+                  f"{MIN_MARK_SEEDS} paired seeds: no mark (the spread is not estimated). p: the paired "
+                  "t-test's two-sided p-value (n - 1 degrees of freedom); with 3 seeds a mark at exactly "
+                  "2 SE is p = 0.18, so read p < 0.05 as firm and a mark alone as suggestive."]
     lines += ["", "select / train: the selection's wall time (uncached) over the fine-tuning's on its pick."]
     return "\n".join(lines) + "\n"
+
+
+def _p(p) -> str:
+    return "" if p is None or not np.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _versus_cell(row: dict, metric: str) -> str:
@@ -172,7 +194,8 @@ def _versus_cell(row: dict, metric: str) -> str:
     diff, se = row[f"{metric}_vs_random"], row[f"{metric}_vs_random_se"]
     spread = f" ± {se:.4f}" if np.isfinite(se) else ""
     mark = " \\*" if beyond_noise(row, metric) else ""
-    return f" (Δ {diff:+.4f}{spread}{mark})"
+    p = _p(row.get(f"{metric}_vs_random_p")) if row.get("paired_seeds", 0) >= MIN_MARK_SEEDS else ""
+    return f" (Δ {diff:+.4f}{spread}{mark}" + (f", p {p}" if p else "") + ")"
 
 
 def write_results(out: Path, rows: list[dict], cfg) -> None:
