@@ -245,6 +245,16 @@ def composition(cells: list[dict], pool: Path, key: str) -> dict[str, dict[str, 
             for k, cs in shares.items()}
 
 
+def verdict_lines(rows: list[dict]) -> list[str]:
+    """The summary's "beyond the seed spread" lines; rows with fewer than MIN_MARK_SEEDS paired
+    seeds are named as having no verdict yet, so that "none" never hides them."""
+    lines = beyond_noise_lines(rows)
+    few = sorted({f"{r['method']} @ {r['budget']}" for r in rows if 0 < r.get("paired_seeds", 0) < MIN_MARK_SEEDS})
+    if few:
+        lines.append(f"- no verdict yet (fewer than {MIN_MARK_SEEDS} paired seeds): {', '.join(few)}")
+    return lines or ["none"]
+
+
 def _num(v) -> str:
     return "" if v is None or v != v else f"{v:.3g}"  # v != v: NaN
 
@@ -262,11 +272,8 @@ def summary(a) -> None:
             parts.append(f"## {exp}\n\nnot run yet\n")
             continue
         write_results(root / exp, rows, cfg)
-        lines = beyond_noise_lines(rows)
-        seeds = max((r.get("paired_seeds", 0) for r in rows), default=0)
-        none = "none" if seeds >= MIN_MARK_SEEDS else f"no verdict: fewer than {MIN_MARK_SEEDS} paired seeds"
         parts.append(f"## {exp}\n\nFull table: `{root / exp / 'results.md'}`.\n\nBeyond the seed spread:\n\n"
-                     + ("\n".join(lines) if lines else none) + "\n")
+                     + "\n".join(verdict_lines(rows)) + "\n")
         parts.append("| method | budget | select s | train s | select / train | (select + train) / full train |\n"
                      "|---|---|---|---|---|---|\n" + "".join(
                          f"| {r['method']} | {r['budget']} | {r['select_s']:.1f} | {r['train_s']:.1f} | "

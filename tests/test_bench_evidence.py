@@ -299,3 +299,16 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     assert {r["method"] for r in task} == {"base", "random", "balanced-random", "rds"}
     text = (root / "summary.md").read_text()
     assert text.count("Beyond the seed spread") == 5 and "meta.swapped" in text and "gsm8k" in text
+
+
+def test_the_summary_names_the_rows_without_a_verdict():
+    ev = load_evidence()
+    marked = {"method": "rds", "budget": 0.1, "paired_seeds": 3, "loss": 0.9, "loss_std": 0.01,
+              "loss_vs_random": -0.2, "loss_vs_random_se": 0.02, "loss_vs_random_p": 0.009}
+    early = {"method": "ifd", "budget": 0.1, "paired_seeds": 2, "loss": 1.0, "loss_std": 0.01,
+             "loss_vs_random": -0.1, "loss_vs_random_se": 0.01}
+    within = {**marked, "method": "delift-se", "loss_vs_random": -0.01}
+    lines = ev.verdict_lines([marked, early, within])
+    assert lines[0].startswith("- rds at budget 0.1: loss better than random by 0.2000") and "p = 0.009" in lines[0]
+    assert lines[1:] == ["- no verdict yet (fewer than 3 paired seeds): ifd @ 0.1"]
+    assert ev.verdict_lines([within]) == ["none"]
