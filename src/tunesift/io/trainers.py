@@ -35,7 +35,7 @@ def unreadable_turn(rows: Iterable[dict], messages: str, tags: dict[str, str]) -
     known = {v for k, v in tags.items() if k not in ("role_tag", "content_tag")}
     for i, row in enumerate(rows, 1):
         for turn in row.get(messages) or ():
-            if not isinstance(turn, dict) or turn.get(role) not in known:
+            if not isinstance(turn, dict) or not isinstance(turn.get(role), str) or turn[role] not in known:
                 got = turn.get(role) if isinstance(turn, dict) else turn
                 return f"kept record {i} has a turn with {role} {got!r}, not one of {sorted(known)}"
             if not isinstance(turn.get(content), str):
