@@ -250,7 +250,7 @@ def save_evaluation(out, records: Sequence, ev: Evaluation, result: dict) -> Non
     import json
     from pathlib import Path
 
-    from .folders import digest, publish
+    from .folders import digests, publish
 
     def fill(tmp: Path) -> None:
         with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as fh:
@@ -258,7 +258,7 @@ def save_evaluation(out, records: Sequence, ev: Evaluation, result: dict) -> Non
                 row = {"id": r.id, "reference": r.response, "prediction": ev.generations[i]}
                 row.update({k: (None if v[i] != v[i] else float(v[i])) for k, v in ev.per_record.items()})
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        meta = {"tool": "tunesift", **result, "files": {"predictions.jsonl": digest(tmp / "predictions.jsonl")}}
+        meta = {"tool": "tunesift", **result, "files": digests(tmp)}  # predictions.jsonl
         (tmp / "metrics.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     publish(Path(out), fill, "the evaluation", out)

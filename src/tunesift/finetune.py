@@ -314,7 +314,7 @@ def save(result: TrainResult, lm, out: str | Path, info: dict | None = None) -> 
     Filled in a sibling folder and swapped in (:func:`tunesift.folders.publish`), so ``out`` is
     never half written; ``tunesift_train.json`` lists the SHA-256 of every other file, and an
     existing ``out`` is replaced only when :func:`check_model_out` allows it."""
-    from .folders import digest, publish
+    from .folders import digests, publish
 
     out = Path(out)
     check_model_out(out)
@@ -325,7 +325,7 @@ def save(result: TrainResult, lm, out: str | Path, info: dict | None = None) -> 
         meta = {"tool": "tunesift", "base_model": lm.source, "base_path": lm.path, "base_fingerprint": lm.fingerprint,
                 "config": asdict(result.config), "steps": result.steps, "tokens": result.tokens,
                 "seconds": round(result.seconds, 2), "losses": result.losses, **result.extra, **(info or {}),
-                "files": {p.name: digest(p) for p in sorted(tmp.iterdir())}}
+                "files": digests(tmp)}
         (tmp / TRAIN_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     publish(out, fill, "the model", out)

@@ -9,7 +9,6 @@ changed since (:func:`check_earlier_set`). Used by ``select --out`` (:mod:`tunes
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import OptionError, TunesiftError
+from .io.files import input_checksum
 
 
 def exchange(a: Path, b: Path) -> bool:
@@ -35,17 +35,10 @@ def exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
-def digest(p: Path) -> str:
-    """SHA-256 of a file, or of a folder's files (:func:`tunesift.io.files.input_checksum`)."""
-    if p.is_dir():
-        from .io.files import input_checksum
-
-        return input_checksum(p)
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def digests(folder: Path) -> dict[str, str]:
+    """The SHA-256 of each entry of ``folder`` by name (a sub-folder's over its files:
+    :func:`tunesift.io.files.input_checksum`): what a manifest's ``files`` lists."""
+    return {p.name: input_checksum(p) for p in sorted(folder.iterdir())}
 
 
 def check_earlier_set(out: Path, shown: str | Path, manifest: str, unlisted: dict[str, str] | None = None,
@@ -84,7 +77,7 @@ def check_earlier_set(out: Path, shown: str | Path, manifest: str, unlisted: dic
             with open(p, "rb") as fh:
                 same = unlisted[p.name].encode() in fh.read(4096)
         else:
-            same = not isinstance(files, dict) or files.get(p.name) == digest(p)
+            same = not isinstance(files, dict) or files.get(p.name) == input_checksum(p)
         if not same:
             raise OptionError(f"output folder '{shown}': {p.name} is not as tunesift wrote it (changed since, or "
                               f"put there by hand); {advice}")

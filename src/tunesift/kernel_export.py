@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import OptionError
-from .folders import digest, publish
+from .folders import digests, publish
 from .methods.options import Options, options_dict
 from .methods.utility_kernels import knn_candidates, one_kernel
 from .outputs import check_output_folder
@@ -85,7 +85,7 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
         np.save(tmp / "base.npy", np.asarray(kern.base, dtype=np.float64))
         (tmp / "rows.txt").write_text(id_lines(targets), encoding="utf-8")
         (tmp / "cols.txt").write_text(id_lines(cols), encoding="utf-8")
-        meta["files"] = {p.name: digest(p) for p in sorted(tmp.iterdir())}  # a rerun replaces only these
+        meta["files"] = digests(tmp)  # a rerun replaces only these
         (tmp / "kernel.json").write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
 
     publish(folder, fill, "the kernel", out)

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import OptionError, TunesiftError
-from .folders import check_earlier_set, digest, publish
+from .folders import check_earlier_set, digests, publish
 from .io.records import schema_of
 from .io.trainers import DATASET_NAME, dataset_info, unreadable_turn
 from .pipeline import Selection, options_dict, versions
@@ -359,7 +359,7 @@ def write_selection(sel: Selection, out_dir: str | Path, inputs: dict[str, dict]
         _write_selected(sel, tmp, out_format)
         _write_dataset_info(sel, tmp, out_format)
         pq.write_table(_scores_table(sel), tmp / "scores.parquet")
-        files = {p.name: digest(p) for p in sorted(tmp.iterdir())}
+        files = digests(tmp)
         text = json.dumps(json_value(manifest(sel, inputs or {}, files, out_format)), indent=2, allow_nan=False)
         (tmp / "manifest.json").write_text(text + "\n", encoding="utf-8")
 

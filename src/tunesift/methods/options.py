@@ -40,7 +40,7 @@ def finite_at_least_zero(name: str) -> Check:
 
 
 def _seed(v) -> str | None:
-    ok = not isinstance(v, bool) and isinstance(v, numbers.Integral) and v >= 0  # numpy integers too
+    ok = not isinstance(v, bool) and isinstance(v, int) and v >= 0  # numpy integers: made int by __post_init__
     return None if ok else f"seed must be an integer >= 0, got {v!r}"
 
 
