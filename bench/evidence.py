@@ -4,11 +4,16 @@
     python bench/evidence.py run instruction [--device cuda] [--only random,rds]
     python bench/evidence.py run all                    # every experiment, in the order below
     python bench/evidence.py plan                       # cells per experiment, how many are done
-    python bench/evidence.py summary                    # tables from every finished cell + bench/work/evidence/summary.md
+    python bench/evidence.py summary                    # tables from every finished cell + bench/results/evidence/summary.md
     python bench/evidence.py run all --smoke            # 40 records, 1 seed, random + rds: does it start?
 
-Experiments (each one ``tunesift bench`` folder under bench/work/evidence/, resumable: a finished
-cell is never rerun, so the grid may span sessions and machines; the settings are pinned per folder):
+Experiments (each one ``tunesift bench`` folder under bench/results/evidence/, resumable: a finished
+cell is never rerun, so the grid may span sessions and machines; the settings are pinned per folder).
+The finished cells (``<exp>/cells/*.json``, a few kB each) and the settings (``<exp>/bench.json``)
+are kept under version control: a fresh clone resumes the grid where the last session stopped.
+The cells' generations and the continual bench's stage-1 models beside them are git-ignored; the
+inputs (rebuilt by ``prepare`` from ../shared/datasets and checked against the digests in
+bench.json) and the score caches stay under the git-ignored bench/work/evidence/.
 
 1. ``instruction``: 1,000 Alpaca records, 300 held-out Alpaca records, and AlpacaEval's 805
    instructions as a second held-out set (``<metric>@alpaca_eval``).
@@ -147,13 +152,13 @@ def smoke_inputs(data: Path, out: Path) -> Path:
 # -- the experiments -----------------------------------------------------------------------------
 
 
-def config(exp: str, data: Path, work: Path, a) -> BenchConfig:
-    """The bench settings of one experiment (``a``: the command line)."""
+def config(exp: str, data: Path, caches: Path, a) -> BenchConfig:
+    """The bench settings of one experiment (``a``: the command line; ``caches``: the score caches' folder)."""
     pools = {"instruction": "alpaca_pool", "transfer": "alpaca_pool", "task": "mixed_pool", "noise": "gsm8k_noisy",
              "continual": "mixed_pool"}
     tests = {"instruction": "alpaca_test", "transfer": "alpaca_test", "task": "gsm8k_test", "noise": "gsm8k_test",
              "continual": "alpaca_test"}
-    cache = work / "cache" / ("instruction" if exp == "transfer" else exp)  # transfer reuses experiment 1's picks
+    cache = caches / ("instruction" if exp == "transfer" else exp)  # transfer reuses experiment 1's picks
     math = exp in ("task", "noise")
     methods = METHODS[exp]
     if a.smoke:
@@ -195,14 +200,16 @@ def resolved_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def folders(a) -> tuple[Path, Path]:
-    """(data folder, bench root): bench/work/evidence or, with --smoke, bench/work/evidence-smoke."""
-    root = Path(a.work) / ("evidence-smoke" if a.smoke else "evidence")
-    return Path(a.work) / "evidence" / "data", root
+def folders(a) -> tuple[Path, Path, Path]:
+    """(data folder, bench root, score caches): the root is bench/results/evidence (kept under
+    version control) or, with --smoke, bench/work/evidence-smoke; data and caches are git-ignored."""
+    work = Path(a.work) / ("evidence-smoke" if a.smoke else "evidence")
+    root = work if a.smoke else Path(a.results) / "evidence"
+    return Path(a.work) / "evidence" / "data", root, work / "cache"
 
 
 def run(a) -> None:
-    data, root = folders(a)
+    data, root, caches = folders(a)
     if not (data / "mixed_pool.jsonl").exists():
         prepare(Path(a.shared), data)
     if a.smoke:
@@ -211,7 +218,7 @@ def run(a) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for exp in (EXPERIMENTS if a.experiment == "all" else [a.experiment]):
-        cfg = config(exp, data, root, a)
+        cfg = config(exp, data, caches, a)
         print(f"\n== {exp}: {len(cfg.methods)} methods x {cfg.budgets} x {cfg.seeds} seeds -> {root / exp}", flush=True)
         rows = run_bench(cfg, root / exp)
         print((root / exp / "results.md").read_text(encoding="utf-8"))
@@ -219,10 +226,10 @@ def run(a) -> None:
 
 
 def plan(a) -> None:
-    data, root = folders(a)
+    data, root, caches = folders(a)
     total = done = 0
     for exp in EXPERIMENTS:
-        cfg = config(exp, data, root, a)
+        cfg = config(exp, data, caches, a)
         cells = grid_cells(cfg)
         have = sum((root / exp / "cells" / f"{cell_name(*c)}.json").exists() for c in cells)
         total, done = total + len(cells), done + have
@@ -260,10 +267,10 @@ def _num(v) -> str:
 
 
 def summary(a) -> None:
-    data, root = folders(a)
+    data, root, caches = folders(a)
     parts = [f"# Evidence grid: what is done\n\n{banner().lstrip('# ')}\n"]
     for exp in EXPERIMENTS:
-        cfg = config(exp, data, root, a)
+        cfg = config(exp, data, caches, a)
         # every finished cell of the grid, whichever run made it: a run with --only tabulates its own
         # methods alone, so the tables are rebuilt here from the cells
         cells = load_cells(root / exp, cfg)
@@ -293,7 +300,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=("prepare", "run", "plan", "summary"))
     ap.add_argument("experiment", nargs="?", default="all", choices=(*EXPERIMENTS, "all"))
-    ap.add_argument("--work", default="bench/work")
+    ap.add_argument("--work", default="bench/work", help="inputs, score caches, generations (git-ignored)")
+    ap.add_argument("--results", default="bench/results",
+                    help="the grid's finished cells and tables, under <results>/evidence (version-controlled)")
     ap.add_argument("--shared", default="../shared/datasets")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--knn", type=int, default=16, help="DELIFT / DELIFT (SE): nearest candidates per record")

@@ -55,6 +55,12 @@ def test_bench_runs_every_cell_writes_tables_and_resumes(data, tiny_dir, tmp_pat
     train_ids = {r.id for r in read_records(data / "train.jsonl")}
     assert len(cell["selected_ids"]) == 6 and len(set(cell["selected_ids"])) == 6
     assert set(cell["selected_ids"]) <= train_ids
+    # the generations sit beside the cell (a cell stays small enough for version control)
+    assert "generations" not in cell
+    gens = [json.loads(line) for line in (out / "generations" / "random__b0.25__s1.jsonl").open()]
+    test_ids = [r.id for r in read_records(data / "test.jsonl")]
+    assert gens and [g["id"] for g in gens] == test_ids[:len(gens)] and all(isinstance(g["prediction"], str) for g in gens)
+    assert sorted(p.stem for p in (out / "generations").iterdir()) == sorted(p.stem for p in (out / "cells").iterdir())
     from tunesift.bench import code_fingerprint
     from tunesift.machine import cpu_model
 

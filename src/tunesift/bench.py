@@ -4,7 +4,9 @@ A *cell* is one (method, budget, seed): select ``budget`` records of the trainin
 method (seeded), fine-tune a fresh copy of the training model on them (same seed), evaluate on the
 test set. ``full`` trains on the whole pool and ``base`` evaluates the model without fine-tuning
 (one cell each per seed / once). Each finished cell is written to ``OUT/cells/<cell>.json`` at
-once, so a rerun skips it (resume); the settings are pinned in ``OUT/bench.json`` and a rerun
+once, so a rerun skips it (resume); its greedy generations go beside it to
+``OUT/generations/<cell>.jsonl`` (a cell stays a few kB, small enough to keep under version
+control, while a cell's 300 generations run to hundreds of kB); the settings are pinned in ``OUT/bench.json`` and a rerun
 with other settings is refused rather than mixing results. Methods, budgets and seeds may be added
 to a bench later; each method's own options (``method_options``) are pinned per method, so adding a
 variant leaves the cells already run valid, and rerunning a method with other options is refused.
@@ -332,7 +334,7 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
           "max_new_tokens": cfg.max_new_tokens, "generate_limit": cfg.generate_limit, "progress": progress}
     ev = evaluate(lm, data["test"], **kw)
     info["metrics"] = dict(ev.metrics)
-    info["generations"] = [g for g in ev.generations if g is not None]
+    info["generations"] = [{"id": r.id, "prediction": g} for r, g in zip(data["test"], ev.generations) if g is not None]
     for name, records in (data.get("also") or {}).items():  # further held-out sets: "<metric>@<name>"
         more = evaluate(lm, records, **{**kw, "metrics": also_metrics(cfg.metrics, records)})
         info["metrics"].update({f"{m}@{name}": v for m, v in more.metrics.items()})
@@ -381,7 +383,11 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
     for method, budget, seed in todo:
         info = run_cell(cfg, method, budget, seed, data, progress=progress, out=out)
         info["ran_with"] = ran_with  # which code and machine made the cell: cells of a grid span sessions
-        write_text(out / "cells" / f"{cell_name(method, budget, seed)}.json", json.dumps(info, indent=1) + "\n")
+        name = cell_name(method, budget, seed)
+        generations = info.pop("generations")  # written first: the cell file marks the cell finished
+        write_text(out / "generations" / f"{name}.jsonl",
+                   "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in generations))
+        write_text(out / "cells" / f"{name}.json", json.dumps(info, indent=1) + "\n")
         log.info("%s: %s", cell_name(method, budget, seed),
                  ", ".join(f"{k} {v:.4g}" for k, v in info["metrics"].items()))
         release_memory()  # the cell's models are unreachable now: free them before the next cell loads
