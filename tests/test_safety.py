@@ -463,6 +463,34 @@ def test_a_failed_write_leaves_the_previous_set_whole(tmp_path, capsys, monkeypa
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
 
+def test_a_report_that_fails_leaves_the_previous_set_whole(tmp_path, capsys, monkeypatch):
+    """The report is rendered where the set is staged: a report that fails publishes nothing (a new
+    set without its report, beside the old report's name, was the outcome before)."""
+    import tunesift.report as report
+    from tunesift.errors import TunesiftError
+
+    data = jsonl(tmp_path / "d.jsonl", GOOD)
+    out = tmp_path / "out"
+    assert run(["select", data, "--method", "random", "--budget", "4", "--out", out, "--report", "-q"],
+               capsys)[0] == 0
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert f'<p class="sub">{out}</p>' in page and f"{tmp_path}/.out." not in page  # the folder, not its staging one
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*a, **k):
+        raise TunesiftError("the report could not be rendered")
+
+    monkeypatch.setattr(report, "render_report", broken)
+    code, err = run(["select", data, "--method", "random", "--budget", "7", "--out", out, "--report", "-q"], capsys)
+    one_line_error(code, err, "the report could not be rendered")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "out"]  # no staging folder left
+    code, err = run(["select", data, "--method", "random", "--budget", "7", "--out", tmp_path / "new", "--report",
+                     "-q"], capsys)
+    one_line_error(code, err, "the report could not be rendered")
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize("exchange", [True, False])
 def test_the_new_set_replaces_the_old_as_one_unit(exchange, tmp_path, capsys, monkeypatch):
     import tunesift.folders as folders

@@ -1,4 +1,4 @@
-"""Write a selection: the kept records, ``scores.parquet`` and ``manifest.json``, as one unit.
+"""Write a selection: the kept records, ``scores.parquet`` and ``manifest.json`` (and, asked for, ``report.html``), as one unit.
 
 :func:`save_selection` is what ``tunesift select --out`` and ``Selection.save`` /
 ``tunesift.select(..., out=)`` both call, so the two write the same files under the same rules.
@@ -347,12 +347,13 @@ def _write_dataset_info(sel: Selection, tmp: Path, out_format: str) -> None:
 
 
 def write_selection(sel: Selection, out_dir: str | Path, inputs: dict[str, dict] | None = None, *,
-                    out_format: str = "jsonl", input_paths: list[str | Path] = ()) -> Path:
-    """Write the selection into ``out_dir`` as one unit (see the module docstring); returns the folder."""
+                    out_format: str = "jsonl", input_paths: list[str | Path] = (), report: bool = False) -> Path:
+    """Write the selection into ``out_dir`` as one unit (see the module docstring); returns the folder.
+    ``report``: ``report.html`` is rendered in the staging folder too, so a report that fails
+    leaves the earlier set (or no folder) as it was, not a new set without its report."""
     import pyarrow.parquet as pq
 
-    if out_format not in OUT_FORMATS:
-        raise OptionError(f"unknown out-format '{out_format}': use one of {', '.join(OUT_FORMATS)}")
+    check_save(out_format, report)
     out = check_output_folder(out_dir, input_paths)
 
     def fill(tmp: Path) -> None:
@@ -362,6 +363,10 @@ def write_selection(sel: Selection, out_dir: str | Path, inputs: dict[str, dict]
         files = digests(tmp)
         text = json.dumps(json_value(manifest(sel, inputs or {}, files, out_format)), indent=2, allow_nan=False)
         (tmp / "manifest.json").write_text(text + "\n", encoding="utf-8")
+        if report:  # last: it reads the set back; recognised by its title, not a checksum
+            from .report import REPORT_FILE, render_report
+
+            (tmp / REPORT_FILE).write_text(render_report(tmp, shown_as=out), encoding="utf-8")
 
     publish(out, fill, "the output", out_dir)
     return out
@@ -402,14 +407,8 @@ def save_selection(sel: Selection, out_dir: str | Path, *, out_format: str = "js
                    guard: list[str | Path] = ()) -> Path:
     """Write ``sel`` as ``tunesift select --out`` does: the output folder's checks (never an
     input, never the current folder, nothing foreign replaced), the kept records, scores.parquet
-    and manifest.json swapped in as one unit (:func:`write_selection`), then ``report.html`` when
-    ``report``. ``guard``: further input files the folder must not hold (the CLI's ``--config``).
+    and manifest.json (and ``report.html`` when ``report``) swapped in as one unit
+    (:func:`write_selection`). ``guard``: further input files the folder must not hold (the CLI's ``--config``).
     Returns the folder."""
-    check_save(out_format, report)
     inputs = [*sel.sources.values(), *guard]
-    out = write_selection(sel, out_dir, input_info(sel), out_format=out_format, input_paths=inputs)
-    if report:
-        from .report import write_report
-
-        write_report(out)
-    return out
+    return write_selection(sel, out_dir, input_info(sel), out_format=out_format, input_paths=inputs, report=report)

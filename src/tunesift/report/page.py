@@ -173,16 +173,17 @@ def _retention(res: Output, inp: Input, by: str) -> dict[str, Any]:
 
 
 def render_report(out_dir: str | Path, *, by: str | None = None, data: str | Path | None = None,
-                  compare: str | Path | None = None) -> str:
+                  compare: str | Path | None = None, shown_as: str | Path | None = None) -> str:
     """The report page of a ``tunesift select`` output folder, as an HTML string; with ``compare``
-    (a second output folder of the same input) a side-by-side comparison section too."""
+    (a second output folder of the same input) a side-by-side comparison section too. ``shown_as``:
+    the folder the page names, when ``out_dir`` is where the set is staged before it is published."""
     res = read_output(out_dir)
     if by is not None and not by.strip():
         raise TunesiftError("--by needs a field name, e.g. meta.family")
     other = read_output(compare) if compare is not None else None
     inp = read_input(res, data, by)
     versions = res.manifest.get("versions") or {}
-    ctx = {"title": f"tunesift report: {res.method} on {res.n} records", "folder": str(res.folder),
+    ctx = {"title": f"tunesift report: {res.method} on {res.n} records", "folder": str(shown_as or res.folder),
            **_summary(res), "compare": comparison(res, other, inp) if other is not None else None,
            "plots": method_plots(res),
            "retention": _retention(res, inp, by) if by is not None else None,
