@@ -271,10 +271,14 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     ev._write(data / "gsm8k_noisy.jsonl", [dict(r, meta={"swapped": i % 5 == 0}) for i, r in enumerate(math)])
     ev._write(data / "mixed_pool.jsonl", [dict((math if i % 2 else chat)[i], meta={"source": sources[i % 5]})
                                           for i in range(20)])
-    args = ["--work", str(tmp_path / "work"), "--seeds", "1", "--only", "base,random,balanced-random,rds",
+    args = ["--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--seeds", "1", "--only", "base,random,balanced-random,rds",
             "--select-model", str(tiny_dir), "--train-model", str(tiny_dir), "--device", "cpu", "--autocast", "none"]
     ev.main(["run", "all", *args])
-    root = tmp_path / "work" / "evidence"
+    root = tmp_path / "results" / "evidence"  # the cells and tables (committed); inputs and caches under work
+    assert (tmp_path / "work" / "evidence" / "cache" / "task").is_dir() and not (root / "cache").exists()
+    for exp in ev.EXPERIMENTS:  # a cell's generations sit beside it, in the folders the .gitignore names
+        assert (root / exp / "generations").is_dir() and len(list((root / exp / "generations").iterdir())) == len(
+            list((root / exp / "cells").iterdir()))
     for exp in ev.EXPERIMENTS:
         assert (root / exp / "results.md").exists() and (root / exp / "curve.png").exists(), exp
     pinned = json.loads((root / "task" / "bench.json").read_text())["config"]
@@ -312,3 +316,17 @@ def test_the_summary_names_the_rows_without_a_verdict():
     assert lines[0].startswith("- rds at budget 0.1: loss better than random by 0.2000") and "p = 0.009" in lines[0]
     assert lines[1:] == ["- no verdict yet (fewer than 3 paired seeds): ifd @ 0.1"]
     assert ev.verdict_lines([within]) == ["none"]
+
+
+def test_transfer_shows_what_its_picks_cost_not_the_cache_read():
+    """transfer reads experiment 1's score cache: whichever of the two ran a method first paid for
+    its selection, and both tables show that cost (the largest select_s of the method in either)."""
+    ev = load_evidence()
+    instruction = [cell("rds", 0.1, s, {"loss": 1.0}, select_s=s_) for s, s_ in ((0, 200.0), (1, 0.4))]
+    transfer = [cell("rds", 0.1, 0, {"loss": 1.1}, select_s=0.3), cell("random", 0.1, 0, {"loss": 1.2}, select_s=0.0),
+                cell("delift-se", 0.3, 0, {"loss": 1.0}, select_s=30.0)]
+    ev.shared_selection_cost(instruction, transfer)
+    assert [c["select_s"] for c in instruction] == [200.0, 200.0]
+    assert [c["select_s"] for c in transfer] == [200.0, 0.0, 30.0]  # delift-se ran in transfer first
+    rows = {r["method"]: r for r in aggregate(transfer)}
+    assert rows["rds"]["select_s"] == 200.0 and rows["rds"]["cost_ratio"] == 100.0
