@@ -93,6 +93,11 @@ def test_unknown_keywords_and_bad_options_fail_before_anything_is_read(tmp_path)
         tunesift.select(missing, method="random", limit=5, sample=3)
     with pytest.raises(OptionError, match="unknown out-format 'csv'"):
         tunesift.select(missing, method="random", out=tmp_path / "o", out_format="csv")
+    with pytest.raises(OptionError, match="unknown out-format 'xml'"):  # checked with or without out
+        tunesift.select(missing, method="random", out_format="xml")
+    for kw in ({"out_format": "parquet"}, {"report": True}):  # without out they would do nothing
+        with pytest.raises(OptionError, match="read only with out=FOLDER"):
+            tunesift.select(missing, method="random", **kw)
     with pytest.raises(OptionError, match="is inside the output folder"):
         tunesift.select(tmp_path / "o" / "data.jsonl", method="random", out=tmp_path / "o")
 

@@ -381,3 +381,63 @@ def test_no_dataset_info_when_a_kept_chat_turn_is_spelled_another_way_or_holds_n
     assert (out / "selected.jsonl").is_file() and not (out / "dataset_info.json").exists()
     err = " ".join(capsys.readouterr().err.split())  # the warning, as rich wraps it on stderr
     assert "no dataset_info.json for LLaMA-Factory: kept record 6 has a turn with role 'human'" in err
+
+
+def test_tool_calls_and_tool_lists_get_no_llamafactory_mapping(tmp_path, capsys):
+    """An assistant turn with OpenAI tool_calls is scored as the call's JSON, which LLaMA-Factory's
+    sharegpt formatting would not read (it reads the content alone): no entry. A tools column of
+    tool objects (not a JSON string) would fail its tool formatter: left unmapped, with a warning."""
+    from tunesift.io.trainers import unreadable_tools, unreadable_turn
+
+    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+            "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system"}
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function",
+                                                                 "function": {"name": "f", "arguments": "{}"}}]}
+    assert "tool_calls" in unreadable_turn([{"messages": [msg("user", "a"), call]}], "messages", tags)
+    tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    assert unreadable_tools([{"tools": json.dumps([tool])}, {}]) is None
+    assert "kept record 2 has tools that are not a JSON string" == unreadable_tools([{"tools": "[]"}, {"tools": [tool]}])
+    rows = [{"messages": [msg("user", f"q{i}"), msg("assistant", f"a{i}")], "tools": [tool]} for i in range(5)]
+    out = tmp_path / "out"
+    assert main(["select", str(jsonl(tmp_path / "d.jsonl", rows)), "--method", "random", "--budget", "1.0",
+                 "--out", str(out), "-q"]) == 0
+    entry = json.loads((out / "dataset_info.json").read_text(encoding="utf-8"))[DATASET_NAME]
+    assert entry["columns"] == {"messages": "messages"}
+    assert "leaves tools unmapped: kept record 1 has tools" in " ".join(capsys.readouterr().err.split())
+    as_text = [dict(r, tools=json.dumps([tool])) for r in rows]
+    assert main(["select", str(jsonl(tmp_path / "t.jsonl", as_text)), "--method", "random", "--budget", "1.0",
+                 "--out", str(tmp_path / "o2"), "-q"]) == 0
+    entry = json.loads((tmp_path / "o2" / "dataset_info.json").read_text(encoding="utf-8"))[DATASET_NAME]
+    assert entry["columns"] == {"messages": "messages", "tools": "tools"}
+
+
+@pytest.mark.parametrize("out_format", ["parquet", "hf"])
+def test_parquet_and_hf_keep_every_field_any_kept_row_has(tmp_path, out_format):
+    """Without an input Arrow schema the columns are the union of the kept rows' fields (null where
+    a row lacks one); pyarrow's from_pylist alone takes the first row's, which dropped `input` here
+    while dataset_info.json still mapped it."""
+    datasets = pytest.importorskip("datasets")
+    rows = [{"instruction": "a", "output": "1"}, {"instruction": "b", "input": "x", "output": "2"},
+            {"instruction": "c", "input": "y", "system": "s", "output": "3"},
+            {"instruction": "d", "output": "4", "extra": {"k": 1}}]
+    out = tmp_path / "out"
+    assert main(["select", str(jsonl(tmp_path / "d.jsonl", rows)), "--method", "random", "--budget", "4",
+                 "--out", str(out), "-q", "--out-format", out_format]) == 0
+    entry = json.loads((out / "dataset_info.json").read_text(encoding="utf-8"))[DATASET_NAME]
+    assert entry["columns"] == {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}
+    builder = {".parquet": "parquet", ".arrow": "arrow"}[Path(entry["file_name"]).suffix]
+    ds = datasets.load_dataset(builder, data_files=[str(out / entry["file_name"])], split="train",
+                               cache_dir=str(tmp_path / "c"))
+    got = sorted(ds.to_list(), key=lambda r: r["instruction"])
+    assert [r["input"] for r in got] == [None, "x", "y", None] and got[2]["system"] == "s"
+    assert got[3]["extra"] == {"k": 1} and got[0]["extra"] is None
+
+
+def test_a_record_arrow_cannot_write_is_one_line_and_exit_2(tmp_path, capsys):
+    rows = [{"instruction": f"q{i}", "output": f"a{i}", "meta": {}} for i in range(3)]
+    out = tmp_path / "out"
+    assert main(["select", str(jsonl(tmp_path / "d.jsonl", rows)), "--method", "random", "--budget", "2",
+                 "--out", str(out), "-q", "--out-format", "parquet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the kept records as parquet" in err and "use --out-format jsonl" in err
+    assert "Traceback" not in err and not out.exists()

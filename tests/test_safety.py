@@ -345,6 +345,29 @@ def test_selected_jsonl_keeps_values_in_strict_json(tmp_path, capsys):
     assert rows[3]["score"] == 1.5
 
 
+def test_times_from_numpy_and_pandas_keep_their_tagged_iso_forms():
+    """numpy datetime64 / timedelta64 (a DataFrame's list column of times) would become bare
+    nanosecond integers through .item() / .tolist(); durations are plain ISO 8601 digits (a float
+    wrote one microsecond as PT1e-06S)."""
+    import numpy as np
+    import pandas as pd
+
+    from tunesift.outputs import json_value
+
+    assert json_value(dt.timedelta(microseconds=1)) == {"$duration": "PT0.000001S"}
+    assert json_value(pd.Timedelta(1, "ns")) == {"$duration": "PT0.000000001S"}
+    assert json_value(dt.timedelta(days=1, seconds=3)) == {"$duration": "PT86403S"}
+    assert json_value(np.timedelta64(1500, "ms")) == {"$duration": "PT1.5S"}
+    when = np.array(["2024-01-02T03:04:05.000000001", "NaT"], dtype="datetime64[ns]")
+    assert json_value(when) == [{"$datetime": "2024-01-02T03:04:05.000000001"}, None]
+    assert json_value(np.datetime64("2024-01-02")) == {"$date": "2024-01-02"}
+    df = pd.DataFrame({"instruction": ["a"], "output": ["b"], "times": [when]})
+    import tunesift
+
+    row = tunesift.select(df, method="random", budget=1).records[0]
+    assert json_value(row.row["times"]) == [{"$datetime": "2024-01-02T03:04:05.000000001"}, None]
+
+
 def test_bare_nan_in_jsonl_input_is_written_as_strict_json(tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": "a", "output": "b", "x": NaN, "y": [Infinity, 1]}\n')
@@ -542,6 +565,12 @@ def test_an_output_folder_is_replaced_only_as_tunesift_wrote_it(tmp_path, capsys
     assert run(args + [tmp_path / "o3", "--out-format", "hf"], capsys)[0] == 0
     (tmp_path / "o3" / "selected" / "notes.txt").write_text("mine")
     refused(tmp_path / "o3", "selected is not as tunesift wrote it")
+    # files an input's checksum leaves out (dot-files, datasets' cache-*.arrow) count in an output's
+    for i, name in enumerate((".mynotes", "cache-mine.arrow")):
+        folder = tmp_path / f"o{4 + i}"
+        assert run(args + [folder, "--out-format", "hf"], capsys)[0] == 0
+        (folder / "selected" / name).write_text("mine")
+        refused(folder, "selected is not as tunesift wrote it")
 
 
 def test_a_failed_write_leaves_no_new_folders_and_the_write_check_is_where_the_set_is_staged(
@@ -691,3 +720,11 @@ def test_skip_with_a_model_covers_empty_and_too_long_records(tiny_dir, tmp_path,
     assert list(scores.loc[scores["error"].notna(), "line"]) == [4, 8]
     assert scores["kept"].sum() == 4 and not scores.loc[[3, 7], "kept"].any()
     assert scores.loc[scores["error"].isna(), "closeness"].notna().all()
+
+
+def test_a_string_that_spells_the_decimal_marker_stays_a_string():
+    from tunesift.outputs import json_line
+
+    row = {"price": decimal.Decimal("12.300"), "note": "\x00tunesift-decimal:42"}
+    assert json.loads(json_line(row)) == {"price": 12.3, "note": "\x00tunesift-decimal:42"}
+    assert json_line(row).startswith('{"price": 12.300,')

@@ -23,6 +23,7 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 from . import pipeline
+from .errors import OptionError
 from .io.schema import FieldMap
 from .methods.options import Options
 from .outputs import check_output_folder, check_save, save_selection
@@ -150,9 +151,12 @@ def select(
         options["weights"] = tuple(weights)
     Options(**options).validate()  # every check that needs no data, before anything is read
     paths = [p for p in (data, target, existing) if isinstance(p, (str, os.PathLike))]
+    check_save(out_format, report)
     if out is not None:
-        check_save(out_format, report)
         check_output_folder(out, paths)
+    elif out_format != "jsonl" or report:
+        raise OptionError("out_format and report are read only with out=FOLDER (or sel.save(FOLDER, ...)); "
+                          "they would be ignored here")
     names = {"prompt": prompt_field, "response": response_field, "messages": messages_field, "id": id_field}
     fields = FieldMap(**names) if any(v is not None for v in names.values()) else None
     data, target, existing = (str(p) if isinstance(p, os.PathLike) else p for p in (data, target, existing))

@@ -45,13 +45,14 @@ import logging
 import math
 import os
 import re
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 from .errors import OptionError, TunesiftError
 from .folders import check_earlier_set, digests, publish
 from .io.records import schema_of
-from .io.trainers import DATASET_NAME, dataset_info, unreadable_turn
+from .io.trainers import DATASET_NAME, dataset_info, unreadable_tools, unreadable_turn
 from .pipeline import Selection, options_dict, versions
 from .store import probe_write
 
@@ -188,7 +189,11 @@ def json_value(v):
     if isinstance(v, dt.time):
         return {"$time": v.isoformat()}
     if isinstance(v, dt.timedelta):
-        return {"$duration": f"PT{v.total_seconds()!r}S"}
+        ns = v.value if type(v).__name__ == "Timedelta" else (v // dt.timedelta(microseconds=1)) * 1000
+        return _duration(ns)
+    kind = getattr(getattr(v, "dtype", None), "kind", None)
+    if kind in ("M", "m"):  # numpy datetime64 / timedelta64, scalar or array: .item() may give bare ns
+        return _numpy_time(v)
     if hasattr(v, "item") and callable(v.item):  # numpy scalar
         return json_value(v.item())
     if hasattr(v, "tolist"):  # numpy array
@@ -198,8 +203,32 @@ def json_value(v):
     raise TunesiftError(f"cannot write a value of type {type(v).__name__} to JSON Lines; use --out-format parquet")
 
 
-_DEC = "\x00tunesift-decimal:"  # marks a Decimal's digits until the JSON text is made
-_DEC_RE = re.compile(r'"\\u0000tunesift-decimal:([-+0-9.eE]+)"')
+def _duration(ns: int) -> dict:
+    """``{"$duration": "PT<seconds>S"}`` from integer nanoseconds, in plain digits (ISO 8601 has no
+    exponents; a float would write 1 microsecond as 1e-06)."""
+    secs = decimal.Decimal(int(ns)).scaleb(-9)
+    return {"$duration": f"PT{format(secs.normalize(), 'f')}S"}
+
+
+def _numpy_time(v):
+    """numpy datetime64 / timedelta64 values (an array: a list of them) in the tagged forms; NaT: null."""
+    import numpy as np
+
+    if getattr(v, "ndim", 0):
+        return [_numpy_time(x) for x in v]
+    if np.isnat(v):
+        return None
+    if v.dtype.kind == "m":
+        return _duration(int(v.astype("timedelta64[ns]").astype(np.int64)))
+    text = str(np.datetime_as_string(v, unit="auto"))
+    return {"$date": text} if v.dtype == np.dtype("datetime64[D]") else {"$datetime": text}
+
+
+# Marks a Decimal's digits until the JSON text is made. The per-process nonce keeps a user's string
+# that happens to spell the marker from being written as a number.
+_NONCE = secrets.token_hex(8)
+_DEC = f"\x00tunesift-decimal-{_NONCE}:"
+_DEC_RE = re.compile(rf'"\\u0000tunesift-decimal-{_NONCE}:([-+0-9.eE]+)"')
 
 
 def _decimal_marker(d: decimal.Decimal) -> str:
@@ -214,7 +243,7 @@ def json_line(row: dict) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:
         text = json.dumps(value, ensure_ascii=True, allow_nan=False)
-    return _DEC_RE.sub(r"\1", text) if "tunesift-decimal:" in text else text
+    return _DEC_RE.sub(r"\1", text) if _NONCE in text else text
 
 
 # ----------------------------------------------------------------------------- the set
@@ -306,22 +335,30 @@ def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
             except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError):
                 table = None
         if table is None:
-            table = pa.Table.from_pylist(rows)
+            # every field any kept row has, in first-seen order (null where a row lacks it):
+            # from_pylist alone takes the columns of the first row only
+            names = list(dict.fromkeys(k for row in rows for k in row))
+            table = pa.table({k: pa.array([row.get(k) for row in rows]) for k in names}) if names \
+                else pa.Table.from_pylist(rows)
+        if out_format == "parquet":
+            pq.write_table(table, tmp / "selected.parquet")
+        else:
+            _save_to_disk(table, tmp / "selected")
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeError) as exc:
         raise TunesiftError(f"cannot write the kept records as {out_format}: {str(exc).splitlines()[0]}; "
                             "use --out-format jsonl") from None
-    if out_format == "parquet":
-        pq.write_table(table, tmp / "selected.parquet")
-    else:
-        import datasets
 
-        shown = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()  # its "Saving the dataset" bar would print even under -q
-        try:
-            datasets.Dataset(table).save_to_disk(str(tmp / "selected"))
-        finally:
-            if shown:
-                datasets.enable_progress_bars()
+
+def _save_to_disk(table, folder: Path) -> None:
+    import datasets
+
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # its "Saving the dataset" bar would print even under -q
+    try:
+        datasets.Dataset(table).save_to_disk(str(folder))
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
 
 
 def _write_dataset_info(sel: Selection, tmp: Path, out_format: str) -> None:
@@ -333,10 +370,16 @@ def _write_dataset_info(sel: Selection, tmp: Path, out_format: str) -> None:
     file_name = SELECTED[out_format]
     if out_format == "hf":
         shards = sorted(p.name for p in (tmp / file_name).glob("*.arrow"))
-        if len(shards) != 1:
-            return  # LLaMA-Factory reads one file, or a folder of files of one type only
+        if len(shards) != 1:  # LLaMA-Factory reads one file, or a folder of files of one type only
+            log.warning("no dataset_info.json for LLaMA-Factory: the hf output has %d Arrow files; "
+                        "use --out-format jsonl or parquet", len(shards))
+            return
         file_name += "/" + shards[0]
-    entry = dataset_info(schema, file_name, present={k for row in sel.rows for k in row})
+    present = {k for row in sel.rows for k in row}
+    if schema.kind == "chat" and "tools" in present and (why := unreadable_tools(sel.rows)):
+        log.warning("dataset_info.json leaves tools unmapped: %s (tunesift does not score them)", why)
+        present.discard("tools")
+    entry = dataset_info(schema, file_name, present=present)
     why = entry and entry["formatting"] == "sharegpt" and unreadable_turn(sel.rows, schema.messages, entry["tags"])
     if why:
         log.warning("no dataset_info.json for LLaMA-Factory: %s", why)

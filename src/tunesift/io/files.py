@@ -44,13 +44,15 @@ _JSON_WS = re.compile(r"[ \t\n\r]*")
 Rows = Iterator[tuple[Any, Loc]]
 
 
-def input_checksum(path: str | Path) -> str:
+def input_checksum(path: str | Path, *, every_file: bool = False) -> str:
     """SHA-256 (hex) of the input: of the file's bytes for a file.
 
     For a folder: the SHA-256 over its files sorted by their relative path (``/``-separated),
     each contributing ``relative_path + b"\\0" + sha256(file bytes)``. Dot-files and the
     ``cache-*.arrow`` files that ``datasets`` writes next to a loaded dataset are left out, as
-    they are not part of the saved data.
+    they are not part of the saved data, unless ``every_file`` (an output folder's checksum: a
+    file a user put there, dot-file or not, must change it). A folder without such files has
+    the same checksum either way.
     """
     p, source = Path(path), str(path)
     if p.is_file():
@@ -60,9 +62,10 @@ def input_checksum(path: str | Path) -> str:
         files = []
         for f in p.rglob("*"):
             rel = f.relative_to(p).as_posix()
-            if not f.is_file() or any(part.startswith(".") for part in rel.split("/")):
+            if not f.is_file():
                 continue
-            if f.name.startswith("cache-") and f.name.endswith(".arrow"):
+            if not every_file and (any(part.startswith(".") for part in rel.split("/"))
+                                   or (f.name.startswith("cache-") and f.name.endswith(".arrow"))):
                 continue
             files.append((rel, f))
         for rel, f in sorted(files):

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 from .schema import Schema
 
-__all__ = ["DATASET_NAME", "dataset_info", "unreadable_turn"]
+__all__ = ["DATASET_NAME", "dataset_info", "unreadable_tools", "unreadable_turn"]
 
 #: The dataset's name in the ``dataset_info.json`` tunesift writes (``dataset: selection``).
 DATASET_NAME = "selection"
@@ -30,7 +30,8 @@ DATASET_NAME = "selection"
 def unreadable_turn(rows: Iterable[dict], messages: str, tags: dict[str, str]) -> str | None:
     """Why LLaMA-Factory cannot read the chats of ``rows`` with ``tags``, or None: it matches each
     turn's role to the tags exactly (one spelling per kind of turn, taken from the first record)
-    and needs text content (not a list of parts, not a tool call with null content)."""
+    and needs text content (not a list of parts, not a tool call: OpenAI's ``tool_calls``, which
+    tunesift scores as the call's JSON, are not read by its sharegpt formatting)."""
     role, content = tags["role_tag"], tags["content_tag"]
     known = {v for k, v in tags.items() if k not in ("role_tag", "content_tag")}
     for i, row in enumerate(rows, 1):
@@ -40,6 +41,17 @@ def unreadable_turn(rows: Iterable[dict], messages: str, tags: dict[str, str]) -
                 return f"kept record {i} has a turn with {role} {got!r}, not one of {sorted(known)}"
             if not isinstance(turn.get(content), str):
                 return f"kept record {i} has a turn whose {content} is not text"
+            if turn.get("tool_calls"):  # scored as the call's JSON; sharegpt would read the content alone
+                return f"kept record {i} has a turn with tool_calls, which LLaMA-Factory's sharegpt formatting does not read"
+    return None
+
+
+def unreadable_tools(rows: Iterable[dict]) -> str | None:
+    """Why LLaMA-Factory cannot read the ``tools`` column of ``rows``, or None: its sharegpt
+    formatting passes ``tools`` to its tool formatter as a JSON string, which fails on a list."""
+    for i, row in enumerate(rows, 1):
+        if row.get("tools") is not None and not isinstance(row["tools"], str):
+            return f"kept record {i} has tools that are not a JSON string"
     return None
 
 
