@@ -46,7 +46,7 @@ from collections import Counter
 from pathlib import Path
 
 from tunesift.bench import BenchConfig, cell_name, grid_cells, load_cells, run_bench
-from tunesift.bench_tables import MIN_MARK_SEEDS, aggregate, beyond_noise_lines, write_results
+from tunesift.bench_tables import aggregate, verdict_lines, write_results
 from tunesift.finetune import TrainConfig
 from tunesift.machine import banner
 
@@ -169,6 +169,10 @@ def config(exp: str, data: Path, caches: Path, a) -> BenchConfig:
     opts = {k: v for k, v in VARIANTS.items() if k in methods}
     if a.dense_delift:
         opts["delift"] = {"knn": 0}
+    # each method its own score cache: methods that share scores (donod+delift runs DONOD; delift
+    # and delift-learned share model pairs) would otherwise read another's and report a selection
+    # cost near zero; transfer keeps reading experiment 1's, method by method
+    opts = {m: {**opts.get(m, {}), "cache_dir": str(cache / m)} for m in methods if m not in ("base", "full")}
     return BenchConfig(
         train=str(data / f"{pools[exp]}.jsonl"), test=str(data / f"{tests[exp]}.jsonl"), methods=methods,
         budgets=[float(b) for b in a.budgets.split(",")] if a.budgets else list(BUDGETS),
@@ -250,16 +254,6 @@ def composition(cells: list[dict], pool: Path, key: str) -> dict[str, dict[str, 
             Counter({k: v / len(c["selected_ids"]) for k, v in got.items()}))
     return {k: {v: round(sum(c[v] for c in cs) / len(cs), 3) for v in sorted({x for c in cs for x in c})}
             for k, cs in shares.items()}
-
-
-def verdict_lines(rows: list[dict]) -> list[str]:
-    """The summary's "beyond the seed spread" lines; rows with fewer than MIN_MARK_SEEDS paired
-    seeds are named as having no verdict yet, so that "none" never hides them."""
-    lines = beyond_noise_lines(rows)
-    few = sorted({f"{r['method']} @ {r['budget']}" for r in rows if 0 < r.get("paired_seeds", 0) < MIN_MARK_SEEDS})
-    if few:
-        lines.append(f"- no verdict yet (fewer than {MIN_MARK_SEEDS} paired seeds): {', '.join(few)}")
-    return lines or ["none"]
 
 
 def shared_selection_cost(*experiments: list[dict]) -> None:

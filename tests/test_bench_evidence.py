@@ -140,6 +140,9 @@ def test_each_method_keeps_its_own_options_as_a_bench_grows(tmp_path):
     bare = BenchConfig(train="a", test="b", methods=["balanced-random"])  # the same name, now without options
     with pytest.raises(OptionError, match="'balanced-random'"):
         bm.pin_method_options({"method_options": grown}, bare, tmp_path)
+    # where a method keeps its scores changes no result: a cache of its own later keeps its cells
+    moved = BenchConfig(train="a", test="b", methods=["random"], method_options={"random": {"cache_dir": "c/random"}})
+    assert bm.pin_method_options({"method_options": grown}, moved, tmp_path)["random"] == {"cache_dir": "c/random"}
 
 
 def test_new_settings_leave_the_key_of_older_benches_alone():
@@ -275,15 +278,21 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
             "--select-model", str(tiny_dir), "--train-model", str(tiny_dir), "--device", "cpu", "--autocast", "none"]
     ev.main(["run", "all", *args])
     root = tmp_path / "results" / "evidence"  # the cells and tables (committed); inputs and caches under work
-    assert (tmp_path / "work" / "evidence" / "cache" / "task").is_dir() and not (root / "cache").exists()
+    assert not (root / "cache").exists()
     for exp in ev.EXPERIMENTS:  # a cell's generations sit beside it, in the folders the .gitignore names
         assert (root / exp / "generations").is_dir() and len(list((root / exp / "generations").iterdir())) == len(
             list((root / exp / "cells").iterdir()))
     for exp in ev.EXPERIMENTS:
         assert (root / exp / "results.md").exists() and (root / exp / "curve.png").exists(), exp
     pinned = json.loads((root / "task" / "bench.json").read_text())["config"]
+    caches = tmp_path / "work" / "evidence" / "cache"
     assert pinned["device"] == "cpu" and pinned["stage"] == "task" and pinned["method_options"] == {
-        "balanced-random": {"by": "meta.source"}}
+        "balanced-random": {"by": "meta.source", "cache_dir": str(caches / "task" / "balanced-random")},
+        "random": {"cache_dir": str(caches / "task" / "random")}, "rds": {"cache_dir": str(caches / "task" / "rds")}}
+    # each method scores into its own cache (no method reads another's scores and reports a free
+    # selection); transfer reads experiment 1's, method by method
+    assert (caches / "task" / "rds").is_dir() and (caches / "instruction" / "rds").is_dir()
+    assert not (caches / "transfer").exists()
     task = json.loads((root / "task" / "results.json").read_text())
     assert "exact_match" in task[0] and {r["method"] for r in task} == {"base", "random", "balanced-random", "rds"}
     inst = json.loads((root / "instruction" / "results.json").read_text())
@@ -296,7 +305,7 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     # a rerun of a subset without the variant keeps the folder (its settings key is the same)
     ev.main(["run", "task", *[("base" if a.startswith("base,") else a) for a in args]])
     assert json.loads((root / "task" / "bench.json").read_text())["method_options"]["balanced-random"] == {
-        "by": "meta.source"}
+        "by": "meta.source", "cache_dir": str(caches / "task" / "balanced-random")}
     ev.main(["summary", *args])
     # the rerun with --only base tabulated base alone; the summary rebuilds the table from every cell
     task = json.loads((root / "task" / "results.json").read_text())
@@ -330,3 +339,42 @@ def test_transfer_shows_what_its_picks_cost_not_the_cache_read():
     assert [c["select_s"] for c in transfer] == [200.0, 0.0, 30.0]  # delift-se ran in transfer first
     rows = {r["method"]: r for r in aggregate(transfer)}
     assert rows["rds"]["select_s"] == 200.0 and rows["rds"]["cost_ratio"] == 100.0
+
+
+def test_rows_without_a_verdict_are_named_never_reported_as_within_noise(tmp_path):
+    """An empty list of marks must not read as "within noise" for rows that were never tested:
+    fewer than 3 paired seeds, no random cells at their budget, or a difference that is NaN."""
+    two = [cell("random", 0.3, s, {"loss": 1.0 + 0.01 * s}) for s in range(2)] + [
+        cell("rds", 0.3, s, {"loss": 0.5 + 0.011 * s}) for s in range(2)]  # ~1000 SE apart, 2 seeds
+    assert bt.verdict_lines(aggregate(two)) == ["- no verdict yet (fewer than 3 paired seeds): rds @ 0.3"]
+    nan = [cell("random", 0.3, s, {"loss": [1.0, float("nan"), 1.02][s]}) for s in range(3)] + [
+        cell("rds", 0.3, s, {"loss": 0.5 + 0.01 * s}) for s in range(3)]
+    assert bt.verdict_lines(aggregate(nan)) == [
+        "- no verdict (a paired difference is not a number: the metric is NaN in some seed): rds @ 0.3 (loss)"]
+    apart = [cell("random", 0.1, s, {"loss": 1.0}) for s in range(3)] + [cell("rds", 0.3, s, {"loss": 0.5})
+                                                                        for s in range(3)]
+    assert bt.verdict_lines(aggregate(apart)) == [
+        "- no verdict (no random cells at the same budget to pair with): rds @ 0.3"]
+    cfg = BenchConfig(train="a.jsonl", test="b.jsonl", methods=["random", "rds"], training=TrainConfig())
+    bt.write_results(tmp_path, aggregate(two), cfg)
+    text = (tmp_path / "results.md").read_text()
+    assert "None: every difference" not in text and "no verdict yet (fewer than 3 paired seeds): rds @ 0.3" in text
+    within = [cell("random", 0.3, s, {"loss": 1.0 + 0.01 * s}) for s in range(3)] + [
+        cell("rds", 0.3, s, {"loss": 1.0 + 0.01 * ((s + 1) % 3)}) for s in range(3)]
+    assert bt.verdict_lines(aggregate(within)) == ["none"]
+
+
+def test_a_mean_over_more_seeds_than_its_difference_says_so():
+    cells = [cell("random", 0.3, s, {"loss": 1.0}) for s in range(2)] + [
+        cell("rds", 0.3, s, {"loss": [0.9, 0.9, 2.0][s]}) for s in range(3)]
+    table = markdown_table(aggregate(cells))
+    assert "| rds | 0.3 | 3 |" in table and "(Δ -0.1000 ± 0.0000, 2 paired)" in table
+
+
+def test_one_record_and_the_whole_pool_are_different_budgets():
+    cells = [cell("rds", 1, s, {"loss": 2.0}, n=1) for s in range(3)] + [
+        cell("rds", 1.0, s, {"loss": 1.0}, n=1000) for s in range(3)] + [
+        cell("random", 1, s, {"loss": 2.5}, n=1) for s in range(3)]
+    rows = {(r["method"], type(r["budget"]).__name__): r for r in aggregate(cells)}
+    assert rows[("rds", "int")]["loss"] == 2.0 and rows[("rds", "float")]["loss"] == 1.0
+    assert rows[("rds", "int")]["loss_vs_random"] == -0.5 and "loss_vs_random" not in rows[("rds", "float")]

@@ -172,10 +172,15 @@ def pin_method_options(pinned: dict | None, cfg: BenchConfig, out: Path) -> dict
     ``out``: those ``pinned`` (the folder's bench.json) records, extended with this run's methods.
 
     A method that ran here before with other options is refused: its cells would mix two settings
-    under one name. A bench.json written before this map existed records only its last run's methods.
+    under one name. ``cache_dir`` is not compared: where the scores are kept changes no result (a
+    method given its own cache later keeps its cells). A bench.json written before this map existed
+    records only its last run's methods.
     """
     def norm(opts: dict) -> dict:  # as JSON reads it back (tuples become lists)
         return json.loads(json.dumps(opts, sort_keys=True, default=str))
+
+    def setting(opts: dict) -> dict:
+        return {k: v for k, v in opts.items() if k != "cache_dir"}
 
     if pinned is None:
         have = {}
@@ -186,7 +191,7 @@ def pin_method_options(pinned: dict | None, cfg: BenchConfig, out: Path) -> dict
         have = {m: c.get("method_options", {}).get(m, {}) for m in c["methods"]}
     mine = {m: norm(cfg.method_options.get(m, {})) for m in cfg.methods}
     for m, opts in mine.items():
-        if m in have and have[m] != opts:
+        if m in have and setting(have[m]) != setting(opts):
             raise OptionError(f"{out}: method {m!r} ran here with options {have[m]}, now {opts}; use another --out")
     return {**have, **mine}
 

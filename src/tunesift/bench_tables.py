@@ -25,10 +25,11 @@ def aggregate(cells: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     uncached: dict[str, float] = {}  # a method's scores are computed by its first cell, read back by the rest
     for c in cells:
-        groups.setdefault((c["method"], c["budget"]), []).append(c)
+        groups.setdefault((c["method"], _budget_key(c["budget"])), []).append(c)
         uncached[c["method"]] = max(uncached.get(c["method"], 0.0), float(c["select_s"]))
     rows = []
-    for (method, budget), cs in groups.items():
+    for (method, _), cs in groups.items():
+        budget = cs[0]["budget"]
         row = {"method": method, "budget": "all" if budget is None else budget, "seeds": len(cs),
                "n_train": int(np.mean([c["n_train"] for c in cs])),
                "n_selected": int(np.mean([c.get("n_selected", c["n_train"]) for c in cs])),
@@ -47,6 +48,12 @@ def aggregate(cells: list[dict]) -> list[dict]:
     rows.sort(key=lambda r: (edge.get(r["method"], 1), 0.0 if r["budget"] == "all" else float(r["budget"]),
                              order.get(r["method"], 99)))
     return add_costs(rows)
+
+
+def _budget_key(budget) -> tuple:
+    """A budget as a grouping key: ``1`` (one record) and ``1.0`` (the whole pool) are different
+    budgets (:func:`~tunesift.methods.options.parse_budget`), though ``1 == 1.0`` in Python."""
+    return (type(budget).__name__, budget)
 
 
 def add_costs(rows: list[dict]) -> list[dict]:
@@ -89,8 +96,9 @@ def versus_random(cells: list[dict], method: str, budget) -> dict[str, tuple[flo
     :func:`paired_p` turns one into a p-value."""
     if method in ("random", "base", "full"):
         return {}
-    mine = {c["seed"]: c for c in cells if c["method"] == method and c["budget"] == budget}
-    rand = {c["seed"]: c for c in cells if c["method"] == "random" and c["budget"] == budget}
+    key = _budget_key(budget)
+    mine = {c["seed"]: c for c in cells if c["method"] == method and _budget_key(c["budget"]) == key}
+    rand = {c["seed"]: c for c in cells if c["method"] == "random" and _budget_key(c["budget"]) == key}
     seeds = sorted(set(mine) & set(rand))
     if not seeds:
         return {}
@@ -155,6 +163,43 @@ def beyond_noise_lines(rows: list[dict]) -> list[str]:
     return out
 
 
+def no_verdict_lines(rows: list[dict]) -> list[str]:
+    """The selector rows that get no verdict either way, and why, so that an empty list of marks
+    never hides them: not paired with random (no random cells at that budget), fewer than
+    :data:`MIN_MARK_SEEDS` paired seeds, or a paired difference that is not a number (a metric
+    NaN in some seed)."""
+    unpaired, few, nan = [], [], []
+    for r in rows:
+        if r["method"] in ("base", "full", "random"):
+            continue
+        name = f"{r['method']} @ {r['budget']}"
+        metrics = [m for m in _metric_names([r]) if f"{m}_vs_random" in r]
+        if not metrics:
+            unpaired.append(name)
+        elif r.get("paired_seeds", 0) < MIN_MARK_SEEDS:
+            few.append(name)
+        else:
+            bad = [m for m in metrics if not (np.isfinite(r[f"{m}_vs_random"]) and np.isfinite(r[f"{m}_vs_random_se"]))]
+            if bad:
+                nan.append(f"{name} ({', '.join(bad)})")
+    out = []
+    if few:
+        out.append(f"- no verdict yet (fewer than {MIN_MARK_SEEDS} paired seeds): {', '.join(sorted(few))}")
+    if unpaired:
+        out.append(f"- no verdict (no random cells at the same budget to pair with): {', '.join(sorted(unpaired))}")
+    if nan:
+        out.append(f"- no verdict (a paired difference is not a number: the metric is NaN in some seed): "
+                   f"{', '.join(sorted(nan))}")
+    return out
+
+
+def verdict_lines(rows: list[dict]) -> list[str]:
+    """What the tables say against random: the marks (:func:`beyond_noise_lines`), then the rows
+    without a verdict (:func:`no_verdict_lines`); ``["none"]`` only when every selector row was
+    tested and none is beyond the seed spread."""
+    return beyond_noise_lines(rows) + no_verdict_lines(rows) or ["none"]
+
+
 def _ratio(v: float) -> str:
     return "" if not np.isfinite(v) else f"{v:.2f}" if v >= 0.01 else "< 0.01"
 
@@ -195,7 +240,9 @@ def _versus_cell(row: dict, metric: str) -> str:
     spread = f" ± {se:.4f}" if np.isfinite(se) else ""
     mark = " \\*" if beyond_noise(row, metric) else ""
     p = _p(row.get(f"{metric}_vs_random_p")) if row.get("paired_seeds", 0) >= MIN_MARK_SEEDS else ""
-    return f" (Δ {diff:+.4f}{spread}{mark}" + (f", p {p}" if p else "") + ")"
+    n = row.get("paired_seeds", 0)  # the mean is over every seed of the row, Δ over those random ran too
+    paired = f", {n} paired" if n != row["seeds"] else ""
+    return f" (Δ {diff:+.4f}{spread}{mark}" + (f", p {p}" if p else "") + paired + ")"
 
 
 def write_results(out: Path, rows: list[dict], cfg) -> None:
@@ -208,11 +255,11 @@ def write_results(out: Path, rows: list[dict], cfg) -> None:
     title = f"# tunesift bench: {Path(cfg.train).name} -> {Path(cfg.test).name} ({cfg.stage} stage)\n\n"
     note = (f"select model `{cfg.select_model}`, train model `{cfg.train_model}` ({cfg.training.mode}, "
             f"{cfg.training.epochs} epochs), mean ± std over seeds.\n\n")
-    marks = beyond_noise_lines(rows)
-    paired = any(k.endswith("_vs_random") for r in rows for k in r)
+    lines = verdict_lines(rows)
+    selectors = any(r["method"] not in ("base", "full", "random") for r in rows)
     verdict = ("\n## Beyond the seed spread (paired differences from random > 2 SE)\n\n"
-               + ("\n".join(marks) if marks else "None: every difference from random is within two standard "
-                  "errors of the paired seed differences.") + "\n") if paired else ""
+               + ("\n".join(lines) if lines != ["none"] else "None: every difference from random is within two "
+                  "standard errors of the paired seed differences.") + "\n") if selectors else ""
     full = [r for r in rows if r["method"] == "full"]
     cost = (f"\nFine-tuning on the whole pool took {full[0]['train_s']:.1f} s; `total_vs_full` in results.json is "
             "(select + train) / that.\n") if full else ""
