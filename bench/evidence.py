@@ -191,6 +191,10 @@ def config(exp: str, data: Path, caches: Path, a) -> BenchConfig:
         generate_limit=4 if a.smoke else (300 if math else 100),
         also_test={"instruction": {"alpaca_eval": str(data / "alpaca_eval.jsonl")},
                    "continual": {"gsm8k": str(data / "gsm8k_test.jsonl")}}.get(exp, {}),
+        # the continual bench's GSM8K set (forgetting) gets the task and noise benches' generation:
+        # all 300 answers, 256 tokens (a worked solution runs past 128 before its "####")
+        also_generation={"gsm8k": {"max_new_tokens": 32 if a.smoke else 256,
+                                   "generate_limit": 4 if a.smoke else 300}} if exp == "continual" else {},
         device=resolved_device(a.device))
 
 

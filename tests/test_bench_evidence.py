@@ -174,12 +174,46 @@ def test_each_method_selects_in_a_stage_it_has():
     ({"methods": ["y"], "method_options": {"y": {"knn": 4}}}, "unknown bench method 'y'"),
     ({"methods": ["random"], "continual": "both"}, "unknown continual mode"),
     ({"methods": ["dl"], "method_options": {"dl": {"method": "delift", "knn": -1}}}, "knn must be >= 0"),
+    ({"methods": ["random"], "also_generation": {"gsm8k": {"generate_limit": 300}}}, "not one of also_test"),
+    ({"methods": ["random"], "also_test": {"g": "g.jsonl"}, "also_generation": {"g": {"max_tokens": 3}}},
+     "unknown setting 'max_tokens'"),
+    ({"methods": ["random"], "also_test": {"g": "g.jsonl"}, "also_generation": {"g": {"generate_limit": -1}}},
+     "generate_limit must be a whole number"),
+    ({"methods": ["random"], "generate_limit": -5}, "the test set: generate_limit must be"),
 ])
 def test_bad_grids_fail_before_any_cell(kw, message):
     with pytest.raises(OptionError, match=message):
         bm._check(BenchConfig(train="a", test="b", **kw))
     bm._check(BenchConfig(train="a", test="b", methods=["base", "br", "full"],
                           method_options={"br": {"method": "balanced-random", "by": "meta.source"}}))
+
+
+def test_a_further_set_generates_with_its_own_settings(monkeypatch):
+    """The continual bench's GSM8K set sits beside an Alpaca test set: it needs the task bench's
+    256-token answers for all 300 records, not the Alpaca set's 128 tokens for 100."""
+    from types import SimpleNamespace
+
+    seen = {}
+
+    def fake_evaluate(lm, records, **kw):
+        seen[records[0]] = kw
+        return SimpleNamespace(metrics={"loss": 1.0}, generations=[None] * len(records))
+
+    monkeypatch.setattr("tunesift.evaluate.evaluate", fake_evaluate)
+    monkeypatch.setattr(bm, "_training_model", lambda *a, **k: (object(), 0.0))
+    cfg = BenchConfig(train="a", test="b", methods=["base"], max_new_tokens=128, generate_limit=100,
+                      also_test={"gsm8k": "g"}, also_generation={"gsm8k": {"max_new_tokens": 256, "generate_limit": 300}})
+    data = {"train": [], "test": ["alpaca"], "existing": None, "also": {"gsm8k": ["gsm"]}}
+    info = bm.run_cell(cfg, "base", None, 0, data)
+    assert (seen["alpaca"]["max_new_tokens"], seen["alpaca"]["generate_limit"]) == (128, 100)
+    assert (seen["gsm"]["max_new_tokens"], seen["gsm"]["generate_limit"]) == (256, 300)
+    assert set(info["metrics"]) == {"loss", "loss@gsm8k"}
+    ev = load_evidence()
+    args = ev.argparse.Namespace(smoke=False, only=None, dense_delift=False, budgets=None, seeds=3, knn=16,
+                                 select_model=None, train_model=None, autocast="bfloat16", device="cpu")
+    cont = ev.config("continual", ev.Path("d"), ev.Path("c"), args)
+    assert cont.also_generation == {"gsm8k": {"max_new_tokens": 256, "generate_limit": 300}}
+    bm._check(cont)
 
 
 def write_rows(path, rows):

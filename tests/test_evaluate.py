@@ -27,6 +27,12 @@ GSM = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 
 @pytest.mark.parametrize("text, value", [
     (GSM, 18.0), ("#### 1,234", 1234.0), ("so the total is $5.", 5.0), ("It is -3.5 degrees", -3.5),
     ("first 2 then 7", 7.0), ("no number here", None), ("#### 42\nThe answer: 43", 42.0), (".5 of it", 0.5),
+    # a model that runs on past its answer: the first #### is its answer, "answer is" before the rest
+    ("#### 72\n\nQuestion: Sam has 3 pens. #### 3", 72.0), ("The answer is 72.\n\nQuestion: Sam has 3 pens.", 72.0),
+    ("The answer is 7. Check: 7*2=14", 7.0),
+    # fractions are their value; a hyphen after a digit is no minus; commas only group thousands
+    ("3/4", 0.75), ("#### 3/4", 0.75), ("5-3", 3.0), ("it takes 3-4 days", 4.0), ("in 2023-2024", 2024.0),
+    ("3,4,5", 5.0), ("#### 1,234,567", 1234567.0), ("\u22125", -5.0), ("-$5", -5.0), ("$1,000.50", 1000.5),
 ])
 def test_final_answer(text, value):
     assert final_answer(text) == value
@@ -34,6 +40,7 @@ def test_final_answer(text, value):
 
 def test_exact_match_and_math_detection():
     assert list(exact_match(["The answer is 18", "#### 17", "none", "18.0"], [GSM, GSM, GSM, "18"])) == [1, 0, 0, 1]
+    assert list(exact_match(["0.75", "#### 18\nQuestion: ... #### 4"], ["#### 3/4", GSM])) == [1, 1]
     assert is_math([GSM, "#### 3"]) and is_math(["51", "7.5"])
     assert not is_math(["Paris is the capital of France, home to 2 million people."])
     math_recs = records_from_rows([{"prompt": "q", "response": GSM}] * 3)
@@ -106,6 +113,13 @@ def test_generation_batches_bound_rows_and_cache_tokens():
         assert len(b) == 1 or len(b) * (max(widths[i] for i in b) + 100) <= 500
     assert got == [[1, 4, 3], [5, 0], [2], [6]]  # by width; 900 + 100 alone
     assert generation_batches([], 10, 4) == []
+
+
+def test_a_generate_limit_that_generates_nothing_is_refused(tiny_lm, recs):
+    for bad in (-1, 0):
+        with pytest.raises(OptionError, match="generate_limit must be at least 1"):
+            evaluate(tiny_lm, recs, metrics=["loss", "rougeL"], generate_limit=bad)
+    assert "loss" in evaluate(tiny_lm, recs, metrics=["loss"], generate_limit=0).metrics  # nothing to generate
 
 
 def test_generative_metrics_respect_the_limit(tiny_lm, recs):

@@ -76,11 +76,14 @@ class BenchConfig:
     method_options: dict = field(default_factory=dict)
     also_test: dict = field(default_factory=dict)  # name -> path: further held-out sets ("<metric>@<name>")
     continual: str = "joint"  # continual stage: joint (existing + pick at once) | sequential (existing, then pick)
+    # name -> {"max_new_tokens": .., "generate_limit": ..}: a further set's own generation settings
+    # (a GSM8K set beside an Alpaca test set needs longer answers); the test set's otherwise
+    also_generation: dict = field(default_factory=dict)
 
 
 # fields added after benches were run: left out of the settings key while at their default, so those
 # benches still resume
-LATER_FIELDS = {"method_options": {}, "also_test": {}, "continual": "joint"}
+LATER_FIELDS = {"method_options": {}, "also_test": {}, "continual": "joint", "also_generation": {}}
 CONTINUAL_MODES = ("joint", "sequential")
 
 
@@ -125,6 +128,18 @@ def _check(cfg: BenchConfig) -> None:
         raise OptionError(f"unknown continual mode '{cfg.continual}': use joint or sequential")
     if cfg.seeds < 1:
         raise OptionError(f"seeds must be at least 1, got {cfg.seeds}")
+    for name, gen in {"the test set": {"max_new_tokens": cfg.max_new_tokens, "generate_limit": cfg.generate_limit},
+                      **cfg.also_generation}.items():
+        if name != "the test set" and name not in cfg.also_test:
+            raise OptionError(f"also_generation names '{name}', which is not one of also_test's sets")
+        for key, v in gen.items():
+            if key not in ("max_new_tokens", "generate_limit"):
+                raise OptionError(f"also_generation['{name}']: unknown setting '{key}': use max_new_tokens, "
+                                  "generate_limit")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "max_new_tokens"
+                                                                                          else 0)):
+                raise OptionError(f"{name}: {key} must be a whole number of at least "
+                                  f"{1 if key == 'max_new_tokens' else 0}, got {v!r}")
     for b in cfg.budgets:
         parse_budget(b)
     if cfg.stage == "task" and not cfg.target:
@@ -341,7 +356,8 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
     info["metrics"] = dict(ev.metrics)
     info["generations"] = [{"id": r.id, "prediction": g} for r, g in zip(data["test"], ev.generations) if g is not None]
     for name, records in (data.get("also") or {}).items():  # further held-out sets: "<metric>@<name>"
-        more = evaluate(lm, records, **{**kw, "metrics": also_metrics(cfg.metrics, records)})
+        more = evaluate(lm, records, **{**kw, **cfg.also_generation.get(name, {}),
+                                        "metrics": also_metrics(cfg.metrics, records)})
         info["metrics"].update({f"{m}@{name}": v for m, v in more.metrics.items()})
     info["eval_s"] = round(time.perf_counter() - t2, 3)
     info["total_s"] = round(time.perf_counter() - t0, 3)

@@ -8,7 +8,8 @@ Metrics (higher is better unless noted):
 - ``rougeL``: mean ROUGE-L F1 (rouge-score, Porter stemming) of the greedy generation against the
   reference response.
 - ``exact_match``: share of generations whose final answer equals the reference's: the number
-  after ``####`` when there is one (GSM8K), else the last number in the text (SVAMP-style answers).
+  after the first ``####`` when there is one (GSM8K), else the number after "answer is", else the
+  last number in the text (SVAMP-style answers); see :func:`final_answer`.
 - ``cosine``: mean cosine similarity of all-MiniLM-L6-v2 embeddings of generation and reference.
 
 :func:`default_metrics` picks them per dataset: all but ``exact_match`` always, ``exact_match``
@@ -31,20 +32,42 @@ from .errors import OptionError
 METRICS = ("loss", "perplexity", "rougeL", "exact_match", "cosine")
 LOWER_IS_BETTER = {"loss", "perplexity"}
 _GENERATIVE = {"rougeL", "exact_match", "cosine"}
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+# A number: a minus sign only where no digit is glued before it ("5-3" and "2023-2024" are two
+# numbers), commas only as thousands separators ("1,234"; "3,4,5" is three numbers), a decimal
+# part, and a fraction ("3/4" is 0.75). U+2212 counts as a minus.
+_NUMBER = re.compile(r"(?<![\d.])(?P<sign>[-\u2212](?=\.?\d))?"
+                     r"(?P<num>(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?:/(?P<den>\d+)(?![\d.]))?")
+_ANSWER_IS = re.compile(r"answer is", re.IGNORECASE)
+
+
+def _numbers(text: str) -> list[float]:
+    out = []
+    for m in _NUMBER.finditer(text.replace("$", "")):
+        v = float(m["num"].replace(",", "")) * (-1 if m["sign"] else 1)
+        if m["den"] is not None:
+            if float(m["den"]) == 0:
+                continue
+            v /= float(m["den"])
+        out.append(v)
+    return out
 
 
 def final_answer(text: str) -> float | None:
-    """The final numeric answer of a math response: after ``####`` if present, else the last
-    number in the text; commas and ``$`` ignored. None when there is no number."""
-    tail = text.split("####")[-1] if "####" in text else text
-    nums = _NUMBER.findall(tail.replace("$", ""))
-    if not nums:
-        return None
-    try:
-        return float(nums[-1 if "####" not in text else 0].replace(",", ""))
-    except ValueError:
-        return None
+    """The final numeric answer of a math response, or None when there is none: the first number
+    after the first ``####`` (GSM8K's marker; a model that runs on past its answer may write a
+    second one for a question it made up); else the first number after the last "answer is";
+    else the last number in the text. ``$`` and thousands separators are ignored; fractions are
+    their value."""
+    if "####" in text:
+        nums = _numbers(text.split("####", 1)[1])
+        return nums[0] if nums else None
+    cue = list(_ANSWER_IS.finditer(text))
+    if cue:
+        nums = _numbers(text[cue[-1].end():])
+        if nums:
+            return nums[0]
+    nums = _numbers(text)
+    return nums[-1] if nums else None
 
 
 def is_math(references: Sequence[str]) -> bool:
@@ -197,6 +220,10 @@ def evaluate(
 
     names = list(metrics) if metrics else default_metrics(records)
     parse_metrics(names)
+    gen_names = [m for m in names if m in _GENERATIVE]
+    if generate_limit is not None and (generate_limit < 0 or (generate_limit == 0 and gen_names)):
+        raise OptionError(f"generate_limit must be at least 1 for {', '.join(gen_names) or 'generation'}, "
+                          f"got {generate_limit} (None: every record)")
     renderer = renderer or renderer_for(lm, template, max_length)
     n = len(records)
     per: dict[str, np.ndarray] = {}
@@ -214,7 +241,6 @@ def evaluate(
             out["perplexity"] = perplexity(nll, n_tok)
         timings["loss_s"] = time.perf_counter() - t
     gens: list[str | None] = [None] * n
-    gen_names = [m for m in names if m in _GENERATIVE]
     if gen_names:
         m = n if generate_limit is None else min(n, generate_limit)
         sub = list(records[:m])
