@@ -396,6 +396,7 @@ def test_rows_without_a_verdict_are_named_never_reported_as_within_noise(tmp_pat
     within = [cell("random", 0.3, s, {"loss": 1.0 + 0.01 * s}) for s in range(3)] + [
         cell("rds", 0.3, s, {"loss": 1.0 + 0.01 * ((s + 1) % 3)}) for s in range(3)]
     assert bt.verdict_lines(aggregate(within)) == ["none"]
+    assert bt.verdict_lines(aggregate(within[:3])) == ["- no verdict yet: no selector has a finished cell"]
 
 
 def test_a_mean_over_more_seeds_than_its_difference_says_so():

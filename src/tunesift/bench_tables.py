@@ -197,6 +197,8 @@ def verdict_lines(rows: list[dict]) -> list[str]:
     """What the tables say against random: the marks (:func:`beyond_noise_lines`), then the rows
     without a verdict (:func:`no_verdict_lines`); ``["none"]`` only when every selector row was
     tested and none is beyond the seed spread."""
+    if all(r["method"] in ("base", "full", "random") for r in rows):
+        return ["- no verdict yet: no selector has a finished cell"]
     return beyond_noise_lines(rows) + no_verdict_lines(rows) or ["none"]
 
 
