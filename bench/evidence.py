@@ -11,6 +11,7 @@ Experiments (each one ``tunesift bench`` folder under bench/results/evidence/, r
 cell is never rerun, so the grid may span sessions and machines; the settings are pinned per folder).
 The finished cells (``<exp>/cells/*.json``, a few kB each) and the settings (``<exp>/bench.json``)
 are kept under version control: a fresh clone resumes the grid where the last session stopped.
+A GPU run keeps its own grid in bench/results/evidence-cuda/ (its cells are pinned to the device).
 The cells' generations and the continual bench's stage-1 models beside them are git-ignored; the
 inputs (rebuilt by ``prepare`` from ../shared/datasets and checked against the digests in
 bench.json) and the score caches stay under the git-ignored bench/work/evidence/.
@@ -210,9 +211,12 @@ def resolved_device(device: str) -> str:
 
 def folders(a) -> tuple[Path, Path, Path]:
     """(data folder, bench root, score caches): the root is bench/results/evidence (kept under
-    version control) or, with --smoke, bench/work/evidence-smoke; data and caches are git-ignored."""
+    version control; bench/results/evidence-cuda for a GPU run, whose cells are pinned to another
+    device and never mix with the CPU's) or, with --smoke, bench/work/evidence-smoke; data and
+    caches are git-ignored."""
     work = Path(a.work) / ("evidence-smoke" if a.smoke else "evidence")
-    root = work if a.smoke else Path(a.results) / "evidence"
+    device = resolved_device(a.device)
+    root = work if a.smoke else Path(a.results) / ("evidence" if device == "cpu" else f"evidence-{device.split(':')[0]}")
     return Path(a.work) / "evidence" / "data", root, work / "cache"
 
 

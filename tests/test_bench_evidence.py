@@ -212,6 +212,9 @@ def test_a_further_set_generates_with_its_own_settings(monkeypatch):
     args = ev.argparse.Namespace(smoke=False, only=None, dense_delift=False, budgets=None, seeds=3, knn=16,
                                  select_model=None, train_model=None, autocast="bfloat16", device="cpu")
     cont = ev.config("continual", ev.Path("d"), ev.Path("c"), args)
+    # a GPU run keeps its own grid beside the CPU's (its cells are pinned to another device)
+    roots = {d: ev.folders(ev.argparse.Namespace(work="w", results="r", smoke=False, device=d))[1] for d in ("cpu", "cuda")}
+    assert roots == {"cpu": ev.Path("r/evidence"), "cuda": ev.Path("r/evidence-cuda")}
     assert cont.also_generation == {"gsm8k": {"max_new_tokens": 256, "generate_limit": 300}}
     bm._check(cont)
 
