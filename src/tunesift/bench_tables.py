@@ -15,6 +15,9 @@ import numpy as np
 from .errors import TunesiftError
 from .methods.catalogue import method_names
 
+#: the rows that are references, not selectors compared with random
+REFERENCES = frozenset({"base", "full", "random"})
+
 
 def aggregate(cells: list[dict]) -> list[dict]:
     """One row per (method, budget): mean and sample std (ddof=1; 0 for one seed) of each metric
@@ -94,7 +97,7 @@ def versus_random(cells: list[dict], method: str, budget) -> dict[str, tuple[flo
     over the n seeds both ran (each seed's random draw and training seed are shared, so pairing
     removes most of the seed noise). Empty for random itself, base, full and unpaired methods.
     :func:`paired_p` turns one into a p-value."""
-    if method in ("random", "base", "full"):
+    if method in REFERENCES:
         return {}
     key = _budget_key(budget)
     mine = {c["seed"]: c for c in cells if c["method"] == method and _budget_key(c["budget"]) == key}
@@ -170,7 +173,7 @@ def no_verdict_lines(rows: list[dict]) -> list[str]:
     NaN in some seed)."""
     unpaired, few, nan = [], [], []
     for r in rows:
-        if r["method"] in ("base", "full", "random"):
+        if r["method"] in REFERENCES:
             continue
         name = f"{r['method']} @ {r['budget']}"
         metrics = [m for m in _metric_names([r]) if f"{m}_vs_random" in r]
@@ -197,7 +200,7 @@ def verdict_lines(rows: list[dict]) -> list[str]:
     """What the tables say against random: the marks (:func:`beyond_noise_lines`), then the rows
     without a verdict (:func:`no_verdict_lines`); ``["none"]`` only when every selector row was
     tested and none is beyond the seed spread."""
-    if all(r["method"] in ("base", "full", "random") for r in rows):
+    if all(r["method"] in REFERENCES for r in rows):
         return ["- no verdict yet: no selector has a finished cell"]
     return beyond_noise_lines(rows) + no_verdict_lines(rows) or ["none"]
 
@@ -258,7 +261,7 @@ def write_results(out: Path, rows: list[dict], cfg) -> None:
     note = (f"select model `{cfg.select_model}`, train model `{cfg.train_model}` ({cfg.training.mode}, "
             f"{cfg.training.epochs} epochs), mean ± std over seeds.\n\n")
     lines = verdict_lines(rows)
-    selectors = any(r["method"] not in ("base", "full", "random") for r in rows)
+    selectors = any(r["method"] not in REFERENCES for r in rows)
     verdict = ("\n## Beyond the seed spread (paired differences from random > 2 SE)\n\n"
                + ("\n".join(lines) if lines != ["none"] else "None: every difference from random is within two "
                   "standard errors of the paired seed differences.") + "\n") if selectors else ""

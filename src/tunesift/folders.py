@@ -35,11 +35,16 @@ def exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
+def entry_digest(path: Path) -> str:
+    """The SHA-256 of one entry of an output folder (a sub-folder's over every file in it,
+    dot-files and caches included: :func:`tunesift.io.files.input_checksum`)."""
+    return input_checksum(path, every_file=True)
+
+
 def digests(folder: Path) -> dict[str, str]:
-    """The SHA-256 of each entry of ``folder`` by name (a sub-folder's over its files:
-    :func:`tunesift.io.files.input_checksum` over every file, dot-files included): what a
-    manifest's ``files`` lists."""
-    return {p.name: input_checksum(p, every_file=True) for p in sorted(folder.iterdir())}
+    """The SHA-256 of each entry of ``folder`` by name (:func:`entry_digest`): what a manifest's
+    ``files`` lists."""
+    return {p.name: entry_digest(p) for p in sorted(folder.iterdir())}
 
 
 def check_earlier_set(out: Path, shown: str | Path, manifest: str, unlisted: dict[str, str] | None = None,
@@ -78,7 +83,7 @@ def check_earlier_set(out: Path, shown: str | Path, manifest: str, unlisted: dic
             with open(p, "rb") as fh:
                 same = unlisted[p.name].encode() in fh.read(4096)
         else:
-            same = not isinstance(files, dict) or files.get(p.name) == input_checksum(p, every_file=True)
+            same = not isinstance(files, dict) or files.get(p.name) == entry_digest(p)
         if not same:
             raise OptionError(f"output folder '{shown}': {p.name} is not as tunesift wrote it (changed since, or "
                               f"put there by hand); {advice}")
