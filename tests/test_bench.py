@@ -95,11 +95,65 @@ def test_random_cells_differ_by_seed_and_full_uses_everything(data, tiny_dir, tm
     (["--budget", "1.5"], "budget fraction"),
     (["--metrics", "bleu"], "unknown metric"),
     (["--autocast", "fp8"], "autocast"),
+    (["--stage", "bogus"], "unknown stage 'bogus'"),
+    (["--budget", ","], "no budget given"),
+    (["--budget", "0.3,0.30"], "budget 0.3 is given twice"),
+    (["--methods", "random,full,random"], "method random is given twice"),
+    (["--train-limit", "0"], "train-limit must be a whole number of at least 1, got 0"),
+    (["--test-limit", "-3"], "test-limit must be a whole number of at least 1, got -3"),
+    (["--generate-limit", "0"], "the test set: generate-limit must be at least 1"),
+    (["--train-model", "no-such/model"], "cannot load model 'no-such/model' offline"),
+    (["--select-model", "no-such-model.gguf"], "model file 'no-such-model.gguf' not found"),
 ])
 def test_bad_bench_options(extra, message, data, tiny_dir, tmp_path, capsys):
     code, _, err = run(bench_args(data, tiny_dir, tmp_path / "b", *extra), capsys)
-    assert code == 2 and message in err and err.count("\n") == 1
-    assert not (tmp_path / "b" / "cells").exists() or not any((tmp_path / "b" / "cells").iterdir())
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "b").exists()  # refused before anything is written, bench.json included
+
+
+def test_a_likelihood_only_bench_may_generate_nothing(data, tiny_dir, tmp_path, capsys):
+    out = tmp_path / "b"
+    code, _, err = run(bench_args(data, tiny_dir, out, "--methods", "base", "--metrics", "loss",
+                                  "--generate-limit", "0"), capsys)
+    assert code == 0, err
+    cell = json.loads((out / "cells" / "base__ball__s0.json").read_text())
+    assert set(cell["metrics"]) == {"loss"}
+
+
+@pytest.mark.parametrize("case", ["foreign", "file", "input-inside", "inside-input", "damaged", "not-a-bench"])
+def test_the_bench_folder_is_checked_before_anything_is_written(case, data, tiny_dir, tmp_path, capsys):
+    out = tmp_path / "b"
+    extra = []
+    if case == "foreign":  # a folder of the user's own files: the bench would write among them
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        message = "holds files that are not a bench's (notes.txt; no bench.json)"
+    elif case == "file":
+        out.write_text("mine")
+        message = "exists and is not a folder"
+    elif case == "input-inside":  # a bench folder holding the pool: results.* could overwrite it
+        out.mkdir()
+        (out / "bench.json").write_text("{}")
+        (out / "pool.jsonl").write_text((data / "train.jsonl").read_text())
+        extra = ["--train", out / "pool.jsonl"]
+        message = "is inside the output folder"
+    elif case == "inside-input":
+        out = data / "bench-inside"
+        message = "is inside the input folder"
+        extra = ["--train", data]
+    elif case == "damaged":
+        out.mkdir()
+        (out / "bench.json").write_text('{"key": "ab", "con')
+        message = "bench.json: cannot read the bench's settings"
+    else:
+        out.mkdir()
+        (out / "bench.json").write_text("[1, 2]")
+        message = "bench.json: not a bench's settings"
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, _, err = run(bench_args(data, tiny_dir, out, "--methods", "random", *extra), capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written
+    assert not (data / "bench-inside").exists()
 
 
 def test_aggregate_mean_and_sample_std():
@@ -175,6 +229,10 @@ def test_finetune_and_evaluate_replace_only_their_own_unchanged_folders(data, ti
     (["evaluate", "--test", "DATA", "--metrics", "bleu"], "unknown metric"),
     (["evaluate", "--test", "DATA", "--adapter", "OUT"], "not a fine-tuned model folder"),
     (["evaluate", "--test", "DATA", "--limit", "0"], "limit must be at least 1"),
+    (["evaluate", "--test", "DATA", "--template", "bogus"], "unknown template 'bogus'"),
+    (["evaluate", "--test", "DATA", "--max-length", "0"], "max-length must be a whole number of at least 8"),
+    (["evaluate", "--test", "DATA", "--generate-limit", "0"], "generate-limit must be at least 1"),
+    (["finetune", "DATA", "--out", "OUT", "--template", "bogus"], "unknown template 'bogus'"),
 ])
 def test_bad_finetune_and_evaluate_options(args, message, data, tmp_path, capsys):
     args = [data / "train.jsonl" if a == "DATA" else tmp_path / "x" if a == "OUT" else a for a in args]

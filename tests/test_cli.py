@@ -173,12 +173,16 @@ def test_config_file_with_flag_override(demo, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("text,message", [("method: [unclosed\n", "invalid YAML"), ("nonsense: 1\n", "unknown option 'nonsense'"),
-                                          ("- a\n- b\n", "must be a mapping")])
+                                          ("- a\n- b\n", "must be a mapping"),
+                                          ("method: random\nnonsense: 1\n", "bad.yaml:2: unknown option"),
+                                          ("method: random\n\nseed: abc\n", "bad.yaml:3: option 'seed': "),
+                                          ("quiet: maybe\n", "bad.yaml:1: option 'quiet': "),
+                                          ("budget: [0.1, 0.2]\nlimit: 2.5\n", "bad.yaml:2: option 'limit': ")])
 def test_bad_config(text, message, tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
     code, _, err = run(["select", "--config", cfg], capsys)
-    assert code == 2 and message in err and "bad.yaml" in err
+    assert code == 2 and message in err and "bad.yaml" in err and err.count("\n") == 1, err
 
 
 @pytest.fixture(scope="module")

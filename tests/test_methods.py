@@ -72,6 +72,24 @@ def test_method_checks_its_stages_and_options():
         Options(method="delift", partitions=2).validate()
 
 
+def test_options_a_method_never_reads_are_named_not_silently_ignored(tmp_path, capsys):
+    def unread(method, **kw):
+        return get_method(method).unread(Options(method=method, **kw))
+
+    assert all(unread(m) == [] for m in method_names())  # the defaults are never reported
+    assert unread("random", eta=0.5, max_length=512, seed=3) == ["max_length", "eta"]
+    assert unread("donod", eta=0.5, seed=3) == ["seed"]  # DONOD is deterministic
+    assert unread("donod", seed=3, sample=10) == []  # ... but --sample draws with the seed
+    assert unread("delift-se", dtype="bfloat16", ann="hnsw", partitions=2, knn=5, cache_dir="c") == []
+    assert unread("delift-se", model="gemma3-270m", clip_negative=True) == ["model", "clip_negative"]
+    assert unread("delift", ann="hnsw", scale="separate", keep_diagonal=True) == []
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows({"a": 4})))
+    code = main([str(a) for a in ("select", path, "--method", "random", "--budget", "2", "--eta", "0.5",
+                                  "-o", tmp_path / "o", "-q")])
+    assert code == 0 and "random does not read --eta: it is ignored" in capsys.readouterr().err
+
+
 def test_cli_flags_take_help_and_defaults_from_the_options():
     import typer.main
 

@@ -217,3 +217,11 @@ def test_record_memo_is_bounded_and_exact(chat_tok, monkeypatch):
     monkeypatch.setattr(type(r.tokenizer), "__call__", lambda self, *a, **k: calls.append(a) or real(*a, **k))
     r.prompt_ids(recs[-1])  # still memoised: no tokenizer call for the prompt
     assert calls == []
+
+
+def test_an_unknown_template_is_refused_not_read_as_auto(plain_tok):
+    from tunesift.errors import OptionError
+    from tunesift.render import make_renderer
+
+    with pytest.raises(OptionError, match="unknown template 'chatml': use auto, chat, plain or paper"):
+        make_renderer(plain_tok, "chatml")

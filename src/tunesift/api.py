@@ -25,6 +25,7 @@ from pathlib import Path
 from . import pipeline
 from .errors import OptionError
 from .io.schema import FieldMap
+from .methods.catalogue import get_method
 from .methods.options import Options
 from .outputs import check_output_folder, check_save, save_selection
 from .progress import interactive, progress_bars
@@ -149,7 +150,9 @@ def select(
         options["cache_dir"] = os.fspath(cache_dir)
     if isinstance(weights, list):
         options["weights"] = tuple(weights)
-    Options(**options).validate()  # every check that needs no data, before anything is read
+    opt = Options(**options)
+    opt.validate()  # every check that needs no data, before anything is read
+    get_method(opt.method).warn_unread(opt)
     paths = [p for p in (data, target, existing) if isinstance(p, (str, os.PathLike))]
     check_save(out_format, report)
     if out is not None:

@@ -114,13 +114,37 @@ def selection_options(cfg: BenchConfig, name: str) -> dict:
             "method": entry.name, "stage": selection_stage(cfg, entry)}
 
 
+def _twice(values: list) -> str | None:
+    """The first value given more than once (as text), or None."""
+    seen = set()
+    for v in map(str, values):
+        if v in seen:
+            return v
+        seen.add(v)
+    return None
+
+
 def _check(cfg: BenchConfig) -> None:
+    """Every setting of the grid, before any file is written or model loaded (one-line OptionError)."""
+    from .evaluate import check_settings
     from .methods.options import Options
+    from .methods.registry import STAGES
 
     names = set(BENCH_METHODS) | {n for n, o in cfg.method_options.items() if "method" in o}
     bad = [m for m in cfg.methods if m not in names]
     if bad or not cfg.methods:
         raise OptionError(f"unknown bench method '{(bad or [''])[0]}': use any of {', '.join(BENCH_METHODS)}")
+    if cfg.stage not in STAGES:
+        raise OptionError(f"unknown stage '{cfg.stage}': use {', '.join(STAGES)}")
+    budgets = [parse_budget(b) for b in cfg.budgets]
+    if not budgets and any(m not in ("base", "full") for m in cfg.methods):
+        raise OptionError("no budget given: name at least one, e.g. --budget 0.1,0.3")
+    for what, values in (("method", cfg.methods), ("budget", budgets)):
+        if (dup := _twice(values)) is not None:  # the same cell would run twice
+            raise OptionError(f"{what} {dup} is given twice: name each {what} once")
+    for what, v in (("train-limit", cfg.train_limit), ("test-limit", cfg.test_limit)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise OptionError(f"{what} must be a whole number of at least 1, got {v!r}")
     for name in cfg.methods:
         if name not in ("base", "full"):  # every option of every selection, before any cell runs
             Options(**selection_options(cfg, name)).validate()
@@ -140,8 +164,11 @@ def _check(cfg: BenchConfig) -> None:
                                                                                           else 0)):
                 raise OptionError(f"{name}: {key} must be a whole number of at least "
                                   f"{1 if key == 'max_new_tokens' else 0}, got {v!r}")
-    for b in cfg.budgets:
-        parse_budget(b)
+        try:
+            check_settings(cfg.metrics, template=cfg.training.template, max_length=cfg.training.max_length,
+                           **{"max_new_tokens": cfg.max_new_tokens, "generate_limit": cfg.generate_limit, **gen})
+        except OptionError as exc:
+            raise OptionError(f"{name}: {exc}") from None
     if cfg.stage == "task" and not cfg.target:
         raise OptionError("bench --stage task needs --target")
     if cfg.stage == "continual" and not cfg.existing:
@@ -209,6 +236,52 @@ def pin_method_options(pinned: dict | None, cfg: BenchConfig, out: Path) -> dict
         if m in have and setting(have[m]) != setting(opts):
             raise OptionError(f"{out}: method {m!r} ran here with options {have[m]}, now {opts}; use another --out")
     return {**have, **mine}
+
+
+BENCH_FILE = "bench.json"
+
+
+def open_bench_folder(out_dir: str | Path, inputs: list[str | None]) -> dict | None:
+    """Check the bench folder before anything is written; return its pinned ``bench.json`` (None
+    for a new or empty folder).
+
+    A bench adds cells to its folder rather than replacing it, so the folder must be new, empty,
+    or an earlier bench's (it holds ``bench.json``): never a folder of other files (a data folder,
+    the current folder), never one holding an input or inside an input folder, and its
+    ``bench.json`` must be one a bench wrote. Any of these is a one-line OptionError."""
+    import os
+
+    from .outputs import check_apart, existing_parent
+    from .store import probe_write
+
+    if not str(out_dir).strip():
+        raise OptionError("--out is empty: name the bench folder")
+    try:
+        out = Path(os.path.realpath(out_dir))
+        if out.exists() and not out.is_dir():
+            raise OptionError(f"--out '{out_dir}' exists and is not a folder")
+        check_apart(out, out_dir, inputs, "where the bench writes its results")
+        names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        if names and BENCH_FILE not in names:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise OptionError(f"--out '{out_dir}' holds files that are not a bench's ({shown}; no {BENCH_FILE}): "
+                              "name a new or empty folder, or an earlier bench's folder to resume it")
+        probe_write(existing_parent(out))
+    except OSError as exc:
+        raise OptionError(f"--out '{out_dir}': {exc.strerror or exc}") from None
+    if not names:
+        return None
+    pinned = out / BENCH_FILE
+    try:
+        old = json.loads(pinned.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise OptionError(f"{Path(out_dir) / BENCH_FILE}: cannot read the bench's settings "
+                          f"({getattr(exc, 'strerror', None) or exc}); restore it or use another --out") from None
+    if not (isinstance(old, dict) and isinstance(old.get("key"), str) and isinstance(old.get("config"), dict)
+            and isinstance(old.get("method_options", {}), dict)):
+        raise OptionError(f"{Path(out_dir) / BENCH_FILE}: not a bench's settings (no key and config); "
+                          "restore it or use another --out")
+    return old
 
 
 def _limit(records, n: int | None):
@@ -367,13 +440,13 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
 def run_bench(cfg: BenchConfig, out: str | Path, *,
               progress: Callable[[str, int], Callable[[int], None]] | None = None) -> list[dict]:
     """Run every missing cell, then write the tables and plots. Returns the aggregated rows."""
-    from .evaluate import parse_metrics
     from .io.files import input_checksum
     from .io.records import read_records
+    from .models import check_model
     from .store import write_text
 
     _check(cfg)
-    parse_metrics(cfg.metrics)
+    old = open_bench_folder(out, [cfg.train, cfg.test, cfg.target, cfg.existing, *cfg.also_test.values()])
     out = Path(out)
     train = _limit(read_records(cfg.train), cfg.train_limit)
     test = _limit(read_records(cfg.test), cfg.test_limit)
@@ -384,15 +457,16 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
                                                   ("existing", cfg.existing)) if v}
     digests.update({f"also:{name}": input_checksum(path) for name, path in cfg.also_test.items()})
     key = _config_key(cfg, digests)
-    out.mkdir(parents=True, exist_ok=True)
-    pinned = out / "bench.json"
-    old = json.loads(pinned.read_text(encoding="utf-8")) if pinned.exists() else None
-    if old is not None and old.get("key") not in (key, _config_key(cfg, digests, legacy=True)):
+    if old is not None and old["key"] not in (key, _config_key(cfg, digests, legacy=True)):
         raise OptionError(f"{out} holds a bench run with other settings or inputs; use another --out")
     per_method = pin_method_options(old, cfg, out)
-    (out / "cells").mkdir(exist_ok=True)
-    pinned.write_text(json.dumps({"key": key, "config": asdict(cfg), "inputs": digests,
-                                  "method_options": per_method}, indent=2, default=str) + "\n", encoding="utf-8")
+    check_model(cfg.train_model)  # before bench.json is written: a model that cannot load fails here
+    if any(get_method(registry_name(cfg, m)).needs_lm for m in cfg.methods if m not in ("base", "full")):
+        check_model(cfg.select_model)
+    pinned = out / BENCH_FILE
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    write_text(pinned, json.dumps({"key": key, "config": asdict(cfg), "inputs": digests,
+                               "method_options": per_method}, indent=2, default=str) + "\n")
     todo = [c for c in grid_cells(cfg) if not (out / "cells" / f"{cell_name(*c)}.json").exists()]
     log.info("bench: %d cells, %d to run (%d train / %d test records)", len(grid_cells(cfg)), len(todo),
              len(train), len(test))

@@ -50,7 +50,9 @@ def _load_config(ctx: typer.Context, param, value: Path | None):
     import yaml
 
     try:
-        loaded = yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}
+        text = Path(value).read_text(encoding="utf-8")
+        loaded = yaml.safe_load(text) or {}
+        node = yaml.compose(text)  # the same document again, for each key's line
     except OSError as exc:
         raise TunesiftError(f"{value}: cannot read config: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
@@ -62,13 +64,21 @@ def _load_config(ctx: typer.Context, param, value: Path | None):
         raise TunesiftError(f"{value}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(loaded, dict):
         raise TunesiftError(f"{value}: config must be a mapping of option names to values")
-    known = {p.name for p in ctx.command.params}
+    lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) else {}
+    known = {p.name: p for p in ctx.command.params}
     config = {}
     for key, val in loaded.items():
         name = str(key).replace("-", "_")
+        where = f"{value}:{lines[str(key)]}" if str(key) in lines else str(value)
         if name not in known or name == "config":
-            raise TunesiftError(f"{value}: unknown option '{key}' (see tunesift {ctx.command.name} --help)")
-        config[name] = ",".join(map(str, val)) if isinstance(val, list) else val
+            raise TunesiftError(f"{where}: unknown option '{key}' (see tunesift {ctx.command.name} --help)")
+        val = ",".join(map(str, val)) if isinstance(val, list) else val
+        if val is not None and known[name].callback is None:  # its type check, here where the line is known
+            try:
+                known[name].process_value(ctx, val)
+            except typer.BadParameter as exc:
+                raise TunesiftError(f"{where}: option '{key}': {getattr(exc, 'message', None) or exc}") from None
+        config[name] = val
     ctx.default_map = {**(ctx.default_map or {}), **config}
     return value
 
@@ -206,6 +216,7 @@ def select(
 
         check_cache_dir(cache_dir or default_cache_dir())
     _setup_logging(quiet)
+    get_method(method).warn_unread(Options(**opts))
     with _progress(quiet) as prog:
         sel = run_select(str(data), target=str(target) if target else None,
                          existing=str(existing) if existing else None, fields=fields, progress=prog, **opts)
@@ -333,16 +344,23 @@ def evaluate(
     """Evaluate a (fine-tuned) model on held-out records: loss, perplexity, ROUGE-L, exact match, cosine."""
     import json
 
-    from .evaluate import EVAL_FILES, parse_metrics, save_evaluation, written_by_evaluate
+    from .evaluate import (
+        EVAL_FILES,
+        check_settings,
+        parse_metrics,
+        save_evaluation,
+        written_by_evaluate,
+    )
     from .evaluate import evaluate as run_evaluate
     from .io.records import read_records
     from .models import load_lm
     from .outputs import check_output_folder
 
     names = parse_metrics(metrics)
-    for name, v in (("max-new-tokens", max_new_tokens), ("generate-limit", generate_limit), ("limit", limit)):
-        if v is not None and v < 1:
-            raise TunesiftError(f"{name} must be at least 1, got {v}")
+    if limit is not None and limit < 1:
+        raise TunesiftError(f"limit must be at least 1, got {limit}")
+    check_settings(names, template=template, max_length=max_length, max_new_tokens=max_new_tokens,
+                   generate_limit=generate_limit)
     if out is not None:  # before any work: writable, and replaced only if an unchanged earlier evaluation
         check_output_folder(out, [test, adapter], own=EVAL_FILES, manifest="metrics.json", unlisted={},
                             ours=written_by_evaluate)

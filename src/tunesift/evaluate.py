@@ -98,6 +98,28 @@ def parse_metrics(text: str | Sequence[str] | None) -> list[str] | None:
     return names
 
 
+def check_settings(metrics: Sequence[str] | None, *, template: str = "auto", max_length: int = 2048,
+                   max_new_tokens: int = 128, generate_limit: int | None = None) -> None:
+    """Refuse, in one line and before any model loads, settings :func:`evaluate` cannot honour.
+
+    ``metrics``: the names (None: the defaults, which always generate). ``generate_limit`` 0
+    generates nothing, which only a set of likelihood metrics (loss, perplexity) allows."""
+    from .render import check_template
+
+    names = list(metrics) if metrics else ["loss", "perplexity", "rougeL", "cosine"]
+    parse_metrics(names)
+    check_template(template)
+    for what, v, least in (("max-length", max_length, 8), ("max-new-tokens", max_new_tokens, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise OptionError(f"{what} must be a whole number of at least {least}, got {v!r}")
+    gen_names = [m for m in names if m in _GENERATIVE]
+    if generate_limit is not None and (isinstance(generate_limit, bool) or not isinstance(generate_limit, int)
+                                       or generate_limit < 0 or (generate_limit == 0 and gen_names)):
+        raise OptionError(f"generate-limit must be at least 1 for {', '.join(gen_names) or 'generation'}, "
+                          f"got {generate_limit!r} (0 only with likelihood metrics, e.g. --metrics loss; "
+                          "none: every record)")
+
+
 @dataclass
 class Evaluation:
     """Set-level ``metrics`` and per-record arrays (n,) in ``per_record`` (NaN where a metric
@@ -219,11 +241,9 @@ def evaluate(
     from .scoring.nll import perplexity, response_nll
 
     names = list(metrics) if metrics else default_metrics(records)
-    parse_metrics(names)
+    check_settings(names, template=template, max_length=max_length, max_new_tokens=max_new_tokens,
+                   generate_limit=generate_limit)
     gen_names = [m for m in names if m in _GENERATIVE]
-    if generate_limit is not None and (generate_limit < 0 or (generate_limit == 0 and gen_names)):
-        raise OptionError(f"generate_limit must be at least 1 for {', '.join(gen_names) or 'generation'}, "
-                          f"got {generate_limit} (None: every record)")
     renderer = renderer or renderer_for(lm, template, max_length)
     n = len(records)
     per: dict[str, np.ndarray] = {}

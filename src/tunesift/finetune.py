@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OptionError, TunesiftError
+from .render import check_template
 
 TRAIN_META = "tunesift_train.json"
 
@@ -85,6 +86,7 @@ class TrainConfig:
             raise OptionError(f"seed must be an integer >= 0, got {self.seed}")
         if self.token_budget < 8:
             raise OptionError(f"token budget must be at least 8 tokens, got {self.token_budget}")
+        check_template(self.template)
 
 
 @dataclass

@@ -182,6 +182,24 @@ def model_folder(name: str) -> Path | str:
     return name  # a Hub id: loads only if it is already in the local Hugging Face cache
 
 
+def check_model(name: str) -> None:
+    """A one-line TunesiftError, before any output is written, when ``name`` cannot load offline:
+    not an alias, a model folder, a .gguf file or a Hub id whose files are in the local cache.
+    (An alias or .gguf is converted here once, which :func:`load_lm` would do anyway.)"""
+    where = model_folder(name)
+    if isinstance(where, Path):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        hit = try_to_load_from_cache(name, "config.json")
+    except Exception:  # not a valid repo id
+        hit = None
+    if not isinstance(hit, str):
+        raise TunesiftError(f"cannot load model '{name}' offline: it is not one of {', '.join(ALIASES)}, a model "
+                            "folder, a .gguf file or a Hub id in the local cache")
+
+
 def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load a causal LM and its tokenizer for scoring (eval mode, no grad).
 

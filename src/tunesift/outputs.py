@@ -73,7 +73,8 @@ def _probe(folder: Path, what: str) -> None:
         raise OptionError(f"cannot write in {what}: {exc.strerror or exc}") from None
 
 
-def _existing_parent(p: Path) -> Path:
+def existing_parent(p: Path) -> Path:
+    """``p`` or the nearest folder above it that exists (where a new folder would be created)."""
     parent = p
     while True:
         try:
@@ -103,7 +104,7 @@ def check_writable(out_dir: str | Path) -> Path:
     except OSError as exc:
         raise OptionError(f"output '{out_dir}': {exc.strerror or exc}") from None
     # the new set is staged in a folder beside ``out`` and swapped in: its parent is what must be writable
-    parent = _existing_parent(out.parent)
+    parent = existing_parent(out.parent)
     if not parent.is_dir():
         raise OptionError(f"output '{out_dir}': '{parent}' is not a folder")
     _probe(parent, f"'{parent}' (where output '{out_dir}' " + ("is replaced as a whole)" if out.exists()
@@ -113,6 +114,26 @@ def check_writable(out_dir: str | Path) -> Path:
 
 def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
+
+
+def check_apart(out: Path, out_dir: str | Path, inputs: list[str | Path | None], why: str) -> None:
+    """A one-line OptionError when an input lies inside the output folder ``out`` (resolved; shown
+    as ``out_dir``) or the output folder inside an input folder: writing the output must never touch
+    what the user gave. ``why``: what the command does to the folder, for the message."""
+    for given in inputs:
+        if given is None:
+            continue
+        try:
+            src = Path(os.path.realpath(given))
+            src_is_dir = src.is_dir()
+        except OSError as exc:
+            raise OptionError(f"input '{given}': {exc.strerror or exc}") from None
+        if _inside(src, out):
+            raise OptionError(f"input '{given}' is inside the output folder '{out_dir}', {why}: "
+                              "write the output to another folder")
+        if src_is_dir and _inside(out, src):
+            raise OptionError(f"output folder '{out_dir}' is inside the input folder '{given}': "
+                              "write the output elsewhere")
 
 
 def check_output_folder(out_dir: str | Path, inputs: list[str | Path] = (), own: frozenset[str] | None = OWN,
@@ -129,20 +150,7 @@ def check_output_folder(out_dir: str | Path, inputs: list[str | Path] = (), own:
     if _inside(cwd, out):
         raise OptionError(f"--out '{out_dir}' is the current folder (or a folder above it); the output "
                           "folder is replaced as a whole: name a new folder, e.g. --out out/")
-    for given in inputs:
-        if given is None:
-            continue
-        try:
-            src = Path(os.path.realpath(given))
-            src_is_dir = src.is_dir()
-        except OSError as exc:
-            raise OptionError(f"input '{given}': {exc.strerror or exc}") from None
-        if _inside(src, out):
-            raise OptionError(f"input '{given}' is inside the output folder '{out_dir}', which is replaced "
-                              "as a whole: write the selection to another folder")
-        if src_is_dir and _inside(out, src):
-            raise OptionError(f"output folder '{out_dir}' is inside the input folder '{given}': "
-                              "write the selection elsewhere")
+    check_apart(out, out_dir, inputs, "which is replaced as a whole")
     if out.is_dir():
         try:
             foreign = sorted(p.name for p in out.iterdir() if own is not None and p.name not in own)

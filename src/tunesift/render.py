@@ -49,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from .errors import TunesiftError
+from .errors import OptionError, TunesiftError
 
 PLAIN_HEADER = "### Instruction:\n"
 PLAIN_USER_END = "\n\n### Response:\n"
@@ -338,6 +338,8 @@ def fit_example(prefix: list[int], header: list[int], continuation_len: int, max
 # -- the DELIFT reference code's prompt format (--template paper) -------------------------------
 
 PAPER = "paper"
+#: Every value of ``--template``.
+TEMPLATES = ("auto", "chat", "plain", PAPER)
 PAPER_NO_EXAMPLE = "Instruction: Please generate a response to the following query.\n\n\nQuery: "
 PAPER_EXAMPLE = ("Instruction:\nUse the following example as a guide to answer the query in the same format "
                  "and style, providing a clear and concise response.\n\n\nExample:\n")
@@ -464,6 +466,13 @@ class PaperRenderer(Renderer):
         self._memo(("\x00cut", *texts), check)
 
 
+def check_template(template: str) -> None:
+    """A one-line OptionError unless ``template`` is one of :data:`TEMPLATES` (an unknown name must
+    not fall back to ``auto`` unnoticed)."""
+    if template not in TEMPLATES:
+        raise OptionError(f"unknown template '{template}': use {', '.join(TEMPLATES[:-1])} or {TEMPLATES[-1]}")
+
+
 def renderer_for(lm, template: str = "auto", max_length: int = 2048) -> Renderer:
     """The renderer every scorer of ``lm`` uses: its tokenizer, the template's turn format and the
     length limit (one place, so scorers, workers and fine-tuning render alike)."""
@@ -472,6 +481,7 @@ def renderer_for(lm, template: str = "auto", max_length: int = 2048) -> Renderer
 
 def make_renderer(tokenizer, template: str = "auto", max_length: int = 2048) -> Renderer:
     """:func:`renderer_for` from a tokenizer: ``auto`` | ``chat`` | ``plain`` | ``paper``."""
+    check_template(template)
     if template == PAPER:
         return PaperRenderer(tokenizer, paper_format(tokenizer), max_length=max_length)
     return Renderer(tokenizer, turn_format(tokenizer, template), max_length=max_length)

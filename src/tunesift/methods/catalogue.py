@@ -7,13 +7,12 @@ from .delift import donod_delift_pick, run_delift, run_delift_se
 from .less import run_less
 from .per_record import run_baseline, run_donod
 from .rds import run_rds
-from .registry import REGISTRY, Method, RankedHint, register
+from .registry import REGISTRY, STAGES, Method, RankedHint, register
 from .sampling import run_balanced_random, run_random
 
 LM = ("model", "device", "dtype", "template", "max_length", "token_budget")
 DONOD_OPTIONS = ("eta", "reduction", "weights")
 DELIFT_SETS = {"task": "target", "continual": "existing"}
-STAGES = ("instruction", "task", "continual")
 LOSS_WORDS = ("easiest", "easier", "hardest", "harder")
 
 register(Method(
@@ -26,21 +25,21 @@ register(Method(
 register(Method(
     "delift", "pairwise in-context utility kernel, then FL / FLMI / FLCG", run_delift, needs_lm=True,
     in_context=True, stages=STAGES, second_set=DELIFT_SETS, greedy=True,
-    options=("method", "budget", "seed", *LM, "stage", "distance", "knn", "utility", "label_fraction", "labels",
-             "clip_negative", "scale", "keep_diagonal", "mi_eta", "mi_form", "nu", "optimizer", "epsilon"),
+    options=("method", "budget", "seed", *LM, "stage", "distance", "knn", "ann", "utility", "label_fraction",
+             "labels", "clip_negative", "scale", "keep_diagonal", "mi_eta", "mi_form", "nu", "optimizer", "epsilon"),
     columns=("order", "gain", "helped_by", "helpfulness")))
 register(Method(
     "delift-se", "the DELIFT objectives on a sentence-embedding kernel", run_delift_se, stages=STAGES,
     second_set=DELIFT_SETS, greedy=True,
-    options=("method", "budget", "seed", "device", "stage", "knn", "mi_eta", "mi_form", "nu", "optimizer", "epsilon"),
+    options=("method", "budget", "seed", "device", "dtype", "stage", "knn", "ann", "partitions", "mi_eta", "mi_form",
+             "nu", "optimizer", "epsilon"),
     columns=("order", "gain")))
 register(Method(
     "donod+delift", "DONOD cuts the worst records, DELIFT selects from the rest", donod_delift_pick, needs_lm=True,
     stages=STAGES, second_set=DELIFT_SETS, block_kind="donod", in_context=True, greedy=True,
-    options=("method", "budget", "seed", *LM, "prefilter", *DONOD_OPTIONS, "stage", "distance", "knn",
+    options=("method", "budget", "seed", *LM, "prefilter", *DONOD_OPTIONS, "stage", "distance", "knn", "ann",
              "utility", "label_fraction", "labels", "clip_negative", "scale", "keep_diagonal", "mi_eta", "mi_form", "nu",
-             "optimizer",
-             "epsilon"),
+             "optimizer", "epsilon"),
     columns=("don", "nod", "closeness", "n_tokens", "prefiltered", "order", "gain", "helped_by", "helpfulness")))
 
 

@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import OptionError
+from ..render import TEMPLATES
 from ..scoring.donod import REDUCTIONS
 from ..scoring.embedding import ANN_METHODS
+from .registry import STAGES
 
 Check = Callable[[Any], "str | None"]  # the error message, or None when the value is fine
 
-STAGES = ("instruction", "task", "continual")
 DISTANCES = ("rmse", "pmi")
 
 
@@ -102,7 +103,7 @@ class Options:
                                   "auto, float32, bfloat16 or float16"))
     template: str = opt("auto", "auto | chat | plain | paper (the DELIFT reference code's prompt format): how "
                         "records are rendered for the model.", group="model",
-                        check=one_of("template", ("auto", "chat", "plain", "paper"), "auto, chat, plain or paper"))
+                        check=one_of("template", TEMPLATES, "auto, chat, plain or paper"))
     max_length: int = opt(2048, "Longest scored sequence in tokens; prompts/examples are cut, responses never.",
                           group="model", check=at_least("max-length", 8, " tokens"))
     token_budget: int = opt(0, "Padded tokens per forward batch; 0: sized to the device's free memory (4096 on a "

@@ -10,12 +10,22 @@ bench reads ``needs_lm``. Adding a method is one entry here and its run function
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import OptionError
+
+#: The DELIFT settings a method may select in (``--stage``).
+STAGES = ("instruction", "task", "continual")
+#: Options the pipeline reads for every method: which records, the method, how scoring runs and
+#: where its scores are cached (harmless to a method that caches nothing).
+COMMON_OPTIONS = ("method", "budget", "limit", "sample", "on_error", "cache_dir", "backend", "ray_address",
+                  "ray_workers", "ray_gpus")
+
+log = logging.getLogger("tunesift")
 
 Progress = Callable[[str, int], Callable[[int], None]]
 
@@ -104,6 +114,23 @@ class Method:
             raise OptionError("--by is read only by --method balanced-random")
         if opt.within is not None and "within" not in self.options:
             raise OptionError("--within is read only by --method random")
+
+    def unread(self, opt) -> list[str]:
+        """The options of ``opt`` (an :class:`~tunesift.methods.options.Options`) set away from their
+        defaults that this method never reads, in declaration order: a user who gives ``--eta`` to
+        ``random`` should hear that it changed nothing. ``seed`` counts as read when ``--sample``
+        draws a seeded subsample."""
+        from dataclasses import fields
+
+        read = {*self.options, *COMMON_OPTIONS, *(("seed",) if opt.sample else ())}
+        return [f.name for f in fields(opt) if f.name not in read and getattr(opt, f.name) != f.default]
+
+    def warn_unread(self, opt) -> None:
+        """Log one warning naming the options :meth:`unread` finds (as flags), if any."""
+        names = self.unread(opt)
+        if names:
+            flags = ", ".join("--" + n.replace("_", "-") for n in names)
+            log.warning("%s does not read %s: %s ignored", self.name, flags, "it is" if len(names) == 1 else "they are")
 
     def uses(self, stage: str) -> str | None:
         """The second set (``target`` / ``existing``) this method reads at ``stage``, or None."""
