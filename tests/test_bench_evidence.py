@@ -20,9 +20,10 @@ from tunesift.bench_tables import (
     curve_limits,
     markdown_table,
 )
-from tunesift.errors import OptionError
+from tunesift.errors import OptionError, TunesiftError
 from tunesift.finetune import TrainConfig
 from tunesift.methods.catalogue import get_method
+from tunesift.store import umask
 
 
 def cell(method, budget, seed, metrics, *, n=3, select_s=1.0, train_s=2.0):
@@ -180,6 +181,8 @@ def test_each_method_selects_in_a_stage_it_has():
     ({"methods": ["random"], "also_test": {"g": "g.jsonl"}, "also_generation": {"g": {"generate_limit": -1}}},
      "generate_limit must be a whole number"),
     ({"methods": ["random"], "generate_limit": -5}, "the test set: generate_limit must be"),
+    ({"methods": ["donod+delift", "donod-plus-delift"], "method_options": {"donod-plus-delift": {"method": "donod"}}},
+     "methods donod\\+delift and donod-plus-delift would share one cell file"),
 ])
 def test_bad_grids_fail_before_any_cell(kw, message):
     with pytest.raises(OptionError, match=message):
@@ -280,6 +283,32 @@ def test_sequential_continual_trains_on_the_existing_data_first(files, tiny_dir,
     mtime = (stage1 / "tunesift_train.json").stat().st_mtime_ns
     bm.run_bench(cfg, out)
     assert (stage1 / "tunesift_train.json").stat().st_mtime_ns == mtime
+
+
+def test_checks_that_need_the_records_or_a_model_run_before_bench_json(files, tiny_dir, tmp_path, monkeypatch):
+    """A further set is checked with the metrics it is evaluated on (exact_match is dropped where
+    its answers are not numbers), and every model a cell to run will load is checked, a variant's
+    own included; nothing is written before both pass, and a finished bench loads none."""
+    cfg = BenchConfig(train=str(files["train"]), test=str(files["test"]), methods=["base"], seeds=1,
+                      also_test={"old": str(files["old"])}, train_model=str(tiny_dir), metrics=["loss", "exact_match"],
+                      also_generation={"old": {"generate_limit": 0}}, generate_limit=2, max_new_tokens=4)
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / ".gitkeep").write_text("")  # a hidden file does not make the folder someone else's
+    bm.run_bench(cfg, out)  # "old" is not math: loss only, so generating nothing there is allowed
+    cell = json.loads((out / "cells" / "base__ball__s0.json").read_text())
+    assert set(cell["metrics"]) == {"loss", "exact_match", "loss@old"}
+    cfg.methods, cfg.method_options = ["base", "ifd-x"], {"ifd-x": {"method": "ifd", "model": "no-such/model"}}
+    cfg.budgets = [4]
+    before = (out / "bench.json").read_text()
+    with pytest.raises(TunesiftError, match="cannot load model 'no-such/model' offline"):
+        bm.run_bench(cfg, out)
+    assert (out / "bench.json").read_text() == before and sorted(p.name for p in (out / "cells").iterdir()) == \
+        ["base__ball__s0.json"]
+    monkeypatch.setattr("tunesift.models.check_model", lambda name: (_ for _ in ()).throw(AssertionError(name)))
+    cfg.methods, cfg.method_options = ["base"], {}
+    bm.run_bench(cfg, out)  # nothing to run: no model is checked (or converted)
+    assert oct((out / "bench.json").stat().st_mode & 0o777) == oct(0o666 & ~umask())  # as a plain write
 
 
 def load_evidence():

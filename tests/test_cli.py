@@ -177,7 +177,10 @@ def test_config_file_with_flag_override(demo, tmp_path, capsys):
                                           ("method: random\nnonsense: 1\n", "bad.yaml:2: unknown option"),
                                           ("method: random\n\nseed: abc\n", "bad.yaml:3: option 'seed': "),
                                           ("quiet: maybe\n", "bad.yaml:1: option 'quiet': "),
-                                          ("budget: [0.1, 0.2]\nlimit: 2.5\n", "bad.yaml:2: option 'limit': ")])
+                                          ("budget: [0.1, 0.2]\nlimit: 2.5\n", "bad.yaml:2: option 'limit': "),
+                                          ("method: random\nlimit: true\n",  # typer would read it as 1
+                                           "bad.yaml:2: option 'limit': expected a value, got the boolean true"),
+                                          ("yes: 1\n", "bad.yaml:1: unknown option 'yes'")])
 def test_bad_config(text, message, tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)

@@ -126,7 +126,6 @@ def _twice(values: list) -> str | None:
 
 def _check(cfg: BenchConfig) -> None:
     """Every setting of the grid, before any file is written or model loaded (one-line OptionError)."""
-    from .evaluate import check_settings
     from .methods.options import Options
     from .methods.registry import STAGES
 
@@ -139,9 +138,15 @@ def _check(cfg: BenchConfig) -> None:
     budgets = [parse_budget(b) for b in cfg.budgets]
     if not budgets and any(m not in ("base", "full") for m in cfg.methods):
         raise OptionError("no budget given: name at least one, e.g. --budget 0.1,0.3")
-    for what, values in (("method", cfg.methods), ("budget", budgets)):
-        if (dup := _twice(values)) is not None:  # the same cell would run twice
-            raise OptionError(f"{what} {dup} is given twice: name each {what} once")
+    # the same cell file would serve twice: compare names as cell files spell them
+    for what, values, as_file in (("method", cfg.methods, lambda m: cell_name(m, 0, 0)),
+                                  ("budget", budgets, str)):
+        files = [as_file(v) for v in values]
+        if (dup := _twice(files)) is not None:
+            first, second = [v for v, f in zip(values, files) if f == dup][:2]
+            same = f"{what} {first} is given twice" if str(first) == str(second) else \
+                f"{what}s {first} and {second} would share one cell file"
+            raise OptionError(f"{same}: name each {what} once")
     for what, v in (("train-limit", cfg.train_limit), ("test-limit", cfg.test_limit)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise OptionError(f"{what} must be a whole number of at least 1, got {v!r}")
@@ -164,16 +169,31 @@ def _check(cfg: BenchConfig) -> None:
                                                                                           else 0)):
                 raise OptionError(f"{name}: {key} must be a whole number of at least "
                                   f"{1 if key == 'max_new_tokens' else 0}, got {v!r}")
-        try:
-            check_settings(cfg.metrics, template=cfg.training.template, max_length=cfg.training.max_length,
-                           **{"max_new_tokens": cfg.max_new_tokens, "generate_limit": cfg.generate_limit, **gen})
-        except OptionError as exc:
-            raise OptionError(f"{name}: {exc}") from None
+    check_generation(cfg, "the test set", cfg.metrics)  # a further set's once its records are read
     if cfg.stage == "task" and not cfg.target:
         raise OptionError("bench --stage task needs --target")
     if cfg.stage == "continual" and not cfg.existing:
         raise OptionError("bench --stage continual needs --existing")
     cfg.training.validate()
+
+
+def generation(cfg: BenchConfig, name: str) -> dict:
+    """``max_new_tokens`` and ``generate_limit`` of a held-out set: the test set's, or a further
+    set's own (``also_generation``) over them."""
+    return {"max_new_tokens": cfg.max_new_tokens, "generate_limit": cfg.generate_limit,
+            **cfg.also_generation.get(name, {})}
+
+
+def check_generation(cfg: BenchConfig, name: str, metrics: list[str] | None) -> None:
+    """:func:`tunesift.evaluate.check_settings` for one held-out set with the metrics it is evaluated
+    on (a further set's: :func:`also_metrics`), its message prefixed with the set's name."""
+    from .evaluate import check_settings
+
+    try:
+        check_settings(metrics, template=cfg.training.template, max_length=cfg.training.max_length,
+                       **generation(cfg, name))
+    except OptionError as exc:
+        raise OptionError(f"{name}: {exc}") from None
 
 
 def cell_name(method: str, budget, seed: int) -> str:
@@ -261,7 +281,8 @@ def open_bench_folder(out_dir: str | Path, inputs: list[str | None]) -> dict | N
         if out.exists() and not out.is_dir():
             raise OptionError(f"--out '{out_dir}' exists and is not a folder")
         check_apart(out, out_dir, inputs, "where the bench writes its results")
-        names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        # hidden files (.gitkeep, .DS_Store) do not make a folder someone else's
+        names = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
         if names and BENCH_FILE not in names:
             shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
             raise OptionError(f"--out '{out_dir}' holds files that are not a bench's ({shown}; no {BENCH_FILE}): "
@@ -429,8 +450,7 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
     info["metrics"] = dict(ev.metrics)
     info["generations"] = [{"id": r.id, "prediction": g} for r, g in zip(data["test"], ev.generations) if g is not None]
     for name, records in (data.get("also") or {}).items():  # further held-out sets: "<metric>@<name>"
-        more = evaluate(lm, records, **{**kw, **cfg.also_generation.get(name, {}),
-                                        "metrics": also_metrics(cfg.metrics, records)})
+        more = evaluate(lm, records, **{**kw, **generation(cfg, name), "metrics": also_metrics(cfg.metrics, records)})
         info["metrics"].update({f"{m}@{name}": v for m, v in more.metrics.items()})
     info["eval_s"] = round(time.perf_counter() - t2, 3)
     info["total_s"] = round(time.perf_counter() - t0, 3)
@@ -460,14 +480,20 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
     if old is not None and old["key"] not in (key, _config_key(cfg, digests, legacy=True)):
         raise OptionError(f"{out} holds a bench run with other settings or inputs; use another --out")
     per_method = pin_method_options(old, cfg, out)
-    check_model(cfg.train_model)  # before bench.json is written: a model that cannot load fails here
-    if any(get_method(registry_name(cfg, m)).needs_lm for m in cfg.methods if m not in ("base", "full")):
-        check_model(cfg.select_model)
-    pinned = out / BENCH_FILE
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    write_text(pinned, json.dumps({"key": key, "config": asdict(cfg), "inputs": digests,
-                               "method_options": per_method}, indent=2, default=str) + "\n")
+    for name, records in also.items():
+        check_generation(cfg, name, also_metrics(cfg.metrics, records))
     todo = [c for c in grid_cells(cfg) if not (out / "cells" / f"{cell_name(*c)}.json").exists()]
+    # before bench.json is written, a model that cannot load fails here (one a cell to run will load)
+    models = {cfg.train_model} if todo else set()
+    models |= {selection_options(cfg, m)["model"] for m, _, _ in todo
+               if m not in ("base", "full") and get_method(registry_name(cfg, m)).needs_lm}
+    for model in sorted(models):
+        check_model(model)
+    pinned = out / BENCH_FILE
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(pinned, json.dumps({"key": key, "config": asdict(cfg), "inputs": digests,
+                                   "method_options": per_method}, indent=2, default=str) + "\n")
+    (out / "cells").mkdir(exist_ok=True)  # after bench.json: a folder with cells/ is always a bench's
     log.info("bench: %d cells, %d to run (%d train / %d test records)", len(grid_cells(cfg)), len(todo),
              len(train), len(test))
     data = {"train": train, "test": test, "target": target, "existing": existing, "also": also}

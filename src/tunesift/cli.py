@@ -64,20 +64,28 @@ def _load_config(ctx: typer.Context, param, value: Path | None):
         raise TunesiftError(f"{value}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(loaded, dict):
         raise TunesiftError(f"{value}: config must be a mapping of option names to values")
-    lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) else {}
+    # each key as written and its line (a YAML 1.1 key like "yes" loads as True: name it as written)
+    written = {}
+    if isinstance(node, yaml.MappingNode):
+        keys = yaml.SafeLoader("")
+        written = {keys.construct_object(k): (k.value, k.start_mark.line + 1) for k, _ in node.value
+                   if isinstance(k, yaml.ScalarNode)}
     known = {p.name: p for p in ctx.command.params}
     config = {}
     for key, val in loaded.items():
-        name = str(key).replace("-", "_")
-        where = f"{value}:{lines[str(key)]}" if str(key) in lines else str(value)
+        shown, line = written.get(key, (str(key), None))
+        name = str(shown).replace("-", "_")
+        where = f"{value}:{line}" if line else str(value)
         if name not in known or name == "config":
-            raise TunesiftError(f"{where}: unknown option '{key}' (see tunesift {ctx.command.name} --help)")
+            raise TunesiftError(f"{where}: unknown option '{shown}' (see tunesift {ctx.command.name} --help)")
         val = ",".join(map(str, val)) if isinstance(val, list) else val
+        if isinstance(val, bool) and not getattr(known[name], "is_flag", False):  # typer would read it as 1 or 0
+            raise TunesiftError(f"{where}: option '{shown}': expected a value, got the boolean {str(val).lower()}")
         if val is not None and known[name].callback is None:  # its type check, here where the line is known
             try:
                 known[name].process_value(ctx, val)
             except typer.BadParameter as exc:
-                raise TunesiftError(f"{where}: option '{key}': {getattr(exc, 'message', None) or exc}") from None
+                raise TunesiftError(f"{where}: option '{shown}': {getattr(exc, 'message', None) or exc}") from None
         config[name] = val
     ctx.default_map = {**(ctx.default_map or {}), **config}
     return value

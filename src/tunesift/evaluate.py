@@ -113,11 +113,13 @@ def check_settings(metrics: Sequence[str] | None, *, template: str = "auto", max
         if isinstance(v, bool) or not isinstance(v, int) or v < least:
             raise OptionError(f"{what} must be a whole number of at least {least}, got {v!r}")
     gen_names = [m for m in names if m in _GENERATIVE]
-    if generate_limit is not None and (isinstance(generate_limit, bool) or not isinstance(generate_limit, int)
-                                       or generate_limit < 0 or (generate_limit == 0 and gen_names)):
-        raise OptionError(f"generate-limit must be at least 1 for {', '.join(gen_names) or 'generation'}, "
-                          f"got {generate_limit!r} (0 only with likelihood metrics, e.g. --metrics loss; "
-                          "none: every record)")
+    if generate_limit is None:  # every record
+        return
+    if isinstance(generate_limit, bool) or not isinstance(generate_limit, int) or generate_limit < 0:
+        raise OptionError(f"generate-limit must be a whole number of at least 0, got {generate_limit!r}")
+    if generate_limit == 0 and gen_names:
+        raise OptionError(f"generate-limit must be at least 1 for {', '.join(gen_names)}, got 0 (0 generates "
+                          "nothing, which only likelihood metrics allow, e.g. --metrics loss,perplexity)")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .errors import OptionError, TunesiftError
 from .io.files import input_checksum
+from .store import umask
 
 
 def exchange(a: Path, b: Path) -> bool:
@@ -87,12 +88,6 @@ def check_earlier_set(out: Path, shown: str | Path, manifest: str, unlisted: dic
         if not same:
             raise OptionError(f"output folder '{shown}': {p.name} is not as tunesift wrote it (changed since, or "
                               f"put there by hand); {advice}")
-
-
-def umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def staging_folder(out: Path) -> Path:

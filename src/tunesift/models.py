@@ -184,13 +184,16 @@ def model_folder(name: str) -> Path | str:
 
 def check_model(name: str) -> None:
     """A one-line TunesiftError, before any output is written, when ``name`` cannot load offline:
-    not an alias, a model folder, a .gguf file or a Hub id whose files are in the local cache.
+    not an alias, a model folder, a .gguf file or a Hub id whose files are in the local cache
+    (with ``HF_HUB_OFFLINE=0`` a Hub id passes: :func:`load_lm` may download it).
     (An alias or .gguf is converted here once, which :func:`load_lm` would do anyway.)"""
     where = model_folder(name)
     if isinstance(where, Path):
         return
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import constants, try_to_load_from_cache
 
+    if not constants.HF_HUB_OFFLINE:  # the user allowed downloads: load_lm may fetch it
+        return
     try:
         hit = try_to_load_from_cache(name, "config.json")
     except Exception:  # not a valid repo id

@@ -18,6 +18,7 @@ where the folder should be, no permission, a full disk, a folder where a block s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -47,12 +48,26 @@ def content_key(*parts: object) -> str:
     return h.hexdigest()[:24]
 
 
+def umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@functools.cache
+def _file_mode() -> int:  # read once: umask() briefly sets the mask to 0, which other threads would see
+    return 0o666 & ~umask()
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+    The file gets the permissions a plain write would (0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    os.fchmod(fd, _file_mode())
     os.close(fd)
     try:
         yield Path(tmp)
