@@ -47,7 +47,7 @@ from collections import Counter
 from pathlib import Path
 
 from tunesift.bench import BenchConfig, cell_name, grid_cells, load_cells, run_bench
-from tunesift.bench_tables import aggregate, verdict_lines, write_results
+from tunesift.bench_tables import aggregate, family_lines, verdict_lines, write_results
 from tunesift.finetune import TrainConfig
 from tunesift.machine import banner
 
@@ -298,7 +298,7 @@ def summary(a) -> None:
             continue
         write_results(root / exp, rows, cfg)
         parts.append(f"## {exp}\n\nFull table: `{root / exp / 'results.md'}`.\n\nBeyond the seed spread:\n\n"
-                     + "\n".join(verdict_lines(rows)) + "\n")
+                     + "\n".join(verdict_lines(rows) + family_lines(rows)) + "\n")
         parts.append("| method | budget | select s | train s | select / train | (select + train) / full train |\n"
                      "|---|---|---|---|---|---|\n" + "".join(
                          f"| {r['method']} | {r['budget']} | {r['select_s']:.1f} | {r['train_s']:.1f} | "

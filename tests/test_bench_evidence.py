@@ -285,6 +285,25 @@ def test_sequential_continual_trains_on_the_existing_data_first(files, tiny_dir,
     assert (stage1 / "tunesift_train.json").stat().st_mtime_ns == mtime
 
 
+def test_holm_keeps_the_family_wise_error_and_names_what_survives():
+    from tunesift.bench_tables import family_lines, holm
+
+    np.testing.assert_allclose(holm(np.array([0.04, 0.01, 0.03, 0.5])), [0.09, 0.04, 0.09, 0.5])
+    np.testing.assert_allclose(holm(np.array([0.2])), [0.2])
+    rng = np.random.default_rng(0)  # under the null, any adjusted p < 0.05 in at most ~5% of families
+    families = rng.uniform(size=(4000, 12))
+    assert np.mean([holm(f).min() < 0.05 for f in families]) < 0.055
+    row = {"method": "m", "budget": 0.3, "paired_seeds": 3, "loss": 1.0, "loss_vs_random": -0.2,
+           "loss_vs_random_se": 0.01, "loss_vs_random_p": 0.004, "rougeL": 0.2, "rougeL_vs_random": 0.01,
+           "rougeL_vs_random_se": 0.004, "rougeL_vs_random_p": 0.12}
+    two = {**row, "paired_seeds": 2, "method": "early"}
+    (line,) = family_lines([row, two, {"method": "random", "budget": 0.3, "loss": 1.2}])
+    assert "Holm over the 2 paired comparisons" in line and "1 stay below 0.05: m @ 0.3 loss (adjusted p 0.008)" in line
+    (line,) = family_lines([{**row, "loss_vs_random_p": 0.04}])
+    assert "none stays below 0.05" in line
+    assert family_lines([two]) == []
+
+
 def test_checks_that_need_the_records_or_a_model_run_before_bench_json(files, tiny_dir, tmp_path, monkeypatch):
     """A further set is checked with the metrics it is evaluated on (exact_match is dropped where
     its answers are not numbers), and every model a cell to run will load is checked, a variant's

@@ -205,6 +205,36 @@ def verdict_lines(rows: list[dict]) -> list[str]:
     return beyond_noise_lines(rows) + no_verdict_lines(rows) or ["none"]
 
 
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment of m p-values (m,) -> (m,): with p sorted ascending,
+    ``adj_(j) = max_{i <= j} min(1, (m - i) p_(i))`` (i, j from 0), returned in the input order. An
+    adjusted p below alpha keeps the chance of any false mark over the family at most alpha."""
+    p = np.asarray(p, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    adj = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adj
+    return out
+
+
+def family_lines(rows: list[dict], alpha: float = 0.05) -> list[str]:
+    """One line on how the marks hold up as a family: every paired comparison with random that has
+    :data:`MIN_MARK_SEEDS` seeds and a finite p (selector rows x budgets x metrics), Holm-adjusted
+    (:func:`holm`), and the ones still below ``alpha``. Conservative where metrics move together
+    (loss and perplexity are one measurement). Empty when there is nothing to compare."""
+    tests = [(r, m, r[f"{m}_vs_random_p"]) for r in rows if r["method"] not in REFERENCES
+             and r.get("paired_seeds", 0) >= MIN_MARK_SEEDS for m in _metric_names([r])
+             if np.isfinite(r.get(f"{m}_vs_random_p", float("nan")))]
+    if not tests:
+        return []
+    adj = holm(np.array([p for _, _, p in tests]))
+    firm = [f"{r['method']} @ {r['budget']} {m} (adjusted p {_p(a)})" for (r, m, _), a in zip(tests, adj) if a < alpha]
+    head = f"- as a family (Holm over the {len(tests)} paired comparisons with {MIN_MARK_SEEDS}+ seeds, all metrics): "
+    return [head + (f"{len(firm)} stay below {alpha}: " + ", ".join(firm) if firm
+                    else f"none stays below {alpha}; read each mark as suggestive")]
+
+
 def _ratio(v: float) -> str:
     return "" if not np.isfinite(v) else f"{v:.2f}" if v >= 0.01 else "< 0.01"
 
@@ -264,7 +294,8 @@ def write_results(out: Path, rows: list[dict], cfg) -> None:
     selectors = any(r["method"] not in REFERENCES for r in rows)
     verdict = ("\n## Beyond the seed spread (paired differences from random > 2 SE)\n\n"
                + ("\n".join(lines) if lines != ["none"] else "None: every difference from random is within two "
-                  "standard errors of the paired seed differences.") + "\n") if selectors else ""
+                  "standard errors of the paired seed differences.") + "\n"
+               + "".join(line + "\n" for line in family_lines(rows))) if selectors else ""
     full = [r for r in rows if r["method"] == "full"]
     cost = (f"\nFine-tuning on the whole pool took {full[0]['train_s']:.1f} s; `total_vs_full` in results.json is "
             "(select + train) / that.\n") if full else ""
