@@ -111,7 +111,8 @@ BAD = [
     (["--method", "delift", "--stage", "nope"], "unknown stage 'nope'"),
     (["--method", "delift", "--stage", "task"], "needs a target set"),
     (["--method", "delift", "--stage", "continual"], "needs the existing data"),
-    (["--method", "donod", "--model", "/nonexistent/model"], "cannot load model"),
+    (["--method", "donod", "--model", "/nonexistent/model"], "model folder '/nonexistent/model' not found"),
+    (["--method", "donod", "--model", "no-such-org/no-such-model"], "cannot load model"),
     (["--method", "donod", "--eta", "-1"], "eta must be a positive number"),
     (["--weights", "a,b"], "weights must be two numbers"),
     (["--template", "fancy"], "unknown template 'fancy'"),
@@ -160,6 +161,19 @@ def test_demo_data_command(tmp_path, capsys):
     assert run(["demo-data", path, "--n", "30", "--corrupt", "0.1"], capsys)[0] == 0
     rows = [json.loads(line) for line in open(path)]
     assert len(rows) == 30 and sum(r["meta"]["corrupted"] for r in rows) == 3
+
+
+def test_demo_data_never_writes_over_a_file(tmp_path, capsys):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    code, _, err = run(["demo-data", mine, "--n", "10"], capsys)
+    assert code == 2 and "exists: demo-data writes a new file" in err and mine.read_text() == "mine"
+    code, _, err = run(["demo-data", mine / "x.jsonl", "--n", "10"], capsys)
+    assert code == 2 and "is not a folder" in err
+    code, _, err = run(["demo-data", tmp_path / "d.jsonl", "--seed", "-1"], capsys)
+    assert code == 2 and "seed must be an integer >= 0" in err and not (tmp_path / "d.jsonl").exists()
+    assert run(["demo-data", mine, "--n", "10", "--force"], capsys)[0] == 0
+    assert len(mine.read_text().splitlines()) == 10
 
 
 def test_config_file_with_flag_override(demo, tmp_path, capsys):

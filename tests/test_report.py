@@ -475,12 +475,51 @@ def test_input_missing(nasty, tmp_path):
         render_report(moved, by="meta.family", data=data)
 
 
+def _edit_manifest(out, change):
+    m = json.loads((out / "manifest.json").read_text())
+    change(m)
+    (out / "manifest.json").write_text(json.dumps(m))
+
+
+def _older(out):  # an output from before the manifest listed checksums: its files are not checked
+    _edit_manifest(out, lambda m: m.pop("files"))
+
+
+def _scores(out, **columns):
+    """Replace scores.parquet columns (an older output, so the checksum does not stop it first)."""
+    import pyarrow as pa
+
+    t = pq.read_table(out / "scores.parquet")
+    for name, values in columns.items():
+        t = t.set_column(t.column_names.index(name), name, pa.array(values))
+    pq.write_table(t, out / "scores.parquet")
+    _older(out)
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda o: shutil.rmtree(o), r"no such output folder"),
+    (lambda o: (shutil.rmtree(o), o.write_text("x")), r"out: not a folder"),
     (lambda o: (o / "manifest.json").unlink(), r"manifest.json: missing"),
-    (lambda o: (o / "scores.parquet").write_bytes(b"not parquet"), r"scores.parquet: cannot read scores"),
+    (lambda o: ((o / "manifest.json").unlink(), (o / "manifest.json").mkdir()), r"manifest.json: a folder"),
+    (lambda o: (o / "scores.parquet").write_bytes(b"not parquet"), r"scores.parquet: changed since tunesift select"),
+    (lambda o: ((o / "scores.parquet").write_bytes(b"not parquet"), _older(o)), r"scores.parquet: cannot read"),
     (lambda o: (o / "manifest.json").write_text("{"), r"manifest.json:1: invalid JSON"),
-    (lambda o: (o / "selected.jsonl").write_text("{}\n"), r"selected.jsonl: 1 rows, but scores.parquet marks 6"),
+    (lambda o: (o / "selected.jsonl").write_text("{}\n"), r"selected.jsonl: changed since tunesift select"),
+    (lambda o: ((o / "selected.jsonl").write_text("{}\n"), _older(o)),
+     r"selected.jsonl: 1 rows, but scores.parquet marks 6"),
+    (lambda o: (o / "manifest.json").write_text('{"method": "random"}'), r"manifest.json: not a tunesift manifest"),
+    (lambda o: _edit_manifest(o, lambda m: m.update(counts=[1])), r"field 'counts' must be a JSON object, got list"),
+    (lambda o: _edit_manifest(o, lambda m: m.update(inputs="x")), r"field 'inputs' must be a JSON object"),
+    (lambda o: _edit_manifest(o, lambda m: m["inputs"].update(data="x")), r"field 'inputs.data' must be"),
+    (lambda o: _edit_manifest(o, lambda m: m["inputs"]["data"].update(path=5)), r"'inputs.data.path' must be a str"),
+    (lambda o: _edit_manifest(o, lambda m: m.update(method=["random"])), r"field 'method': unknown method"),
+    (lambda o: _edit_manifest(o, lambda m: m.update(options=[])), r"field 'options' must be a JSON object"),
+    (lambda o: _edit_manifest(o, lambda m: m.update(versions=[])), r"field 'versions' must be a JSON object"),
+    (lambda o: _scores(o, rank=[str(i) for i in range(12)]), r"column 'rank' must hold numbers, got string"),
+    (lambda o: _scores(o, rank=[None] * 12), r"column 'rank' is null in row 0 .*a (kept|scored) record"),
+    (lambda o: _scores(o, id=["a"] * 12), r"column 'id' repeats 'a' \(row 1\)"),
+    (lambda o: _scores(o, id=[None] + [str(i) for i in range(11)]), r"column 'id' is null in row 0"),
+    (lambda o: _scores(o, kept=[1] * 6 + [0] * 6), r"column 'kept' must be true or false"),
 ])
 def test_errors(nasty, tmp_path, capsys, damage, message):
     out = tmp_path / "out"
@@ -492,6 +531,36 @@ def test_errors(nasty, tmp_path, capsys, damage, message):
     assert code == 2 and stdout == ""
     assert err.count("\n") == 1 and err.startswith("tunesift: error: ") and re.search(message, err)
     assert not (out / "report.html").exists()
+
+
+def test_what_the_report_reads_must_be_what_select_wrote(tmp_path, capsys):
+    """Another selection's selected.jsonl, another file as --data, a report.html of the user's own:
+    each is refused before anything is written, instead of a page that shows wrong texts or a lost page."""
+    from tunesift.api import select as api_select
+
+    data, other = tmp_path / "d.jsonl", tmp_path / "other.jsonl"
+    write_demo(data, n=20, corrupt=0.2, seed=1)
+    write_demo(other, n=20, corrupt=0.2, seed=3)  # the same ids, other rows
+    a, b = tmp_path / "a", tmp_path / "b"
+    api_select(str(data), method="random", budget=0.5, seed=0, out=a, progress=False)
+    api_select(str(data), method="random", budget=0.5, seed=7, out=b, progress=False)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(a, mixed)
+    shutil.copy(b / "selected.jsonl", mixed / "selected.jsonl")
+    code, _, err = run(["report", mixed], capsys)
+    assert code == 2 and "selected.jsonl: changed since tunesift select wrote it" in err
+    code, _, err = run(["report", a, "--data", other], capsys)
+    assert code == 2 and "not the input this selection read" in err and not (a / "report.html").exists()
+    code, _, err = run(["report", a, "--data", tmp_path / "nosuch.jsonl"], capsys)
+    assert code == 2 and "no such file" in err
+    moved = tmp_path / "moved.jsonl"
+    shutil.copy(data, moved)
+    assert run(["report", a, "--data", moved], capsys)[0] == 0  # the same file, moved: fine
+    (b / "report.html").write_text("my own notes")
+    code, _, err = run(["report", b], capsys)
+    assert code == 2 and "not a tunesift report" in err and (b / "report.html").read_text() == "my own notes"
+    assert run(["report", a], capsys)[0] == 0  # tunesift's own earlier page is replaced
+    assert oct((a / "report.html").stat().st_mode & 0o777) != oct(0o600)
 
 
 # ----------------------------------------------------------------------------- comparison

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -728,3 +729,13 @@ def test_a_string_that_spells_the_decimal_marker_stays_a_string():
     row = {"price": decimal.Decimal("12.300"), "note": "\x00tunesift-decimal:42"}
     assert json.loads(json_line(row)) == {"price": 12.3, "note": "\x00tunesift-decimal:42"}
     assert json_line(row).startswith('{"price": 12.300,')
+
+
+def test_a_model_path_that_does_not_exist_is_named_as_a_path(tmp_path):
+    from tunesift.errors import TunesiftError
+    from tunesift.models import model_folder
+
+    for name in (str(tmp_path / "nosuch" / "m"), "./nosuch", "~/nosuch", "a/b/c"):
+        with pytest.raises(TunesiftError, match=f"model folder '{re.escape(name)}' not found"):
+            model_folder(name)
+    assert model_folder("org/name") == "org/name"  # a Hub id, looked up in the local cache later

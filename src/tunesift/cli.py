@@ -499,12 +499,22 @@ def demo_data(
     n: int = typer.Option(240, help="Number of records."),
     corrupt: float = typer.Option(0.2, help="Share of records whose response belongs to another prompt."),
     seed: int = typer.Option(0, help="Seed."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists (by default an existing file "
+                                                      "is never written over)."),
 ) -> None:
     """Write a synthetic instruction set with a known share of corrupted records (meta.corrupted)."""
     from tunesift_demo import write_demo
 
     if out.is_dir():
         raise TunesiftError(f"'{out}' is a folder: demo-data writes one JSONL file, e.g. {out / 'demo.jsonl'}")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise TunesiftError(f"'{out}' exists: demo-data writes a new file (choose another name, or pass --force "
+                            "to replace it)")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise TunesiftError(f"cannot write '{out}': '{parent}' is not a folder")
+    if seed < 0:
+        raise TunesiftError(f"seed must be an integer >= 0, got {seed}")
     try:
         write_demo(out, n=n, corrupt=corrupt, seed=seed)
     except OSError as exc:

@@ -179,6 +179,8 @@ def model_folder(name: str) -> Path | str:
         if not (path / "config.json").exists():
             raise TunesiftError(f"model folder '{name}' has no config.json")
         return path
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:  # a path, not an org/name id
+        raise TunesiftError(f"model folder '{name}' not found")
     return name  # a Hub id: loads only if it is already in the local Hugging Face cache
 
 

@@ -63,6 +63,7 @@ SELECTED = {"jsonl": "selected.jsonl", "parquet": "selected.parquet", "hf": "sel
 #: Every name an output folder of tunesift may hold.
 OWN = frozenset(set(SELECTED.values()) | {"scores.parquet", "manifest.json", "report.html", "dataset_info.json"})
 FILES = ("selected.jsonl", "scores.parquet", "manifest.json")  # the default set
+REPORT_MARKER = "<title>tunesift report"  # how a report.html tunesift wrote is told from a user's page
 
 
 def _probe(folder: Path, what: str) -> None:
@@ -144,7 +145,7 @@ def check_output_folder(out_dir: str | Path, inputs: list[str | Path] = (), own:
     and holding nothing but an earlier output's files (``own``; None: any names), each as tunesift
     wrote it (:func:`tunesift.folders.check_earlier_set`: ``manifest``, tunesift's by ``ours``, names
     them and their checksums; ``unlisted``, default ``report.html``, are recognised by a marker)."""
-    unlisted = {"report.html": "<title>tunesift report"} if unlisted is None else unlisted
+    unlisted = {"report.html": REPORT_MARKER} if unlisted is None else unlisted
     out = check_writable(out_dir)
     cwd = Path(os.path.realpath(Path.cwd()))
     if _inside(cwd, out):

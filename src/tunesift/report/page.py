@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import html
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TunesiftError
+from ..outputs import REPORT_MARKER
 from .compare import comparison
 from .derived import prefilter
 from .fmt import clip, fmt
@@ -197,13 +197,15 @@ def write_report(out_dir: str | Path, *, by: str | None = None, data: str | Path
     ``compare``: a second output folder of the same input, shown side by side (see :func:`render_report`)."""
     from ..store import write_text
 
-    page = render_report(out_dir, by=by, data=data, compare=compare)
     path = Path(out_dir) / REPORT_FILE
+    if path.is_file():  # a page of the user's own under that name is theirs: never written over
+        with open(path, "rb") as fh:
+            if REPORT_MARKER.encode() not in fh.read(4096):
+                raise TunesiftError(f"{path}: not a tunesift report (a file of your own?); move it away to "
+                                    "write the report")
+    page = render_report(out_dir, by=by, data=data, compare=compare)
     try:
-        write_text(path, page)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(path, 0o666 & ~umask)  # mkstemp made it 0600; a report is meant to be shared
+        write_text(path, page)  # umask permissions: a report is meant to be shared
     except OSError as exc:
         raise TunesiftError(f"{path}: cannot write the report: {exc.strerror or exc}") from None
     return path

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import TunesiftError
 from .fmt import clip, one_line
-from .hints import RELEVANT, SCORE_COLUMNS
+from .hints import GREEDY, RELEVANT, SCORE_COLUMNS
 
 __all__ = ["Input", "Output", "read_input", "read_output"]
 
@@ -56,10 +56,14 @@ def read_output(out_dir: str | Path) -> Output:
     import pyarrow.parquet as pq
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TunesiftError(f"{out}: not a folder; name the output folder of tunesift select")
     if not out.is_dir():
         raise TunesiftError(f"{out}: no such output folder (write one with tunesift select --out {out})")
     mpath, spath, jpath = out / "manifest.json", out / "scores.parquet", out / "selected.jsonl"
     for p in (mpath, spath, jpath):
+        if p.is_dir():
+            raise TunesiftError(f"{p}: a folder, expected a file; is '{out}' a tunesift select output folder?")
         if not p.is_file():
             raise TunesiftError(f"{p}: missing; is '{out}' a tunesift select output folder?")
     try:
@@ -68,11 +72,9 @@ def read_output(out_dir: str | Path) -> Output:
         raise TunesiftError(f"{mpath}: cannot read: {exc}") from None
     except json.JSONDecodeError as exc:
         raise TunesiftError(f"{mpath}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    if not isinstance(manifest, dict):
-        raise TunesiftError(f"{mpath}: not a tunesift manifest (expected a JSON object)")
-    method = manifest.get("method")
-    if method not in RELEVANT:
-        raise TunesiftError(f"{mpath}: unknown method {method!r}; expected one of {', '.join(RELEVANT)}")
+    check_manifest(manifest, mpath)
+    method = manifest["method"]
+    check_unchanged(out, manifest, (spath, jpath))
     try:
         table = pq.read_table(spath)
     except Exception as exc:  # pyarrow raises several types for a damaged file
@@ -81,6 +83,7 @@ def read_output(out_dir: str | Path) -> Output:
     missing = sorted(need - set(table.column_names))
     if missing:
         raise TunesiftError(f"{spath}: missing column(s) {', '.join(missing)} for method {method}")
+    check_columns(table, need, spath, greedy=method in GREEDY)
     cols: dict[str, np.ndarray] = {}
     bools = set()
     for name in table.column_names:
@@ -89,7 +92,8 @@ def read_output(out_dir: str | Path) -> Output:
             continue
         if name == "kept":
             cols[name] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=bool)
-        elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
+        elif (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)
+              or pa.types.is_null(col.type)):  # an all-null column: NaN throughout
             cols[name] = np.asarray(col.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=float)
             if pa.types.is_boolean(col.type):
                 bools.add(name)
@@ -123,6 +127,95 @@ def read_output(out_dir: str | Path) -> Output:
     return res
 
 
+# manifest.json fields the report reads, and the JSON type each must have where present
+MANIFEST_FIELDS = {"options": dict, "inputs": dict, "counts": dict, "timings": dict, "versions": dict, "files": dict}
+TEXT_COLUMNS = {"group"}  # score columns that hold text (balanced-random's group); the rest are numbers
+
+
+def check_manifest(manifest, mpath: Path) -> None:
+    """One-line TunesiftError unless ``manifest`` is a tunesift select manifest whose fields have the
+    types the report reads (a hand-edited or foreign file must not end in a traceback)."""
+    if not isinstance(manifest, dict) or manifest.get("tool") != "tunesift":
+        raise TunesiftError(f"{mpath}: not a tunesift manifest (a JSON object with \"tool\": \"tunesift\")")
+    method = manifest.get("method")
+    if not isinstance(method, str) or method not in RELEVANT:
+        raise TunesiftError(f"{mpath}: field 'method': unknown method {method!r}; expected one of {', '.join(RELEVANT)}")
+    for name, kind in MANIFEST_FIELDS.items():
+        if manifest.get(name) is not None and not isinstance(manifest[name], kind):
+            raise TunesiftError(f"{mpath}: field '{name}' must be a JSON object, got {type(manifest[name]).__name__}")
+    for name, entry in (manifest.get("inputs") or {}).items():
+        if entry is None:
+            continue
+        if not isinstance(entry, dict):
+            raise TunesiftError(f"{mpath}: field 'inputs.{name}' must be a JSON object, got {type(entry).__name__}")
+        for key in ("path", "sha256"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                raise TunesiftError(f"{mpath}: field 'inputs.{name}.{key}' must be a string, got "
+                                    f"{type(entry[key]).__name__}")
+
+
+def check_unchanged(out: Path, manifest: dict, paths: tuple[Path, ...]) -> None:
+    """One-line TunesiftError when a file the manifest lists a checksum for has changed since select
+    wrote it (a ``selected.jsonl`` from another selection would put one record's text beside
+    another's id). Outputs from before the checksums carry no ``files`` and are not checked."""
+    from ..folders import entry_digest
+
+    files = manifest.get("files") or {}
+    for p in paths:
+        want = files.get(p.name)
+        if isinstance(want, str) and entry_digest(p) != want:
+            raise TunesiftError(f"{p}: changed since tunesift select wrote it (its sha256 is not the one "
+                                f"{out / 'manifest.json'} lists); rerun select, or restore the file")
+
+
+def check_columns(table, need: set[str], spath: Path, greedy: bool) -> None:
+    """One-line TunesiftError unless the columns the report reads have usable types: ``id`` text,
+    unique and never null; ``kept`` boolean and never null; ``rank`` and the method's score columns
+    numbers, ``rank`` null only on error rows and, for a ``greedy`` method, records it did not pick."""
+    import pyarrow as pa
+
+    def bad(name: str, why: str) -> TunesiftError:
+        return TunesiftError(f"{spath}: column '{name}' {why}")
+
+    col = table.column("id")
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise bad("id", f"must hold text, got {col.type}")
+    ids = col.to_pylist()
+    if col.null_count:
+        raise bad("id", f"is null in row {ids.index(None)}")
+    seen: set[str] = set()
+    for row, rid in enumerate(ids):
+        if rid in seen:
+            raise bad("id", f"repeats '{rid}' (row {row}): every record must have one row")
+        seen.add(rid)
+    col = table.column("kept")
+    if not pa.types.is_boolean(col.type) or col.null_count:
+        raise bad("kept", f"must be true or false in every row, got {col.type} with {col.null_count} null(s)")
+    for name in sorted(need - {"id", "kept"} - TEXT_COLUMNS):
+        t = table.column(name).type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
+            raise bad(name, f"must hold numbers, got {t}")
+    # a rank for every scored record; a greedy method ranks only its picks
+    errors = table.column("error").to_pylist() if "error" in table.column_names else [None] * table.num_rows
+    kept = table.column("kept").to_pylist()
+    for row, (r, e, k) in enumerate(zip(table.column("rank").to_pylist(), errors, kept)):
+        if r is None and e is None and (k or not greedy):
+            raise bad("rank", f"is null in row {row} ('{ids[row]}'), a {'kept' if k else 'scored'} record")
+
+
+def check_same_input(data: str | Path, sha: str | None) -> None:
+    """``--data``: one-line TunesiftError unless the file exists and, where the manifest records the
+    input's checksum, has it (another file with the same ids would show other texts as this
+    selection's)."""
+    from ..io.files import input_checksum
+
+    if not Path(data).exists():
+        raise TunesiftError(f"--data {data}: no such file")
+    if sha and input_checksum(data) != sha:
+        raise TunesiftError(f"--data {data}: not the input this selection read (its sha256 differs from the "
+                            "manifest's); pass the file that was selected from")
+
+
 @dataclass
 class Input:
     """The texts of the records shown and the original rows of the dropped ones."""
@@ -146,6 +239,9 @@ def read_input(res: Output, data: str | Path | None, by: str | None) -> Input:
     inputs = res.manifest.get("inputs") or {}
     recorded = (inputs.get("data") or {}).get("path") if isinstance(inputs, dict) else None
     path = data if data is not None else recorded
+    sha = (inputs.get("data") or {}).get("sha256")
+    if data is not None:  # the file the user names must be the one selected from (moved, not another)
+        check_same_input(data, sha)
     if res.n == res.k:
         return Input(texts, {})
     if path is None:
@@ -172,7 +268,6 @@ def read_input(res: Output, data: str | Path | None, by: str | None) -> Input:
             raise TunesiftError(msg + "; pass the input that was selected from with --data FILE")
         res.notes.append(msg + "; dropped records are shown without their text")
         return Input(texts, None)
-    sha = (inputs.get("data") or {}).get("sha256")
     if sha and data is None:
         from ..io.files import input_checksum
 
@@ -181,6 +276,10 @@ def read_input(res: Output, data: str | Path | None, by: str | None) -> Input:
                 res.notes.append(f"{path} changed since the selection (sha256 differs from the manifest)")
         except TunesiftError:
             pass
+    extra = len(by_id.keys() - set(res.ids))
+    if extra:
+        res.notes.append(f"{path} holds {extra} record(s) that are not in scores.parquet (the selection read "
+                         "part of it: --limit or --sample)")
     for rid in dropped:
         texts[rid] = (by_id[rid].prompt, by_id[rid].response)
     return Input(texts, {rid: by_id[rid].row for rid in dropped})
