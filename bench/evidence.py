@@ -237,16 +237,51 @@ def run(a) -> None:
         print(f"{exp}: {len(rows)} rows", flush=True)
 
 
+def records_trained(method: str, budget, pool: int) -> int:
+    """Records a cell fine-tunes on: none for base, the pool for full, else the budget's share
+    (a fraction of the pool, or a count)."""
+    if method == "base":
+        return 0
+    if method == "full":
+        return pool
+    return round(budget * pool) if isinstance(budget, float) else int(budget)
+
+
+def hours_left(todo: list[int], finished: list[dict]) -> float | None:
+    """Hours the cells still to run will take to fine-tune and evaluate, at the rates ``finished``
+    cells measured (this machine's): training seconds per trained record
+    (sum train_s / sum n_train), plus the mean evaluation time per cell. ``todo``: records each
+    remaining cell trains on. Selections are not counted (cached, or a method's own cost); None
+    without a finished cell to measure from."""
+    trained = [c for c in finished if c.get("n_train")]
+    if not finished or not trained:
+        return None
+    per_record = sum(c["train_s"] for c in trained) / sum(c["n_train"] for c in trained)
+    evaluate = sum(c["eval_s"] for c in finished) / len(finished)
+    return sum(per_record * n + evaluate for n in todo) / 3600
+
+
 def plan(a) -> None:
     data, root, caches = folders(a)
     total = done = 0
+    measured = {exp: load_cells(root / exp, config(exp, data, caches, a)) for exp in EXPERIMENTS}
+    everything = [c for cells in measured.values() for c in cells]
+    left_total = 0.0
     for exp in EXPERIMENTS:
         cfg = config(exp, data, caches, a)
         cells = grid_cells(cfg)
-        have = sum((root / exp / "cells" / f"{cell_name(*c)}.json").exists() for c in cells)
+        missing = [c for c in cells if not (root / exp / "cells" / f"{cell_name(*c)}.json").exists()]
+        have = len(cells) - len(missing)
         total, done = total + len(cells), done + have
-        print(f"{exp:12s} {have:4d} of {len(cells):4d} cells done   methods: {', '.join(cfg.methods)}")
-    print(f"{'all':12s} {done:4d} of {total:4d}")
+        pool = len(_jsonl(Path(cfg.train))) if Path(cfg.train).exists() else 0
+        hours = hours_left([records_trained(m, b, pool) for m, b, _ in missing], measured[exp] or everything)
+        left_total += hours or 0.0
+        eta = "" if hours is None or not missing else f"   ~{hours:.0f} h left"
+        print(f"{exp:12s} {have:4d} of {len(cells):4d} cells done{eta}   methods: {', '.join(cfg.methods)}")
+    print(f"{'all':12s} {done:4d} of {total:4d}" + (f"   ~{left_total:.0f} h of fine-tuning and evaluation left at "
+                                                     "this machine's measured rates (selections not counted; "
+                                                     "an experiment without cells uses the others' rates: a lower bound for transfer's larger model)"
+                                                     if left_total else ""))
 
 
 def composition(cells: list[dict], pool: Path, key: str) -> dict[str, dict[str, float]]:

@@ -399,6 +399,16 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     assert text.count("Beyond the seed spread") == 5 and "meta.swapped" in text and "gsm8k" in text
 
 
+def test_the_plan_says_how_long_the_rest_of_the_grid_takes_at_the_measured_rates():
+    ev = load_evidence()
+    assert [ev.records_trained(m, b, 1000) for m, b in (("base", None), ("full", None), ("rds", 0.1),
+                                                         ("rds", 0.3), ("rds", 50))] == [0, 1000, 100, 300, 50]
+    finished = [{"n_train": 300, "train_s": 1200.0, "eval_s": 600.0}, {"n_train": 0, "train_s": 0.0, "eval_s": 500.0}]
+    # 4 s per trained record, 550 s per evaluation: 100 records -> 950 s, base -> 550 s
+    assert abs(ev.hours_left([100, 0], finished) - 1500 / 3600) < 1e-9
+    assert ev.hours_left([100], []) is None and ev.hours_left([100], finished[1:]) is None
+
+
 def test_the_summary_names_the_rows_without_a_verdict():
     ev = load_evidence()
     marked = {"method": "rds", "budget": 0.1, "paired_seeds": 3, "loss": 0.9, "loss_std": 0.01,
