@@ -18,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import typer  # noqa: E402
 
 from .errors import TunesiftError  # noqa: E402
+from .recipe import load_recipe  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Select the instruction-tuning records worth training on (DELIFT, DONOD).")
@@ -41,54 +42,6 @@ def _setup_logging(quiet: bool) -> None:
     logger.handlers[:] = [RichHandler(console=Console(stderr=True), show_path=False, show_time=False)]
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
-
-
-def _load_config(ctx: typer.Context, param, value: Path | None):
-    """``--config recipe.yaml``: every option of the command as YAML keys; flags override them."""
-    if value is None:
-        return None
-    import yaml
-
-    try:
-        text = Path(value).read_text(encoding="utf-8")
-        loaded = yaml.safe_load(text) or {}
-        node = yaml.compose(text)  # the same document again, for each key's line
-    except OSError as exc:
-        raise TunesiftError(f"{value}: cannot read config: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise TunesiftError(f"{value}: cannot read config: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} "
-                            f"at offset {exc.start}); save it as UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise TunesiftError(f"{value}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(loaded, dict):
-        raise TunesiftError(f"{value}: config must be a mapping of option names to values")
-    # each key as written and its line (a YAML 1.1 key like "yes" loads as True: name it as written)
-    written = {}
-    if isinstance(node, yaml.MappingNode):
-        keys = yaml.SafeLoader("")
-        written = {keys.construct_object(k): (k.value, k.start_mark.line + 1) for k, _ in node.value
-                   if isinstance(k, yaml.ScalarNode)}
-    known = {p.name: p for p in ctx.command.params}
-    config = {}
-    for key, val in loaded.items():
-        shown, line = written.get(key, (str(key), None))
-        name = str(shown).replace("-", "_")
-        where = f"{value}:{line}" if line else str(value)
-        if name not in known or name == "config":
-            raise TunesiftError(f"{where}: unknown option '{shown}' (see tunesift {ctx.command.name} --help)")
-        val = ",".join(map(str, val)) if isinstance(val, list) else val
-        if isinstance(val, bool) and not getattr(known[name], "is_flag", False):  # typer would read it as 1 or 0
-            raise TunesiftError(f"{where}: option '{shown}': expected a value, got the boolean {str(val).lower()}")
-        if val is not None and known[name].callback is None:  # its type check, here where the line is known
-            try:
-                known[name].process_value(ctx, val)
-            except typer.BadParameter as exc:
-                raise TunesiftError(f"{where}: option '{shown}': {getattr(exc, 'message', None) or exc}") from None
-        config[name] = val
-    ctx.default_map = {**(ctx.default_map or {}), **config}
-    return value
 
 
 def _input_info(path: str | None, sha256: str | None = None) -> dict | None:
@@ -189,7 +142,7 @@ def select(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
     report: bool = typer.Option(False, "--report/--no-report",
                                 help="Also write OUT/report.html (see tunesift report)."),
-    config: Path | None = typer.Option(None, "--config", is_eager=True, callback=_load_config,
+    config: Path | None = typer.Option(None, "--config", is_eager=True, callback=load_recipe,
                                        help="YAML recipe holding any of these options; flags override it."),
 ) -> None:
     """Score every record and write the subset worth training on."""
@@ -304,7 +257,7 @@ def finetune(
     template: str = typer.Option("auto", help="auto | chat | plain (use the same as for selection)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    config: Path | None = typer.Option(None, "--config", is_eager=True, callback=_load_config,
+    config: Path | None = typer.Option(None, "--config", is_eager=True, callback=load_recipe,
                                        help="YAML file holding any of these options; flags override it."),
 ) -> None:
     """Fine-tune a model on records (LoRA by default), loss on response tokens only."""
@@ -432,7 +385,7 @@ def bench(
     cache_dir: Path | None = typer.Option(None, help="Score cache (default ~/.cache/tunesift/scores)."),
     quick: bool = typer.Option(False, "--quick", help="Smoke profile that finishes in minutes (see docs/bench.md)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    config: Path | None = typer.Option(None, "--config", is_eager=True, callback=_load_config,
+    config: Path | None = typer.Option(None, "--config", is_eager=True, callback=load_recipe,
                                        help="YAML file holding any of these options; flags override it."),
 ) -> None:
     """Select, fine-tune and evaluate every method x budget x seed; write tables and plots."""
