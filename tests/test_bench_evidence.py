@@ -304,6 +304,23 @@ def test_holm_keeps_the_family_wise_error_and_names_what_survives():
     assert family_lines([two]) == []
 
 
+def test_a_variant_scores_with_its_own_model(monkeypatch):
+    cfg = BenchConfig(train="a", test="b", methods=["ifd", "v", "random", "base"], select_model="sel",
+                      method_options={"v": {"method": "ifd", "model": "mine", "device": "cpu"}})
+    assert [bm.selection_model(cfg, m) for m in cfg.methods] == ["sel", "mine", None, None]
+    loaded = []
+
+    def fake_load(name, **kw):
+        loaded.append((name, kw["device"]))
+        raise RuntimeError("stop")  # what the cell loads is all this test needs
+
+    monkeypatch.setattr("tunesift.models.load_lm", fake_load)
+    for m in ("v", "ifd"):
+        with pytest.raises(RuntimeError, match="stop"):
+            bm._select_for_cell(cfg, m, 4, 0, {"train": []}, None)
+    assert loaded == [("mine", "cpu"), ("sel", "auto")]
+
+
 def test_checks_that_need_the_records_or_a_model_run_before_bench_json(files, tiny_dir, tmp_path, monkeypatch):
     """A further set is checked with the metrics it is evaluated on (exact_match is dropped where
     its answers are not numbers), and every model a cell to run will load is checked, a variant's

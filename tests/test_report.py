@@ -560,7 +560,13 @@ def test_what_the_report_reads_must_be_what_select_wrote(tmp_path, capsys):
     code, _, err = run(["report", b], capsys)
     assert code == 2 and "not a tunesift report" in err and (b / "report.html").read_text() == "my own notes"
     assert run(["report", a], capsys)[0] == 0  # tunesift's own earlier page is replaced
-    assert oct((a / "report.html").stat().st_mode & 0o777) != oct(0o600)
+    from tunesift.store import umask
+
+    assert oct((a / "report.html").stat().st_mode & 0o777) == oct(0o666 & ~umask())  # shared like a plain write
+    (mixed / "manifest.json").write_text(json.dumps({**json.loads((a / "manifest.json").read_text()),
+                                                     "files": {"selected.jsonl": None}}))
+    code, _, err = run(["report", mixed], capsys)
+    assert code == 2 and "field 'files.selected.jsonl' must be a sha256 string" in err
 
 
 # ----------------------------------------------------------------------------- comparison

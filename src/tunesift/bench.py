@@ -44,6 +44,7 @@ from .methods.options import parse_budget
 log = logging.getLogger("tunesift")
 
 BENCH_METHODS = ("base", *method_names(), "full")
+NO_SELECTION = ("base", "full")  # the arms that select nothing: the untrained model, the whole pool
 DEFAULT_METHODS = ("base", "random", "delift-se", "delift", "donod", "donod+delift", "full")
 # --quick: a smoke profile that finishes in minutes on a laptop CPU
 QUICK = {"train_limit": 120, "test_limit": 40, "generate_limit": 16, "max_new_tokens": 32, "epochs": 1}
@@ -136,7 +137,7 @@ def _check(cfg: BenchConfig) -> None:
     if cfg.stage not in STAGES:
         raise OptionError(f"unknown stage '{cfg.stage}': use {', '.join(STAGES)}")
     budgets = [parse_budget(b) for b in cfg.budgets]
-    if not budgets and any(m not in ("base", "full") for m in cfg.methods):
+    if not budgets and any(m not in NO_SELECTION for m in cfg.methods):
         raise OptionError("no budget given: name at least one, e.g. --budget 0.1,0.3")
     # the same cell file would serve twice: compare names as cell files spell them
     for what, values, as_file in (("method", cfg.methods, lambda m: cell_name(m, 0, 0)),
@@ -151,7 +152,7 @@ def _check(cfg: BenchConfig) -> None:
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise OptionError(f"{what} must be a whole number of at least 1, got {v!r}")
     for name in cfg.methods:
-        if name not in ("base", "full"):  # every option of every selection, before any cell runs
+        if name not in NO_SELECTION:  # every option of every selection, before any cell runs
             Options(**selection_options(cfg, name)).validate()
     if cfg.continual not in CONTINUAL_MODES:
         raise OptionError(f"unknown continual mode '{cfg.continual}': use joint or sequential")
@@ -169,7 +170,7 @@ def _check(cfg: BenchConfig) -> None:
                                                                                           else 0)):
                 raise OptionError(f"{name}: {key} must be a whole number of at least "
                                   f"{1 if key == 'max_new_tokens' else 0}, got {v!r}")
-    check_generation(cfg, "the test set", cfg.metrics)  # a further set's once its records are read
+    check_generation(cfg, None, cfg.metrics)  # a further set's once its records are read
     if cfg.stage == "task" and not cfg.target:
         raise OptionError("bench --stage task needs --target")
     if cfg.stage == "continual" and not cfg.existing:
@@ -177,27 +178,28 @@ def _check(cfg: BenchConfig) -> None:
     cfg.training.validate()
 
 
-def generation(cfg: BenchConfig, name: str) -> dict:
-    """``max_new_tokens`` and ``generate_limit`` of a held-out set: the test set's, or a further
-    set's own (``also_generation``) over them."""
-    return {"max_new_tokens": cfg.max_new_tokens, "generate_limit": cfg.generate_limit,
-            **cfg.also_generation.get(name, {})}
+def generation(cfg: BenchConfig, name: str | None) -> dict:
+    """``max_new_tokens`` and ``generate_limit`` of a held-out set: the test set's (``name`` None),
+    or further set ``name``'s own (``also_generation``) over them."""
+    own = cfg.also_generation.get(name, {}) if name is not None else {}
+    return {"max_new_tokens": cfg.max_new_tokens, "generate_limit": cfg.generate_limit, **own}
 
 
-def check_generation(cfg: BenchConfig, name: str, metrics: list[str] | None) -> None:
-    """:func:`tunesift.evaluate.check_settings` for one held-out set with the metrics it is evaluated
-    on (a further set's: :func:`also_metrics`), its message prefixed with the set's name."""
+def check_generation(cfg: BenchConfig, name: str | None, metrics: list[str] | None) -> None:
+    """:func:`tunesift.evaluate.check_settings` for one held-out set (None: the test set) with the
+    metrics it is evaluated on (a further set's: :func:`also_metrics`), its message prefixed with
+    the set's name."""
     from .evaluate import check_settings
 
     try:
         check_settings(metrics, template=cfg.training.template, max_length=cfg.training.max_length,
                        **generation(cfg, name))
     except OptionError as exc:
-        raise OptionError(f"{name}: {exc}") from None
+        raise OptionError(f"{name or 'the test set'}: {exc}") from None
 
 
 def cell_name(method: str, budget, seed: int) -> str:
-    b = "all" if method in ("base", "full") else str(budget)
+    b = "all" if method in NO_SELECTION else str(budget)
     return f"{method}__b{b}__s{seed}".replace("+", "-plus-")
 
 
@@ -321,6 +323,15 @@ def release_memory() -> None:
     trim_heap()
 
 
+def selection_model(cfg: BenchConfig, name: str) -> str | None:
+    """The model bench method ``name`` scores with (its own ``model`` option, else the bench's
+    select model), or None for a method that loads none: one answer for the up-front check and the
+    cell that loads it."""
+    if name in NO_SELECTION or not get_method(registry_name(cfg, name)).needs_lm:
+        return None
+    return selection_options(cfg, name)["model"]
+
+
 def _select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict,
                      progress: Callable[[str, int], Callable[[int], None]] | None) -> tuple[list, float]:
     """(chosen records in pool order, selection wall seconds) of one cell.
@@ -333,8 +344,8 @@ def _select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dic
 
     opts = selection_options(cfg, method)
     entry = get_method(opts["method"])
-    lm = load_lm(cfg.select_model, device=cfg.device,
-                 dtype=opts.get("dtype", "auto")) if entry.needs_lm else None
+    model = selection_model(cfg, method)
+    lm = load_lm(model, device=opts["device"], dtype=opts.get("dtype", "auto")) if model else None
     side = {}
     uses = entry.second_set.get(opts["stage"]) if entry.stages is not None else None
     if uses in ("target", "existing"):
@@ -420,7 +431,7 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
 
     t0 = time.perf_counter()
     info: dict = {"method": method, "budget": budget, "seed": seed}
-    if method in ("base", "full"):
+    if method in NO_SELECTION:
         chosen = data["train"] if method == "full" else []
         info["select_s"] = 0.0
     else:
@@ -485,8 +496,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
     todo = [c for c in grid_cells(cfg) if not (out / "cells" / f"{cell_name(*c)}.json").exists()]
     # before bench.json is written, a model that cannot load fails here (one a cell to run will load)
     models = {cfg.train_model} if todo else set()
-    models |= {selection_options(cfg, m)["model"] for m, _, _ in todo
-               if m not in ("base", "full") and get_method(registry_name(cfg, m)).needs_lm}
+    models |= {selection_model(cfg, m) for m, _, _ in todo} - {None}
     for model in sorted(models):
         check_model(model)
     pinned = out / BENCH_FILE

@@ -48,6 +48,16 @@ def digests(folder: Path) -> dict[str, str]:
     return {p.name: entry_digest(p) for p in sorted(folder.iterdir())}
 
 
+def has_marker(path: Path, marker: str) -> bool:
+    """Whether the first 4 KiB of file ``path`` hold ``marker`` (how a file tunesift wrote without a
+    checksum, ``report.html``, is told from a user's). An unreadable file is a one-line OptionError."""
+    try:
+        with open(path, "rb") as fh:
+            return marker.encode() in fh.read(4096)
+    except OSError as exc:
+        raise OptionError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
 def check_earlier_set(out: Path, shown: str | Path, manifest: str, unlisted: dict[str, str] | None = None,
                       ours: Callable[[dict], bool] | None = None, names_checked: bool = True) -> None:
     """Refuse to replace a non-empty folder ``out`` unless tunesift wrote it and nothing in it changed
@@ -81,8 +91,7 @@ def check_earlier_set(out: Path, shown: str | Path, manifest: str, unlisted: dic
         if p.name == manifest:
             continue
         if p.name in unlisted:
-            with open(p, "rb") as fh:
-                same = unlisted[p.name].encode() in fh.read(4096)
+            same = has_marker(p, unlisted[p.name])
         else:
             same = not isinstance(files, dict) or files.get(p.name) == entry_digest(p)
         if not same:

@@ -48,16 +48,13 @@ def content_key(*parts: object) -> str:
     return h.hexdigest()[:24]
 
 
+@functools.cache
 def umask() -> int:
-    """The process's file-creation mask (read by setting it and putting it back)."""
+    """The process's file-creation mask, read once (reading it sets it to 0 for a moment, which
+    other threads creating files would see)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-@functools.cache
-def _file_mode() -> int:  # read once: umask() briefly sets the mask to 0, which other threads would see
-    return 0o666 & ~umask()
 
 
 @contextmanager
@@ -67,7 +64,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    os.fchmod(fd, _file_mode())
+    os.fchmod(fd, 0o666 & ~umask())
     os.close(fd)
     try:
         yield Path(tmp)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TunesiftError
+from ..folders import has_marker
 from ..outputs import REPORT_MARKER
 from .compare import comparison
 from .derived import prefilter
@@ -198,11 +199,8 @@ def write_report(out_dir: str | Path, *, by: str | None = None, data: str | Path
     from ..store import write_text
 
     path = Path(out_dir) / REPORT_FILE
-    if path.is_file():  # a page of the user's own under that name is theirs: never written over
-        with open(path, "rb") as fh:
-            if REPORT_MARKER.encode() not in fh.read(4096):
-                raise TunesiftError(f"{path}: not a tunesift report (a file of your own?); move it away to "
-                                    "write the report")
+    if path.is_file() and not has_marker(path, REPORT_MARKER):  # a page of the user's own: never written over
+        raise TunesiftError(f"{path}: not a tunesift report (a file of your own?); move it away to write the report")
     page = render_report(out_dir, by=by, data=data, compare=compare)
     try:
         write_text(path, page)  # umask permissions: a report is meant to be shared

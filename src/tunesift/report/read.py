@@ -56,16 +56,19 @@ def read_output(out_dir: str | Path) -> Output:
     import pyarrow.parquet as pq
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise TunesiftError(f"{out}: not a folder; name the output folder of tunesift select")
-    if not out.is_dir():
-        raise TunesiftError(f"{out}: no such output folder (write one with tunesift select --out {out})")
     mpath, spath, jpath = out / "manifest.json", out / "scores.parquet", out / "selected.jsonl"
-    for p in (mpath, spath, jpath):
-        if p.is_dir():
-            raise TunesiftError(f"{p}: a folder, expected a file; is '{out}' a tunesift select output folder?")
-        if not p.is_file():
-            raise TunesiftError(f"{p}: missing; is '{out}' a tunesift select output folder?")
+    try:
+        if out.exists() and not out.is_dir():
+            raise TunesiftError(f"{out}: not a folder; name the output folder of tunesift select")
+        if not out.is_dir():
+            raise TunesiftError(f"{out}: no such output folder (write one with tunesift select --out {out})")
+        for p in (mpath, spath, jpath):
+            if p.is_dir():
+                raise TunesiftError(f"{p}: a folder, expected a file; is '{out}' a tunesift select output folder?")
+            if not p.is_file():
+                raise TunesiftError(f"{p}: missing; is '{out}' a tunesift select output folder?")
+    except OSError as exc:  # no permission to look inside
+        raise TunesiftError(f"{out}: cannot read the output folder: {exc.strerror or exc}") from None
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -143,6 +146,9 @@ def check_manifest(manifest, mpath: Path) -> None:
     for name, kind in MANIFEST_FIELDS.items():
         if manifest.get(name) is not None and not isinstance(manifest[name], kind):
             raise TunesiftError(f"{mpath}: field '{name}' must be a JSON object, got {type(manifest[name]).__name__}")
+    for name, digest in (manifest.get("files") or {}).items():
+        if not isinstance(digest, str):
+            raise TunesiftError(f"{mpath}: field 'files.{name}' must be a sha256 string, got {type(digest).__name__}")
     for name, entry in (manifest.get("inputs") or {}).items():
         if entry is None:
             continue
@@ -199,7 +205,7 @@ def check_columns(table, need: set[str], spath: Path, greedy: bool) -> None:
     errors = table.column("error").to_pylist() if "error" in table.column_names else [None] * table.num_rows
     kept = table.column("kept").to_pylist()
     for row, (r, e, k) in enumerate(zip(table.column("rank").to_pylist(), errors, kept)):
-        if r is None and e is None and (k or not greedy):
+        if r is None and not e and (k or not greedy):  # an error row has a non-empty reason (as read below)
             raise bad("rank", f"is null in row {row} ('{ids[row]}'), a {'kept' if k else 'scored'} record")
 
 
@@ -209,7 +215,11 @@ def check_same_input(data: str | Path, sha: str | None) -> None:
     selection's)."""
     from ..io.files import input_checksum
 
-    if not Path(data).exists():
+    try:
+        found = Path(data).exists()
+    except OSError as exc:
+        raise TunesiftError(f"--data {data}: {exc.strerror or exc}") from None
+    if not found:
         raise TunesiftError(f"--data {data}: no such file")
     if sha and input_checksum(data) != sha:
         raise TunesiftError(f"--data {data}: not the input this selection read (its sha256 differs from the "
