@@ -50,6 +50,7 @@ from tunesift.bench import BenchConfig, cell_name, grid_cells, load_cells, run_b
 from tunesift.bench_tables import aggregate, family_lines, verdict_lines, write_results
 from tunesift.finetune import TrainConfig
 from tunesift.machine import banner
+from tunesift.methods.options import resolve_budget
 
 EXPERIMENTS = ("instruction", "task", "noise", "continual", "transfer")
 BUDGETS = [0.1, 0.3]
@@ -244,7 +245,7 @@ def records_trained(method: str, budget, pool: int) -> int:
         return 0
     if method == "full":
         return pool
-    return round(budget * pool) if isinstance(budget, float) else int(budget)
+    return resolve_budget(budget, pool)
 
 
 def hours_left(todo: list[int], finished: list[dict]) -> float | None:
