@@ -193,7 +193,7 @@ def test_driver_replaces_an_actor_that_is_gone_for_good(pool, tiny_lm, records, 
 def test_a_worker_that_cannot_load_the_model_is_a_clear_error(pool, tmp_path):
     from tunesift.errors import TunesiftError
 
-    with pytest.raises(TunesiftError, match="could not load the model: worker .*cannot load model"):
+    with pytest.raises(TunesiftError, match="could not load the model: worker .*model folder '.*nope' not found"):
         RayBlockPool({"path": str(tmp_path / "nope"), "dtype": "float32"}, num_workers=1, num_gpus=0)
 
 
