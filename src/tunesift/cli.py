@@ -169,7 +169,8 @@ def select(
                 prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, less_dim=less_dim, by=by, within=within, ann=ann, partitions=partitions, on_error=on_error,
                 backend=backend, ray_address=ray_address, ray_workers=ray_workers, ray_gpus=ray_gpus)
     # every check that needs no data comes before any reading or scoring
-    Options(**opts).validate()
+    opt = Options(**opts)
+    opt.validate()
     input_paths = [p for p in (data, target, existing, config) if p is not None]
     check_output_folder(out, input_paths)
     if get_method(method).needs_lm or method == "delift-se":  # delift-se caches its embeddings
@@ -177,7 +178,7 @@ def select(
 
         check_cache_dir(cache_dir or default_cache_dir())
     _setup_logging(quiet)
-    get_method(method).warn_unread(Options(**opts))
+    get_method(method).warn_unread(opt)
     with _progress(quiet) as prog:
         sel = run_select(str(data), target=str(target) if target else None,
                          existing=str(existing) if existing else None, fields=fields, progress=prog, **opts)

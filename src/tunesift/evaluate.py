@@ -106,7 +106,7 @@ def check_settings(metrics: Sequence[str] | None, *, template: str = "auto", max
     generates nothing, which only a set of likelihood metrics (loss, perplexity) allows."""
     from .render import check_template
 
-    names = list(metrics) if metrics else ["loss", "perplexity", "rougeL", "cosine"]
+    names = list(metrics) if metrics else default_metrics(())  # without records: the ones every set gets
     parse_metrics(names)
     check_template(template)
     for what, v, least in (("max-length", max_length, 8), ("max-new-tokens", max_new_tokens, 1)):
