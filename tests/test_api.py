@@ -155,6 +155,9 @@ def test_a_dataframe_is_read_as_its_json_file_would_be(tmp_path):
     twice = pd.DataFrame([["q", "a", "b"]], columns=["instruction", "output", "output"])
     with pytest.raises(InputError, match=r"duplicate column names \(output\)"):
         tunesift.select(twice, method="random", budget=1)
+    spelled = pd.DataFrame([["q", "a", "b"]], columns=["instruction", "0", 0])  # one name once written as text
+    with pytest.raises(InputError, match=r"duplicate column names \(0\)"):
+        tunesift.select(spelled, method="random", budget=1)
     for bad in (None, 5):
         with pytest.raises(InputError, match="expected rows .* or a path, got"):
             tunesift.select(bad, method="random", budget=1)

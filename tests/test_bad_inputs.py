@@ -32,6 +32,11 @@ CASES = [
     ("chat-turn-without-content", "d.jsonl",
      jsonl([{"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]}]), [], "d.jsonl:1"),
     ("csv-ragged-row", "d.csv", "instruction,output\na,b\nc,d,e\n", [], "d.csv"),
+    ("csv-blank-first-line", "d.csv", "\ninstruction,output\na,b\n", [], "d.csv:1: the first line is blank"),
+    ("nested-too-deeply", "d.jsonl", jsonl(GOOD[:2]) + json.dumps({**GOOD[2], "meta": json.loads("[" * 150 + "]" * 150)})
+     + "\n", [], "d.jsonl:3: the row is nested 151 levels deep; tunesift reads at most 100"),
+    ("non-utf8-column-in-characters", "d.jsonl", b'{"instruction": "x", "output": "' + "\u00e9\u00e9".encode() +
+     b'\xff"}\n', [], "byte 0xff at column 35"),  # 32 + 2 characters before it (36 bytes)
     ("json-array-element-not-object", "d.json", json.dumps([GOOD[0], "oops"]), [], "d.json"),
     ("duplicate-json-key", "d.jsonl", jsonl(GOOD[:1]) + '{"instruction": "x", "output": "a", "output": "b"}\n', [],
      "d.jsonl:2: a JSON object names the key 'output' twice"),

@@ -145,6 +145,14 @@ def test_topsis_hand_computed():
     assert list(rank_desc(c)) == [3, 1, 2]
 
 
+def test_topsis_keeps_a_criterion_of_extreme_magnitude():
+    """Squares of 1e-170 underflow to 0 and of 1e170 overflow: the column used to drop out."""
+    x = np.array([[1.0, 1.0], [3.0, 2.0], [2.0, 3.0]])
+    want = topsis(x, (0.5, 0.5), [True, False])
+    for scale in (1e-170, 1e170):
+        np.testing.assert_allclose(topsis(x * [scale, 1.0], (0.5, 0.5), [True, False]), want, rtol=1e-12)
+
+
 def test_topsis_weights_and_nan():
     x = np.array([[1.0, 1.0], [2.0, 5.0], [np.nan, 1.0], [3.0, 9.0]])
     only_don = topsis(x, (1.0, 0.0), [True, False])

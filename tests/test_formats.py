@@ -5,6 +5,7 @@ the LLaMA-Factory dataset_info.json written beside a selection."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -381,6 +382,28 @@ def test_no_dataset_info_when_a_kept_chat_turn_is_spelled_another_way_or_holds_n
     assert (out / "selected.jsonl").is_file() and not (out / "dataset_info.json").exists()
     err = " ".join(capsys.readouterr().err.split())  # the warning, as rich wraps it on stderr
     assert "no dataset_info.json for LLaMA-Factory: kept record 6 has a turn with role 'human'" in err
+
+
+def test_no_dataset_info_for_a_chat_llamafactory_would_skip():
+    """LLaMA-Factory's sharegpt converter skips ("Invalid role tag", "Invalid message count") a chat
+    whose user and assistant turns do not alternate after one leading system turn: tunesift reads
+    and scores such chats, so the entry it wrote would train on fewer records than were kept."""
+    from tunesift.io.trainers import unreadable_turn
+
+    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+            "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system"}
+    fine = [[msg("system", "s"), msg("user", "a"), msg("assistant", "b")],
+            [msg("user", "a"), msg("function_call", "f"), msg("tool", "r"), msg("assistant", "b")]]
+    assert unreadable_turn([{"messages": m} for m in fine], "messages", tags) is None
+    for turns, why in [
+        ([msg("user", "a"), msg("user", "b"), msg("assistant", "c")], "its turn 2 .* has role 'user' where"),
+        ([msg("user", "a"), msg("assistant", "b"), msg("system", "s"), msg("user", "c"), msg("assistant", "d")],
+         "its turn 3 .* has role 'system'"),
+        ([msg("user", "a"), msg("tool", "r"), msg("assistant", "b")], "its turn 2 .* has role 'tool'"),
+        ([msg("assistant", "a"), msg("user", "b")], "its turn 1 .* has role 'assistant'"),
+        ([msg("user", "a"), msg("assistant", "b"), msg("user", "c")], "kept record 2 ends on a 'user' turn"),
+    ]:
+        assert re.search(why, unreadable_turn([{"messages": fine[0]}, {"messages": turns}], "messages", tags)), turns
 
 
 def test_tool_calls_and_tool_lists_get_no_llamafactory_mapping(tmp_path, capsys):

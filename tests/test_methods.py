@@ -158,6 +158,8 @@ def test_random_within_samples_one_value_of_a_field_first(tmp_path, capsys, capl
     b = [int(i) for i in plain.order if sel.columns["within"][i]]
     assert [int(i) for i in sel.order[:12]] == b  # the plain pick's order, restricted to the matches
     assert not sel.columns["within"][sel.order[12:]].any()
+    spaced = select(data, method="random", budget=8, within=" meta.source = b ", seed=5)
+    assert np.array_equal(spaced.kept, sel.kept)  # spaces around '=' are not part of the value
     other = select(data, method="random", budget=8, within="meta.source=b", seed=6)
     assert not np.array_equal(sel.kept, other.kept)
     # fewer matches than the budget: every match, then the others at random, and a warning says so

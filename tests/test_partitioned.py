@@ -146,6 +146,8 @@ def test_bad_options():
         partitioned_facility_location(E, 5, partitions=0)
     with pytest.raises(OptionError, match="union"):
         partitioned_facility_location(E, 100, partitions=4, local_budget=20)
+    with pytest.raises(OptionError, match="union of 1 parts x local_budget 2 holds fewer than budget 12"):
+        partitioned_facility_location(E, 12, partitions=1, local_budget=2)  # was ignored: 12 picks
     with pytest.raises(OptionError, match="knn"):
         partitioned_facility_location(lambda r, c: K[np.ix_(r, c)], 5, partitions=2, n=1200, knn=5)
     with pytest.raises(OptionError, match="does not match"):

@@ -136,6 +136,15 @@ def test_parquet_null_column_does_not_count_for_detection(tmp_path):
     assert recs[0].id == content_id(rows[0])
 
 
+def test_parquet_with_a_column_named_twice_is_one_clear_line(tmp_path):
+    """Arrow's own error spoke of FieldRef matches; to_pylist would keep only one of the two."""
+    table = pa.table([pa.array(["q"]), pa.array(["a"]), pa.array(["b"])], names=["instruction", "output", "output"])
+    path = tmp_path / "d.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(InputError, match=r"d.parquet: the Parquet file names column 'output' twice; only one"):
+        read_records(path)
+
+
 def test_datasets_folder(tmp_path):
     datasets = pytest.importorskip("datasets")
     folder = tmp_path / "ds"

@@ -297,6 +297,15 @@ def test_unwritable_cache_dir_is_one_line(tiny_dir, tmp_path, capsys):
     one_line_error(code, err, "score cache")
 
 
+def test_a_cache_dir_name_too_long_is_one_line(tmp_path, capsys):
+    """Path.exists raised ENAMETOOLONG outside the try: a traceback and exit 1."""
+    from tunesift.errors import CacheError
+    from tunesift.store import check_cache_dir
+
+    with pytest.raises(CacheError, match=r"score cache: cannot write '.*a{300}/scores': File name too long"):
+        check_cache_dir(tmp_path / ("a" * 300) / "scores")
+
+
 def test_embedding_cache_rejects_non_finite_blocks(tmp_path, caplog):
     from tunesift.store import ArrayStore
 
@@ -535,6 +544,56 @@ def test_the_new_set_replaces_the_old_as_one_unit(exchange, tmp_path, capsys, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "out"]  # no temporary folders left
 
 
+def test_without_an_atomic_exchange_a_failed_swap_puts_the_previous_set_back(tmp_path, monkeypatch):
+    """The fallback moved the previous set into .out.old-*/set and then, when the new set could not
+    take its place, left out/ missing while the error said nothing was changed."""
+    import tunesift.folders as folders
+    from tunesift.errors import TunesiftError
+
+    monkeypatch.setattr(folders, "exchange", lambda a, b: False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("previous")
+    real = os.replace
+
+    def second_fails(src, dst):
+        if Path(dst) == out and Path(src).name.startswith(".out.") and ".old-" not in str(src):
+            raise OSError(16, "Device or resource busy")
+        return real(src, dst)
+
+    monkeypatch.setattr(folders.os, "replace", second_fails)
+    with pytest.raises(TunesiftError, match="cannot write the output to .*Device or resource busy; nothing was "
+                                            "changed there"):
+        folders.publish(out, lambda tmp: (tmp / "manifest.json").write_text("new"), "the output", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no .out.old-* or staging folder left
+    assert (out / "manifest.json").read_text() == "previous"
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_file_added_while_the_new_set_is_written_is_kept(exchange, tmp_path, monkeypatch, caplog):
+    """The checks that allow a replacement run before the new set is written; a file a user puts
+    into the folder meanwhile used to be deleted with the previous set."""
+    import tunesift.folders as folders
+
+    if not exchange:
+        monkeypatch.setattr(folders, "exchange", lambda a, b: False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("previous")
+
+    def fill(tmp):
+        (tmp / "manifest.json").write_text("new")
+        (out / "notes.txt").write_text("mine")  # the user, meanwhile
+
+    with caplog.at_level(logging.WARNING, logger="tunesift"):
+        folders.publish(out, fill, "the output", out)
+    assert (out / "manifest.json").read_text() == "new"
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.previous-")]
+    assert len(kept) == 1 and (kept[0] / "out" / "notes.txt").read_text() == "mine"
+    assert f"the previous folder is kept at '{kept[0] / 'out'}'" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", kept[0].name])
+
+
 def test_an_output_folder_is_replaced_only_as_tunesift_wrote_it(tmp_path, capsys):
     """The swap deletes the previous set: every entry of it must be tunesift's and unchanged (the
     manifest's checksums), or the run is refused up front with nothing touched."""
@@ -739,3 +798,38 @@ def test_a_model_path_that_does_not_exist_is_named_as_a_path(tmp_path):
         with pytest.raises(TunesiftError, match=f"model folder '{re.escape(name)}' not found"):
             model_folder(name)
     assert model_folder("org/name") == "org/name"  # a Hub id, looked up in the local cache later
+
+
+def test_a_model_without_weights_is_refused_before_it_is_loaded(tmp_path, monkeypatch):
+    """A folder or a Hub cache entry holding only config.json used to pass the check, and the
+    bench then failed at its first load, after writing bench.json."""
+    from huggingface_hub import constants
+
+    from tunesift.errors import TunesiftError
+    from tunesift.models import check_model, converted
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(TunesiftError, match=r"model folder '.*m' has a config.json but no weights"):
+        check_model(str(folder))
+    (folder / "model.safetensors").write_bytes(b"")
+    check_model(str(folder))
+    assert not converted(folder)  # no tunesift-source.json: not a whole conversion
+    (folder / "tunesift-source.json").write_text("{}")
+    assert converted(folder)
+
+    hub = tmp_path / "hub"
+    snap = hub / "models--org--name" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (hub / "models--org--name" / "refs").mkdir()
+    (hub / "models--org--name" / "refs" / "main").write_text("abc")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(TunesiftError, match=r"cannot load model 'org/name' offline: it is not one of"):
+        check_model("org/name")
+    (snap / "config.json").write_text("{}")
+    with pytest.raises(TunesiftError, match=r"holds its config.json but no weights"):
+        check_model("org/name")
+    (snap / "model.safetensors.index.json").write_text("{}")
+    check_model("org/name")

@@ -393,6 +393,24 @@ def test_ties_go_to_lowest_index() -> None:
             assert r.order[1] != 9 or r.gains[1] == 0.0
 
 
+def test_lazy_equals_naive_when_a_change_is_one_ulp() -> None:
+    """A row's one-ulp change used to round away in the column sum, leaving a stale, too-high gain
+    marked exact: lazy then picked column 2 where naive picked column 0."""
+    u = 2.0**-53
+    S = np.array([[0, 0.75, 0.5 + u], [0, 1 + 2 * u, 1.0], [0.25, 0, 0.25]])
+    c = np.array([0.5, 1.0, 0.0])
+    for opt in ("naive", "lazy"):
+        assert facility_location(S, 2, init=c, optimizer=opt).order.tolist() == [1, 0]
+        assert fl_conditional_gain(S, c[:, None], 2, optimizer=opt).order.tolist() == [1, 0]
+
+
+def test_no_target_rows_means_no_gain() -> None:
+    for opt in ("lazy", "naive", "stochastic"):
+        for S in (np.zeros((0, 5)), sp.csr_matrix((0, 5))):
+            r = facility_location(S, 2, optimizer=opt, epsilon=1e-9)
+            assert r.order.tolist() == [0, 1] and r.objective == 0.0
+
+
 def test_all_zero_kernel_picks_in_index_order() -> None:
     S = np.zeros((5, 7))
     for opt in ("lazy", "naive", "stochastic"):
@@ -453,6 +471,7 @@ def test_other_dtypes_are_accepted() -> None:
     r = facility_location(S, 2)  # columns 1 and 2 tie at 3: lowest index first
     assert r.order.tolist() == [1, 2] and r.objective == pytest.approx(5.0)
     assert facility_location(S.astype(bool), 1).order.tolist() == [2]
+    assert facility_location(sp.csr_matrix(S.astype(bool)), 1).order.tolist() == [2]  # as the dense
     assert facility_location(np.asfortranarray(S.astype(np.float32)), 2).order.tolist() == [1, 2]
 
 

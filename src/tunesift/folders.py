@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import shutil
 import sys
@@ -20,6 +21,8 @@ from pathlib import Path
 from .errors import OptionError, TunesiftError
 from .io.files import input_checksum
 from .store import umask
+
+log = logging.getLogger(__name__)
 
 
 def exchange(a: Path, b: Path) -> bool:
@@ -105,24 +108,58 @@ def staging_folder(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
 
 
-def swap_in(tmp: Path, out: Path) -> None:
+def listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime_ns)}`` of every file under ``folder``: what tells whether a
+    folder changed between two moments without reading it."""
+    found = {}
+    for p in folder.rglob("*"):
+        st = p.lstat()
+        found[p.relative_to(folder).as_posix()] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def retire(previous: Path, out: Path, before: dict[str, tuple[int, int]] | None) -> None:
+    """Delete the previous set, now at ``previous``, unless it changed since ``before`` was taken
+    (a file added or edited while the new set was being written, after the check that allowed
+    the replacement): then it is kept beside ``out`` and a warning says where."""
+    if before is None or listing(previous) == before:
+        shutil.rmtree(previous, ignore_errors=True)
+        return
+    keep = Path(tempfile.mkdtemp(prefix=f"{out.name}.previous-", dir=out.parent))
+    os.replace(previous, keep / out.name)
+    log.warning("'%s' changed while the new set was written: the previous folder is kept at '%s'",
+                out, keep / out.name)
+
+
+def swap_in(tmp: Path, out: Path, before: dict[str, tuple[int, int]] | None = None) -> None:
     """Make the filled folder ``tmp`` the folder ``out``: files synced first, the folder given the
-    user's default permissions, the previous ``out`` (if any) exchanged out and removed."""
+    user's default permissions, the previous ``out`` (if any) exchanged out and removed
+    (:func:`retire`: kept when it changed since ``before``). Where no atomic exchange exists the
+    previous set is moved aside first and moved back if the new one cannot take its place."""
     for p in tmp.rglob("*"):  # durable before the swap
         if p.is_file():
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
     os.chmod(tmp, 0o777 & ~umask())
-    if out.exists():
-        if exchange(tmp, out):  # tmp now holds the previous set
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "set")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-    else:
+    if not out.exists():
         os.replace(tmp, out)
+    elif exchange(tmp, out):  # tmp now holds the previous set
+        retire(tmp, out, before)
+    else:
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        try:
+            os.replace(out, old / "set")
+        except OSError:
+            old.rmdir()
+            raise
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            os.replace(old / "set", out)  # the previous set back in place: nothing changed
+            old.rmdir()
+            raise
+        retire(old / "set", out, before)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def publish(out: Path, fill: Callable[[Path], None], what: str, shown: str | Path) -> None:
@@ -133,9 +170,10 @@ def publish(out: Path, fill: Callable[[Path], None], what: str, shown: str | Pat
     made = [p for p in out.parents if not p.exists()]  # folders the staging creates, deepest first
     tmp = None
     try:
+        before = listing(out) if out.is_dir() else None  # the set the caller's checks allowed to replace
         tmp = staging_folder(out)
         fill(tmp)
-        swap_in(tmp, out)
+        swap_in(tmp, out, before)
         tmp = made = None
     except OSError as exc:
         raise TunesiftError(f"cannot write {what} to '{shown}': {exc.strerror or exc}; "

@@ -158,13 +158,23 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     os.replace(tmp, out_dir)
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def converted(folder: Path) -> bool:
+    """Whether ``folder`` is a whole GGUF conversion: its config, weights and the source record,
+    written last (a folder someone emptied in part is converted again, not loaded half)."""
+    return all((folder / f).is_file() for f in ("tunesift-source.json", "config.json", "model.safetensors"))
+
+
 def model_folder(name: str) -> Path | str:
     """Where ``name`` loads from: a converted cache folder, a local folder, or a Hub id (offline cache)."""
     alias = ALIASES.get(name.lower())
     if alias is not None:
         gguf = _bundled_gguf(alias)
         folder = cache_home() / "models" / f"{alias}-{file_fingerprint(gguf)}"
-        if not (folder / "config.json").exists():
+        if not converted(folder):
             _convert_gguf(gguf, folder)
         return folder
     path = Path(name).expanduser()
@@ -172,7 +182,7 @@ def model_folder(name: str) -> Path | str:
         if not path.is_file():
             raise TunesiftError(f"model file '{name}' not found")
         folder = cache_home() / "models" / f"{path.stem}-{file_fingerprint(path)}"
-        if not (folder / "config.json").exists():
+        if not converted(folder):
             _convert_gguf(path, folder)
         return folder
     if path.exists():
@@ -186,23 +196,32 @@ def model_folder(name: str) -> Path | str:
 
 def check_model(name: str) -> None:
     """A one-line TunesiftError, before any output is written, when ``name`` cannot load offline:
-    not an alias, a model folder, a .gguf file or a Hub id whose files are in the local cache
-    (with ``HF_HUB_OFFLINE=0`` a Hub id passes: :func:`load_lm` may download it).
+    not an alias, a model folder with weights, a .gguf file or a Hub id whose config and weights
+    are in the local cache (with ``HF_HUB_OFFLINE=0`` a Hub id passes: :func:`load_lm` may download it).
     (An alias or .gguf is converted here once, which :func:`load_lm` would do anyway.)"""
     where = model_folder(name)
     if isinstance(where, Path):
+        if not any((where / f).is_file() for f in WEIGHT_FILES):
+            raise TunesiftError(f"model folder '{name}' has a config.json but no weights "
+                                f"({' or '.join(WEIGHT_FILES[::2])})")
         return
     from huggingface_hub import constants, try_to_load_from_cache
 
     if not constants.HF_HUB_OFFLINE:  # the user allowed downloads: load_lm may fetch it
         return
-    try:
-        hit = try_to_load_from_cache(name, "config.json")
-    except Exception:  # not a valid repo id
-        hit = None
-    if not isinstance(hit, str):
+
+    def cached(filename: str) -> bool:
+        try:
+            return isinstance(try_to_load_from_cache(name, filename), str)
+        except Exception:  # not a valid repo id
+            return False
+
+    if not cached("config.json"):
         raise TunesiftError(f"cannot load model '{name}' offline: it is not one of {', '.join(ALIASES)}, a model "
                             "folder, a .gguf file or a Hub id in the local cache")
+    if not any(cached(f) for f in WEIGHT_FILES):
+        raise TunesiftError(f"cannot load model '{name}' offline: the local cache holds its config.json but no "
+                            f"weights ({' or '.join(WEIGHT_FILES[::2])})")
 
 
 def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto") -> LoadedModel:

@@ -103,9 +103,9 @@ def check_cache_dir(root: str | Path) -> Path:
     """Create the cache folder and probe-write a file in it (before any scoring), or raise
     :class:`~tunesift.errors.CacheError` in one line."""
     root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise CacheError(f"score cache: '{root}' exists and is not a folder; point --cache-dir at a folder")
-    try:
+    try:  # exists() raises too (a name too long, a parent the user cannot enter)
+        if root.exists() and not root.is_dir():
+            raise CacheError(f"score cache: '{root}' exists and is not a folder; point --cache-dir at a folder")
         root.mkdir(parents=True, exist_ok=True)
         probe_write(root)
     except OSError as exc:

@@ -157,7 +157,8 @@ def _decode(data: bytes, source: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        begin = data.rfind(b"\n", 0, e.start) + 1
+        col = len(data[begin : e.start].decode("utf-8")) + 1  # in characters, as JSON errors count
         raise InputError(
             source,
             f"not valid UTF-8: byte 0x{data[e.start]:02x} at column {col} "
@@ -300,6 +301,9 @@ def _read_csv(text: str, source: str) -> Rows:
             header = next(reader)
         except csv.Error as e:
             raise InputError(source, f"malformed CSV header: {one_line(e)}", line=1) from None
+        if not any(name.strip() for name in header):
+            raise InputError(source, "the first line is blank: a CSV file starts with its header, the column "
+                             "names", line=1)
         seen: set[str] = set()
         for name in header:
             if name in seen:
@@ -320,8 +324,8 @@ def _read_csv(text: str, source: str) -> Rows:
                     f"starting on file line {start})",
                     line=row_no + 1,
                 ) from None
-            if not cells:
-                continue  # a blank line
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
+                continue  # a blank line (spaces only, too, as in JSON Lines)
             row_no += 1
             loc = Loc(row_no, f"row {row_no}, file line {start}", "row")
             if len(cells) != len(header):
@@ -346,9 +350,15 @@ def _read_parquet(data: bytes, source: str, digest: dict) -> tuple[Rows, str]:
         # aborts the process (exit 134 instead of the CLI's own code; seen with torch imported)
         buf = pa.allocate_buffer(len(data))
         memoryview(buf).cast("B")[:] = data
+        names = pq.read_schema(pa.BufferReader(buf)).names
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # Arrow would fail with a message about field refs; a row could keep only one
+            raise InputError(source, f"the Parquet file names column {show(twice[0])} twice; only one would be read")
         table = pq.read_table(pa.BufferReader(buf))
         digest["schema"] = table.schema
         rows = table.to_pylist()
+    except InputError:
+        raise
     except OSError as e:
         raise InputError(source, f"cannot read the Parquet file: {one_line(e)}") from None
     except Exception as e:  # pyarrow.ArrowInvalid and friends

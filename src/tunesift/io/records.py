@@ -141,8 +141,9 @@ def records_from_rows(
     if type(rows).__name__ in ("DatasetDict", "IterableDatasetDict"):
         rows = train_split(rows, source)  # type: ignore[arg-type]
     elif hasattr(rows, "to_dict") and hasattr(rows, "columns") and hasattr(rows, "iloc"):  # a pandas DataFrame
-        if not rows.columns.is_unique:
-            dup = sorted({str(c) for c in rows.columns[rows.columns.duplicated()]})
+        names = [str(c) for c in rows.columns]  # as the rows will name them: 0 and "0" are one name
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
             raise InputError(source, f"the DataFrame has duplicate column names ({', '.join(dup)}); "
                                      "only one of each would be read")
         rows = [{k if isinstance(k, str) else str(k): v for k, v in ((k, from_pandas(v)) for k, v in r.items())
@@ -196,6 +197,18 @@ def _check_part(limit: int | None, sample: int | None, seed: int) -> None:
         raise OptionError(f"--seed must be a whole number, got {seed!r}")
 
 
+MAX_NESTING = 100  # container levels in a row: the JSON Lines writer recurses two frames per level
+
+
+def nesting(value: Any) -> int:
+    """How many dict/list levels deep ``value`` goes (a flat row: 1), counted without recursion."""
+    depth, level = 0, [value]
+    while boxes := [v for v in level if isinstance(v, (dict, list, tuple))]:
+        depth += 1
+        level = [x for box in boxes for x in (box.values() if isinstance(box, dict) else box)]
+    return depth
+
+
 def build_records(rows: Rows, fm: FieldMap, source: str, empty: str, on_error: str = "fail",
                   hint: str = "", *, limit: int | None = None, sample: int | None = None,
                   seed: int = 0) -> list[Record]:
@@ -223,6 +236,9 @@ def build_records(rows: Rows, fm: FieldMap, source: str, empty: str, on_error: s
     out: list[Record] = []
     defects: dict[int, InputError] = {}  # index in `out` -> its defect
     for row, loc in itertools.chain([first], rows):
+        if (deep := nesting(row)) > MAX_NESTING:  # readable, but not writable back out
+            raise located_error(source, loc, f"the row is nested {deep} levels deep; tunesift reads at most "
+                                f"{MAX_NESTING} (lists and objects inside each other)")
         error = None
         try:
             prompt, response, context, role = record_texts(row, schema, loc, source)

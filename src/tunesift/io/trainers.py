@@ -34,8 +34,13 @@ def unreadable_turn(rows: Iterable[dict], messages: str, tags: dict[str, str]) -
     tunesift scores as the call's JSON, are not read by its sharegpt formatting)."""
     role, content = tags["role_tag"], tags["content_tag"]
     known = {v for k, v in tags.items() if k not in ("role_tag", "content_tag")}
+    # after one optional leading system turn, LLaMA-Factory's sharegpt converter wants
+    # (user | observation) and (assistant | function_call) turns to alternate, in pairs
+    odd = {tags.get("user_tag"), tags.get("observation_tag")} - {None}
+    even = {tags.get("assistant_tag"), tags.get("function_tag")} - {None}
     for i, row in enumerate(rows, 1):
-        for turn in row.get(messages) or ():
+        turns = list(row.get(messages) or ())
+        for turn in turns:
             if not isinstance(turn, dict) or not isinstance(turn.get(role), str) or turn[role] not in known:
                 got = turn.get(role) if isinstance(turn, dict) else turn
                 return f"kept record {i} has a turn with {role} {got!r}, not one of {sorted(known)}"
@@ -43,6 +48,16 @@ def unreadable_turn(rows: Iterable[dict], messages: str, tags: dict[str, str]) -
                 return f"kept record {i} has a turn whose {content} is not text"
             if turn.get("tool_calls"):  # scored as the call's JSON; sharegpt would read the content alone
                 return f"kept record {i} has a turn with tool_calls, which LLaMA-Factory's sharegpt formatting does not read"
+        if turns and tags.get("system_tag") is not None and turns[0][role] == tags["system_tag"]:
+            turns = turns[1:]
+        for t, turn in enumerate(turns):
+            if turn[role] not in (odd, even)[t % 2]:
+                return (f"kept record {i}: its turn {t + 1} after any leading system turn has {role} "
+                        f"{turn[role]!r} where LLaMA-Factory wants one of {sorted((odd, even)[t % 2])} (it skips "
+                        "chats whose user and assistant turns do not alternate)")
+        if len(turns) % 2:
+            return (f"kept record {i} ends on a {turns[-1][role]!r} turn: LLaMA-Factory skips chats with an odd "
+                    "number of turns after the system turn")
     return None
 
 

@@ -29,7 +29,7 @@ def run_random(job: Job) -> Picked:
     if job.opt.within is None:
         return Picked({}, order)
     name, _, wanted = job.opt.within.partition("=")
-    name = name.strip()
+    name, wanted = name.strip(), wanted.strip()  # "meta.source = dolly" means dolly
     values = [category(field_value(r.row, name)) for r in job.records]
     match = np.array([v == wanted for v in values], dtype=bool)
     n_match = int(match.sum())

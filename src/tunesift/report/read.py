@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,9 +78,13 @@ def read_output(out_dir: str | Path) -> Output:
         raise TunesiftError(f"{mpath}:{exc.lineno}: invalid JSON: {exc.msg}") from None
     check_manifest(manifest, mpath)
     method = manifest["method"]
-    check_unchanged(out, manifest, (spath, jpath))
+    try:  # one read: the bytes checked are the bytes parsed, even if select runs again meanwhile
+        sdata = spath.read_bytes()
+    except OSError as exc:
+        raise TunesiftError(f"{spath}: cannot read: {exc.strerror or exc}") from None
+    check_unchanged(out, manifest, spath, hashlib.sha256(sdata).hexdigest())
     try:
-        table = pq.read_table(spath)
+        table = pq.read_table(pa.BufferReader(sdata))
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise TunesiftError(f"{spath}: cannot read scores: {one_line(exc)}") from None
     need = {"id", "kept", "rank"} | set(SCORE_COLUMNS[method])
@@ -101,17 +106,7 @@ def read_output(out_dir: str | Path) -> Output:
             if pa.types.is_boolean(col.type):
                 bools.add(name)
     ids = [str(x) for x in table.column("id").to_pylist()]
-    selected = []
-    try:
-        with open(jpath, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        selected.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise TunesiftError(f"{jpath}:{lineno}: invalid JSON: {exc.msg}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TunesiftError(f"{jpath}: cannot read: {exc}") from None
+    selected = read_selected(out, manifest, jpath)
     res = Output(out, manifest, cols, ids, cols["kept"], selected, method, bools=bools)
     if "covered_by" in table.column_names:
         res.covered_by = [None if c is None else str(c) for c in table.column("covered_by").to_pylist()]
@@ -160,18 +155,40 @@ def check_manifest(manifest, mpath: Path) -> None:
                                     f"{type(entry[key]).__name__}")
 
 
-def check_unchanged(out: Path, manifest: dict, paths: tuple[Path, ...]) -> None:
-    """One-line TunesiftError when a file the manifest lists a checksum for has changed since select
-    wrote it (a ``selected.jsonl`` from another selection would put one record's text beside
-    another's id). Outputs from before the checksums carry no ``files`` and are not checked."""
-    from ..folders import entry_digest
+def check_unchanged(out: Path, manifest: dict, path: Path, digest: str) -> None:
+    """One-line TunesiftError when ``digest``, the SHA-256 of the bytes read from ``path``, is not
+    the one the manifest lists for it: the file changed since select wrote it (a ``selected.jsonl``
+    from another selection would put one record's text beside another's id). Outputs from before
+    the checksums carry no ``files`` and are not checked."""
+    want = (manifest.get("files") or {}).get(path.name)
+    if isinstance(want, str) and digest != want:
+        raise TunesiftError(f"{path}: changed since tunesift select wrote it (its sha256 is not the one "
+                            f"{out / 'manifest.json'} lists); rerun select, or restore the file")
 
-    files = manifest.get("files") or {}
-    for p in paths:
-        want = files.get(p.name)
-        if isinstance(want, str) and entry_digest(p) != want:
-            raise TunesiftError(f"{p}: changed since tunesift select wrote it (its sha256 is not the one "
-                                f"{out / 'manifest.json'} lists); rerun select, or restore the file")
+
+def read_selected(out: Path, manifest: dict, jpath: Path) -> list[dict]:
+    """The rows of ``selected.jsonl``, hashed as they are parsed (one open, no second read to race
+    with a rewrite); a changed file is refused before a damaged line is reported."""
+    selected: list[dict] = []
+    digest = hashlib.sha256()
+    problem = None  # the first damaged line, raised once the checksum has been compared
+    try:
+        with open(jpath, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                digest.update(raw)
+                if problem is None and raw.strip():
+                    try:
+                        selected.append(json.loads(raw.decode("utf-8")))
+                    except UnicodeDecodeError as exc:
+                        problem = f"{jpath}:{lineno}: cannot read: {exc}"
+                    except json.JSONDecodeError as exc:
+                        problem = f"{jpath}:{lineno}: invalid JSON: {exc.msg}"
+    except OSError as exc:
+        raise TunesiftError(f"{jpath}: cannot read: {exc.strerror or exc}") from None
+    check_unchanged(out, manifest, jpath, digest.hexdigest())
+    if problem:
+        raise TunesiftError(problem)
+    return selected
 
 
 def check_columns(table, need: set[str], spath: Path, greedy: bool) -> None:

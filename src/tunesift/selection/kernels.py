@@ -42,7 +42,7 @@ def as_kernel(
         if csr.ndim != 2:
             raise OptionError(f"{name} must be 2-D, got shape {csr.shape}")
         if csr.dtype not in (np.float32, np.float64):
-            if not (np.issubdtype(csr.dtype, np.number) and not np.iscomplexobj(csr.data)):
+            if not ((np.issubdtype(csr.dtype, np.number) or csr.dtype == np.bool_) and not np.iscomplexobj(csr.data)):
                 raise OptionError(f"{name} must hold real numbers, got dtype {csr.dtype}")
             csr = csr.astype(_F64)
         if not csr.has_canonical_format:

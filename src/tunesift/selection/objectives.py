@@ -119,7 +119,7 @@ class FLObjective:
         out = np.empty(len(cols), dtype=_F64)
         if self.dense is not None:
             n = self.n
-            step = max(1, EVAL_BYTES // (8 * n))
+            step = max(1, EVAL_BYTES // (8 * max(n, 1)))  # n = 0: no target rows, every gain 0
             for a in range(0, len(cols), step):
                 c = cols[a : a + step]
                 X = self.dense[:, c].T  # (len(c), n) view

@@ -259,11 +259,12 @@ class IncrementalGains:
             else:
                 lo, hi = oo, nn
             np.clip(blk, lo[:, None], hi[:, None], out=blk)
-            part = np.add.reduce(blk, axis=0, dtype=_F64)
-            # Column sums run sequentially over rows, like cumsum, so a column with no entry
-            # above its row's old maximum gives exactly 0 here.
-            part -= np.cumsum(oo)[-1]
-            total += part
+            # Each term is subtracted before the sum: a term is 0 exactly when the entry is not
+            # above its row's old maximum, and a sum of terms >= 0 with one > 0 is > 0. (Summing
+            # first and subtracting sum(old) after could round a one-ulp change to 0 and leave a
+            # too-high gain marked exact: lazy greedy then picked other than naive.)
+            blk -= lo[:, None]
+            total += np.add.reduce(blk, axis=0, dtype=_F64)
         self.exact[total != 0] = False
         np.maximum(total, 0.0, out=total)  # rounding must never raise a gain
         self.g -= total

@@ -251,6 +251,12 @@ def partitioned_facility_location(
     make = _square_kernel_maker(data, knn, ann_method, seed)
     fl_opts = {"optimizer": optimizer, "epsilon": epsilon, "seed": seed}
 
+    sizes = n_pool // m + (np.arange(m) < n_pool % m)  # the parts' sizes (np.array_split's)
+    if np.minimum(kappa, sizes).sum() < k:  # m = 1 included: a local_budget is never ignored
+        raise OptionError(
+            f"the union of {m} parts x local_budget {kappa} holds fewer than budget {k} records; "
+            "raise local_budget or use fewer partitions"
+        )
     if m == 1:  # the only part is the pool itself: its greedy result is the answer
         everyone = np.arange(n_pool, dtype=np.int64)
         res = facility_location(make(everyone), k, **fl_opts)
@@ -270,11 +276,6 @@ def partitioned_facility_location(
     parts = np.empty(n_pool, dtype=np.int32)
     for p, idx in enumerate(chunks):
         parts[idx] = p
-    if sum(min(kappa, len(c)) for c in chunks) < k:
-        raise OptionError(
-            f"the union of {m} parts x local_budget {kappa} holds fewer than budget {k} records; "
-            "raise local_budget or use fewer partitions"
-        )
 
     picks: list[np.ndarray] = []
     weight = np.zeros(n_pool, dtype=_F64) if weighted else None

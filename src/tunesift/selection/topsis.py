@@ -37,8 +37,12 @@ def topsis(x: np.ndarray, weights, benefit) -> np.ndarray:
     if not ok.any():
         return out
     xv = x[ok]
-    norm = np.sqrt((xv**2).sum(axis=0))
-    r = np.divide(xv, norm, out=np.zeros_like(xv), where=norm > 0)
+    # r = x / ||x||, each column first divided by its largest |x|: squares of 1e-170 or 1e170
+    # would underflow to 0 or overflow to inf and silently drop the criterion
+    big = np.abs(xv).max(axis=0)
+    xs = np.divide(xv, big, out=np.zeros_like(xv), where=big > 0)
+    norm = np.sqrt((xs**2).sum(axis=0))
+    r = np.divide(xs, norm, out=np.zeros_like(xs), where=norm > 0)
     v = r * w
     ideal = np.where(b, v.max(axis=0), v.min(axis=0))
     anti = np.where(b, v.min(axis=0), v.max(axis=0))
