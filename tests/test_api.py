@@ -102,6 +102,27 @@ def test_unknown_keywords_and_bad_options_fail_before_anything_is_read(tmp_path)
         tunesift.select(tmp_path / "o" / "data.jsonl", method="random", out=tmp_path / "o")
 
 
+@pytest.mark.parametrize("kw, message", [
+    ({"knn": "5"}, "knn must be a whole number, got '5'"),  # was a TypeError from a comparison
+    ({"max_length": 8.5}, "max-length must be a whole number, got 8.5"),  # was accepted
+    ({"token_budget": None}, "token-budget must be a whole number, got None"),
+    ({"epsilon": "0.1"}, "epsilon must be a number, got '0.1'"),
+    ({"device": 5}, "device must be text, got 5"),  # was an AttributeError
+    ({"label_fraction": True}, "label-fraction must be a number, got True"),  # was accepted as 1
+    ({"clip_negative": "no"}, "clip-negative must be true or false, got 'no'"),  # a truthy string: clipping on
+    ({"weights": "1,0"}, "weights must be a pair of numbers, got '1,0'"),
+    ({"progress": "yes"}, "progress must be True, False, None or a factory"),
+])
+def test_options_of_the_wrong_type_are_one_line_before_anything_is_read(tmp_path, kw, message):
+    with pytest.raises(OptionError, match=re.escape(message)):
+        tunesift.select(tmp_path / "never-read.jsonl", method="random", **kw)
+
+
+def test_paths_are_accepted_where_the_options_take_text(tmp_path, demo_rows):
+    sel = tunesift.select(demo_rows, method="random", budget=3, cache_dir=tmp_path / "c", model=Path("default"))
+    assert sel.options.cache_dir == str(tmp_path / "c") and sel.options.model == "default"
+
+
 # ----------------------------------------------------------------------------- the result
 
 

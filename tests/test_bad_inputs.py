@@ -6,6 +6,7 @@ import json
 import pytest
 
 from tunesift.cli import main
+from tunesift.methods.catalogue import method_names
 
 GOOD = [{"instruction": f"Say {i}.", "output": f"{i}"} for i in range(6)]
 
@@ -47,7 +48,8 @@ CASES = [
     ("budget-zero", "d.jsonl", jsonl(GOOD), ["--budget", "0"], "budget count must be at least 1"),
     ("budget-above-one", "d.jsonl", jsonl(GOOD), ["--budget", "1.5"], "budget fraction must be in (0, 1]"),
     ("budget-above-n", "d.jsonl", jsonl(GOOD), ["--budget", "7"], "larger than the 6 input records"),
-    ("unknown-method", "d.jsonl", jsonl(GOOD), ["--method", "magic"], "unknown method 'magic'"),
+    ("unknown-method", "d.jsonl", jsonl(GOOD), ["--method", "magic"],
+     f"unknown method 'magic': use one of {', '.join(method_names())}"),
     ("unknown-stage", "d.jsonl", jsonl(GOOD), ["--method", "delift", "--stage", "final"], "unknown stage 'final'"),
     ("task-without-target", "d.jsonl", jsonl(GOOD), ["--method", "delift", "--stage", "task"], "needs a target set"),
     ("continual-without-existing", "d.jsonl", jsonl(GOOD), ["--method", "delift", "--stage", "continual"],
@@ -60,7 +62,7 @@ CASES = [
      ["--method", "donod", "--model", "TINY", "--max-length", "64"], "does not fit max_length 64"),
     ("output-is-a-file", "d.jsonl", jsonl(GOOD), ["--out", "BLOCKER"], "not a folder"),
     ("target-without-task-stage", "d.jsonl", jsonl(GOOD), ["--method", "delift", "--target", "GOODTARGET"],
-     "--target is used only by"),
+     "--target is used only by --method delift/delift-se/donod+delift/less/rds --stage task"),
     ("negative-nu", "d.jsonl", jsonl(GOOD), ["--method", "delift", "--stage", "continual", "--existing",
                                              "GOODTARGET", "--nu", "-1"], "nu must be a finite number >= 0"),
     ("negative-seed", "d.jsonl", jsonl(GOOD), ["--seed", "-1"], "seed must be an integer >= 0"),
@@ -138,3 +140,7 @@ def test_cases_are_documented():
     doc = (Path(__file__).parent.parent / "docs" / "errors.md").read_text()
     missing = [c[0] for c in CASES if f"`{c[0]}`" not in doc]
     assert not missing, f"docs/errors.md lacks {missing}"
+    # each documented message holds the text the test finds in the real one (catches a drifted row)
+    rows = {line.split("`")[1]: line for line in doc.splitlines() if line.startswith("| `")}
+    drifted = [c[0] for c in CASES if c[4] not in rows[c[0]]]
+    assert not drifted, f"docs/errors.md's messages differ from the CLI's for {drifted}"

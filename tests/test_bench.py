@@ -88,6 +88,19 @@ def test_random_cells_differ_by_seed_and_full_uses_everything(data, tiny_dir, tm
     assert len(f["selected_ids"]) == 24 and f["train_losses"]
 
 
+def test_bench_gives_balanced_random_its_field_and_select_s_knn(data, tiny_dir, tmp_path, capsys, monkeypatch):
+    """balanced-random could not run in a bench (no --by), and DELIFT defaulted to the dense
+    kernel there while select defaults to 16 neighbours."""
+    seen = {}
+    monkeypatch.setattr(bench_mod, "run_bench", lambda cfg, out, progress=None: seen.setdefault("cfg", cfg) and [])
+    code, _, err = run([*bench_args(data, tiny_dir, tmp_path / "b"), "--methods", "base,balanced-random",
+                        "--by", "meta.source"], capsys)
+    assert code == 0, err
+    assert seen["cfg"].method_options == {"balanced-random": {"by": "meta.source"}}
+    assert seen["cfg"].select_options["knn"] == 16
+    bench_mod._check(seen["cfg"])  # the grid checks accept it
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--methods", "random,magic"], "unknown bench method 'magic'"),
     (["--seeds", "0"], "seeds must be at least 1"),
@@ -104,6 +117,8 @@ def test_random_cells_differ_by_seed_and_full_uses_everything(data, tiny_dir, tm
     (["--generate-limit", "0"], "the test set: generate-limit must be at least 1"),
     (["--train-model", "no-such/model"], "cannot load model 'no-such/model' offline"),
     (["--select-model", "no-such-model.gguf"], "model file 'no-such-model.gguf' not found"),
+    (["--by", "meta.source"], "--by is read only by balanced-random, which --methods does not name"),
+    (["--methods", "balanced-random"], "balanced-random needs --by"),
 ])
 def test_bad_bench_options(extra, message, data, tiny_dir, tmp_path, capsys):
     code, _, err = run(bench_args(data, tiny_dir, tmp_path / "b", *extra), capsys)

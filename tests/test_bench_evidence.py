@@ -2,6 +2,7 @@
 differences from random are beyond the seed spread, the data-efficiency curve's data and axes,
 further held-out sets, method variants, stages per method, and the sequential continual stage."""
 
+import copy
 import hashlib
 import json
 from dataclasses import asdict
@@ -129,6 +130,11 @@ def test_each_method_keeps_its_own_options_as_a_bench_grows(tmp_path):
     # a bench pinned before (options in its key when given) still resumes: its key is accepted
     assert bm._config_key(variant, {}, legacy=True) != bm._config_key(variant, {})
     assert bm._config_key(plain, {}, legacy=True) == bm._config_key(plain, {})
+    lean = copy.deepcopy(plain)
+    lean.training.checkpointing = not plain.training.checkpointing  # memory only: the same cells
+    assert bm._config_key(lean, {}) == bm._config_key(plain, {})
+    lean.training.token_budget = 512  # micro-batches change float summation order: another bench
+    assert bm._config_key(lean, {}) != bm._config_key(plain, {})
     # a bench.json from before the per-method map: its last run's methods, with their options
     old = {"key": "k", "config": {"methods": ["base", "random"], "method_options": {}}}
     grown = bm.pin_method_options(old, variant, tmp_path)

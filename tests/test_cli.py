@@ -194,7 +194,17 @@ def test_config_file_with_flag_override(demo, tmp_path, capsys):
                                           ("budget: [0.1, 0.2]\nlimit: 2.5\n", "bad.yaml:2: option 'limit': "),
                                           ("method: random\nlimit: true\n",  # typer would read it as 1
                                            "bad.yaml:2: option 'limit': expected a value, got the boolean true"),
-                                          ("yes: 1\n", "bad.yaml:1: unknown option 'yes'")])
+                                          ("yes: 1\n", "bad.yaml:1: unknown option 'yes'"),
+                                          # these used to run: the last of two keys, the default for a blank
+                                          ("method: random\nbudget: 2\nmethod: donod\n",
+                                           "bad.yaml:3: option 'method' is given twice (also on line 1)"),
+                                          ("method:\nbudget: 2\n", "bad.yaml:1: option 'method' has no value"),
+                                          # a value's own range is checked where its line is known
+                                          ("method: random\nepsilon: .inf\n",
+                                           "bad.yaml:2: epsilon must be in (0, 1), got inf"),
+                                          ("method: random\nknn: -3\n", "bad.yaml:2: knn must be >= 0"),
+                                          ("method: random\nseed: [1, 2]\n",
+                                           "bad.yaml:2: option 'seed': expected one value, got a list")])
 def test_bad_config(text, message, tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)

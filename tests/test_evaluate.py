@@ -33,6 +33,8 @@ GSM = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 
     # fractions are their value; a hyphen after a digit is no minus; commas only group thousands
     ("3/4", 0.75), ("#### 3/4", 0.75), ("5-3", 3.0), ("it takes 3-4 days", 4.0), ("in 2023-2024", 2024.0),
     ("3,4,5", 5.0), ("#### 1,234,567", 1234567.0), ("\u22125", -5.0), ("-$5", -5.0), ("$1,000.50", 1000.5),
+    # a fraction ending a sentence is still a fraction
+    ("The answer is 3/4.", 0.75), ("#### 1/2.", 0.5), ("so she pays 3/4.", 0.75), ("3/4.5", 4.5),
 ])
 def test_final_answer(text, value):
     assert final_answer(text) == value

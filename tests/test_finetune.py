@@ -95,11 +95,17 @@ def test_micro_batches_and_checkpointing_leave_the_training_unchanged(tiny_dir, 
 
     def run(**kw):
         lm = load_lm(str(tiny_dir), device="cpu", dtype="float32")
-        cfg = TrainConfig(mode=mode, epochs=2, lr=3e-3, batch_size=8, seed=3, lora_dropout=0.0, **kw)
+        cfg = TrainConfig(**{"mode": mode, "epochs": 2, "lr": 3e-3, "batch_size": 8, "seed": 3, "lora_dropout": 0.0,
+                             **kw})
         res = finetune(lm, records, cfg)
         return res.losses, [p.detach().clone() for p in res.model.parameters()]
 
     plain_losses, plain_w = run(token_budget=1 << 20, checkpointing=False)
+    # checkpointing alone is the same computation, recomputed (dropout's RNG replayed): bit for bit,
+    # which lets a bench resume with it switched (bench._config_key)
+    on = run(token_budget=1 << 20, checkpointing=True, lora_dropout=0.1)
+    off = run(token_budget=1 << 20, checkpointing=False, lora_dropout=0.1)
+    assert on[0] == off[0] and all(torch.equal(a, b) for a, b in zip(on[1], off[1]))
     lean_losses, lean_w = run(token_budget=32, checkpointing=True)  # a micro-batch per record or two
     np.testing.assert_allclose(lean_losses, plain_losses, rtol=1e-4)  # training magnifies rounding
     for a, b in zip(lean_w, plain_w):
@@ -162,6 +168,54 @@ def test_full_finetuning_changes_every_weight(fresh, records):
     res = finetune(fresh, records[:8], TrainConfig(mode="full", epochs=1, lr=1e-3, batch_size=4))
     assert not torch.equal(res.model.model.layers[1].mlp.down_proj.weight, w0)
     assert all(not p.requires_grad for p in res.model.parameters())  # left frozen for scoring
+
+
+def test_bfloat16_weights_train_and_merge_in_float32(tiny_dir, records, tmp_path):
+    """On bfloat16 weights (the GPU default) AdamW dropped most full fine-tuning updates, and a LoRA
+    update added to bf16 weights was mostly rounded away: full mode trains float32 master weights
+    and LoRA merges in float32, whichever dtype the model was loaded in."""
+    full = load_lm(str(tiny_dir), device="cpu", dtype="bfloat16")
+    w0 = full.model.model.layers[1].mlp.down_proj.weight.detach().float().clone()
+    res = finetune(full, records[:8], TrainConfig(mode="full", epochs=1, lr=1e-5, batch_size=4, autocast="bfloat16"))
+    w1 = res.model.model.layers[1].mlp.down_proj.weight
+    assert w1.dtype == torch.float32 and full.dtype == "float32"
+    assert (w1 != w0).float().mean() > 0.9  # in bf16 most of these tiny steps would not register
+
+    def merged_weight(dtype):
+        lm = load_lm(str(tiny_dir), device="cpu", dtype=dtype)
+        res = finetune(lm, records[:8], TrainConfig(epochs=1, lr=3e-3, batch_size=4, seed=1))
+        out = merged(lm, res)
+        return out, out.model.model.layers[1].mlp.down_proj.weight
+
+    def base_weight(dtype):
+        return load_lm(str(tiny_dir), device="cpu", dtype=dtype).model.model.layers[1].mlp.down_proj.weight.float()
+
+    _, ref = merged_weight("float32")
+    lm16, got = merged_weight("bfloat16")
+    assert lm16.dtype == "float32" and got.dtype == torch.float32
+    # the update survives the merge (it was trained on a bf16 forward, so it is close, not equal)
+    delta_ref, delta_got = ref - base_weight("float32"), got - base_weight("bfloat16")
+    assert torch.nn.functional.cosine_similarity(delta_got.flatten(), delta_ref.flatten(), dim=0) > 0.9
+
+
+def test_evaluation_renders_prompts_as_training_did(tmp_path, caplog):
+    import json
+    import logging
+
+    from tunesift.finetune import TRAIN_META, evaluation_template
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / TRAIN_META).write_text(json.dumps({"tool": "tunesift", "config": {"template": "plain"}}))
+    assert evaluation_template(folder, "auto") == "plain"
+    with caplog.at_level(logging.WARNING, logger="tunesift"):
+        assert evaluation_template(folder, "chat") == "chat"
+    assert "--template chat, but the model was trained with template plain" in caplog.text
+    (folder / TRAIN_META).write_text(json.dumps({"config": {"template": "auto"}}))
+    assert evaluation_template(folder, "auto") == "auto"
+    (folder / TRAIN_META).write_text("{")
+    with pytest.raises(TunesiftError, match=f"{TRAIN_META}: cannot read"):
+        evaluation_template(folder, "auto")
 
 
 def test_save_and_load_round_trip(fresh, tiny_dir, records, tmp_path):

@@ -83,11 +83,26 @@ def test_options_a_method_never_reads_are_named_not_silently_ignored(tmp_path, c
     assert unread("delift-se", dtype="bfloat16", ann="hnsw", partitions=2, knn=5, cache_dir="c") == []
     assert unread("delift-se", model="gemma3-270m", clip_negative=True) == ["model", "clip_negative"]
     assert unread("delift", ann="hnsw", scale="separate", keep_diagonal=True) == []
+    # options read only under another setting: given otherwise they change nothing, and are named
+    assert unread("delift", label_fraction=0.5) == ["label_fraction"]
+    assert unread("delift", utility="learned", label_fraction=0.5) == []
+    assert unread("delift-se", mi_eta=2.0, nu=0.5, epsilon=0.1) == ["mi_eta", "nu", "epsilon"]
+    assert unread("delift-se", stage="task", mi_eta=2.0, optimizer="stochastic", epsilon=0.1) == []
+    assert unread("delift", knn=0, ann="hnsw") == ["ann"]
+    # only the methods that score on Ray workers read the backend (rds and less ran locally, silently)
+    ray = {"backend": "ray", "ray_workers": 5, "ray_address": "ray://head:10001"}
+    assert unread("rds", **ray) == ["backend", "ray_address", "ray_workers"] == unread("random", **ray)
+    assert unread("less", stage="task", **ray) == ["backend", "ray_address", "ray_workers"]
+    assert all(unread(m, **ray) == [] for m in ("donod", "delift", "delift-se", "donod+delift", "ifd", "loss"))
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows({"a": 4})))
     code = main([str(a) for a in ("select", path, "--method", "random", "--budget", "2", "--eta", "0.5",
                                   "-o", tmp_path / "o", "-q")])
     assert code == 0 and "random does not read --eta: it is ignored" in capsys.readouterr().err
+    code = main([str(a) for a in ("select", path, "--method", "delift-se", "--budget", "2", "--nu", "0.5",
+                                  "-o", tmp_path / "o2", "-q")])
+    assert code == 0 and "delift-se does not read --nu (only with --stage continual): it is ignored" in \
+        " ".join(capsys.readouterr().err.split())
 
 
 def test_cli_flags_take_help_and_defaults_from_the_options():

@@ -257,6 +257,26 @@ def test_cache_dir_that_is_a_file_is_one_line_before_scoring(tiny_dir, tmp_path,
     assert not (tmp_path / "o").exists()
 
 
+def test_the_api_and_kernel_check_the_cache_dir_before_the_model_loads(tiny_dir, tmp_path, monkeypatch):
+    """Only the CLI's select checked --cache-dir up front; the Python API and export_kernel loaded the
+    model first and failed at the first block written."""
+    import tunesift
+    import tunesift.models as models
+    from tunesift.errors import CacheError
+    from tunesift.kernel_export import export_kernel
+
+    data = jsonl(tmp_path / "d.jsonl", GOOD)
+    (tmp_path / "cachefile").write_text("x")
+    monkeypatch.setattr(models, "load_lm", lambda *a, **k: pytest.fail("model loaded before the cache check"))
+    for method in ("donod", "delift-se"):
+        with pytest.raises(CacheError, match="cachefile' exists and is not a folder"):
+            tunesift.select(data, method=method, budget=2, model=str(tiny_dir), cache_dir=tmp_path / "cachefile")
+    with pytest.raises(CacheError, match="cachefile' exists and is not a folder"):
+        export_kernel(data, tmp_path / "k", model=str(tiny_dir), cache_dir=str(tmp_path / "cachefile"))
+    assert not (tmp_path / "k").exists()
+    tunesift.select(data, method="random", budget=2, cache_dir=tmp_path / "cachefile")  # writes no cache
+
+
 def test_folder_where_a_block_should_be_is_one_line(tiny_dir, tmp_path, capsys):
     data = jsonl(tmp_path / "d.jsonl", GOOD)
     cache = tmp_path / "cache"

@@ -152,7 +152,10 @@ def select(
         options["weights"] = tuple(weights)
     opt = Options(**options)
     opt.validate()  # every check that needs no data, before anything is read
+    options = {name: getattr(opt, name) for name in options}  # as checked: a Path as text, numpy as Python
     get_method(opt.method).warn_unread(opt)
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        raise OptionError(f"progress must be True, False, None or a factory progress(label, total), got {progress!r}")
     paths = [p for p in (data, target, existing) if isinstance(p, (str, os.PathLike))]
     check_save(out_format, report)
     if out is not None:

@@ -225,6 +225,9 @@ def _config_key(cfg: BenchConfig, digests: dict, *, legacy: bool = False) -> str
     for name, default in LATER_FIELDS.items():
         if name in d and d[name] == default:
             d.pop(name)
+    # checkpointing trades memory for time and gives the same gradients bit for bit (dropout's RNG
+    # is replayed; tests/test_finetune.py), so a bench resumes with it on or off
+    d["training"]["checkpointing"] = True
     d["inputs"] = digests
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -457,10 +460,12 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
           "max_new_tokens": cfg.max_new_tokens, "generate_limit": cfg.generate_limit, "progress": progress}
     ev = evaluate(lm, data["test"], **kw)
     info["metrics"] = dict(ev.metrics)
+    info["eval_counts"] = dict(ev.counts)  # prompts cut to max_length, generations cut off
     info["generations"] = [{"id": r.id, "prediction": g} for r, g in zip(data["test"], ev.generations) if g is not None]
     for name, records in (data.get("also") or {}).items():  # further held-out sets: "<metric>@<name>"
         more = evaluate(lm, records, **{**kw, **generation(cfg, name), "metrics": also_metrics(cfg.metrics, records)})
         info["metrics"].update({f"{m}@{name}": v for m, v in more.metrics.items()})
+        info["eval_counts"].update({f"{k}@{name}": v for k, v in more.counts.items()})
     info["eval_s"] = round(time.perf_counter() - t2, 3)
     info["total_s"] = round(time.perf_counter() - t0, 3)
     return info

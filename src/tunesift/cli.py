@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer  # noqa: E402
 
-from .errors import TunesiftError  # noqa: E402
+from .errors import OptionError, TunesiftError  # noqa: E402
 from .recipe import load_recipe  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -173,7 +173,7 @@ def select(
     opt.validate()
     input_paths = [p for p in (data, target, existing, config) if p is not None]
     check_output_folder(out, input_paths)
-    if get_method(method).needs_lm or method == "delift-se":  # delift-se caches its embeddings
+    if get_method(method).uses_cache():  # here too: a bad --cache-dir is the only line printed
         from .store import check_cache_dir, default_cache_dir
 
         check_cache_dir(cache_dir or default_cache_dir())
@@ -331,6 +331,10 @@ def evaluate(
 
         check_trained_folder(adapter)  # before reading and logging: one line, nothing else
     _setup_logging(quiet)
+    if adapter is not None:
+        from .finetune import evaluation_template
+
+        template = evaluation_template(adapter, template)
     records = read_records(test)[:limit] if limit else read_records(test)
     if adapter is not None:
         from .finetune import load_trained
@@ -342,7 +346,7 @@ def evaluate(
         ev = run_evaluate(lm, records, metrics=names, template=template, max_length=max_length,
                           max_new_tokens=max_new_tokens, generate_limit=generate_limit, progress=prog)
     result = {"model": lm.source, "fingerprint": lm.fingerprint, "test": _input_info(str(test)),
-              "records": len(records), "metrics": ev.metrics, "timings": ev.timings}
+              "records": len(records), "metrics": ev.metrics, "counts": ev.counts, "timings": ev.timings}
     if out is not None:
         save_evaluation(out, records, ev, result)
     typer.echo(json.dumps(ev.metrics))
@@ -354,8 +358,9 @@ def bench(
     test: Path = typer.Option(None, "--test", help="Held-out evaluation records."),
     out: Path = typer.Option(None, "--out", "-o", help="Bench folder (cells/, results.md/.csv/.json, plots)."),
     methods: str = typer.Option(",".join(("base", "random", "delift-se", "delift", "donod", "donod+delift", "full")),
-                                help="Comma list of base, full and any select method (random, donod, delift, "
-                                     "delift-se, donod+delift, ifd, loss, perplexity, selectit, less)."),
+                                help="Comma list of base, full and any select method (random, balanced-random, "
+                                     "donod, delift, delift-se, donod+delift, rds, ifd, loss, perplexity, selectit, "
+                                     "less)."),
     budget: str = typer.Option("0.3", help="Budget(s), comma-separated (several give a curve)."),
     seeds: int = typer.Option(3, help="Seeds per cell (selection and training)."),
     stage: str = typer.Option("instruction", help="DELIFT stage: instruction | task | continual."),
@@ -365,7 +370,10 @@ def bench(
     select_model: str = typer.Option("default", "--select-model", "--score-model",
                                      help="Model that scores the pool (a small one for Superfiltering)."),
     train_model: str = typer.Option("default", help="Model that is fine-tuned and evaluated."),
-    knn: int | None = typer.Option(None, help="DELIFT: k nearest candidates per record (0 = dense)."),
+    knn: int | None = typer.Option(None, help="DELIFT: k nearest candidates per record (default 16, as select; "
+                                              "0 = every pair, hours past a few hundred records on a CPU)."),
+    by: str | None = typer.Option(None, help="balanced-random: the field whose values get equal shares "
+                                             "(e.g. meta.source)."),
     distance: str = typer.Option("rmse", help="DELIFT: rmse | pmi."),
     select_dtype: str = typer.Option("auto", help="dtype of the selection model."),
     prefilter: float = typer.Option(0.7, help="donod+delift: share DONOD lets through."),
@@ -381,7 +389,7 @@ def bench(
     max_new_tokens: int | None = typer.Option(None, help="Generation length (default 128; --quick 32)."),
     generate_limit: int | None = typer.Option(None, help="Generate for the first N test records (default 100; --quick 16)."),
     train_limit: int | None = typer.Option(None, help="Use the first N pool records (--quick 120)."),
-    test_limit: int | None = typer.Option(None, help="Use the first N test records (--quick 40)."),
+    test_limit: int | None = typer.Option(None, help="Use the first N records of the test set and of each further held-out set (--quick 40)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     cache_dir: Path | None = typer.Option(None, help="Score cache (default ~/.cache/tunesift/scores)."),
     quick: bool = typer.Option(False, "--quick", help="Smoke profile that finishes in minutes (see docs/bench.md)."),
@@ -405,12 +413,16 @@ def bench(
                        max_length=max_length, lora_r=lora_r, autocast=autocast)
     tcfg.validate()
     sel_opts = {"distance": distance, "eta": eta, "prefilter": prefilter, "max_length": max_length,
-                "dtype": select_dtype, "knn": pick(knn, "knn", 0),
+                "dtype": select_dtype, "knn": pick(knn, "knn", _default("knn")),
                 "cache_dir": str(cache_dir) if cache_dir else None}
     from .methods.options import Options
 
     Options(**sel_opts).validate()
-    cfg = BenchConfig(train=str(train), test=str(test), methods=[m.strip() for m in methods.split(",") if m.strip()],
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if by is not None and "balanced-random" not in names:
+        raise OptionError("--by is read only by balanced-random, which --methods does not name")
+    cfg = BenchConfig(train=str(train), test=str(test), methods=names,
+                      method_options={"balanced-random": {"by": by}} if by is not None else {},
                       budgets=[b.strip() for b in budget.split(",") if b.strip()], seeds=seeds, stage=stage,
                       target=str(target) if target else None, existing=str(existing) if existing else None,
                       train_with_existing=train_with_existing, select_model=select_model, train_model=train_model,

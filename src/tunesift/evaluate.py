@@ -20,10 +20,12 @@ template's end token or ``max_new_tokens``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -34,9 +36,10 @@ LOWER_IS_BETTER = {"loss", "perplexity"}
 _GENERATIVE = {"rougeL", "exact_match", "cosine"}
 # A number: a minus sign only where no digit is glued before it ("5-3" and "2023-2024" are two
 # numbers), commas only as thousands separators ("1,234"; "3,4,5" is three numbers), a decimal
-# part, and a fraction ("3/4" is 0.75). U+2212 counts as a minus.
+# part, and a fraction ("3/4" is 0.75, also before a full stop; "3/4.5" is 3 and 4.5). U+2212 counts
+# as a minus.
 _NUMBER = re.compile(r"(?<![\d.])(?P<sign>[-\u2212](?=\.?\d))?"
-                     r"(?P<num>(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?:/(?P<den>\d+)(?![\d.]))?")
+                     r"(?P<num>(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?:/(?P<den>\d+)(?!\d|\.\d))?")
 _ANSWER_IS = re.compile(r"answer is", re.IGNORECASE)
 
 
@@ -131,6 +134,9 @@ class Evaluation:
     per_record: dict[str, np.ndarray]
     generations: list[str | None]
     timings: dict[str, float] = field(default_factory=dict)
+    # records whose prompt lost tokens to max_length (teacher-forced loss; generation), and
+    # generations cut off at max_new_tokens: what a metric was computed over, said out loud
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 GEN_TOKENS = 16384  # rows x (prompt width + new tokens) per generation batch: bounds its KV cache
@@ -150,13 +156,28 @@ def generation_batches(widths: Sequence[int], max_new_tokens: int, batch_size: i
     return out
 
 
+def generation_prompt(renderer, record, max_new_tokens: int) -> tuple[list[int], int]:
+    """(token ids, tokens cut) of the prompt a model answers ``record`` from: header | prompt |
+    user_end, rendered as in training, its prompt cut from the left to leave ``max_new_tokens``
+    of room in ``max_length``. The cut never depends on the reference answer's length (a
+    teacher-forced encoding makes room for the reference; a generation needs room for its own)."""
+    bare = (dataclasses.replace(record, response="") if dataclasses.is_dataclass(record)
+            else SimpleNamespace(**{**vars(record), "response": ""}))
+    prompt = renderer.encode(bare).prompt  # the whole prompt: an empty response needs no room
+    keep = max(1, renderer.max_length - len(renderer.header) - max_new_tokens)
+    cut = max(0, len(prompt) - keep)
+    return renderer.header + prompt[cut:], cut
+
+
 def generate(lm, renderer, records: Sequence, *, max_new_tokens: int = 128, batch_size: int = 32,
-             static_cache: bool = True, progress: Callable[[int], None] | None = None) -> list[str]:
+             static_cache: bool = True, progress: Callable[[int], None] | None = None,
+             capped: list[bool] | None = None) -> list[str]:
     """Greedy generations for ``records`` (their prompts rendered as in training), in input order.
 
     Prompts are left-padded and batched by length (:func:`generation_batches`); generation stops
     at the template's end token (and EOS) or after ``max_new_tokens``; the text is decoded without
-    special tokens, stripped. The KV cache is a ``StaticCache`` sized to the batch (prompt width
+    special tokens, stripped; ``capped`` (a list, if given) gets, per record, whether its generation
+    ran to ``max_new_tokens`` without an end token (a cut-off answer). The KV cache is a ``StaticCache`` sized to the batch (prompt width
     + ``max_new_tokens``), written in place: the default cache concatenates every layer's keys
     and values at every step, which took ~40% of a CPU generation (measured 1.7x faster with
     identical tokens; docs/results.md). ``static_cache=False``: the model's default cache (for
@@ -165,7 +186,8 @@ def generate(lm, renderer, records: Sequence, *, max_new_tokens: int = 128, batc
     from transformers import StaticCache
 
     tok = lm.tokenizer
-    prompts = [renderer.header + renderer.encode(r).prompt for r in records]
+    prompts = [generation_prompt(renderer, r, max_new_tokens)[0] for r in records]
+    ran_out = [False] * len(prompts)
     stops = {i for i in (renderer.ids(renderer.fmt.end)[:1] + [tok.eos_token_id]) if i is not None}
     pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(stops))
     out: list[str] = [""] * len(prompts)
@@ -190,16 +212,46 @@ def generate(lm, renderer, records: Sequence, *, max_new_tokens: int = 128, batc
             new = gen[r, width:].tolist()
             cut = next((t for t, x in enumerate(new) if x in stops), len(new))
             out[i] = tok.decode(new[:cut], skip_special_tokens=True).strip()
+            ran_out[i] = cut == len(new)
         if progress:
             progress(len(rows))
+    if capped is not None:
+        capped[:] = ran_out
     return out
 
 
+# scripts written without spaces between words: each character is a token
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0e7f\u0e80-\u0eff]")
+_WORD = re.compile(r"[^\W_]+")
+_PIECES = re.compile(_UNSPACED.pattern + "|" + _UNSPACED.pattern.replace("[", "[^", 1) + "+")
+
+
+class RougeTokens:
+    """rouge-score's tokenizer (lower case, runs of ``[a-z0-9]``, Porter stems of words over 3
+    letters) for ASCII text, bit for bit; other text keeps its letters (the default drops every
+    non-ASCII one, scoring two identical Chinese or Cyrillic answers 0): Unicode words, and
+    single characters in scripts written without spaces (Chinese, Japanese, Thai, Lao)."""
+
+    def __init__(self) -> None:
+        from rouge_score import tokenizers
+
+        self.ascii = tokenizers.DefaultTokenizer(use_stemmer=True)
+
+    def tokenize(self, text: str) -> list[str]:
+        if text.isascii():
+            return self.ascii.tokenize(text)
+        out: list[str] = []
+        for run in _WORD.findall(text.lower()):
+            for word in _PIECES.findall(run):  # "中文abc": 中, 文, abc
+                out.extend(self.ascii.tokenize(word) if word.isascii() else [word])
+        return out
+
+
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
-    """ROUGE-L F1 (n,) of each prediction against its reference."""
+    """ROUGE-L F1 (n,) of each prediction against its reference (tokens: :class:`RougeTokens`)."""
     from rouge_score import rouge_scorer
 
-    sc = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    sc = rouge_scorer.RougeScorer(["rougeL"], tokenizer=RougeTokens())
     return np.array([sc.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)])
 
 
@@ -251,10 +303,12 @@ def evaluate(
     per: dict[str, np.ndarray] = {}
     out: dict[str, float] = {}
     timings = {}
+    counts: dict[str, int] = {}
     t = time.perf_counter()
     if {"loss", "perplexity"} & set(names):
         bar = progress("held-out loss", n) if progress else None
         nll, n_tok = response_nll(lm, renderer, records, token_budget=token_budget, on_batch=bar)
+        counts["loss_prompts_cut"] = sum(1 for r in records if renderer.encode(r).truncated)
         per["loss"] = nll / np.maximum(n_tok, 1)
         per["n_tokens"] = n_tok
         if "loss" in names:
@@ -268,8 +322,12 @@ def evaluate(
         sub = list(records[:m])
         t = time.perf_counter()
         bar = progress("generating", m) if progress else None
-        texts = generate(lm, renderer, sub, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=bar)
+        ran_out: list[bool] = []
+        texts = generate(lm, renderer, sub, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=bar,
+                         capped=ran_out)
         gens[:m] = texts
+        counts["generation_prompts_cut"] = sum(1 for r in sub if generation_prompt(renderer, r, max_new_tokens)[1])
+        counts["generations_capped"] = sum(ran_out)
         timings["generate_s"] = time.perf_counter() - t
         refs = [r.response for r in sub]
         scorers = {"rougeL": rouge_l, "exact_match": exact_match,
@@ -279,7 +337,7 @@ def evaluate(
             vals[:m] = scorers[name](texts, refs)
             per[name] = vals
             out[name] = float(np.mean(vals[:m])) if m else float("nan")
-    return Evaluation(out, per, gens, timings)
+    return Evaluation(out, per, gens, timings, counts)
 
 
 EVAL_FILES = frozenset({"metrics.json", "predictions.jsonl"})

@@ -26,6 +26,7 @@ kernel instead of materialising the (batch, heads, T, T) probabilities.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ from .errors import OptionError, TunesiftError
 from .render import check_template
 
 TRAIN_META = "tunesift_train.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -222,6 +224,11 @@ def finetune(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     base = lm.model
+    if cfg.mode == "full" and lm.dtype != "float32":
+        # AdamW on bfloat16 weights drops every update below half a bf16 step (most of them at
+        # lr 2e-5): train float32 master weights; --autocast bfloat16 still computes in bf16
+        base.float()
+        lm.dtype = "float32"
     if cfg.mode == "lora":
         model = wrap_lora(base, cfg)
         inner = model.get_base_model()  # the same module tree, now with LoRA layers injected
@@ -285,13 +292,17 @@ def merged(lm, result: TrainResult):
     import hashlib
 
     model = result.model
+    dtype = lm.dtype
     if result.config.mode == "lora":
+        if dtype != "float32":  # adding B A to bfloat16 weights rounds most of it away: merge in float32
+            model.float()
+            dtype = "float32"
         model = model.merge_and_unload()
     h = hashlib.sha256(lm.fingerprint.encode())
     h.update(json.dumps(asdict(result.config), sort_keys=True).encode())
     h.update(np.asarray(result.losses, dtype=np.float64).tobytes())
     return type(lm)(model.eval(), lm.tokenizer, f"{lm.source}+{result.config.mode}", lm.path,
-                    h.hexdigest()[:16], lm.device, lm.dtype)
+                    h.hexdigest()[:16], lm.device, dtype)
 
 
 def trained_by_tunesift(meta: dict) -> bool:
@@ -342,6 +353,43 @@ def check_trained_folder(path: str | Path) -> Path:
     return path
 
 
+def train_meta(path: Path) -> dict:
+    """The ``tunesift_train.json`` of a trained folder (``{}`` when there is none); a damaged one
+    is a one-line error."""
+    meta_file = path / TRAIN_META
+    if not meta_file.exists():
+        return {}
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TunesiftError(f"{meta_file}: cannot read: {' '.join(str(exc).split())}") from None
+    if not isinstance(meta, dict):
+        raise TunesiftError(f"{meta_file}: not a tunesift training record (a JSON object)")
+    return meta
+
+
+def trained_template(path: str | Path) -> str | None:
+    """The prompt template the model in ``path`` was trained with (None: not recorded), so that
+    evaluation renders prompts as training did."""
+    config = train_meta(Path(path)).get("config")
+    template = config.get("template") if isinstance(config, dict) else None
+    return template if isinstance(template, str) else None
+
+
+def evaluation_template(path: str | Path, template: str) -> str:
+    """The template to evaluate the model in ``path`` with: ``template`` as given, except that
+    ``auto`` becomes the one it was trained with (a model trained on plain prompts would otherwise
+    be asked in chat form); another explicit one than training's is used, with a warning."""
+    trained = trained_template(path)
+    if trained in (None, "auto") or trained == template:
+        return template
+    if template == "auto":
+        log.info("template %s, as the model was trained", trained)
+        return trained
+    log.warning("--template %s, but the model was trained with template %s", template, trained)
+    return template
+
+
 def load_trained(path: str | Path, *, model: str | None = None, device: str = "auto", dtype: str = "auto"):
     """Load what :func:`save` wrote: a LoRA adapter merged into its base model, or a full model.
 
@@ -349,8 +397,7 @@ def load_trained(path: str | Path, *, model: str | None = None, device: str = "a
     from .models import file_fingerprint, load_lm
 
     path = check_trained_folder(path)
-    meta_file = path / TRAIN_META
-    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.exists() else {}
+    meta = train_meta(path)
     if (path / "adapter_config.json").exists():
         from peft import PeftModel
 
@@ -360,6 +407,9 @@ def load_trained(path: str | Path, *, model: str | None = None, device: str = "a
         lm = load_lm(base_name, device=device, dtype=dtype)
         if meta.get("base_fingerprint") and model is None and meta["base_fingerprint"] != lm.fingerprint:
             raise TunesiftError(f"{path}: the adapter was trained on other weights than '{base_name}' has now")
+        if lm.dtype != "float32":  # merged in float32, as merged() does: bf16 would round the update away
+            lm.model.float()
+            lm.dtype = "float32"
         peft_model = PeftModel.from_pretrained(lm.model, str(path))
         fp = file_fingerprint(path / "adapter_model.safetensors")
         return type(lm)(peft_model.merge_and_unload().eval(), lm.tokenizer, f"{base_name}+{path.name}",

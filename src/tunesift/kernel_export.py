@@ -27,11 +27,13 @@ import scipy.sparse as sp
 
 from .errors import OptionError
 from .folders import digests, publish
+from .methods.catalogue import get_method
 from .methods.options import Options, options_dict
 from .methods.utility_kernels import knn_candidates, one_kernel
 from .outputs import check_output_folder
 from .pipeline import as_records, describe_model, versions, with_token_budget
 from .render import renderer_for
+from .store import check_cache_dir, default_cache_dir
 
 KERNEL_FILES = frozenset({"utility.npy", "utility.npz", "labelled.npz", "base.npy", "rows.txt", "cols.txt",
                           "kernel.json"})
@@ -49,7 +51,9 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
         raise OptionError(f"tunesift kernel does not take {', '.join(unknown)}")
     opt = Options(method="delift", **options)
     opt.validate()
+    get_method("delift").warn_unread(opt)  # e.g. --label-fraction without --utility learned
     folder = check_output_folder(out, list(input_paths), own=KERNEL_FILES, manifest="kernel.json", unlisted={})
+    check_cache_dir(opt.cache_dir or default_cache_dir())  # before the model loads
     targets = as_records(data, fields)
     same = examples is None
     cols = targets if same else as_records(examples, fields, source="<examples>")

@@ -29,6 +29,7 @@ from .methods.catalogue import get_method, method_names
 from .methods.options import Options, options_dict, parse_budget, resolve_budget
 from .methods.registry import Job, Method, Progress
 from .render import renderer_for
+from .store import check_cache_dir, default_cache_dir
 from .version import __version__
 
 __all__ = ["Options", "Selection", "as_records", "options_dict", "parse_budget", "resolve_budget", "select",
@@ -235,6 +236,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     opt = Options(**options)
     opt.validate()
     method = get_method(opt.method)
+    if method.uses_cache():  # writable before the model loads and anything is scored
+        check_cache_dir(opt.cache_dir or default_cache_dir())
     progress = progress or _no_progress
     t_start = time.perf_counter()
     digests: dict[str, dict] = {"data": {}, "target": {}, "existing": {}}  # sha256 of what was read

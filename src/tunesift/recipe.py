@@ -13,6 +13,9 @@ from pathlib import Path
 import typer
 
 from .errors import TunesiftError
+from .methods.options import field_problem
+
+RANGE_CHECKED = ("select", "kernel")  # commands whose options are selection Options, checked one by one
 
 
 def load_recipe(ctx: typer.Context, param, value: Path | None):
@@ -40,8 +43,14 @@ def load_recipe(ctx: typer.Context, param, value: Path | None):
     written = {}
     if isinstance(node, yaml.MappingNode):
         keys = yaml.SafeLoader("")
-        written = {keys.construct_object(k): (k.value, k.start_mark.line + 1) for k, _ in node.value
-                   if isinstance(k, yaml.ScalarNode)}
+        for k, _ in node.value:
+            if not isinstance(k, yaml.ScalarNode):
+                continue
+            key = keys.construct_object(k)
+            if key in written:  # safe_load keeps the last silently: which one did the user mean?
+                raise TunesiftError(f"{value}:{k.start_mark.line + 1}: option '{k.value}' is given twice (also on "
+                                    f"line {written[key][1]}); give it once")
+            written[key] = (k.value, k.start_mark.line + 1)
     known = {p.name: p for p in ctx.command.params}
     config = {}
     for key, val in loaded.items():
@@ -50,14 +59,23 @@ def load_recipe(ctx: typer.Context, param, value: Path | None):
         where = f"{value}:{line}" if line else str(value)
         if name not in known or name == "config":
             raise TunesiftError(f"{where}: unknown option '{shown}' (see tunesift {ctx.command.name} --help)")
-        val = ",".join(map(str, val)) if isinstance(val, list) else val
-        if isinstance(val, bool) and not getattr(known[name], "is_flag", False):  # typer would read it as 1 or 0
+        param = known[name]
+        if val is None and param.default is not None:  # a blank value would quietly mean the default
+            raise TunesiftError(f"{where}: option '{shown}' has no value; give one, or leave the key out for the "
+                                f"default ({param.default})")
+        if isinstance(val, list):  # a comma list, for the options that take one (methods, budgets, weights)
+            if getattr(getattr(param, "type_descriptor", None), "annotation", str) is not str:
+                raise TunesiftError(f"{where}: option '{shown}': expected one value, got a list")
+            val = ",".join(map(str, val))
+        if isinstance(val, bool) and not getattr(param, "is_flag", False):  # typer would read it as 1 or 0
             raise TunesiftError(f"{where}: option '{shown}': expected a value, got the boolean {str(val).lower()}")
-        if val is not None and known[name].callback is None:  # its type check, here where the line is known
+        if val is not None and param.callback is None:  # its type and range, here where the line is known
             try:
-                known[name].process_value(ctx, val)
+                typed = param.process_value(ctx, val)
             except typer.BadParameter as exc:
                 raise TunesiftError(f"{where}: option '{shown}': {getattr(exc, 'message', None) or exc}") from None
+            if ctx.command.name in RANGE_CHECKED and (why := field_problem(name, typed, cli=True)):
+                raise TunesiftError(f"{where}: {why}")
         config[name] = val
     ctx.default_map = {**(ctx.default_map or {}), **config}
     return value

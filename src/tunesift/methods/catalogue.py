@@ -7,7 +7,7 @@ from .delift import donod_delift_pick, run_delift, run_delift_se
 from .less import run_less
 from .per_record import run_baseline, run_donod
 from .rds import run_rds
-from .registry import REGISTRY, STAGES, Method, RankedHint, register
+from .registry import RAY_OPTIONS, REGISTRY, STAGES, Method, RankedHint, register
 from .sampling import run_balanced_random, run_random
 
 LM = ("model", "device", "dtype", "template", "max_length", "token_budget")
@@ -20,31 +20,35 @@ register(Method(
     options=("method", "budget", "seed", "within")))
 register(Method(
     "donod", "DON and NOD of the LM head after one simulated SGD step, ranked by TOPSIS", run_donod,
-    needs_lm=True, block_kind="donod", options=("method", "budget", *LM, *DONOD_OPTIONS),
+    needs_lm=True, block_kind="donod", options=("method", "budget", *LM, *DONOD_OPTIONS, *RAY_OPTIONS),
     columns=("don", "nod", "closeness", "n_tokens")))
 register(Method(
     "delift", "pairwise in-context utility kernel, then FL / FLMI / FLCG", run_delift, needs_lm=True,
     in_context=True, stages=STAGES, second_set=DELIFT_SETS, greedy=True,
     options=("method", "budget", "seed", *LM, "stage", "distance", "knn", "ann", "utility", "label_fraction",
-             "labels", "clip_negative", "scale", "keep_diagonal", "mi_eta", "mi_form", "nu", "optimizer", "epsilon"),
+             "labels", "clip_negative", "scale", "keep_diagonal", "mi_eta", "mi_form", "nu", "optimizer", "epsilon",
+             *RAY_OPTIONS),
     columns=("order", "gain", "helped_by", "helpfulness")))
 register(Method(
     "delift-se", "the DELIFT objectives on a sentence-embedding kernel", run_delift_se, stages=STAGES,
-    second_set=DELIFT_SETS, greedy=True,
+    second_set=DELIFT_SETS, greedy=True, embeds=True,
     options=("method", "budget", "seed", "device", "dtype", "stage", "knn", "ann", "partitions", "mi_eta", "mi_form",
-             "nu", "optimizer", "epsilon"),
+             "nu", "optimizer", "epsilon", *RAY_OPTIONS),
     columns=("order", "gain")))
 register(Method(
     "donod+delift", "DONOD cuts the worst records, DELIFT selects from the rest", donod_delift_pick, needs_lm=True,
     stages=STAGES, second_set=DELIFT_SETS, block_kind="donod", in_context=True, greedy=True,
     options=("method", "budget", "seed", *LM, "prefilter", *DONOD_OPTIONS, "stage", "distance", "knn", "ann",
              "utility", "label_fraction", "labels", "clip_negative", "scale", "keep_diagonal", "mi_eta", "mi_form", "nu",
-             "optimizer", "epsilon"),
+             "optimizer", "epsilon", *RAY_OPTIONS),
     columns=("don", "nod", "closeness", "n_tokens", "prefiltered", "order", "gain", "helped_by", "helpfulness")))
 
 
-def _ranked(name: str, summary: str, run, hint: RankedHint, **kw) -> None:
-    register(Method(name, summary, run, needs_lm=True, options=("method", "budget", *LM, *hint.options),
+def _ranked(name: str, summary: str, run, hint: RankedHint, *, ray: bool = True, **kw) -> None:
+    """A method that keeps the top of one score column; ``ray``: it scores through the per-record
+    block scorer, which runs on Ray workers with ``--backend ray``."""
+    register(Method(name, summary, run, needs_lm=True,
+                    options=("method", "budget", *LM, *hint.options, *(RAY_OPTIONS if ray else ())),
                     columns=hint.columns, ranked=hint, **kw))
 
 
@@ -75,7 +79,7 @@ _ranked("less", "LoRA gradient features matched to the target set (LESS)", run_l
                    "short warm-up, randomly projected) and the target set's gradient: higher means training on it "
                    "should lower the target loss more.", ("less",), ("seed", "stage", "less_dim"),
                    optional=("less_grad_norm", "less_warmup")),
-        stages=("task",), second_set={"task": "target"})
+        stages=("task",), second_set={"task": "target"}, ray=False)
 register(Method(
     "balanced-random", "random with an equal share per value of a field (--by)", run_balanced_random,
     options=("method", "budget", "seed", "by"), columns=("group",), required=("by",)))

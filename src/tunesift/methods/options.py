@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -73,6 +74,45 @@ def _within(value: str | None) -> str | None:
     if not eq or not name.strip():
         return f"within must read FIELD=VALUE (e.g. meta.source=gsm8k), got '{value}'"
     return None
+
+
+_KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text",
+          "tuple[float, float]": "a pair of numbers"}
+
+
+def type_problem(name: str, value: Any, annotation: str) -> str | None:
+    """Why ``value`` does not have the field's declared type (``annotation``, e.g. ``int | None``),
+    or None. The CLI parses its flags to these types; the Python API and recipes pass values as
+    given, so a knn of "5" or a clip_negative of "no" is a one-line OptionError, not a TypeError
+    or a silently truthy string. An int is a float's value too; a bool is no number."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None:
+        return None if "None" in kinds else f"{name} must be {_KINDS.get(kinds[0], kinds[0])}, got None"
+    for kind in kinds:
+        if kind == "bool" and isinstance(value, bool):
+            return None
+        if isinstance(value, bool):
+            continue
+        if (kind == "int" and isinstance(value, int)) or (kind == "float" and isinstance(value, (int, float))) \
+                or (kind == "str" and isinstance(value, str)):
+            return None
+        if kind.startswith("tuple[") and isinstance(value, (tuple, list)) and len(value) == kind.count(",") + 1:
+            return None
+    want = " or ".join(_KINDS.get(k, k) for k in kinds if k != "None")
+    return f"{name} must be {want}, got {value!r}"
+
+
+def field_problem(name: str, value: Any, *, cli: bool = False) -> str | None:
+    """Why ``value`` is not a valid value of option ``name`` on its own (its type, then its own
+    check), or None; None too for a name that is no option. What :meth:`Options.validate` checks
+    field by field, for callers that know where the value came from (a recipe's file and line).
+    ``cli``: ``value`` is the flag's parsed value, checked only where that is the field's own
+    type (not ``weights``' ``a,b`` text or ``cache_dir``'s path)."""
+    f = {f.name: f for f in fields(Options)}.get(name)
+    if f is None or name == "budget" or (cli and f.metadata.get("cli")):  # the budget: parse_budget's
+        return None
+    check = f.metadata.get("check")
+    return type_problem(name.replace("_", "-"), value, str(f.type)) or (check(value) if check else None)
 
 
 def opt(default, help: str, *, group: str = "general", check: Check | None = None, cli: str | None = None):
@@ -191,7 +231,9 @@ class Options:
     def __post_init__(self) -> None:
         for f in fields(self):  # numpy scalars (a seed or budget computed with numpy) as Python numbers
             v = getattr(self, f.name)
-            if isinstance(v, numbers.Integral) and not isinstance(v, (bool, int)):
+            if isinstance(v, os.PathLike) and "str" in str(f.type):  # a Path for --model or --cache-dir
+                setattr(self, f.name, os.fspath(v))
+            elif isinstance(v, numbers.Integral) and not isinstance(v, (bool, int)):
                 setattr(self, f.name, int(v))
             elif isinstance(v, numbers.Real) and not isinstance(v, (bool, int, float)):
                 setattr(self, f.name, float(v))
@@ -202,8 +244,7 @@ class Options:
 
         method = get_method(self.method)  # an unknown method is the first error
         for f in fields(self):
-            check = f.metadata.get("check")
-            why = check(getattr(self, f.name)) if check else None
+            why = field_problem(f.name, getattr(self, f.name))
             if why:
                 raise OptionError(why)
         parse_budget(self.budget)

@@ -22,8 +22,23 @@ from ..errors import OptionError
 STAGES = ("instruction", "task", "continual")
 #: Options the pipeline reads for every method: which records, the method, how scoring runs and
 #: where its scores are cached (harmless to a method that caches nothing).
-COMMON_OPTIONS = ("method", "budget", "limit", "sample", "on_error", "cache_dir", "backend", "ray_address",
-                  "ray_workers", "ray_gpus")
+COMMON_OPTIONS = ("method", "budget", "limit", "sample", "on_error", "cache_dir")
+#: The Ray backend's options, in the entries of the methods that score on Ray workers (the
+#: per-record scorers and DELIFT's kernels and embeddings); any other method warns that it
+#: ignores them (docs/ray.md).
+RAY_OPTIONS = ("backend", "ray_address", "ray_workers", "ray_gpus")
+
+#: Options a method reads only under another option's setting: name -> (that setting as flags,
+#: whether ``opt`` has it). Given otherwise, they change nothing and :meth:`Method.unread` says so.
+READ_WHEN: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "label_fraction": ("--utility learned", lambda o: o.utility == "learned"),
+    "labels": ("--utility learned", lambda o: o.utility == "learned"),
+    "mi_eta": ("--stage task", lambda o: o.stage == "task"),
+    "mi_form": ("--stage task", lambda o: o.stage == "task"),
+    "nu": ("--stage continual", lambda o: o.stage == "continual"),
+    "epsilon": ("--optimizer stochastic", lambda o: o.optimizer == "stochastic"),
+    "ann": ("--knn above 0", lambda o: o.knn > 0),
+}
 
 log = logging.getLogger("tunesift")
 
@@ -98,6 +113,12 @@ class Method:
     greedy: bool = False
     ranked: RankedHint | None = None
     required: tuple[str, ...] = ()  # options that must be given (no default serves)
+    embeds: bool = False  # caches sentence embeddings without a language model (delift-se)
+
+    def uses_cache(self) -> bool:
+        """Whether a run writes the score cache (``--cache-dir``), which is then probe-written
+        before any work (:func:`tunesift.store.check_cache_dir`)."""
+        return self.needs_lm or self.embeds
 
     def check(self, opt) -> None:
         """Checks across options that this method's entry decides; raises OptionError."""
@@ -123,13 +144,17 @@ class Method:
         from dataclasses import fields
 
         read = {*self.options, *COMMON_OPTIONS, *(("seed",) if opt.sample else ())}
+        read -= {name for name, (_, when) in READ_WHEN.items() if not when(opt)}
         return [f.name for f in fields(opt) if f.name not in read and getattr(opt, f.name) != f.default]
 
     def warn_unread(self, opt) -> None:
-        """Log one warning naming the options :meth:`unread` finds (as flags), if any."""
+        """Log one warning naming the options :meth:`unread` finds (as flags), if any; an option
+        this method reads under another setting says which."""
         names = self.unread(opt)
         if names:
-            flags = ", ".join("--" + n.replace("_", "-") for n in names)
+            flags = ", ".join("--" + n.replace("_", "-")
+                              + (f" (only with {READ_WHEN[n][0]})" if n in READ_WHEN and n in self.options else "")
+                              for n in names)
             log.warning("%s does not read %s: %s ignored", self.name, flags, "it is" if len(names) == 1 else "they are")
 
     def uses(self, stage: str) -> str | None:
