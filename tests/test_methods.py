@@ -206,3 +206,25 @@ def test_manifest_says_which_schema_and_template_were_used(tiny_dir, tmp_path):
     assert main(["select", str(data), "--method", "random", "--budget", "2", "--out", str(tmp_path / "r"), "-q"]) == 0
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["schema"] == "alpaca" and manifest["template"] is None  # no model, no rendering
+
+
+def test_every_record_covers_itself_in_the_delift_kernel():
+    """The excluded diagonal scaled to 0: a pick did not cover itself, so the second pick went to a
+    near-duplicate of the first (covering it) instead of the records nothing covers yet."""
+    import scipy.sparse as sp
+
+    from tunesift.methods.delift import self_covering
+    from tunesift.scoring.utility import to_similarity
+    from tunesift.selection.submodular import facility_location
+
+    uf = np.full((6, 6), 0.1)
+    uf[:4, :4] = 0.9  # records 0-3: near-duplicates that help each other; 4 and 5 unrelated
+    np.fill_diagonal(uf, np.nan)  # excluded: a record as its own example
+    sim = to_similarity(uf)
+    assert facility_location(sim, 2).order.tolist()[1] < 4  # the defect: a second duplicate
+    fixed = self_covering(sim)
+    assert np.all(np.diag(fixed) == 1.0) and fixed.dtype == np.float32
+    assert facility_location(fixed, 2).order.tolist()[1] >= 4  # one duplicate, then the uncovered rest
+    sparse = self_covering(sp.csr_matrix(np.where(np.isnan(uf), 0.0, sim)))
+    np.testing.assert_array_equal(sparse.toarray(), fixed)
+    assert facility_location(sparse, 2).order.tolist() == facility_location(fixed, 2).order.tolist()

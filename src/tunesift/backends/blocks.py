@@ -55,7 +55,8 @@ def block_extra(kind: str, opt) -> tuple:
     if kind == "selectit":
         from ..scoring.baselines import DEFAULT_PROMPTS
 
-        return (DEFAULT_PROMPTS, opt.selectit_alpha)
+        # the rating prompt is cut to max_length by its own rule, not the zero-shot sequence's
+        return (DEFAULT_PROMPTS, opt.selectit_alpha, opt.max_length)
     return ()
 
 

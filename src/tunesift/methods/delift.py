@@ -53,6 +53,24 @@ def scaled(kernels: list, opt) -> list:
     return [to_similarity(k, clip_negative=opt.clip_negative, bounds=bounds).astype(np.float32) for k in kernels]
 
 
+def self_covering(sim):
+    """The pool kernel (n, n) with similarity 1 on its diagonal, dense or CSR (float32).
+
+    The excluded diagonal (a record as its own example would copy its answer) holds 0 after
+    scaling, so a pick did not cover itself: the next pick earned ``sim[j, j']`` just for covering
+    the previous one, and near-duplicates won over the rest of the pool. Facility location wants
+    each record to cover itself fully; a constant 1 does that without the reference code's
+    per-record self-utility, which made the objective a difficulty prior (docs/delift-kernel.md)."""
+    import scipy.sparse as sp
+
+    if sp.issparse(sim):
+        sim = sim.tocsr()
+        return (sim + sp.diags((1.0 - sim.diagonal()).astype(np.float32), format="csr")).astype(np.float32)
+    sim = np.array(sim, dtype=np.float32)
+    np.fill_diagonal(sim, 1.0)
+    return sim
+
+
 def pair_progress(progress: Progress, label: str) -> Callable[[int, int], None]:
     """Adapt progress(done, total) calls (kernel, embeddings) to a progress bar."""
     state = {"advance": None, "done": 0}
@@ -157,6 +175,8 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
             surrogate = kerns.surrogate
         timings["kernel_s"] = time.perf_counter() - t1
         sim, *rest = scaled([uf] + ([uf_cross] if other else []), opt)
+        if not opt.keep_diagonal:  # every record covers itself (the scaled kernel's diagonal was 0)
+            sim = self_covering(sim)
         cross = rest[0] if rest else None
     t2 = time.perf_counter()
     log.info("greedy %s maximisation (%s stage), budget %d", opt.optimizer, opt.stage, k)

@@ -231,8 +231,10 @@ def rating_ids(renderer, record, prompt: str) -> list[int]:
     """
     pre, mid, post = (renderer.ids(s) for s in _split_prompt(prompt))
     head, tail = renderer.header + pre, post + renderer.ids(renderer.fmt.user_end)
-    ins = renderer.tokenizer(rating_text(record), add_special_tokens=False).input_ids
-    resp = renderer.tokenizer(record.response, add_special_tokens=False).input_ids
+    def text(t: str) -> list[int]:  # record text: a control string in it is plain characters, not a turn
+        return renderer.tokenizer(t, add_special_tokens=False, split_special_tokens=renderer.has_control(t)).input_ids
+
+    ins, resp = text(rating_text(record)), text(record.response)
     room = renderer.max_length - len(head) - len(mid) - len(tail)
     if len(ins) + len(resp) > room:
         if room < 2:
