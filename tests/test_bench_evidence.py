@@ -210,7 +210,7 @@ def test_a_further_set_generates_with_its_own_settings(monkeypatch):
 
     def fake_evaluate(lm, records, **kw):
         seen[records[0]] = kw
-        return SimpleNamespace(metrics={"loss": 1.0}, generations=[None] * len(records))
+        return SimpleNamespace(metrics={"loss": 1.0}, generations=[None] * len(records), counts={})
 
     monkeypatch.setattr("tunesift.evaluate.evaluate", fake_evaluate)
     monkeypatch.setattr(bm, "_training_model", lambda *a, **k: (object(), 0.0))
@@ -222,7 +222,7 @@ def test_a_further_set_generates_with_its_own_settings(monkeypatch):
     assert (seen["gsm"]["max_new_tokens"], seen["gsm"]["generate_limit"]) == (256, 300)
     assert set(info["metrics"]) == {"loss", "loss@gsm8k"}
     ev = load_evidence()
-    args = ev.argparse.Namespace(smoke=False, only=None, dense_delift=False, budgets=None, seeds=3, knn=16,
+    args = ev.argparse.Namespace(smoke=False, only=None, dense_delift=False, budgets=None, seeds=3, knn=16, checkpointing="off",
                                  select_model=None, train_model=None, autocast="bfloat16", device="cpu")
     cont = ev.config("continual", ev.Path("d"), ev.Path("c"), args)
     # a GPU run keeps its own grid beside the CPU's (its cells are pinned to another device)

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import tiny
 
 from tunesift.errors import OptionError
-from tunesift.methods.delift import scaled
+from tunesift.methods.delift import scaled, self_covering
 from tunesift.methods.options import Options
 from tunesift.pipeline import as_records, select
 from tunesift.render import renderer_for
@@ -126,7 +126,7 @@ def test_task_stage_additive_uses_the_targets_x_pool_kernel(tiny_lm, tmp_path, k
     uf_t = utility_kernel(tiny_lm, r, tgt, pool, pairs=cross_pattern, same=False, exclude_diagonal=False,
                           cache_dir=False).values()
     sim, t_sim = scaled([uf, uf_t], Options())
-    want = real(sim, t_sim, 3, form="additive")
+    want = real(self_covering(sim), t_sim, 3, form="additive")  # each pick covers itself
     assert sel.order.tolist() == want.order.tolist()
     got = Q.toarray() if sp.issparse(Q) else Q
     np.testing.assert_allclose(got, t_sim.toarray() if sp.issparse(t_sim) else t_sim, atol=1e-5)

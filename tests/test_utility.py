@@ -605,9 +605,9 @@ def test_auto_token_budget_follows_free_memory():
     assert auto_token_budget(SimpleNamespace(device="cpu", model=None)) == 4096
 
 
-def test_select_resolves_the_default_token_budget(tiny_lm):
+def test_select_resolves_the_default_token_budget(tiny_lm, tmp_path):
     from tunesift.pipeline import select
 
     rows = [{"instruction": f"Say {i}.", "output": f"{i} {i}"} for i in range(6)]
-    sel = select(rows, method="loss", budget=3, lm=tiny_lm, cache_dir=False)
+    sel = select(rows, method="loss", budget=3, lm=tiny_lm, cache_dir=str(tmp_path))
     assert sel.options.token_budget == 4096  # on this CPU
