@@ -85,10 +85,12 @@ def test_batched_greedy_generation_equals_a_manual_loop(which, request, recs):
     """Left padding and the static cache (sized per batch, written in place) change nothing."""
     lm = request.getfixturevalue(which)
     rend = Renderer(lm.tokenizer, turn_format(lm.tokenizer), max_length=256)
-    got = generate(lm, rend, recs, max_new_tokens=6, batch_size=4)  # prompts of different lengths, left-padded
+    counts: dict = {}
+    got = generate(lm, rend, recs, max_new_tokens=6, batch_size=4, counts=counts)  # different lengths, left-padded
     assert generate(lm, rend, recs, max_new_tokens=6, batch_size=1) == got  # no padding at all
     assert generate(lm, rend, recs, max_new_tokens=6, batch_size=4, static_cache=False) == got
     stop = rend.ids(rend.fmt.end)[0]
+    capped = 0
     for r, text in zip(recs, got):
         ids = rend.header + rend.encode(r).prompt
         new = []
@@ -103,7 +105,9 @@ def test_batched_greedy_generation_equals_a_manual_loop(which, request, recs):
                 if nxt in (stop, lm.tokenizer.eos_token_id):
                     break
                 new.append(nxt)
+        capped += len(new) == 6  # ran to max_new_tokens without an end token
         assert text == lm.tokenizer.decode(new, skip_special_tokens=True).strip()
+    assert counts == {"generation_prompts_cut": 0, "generations_capped": capped}
 
 
 def test_generation_batches_bound_rows_and_cache_tokens():
@@ -130,6 +134,27 @@ def test_generative_metrics_respect_the_limit(tiny_lm, recs):
     assert np.isnan(ev.per_record["rougeL"][2:]).all() and not np.isnan(ev.per_record["rougeL"][:2]).any()
     assert -1.0 <= ev.metrics["cosine"] <= 1.0 and 0.0 <= ev.metrics["rougeL"] <= 1.0
     assert set(ev.metrics) == {"rougeL", "cosine", "loss"}
+
+
+def test_evaluation_counts_cut_prompts(tiny_lm, recs):
+    """What the metrics were computed over is said out loud: prompts cut to max_length, for the loss
+    (room for the reference answer) and for generation (room for max_new_tokens, whatever the
+    reference's length)."""
+    from tunesift.evaluate import generation_prompt
+    from tunesift.render import renderer_for
+
+    rend = renderer_for(tiny_lm, max_length=28)
+    roomy = renderer_for(tiny_lm, max_length=4096)
+    whole = [roomy.header + roomy.encode(r).prompt for r in recs]  # never cut
+    for r, full in zip(recs, whole):
+        ids, cut = generation_prompt(rend, r, 16)
+        assert len(ids) == min(len(full), rend.max_length - 16) and ids[len(rend.header):] == full[-(len(ids) - len(rend.header)):]
+        assert cut == len(full) - len(ids)
+    want_gen = sum(len(full) > rend.max_length - 16 for full in whole)
+    want_loss = sum(1 for r in recs if rend.encode(r).truncated)
+    assert want_gen > want_loss  # 16 new tokens need more room than these short answers
+    ev = evaluate(tiny_lm, recs, metrics=["loss", "rougeL"], renderer=rend, max_new_tokens=16)
+    assert ev.counts["loss_prompts_cut"] == want_loss and ev.counts["generation_prompts_cut"] == want_gen
 
 
 def test_cosine_of_identical_texts_is_one():

@@ -146,8 +146,6 @@ def select(
     """
     given = locals()
     options = {f.name: given[f.name] for f in dataclass_fields(Options) if f.name in given}
-    if isinstance(cache_dir, os.PathLike):
-        options["cache_dir"] = os.fspath(cache_dir)
     if isinstance(weights, list):
         options["weights"] = tuple(weights)
     opt = Options(**options)

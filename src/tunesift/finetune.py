@@ -181,6 +181,16 @@ def _checkpointing(model, on: bool) -> None:
         model.activation_checkpointing_disable()
 
 
+def to_float32(lm) -> None:
+    """Make ``lm`` (a :class:`~tunesift.models.LoadedModel`) float32 in place, weights and record.
+    Training and merging need it on bfloat16 weights: AdamW drops every update below half a bf16
+    step (most of them at lr 2e-5), and adding a LoRA update B A to bf16 weights rounds most of it
+    away; ``--autocast bfloat16`` still computes in bf16."""
+    if lm.dtype != "float32":
+        lm.model.float()
+        lm.dtype = "float32"
+
+
 def wrap_lora(model, cfg: TrainConfig):
     """Freeze ``model`` and inject LoRA layers (rank, alpha, dropout, target modules of ``cfg``)
     in place; returns the peft model."""
@@ -223,12 +233,9 @@ def finetune(
     seqs = [renderer.sequence(r) for r in records]
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    if cfg.mode == "full":
+        to_float32(lm)  # float32 master weights
     base = lm.model
-    if cfg.mode == "full" and lm.dtype != "float32":
-        # AdamW on bfloat16 weights drops every update below half a bf16 step (most of them at
-        # lr 2e-5): train float32 master weights; --autocast bfloat16 still computes in bf16
-        base.float()
-        lm.dtype = "float32"
     if cfg.mode == "lora":
         model = wrap_lora(base, cfg)
         inner = model.get_base_model()  # the same module tree, now with LoRA layers injected
@@ -292,17 +299,14 @@ def merged(lm, result: TrainResult):
     import hashlib
 
     model = result.model
-    dtype = lm.dtype
     if result.config.mode == "lora":
-        if dtype != "float32":  # adding B A to bfloat16 weights rounds most of it away: merge in float32
-            model.float()
-            dtype = "float32"
+        to_float32(lm)  # lm.model is the module tree the adapters were injected into: merge in float32
         model = model.merge_and_unload()
     h = hashlib.sha256(lm.fingerprint.encode())
     h.update(json.dumps(asdict(result.config), sort_keys=True).encode())
     h.update(np.asarray(result.losses, dtype=np.float64).tobytes())
     return type(lm)(model.eval(), lm.tokenizer, f"{lm.source}+{result.config.mode}", lm.path,
-                    h.hexdigest()[:16], lm.device, dtype)
+                    h.hexdigest()[:16], lm.device, lm.dtype)
 
 
 def trained_by_tunesift(meta: dict) -> bool:
@@ -407,9 +411,7 @@ def load_trained(path: str | Path, *, model: str | None = None, device: str = "a
         lm = load_lm(base_name, device=device, dtype=dtype)
         if meta.get("base_fingerprint") and model is None and meta["base_fingerprint"] != lm.fingerprint:
             raise TunesiftError(f"{path}: the adapter was trained on other weights than '{base_name}' has now")
-        if lm.dtype != "float32":  # merged in float32, as merged() does: bf16 would round the update away
-            lm.model.float()
-            lm.dtype = "float32"
+        to_float32(lm)  # merged in float32, as merged() does
         peft_model = PeftModel.from_pretrained(lm.model, str(path))
         fp = file_fingerprint(path / "adapter_model.safetensors")
         return type(lm)(peft_model.merge_and_unload().eval(), lm.tokenizer, f"{base_name}+{path.name}",
