@@ -137,3 +137,23 @@ def test_less_needs_the_task_stage(demo, tiny_dir, tmp_path, capsys):
     code = run_select(demo, tiny_dir, tmp_path / "out", tmp_path / "cache", "--method", "less")
     err = capsys.readouterr().err
     assert code == 2 and "--stage task --target" in err and not (tmp_path / "out").exists()
+
+
+def test_a_cut_prompt_is_counted_in_the_manifest_and_the_report(tiny_dir, tmp_path):
+    import tunesift
+
+    rows = [{"id": f"r{i}", "instruction": f"Say {i}", "output": f"{i} " * (1 + i % 4)} for i in range(10)]
+    rows.insert(3, {"id": "long-prompt", "instruction": "word " * 300, "output": "ok"})  # cut to fit, scored
+    rows.insert(6, {"id": "long-answer", "instruction": "x", "output": "word " * 300})  # an error row: not a cut
+    out = tmp_path / "out"
+    tunesift.select(rows, method="loss", budget=0.5, model=str(tiny_dir), max_length=64, on_error="skip",
+                    cache_dir=str(tmp_path / "cache"), out=out, report=True)
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert counts["prompts_cut"] == 1 and counts["errors"] == 1 and counts["input"] == 12
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "1 record(s) had prompts longer than max_length 64" in page
+    short = tmp_path / "short"  # nothing cut: counted as 0, and the report says nothing
+    tunesift.select(rows[:3], method="loss", budget=2, model=str(tiny_dir), max_length=64,
+                    cache_dir=str(tmp_path / "cache"), out=short, report=True)
+    assert json.loads((short / "manifest.json").read_text())["counts"]["prompts_cut"] == 0
+    assert "prompts longer than" not in (short / "report.html").read_text(encoding="utf-8")

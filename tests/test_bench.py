@@ -307,3 +307,23 @@ def test_a_bench_cell_leaves_no_model_alive(data, tiny_dir, tmp_path, monkeypatc
     assert all(ref() is None for ref in loaded)
     cells = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "b" / "cells").iterdir()}
     assert len(cells) == 4 and all(np.isfinite(c["metrics"]["loss"]) for c in cells.values())
+
+
+def test_a_held_out_record_that_cannot_fit_stops_the_bench_before_any_cell(data, tiny_dir, tmp_path, capsys,
+                                                                            monkeypatch):
+    """Before the check, such a record stopped the first cell's evaluation, after its fine-tuning."""
+    test = tmp_path / "long_test.jsonl"
+    rows = [{"instruction": "What is 1 + 1?", "output": "It is #### 2"},
+            {"instruction": "Say a lot.", "output": " ".join(f"word{i}" for i in range(200))}]
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def no_training(*a, **k):
+        raise AssertionError("a cell fine-tuned before the held-out set was checked")
+
+    monkeypatch.setattr("tunesift.finetune.finetune", no_training)
+    out = tmp_path / "b"
+    code, _, err = run(bench_args(data, tiny_dir, out, "--methods", "full", "--test", test, "--max-length", "64"),
+                       capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert str(test) in err and "(line 2)" in err and "does not fit max_length 64" in err, err
+    assert not out.exists()  # nothing written

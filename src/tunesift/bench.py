@@ -471,6 +471,23 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
     return info
 
 
+def check_held_out_fit(cfg: BenchConfig, sets: list[tuple[str, list]]) -> None:
+    """A one-line TunesiftError naming the file, unless every held-out record's response fits
+    ``training.max_length`` in the train model's rendering (what :func:`evaluate` encodes): checked
+    with the tokenizer alone, before bench.json is written, so such a record never stops a cell
+    after its fine-tuning. ``sets``: (path, records) of the test set and each further set."""
+    from .models import load_tokenizer
+    from .render import make_renderer
+
+    renderer = make_renderer(load_tokenizer(cfg.train_model), cfg.training.template, cfg.training.max_length)
+    for path, records in sets:
+        for r in records:
+            try:
+                renderer.encode(r)
+            except TunesiftError as exc:
+                raise TunesiftError(f"{path}: {exc}") from None
+
+
 def run_bench(cfg: BenchConfig, out: str | Path, *,
               progress: Callable[[str, int], Callable[[int], None]] | None = None) -> list[dict]:
     """Run every missing cell, then write the tables and plots. Returns the aggregated rows."""
@@ -502,6 +519,8 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
     models |= {selection_model(cfg, m) for m, _, _ in todo} - {None}
     for model in sorted(models):
         check_model(model)
+    if todo:
+        check_held_out_fit(cfg, [(cfg.test, test), *((cfg.also_test[n], r) for n, r in also.items())])
     pinned = out / BENCH_FILE
     out.mkdir(parents=True, exist_ok=True)
     write_text(pinned, json.dumps({"key": key, "config": asdict(cfg), "inputs": digests,

@@ -224,12 +224,31 @@ def check_model(name: str) -> None:
                             f"weights ({' or '.join(WEIGHT_FILES[::2])})")
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def load_tokenizer(name: str = "default"):
+    """The tokenizer of model ``name`` alone (an alias's GGUF is converted once), with the EOS token
+    as padding where it has none: what :func:`load_lm` pairs with the model, for checks that need
+    to render records without loading weights. A one-line :class:`TunesiftError` when it cannot load."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model_folder(name)))
+    except (OSError, ValueError) as exc:
+        raise TunesiftError(f"cannot load model '{name}' offline: {_first_line(exc)}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load a causal LM and its tokenizer for scoring (eval mode, no grad).
 
     Raises a one-line :class:`TunesiftError` when the model cannot be found offline.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars say what is happening
@@ -237,15 +256,12 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     where = model_folder(name)
+    tok = load_tokenizer(name)
     try:
-        tok = AutoTokenizer.from_pretrained(str(where))
         model = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch_dtype)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TunesiftError(f"cannot load model '{name}' offline: {first}") from None
+        raise TunesiftError(f"cannot load model '{name}' offline: {_first_line(exc)}") from None
     model.to(dev).eval()
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
     if Path(str(where)).exists():
         fp = fingerprint(Path(str(where)))
     else:  # a Hub id: hash the cached snapshot, so updated weights never reuse old scores

@@ -269,11 +269,16 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     t = time.perf_counter()
     errors = {i: r.error for i, r in enumerate(records) if r.error}  # defects found when reading
     readable = [i for i in range(len(records)) if i not in errors]
+    cuts: dict[str, int] = {}  # prompts_cut: scored records whose prompt lost its start to max_length
     if method.needs_lm and readable:
         errors.update({readable[j]: why for j, why in
                        record_errors(method.block_kind, renderer, [records[i] for i in readable],
-                                     in_context=method.in_context).items()})
+                                     in_context=method.in_context, counts=cuts).items()})
         errors = dict(sorted(errors.items()))
+        if cuts["prompts_cut"]:
+            log.warning("%d of %d records have prompts longer than max_length %d: each is scored on its "
+                        "prompt's last tokens (counts.prompts_cut)", cuts["prompts_cut"], len(records),
+                        opt.max_length)
     ok = np.array([i for i in range(len(records)) if i not in errors], dtype=np.int64)
     if errors:
         if opt.on_error == "fail":
@@ -290,6 +295,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     scored = [records[i] for i in ok] if errors else records
     picked = method.run(Job(scored, k, opt, lm, progress, other))
     cols, order, extra = picked.columns, picked.order, dict(picked.extra)
+    if cuts:
+        extra["counts"] = {**cuts, **(extra.get("counts") or {})}
     if errors:  # back to every input record: failed ones get NaN / -1 / False and their reason
         cols = {name: _spread(arr, ok, len(records)) for name, arr in cols.items()}
         cols["error"] = np.array([errors.get(i) for i in range(len(records))], dtype=object)

@@ -81,7 +81,8 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def record_errors(kind: str, renderer, records: list, *, in_context: bool = False) -> dict[int, str]:
+def record_errors(kind: str, renderer, records: list, *, in_context: bool = False,
+                  counts: dict | None = None) -> dict[int, str]:
     """``{index: reason}`` of the records that ``kind`` cannot score, checked one record at a time
     with the renderer alone (no model call, tokenizer work only).
 
@@ -90,13 +91,15 @@ def record_errors(kind: str, renderer, records: list, *, in_context: bool = Fals
     prompts to fit. ``in_context`` (DELIFT): the record is also scored after an example and used
     as one; with a renderer whose target reads differently after an example (``--template
     paper``), its query must fit after the example header and its example text must tokenise
-    cleanly at the cut.
+    cleanly at the cut. ``counts`` (when given) gets ``prompts_cut``: the records that pass whose
+    zero-shot prompt lost tokens from its start to fit ``max_length`` (what every scorer sees).
     """
     out: dict[int, str] = {}
+    cut = 0
     arms = in_context and getattr(renderer, "per_arm", False)
     for i, r in enumerate(records):
         try:
-            renderer.encode(r)
+            e = renderer.encode(r)
             if arms:
                 renderer.query(r)
                 renderer.example_prefix(r)
@@ -105,8 +108,11 @@ def record_errors(kind: str, renderer, records: list, *, in_context: bool = Fals
 
                 for prompt in DEFAULT_PROMPTS:
                     rating_ids(renderer, r, prompt)
+            cut += int(e.truncated > 0)
         except TunesiftError as exc:
             out[i] = str(exc)
+    if counts is not None:
+        counts["prompts_cut"] = counts.get("prompts_cut", 0) + cut
     return out
 
 

@@ -119,6 +119,10 @@ def read_output(out_dir: str | Path) -> Output:
     if len(selected) != res.k:
         raise TunesiftError(f"{jpath}: {len(selected)} rows, but {spath.name} marks {res.k} records kept")
     counts = manifest.get("counts") or {}
+    if isinstance(counts.get("prompts_cut"), int) and counts["prompts_cut"] > 0:
+        max_length = (manifest.get("options") or {}).get("max_length")
+        res.notes.append(f"{counts['prompts_cut']} record(s) had prompts longer than max_length {max_length}: "
+                         "each was scored on its prompt's last tokens (raise --max-length to score them whole)")
     if counts and (counts.get("input"), counts.get("kept")) != (res.n, res.k):
         res.notes.append(f"manifest.json counts ({counts.get('kept')} of {counts.get('input')}) differ from "
                          f"scores.parquet ({res.k} of {res.n}); the page uses scores.parquet")
