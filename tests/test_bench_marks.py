@@ -8,7 +8,9 @@ from PIL import Image
 from tunesift.bench_tables import (
     aggregate,
     beyond_noise,
+    family_lines,
     markdown_table,
+    no_verdict_lines,
     paired_p,
     plot_results,
     versus_random,
@@ -30,7 +32,7 @@ def test_paired_difference_and_marks(tmp_path):
     diff, se, n = versus_random(cs, "clear", 0.3)["rougeL"]
     # the paired t-test behind p: exactly 2 SE with 3 seeds is p = 0.18 (t = 2, 2 degrees of freedom)
     assert paired_p(2.0, 1.0, 3) == pytest.approx(0.1835, abs=1e-4)
-    assert paired_p(0.01, 0.0, 3) == 0.0 and np.isnan(paired_p(0.01, float("nan"), 1))
+    assert np.isnan(paired_p(0.01, 0.0, 3)) and np.isnan(paired_p(0.01, float("nan"), 1))
     assert n == 3 and diff == pytest.approx(0.010) and se == pytest.approx(np.std([0.010, 0.011, 0.009], ddof=1) / np.sqrt(3))
     assert versus_random(cs, "random", 0.3) == {} and versus_random(cs, "clear", 0.5) == {}
     rows = {r["method"]: r for r in aggregate(cs)}
@@ -74,3 +76,40 @@ def test_bars_start_at_zero(tmp_path, monkeypatch):
     assert limits[0][0] == 0.0 and limits[0][1] > 0.79  # not a 0.782-0.790 zoom
     lo, hi = limits[1]  # the differences panel shows zero and the +-2 SE spread
     assert lo < 0.0 < hi or lo <= 0.0 <= hi
+
+
+def test_the_same_difference_in_every_seed_gets_no_verdict():
+    """One exact match fewer of 300 in every seed: the differences agree up to rounding, so the old
+    t-test gave p ~ 1e-32 and a firm mark out of float noise."""
+    em = {"random": [3, 4, 5], "flat": [1, 2, 3], "zero": [3, 4, 5]}
+    cs = [{"method": m, "budget": 0.3, "seed": s, "n_train": 3, "select_s": 1.0, "train_s": 2.0,
+           "metrics": {"exact_match": v[s] / 300}} for m, v in em.items() for s in range(3)]
+    diff, se, n = versus_random(cs, "flat", 0.3)["exact_match"]
+    assert diff == pytest.approx(-2 / 300) and se == 0.0 and n == 3
+    rows = {r["method"]: r for r in aggregate(cs)}
+    for m in ("flat", "zero"):
+        assert np.isnan(rows[m]["exact_match_vs_random_p"]) and beyond_noise(rows[m], "exact_match") is None
+    assert family_lines(list(rows.values())) == []  # nothing with a finite p to correct
+    lines = no_verdict_lines(list(rows.values()))
+    assert any("no seed spread" in ln and "flat @ 0.3 (exact_match)" in ln and "zero @ 0.3" in ln for ln in lines)
+
+
+def test_a_metric_missing_from_a_cell_is_nan_not_a_crash_and_rows_sort_by_method(tmp_path):
+    cs = cells({"donod": [0.01, 0.02, 0.0], "random-gsm8k": [0.0, 0.01, 0.0], "delift-learned": [0.0] * 3,
+                "delift": [0.0] * 3})
+    for c in cs[:-1]:  # a metric every cell but the last holds (e.g. one a later version added)
+        c["metrics"]["loss"] = 1.0
+    rows = aggregate(cs)
+    order = [r["method"] for r in rows]
+    assert order.index("random") + 1 == order.index("random-gsm8k")  # variants sit beside their method
+    assert order.index("delift") + 1 == order.index("delift-learned")
+    last = next(r for r in rows if r["method"] == cs[-1]["method"])
+    assert np.isnan(last["loss"]) and np.isfinite(last["rougeL"]) and np.isnan(last["loss_vs_random"])
+    assert any("NaN or missing" in ln for ln in no_verdict_lines(rows))
+    plot_results(tmp_path, rows)  # rows without the metric get no bar, no KeyError
+    assert (tmp_path / "results.png").stat().st_size > 0
+
+
+def test_one_seed_is_shown_as_one_seed_not_as_zero_spread():
+    table = markdown_table(aggregate(cells({"clear": [0.01]}, base=(0.78,))))
+    assert "0.7900 (1 seed)" in table and "± 0.0000" not in table

@@ -853,3 +853,66 @@ def test_a_model_without_weights_is_refused_before_it_is_loaded(tmp_path, monkey
         check_model("org/name")
     (snap / "model.safetensors.index.json").write_text("{}")
     check_model("org/name")
+
+
+def test_numpy_arrays_and_pandas_missing_values_are_written_as_json_reads_them(tmp_path, caplog):
+    """A numpy array has .item too: one of length 2 crashed the writer after scoring, one of length 1
+    lost its list; pandas NaT became {"$datetime": "NaT"} and pd.NA could not be written at all."""
+    import pandas as pd
+
+    from tunesift.outputs import json_value
+
+    assert json_value(np.array(["q"])) == ["q"] and json_value(np.array([1, 2])) == [1, 2]
+    assert json_value(np.array([])) == [] and json_value(np.array(2.5)) == 2.5  # a 0-d array: its scalar
+    assert json_value(pd.NaT) is None and json_value(pd.NA) is None
+    import tunesift
+
+    rows = [{"instruction": f"q{i}", "output": "a", "tags": np.array(["x", "y"][: 1 + i % 2]), "when": pd.NaT,
+             "score": float("nan") if i == 1 else 0.5} for i in range(3)]
+    with caplog.at_level(logging.WARNING, logger="tunesift.outputs"):
+        tunesift.select(rows, method="random", budget=1.0, out=tmp_path / "o")
+    got = strict_rows(tmp_path / "o" / "selected.jsonl")
+    assert [r["tags"] for r in got] == [["x"], ["x", "y"], ["x"]] and all(r["when"] is None for r in got)
+    # NaN among plain floats: loss-free, but type-inferring JSON loaders refuse it, so the user is told
+    assert [r["score"] for r in got] == [0.5, {"$float": "NaN"}, 0.5]
+    assert "selected.jsonl: score mixes numbers with tagged values" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tunesift.outputs"):
+        tunesift.select(rows[:1], method="random", budget=1.0, out=tmp_path / "plain")
+    assert "mixes numbers" not in caplog.text
+
+
+@pytest.mark.parametrize("case", ["int-beyond-int64", "map-column-to-hf"])
+def test_a_value_arrow_cannot_hold_is_a_one_line_error_and_no_output(case, tmp_path, capsys):
+    if case == "int-beyond-int64":
+        data = tmp_path / "d.jsonl"
+        data.write_text(json.dumps({"prompt": "a", "completion": "b", "h": 12345678901234567890}) + "\n")
+        fmt = "parquet"
+    else:
+        table = pa.table({"prompt": ["a"], "completion": ["b"],
+                          "m": pa.array([[("k", 1)]], type=pa.map_(pa.string(), pa.int64()))})
+        data = tmp_path / "d.parquet"
+        pq.write_table(table, data)
+        fmt = "hf"
+    out = tmp_path / "out"
+    code, err = run(["select", data, "--method", "random", "--budget", "1", "--out", out, "--out-format", fmt,
+                        "-q"], capsys)
+    assert code == 2 and err.startswith("tunesift: error: cannot write the kept records as") and \
+        err.count("\n") == 1, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [data.name]
+
+
+def test_an_in_memory_dataset_keeps_its_features_in_parquet_and_hf_output(tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Value, load_from_disk
+
+    import tunesift
+
+    feats = Features({"instruction": Value("string"), "output": Value("string"),
+                      "label": ClassLabel(names=["neg", "pos"]), "n": Value("int32")})
+    ds = Dataset.from_dict({"instruction": ["a", "b"], "output": ["x", "y"], "label": [0, 1], "n": [1, 2]},
+                           features=feats)
+    tunesift.select(ds, method="random", budget=1.0, out=tmp_path / "hf", out_format="hf")
+    back = load_from_disk(str(tmp_path / "hf" / "selected"))
+    assert back.features == feats and back.to_list() == ds.to_list()
+    tunesift.select(ds, method="random", budget=1.0, out=tmp_path / "pq", out_format="parquet")
+    assert pq.read_table(tmp_path / "pq" / "selected.parquet").schema.field("n").type == pa.int32()

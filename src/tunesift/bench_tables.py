@@ -20,8 +20,9 @@ REFERENCES = frozenset({"base", "full", "random"})
 
 
 def aggregate(cells: list[dict]) -> list[dict]:
-    """One row per (method, budget): mean and sample std (ddof=1; 0 for one seed) of each metric
-    over seeds, the number of seeds, records trained on and picked, the selection's wall time (the
+    """One row per (method, budget): mean and sample std (ddof=1; 0 for one seed, which the table
+    prints as "1 seed", not as a spread) of each metric over seeds (every metric any of the cells
+    holds: NaN for a cell without it), the number of seeds, records trained on and picked, the selection's wall time (the
     largest over all the method's cells, budgets included: its first cell computes the scores, the
     others read them from the cache), the mean training wall time, and the costs
     (:func:`add_costs`)."""
@@ -38,19 +39,29 @@ def aggregate(cells: list[dict]) -> list[dict]:
                "n_selected": int(np.mean([c.get("n_selected", c["n_train"]) for c in cs])),
                "select_s": uncached[method],
                "train_s": float(np.mean([c["train_s"] for c in cs]))}
-        for m in cs[0]["metrics"]:
-            v = np.array([c["metrics"][m] for c in cs], dtype=float)
+        for m in dict.fromkeys(m for c in cs for m in c["metrics"]):
+            v = np.array([c["metrics"].get(m, np.nan) for c in cs], dtype=float)
             row[m] = float(v.mean())
             row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
         for m, (diff, se, n) in versus_random(cells, method, budget).items():
             row[f"{m}_vs_random"], row[f"{m}_vs_random_se"], row["paired_seeds"] = diff, se, n
             row[f"{m}_vs_random_p"] = paired_p(diff, se, n)
         rows.append(row)
-    order = {m: i for i, m in enumerate(method_names())}  # base and full are placed by edge
     edge = {"base": 0, "full": 2}  # base first, full last, budgets in between
     rows.sort(key=lambda r: (edge.get(r["method"], 1), 0.0 if r["budget"] == "all" else float(r["budget"]),
-                             order.get(r["method"], 99)))
+                             method_rank(r["method"]), r["method"]))
     return add_costs(rows)
+
+
+def method_rank(name: str) -> float:
+    """Where a row sorts: the registry's order of methods; a bench variant named after a method
+    (``random-gsm8k``, ``delift-learned``) right after that method (the
+    earliest one its ``-``/``+``-separated name contains); anything else last."""
+    order = {m: i for i, m in enumerate(method_names())}
+    if name in order:
+        return float(order[name])
+    inside = [i for m, i in order.items() if f"-{m}-" in f"-{name.replace('+', '-')}-"]
+    return min(inside) + 0.5 if inside else 99.0
 
 
 def _budget_key(budget) -> tuple:
@@ -80,12 +91,11 @@ def add_costs(rows: list[dict]) -> list[dict]:
 
 def paired_p(diff: float, se: float, n: int) -> float:
     """Two-sided p-value of the paired t-test: t = diff / se with n - 1 degrees of freedom (NaN
-    below 2 seeds; 0 when every seed moved by the same nonzero amount). With 3 seeds, the mark's
-    2 SE is p = 0.18: the mark says "beyond the seed spread", p says how firmly."""
-    if n < 2 or not np.isfinite(se):
+    below 2 seeds, and NaN when every seed moved by the same amount, se 0: with no spread the test
+    has nothing to measure against, e.g. one exact match fewer of 300 in each seed). With 3
+    seeds, the mark's 2 SE is p = 0.18: the mark says "beyond the seed spread", p says how firmly."""
+    if n < 2 or not np.isfinite(se) or se == 0:
         return float("nan")
-    if se == 0:
-        return 1.0 if diff == 0 else 0.0
     from scipy.stats import t
 
     return float(2 * t.sf(abs(diff) / se, n - 1))
@@ -96,6 +106,9 @@ def versus_random(cells: list[dict], method: str, budget) -> dict[str, tuple[flo
     ``(mean_s d_s, std(d, ddof=1) / sqrt(n), n)`` with ``d_s = metric(method, s) - metric(random, s)``
     over the n seeds both ran (each seed's random draw and training seed are shared, so pairing
     removes most of the seed noise). Empty for random itself, base, full and unpaired methods.
+    A metric missing from a cell counts as NaN there. Differences equal in every seed up to
+    rounding (a discrete metric such as exact match moves in steps of 1/n) get se exactly 0, so
+    :func:`paired_p` and :func:`beyond_noise` give no verdict rather than a float-noise one.
     :func:`paired_p` turns one into a p-value."""
     if method in REFERENCES:
         return {}
@@ -106,11 +119,14 @@ def versus_random(cells: list[dict], method: str, budget) -> dict[str, tuple[flo
     if not seeds:
         return {}
     out = {}
-    for m in mine[seeds[0]]["metrics"]:
-        if not all(m in rand[s]["metrics"] for s in seeds):
+    for m in dict.fromkeys(m for s in seeds for m in mine[s]["metrics"]):
+        if not any(m in rand[s]["metrics"] for s in seeds):
             continue
-        d = np.array([mine[s]["metrics"][m] - rand[s]["metrics"][m] for s in seeds], dtype=float)
+        d = np.array([mine[s]["metrics"].get(m, np.nan) - rand[s]["metrics"].get(m, np.nan) for s in seeds],
+                     dtype=float)
         se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        if np.isfinite(se) and np.ptp(d) <= 1e-9 * np.abs(d).max():  # the same move in every seed
+            se = 0.0
         out[m] = (float(d.mean()), se, len(d))
     return out
 
@@ -122,10 +138,11 @@ MIN_MARK_SEEDS = 3
 
 def beyond_noise(row: dict, metric: str) -> bool | None:
     """Whether the row's paired difference from random exceeds two standard errors of the paired
-    seed differences (None: no paired difference, or fewer than :data:`MIN_MARK_SEEDS` paired
-    seeds, too few for the spread to be estimated)."""
+    seed differences (None: no paired difference, fewer than :data:`MIN_MARK_SEEDS` paired seeds,
+    too few for the spread to be estimated, or no spread at all: se 0)."""
     diff, se = row.get(f"{metric}_vs_random"), row.get(f"{metric}_vs_random_se")
-    if diff is None or se is None or not np.isfinite(se) or row.get("paired_seeds", 0) < MIN_MARK_SEEDS:
+    if diff is None or se is None or not np.isfinite(se) or se == 0 \
+            or row.get("paired_seeds", 0) < MIN_MARK_SEEDS:
         return None
     return bool(abs(diff) > 2 * se)
 
@@ -169,9 +186,9 @@ def beyond_noise_lines(rows: list[dict]) -> list[str]:
 def no_verdict_lines(rows: list[dict]) -> list[str]:
     """The selector rows that get no verdict either way, and why, so that an empty list of marks
     never hides them: not paired with random (no random cells at that budget), fewer than
-    :data:`MIN_MARK_SEEDS` paired seeds, or a paired difference that is not a number (a metric
-    NaN in some seed)."""
-    unpaired, few, nan = [], [], []
+    :data:`MIN_MARK_SEEDS` paired seeds, a paired difference that is not a number (a metric NaN
+    or missing in some seed), or one with no seed spread (the same difference in every seed)."""
+    unpaired, few, nan, flat = [], [], [], []
     for r in rows:
         if r["method"] in REFERENCES:
             continue
@@ -185,14 +202,20 @@ def no_verdict_lines(rows: list[dict]) -> list[str]:
             bad = [m for m in metrics if not (np.isfinite(r[f"{m}_vs_random"]) and np.isfinite(r[f"{m}_vs_random_se"]))]
             if bad:
                 nan.append(f"{name} ({', '.join(bad)})")
+            same = [m for m in metrics if m not in bad and r[f"{m}_vs_random_se"] == 0]
+            if same:
+                flat.append(f"{name} ({', '.join(same)})")
     out = []
     if few:
         out.append(f"- no verdict yet (fewer than {MIN_MARK_SEEDS} paired seeds): {', '.join(sorted(few))}")
     if unpaired:
         out.append(f"- no verdict (no random cells at the same budget to pair with): {', '.join(sorted(unpaired))}")
     if nan:
-        out.append(f"- no verdict (a paired difference is not a number: the metric is NaN in some seed): "
-                   f"{', '.join(sorted(nan))}")
+        out.append("- no verdict (a paired difference is not a number: the metric is NaN or missing in some "
+                   f"seed): {', '.join(sorted(nan))}")
+    if flat:
+        out.append("- no verdict (no seed spread: the same paired difference in every seed, nothing to test it "
+                   f"against): {', '.join(sorted(flat))}")
     return out
 
 
@@ -248,7 +271,8 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     paired = False
     for r in rows:
-        vals = [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" + _versus_cell(r, m) if m in r else "" for m in metrics]
+        vals = [f"{r[m]:.4f}" + (f" ± {r[m + '_std']:.4f}" if r["seeds"] > 1 else " (1 seed)")
+                + _versus_cell(r, m) if m in r else "" for m in metrics]
         paired |= any(f"{m}_vs_random" in r for m in metrics)
         lines.append("| " + " | ".join([r["method"], str(r["budget"]), str(r["seeds"]), str(r["n_train"]), *vals,
                                         f"{r['select_s']:.1f}", f"{r['train_s']:.1f}",
@@ -328,16 +352,17 @@ def plot_results(out: Path, rows: list[dict]) -> None:
     nrow = 2 if paired else 1
     fig, axes = plt.subplots(nrow, len(metrics), figsize=(3.2 * len(metrics), 3.4 * nrow), squeeze=False)
     for ax, m in zip(axes[0], metrics):
-        names = [r["method"] for r in shown]
-        ax.bar(range(len(shown)), [r[m] for r in shown], yerr=[r[f"{m}_std"] for r in shown], capsize=3,
+        have = [r for r in shown if m in r]  # a row from cells without this metric has no bar
+        names = [r["method"] for r in have]
+        ax.bar(range(len(have)), [r[m] for r in have], yerr=[r[f"{m}_std"] for r in have], capsize=3,
                color=["#999999" if n in ("base", "full") else "#4c72b0" for n in names])
-        ax.set_xticks(range(len(shown)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_xticks(range(len(have)), names, rotation=45, ha="right", fontsize=8)
         ax.set_title(m, fontsize=9)
         # bars start at zero (no truncated axis that makes noise look decisive)
-        lo = min(0.0, min(r[m] - r[f"{m}_std"] for r in shown))
-        hi = max(0.0, max(r[m] + r[f"{m}_std"] for r in shown))
+        ends = [v for r in have for v in (r[m] - r[f"{m}_std"], r[m] + r[f"{m}_std"]) if np.isfinite(v)]
+        lo, hi = min([0.0, *ends]), max([0.0, *ends])
         ax.set_ylim(lo * 1.1, hi * 1.12 or 0.01)
-        for x, r in enumerate(shown):
+        for x, r in enumerate(have):
             if beyond_noise(r, m):
                 ax.text(x, r[m] + r[f"{m}_std"], "*", ha="center", va="bottom", fontsize=12)
     if paired:  # the paired differences from random with two standard errors: the spread is visible

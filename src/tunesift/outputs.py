@@ -185,6 +185,8 @@ def json_value(v):
         return [json_value(x) for x in v]
     if isinstance(v, (bytes, bytearray, memoryview)):
         return {"$bytes": base64.b64encode(bytes(v)).decode("ascii")}
+    if type(v).__name__ in ("NaTType", "NAType"):  # pandas' missing time / value: null, as from_pandas reads it
+        return None
     if isinstance(v, decimal.Decimal):
         if v.is_finite():
             return _decimal_marker(v)
@@ -203,10 +205,10 @@ def json_value(v):
     kind = getattr(getattr(v, "dtype", None), "kind", None)
     if kind in ("M", "m"):  # numpy datetime64 / timedelta64, scalar or array: .item() may give bare ns
         return _numpy_time(v)
-    if hasattr(v, "item") and callable(v.item):  # numpy scalar
-        return json_value(v.item())
-    if hasattr(v, "tolist"):  # numpy array
+    if getattr(v, "ndim", 0) and hasattr(v, "tolist"):  # a numpy array (it has .item too): a list
         return json_value(v.tolist())
+    if hasattr(v, "item") and callable(v.item):  # numpy scalar (a 0-d array too)
+        return json_value(v.item())
     if isinstance(v, (set, frozenset)):
         return [json_value(x) for x in sorted(v, key=repr)]
     raise TunesiftError(f"cannot write a value of type {type(v).__name__} to JSON Lines; use --out-format parquet")
@@ -328,9 +330,12 @@ def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
     """The kept rows; Parquet and hf use the input's Arrow schema when it had one (native types)."""
     rows = sel.rows
     if out_format == "jsonl":
+        mixed = MixedColumns()
         with open(tmp / "selected.jsonl", "w", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json_line(row) + "\n")
+                mixed.add(row)
+        mixed.warn()
         return
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -353,9 +358,38 @@ def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
             pq.write_table(table, tmp / "selected.parquet")
         else:
             _save_to_disk(table, tmp / "selected")
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeError) as exc:
+    # OverflowError: an integer beyond int64; ValueError / TypeError: a type datasets cannot hold (a map)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeError, OverflowError,
+            ValueError, TypeError) as exc:
         raise TunesiftError(f"cannot write the kept records as {out_format}: {str(exc).splitlines()[0]}; "
                             "use --out-format jsonl") from None
+
+
+class MixedColumns:
+    """Top-level fields whose values are plain JSON numbers in some kept rows and a tagged form in
+    others (``{"$float": "NaN"}`` among floats, say): loss-free, but a JSON loader that infers one
+    type per column (``pyarrow.json``, ``datasets``' JSON builder in older versions, pandas) refuses
+    or stringifies such a column. :meth:`warn` names them and the format that keeps their type."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, set[str]] = {}
+
+    def add(self, row: dict) -> None:
+        for k, v in row.items():
+            if v is None or isinstance(v, (bool, str, list, tuple, dict)):
+                continue
+            kind = "tagged" if isinstance(json_value(v), dict) else "number"  # a finite Decimal: a number
+            self.kinds.setdefault(k, set()).add(kind)
+
+    def columns(self) -> list[str]:
+        return [k for k, kinds in self.kinds.items() if kinds == {"number", "tagged"}]
+
+    def warn(self) -> None:
+        if cols := self.columns():
+            log.warning("selected.jsonl: %s mix%s numbers with tagged values (NaN, Infinity or a non-finite "
+                        "decimal as {\"$float\": ...}); JSON loaders that infer one type per column may refuse "
+                        "it: --out-format parquet keeps the column's type", ", ".join(cols),
+                        "es" if len(cols) == 1 else "")
 
 
 def _save_to_disk(table, folder: Path) -> None:

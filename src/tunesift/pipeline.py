@@ -160,12 +160,16 @@ def as_records(data, fields: FieldMap | None = None, *, source: str = "<rows>", 
                digest: dict | None = None, limit: int | None = None) -> list[Record]:
     """Records from a path, a list of Records, a list of dicts, a pandas DataFrame or an HF Dataset.
     ``on_error="skip"``: records with a defect come back with ``Record.error`` set; ``digest``
-    receives the input's sha256 as it was read (paths only); ``limit``: the first ``limit`` only."""
+    receives the input's sha256 as it was read (paths only) and the Arrow schema of a Parquet,
+    ``datasets`` folder or in-memory ``Dataset`` input; ``limit``: the first ``limit`` only."""
     hint = SKIP_HINT if on_error == "fail" and source == "<rows>" else ""
     if isinstance(data, (str, Path)):
         return read_records(data, fields, on_error=on_error, digest=digest, hint=hint, limit=limit)
     if isinstance(data, list) and data and isinstance(data[0], Record):
         return data[:limit] if limit else data
+    ds = data["train"] if type(data).__name__ == "DatasetDict" and "train" in data else data
+    if digest is not None and type(ds).__name__ == "Dataset":  # its features (ClassLabel, Image, int32)
+        digest["schema"] = getattr(getattr(ds, "data", None), "schema", None)  # for Parquet/hf output
     return records_from_rows(data, fields, source=source, on_error=on_error, limit=limit,
                              hint=hint)  # dicts, DataFrame, Dataset, DatasetDict
 
