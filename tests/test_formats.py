@@ -362,7 +362,7 @@ def test_no_dataset_info_for_a_schema_llamafactory_cannot_read(tmp_path):
 
 def test_no_dataset_info_when_a_kept_chat_turn_is_spelled_another_way_or_holds_no_text(tmp_path, capsys):
     """LLaMA-Factory matches each turn's role to the tags exactly and needs text content; the tags
-    come from the first record, so a later 'human' among 'user' turns, or a tool call with null
+    come from the first kept record, so a later 'human' among 'user' turns, or a tool call with null
     content, would fail there: no entry, and a warning that says why."""
     from tunesift.io.trainers import unreadable_turn
 
@@ -382,6 +382,22 @@ def test_no_dataset_info_when_a_kept_chat_turn_is_spelled_another_way_or_holds_n
     assert (out / "selected.jsonl").is_file() and not (out / "dataset_info.json").exists()
     err = " ".join(capsys.readouterr().err.split())  # the warning, as rich wraps it on stderr
     assert "no dataset_info.json for LLaMA-Factory: kept record 6 has a turn with role 'human'" in err
+
+
+def test_dataset_info_tags_follow_the_kept_rows_when_the_first_input_row_is_dropped(tmp_path):
+    """The tags once came from the first input row: when it spelled roles 'Human'/'GPT' and was not
+    kept, the kept rows' 'human'/'gpt' turns did not match them and no entry was written."""
+    rows = [{"id": "first", "src": "a", "conversations": [{"from": "Human", "value": "q"},
+                                                          {"from": "GPT", "value": "a"}]}]
+    rows += [{"id": f"r{i}", "src": "b", "conversations": [{"from": "human", "value": f"q{i}"},
+                                                            {"from": "gpt", "value": f"a{i}"}]} for i in range(4)]
+    out = tmp_path / "out"
+    assert main(["select", str(jsonl(tmp_path / "d.jsonl", rows)), "--method", "random", "--budget", "1",
+                 "--within", "src=b", "--out", str(out), "-q"]) == 0
+    kept = [json.loads(x)["id"] for x in (out / "selected.jsonl").read_text().splitlines()]
+    assert len(kept) == 1 and kept != ["first"]
+    tags = json.loads((out / "dataset_info.json").read_text(encoding="utf-8"))["selection"]["tags"]
+    assert tags["user_tag"] == "human" and tags["assistant_tag"] == "gpt" and tags["role_tag"] == "from"
 
 
 def test_no_dataset_info_for_a_chat_llamafactory_would_skip():

@@ -51,6 +51,7 @@ from pathlib import Path
 
 from .errors import OptionError, TunesiftError
 from .folders import check_earlier_set, digests, publish
+from .io.chat import chat_tags
 from .io.records import schema_of
 from .io.trainers import DATASET_NAME, dataset_info, unreadable_tools, unreadable_turn
 from .pipeline import Selection, options_dict, versions
@@ -423,6 +424,9 @@ def _write_dataset_info(sel: Selection, tmp: Path, out_format: str) -> None:
         log.warning("dataset_info.json leaves tools unmapped: %s (tunesift does not score them)", why)
         present.discard("tools")
     entry = dataset_info(schema, file_name, present=present)
+    if entry is not None and entry["formatting"] == "sharegpt" and sel.rows:
+        # spelled as the kept rows spell their turns: the first input row (the schema's) may be dropped
+        entry["tags"] = chat_tags(sel.rows[0].get(schema.messages))
     why = entry and entry["formatting"] == "sharegpt" and unreadable_turn(sel.rows, schema.messages, entry["tags"])
     if why:
         log.warning("no dataset_info.json for LLaMA-Factory: %s", why)

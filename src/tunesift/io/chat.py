@@ -304,7 +304,7 @@ _DEFAULT_TAGS = {
 
 
 def chat_tags(turns: Any) -> dict[str, str]:
-    """LLaMA-Factory ShareGPT ``tags`` for a chat like ``turns`` (the first record's raw turns):
+    """LLaMA-Factory ShareGPT ``tags`` for a chat like ``turns`` (the first kept record's raw turns):
     the role/content keys of its first turn, and each kind of turn spelled as that chat spells it
     (defaults for the kinds it does not hold)."""
     first = next((t for t in _iter(turns) if isinstance(t, dict)), {})

@@ -9,7 +9,7 @@ names the file and maps its columns onto LLaMA-Factory's ``alpaca`` or ``sharegp
 The mapping follows the schema the input was read with (:class:`~tunesift.io.schema.Schema`):
 alpaca-like schemas (``alpaca``, ``prompt_completion``, ``question_answer``, a field map of one or
 two prompt fields) give ``alpaca``; chats (``messages``, ``sharegpt``, ``--messages-field``) give
-``sharegpt`` with the ``tags`` of the first record's turns (no entry when a kept turn is spelled
+``sharegpt`` with the ``tags`` of the first kept record's turns (no entry when a kept turn is spelled
 another way or holds no text: :func:`unreadable_turn`). TRL's conversational
 prompt/completion (the chat split over two columns) and prompts joined from three or more fields
 have no LLaMA-Factory form: no entry.
@@ -29,7 +29,7 @@ DATASET_NAME = "selection"
 
 def unreadable_turn(rows: Iterable[dict], messages: str, tags: dict[str, str]) -> str | None:
     """Why LLaMA-Factory cannot read the chats of ``rows`` with ``tags``, or None: it matches each
-    turn's role to the tags exactly (one spelling per kind of turn, taken from the first record)
+    turn's role to the tags exactly (one spelling per kind of turn, taken from the first kept record)
     and needs text content (not a list of parts, not a tool call: OpenAI's ``tool_calls``, which
     tunesift scores as the call's JSON, are not read by its sharegpt formatting)."""
     role, content = tags["role_tag"], tags["content_tag"]
