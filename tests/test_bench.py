@@ -327,3 +327,30 @@ def test_a_held_out_record_that_cannot_fit_stops_the_bench_before_any_cell(data,
     assert code == 2 and err.count("\n") == 1, err
     assert str(test) in err and "(line 2)" in err and "does not fit max_length 64" in err, err
     assert not out.exists()  # nothing written
+
+
+def test_every_cell_is_evaluated_in_float32_where_auto_means_bfloat16(data, tiny_dir, tmp_path, capsys, monkeypatch):
+    """On a GPU the base cell was scored in bf16 while trained cells (merged in float32) were not:
+    the rows differed by precision, not by training. So does `evaluate --model` against `--adapter`."""
+    import tunesift.evaluate as ev_mod
+    import tunesift.models as models
+
+    real_dtype, real_eval = models.resolve_dtype, ev_mod.evaluate
+    monkeypatch.setattr(models, "resolve_dtype", lambda d, dev: real_dtype("bfloat16" if d == "auto" else d, dev))
+    seen = []
+
+    def spy(lm, records, **kw):
+        seen.append(next(lm.model.parameters()).dtype)
+        return real_eval(lm, records, **kw)
+
+    monkeypatch.setattr(ev_mod, "evaluate", spy)
+    code, _, err = run(bench_args(data, tiny_dir, tmp_path / "b", "--methods", "base,random", "--budget", "0.25",
+                                  "--seeds", "1", "--metrics", "loss"), capsys)
+    assert code == 0, err
+    import torch
+
+    assert len(seen) == 2 and set(seen) == {torch.float32}
+    seen.clear()
+    code, _, err = run(["evaluate", "--test", data / "test.jsonl", "--model", tiny_dir, "--metrics", "loss", "-q"],
+                       capsys)
+    assert code == 0 and seen == [torch.float32], err

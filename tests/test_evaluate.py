@@ -163,3 +163,48 @@ def test_cosine_of_identical_texts_is_one():
     c = embedding_cosine(["The capital of France is Paris.", "apples"], ["The capital of France is Paris.",
                                                                         "quantum chromodynamics"])
     assert c[0] == pytest.approx(1.0, abs=1e-5) and c[1] < 0.5
+
+
+def test_a_checkpoints_generation_config_does_not_change_greedy_answers(tiny_lm, recs):
+    """transformers fills every generation setting a call leaves unset from the model's own
+    generation_config: a shipped repetition_penalty or no_repeat_ngram_size changed the answers."""
+    rend = Renderer(tiny_lm.tokenizer, turn_format(tiny_lm.tokenizer), max_length=256)
+    clean = generate(tiny_lm, rend, recs, max_new_tokens=8)
+    cfg = tiny_lm.model.generation_config
+    saved = cfg.to_dict()
+    try:
+        ids = torch.tensor([rend.header + rend.encode(recs[0]).prompt])
+        with torch.no_grad():
+            first = int(tiny_lm.model.generate(input_ids=ids, do_sample=False, max_new_tokens=1)[0, -1])
+            cfg.suppress_tokens, cfg.no_repeat_ngram_size, cfg.repetition_penalty = [first], 1, 3.0
+            polluted = tiny_lm.model.generate(input_ids=ids, do_sample=False, max_new_tokens=1)
+        assert int(polluted[0, -1]) != first  # the setting bites when a call leaves it unset
+        assert generate(tiny_lm, rend, recs, max_new_tokens=8) == clean
+    finally:
+        for k in ("suppress_tokens", "no_repeat_ngram_size", "repetition_penalty"):
+            setattr(cfg, k, saved.get(k))
+
+
+class _Tok:
+    """A tokenizer stub: ``▁`` (7) is ordinary text, ``</s>`` (2) and ``<|im_end|>`` (5) are control tokens."""
+    all_special_ids = [2]
+    eos_token_id = 2
+
+    def get_added_vocab(self):
+        return {"<|im_end|>": 5}
+
+
+def _rend(end: str, ids: list[int]):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(fmt=SimpleNamespace(end=end), ids=lambda text: ids)
+
+
+def test_the_stop_token_is_the_ends_control_token_never_ordinary_text():
+    """Llama 2's template ends an answer with " </s>" = ["▁", "</s>"]: stopping on its first token
+    cut every answer at its first space."""
+    from tunesift.evaluate import control_end, stop_ids
+
+    assert stop_ids(_rend(" </s>", [7, 2]), _Tok()) == {2}
+    assert stop_ids(_rend("<|im_end|>", [5]), _Tok()) == {5, 2}
+    assert control_end(_rend("\n### End", [7, 9]), _Tok()) is None and stop_ids(_rend("x", [7]), _Tok()) == {2}

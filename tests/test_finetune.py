@@ -234,8 +234,22 @@ def test_full_model_save_and_load(fresh, records, tmp_path):
     res = finetune(fresh, records[:8], TrainConfig(mode="full", epochs=1, lr=1e-3, batch_size=4))
     save(res, fresh, tmp_path / "model")
     expect, _ = response_nll(merged(fresh, res), rend, records)
-    got, _ = response_nll(load_trained(tmp_path / "model"), rend, records)
+    loaded = load_trained(tmp_path / "model")
+    got, _ = response_nll(loaded, rend, records)
     np.testing.assert_allclose(got, expect, rtol=1e-5)
+    assert load_trained(tmp_path / "model", dtype="bfloat16").dtype == "bfloat16"
+
+
+def test_a_full_model_loads_in_float32_where_auto_means_bfloat16(fresh, records, tmp_path, monkeypatch):
+    """save() writes float32; on a GPU "auto" is bfloat16, which rounded the training's updates away."""
+    import tunesift.models as models
+
+    res = finetune(fresh, records[:4], TrainConfig(mode="full", epochs=1, lr=1e-3, batch_size=4))
+    save(res, fresh, tmp_path / "model")
+    real = models.resolve_dtype
+    monkeypatch.setattr(models, "resolve_dtype", lambda d, dev: real("bfloat16" if d == "auto" else d, dev))
+    loaded = load_trained(tmp_path / "model")
+    assert loaded.dtype == "float32" and next(loaded.model.parameters()).dtype == torch.float32
 
 
 @pytest.mark.parametrize("kw, message", [

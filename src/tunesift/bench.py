@@ -428,7 +428,7 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
     ``sequential`` starts from the seed's stage-1 model (:func:`stage_one`, which needs ``out``)
     and trains on the selection only; ``base`` is then the stage-1 model itself."""
     from .evaluate import evaluate
-    from .finetune import finetune, merged
+    from .finetune import finetune, merged, to_float32
 
     t0 = time.perf_counter()
     info: dict = {"method": method, "budget": budget, "seed": seed}
@@ -455,6 +455,7 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
         lm = merged(lm, res)
         del res  # optimizer state, peft wrapper and LoRA gradients: not needed to evaluate
     info["train_s"] = round(time.perf_counter() - t1, 3)
+    to_float32(lm)  # every cell evaluated at one precision: trained models are merged in float32, base too
     t2 = time.perf_counter()
     kw = {"metrics": cfg.metrics, "template": cfg.training.template, "max_length": cfg.training.max_length,
           "max_new_tokens": cfg.max_new_tokens, "generate_limit": cfg.generate_limit, "progress": progress}

@@ -341,7 +341,8 @@ def evaluate(
 
         lm = load_trained(adapter, model=model, device=device)
     else:
-        lm = load_lm(model or "default", device=device)
+        # float32, as a fine-tuned model is merged and saved: base and tuned compare at one precision
+        lm = load_lm(model or "default", device=device, dtype="float32")
     with _progress(quiet) as prog:
         ev = run_evaluate(lm, records, metrics=names, template=template, max_length=max_length,
                           max_new_tokens=max_new_tokens, generate_limit=generate_limit, progress=prog)

@@ -169,6 +169,32 @@ def generation_prompt(renderer, record, max_new_tokens: int) -> tuple[list[int],
     return renderer.header + e.prompt[cut:], e.truncated + cut
 
 
+#: plain greedy decoding, whatever the checkpoint's generation_config says: transformers fills every
+#: setting a call leaves unset from it (a shipped repetition_penalty, no_repeat_ngram_size, num_beams
+#: or min_new_tokens would change every answer), so each one that alters the pick is set here
+GREEDY = {"do_sample": False, "num_beams": 1, "num_return_sequences": 1, "temperature": None, "top_p": None,
+          "top_k": None, "min_p": None, "typical_p": None, "epsilon_cutoff": None, "eta_cutoff": None,
+          "repetition_penalty": None, "encoder_repetition_penalty": None, "no_repeat_ngram_size": None,
+          "encoder_no_repeat_ngram_size": None, "bad_words_ids": None, "sequence_bias": None,
+          "suppress_tokens": None, "begin_suppress_tokens": None, "min_length": 0, "min_new_tokens": None,
+          "forced_bos_token_id": None, "forced_eos_token_id": None, "exponential_decay_length_penalty": None,
+          "guidance_scale": None, "stop_strings": None, "max_time": None, "watermarking_config": None}
+
+
+def control_end(renderer, tok) -> int | None:
+    """The first control (special or added) token of the template's ``end`` string, or None."""
+    control = set(tok.all_special_ids) | set((getattr(tok, "get_added_vocab", dict)() or {}).values())
+    return next((i for i in renderer.ids(renderer.fmt.end) if i in control), None)
+
+
+def stop_ids(renderer, tok) -> set[int]:
+    """Token ids that end a generated answer: the template's end token (its first control token:
+    ``<|im_end|>``; never an ordinary text token such as the "▁" of Llama 2's ``" </s>"``, which
+    would cut every answer at its first space) and EOS. An end of plain text only (no control
+    token) stops at EOS, and the answer is cut at the end text."""
+    return {i for i in (control_end(renderer, tok), tok.eos_token_id) if i is not None}
+
+
 def generate(lm, renderer, records: Sequence, *, max_new_tokens: int = 128, batch_size: int = 32,
              static_cache: bool = True, progress: Callable[[int], None] | None = None,
              counts: dict[str, int] | None = None) -> list[str]:
@@ -190,7 +216,8 @@ def generate(lm, renderer, records: Sequence, *, max_new_tokens: int = 128, batc
     encoded = [generation_prompt(renderer, r, max_new_tokens) for r in records]  # (ids, tokens cut)
     prompts = [ids for ids, _ in encoded]
     capped = 0
-    stops = {i for i in (renderer.ids(renderer.fmt.end)[:1] + [tok.eos_token_id]) if i is not None}
+    stops = stop_ids(renderer, tok)
+    tail = "" if control_end(renderer, tok) is not None else renderer.fmt.end.strip()  # an end of plain text
     pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(stops))
     out: list[str] = [""] * len(prompts)
     dev = torch.device(lm.device)
@@ -207,13 +234,13 @@ def generate(lm, renderer, records: Sequence, *, max_new_tokens: int = 128, batc
             kw = {"cache": StaticCache(config=lm.model.config, max_cache_len=width + max_new_tokens),
                   "disable_compile": True}
         with torch.inference_mode():
-            gen = lm.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
-                                    max_new_tokens=max_new_tokens, eos_token_id=sorted(stops), pad_token_id=pad,
-                                    temperature=None, top_p=None, top_k=None, **kw)
+            gen = lm.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **GREEDY,
+                                    max_new_tokens=max_new_tokens, eos_token_id=sorted(stops), pad_token_id=pad, **kw)
         for r, i in enumerate(rows):
             new = gen[r, width:].tolist()
             cut = next((t for t, x in enumerate(new) if x in stops), len(new))
-            out[i] = tok.decode(new[:cut], skip_special_tokens=True).strip()
+            text = tok.decode(new[:cut], skip_special_tokens=True)
+            out[i] = (text.split(tail)[0] if tail else text).strip()
             capped += cut == len(new)
         if progress:
             progress(len(rows))

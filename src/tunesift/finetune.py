@@ -416,6 +416,6 @@ def load_trained(path: str | Path, *, model: str | None = None, device: str = "a
         fp = file_fingerprint(path / "adapter_model.safetensors")
         return type(lm)(peft_model.merge_and_unload().eval(), lm.tokenizer, f"{base_name}+{path.name}",
                         str(path), f"{lm.fingerprint[:8]}-{fp[:8]}", lm.device, lm.dtype)
-    if (path / "config.json").exists():
-        return load_lm(str(path), device=device, dtype=dtype)
+    if (path / "config.json").exists():  # save() wrote float32: "auto" keeps it (bf16 would round updates away)
+        return load_lm(str(path), device=device, dtype="float32" if dtype == "auto" else dtype)
     raise TunesiftError(f"{path}: neither a LoRA adapter nor a model folder")
