@@ -344,3 +344,16 @@ def test_report_states_the_surrogate_fidelity(tiny_dir, tmp_path):
     page = (out / "report.html").read_text()
     assert "Learned utility (pool x pool): 25 of 100 candidate pairs scored exactly" in page
     assert "held-out exact pairs: Spearman" in page  # --labels nearest: single pairs held out
+
+
+def test_learned_utility_refuses_keep_diagonal():
+    """With the diagonal kept, each record's own pair ranks first among its nearest: every label went
+    to a self-pair and the surrogate learned only how well a record predicts itself."""
+    from tunesift.errors import OptionError
+    from tunesift.methods.options import Options
+
+    for method in ("delift", "donod+delift"):
+        with pytest.raises(OptionError, match="--keep-diagonal cannot be combined with --utility learned"):
+            Options(method=method, utility="learned", keep_diagonal=True).validate()
+        Options(method=method, utility="exact", keep_diagonal=True).validate()
+        Options(method=method, utility="learned").validate()

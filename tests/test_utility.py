@@ -611,3 +611,33 @@ def test_select_resolves_the_default_token_budget(tiny_lm, tmp_path):
     rows = [{"instruction": f"Say {i}.", "output": f"{i} {i}"} for i in range(6)]
     sel = select(rows, method="loss", budget=3, lm=tiny_lm, cache_dir=str(tmp_path))
     assert sel.options.token_budget == 4096  # on this CPU
+
+
+def test_an_interrupted_no_example_pass_keeps_its_finished_parts(tiny_lm, tmp_path, monkeypatch):
+    """The base pass was stored only once every part was done: a run killed in its last part
+    redid the whole pass on resume."""
+    import tunesift.scoring.utility as utility
+
+    r = renderer_for(tiny_lm)
+    recs = records(6)
+    monkeypatch.setattr(utility, "BASE_ROWS", 2)  # 3 parts of the no-example pass
+    real = utility.kernel_base
+    parts = []
+
+    def stop_in_part3(job, scorer, counts=None, rows=None):
+        parts.append(list(rows))
+        if len(parts) == 3:
+            raise Stop
+        return real(job, scorer, counts=counts, rows=rows)
+
+    monkeypatch.setattr(utility, "kernel_base", stop_in_part3)
+    with pytest.raises(Stop):
+        utility_kernel(tiny_lm, r, recs, recs, cache_dir=tmp_path, block_size=2, token_budget=64)
+    parts.clear()
+    monkeypatch.setattr(utility, "kernel_base", lambda job, scorer, counts=None, rows=None:
+                        parts.append(list(rows)) or real(job, scorer, counts=counts, rows=rows))
+    resumed = utility_kernel(tiny_lm, r, recs, recs, cache_dir=tmp_path, block_size=2, token_budget=64)
+    assert parts == [[4, 5]]  # only the part that was cut off
+    whole = utility_kernel(tiny_lm, r, recs, recs, cache_dir=False, block_size=2, token_budget=64)
+    for a, b in zip(dense_stats(resumed), dense_stats(whole), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5)

@@ -248,6 +248,11 @@ class Options:
             if why:
                 raise OptionError(why)
         parse_budget(self.budget)
+        if self.utility == "learned" and self.keep_diagonal and "utility" in method.options:
+            raise OptionError("--keep-diagonal cannot be combined with --utility learned: each record's own pair "
+                              "ranks first among its nearest, so the labels would go to the self-pairs (its own "
+                              "answer as its example) and teach the surrogate nothing about the other pairs; use "
+                              "--utility exact with --keep-diagonal")
         if self.limit is not None and self.sample is not None:
             raise OptionError("--limit and --sample cannot be combined: --limit N reads the first N records, "
                               "--sample N a seeded random N of all of them; give one")

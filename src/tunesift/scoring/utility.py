@@ -414,12 +414,14 @@ def _compute(job: KernelJob, lm, root: Path | None, token_budget: int, block_siz
             full, counts = runner.base(job, token_budget)
             if full.shape != (2, n_t):
                 raise RuntimeError(f"kernel base has shape {full.shape}, expected {(2, n_t)}")
-            base[:, missing] = full[:, missing]
+            base = np.where(np.isnan(base), full, base)  # every row paid for is kept for later runs
         else:
             counts = work_counts()
             for r in range(0, len(missing), BASE_ROWS):
                 part = missing[r:r + BASE_ROWS]
                 base[:, part] = kernel_base(job, scorer, counts=counts, rows=part)
+                if store and r + BASE_ROWS < len(missing):  # an interrupted pass resumes from this part
+                    store.put("base", base)
         add_counts(info, counts)
         if store:
             store.put("base", base)
