@@ -57,25 +57,43 @@ def blocked_scores(kind: str, job: Job) -> np.ndarray:
             cached += got is not None
             if got is None:  # select() has set unscorable records aside: score the block as it is
                 got = BlockResult(np.asarray(score_block(kind, lm, renderer, records[s:e], opt), dtype=np.float64), {})
+                check_finite(kind, got.rows, records[s:e], lm)  # never cached
                 put_block(store, key, got)
             advance(e - s)
         if got.errors:  # select() sets unscorable records aside before scoring: a bug, not a record
             i, why = next(iter(got.errors.items()))
             raise TunesiftError(f"{kind}: record {records[s + i].id} could not be scored: {why}")
+        check_finite(kind, got.rows, records[s:e], lm)
         out[s:e] = got.rows
     if opt.backend != "ray":
         log.info("%s: %d of %d blocks read from the cache %s", kind, cached, len(spans), root)
     return out
 
 
+def check_finite(kind: str, rows: np.ndarray, records: list, lm) -> None:
+    """A one-line TunesiftError when a DONOD block holds a NaN or infinite term: an overflowing
+    forward pass (float16 activations, say) would otherwise rank the record last, unnoticed, or,
+    every record failing, leave a "selection" in input order."""
+    if kind != "donod":
+        return
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if len(bad):
+        raise TunesiftError(f"donod: record {records[bad[0]].id} (line {records[bad[0]].line}) and {len(bad) - 1} "
+                            f"more of its block scored NaN or infinity in {lm.dtype}: the forward pass overflowed; "
+                            "use --dtype float32 or bfloat16")
+
+
 def run_donod(job: Job) -> Picked:
     """DON and NOD of the LM head after one simulated SGD step per record (closed form from the
     cached eta-free terms), ranked by TOPSIS: DON a benefit, NOD a cost."""
-    from ..scoring.donod import DonodParams, don_nod_from_stats, lm_head_norm_sq
+    from ..scoring.donod import DonodParams, don_nod_from_stats, lm_head_norm_sq, release_head_copy
     from ..selection.topsis import rank_desc, topsis
 
     opt = job.opt
-    stats = blocked_scores("donod", job)
+    try:
+        stats = blocked_scores("donod", job)
+    finally:
+        release_head_copy()
     dn = don_nod_from_stats(stats, lm_head_norm_sq(job.lm.model), DonodParams(opt.eta, opt.reduction))
     close = topsis(dn, opt.weights, [True, False])
     order = np.argsort(rank_desc(close), kind="stable")

@@ -137,24 +137,33 @@ def decoder_and_head(model):
     return body, head, softcap, scale
 
 
-def lm_head_norm_sq(model) -> float:
-    """||W||_F^2 of the LM head in float64."""
+def lm_head_norm_sq(model, chunk: int = 16384) -> float:
+    """||W||_F^2 of the LM head in float64, ``chunk`` vocabulary rows at a time (no full-size copy)."""
     w = model.get_output_embeddings().weight.detach()
-    return float((w.double() ** 2).sum())
+    return float(sum(float((w[i:i + chunk].double() ** 2).sum()) for i in range(0, w.shape[0], chunk)))
 
 
-_W64: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+# one float64 copy of the head being scored, reused across batches (converting it per record would
+# cost more than the record); dropped by release_head_copy() when the scoring ends, so it never
+# outlives the run (V x d x 8 bytes: 226 MB for SmolLM2, 4.2 GB for a 128k-token 8B head)
+_W64: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
 
 
 def _float64_weight(head) -> torch.Tensor:
-    """A float64 copy of the LM head, cached per weight tensor (the head is never trained here)."""
+    """A float64 copy of the LM head, cached per weight tensor and its in-place version counter
+    (a ``load_state_dict`` or training step in place makes a new copy)."""
     w = head.weight
     hit = _W64.get(id(head))
-    if hit is None or hit[0] is not w or hit[1].shape != w.shape:
+    if hit is None or hit[0] is not w or hit[1] != w._version or hit[2].shape != w.shape:
         _W64.clear()
-        hit = (w, w.detach().double())
+        hit = (w, w._version, w.detach().double())
         _W64[id(head)] = hit
-    return hit[1]
+    return hit[2]
+
+
+def release_head_copy() -> None:
+    """Drop the float64 copy of the LM head (and the reference to the weights it holds)."""
+    _W64.clear()
 
 
 def padded_batch(batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
