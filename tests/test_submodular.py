@@ -518,3 +518,24 @@ def test_error_messages_are_one_line() -> None:
     with pytest.raises(OptionError) as info:
         facility_location(np.ones((3, 3)), 4)
     assert "\n" not in str(info.value) and "3" in str(info.value)
+
+
+def test_lazy_equals_naive_on_float32_kernels_with_a_wide_value_range() -> None:
+    """The float32 update subtracted each row's old maximum in float32: with a tiny old maximum a
+    term rounded by 2^-24 of its size, far outside the error window, and lazy picked a worse set
+    (and broke ties away from the lowest index)."""
+    t = 2.0**-25
+    S = np.array([[1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0], [0, .5 + 2**-24, 0], [0, 0, .5]],
+                 np.float32)
+    E = np.array([[0], [0], [t], [t], [t], [0], [0]], np.float32)
+    assert fl_conditional_gain(S, E, 2, optimizer="naive").order.tolist() == [0, 1]
+    assert fl_conditional_gain(S, E, 2, optimizer="lazy").order.tolist() == [0, 1]
+    rng = np.random.default_rng(0)
+    for trial in range(60):  # min-max scaled float32 kernels with plateaus of zero gain
+        n = int(rng.integers(8, 40))
+        K = rng.random((n, n)).astype(np.float32) ** 3
+        K[K < 0.3] = 0.0
+        np.fill_diagonal(K, 1.0)
+        k = int(rng.integers(2, n))
+        assert facility_location(K, k, optimizer="lazy").order.tolist() == \
+            facility_location(K, k, optimizer="naive").order.tolist(), trial

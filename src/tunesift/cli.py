@@ -132,6 +132,7 @@ def select(
     selectit_alpha: float = typer.Option(_default("selectit_alpha"), help=_help("selectit_alpha")),
     ann: Shared.ann = _default("ann"),
     partitions: int = typer.Option(_default("partitions"), help=_help("partitions")),
+    local_budget: int | None = typer.Option(_default("local_budget"), help=_help("local_budget")),
     less_dim: int = typer.Option(_default("less_dim"), help=_help("less_dim")),
     by: str | None = typer.Option(_default("by"), help=_help("by")),
     within: str | None = typer.Option(_default("within"), help=_help("within")),
@@ -166,7 +167,7 @@ def select(
                 stage=stage, distance=distance, knn=knn, utility=utility, label_fraction=label_fraction,
                 labels=labels, clip_negative=clip_negative, scale=scale,
                 keep_diagonal=keep_diagonal, mi_eta=mi_eta, mi_form=mi_form, nu=nu, optimizer=optimizer, epsilon=epsilon,
-                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, less_dim=less_dim, by=by, within=within, ann=ann, partitions=partitions, on_error=on_error,
+                prefilter=prefilter, keep=keep, selectit_alpha=selectit_alpha, less_dim=less_dim, by=by, within=within, ann=ann, partitions=partitions, local_budget=local_budget, on_error=on_error,
                 backend=backend, ray_address=ray_address, ray_workers=ray_workers, ray_gpus=ray_gpus)
     # every check that needs no data comes before any reading or scoring
     opt = Options(**opts)

@@ -32,8 +32,8 @@ register(Method(
 register(Method(
     "delift-se", "the DELIFT objectives on a sentence-embedding kernel", run_delift_se, stages=STAGES,
     second_set=DELIFT_SETS, greedy=True, embeds=True,
-    options=("method", "budget", "seed", "device", "dtype", "stage", "knn", "ann", "partitions", "mi_eta", "mi_form",
-             "nu", "optimizer", "epsilon", *RAY_OPTIONS),
+    options=("method", "budget", "seed", "device", "dtype", "stage", "knn", "ann", "partitions", "local_budget",
+             "mi_eta", "mi_form", "nu", "optimizer", "epsilon", *RAY_OPTIONS),
     columns=("order", "gain")))
 register(Method(
     "donod+delift", "DONOD cuts the worst records, DELIFT selects from the rest", donod_delift_pick, needs_lm=True,

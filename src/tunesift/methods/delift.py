@@ -126,14 +126,20 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
     def knn(a: np.ndarray, b: np.ndarray, kk: int, exclude_self: bool = False):  # exact or faiss (--ann)
         return emb.ann_knn_pattern(a, b, kk, exclude_self=exclude_self, method=opt.ann, seed=opt.seed)
 
-    if embed_kernel and opt.partitions > 1:  # GreeDi: the n x n kernel is never formed
+    if embed_kernel and opt.partitions > 1:  # GreeDi: kernels of the parts and of their picks' union
         from ..selection.partitioned import partitioned_facility_location
 
         t2 = time.perf_counter()
-        log.info("GreeDi over %d partitions, budget %d", opt.partitions, k)
+        kappa = opt.local_budget or k
+        union = min(len(records), opt.partitions * kappa)
+        log.info("GreeDi over %d partitions, budget %d, %d per part", opt.partitions, k, kappa)
+        if not opt.knn and 2 * union >= len(records):  # the merge kernel holds a quarter of n x n or more
+            log.warning("GreeDi: the merge round forms a dense kernel over up to %d records (%d parts x %d "
+                        "each, of %d): pass --knn K for sparse kernels or a smaller --local-budget",
+                        union, opt.partitions, kappa, len(records))
         res = partitioned_facility_location(e_pool, k, partitions=opt.partitions, knn=opt.knn or None,
                                             ann_method=opt.ann, seed=opt.seed, optimizer=opt.optimizer, weighted=True,
-                                            epsilon=opt.epsilon)
+                                            epsilon=opt.epsilon, local_budget=opt.local_budget)
         timings["select_s"] = time.perf_counter() - t2
         return greedy_columns(res, len(records)), np.asarray(res.order), {"timings": timings,
                                                                            "objective": res.objective}

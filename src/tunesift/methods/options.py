@@ -195,8 +195,12 @@ class Options:
                            f"prefilter must be a fraction in (0, 1], got {v}")
     ann: str = opt("auto", "kNN search for --knn: auto (exact up to 10^9 pairs, then faiss IVF) | exact | ivf | "
                    "ivf-faiss | hnsw (needs tunesift[scale]).", group="delift", check=one_of("ann", ANN_METHODS))
-    partitions: int = opt(1, "delift-se instruction stage: GreeDi over this many random partitions; the n x n "
-                          "kernel is never formed.", group="delift", check=at_least("partitions", 1))
+    partitions: int = opt(1, "delift-se instruction stage: GreeDi over this many random partitions, each part's "
+                          "kernel on its own, then a merge round over the union of their picks.", group="delift",
+                          check=at_least("partitions", 1))
+    local_budget: int | None = opt(None, "GreeDi (--partitions): records each part keeps for the merge round "
+                                   "(default the budget, GreeDi's guarantee; smaller keeps the merge kernel small).",
+                                   group="delift", check=_records("local-budget"))
     # execution: local, or scoring, DELIFT kernels and embeddings on Ray workers (docs/ray.md)
     backend: str = opt("local", "local | ray: compute scores, DELIFT kernels and embeddings on Ray workers "
                        "(docs/ray.md).", group="execution", check=one_of("backend", ("local", "ray"), "local or ray"))

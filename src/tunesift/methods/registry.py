@@ -38,6 +38,7 @@ READ_WHEN: dict[str, tuple[str, Callable[[object], bool]]] = {
     "nu": ("--stage continual", lambda o: o.stage == "continual"),
     "epsilon": ("--optimizer stochastic", lambda o: o.optimizer == "stochastic"),
     "ann": ("--knn above 0", lambda o: o.knn > 0),
+    "local_budget": ("--partitions above 1", lambda o: o.partitions > 1),
 }
 
 log = logging.getLogger("tunesift")

@@ -250,10 +250,12 @@ class IncrementalGains:
             if conv.any():
                 self._to_store(rr[conv], blk[conv], nn[conv])
             # delta_j = sum_r clip(S[r, j], old_r, new_r) - old_r. The clip is exact when the
-            # bounds are representable in the kernel's dtype (always for plain FL on float32).
+            # bounds are representable in the kernel's dtype (always for plain FL on float32); the
+            # float32 subtraction when old_r = 0 or new_r <= 2 old_r (Sterbenz). Otherwise a term
+            # could round by 2^-24 of its size, far outside the error window: float64 then.
             if blk.dtype == np.float32:
                 lo, hi = oo.astype(np.float32), nn.astype(np.float32)
-                if not (np.array_equal(lo, oo) and np.array_equal(hi, nn)):
+                if not (np.array_equal(lo, oo) and np.array_equal(hi, nn)) or np.any((lo > 0) & (hi > 2 * lo)):
                     blk = blk.astype(_F64)
                     lo, hi = oo, nn
             else:
