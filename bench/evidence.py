@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -95,6 +96,18 @@ def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+def _first_of_each(rows: list[dict]) -> list[dict]:
+    """``rows`` without repeats of a prompt: compared on its letters and digits only, lower case
+    (``"90,171 people"`` and ``"90171  People"`` are one problem)."""
+    seen, out = set(), []
+    for r in rows:
+        key = re.sub(r"[\W_]+", "", r["prompt"].lower())
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
 def prepare(shared: Path, out: Path, seed: int = 0) -> None:
     """Write the grid's inputs (prompt/response JSONL) under ``out``; disjoint draws from seeded
     shuffles of each source, so every file is the same on every machine."""
@@ -111,6 +124,10 @@ def prepare(shared: Path, out: Path, seed: int = 0) -> None:
     rng.shuffle(sv)
     mw = [{"prompt": r["input"], "response": _number(r["target"])} for r in _jsonl(shared / "mawps" / "test.jsonl")]
     rng.shuffle(mw)
+    # MAWPS repeats problems across its parts (AddSub, SingleEq: 215 of 2,065): keep the first of
+    # each after the shuffle (dropping them before it would change every later draw, the noise
+    # pool's included)
+    mw = _first_of_each(mw)
     p3 = [{"prompt": r["prompt"].strip(), "response": r["completion"].replace("<|endoftext|>", "").strip()}
           for f in sorted((shared / "p3_t0_subset").glob("*.jsonl")) for r in _jsonl(f)]
     p3 = [r for r in p3 if r["prompt"] and r["response"]]
@@ -118,8 +135,11 @@ def prepare(shared: Path, out: Path, seed: int = 0) -> None:
 
     _write(out / "alpaca_pool.jsonl", al[:1000])
     _write(out / "alpaca_test.jsonl", al[1000:1300])
-    ev = _jsonl(shared / "alpaca_eval" / "alpaca_eval.jsonl")
-    _write(out / "alpaca_eval.jsonl", [{"prompt": r["instruction"], "response": r["output"]} for r in ev])
+    ev = [{"prompt": r["instruction"], "response": r["output"]} for r in _jsonl(shared / "alpaca_eval" / "alpaca_eval.jsonl")]
+    # the file runs sub-set by sub-set (helpful_base first): shuffled, so the first generate_limit
+    # records a bench generates for sample all five; its own generator leaves rng's draws as they were
+    random.Random(seed + 1).shuffle(ev)
+    _write(out / "alpaca_eval.jsonl", ev)
     _write(out / "gsm8k_test.jsonl", gt[:300])
     noisy = [dict(r, meta={"swapped": False}) for r in gs[:1000]]
     swap = sorted(rng.sample(range(1000), 200))  # 20%: a cyclic shift of answers among the chosen

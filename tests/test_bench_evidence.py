@@ -214,7 +214,7 @@ def test_a_further_set_generates_with_its_own_settings(monkeypatch):
         return SimpleNamespace(metrics={"loss": 1.0}, generations=[None] * len(records), counts={})
 
     monkeypatch.setattr("tunesift.evaluate.evaluate", fake_evaluate)
-    monkeypatch.setattr(bm, "_training_model", lambda *a, **k: (object(), 0.0))
+    monkeypatch.setattr(bm, "_training_model", lambda *a, **k: (SimpleNamespace(dtype="float32"), 0.0))
     cfg = BenchConfig(train="a", test="b", methods=["base"], max_new_tokens=128, generate_limit=100,
                       also_test={"gsm8k": "g"}, also_generation={"gsm8k": {"max_new_tokens": 256, "generate_limit": 300}})
     data = {"train": [], "test": ["alpaca"], "existing": None, "also": {"gsm8k": ["gsm"]}}
@@ -502,3 +502,12 @@ def test_one_record_and_the_whole_pool_are_different_budgets():
     rows = {(r["method"], type(r["budget"]).__name__): r for r in aggregate(cells)}
     assert rows[("rds", "int")]["loss"] == 2.0 and rows[("rds", "float")]["loss"] == 1.0
     assert rows[("rds", "int")]["loss_vs_random"] == -0.5 and "loss_vs_random" not in rows[("rds", "float")]
+
+
+def test_repeated_problems_are_dropped_from_a_source_keeping_the_first():
+    """MAWPS repeats 215 of its 2,065 problems across its parts, spelled with other spaces and commas:
+    the mixed pool held the same question twice."""
+    ev = load_evidence()
+    rows = [{"prompt": "90,171 people were born."}, {"prompt": "A cat."}, {"prompt": "90171  People were born"},
+            {"prompt": "a CAT"}, {"prompt": "A dog."}]
+    assert ev._first_of_each(rows) == [rows[0], rows[1], rows[4]]
