@@ -340,3 +340,61 @@ def test_ifd_real_model_contradiction(default_lm):
     # so only sanity is asserted
     s = selectit_scores(default_lm, r, recs[:2], prompts=DEFAULT_PROMPTS[:3])
     assert np.all(np.isfinite(s["selectit"])) and np.all(s["selectit_digit_mass"] > 0.01)
+
+
+def test_ifd_is_nan_where_undefined_and_inf_only_for_a_certain_response():
+    """A NaN loss alone became IFD = inf ("the prompt does not help") and so did 0 / 0."""
+    from tunesift.scoring.baselines import ifd_ratio
+
+    got = ifd_ratio(np.array([1.0, 0.0, 1.0, 1.0, np.nan]), np.array([np.nan, 0.0, 2.0, 0.0, 1.0]))
+    assert np.isnan(got[0]) and np.isnan(got[1]) and got[2] == 0.5 and got[3] == np.inf and np.isnan(got[4])
+
+
+def test_an_ifd_block_with_an_infinite_ifd_is_read_back_from_the_cache(tmp_path):
+    """get_block refused any infinity: a block holding a documented IFD = inf was rescored every run."""
+    from tunesift.backends.blocks import BlockResult, get_block, inf_columns, put_block
+    from tunesift.store import ArrayStore
+
+    store = ArrayStore(tmp_path)
+    rows = np.array([[1.0, 0.0, np.inf, 3.0], [1.0, 2.0, 0.5, 3.0]])
+    put_block(store, "k", BlockResult(rows, {}))
+    got = get_block(store, "k", 2, 4, inf_ok=inf_columns("ifd"))
+    assert got is not None and np.array_equal(got.rows, rows)
+    assert get_block(store, "k", 2, 4) is None  # +inf anywhere else is still a fault
+    bad = rows.copy()
+    bad[1, 0] = np.inf  # an infinite loss: refused
+    put_block(store, "b", BlockResult(bad, {}))
+    assert get_block(store, "b", 2, 4, inf_ok=inf_columns("ifd")) is None
+
+
+@pytest.mark.parametrize("method", ["loss", "ifd", "rds"])
+def test_a_score_that_overflowed_stops_the_run_with_the_record(method, tiny_dir, tmp_path, monkeypatch):
+    """A NaN loss or vector (a float16 pass that overflowed) was ranked last, or turned RDS's centroid
+    and so every score into NaN / 0: the "selection" was input order."""
+    import tunesift
+
+    rows = [{"id": f"r{i}", "instruction": f"Say {i}", "output": f"{i} and {i}"} for i in range(5)]
+    if method == "rds":
+        import tunesift.scoring.rds as rds
+
+        real = rds.embed_sequences
+
+        def nan_vector(lm, seqs, **kw):
+            out = real(lm, seqs, **kw)
+            out[2] = np.nan
+            return out
+
+        monkeypatch.setattr(rds, "embed_sequences", nan_vector)
+    else:
+        import tunesift.methods.per_record as per_record
+
+        real = per_record.score_block
+
+        def nan_loss(kind, lm, renderer, records, opt):
+            out = np.array(real(kind, lm, renderer, records, opt), dtype=float)
+            out[2, 0] = np.nan
+            return out
+
+        monkeypatch.setattr(per_record, "score_block", nan_loss)
+    with pytest.raises(TunesiftError, match=rf"{method}: record r2 \(line 3\) scored NaN or infinity in float32"):
+        tunesift.select(rows, method=method, budget=2, model=str(tiny_dir), cache_dir=str(tmp_path / "c"))

@@ -261,3 +261,24 @@ def test_less_renders_with_the_paper_template_without_a_renderer(tiny_lm, sets, 
     want = less_scores(tiny_lm, others[:6], target[:2], train=cfg, cache_dir=False,
                        renderer=renderer_for(tiny_lm, "paper", 256))
     np.testing.assert_allclose(got["less"], want["less"], rtol=1e-6, atol=1e-9)
+
+
+def test_a_target_feature_that_overflowed_stops_the_run_and_is_never_cached(tiny_lm, sets, tmp_path, monkeypatch):
+    """One NaN target feature made every pool score NaN under the mean match: input order, cached."""
+    import tunesift.scoring.less as less_mod
+    from tunesift.errors import TunesiftError
+
+    others, target = sets
+    real = less_mod.RademacherProjection.__call__
+
+    def nan_last_row(self, *a, **k):  # the pass's last row is a target's: pool rows come first
+        out = real(self, *a, **k)
+        out[-1] = float("nan")
+        return out
+
+    monkeypatch.setattr(less_mod.RademacherProjection, "__call__", nan_last_row)
+    with pytest.raises(TunesiftError, match=r"less \(target\): record \S+ \(line \d+\) scored NaN or infinity"):
+        less_scores(tiny_lm, others[:6], target, cache_dir=tmp_path, **KW)
+    monkeypatch.setattr(less_mod.RademacherProjection, "__call__", real)
+    got = less_scores(tiny_lm, others[:6], target, cache_dir=tmp_path, **KW)  # not cached: computed again
+    assert np.isfinite(got["less"]).all()

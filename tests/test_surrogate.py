@@ -357,3 +357,13 @@ def test_learned_utility_refuses_keep_diagonal():
             Options(method=method, utility="learned", keep_diagonal=True).validate()
         Options(method=method, utility="exact", keep_diagonal=True).validate()
         Options(method=method, utility="learned").validate()
+
+
+def test_less_dim_is_checked_before_anything_is_read():
+    """--less-dim 100 passed the option check and failed only after the model was loaded."""
+    from tunesift.errors import OptionError
+    from tunesift.methods.options import Options
+
+    with pytest.raises(OptionError, match="less-dim must be a positive multiple of 8"):
+        Options(method="less", stage="task", less_dim=100).validate()
+    Options(method="less", stage="task", less_dim=96).validate()

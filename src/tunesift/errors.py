@@ -54,3 +54,14 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def overflow_error(what: str, records, bad, dtype: str) -> TunesiftError:
+    """The one-line error for scores that came out NaN or infinite: ``records[bad[0]]`` named by id
+    and line, how many more, and the dtype whose forward pass overflowed (float16, say). Ranking such
+    a record last, or caching it, would drop it unnoticed; with every record bad, the "selection"
+    would be input order."""
+    r = records[int(bad[0])]
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    return TunesiftError(f"{what}: record {r.id} (line {r.line}){more} scored NaN or infinity in {dtype}: "
+                         "the forward pass overflowed; use --dtype float32 or bfloat16")

@@ -151,11 +151,21 @@ def put_block(store: ArrayStore, key: str, result: BlockResult) -> None:
     store.put(key, np.asarray(result.rows, dtype=np.float64))
 
 
-def get_block(store: ArrayStore, key: str, n: int, width: int) -> BlockResult | None:
+#: columns whose +inf is a score, not a fault: IFD with a zero loss alone (certain without its prompt)
+INF_COLUMNS = {"ifd": ("ifd",)}
+
+
+def inf_columns(kind: str) -> list[int]:
+    """The positions of ``kind``'s :data:`INF_COLUMNS` in its rows."""
+    return [BLOCK_SCORERS[kind][0].index(c) for c in INF_COLUMNS.get(kind, ())]
+
+
+def get_block(store: ArrayStore, key: str, n: int, width: int, *, inf_ok: list[int] = ()) -> BlockResult | None:
     """A stored block of ``n`` records and ``width`` columns, or None when it is missing or bad
     (then it is recomputed). Bad: a failed checksum (:meth:`ArrayStore.get`), another shape, an
-    infinite value, or an all-NaN row without a recorded reason (a score row is all NaN only for
-    a record that failed). Errors are read only when a row is all NaN."""
+    infinite value (+inf allowed in the ``inf_ok`` columns: :func:`inf_columns`; an IFD block was
+    otherwise rescored on every run), or an all-NaN row without a recorded reason (a score row is
+    all NaN only for a record that failed). Errors are read only when a row is all NaN."""
     import logging
 
     rows = store.get(key)
@@ -166,7 +176,10 @@ def get_block(store: ArrayStore, key: str, n: int, width: int) -> BlockResult | 
         log.warning("score cache: ignoring block %s: shape %s, expected %s; recomputing it",
                     store._path(key), rows.shape, (n, width))
         return None
-    if np.isinf(rows).any():
+    inf = np.isinf(rows)
+    if len(inf_ok):
+        inf[:, list(inf_ok)] = np.isneginf(rows[:, list(inf_ok)])
+    if inf.any():
         log.warning("score cache: ignoring block %s: it holds infinite values; recomputing it", store._path(key))
         return None
     errors: dict[int, str] = {}

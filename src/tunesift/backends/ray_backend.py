@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import OptionError, TunesiftError
 from ..store import ArrayStore
-from .blocks import BlockResult, get_block, put_block, score_block_checked, worker_id
+from .blocks import BlockResult, get_block, inf_columns, put_block, score_block_checked, worker_id
 
 log = logging.getLogger("tunesift")
 
@@ -388,7 +388,7 @@ def _split_cached(kind: str, blocks: Iterable[Block], store_root: str | Path,
     for key, recs in blocks:
         if key in results or key in queued:
             continue
-        got = get_block(store, key, len(recs), width)
+        got = get_block(store, key, len(recs), width, inf_ok=inf_columns(kind))
         if got is None:
             todo.append((key, recs))
             queued.add(key)

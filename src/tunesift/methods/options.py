@@ -226,7 +226,9 @@ class Options:
                                 if isinstance(v, (int, float)) and v >= 0 else
                                 f"selectit-alpha must be a number >= 0, got {v}")
     less_dim: int = opt(8192, "less: random-projection dimension of the gradient features.", group="baselines",
-                        check=at_least("less-dim", 1))
+                        check=lambda v: None if v >= 8 and v % 8 == 0 else
+                        f"less-dim must be a positive multiple of 8 (the projection's sign bits come in bytes), "
+                        f"got {v}")
     by: str | None = opt(None, "balanced-random: the field whose values get equal shares (e.g. meta.source).",
                          group="baselines")
     within: str | None = opt(None, "random: sample only records whose field has this value, FIELD=VALUE (e.g. "

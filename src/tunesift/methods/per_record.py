@@ -13,10 +13,11 @@ from ..backends.blocks import (
     BlockResult,
     block_extra,
     get_block,
+    inf_columns,
     put_block,
     score_block,
 )
-from ..errors import TunesiftError
+from ..errors import TunesiftError, overflow_error
 from ..render import renderer_for
 from ..store import ArrayStore, content_key, default_cache_dir
 from .registry import Job, Picked
@@ -53,7 +54,7 @@ def blocked_scores(kind: str, job: Job) -> np.ndarray:
         if opt.backend == "ray":
             got = results[key]
         else:
-            got = get_block(store, key, e - s, len(names))
+            got = get_block(store, key, e - s, len(names), inf_ok=inf_columns(kind))
             cached += got is not None
             if got is None:  # select() has set unscorable records aside: score the block as it is
                 got = BlockResult(np.asarray(score_block(kind, lm, renderer, records[s:e], opt), dtype=np.float64), {})
@@ -70,17 +71,20 @@ def blocked_scores(kind: str, job: Job) -> np.ndarray:
     return out
 
 
+#: the columns of each per-record scorer that a forward pass that overflowed leaves NaN or infinite
+#: (IFD itself may be +inf: a response certain without its prompt; SelectIT's NaN is a rating)
+MUST_BE_FINITE = {"donod": ("r_dot_z", "grad_norm_sq", "n_tokens"), "loss": ("loss",), "ifd": ("loss", "loss_alone")}
+
+
 def check_finite(kind: str, rows: np.ndarray, records: list, lm) -> None:
-    """A one-line TunesiftError when a DONOD block holds a NaN or infinite term: an overflowing
-    forward pass (float16 activations, say) would otherwise rank the record last, unnoticed, or,
-    every record failing, leave a "selection" in input order."""
-    if kind != "donod":
-        return
-    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    """:func:`~tunesift.errors.overflow_error` when a block's :data:`MUST_BE_FINITE` columns hold a
+    NaN or infinity: an overflowing forward pass (float16 activations, say) would otherwise rank
+    the record last, unnoticed, or, every record failing, leave a "selection" in input order."""
+    names = BLOCK_SCORERS[kind][0]
+    cols = [names.index(c) for c in MUST_BE_FINITE.get(kind, ())]
+    bad = np.flatnonzero(~np.isfinite(rows[:, cols]).all(axis=1)) if cols else []
     if len(bad):
-        raise TunesiftError(f"donod: record {records[bad[0]].id} (line {records[bad[0]].line}) and {len(bad) - 1} "
-                            f"more of its block scored NaN or infinity in {lm.dtype}: the forward pass overflowed; "
-                            "use --dtype float32 or bfloat16")
+        raise overflow_error(kind, records, bad, lm.dtype)
 
 
 def run_donod(job: Job) -> Picked:

@@ -88,7 +88,8 @@ def ifd_scores(
     model: pass a small ``lm``.
 
     Returns ``loss``, ``loss_alone``, ``ifd`` (float64) and ``n_tokens`` (int64), each (n,).
-    ``loss`` equals :func:`loss_scores`'s. A zero ``loss_alone`` gives ``ifd = inf``.
+    ``loss`` equals :func:`loss_scores`'s. A zero ``loss_alone`` gives ``ifd = inf`` (NaN when
+    ``loss`` is 0 too, or either is NaN).
     ``on_batch(rows)`` follows every forward batch: 2n rows in all.
     """
     nll, n = response_nll(lm, renderer, records, token_budget=token_budget, on_batch=on_batch)
@@ -97,9 +98,18 @@ def ifd_scores(
         [(renderer.header, alone_continuations(renderer, records))], on_batch=on_batch
     )
     loss, alone = nll / n, -logp / n
+    return {"loss": loss, "loss_alone": alone, "ifd": ifd_ratio(loss, alone), "n_tokens": n}
+
+
+def ifd_ratio(loss: np.ndarray, alone: np.ndarray) -> np.ndarray:
+    """IFD = loss / loss_alone, (n,) -> (n,): +inf where only ``loss_alone`` is 0 (the response is
+    certain without its prompt), NaN where it is undefined (either NaN, or both 0), never "the
+    prompt does not help" for a failed score."""
+    loss, alone = np.asarray(loss, dtype=np.float64), np.asarray(alone, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         ifd = np.where(alone > 0, loss / np.where(alone > 0, alone, 1.0), np.inf)
-    return {"loss": loss, "loss_alone": alone, "ifd": ifd, "n_tokens": n}
+    ifd[np.isnan(loss) | np.isnan(alone) | ((alone == 0) & (loss == 0))] = np.nan
+    return ifd
 
 
 def ifd_order(ifd: np.ndarray) -> np.ndarray:

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import OptionError, TunesiftError
+from ..errors import OptionError, TunesiftError, overflow_error
 from ..finetune import TrainConfig, response_loss_sum, wrap_lora
 from .logprobs import ResponseScorer, length_batches
 
@@ -501,6 +501,11 @@ def less_scores(
             rows = torch.cat([proj(g, _adam_rows(state, k)), norm[:, None]], 1).numpy()
             r = 0
             for kind, a, part, key in group:
+                bad = np.flatnonzero(~np.isfinite(rows[r : r + len(part)]).all(axis=1))
+                if len(bad):  # one NaN target feature made every pool score NaN: input order
+                    raise overflow_error(f"less ({'pool' if kind == 'adam' else 'target'})",
+                                         records[a : a + len(part)] if kind == "adam" else target[a : a + len(part)],
+                                         bad, lm.dtype)
                 store.put(key, rows[r : r + len(part)])
                 feats[kind][a : a + len(part)] = rows[r : r + len(part)]
                 r += len(part)

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import overflow_error
 from ..store import ArrayStore, content_key, default_cache_dir
 from .logprobs import attention_backends, length_batches
 
@@ -141,6 +142,9 @@ def rds_embeddings(lm, renderer, records: Sequence, *, token_budget: int = 4096,
         got = store.get(key, finite=True)
         if got is None or got.shape[0] != len(block):
             got = embed_sequences(lm, block, token_budget=token_budget)
+            bad = np.flatnonzero(~np.isfinite(got).all(axis=1))
+            if len(bad):  # a NaN vector made the centroid NaN and every score 0: input order
+                raise overflow_error("rds", records[s:s + BLOCK], bad, lm.dtype)
             store.put(key, got)
         parts.append(got)
         if on_batch:
