@@ -523,6 +523,10 @@ def _scores(out, **columns):
     (lambda o: _scores(o, id=["a"] * 12), r"column 'id' repeats 'a' \(row 1\)"),
     (lambda o: _scores(o, id=[None] + [str(i) for i in range(11)]), r"column 'id' is null in row 0"),
     (lambda o: _scores(o, kept=[1] * 6 + [0] * 6), r"column 'kept' must be true or false"),
+    (lambda o: _edit_manifest(o, lambda m: m["files"].pop("scores.parquet")),
+     r"field 'files' lists no sha256 for scores.parquet"),  # dropping the key skipped the check
+    (lambda o: _edit_manifest(o, lambda m: m.update(surrogate={"pool": {"spearman": "0.8"}})),
+     r"field 'surrogate.pool.spearman' must be a number, got str"),
 ])
 def test_errors(nasty, tmp_path, capsys, damage, message):
     out = tmp_path / "out"
@@ -708,3 +712,55 @@ def test_chromium_renders_comparison(donod_out, random_out, tmp_path):
     assert '<section id="compare">' in dom and "only A kept" in dom
     sec = dom[dom.index('<section id="compare">'):dom.index('<section id="plots">')]
     assert sec.count("<tr data-id=") >= 2 and "why A kept it" in sec and "why B dropped it" in sec
+
+
+def test_a_changed_input_never_lends_its_texts_to_this_selection(nasty, tmp_path):
+    """The page noted the change, then showed the changed file's texts as the dropped records'."""
+    rows, data, out = nasty
+    moved = tmp_path / "out"
+    shutil.copytree(out, moved)
+    edited = tmp_path / "rows.jsonl"
+    edited.write_text("".join(json.dumps({**r, "output": "EDITED LATER"}) + "\n" for r in rows), encoding="utf-8")
+    from tunesift.io.files import input_checksum
+
+    sha = input_checksum(data)  # what select records; the fixture's manifest leaves it out
+    _edit_manifest(moved, lambda m: m["inputs"]["data"].update(path=str(edited), sha256=sha))
+    page = render_report(moved)
+    assert "changed since the selection" in page and "EDITED LATER" not in page
+    assert page.count("(input not available)") == 6
+    with pytest.raises(TunesiftError, match=r"changed since the selection .*--by needs the input"):
+        render_report(moved, by="source")
+
+
+def test_why_lines_never_round_a_value_onto_its_threshold():
+    from tunesift.report.fmt import fmt, fmt_apart
+
+    assert fmt(0.99996) == "1" and fmt_apart(0.99996, 1.0) == ("0.99996", "1")
+    assert fmt_apart(0.60206, 0.602064) == ("0.60206", "0.602064")
+    assert fmt_apart(0.5, 0.5) == ("0.5", "0.5") and fmt_apart(0.25, 0.75) == ("0.25", "0.75")
+
+
+def test_category_names_are_one_per_value():
+    """"3" and 3, "null" and null, a literal "(missing)" and an absent field shared one row."""
+    from tunesift.rowfields import MISSING, category
+
+    values = ["3", 3, "null", None, "true", True, "(missing)", MISSING, "web", '["a"]', ["a"]]
+    names = [category(v) for v in values]
+    assert len(set(names)) == len(values) and category("web") == "web" and category(MISSING) == "(missing)"
+
+
+def test_retention_plot_reads_dollar_signs_as_text_and_says_what_it_leaves_out():
+    from tunesift.report.plots import retention_plot
+
+    rows = [(f"$\\foo{i}$ cost $5", 10, 3) for i in range(35)]
+    assert retention_plot(rows, 350, 105).startswith("data:image/png;base64,")  # a ValueError before
+
+
+def test_rds_drops_are_listed_lowest_ranked_first(demo, tiny_lm, tmp_path):
+    """rds ranks every record, yet the page listed its dropped records "first in input order"."""
+    sel = select(str(demo), method="rds", budget=0.3, lm=tiny_lm, cache_dir=str(tmp_path / "cache"))
+    page = render_report(_write(sel, tmp_path / "rds", demo))
+    assert "lowest-ranked" in page and "first in input order" not in page
+    shown = row_ids(page)[-10:]  # the dropped table comes last
+    ranks = dict(zip(sel.scores()["id"], sel.scores()["rank"]))
+    assert [ranks[i] for i in shown] == sorted((ranks[i] for i in shown), reverse=True)

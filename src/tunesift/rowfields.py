@@ -23,9 +23,17 @@ def field_value(row: Any, name: str) -> Any:
 
 
 def category(value: Any) -> str:
-    """A field value as a category name: strings as is, other values as JSON, absent as (missing)."""
+    """A field value as a category name: strings as is, other values as JSON, absent as (missing).
+    One name per value: a string that would read as another value's name (``"3"`` beside the number
+    3, ``"null"``, ``"(missing)"``, any text that parses as JSON) is shown as its JSON string."""
     if value is MISSING:
         return "(missing)"
     if isinstance(value, str):
-        return value
+        if value == "(missing)":
+            return json.dumps(value, ensure_ascii=False)
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+        return json.dumps(value, ensure_ascii=False)
     return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)

@@ -25,7 +25,7 @@ def _label(res: Output) -> str:
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+    return f"{100 * x:.1f}%" if x == x else "—"  # NaN: neither selection keeps anything
 
 
 def _sha(res: Output) -> str | None:

@@ -35,6 +35,20 @@ def fmt(x: Any) -> str:
     return str(x)
 
 
+def fmt_apart(x: float, ref: float) -> tuple[str, str]:
+    """:func:`fmt` of ``x`` and of the threshold ``ref`` it is compared with, with more significant
+    digits where the two would print alike though they differ (a kept IFD of 0.99996 read
+    "IFD 1 < 1"; a dropped closeness read "below the last kept" with the same digits)."""
+    a, b = fmt(x), fmt(ref)
+    if a != b or x == ref or not (math.isfinite(x) and math.isfinite(ref)):
+        return a, b
+    for digits in range(5, 18):
+        a, b = f"{x:.{digits}g}", f"{ref:.{digits}g}"
+        if a != b:
+            break
+    return a, b
+
+
 def ordinal(p: float) -> str:
     """A percentile (clipped to 0-100, rounded) as an English ordinal: 1st, 22nd, 93rd, 11th."""
     n = int(round(min(max(p, 0.0), 100.0)))

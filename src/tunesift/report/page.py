@@ -161,7 +161,7 @@ def _retention(res: Output, inp: Input, by: str) -> dict[str, Any]:
     shown, rest = rows[:MAX_CATEGORIES], rows[MAX_CATEGORIES:]
 
     def line(cat: str, cn: int, ck: int, data: bool = False, total: bool = False) -> dict[str, Any]:
-        return {"category": cat, "input": cn, "kept": ck, "dropped": cn - ck, "data": data, "total": total,
+        return {"category": clip(cat), "input": cn, "kept": ck, "dropped": cn - ck, "data": data, "total": total,
                 "retention": f"{100 * ck / cn if cn else 0:.1f}%", "share_input": f"{100 * cn / n if n else 0:.1f}%",
                 "share_kept": f"{100 * ck / k if k else 0:.1f}%"}
 

@@ -155,6 +155,10 @@ def _gain_curve(res: Output, plt) -> tuple[str, str, str]:
     ax2 = ax.twinx()
     ax2.plot(x, np.nancumsum(g), color="#555", lw=1, ls="--", label="objective so far")
     ax2.set_ylabel("objective so far", color="#555")
+    # from zero: gains of 11.5 down to 11.3 on an autoscaled axis look like a collapse
+    finite = g[np.isfinite(g)]
+    ax.set_ylim(bottom=min(0.0, float(finite.min())) if len(finite) else 0.0)
+    ax2.set_ylim(bottom=min(0.0, float(np.nanmin(np.nancumsum(g)))) if len(g) else 0.0)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, frameon=False, fontsize=9, loc="center right")
@@ -314,9 +318,11 @@ def _ranked_plots(res: Output, plt) -> list[tuple[str, str, str]]:
 
 def retention_plot(rows: list[tuple[str, int, int]], n: int, k: int) -> str:
     plt = pyplot()
+    total = len(rows)
     rows = rows[:30]
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.2))
-    labels = [clip(r[0], 30) for r in rows][::-1]
+    # a category's text is data: "$" would start matplotlib's math mode (a ValueError on "$\\foo$")
+    labels = [clip(r[0], 30).replace("$", r"\$") for r in rows][::-1]
     vals = [100 * r[2] / r[1] if r[1] else 0 for r in rows][::-1]
     ax.barh(range(len(rows)), vals, color=KEPT_COLOR)
     for y, (v, r) in enumerate(zip(vals, rows[::-1])):
@@ -325,5 +331,7 @@ def retention_plot(rows: list[tuple[str, int, int]], n: int, k: int) -> str:
     ax.axvline(100 * k / n if n else 0, color="#333", lw=1, ls="--", label="overall")
     ax.set_xlim(0, 100)
     ax.set_xlabel("kept (% of the category)")
+    if total > len(rows):  # the table lists more: say the chart does not
+        ax.set_title(f"the {len(rows)} largest of {total} categories", fontsize=10)
     ax.legend(frameon=False, fontsize=9, loc="lower right")
     return png(fig)

@@ -131,6 +131,8 @@ def read_output(out_dir: str | Path) -> Output:
 
 # manifest.json fields the report reads, and the JSON type each must have where present
 MANIFEST_FIELDS = {"options": dict, "inputs": dict, "counts": dict, "timings": dict, "versions": dict, "files": dict}
+#: the surrogate report's numbers, formatted by the page (``:.2f``, ``:,``)
+SURROGATE_NUMBERS = {"spearman", "r2", "within_row_spearman", "labelled_pairs", "candidate_pairs", "heldout_pairs"}
 TEXT_COLUMNS = {"group"}  # score columns that hold text (balanced-random's group); the rest are numbers
 
 
@@ -148,6 +150,14 @@ def check_manifest(manifest, mpath: Path) -> None:
     for name, digest in (manifest.get("files") or {}).items():
         if not isinstance(digest, str):
             raise TunesiftError(f"{mpath}: field 'files.{name}' must be a sha256 string, got {type(digest).__name__}")
+    surrogate = manifest.get("surrogate")
+    if surrogate is not None and not (isinstance(surrogate, dict) and all(isinstance(v, dict) for v in surrogate.values())):
+        raise TunesiftError(f"{mpath}: field 'surrogate' must be a JSON object of JSON objects")
+    for kernel, rep in (surrogate or {}).items():
+        for key, v in rep.items():
+            if key in SURROGATE_NUMBERS and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise TunesiftError(f"{mpath}: field 'surrogate.{kernel}.{key}' must be a number, got "
+                                    f"{type(v).__name__}")
     for name, entry in (manifest.get("inputs") or {}).items():
         if entry is None:
             continue
@@ -163,8 +173,11 @@ def check_unchanged(out: Path, manifest: dict, path: Path, digest: str) -> None:
     """One-line TunesiftError when ``digest``, the SHA-256 of the bytes read from ``path``, is not
     the one the manifest lists for it: the file changed since select wrote it (a ``selected.jsonl``
     from another selection would put one record's text beside another's id). Outputs from before
-    the checksums carry no ``files`` and are not checked."""
-    want = (manifest.get("files") or {}).get(path.name)
+    the checksums carry no ``files`` and are not checked; one with ``files`` must list ``path``."""
+    files = manifest.get("files")
+    if files and path.name not in files:  # dropping the key must not skip the check
+        raise TunesiftError(f"{out / 'manifest.json'}: field 'files' lists no sha256 for {path.name}; rerun select")
+    want = (files or {}).get(path.name)
     if isinstance(want, str) and digest != want:
         raise TunesiftError(f"{path}: changed since tunesift select wrote it (its sha256 is not the one "
                             f"{out / 'manifest.json'} lists); rerun select, or restore the file")
@@ -303,10 +316,15 @@ def read_input(res: Output, data: str | Path | None, by: str | None) -> Input:
         from ..io.files import input_checksum
 
         try:
-            if input_checksum(path) != sha:
-                res.notes.append(f"{path} changed since the selection (sha256 differs from the manifest)")
+            changed = input_checksum(path) != sha
         except TunesiftError:
-            pass
+            changed = False
+        if changed:  # the same ids may hold other texts now: none of them is shown as this selection's
+            msg = f"{path} changed since the selection (sha256 differs from the manifest)"
+            if by is not None:
+                raise TunesiftError(msg + "; --by needs the input that was selected from: pass it with --data FILE")
+            res.notes.append(msg + "; dropped records are shown without their text")
+            return Input(texts, None)
     extra = len(by_id.keys() - set(res.ids))
     if extra:
         res.notes.append(f"{path} holds {extra} record(s) that are not in scores.parquet (the selection read "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .derived import cut_value, higher_first, prefilter
-from .fmt import clip, fmt, ordinal, percentiles
+from .fmt import clip, fmt, fmt_apart, ordinal, percentiles
 from .hints import GREEDY, RANKED, SELECTIT_PROMPTS
 from .read import Output
 
@@ -85,10 +85,13 @@ class Why:
         r = int(c["rank"][i])
         close = c["closeness"][i]
         line = f"rank {r} of {self.n}: " if self.res.kept[i] else f"rank {r} of {self.n} (cut at {self.k}): "
-        line += f"{d}, {nd}; closeness {fmt(close)} ({ordinal(self.pc[i])} pct)"
         if self.res.kept[i] or not np.isfinite(self.close_cut):
-            return line
-        return line + f", below the last kept ({fmt(self.close_cut)})"
+            return line + f"{d}, {nd}; closeness {fmt(close)} ({ordinal(self.pc[i])} pct)"
+        mine, cut = fmt_apart(close, self.close_cut)
+        line += f"{d}, {nd}; closeness {mine} ({ordinal(self.pc[i])} pct)"
+        if close == self.close_cut:  # duplicates score alike: one kept, the other after it
+            return line + f", tied with the last kept ({cut}), ranked after it in input order"
+        return line + f", below the last kept ({cut})"
 
     def _picked(self, i: int) -> str:
         c = self.res.cols
@@ -170,13 +173,14 @@ class Why:
         if self.x[i] == self.cut:
             return f"tied with the cut ({fmt(self.cut)}), ranked after it in input order"
         low_cmp, high_cmp = self.spec.words[1], self.spec.words[3]
-        return f"{low_cmp if self.hi else high_cmp} than the kept (cut at {fmt(self.cut)})"
+        return f"{low_cmp if self.hi else high_cmp} than the kept (cut at {fmt_apart(self.x[i], self.cut)[1]})"
 
     def _ranked(self, i: int) -> str:
         spec, v = self.spec, self.x[i]
         if np.isnan(v):
             return self._head(i) + f"no {spec.label} score, ranked last"
-        line = self._head(i) + f"{spec.label} {fmt(v)} ({ordinal(self.px[i])} pct), "
+        shown = fmt(v) if self.res.kept[i] else fmt_apart(v, self.cut)[0]
+        line = self._head(i) + f"{spec.label} {shown} ({ordinal(self.px[i])} pct), "
         if self.res.kept[i]:
             return line + f"among the {spec.words[2] if self.hi else spec.words[0]}"
         return line + self._versus_cut(i)
@@ -185,7 +189,7 @@ class Why:
         v = self.x[i]
         if np.isnan(v):
             return self._head(i) + "no IFD score, ranked last"
-        val = "inf" if np.isinf(v) else fmt(v)
+        val = "inf" if np.isinf(v) else fmt_apart(v, 1.0)[0]  # never "IFD 1 < 1"
         below = int((self.x < 1).sum())
         if v >= 1:
             if self.res.kept[i]:
@@ -197,7 +201,10 @@ class Why:
                 return self._head(i) + f"IFD {val}, the prompt helps but the response is still hard to predict"
             return (self._head(i) + f"IFD {val} < 1, the prompt helps predict the response (all {below} "
                     "records with IFD < 1 fit the budget)")
-        return (self._head(i) + f"IFD {val}, below the cut ({fmt(self.cut)}): the prompt makes the "
+        mine, cut = fmt_apart(v, self.cut)
+        if v == self.cut:
+            return self._head(i) + f"IFD {mine}, tied with the cut, ranked after it in input order"
+        return (self._head(i) + f"IFD {mine}, below the cut ({cut}): the prompt makes the "
                 "response easy to predict, less left to learn than in the kept")
 
     def _selectit(self, i: int) -> str:
@@ -256,6 +263,11 @@ def _dropped_scored(res: Output) -> tuple[np.ndarray, str]:
         h = c["helpfulness"][idx]
         idx = idx[np.argsort(np.where(np.isfinite(h), -h, np.inf), kind="stable")]
         return idx[:TOP], "most helpful on average, yet not picked (redundant with the picks)"
+    if "rank" in c and len(idx) and np.isfinite(c["rank"][idx]).all() and (c["rank"][idx] > 0).all():
+        # a method that ranks every record (rds): the ones nearest the cut are not what was dropped
+        # first; the lowest-ranked are
+        idx = idx[np.argsort(-c["rank"][idx], kind="stable")]
+        return idx[:TOP], "last in the seeded draw" if res.method == "balanced-random" else "lowest-ranked"
     return idx[:TOP], "first in input order (no per-record score for records not picked)"
 
 
