@@ -374,3 +374,27 @@ def test_select_delift_with_the_ray_backend_equals_local(pool, tiny_lm, tmp_path
         np.testing.assert_array_equal(local.kept, remote.kept)
     assert specs[0]["fingerprint"] == tiny_lm.fingerprint and specs[1] is None  # SE: no LM on workers
     assert any((tmp_path / "delift-b" / "delift-utility").rglob("cols-*.npy"))
+
+
+def test_the_default_gpu_share_fits_inside_one_gpu():
+    """min(1, 3/4) left a fourth worker on 3 GPUs unplaceable (a 3/4 share fits on one GPU only)."""
+    from tunesift.backends.ray_backend import gpu_share
+
+    assert gpu_share(3, 4) == 0.5 and gpu_share(4, 4) == 1.0 and gpu_share(2, 1) == 1.0
+    assert gpu_share(1, 3) == pytest.approx(1 / 3) and gpu_share(0, 2) == 0.0 and gpu_share(0.5, 2) == 0.25
+    for total, workers in ((3, 4), (2, 3), (4, 6), (1, 2), (5, 7)):
+        share = gpu_share(total, workers)
+        assert int(1 / share + 1e-9) * int(total) >= workers  # every worker is placed
+
+
+def test_model_spec_sends_an_absolute_folder(tmp_path, monkeypatch):
+    """A relative --model ./m was sent as "m": a worker in another directory read it as a Hub id."""
+    from types import SimpleNamespace
+
+    from tunesift.backends.ray_backend import model_spec
+
+    (tmp_path / "m").mkdir()
+    monkeypatch.chdir(tmp_path)
+    spec = model_spec(SimpleNamespace(path="m", dtype="float32", fingerprint="f"))
+    assert spec["path"] == str(tmp_path / "m") and spec["dtype"] == "float32"
+    assert model_spec(SimpleNamespace(path="org/model", dtype="float32", fingerprint="f"))["path"] == "org/model"

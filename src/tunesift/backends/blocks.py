@@ -153,6 +153,19 @@ def put_block(store: ArrayStore, key: str, result: BlockResult) -> None:
 
 #: columns whose +inf is a score, not a fault: IFD with a zero loss alone (certain without its prompt)
 INF_COLUMNS = {"ifd": ("ifd",)}
+#: the columns of each per-record scorer that a forward pass that overflowed leaves NaN or infinite
+#: (IFD itself may be +inf: a response certain without its prompt; SelectIT's NaN is a rating)
+MUST_BE_FINITE = {"donod": ("r_dot_z", "grad_norm_sq", "n_tokens"), "loss": ("loss",), "ifd": ("loss", "loss_alone")}
+
+
+def overflowed_rows(kind: str, rows: np.ndarray, errors=()) -> np.ndarray:
+    """Indices of ``rows`` whose :data:`MUST_BE_FINITE` columns hold a NaN or infinity, other than
+    the error rows ``errors`` (all NaN, with their reason): such a block is never cached (local or
+    Ray), and the run stops on it."""
+    names = BLOCK_SCORERS[kind][0]
+    cols = [names.index(c) for c in MUST_BE_FINITE.get(kind, ())]
+    bad = np.flatnonzero(~np.isfinite(rows[:, cols]).all(axis=1)) if cols else np.zeros(0, dtype=np.int64)
+    return bad[~np.isin(bad, list(errors))] if len(errors) else bad
 
 
 def inf_columns(kind: str) -> list[int]:

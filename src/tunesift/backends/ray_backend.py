@@ -24,6 +24,7 @@ Ray is an optional extra (``pip install 'tunesift[ray]'``), imported only here.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,7 +35,15 @@ import numpy as np
 
 from ..errors import OptionError, TunesiftError
 from ..store import ArrayStore
-from .blocks import BlockResult, get_block, inf_columns, put_block, score_block_checked, worker_id
+from .blocks import (
+    BlockResult,
+    get_block,
+    inf_columns,
+    overflowed_rows,
+    put_block,
+    score_block_checked,
+    worker_id,
+)
 
 log = logging.getLogger("tunesift")
 
@@ -75,7 +84,20 @@ def model_spec(lm) -> dict:
     The dtype is the driver's resolved one (``lm.dtype``, e.g. ``float32``), never ``auto``:
     it is part of every block's cache key, so workers must compute in exactly that dtype.
     """
-    return {"path": str(lm.path), "dtype": str(lm.dtype), "fingerprint": lm.fingerprint}
+    path = Path(lm.path)  # absolute: a relative folder means another place in a worker's directory
+    return {"path": str(path.resolve()) if path.exists() else str(lm.path), "dtype": str(lm.dtype),
+            "fingerprint": lm.fingerprint}
+
+
+def gpu_share(total: float, workers: int) -> float:
+    """GPUs per worker when ``--ray-gpus`` is not given: at most 1, and a share that fits inside
+    one GPU (Ray places a fractional request on a single device): 4 workers on 3 GPUs get 1/2 each,
+    not 3/4, since a fourth 3/4 share fits nowhere and its worker would never be placed."""
+    if total <= 0:
+        return 0.0
+    if total < 1:  # a fraction of one GPU (a MIG slice): split it
+        return total / workers
+    return 1.0 / math.ceil(workers / math.floor(total))
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool:
@@ -96,7 +118,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
         if address:
             ray.init(address=address, **common)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False,
+            # "local": a fresh instance even where RAY_ADDRESS or a `ray start` cluster would be joined
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at '{address}'" if address else "a local Ray instance"
@@ -173,15 +196,15 @@ class _BlockWorker:
             self._objects[key] = ray.get(ref)
         return self._objects[key]
 
-    def kernel_base(self, job_ref: list, token_budget: int, r0: int, r1: int):
-        """Rows ``r0:r1`` of the kernel's no-example statistics and the work counts
+    def kernel_base(self, job_ref: list, token_budget: int, rows: list[int]):
+        """The kernel's no-example statistics of targets ``rows`` and the work counts
         (:func:`~tunesift.scoring.kernel_blocks.kernel_base`)."""
         from ..scoring.kernel_blocks import kernel_base, work_counts
         from ..scoring.logprobs import ResponseScorer
 
         counts = work_counts()
         scorer = ResponseScorer(self._model(), token_budget=token_budget)
-        return kernel_base(self._shared(job_ref), scorer, r0, r1, counts), counts
+        return kernel_base(self._shared(job_ref), scorer, counts=counts, rows=np.asarray(rows)), counts
 
     def kernel_block(self, job_ref: list, base_ref: list, c0: int, c1: int, token_budget: int):
         """Columns ``c0:c1`` of a DELIFT kernel and the work counts
@@ -227,8 +250,7 @@ class RayBlockPool:
         if not ray.is_initialized():
             raise TunesiftError("Ray is not initialised: call tunesift.backends.ray_backend.init_ray()")
         if num_gpus is None:
-            total = float(ray.cluster_resources().get("GPU", 0))
-            num_gpus = min(1.0, total / num_workers) if total else 0.0
+            num_gpus = gpu_share(float(ray.cluster_resources().get("GPU", 0)), num_workers)
         if num_gpus < 0:
             raise OptionError(f"GPUs per worker must be >= 0, got {num_gpus}")
         self.spec = dict(spec) if spec is not None else None
@@ -297,7 +319,8 @@ class RayBlockPool:
             if res.rows.shape != (len(recs), width):
                 raise RuntimeError(f"Ray: block {key} came back with shape {res.rows.shape}, "
                                    f"expected {(len(recs), width)}")
-            put_block(store, key, res)
+            if not len(overflowed_rows(kind, res.rows, res.errors)):  # an overflowed block: the driver stops on it, uncached
+                put_block(store, key, res)
             results[key] = res
             if on_block:
                 on_block(key, res)
@@ -506,24 +529,27 @@ class RayKernelRunner:
             self._put = (job, [import_ray().put(job)])
         return self._put[1]
 
-    def base(self, job, token_budget: int) -> tuple[np.ndarray, dict]:
+    def base(self, job, token_budget: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+        """(2, n_t) no-example statistics of the targets ``rows`` (default all; NaN elsewhere), in the
+        local loop's parts of ``BASE_ROWS`` rows, and the work counts: a learned run labelling 1% of
+        the rows pays for 1% of the no-example passes here too."""
         from ..scoring import utility
         from ..scoring.kernel_blocks import add_counts, work_counts
 
         pool = self.pool()  # first: Ray is initialised (as asked) before anything is put
         job_ref = self._job_ref(job)
+        rows = np.arange(job.n_t) if rows is None else np.asarray(rows, dtype=np.int64)
         step = self.base_rows or utility.BASE_ROWS
-        spans = [(r, min(job.n_t, r + step)) for r in range(0, job.n_t, step)]
-        parts: dict[int, np.ndarray] = {}
+        parts = [rows[r:r + step] for r in range(0, len(rows), step)]
+        base = np.full((2, job.n_t), np.nan)
         counts = work_counts()
 
-        def done(key, span, res) -> None:
-            parts[span[0]] = res[0]
+        def done(key, part, res) -> None:
+            base[:, part] = res[0]
             add_counts(counts, res[1])
 
-        pool.dispatch([(f"base rows {r0}-{r1}", (r0, r1)) for r0, r1 in spans],
-                      lambda actor, span: actor.kernel_base.remote(job_ref, token_budget, *span), done)
-        base = np.concatenate([parts[r0] for r0, _ in spans], axis=1) if spans else np.zeros((2, 0))
+        pool.dispatch([(f"base rows {p[0]}-{p[-1]}", p) for p in parts],
+                      lambda actor, part: actor.kernel_base.remote(job_ref, token_budget, part.tolist()), done)
         return base, counts
 
     def blocks(self, job, base: np.ndarray, spans: list[tuple[int, int]], token_budget: int,

@@ -14,6 +14,7 @@ from ..backends.blocks import (
     block_extra,
     get_block,
     inf_columns,
+    overflowed_rows,
     put_block,
     score_block,
 )
@@ -71,18 +72,11 @@ def blocked_scores(kind: str, job: Job) -> np.ndarray:
     return out
 
 
-#: the columns of each per-record scorer that a forward pass that overflowed leaves NaN or infinite
-#: (IFD itself may be +inf: a response certain without its prompt; SelectIT's NaN is a rating)
-MUST_BE_FINITE = {"donod": ("r_dot_z", "grad_norm_sq", "n_tokens"), "loss": ("loss",), "ifd": ("loss", "loss_alone")}
-
-
 def check_finite(kind: str, rows: np.ndarray, records: list, lm) -> None:
-    """:func:`~tunesift.errors.overflow_error` when a block's :data:`MUST_BE_FINITE` columns hold a
-    NaN or infinity: an overflowing forward pass (float16 activations, say) would otherwise rank
-    the record last, unnoticed, or, every record failing, leave a "selection" in input order."""
-    names = BLOCK_SCORERS[kind][0]
-    cols = [names.index(c) for c in MUST_BE_FINITE.get(kind, ())]
-    bad = np.flatnonzero(~np.isfinite(rows[:, cols]).all(axis=1)) if cols else []
+    """:func:`~tunesift.errors.overflow_error` when a block has :func:`overflowed_rows`: an
+    overflowing forward pass (float16 activations, say) would otherwise rank the record last,
+    unnoticed, or, every record failing, leave a "selection" in input order."""
+    bad = overflowed_rows(kind, rows)
     if len(bad):
         raise overflow_error(kind, records, bad, lm.dtype)
 

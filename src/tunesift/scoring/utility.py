@@ -235,8 +235,10 @@ class KernelRunner(Protocol):
     Both methods must return what :func:`kernel_base` and :func:`kernel_block` return for the
     same job, model, device and thread count."""
 
-    def base(self, job, token_budget: int) -> tuple[np.ndarray, dict]:
-        """The no-example statistics ``(2, n_t)`` and the work counts (see :func:`work_counts`)."""
+    def base(self, job, token_budget: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+        """The no-example statistics ``(2, n_t)`` of the targets ``rows`` (default all; NaN
+        elsewhere), computed in parts of ``BASE_ROWS`` of them, and the work counts (see
+        :func:`work_counts`)."""
         ...
 
     def blocks(self, job, base: np.ndarray, spans: list[tuple[int, int]], token_budget: int,
@@ -410,11 +412,11 @@ def _compute(job: KernelJob, lm, root: Path | None, token_budget: int, block_siz
     if len(missing):
         if base is None:
             base = np.full((2, n_t), np.nan)
-        if runner is not None:  # workers compute every row (their split keeps Ray and local runs equal)
-            full, counts = runner.base(job, token_budget)
+        if runner is not None:  # workers compute the missing rows, in the local loop's parts
+            full, counts = runner.base(job, token_budget, rows=missing)
             if full.shape != (2, n_t):
                 raise RuntimeError(f"kernel base has shape {full.shape}, expected {(2, n_t)}")
-            base = np.where(np.isnan(base), full, base)  # every row paid for is kept for later runs
+            base[:, missing] = full[:, missing]
         else:
             counts = work_counts()
             for r in range(0, len(missing), BASE_ROWS):
