@@ -597,12 +597,20 @@ def test_auto_token_budget_follows_free_memory():
 
     cfg = SimpleNamespace(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
                           num_key_value_heads=3, head_dim=64, vocab_size=49152)
-    gpu = SimpleNamespace(device="cuda", model=SimpleNamespace(config=cfg))
-    per_token = 12 * 49152 + 4 * 30 * 3 * 64 + 64 * 576
+    gpu = SimpleNamespace(device="cuda", dtype="bfloat16", model=SimpleNamespace(config=cfg))
+    # the KV a forward after a prefix holds: KV_TOKENS cached tokens a batch token, three copies
+    per_token = 12 * 49152 + 3 * 4 * 2 * 30 * 3 * 64 * 2 + 32 * 576 * 2
     assert auto_token_budget(gpu, free_bytes=20 * per_token * 1000) == 10_000  # half of 20,000
     assert auto_token_budget(gpu, free_bytes=10**9) == 4096  # a busy GPU: never below the CPU's
     assert auto_token_budget(gpu, free_bytes=10**12) == 65536  # a big one: capped
     assert auto_token_budget(SimpleNamespace(device="cpu", model=None)) == 4096
+    # Llama-2-7B in bf16 (32 layers x 32 KV heads x 128) on 33 GB free: the KV term dominates; the
+    # old count (one copy of one token's K/V) gave 28k tokens, a wave holding ~177 GB of KV
+    llama = SimpleNamespace(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                            num_key_value_heads=32, head_dim=128, vocab_size=32000)
+    big = SimpleNamespace(device="cuda", dtype="bfloat16", model=SimpleNamespace(config=llama))
+    budget = auto_token_budget(big, free_bytes=66 * 10**9)
+    assert budget * 3 * 4 * 2 * 32 * 32 * 128 * 2 <= 33 * 10**9  # every KV copy of a full wave fits
 
 
 def test_select_resolves_the_default_token_budget(tiny_lm, tmp_path):
@@ -641,3 +649,28 @@ def test_an_interrupted_no_example_pass_keeps_its_finished_parts(tiny_lm, tmp_pa
     whole = utility_kernel(tiny_lm, r, recs, recs, cache_dir=False, block_size=2, token_budget=64)
     for a, b in zip(dense_stats(resumed), dense_stats(whole), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_prefix_caches_beyond_the_bank_cap_are_scored_a_part_at_a_time(tiny_lm, monkeypatch):
+    """One column of long, differently cut examples held every group's prefix cache at once: 34x the
+    bank cap in a measured case. The parts give the same numbers."""
+    import tunesift.scoring.logprobs as lp
+    from tunesift.scoring.logprobs import prefix_chunks
+
+    assert prefix_chunks([5, 30, 10, 30], 59) == [[0, 2], [1], [3]] and prefix_chunks([5, 30, 10, 30], 60)[1] == [1, 3]
+    assert prefix_chunks([5, 5], 60) == [[0, 1]] and prefix_chunks([100], 60) == [[0]] and prefix_chunks([], 9) == []
+    r = renderer_for(tiny_lm)
+    recs = records(11, long_every=3)
+    encs = [r.encode(x) for x in recs]
+    groups = [(r.example_prefix(recs[j]), [Continuation(tuple(e.prompt + e.response), len(e.response))
+                                           for e in encs if e is not encs[j]]) for j in (0, 3, 4, 6)]
+    whole = ResponseScorer(tiny_lm, token_budget=4096).score_groups(groups)
+    banks = []
+    real = lp.ResponseScorer._bank
+    monkeypatch.setattr(lp.ResponseScorer, "_bank", lambda self, prefixes: banks.append(
+        len(prefixes) * max(map(len, prefixes))) or real(self, prefixes))
+    small = ResponseScorer(tiny_lm, token_budget=64)  # cap: 4 x 64 = 256 padded prefix tokens
+    parted = small.score_groups(groups)
+    assert max(banks) <= 256 < sum(len(p) for p, _ in groups)
+    for a, b in zip(parted, whole, strict=True):
+        tiny.assert_close_across_runs(np.array(a), np.array(b), rtol=1e-5, atol=1e-5)

@@ -55,7 +55,7 @@ def loss_order(loss: np.ndarray, keep: str = "easiest") -> np.ndarray:
 # -- IFD ---------------------------------------------------------------------------------------
 
 
-def alone_continuations(renderer, records: Sequence) -> list[Continuation]:
+def alone_continuations(renderer, records: Sequence) -> Sequence[Continuation]:
     """The unconditioned arm: ``user_end | response | end`` after the header, i.e. the same
     sequence with the prompt (and any earlier chat turns) removed. The scored tokens are exactly
     the conditioned arm's; ``user_end`` is the one unscored token run the scorer needs."""
@@ -64,11 +64,14 @@ def alone_continuations(renderer, records: Sequence) -> list[Continuation]:
         raise TunesiftError(
             "the template's user_end is empty: IFD needs a token before the response"
         )
-    out = []
-    for r in records:
-        resp = renderer.encode(r).response
-        out.append(Continuation(tuple(user_end + resp), len(resp)))
-    return out
+    from .token_table import ContinuationTable
+
+    def items():
+        for r in records:
+            resp = renderer.encode(r).response
+            yield user_end + resp, len(resp)
+
+    return ContinuationTable(items())  # one flat token array, not a tuple of ints per token
 
 
 def ifd_scores(

@@ -16,13 +16,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from .kernel_job import KernelJob, fit_prefix
-from .logprobs import ResponseScorer
+from .logprobs import BANK_TOKENS, ResponseScorer
 
 # a sparse column block holds at least this many pairs per column of ``block_size`` (see column_spans)
 BLOCK_PAIRS = 4
-# a wave's prefix bank holds at most this many padded tokens per ``token_budget`` (KV memory:
-# 23 kB a token for SmolLM2-135M in bfloat16, so 4 x 4096 tokens is about 380 MB)
-BANK_TOKENS = 4
+# BANK_TOKENS: a wave's prefix bank holds at most this many padded tokens per ``token_budget`` (KV
+# memory: 23 kB a token for SmolLM2-135M in bfloat16, so 4 x 4096 tokens is about 380 MB); one
+# column that alone would overfill it is split by ResponseScorer.score_groups
 
 
 def work_counts() -> dict[str, int]:

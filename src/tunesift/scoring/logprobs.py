@@ -87,6 +87,9 @@ MAX_TOKEN_BUDGET = 1 << 16
 # a forward after a prefix holds at most this many cached tokens per ``token_budget`` (KV memory:
 # 23 kB a token for SmolLM2-135M in bfloat16, held twice, so 4 x 4096 tokens is about 750 MB)
 KV_TOKENS = 4
+# the prefix caches one score_groups call holds at once: at most this many padded prefix tokens per
+# ``token_budget`` (a column of a dense kernel over long records has one prefix per distinct cut)
+BANK_TOKENS = 4
 
 
 def auto_token_budget(lm, *, fraction: float = 0.5, free_bytes: int | None = None) -> int:
@@ -94,10 +97,13 @@ def auto_token_budget(lm, *, fraction: float = 0.5, free_bytes: int | None = Non
 
     CPU: ``CPU_TOKEN_BUDGET``. CUDA: ``fraction`` of the free memory (``free_bytes``, default
     ``torch.cuda.mem_get_info``) divided by a per-token cost, clamped to [4096, 65536]. The cost
-    of one batch token, in bytes, is dominated by the logits at response positions (the LM head
-    output, its float32 copy and log-softmax: 3 x 4 x V) plus the KV cache (2 x layers x
-    kv_heads x head_dim x 2) and the layer activations (32 x hidden x 2), with V the vocabulary
-    and every token counted as a response token (the worst case).
+    of one batch token, in bytes: the logits at response positions (the LM head output, its
+    float32 copy and log-softmax: 3 x 4 x V, every token counted as a response token, the worst
+    case), the KV cache a forward after a prefix may hold (``KV_TOKENS`` cached tokens per batch
+    token, held three times on the bank path: the bank, the rows taken from it and their
+    concatenation with the new keys: 3 x KV_TOKENS x 2 x layers x kv_heads x head_dim x b) and the
+    layer activations (32 x hidden x b), with V the vocabulary and b the bytes of the model's dtype.
+    (One copy of one token's keys and values undercounted a 7B model's KV by 12x.)
     """
     if torch.device(lm.device).type != "cuda":
         return CPU_TOKEN_BUDGET
@@ -106,11 +112,27 @@ def auto_token_budget(lm, *, fraction: float = 0.5, free_bytes: int | None = Non
     layers = int(cfg.num_hidden_layers)
     heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or hidden // int(cfg.num_attention_heads))
-    per_token = 12 * int(cfg.vocab_size) + 4 * layers * heads * head_dim + 64 * hidden
+    b = {"float32": 4, "bfloat16": 2, "float16": 2}.get(str(getattr(lm, "dtype", "")), 4)
+    per_token = 12 * int(cfg.vocab_size) + 3 * KV_TOKENS * 2 * layers * heads * head_dim * b + 32 * hidden * b
     if free_bytes is None:
         free_bytes, _ = torch.cuda.mem_get_info(torch.device(lm.device))
     fit = int(fraction * free_bytes) // per_token
     return int(min(MAX_TOKEN_BUDGET, max(CPU_TOKEN_BUDGET, fit)))
+
+
+def prefix_chunks(lengths: Sequence[int], cap: int) -> list[list[int]]:
+    """Indices of ``lengths`` (prefix lengths) in parts, shortest first, whose padded size (count x
+    longest) stays within ``cap`` tokens; a prefix longer than ``cap`` alone is a part of its own.
+    One part when everything fits."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    parts: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:  # sorted: the newest is the widest
+        if cur and (len(cur) + 1) * lengths[i] > cap:
+            parts.append(cur)
+            cur = []
+        cur.append(i)
+    return parts + [cur] if cur else parts
 
 
 def attention_backends(device):
@@ -363,6 +385,13 @@ class ResponseScorer:
         out = [(np.zeros(len(c)), np.zeros(len(c))) for _, c in groups]
         live = [g for g, (_, c) in enumerate(groups) if len(c)]
         if not live:
+            return out
+        parts = prefix_chunks([len(groups[g][0]) for g in live], BANK_TOKENS * self.token_budget)
+        if len(parts) > 1:  # the prefix caches of all groups would not fit at once: a part at a time
+            for part in parts:
+                got = self.score_groups([groups[live[i]] for i in part], on_batch)
+                for i, res in zip(part, got):
+                    out[live[i]] = res
             return out
         bank = None
         if len(live) > 1 and self.mergeable and all(len(groups[g][0]) for g in live):

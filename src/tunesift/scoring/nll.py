@@ -20,13 +20,18 @@ import numpy as np
 from .logprobs import Continuation, ResponseScorer
 
 
-def continuations(renderer, records: Sequence) -> list[Continuation]:
-    """Each record's zero-shot ``prompt | user_end | response | end`` after the header."""
-    out = []
-    for r in records:
-        e = renderer.encode(r)
-        out.append(Continuation(tuple(e.prompt + e.response), len(e.response)))
-    return out
+def continuations(renderer, records: Sequence) -> Sequence[Continuation]:
+    """Each record's zero-shot ``prompt | user_end | response | end`` after the header, held as one
+    flat token array (:class:`~tunesift.scoring.token_table.ContinuationTable`: a tuple of Python
+    ints per token held a 100,000-record pool's tokens in about 1 GB)."""
+    from .token_table import ContinuationTable
+
+    def items():
+        for r in records:
+            e = renderer.encode(r)
+            yield e.prompt + e.response, len(e.response)
+
+    return ContinuationTable(items())
 
 
 def response_nll(
