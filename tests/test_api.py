@@ -441,3 +441,13 @@ def test_chromium_shows_delift_covering_records_and_the_comparison(demo, demo_ro
     a = set(delift.ids)
     b = set(pq.read_table(tmp_path / "random" / "scores.parquet").to_pandas().query("kept")["id"])
     assert int(rows) >= min(2, len(a ^ b)) and a != b
+
+
+def test_every_option_of_the_command_is_a_keyword_of_the_api():
+    """local_budget was an option of `select` (and of Options) but not a keyword of tunesift.select."""
+    import inspect
+
+    from tunesift.methods.options import option_fields
+
+    params = set(inspect.signature(tunesift.select).parameters)
+    assert {f.name for f in option_fields()} - params == set()

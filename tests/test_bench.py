@@ -354,3 +354,18 @@ def test_every_cell_is_evaluated_in_float32_where_auto_means_bfloat16(data, tiny
     code, _, err = run(["evaluate", "--test", data / "test.jsonl", "--model", tiny_dir, "--metrics", "loss", "-q"],
                        capsys)
     assert code == 0 and seen == [torch.float32], err
+
+
+@pytest.mark.parametrize("device, message", [("foo", "unknown device 'foo'"),
+                                             ("cuda", "no CUDA GPU is visible")])
+def test_a_bad_device_is_refused_before_bench_json_pins_it(device, message, data, tiny_dir, tmp_path, capsys):
+    """--methods base,full read no selection options, so --device was never checked: bench.json and
+    cells/ were written, the first cell failed, and a rerun with --device cpu was refused."""
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    out = tmp_path / "b"
+    code, _, err = run(bench_args(data, tiny_dir, out, "--methods", "base", "--device", device), capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not out.exists()

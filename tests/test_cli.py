@@ -191,7 +191,15 @@ def test_config_file_with_flag_override(demo, tmp_path, capsys):
                                           ("method: random\nnonsense: 1\n", "bad.yaml:2: unknown option"),
                                           ("method: random\n\nseed: abc\n", "bad.yaml:3: option 'seed': "),
                                           ("quiet: maybe\n", "bad.yaml:1: option 'quiet': "),
-                                          ("budget: [0.1, 0.2]\nlimit: 2.5\n", "bad.yaml:2: option 'limit': "),
+                                          ("budget: 0.2\nlimit: 2.5\n", "bad.yaml:2: option 'limit': "),
+                                          # these failed later, without the file and line
+                                          ("method: random\nbudget: 2.0\n",
+                                           "bad.yaml:2: option 'budget': budget fraction must be in (0, 1]"),
+                                          ("method: random\nbudget: [0.1, 0.2]\n", "bad.yaml:2: option 'budget': "),
+                                          ('method: donod\nweights: "1,2,3"\n',
+                                           "bad.yaml:2: option 'weights': weights must be two"),
+                                          ("method: [donod, delift]\n",
+                                           "bad.yaml:1: option 'method': expected one value, got a list"),
                                           ("method: random\nlimit: true\n",  # typer would read it as 1
                                            "bad.yaml:2: option 'limit': expected a value, got the boolean true"),
                                           ("yes: 1\n", "bad.yaml:1: unknown option 'yes'"),
@@ -315,3 +323,25 @@ def test_knn_with_kept_diagonal_still_scores_k_others(tiny_lm, tmp_path):
     # k = 4 = n - 1 others: the sparse kernel is the dense one, with or without the diagonal rule
     dense = select(rows, method="delift", budget=2, lm=tiny_lm, cache_dir=str(tmp_path))
     assert sel2.ids == dense.ids
+
+
+def test_an_error_before_the_first_bar_is_the_only_line_on_stderr(capsys):
+    """The progress display started with the command: an error before any bar left a blank line
+    above the one-line error."""
+    from tunesift.progress import progress_bars
+
+    with pytest.raises(RuntimeError):
+        with progress_bars(True):
+            raise RuntimeError("before any bar")
+    assert capsys.readouterr().err == ""
+    with progress_bars(True) as bars:
+        bars("scoring", 2)(2)
+    assert "scoring" in capsys.readouterr().err
+
+
+def test_tunesift_alone_prints_its_help_and_no_empty_error(capsys):
+    from tunesift.cli import main
+
+    assert main([]) == 2
+    cap = capsys.readouterr()
+    assert "Usage" in cap.out and "error" not in cap.err

@@ -87,6 +87,7 @@ def select(
     prefilter: float = 0.7,
     ann: str = "auto",
     partitions: int = 1,
+    local_budget: int | None = None,
     backend: str = "local",
     ray_address: str | None = None,
     ray_workers: int = 2,

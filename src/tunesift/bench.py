@@ -169,6 +169,9 @@ def _check(cfg: BenchConfig) -> None:
         # the set gets depends on its records, so run_bench checks them again once they are read
         check_generation(cfg, name, ["loss"])
     check_generation(cfg, None, cfg.metrics)  # a further set's once its records are read
+    from .models import resolve_device
+
+    resolve_device(cfg.device)  # unknown, or cuda without a GPU: before bench.json pins it
     if cfg.stage == "task" and not cfg.target:
         raise OptionError("bench --stage task needs --target")
     if cfg.stage == "continual" and not cfg.existing:

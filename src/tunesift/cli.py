@@ -490,8 +490,8 @@ def demo_data(
     typer.echo(f"wrote {n} records to {out}", err=True)
 
 
-INTERRUPTED = ("tunesift: interrupted by {name}: no output was written (any earlier output is unchanged); "
-               "rerun the same command to resume from the score cache")
+INTERRUPTED = ("tunesift: interrupted by {name}: nothing half-written was kept (earlier outputs are unchanged; "
+               "finished score-cache blocks and bench cells stay); rerun the same command to resume")
 
 
 def _on_signal(signum, frame):
@@ -542,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
             import click
         exceptions = click.exceptions
         if isinstance(exc, exceptions.ClickException):
-            print(f"tunesift: error: {_escape_breaks(exc.format_message())}", file=sys.stderr)
+            message = exc.format_message()
+            if message.strip():  # `tunesift` alone prints its help, with nothing to add
+                print(f"tunesift: error: {_escape_breaks(message)}", file=sys.stderr)
             return 2
         abort = getattr(exceptions, "Abort", None)
         if abort is not None and isinstance(exc, abort):

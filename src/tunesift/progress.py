@@ -41,14 +41,24 @@ def progress_bars(enabled: bool = True) -> Iterator[Factory | None]:
         TimeRemainingColumn,
     )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
-        def factory(label: str, total: int) -> Callable[..., None]:
-            task = bar.add_task(label, total=total)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+    started = False
 
-            def advance(n: int, total_now: int | None = None) -> None:
-                if total_now is not None:
-                    bar.update(task, total=total_now)
-                bar.advance(task, n)
-            return advance
+    def factory(label: str, total: int) -> Callable[..., None]:
+        nonlocal started
+        if not started:  # shown from the first bar on: an error before it stays the one line on stderr
+            bar.start()
+            started = True
+        task = bar.add_task(label, total=total)
+
+        def advance(n: int, total_now: int | None = None) -> None:
+            if total_now is not None:
+                bar.update(task, total=total_now)
+            bar.advance(task, n)
+        return advance
+    try:
         yield factory
+    finally:
+        if started:
+            bar.stop()

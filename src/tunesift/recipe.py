@@ -12,10 +12,30 @@ from pathlib import Path
 
 import typer
 
-from .errors import TunesiftError
-from .methods.options import field_problem
+from .errors import OptionError, TunesiftError
+from .methods.options import field_problem, parse_budget, weights_problem
 
 RANGE_CHECKED = ("select", "kernel")  # commands whose options are selection Options, checked one by one
+#: options that take a comma list, which a recipe may write as a YAML list; any other takes one value
+LIST_OPTIONS = {"methods", "budget", "weights", "metrics", "prompt_field"}
+
+
+def list_problem(name: str, command: str, text: str) -> str | None:
+    """Why the text of a budget or weights option is bad (None: fine), checked where the recipe's
+    line is known: ``budget`` (several, comma-separated, for ``bench``) and DONOD's ``weights``."""
+    try:
+        if name == "budget":
+            for b in (text.split(",") if command == "bench" else [text]):
+                parse_budget(b.strip())
+        elif name == "weights":
+            try:
+                pair = tuple(float(x) for x in text.split(","))
+            except ValueError:
+                return f"weights must be two numbers like 0.5,0.5, got '{text}'"
+            return weights_problem(pair)
+    except OptionError as exc:
+        return str(exc)
+    return None
 
 
 def load_recipe(ctx: typer.Context, param, value: Path | None):
@@ -64,11 +84,13 @@ def load_recipe(ctx: typer.Context, param, value: Path | None):
             raise TunesiftError(f"{where}: option '{shown}' has no value; give one, or leave the key out for the "
                                 f"default ({param.default})")
         if isinstance(val, list):  # a comma list, for the options that take one (methods, budgets, weights)
-            if getattr(getattr(param, "type_descriptor", None), "annotation", str) is not str:
+            if name not in LIST_OPTIONS or getattr(getattr(param, "type_descriptor", None), "annotation", str) is not str:
                 raise TunesiftError(f"{where}: option '{shown}': expected one value, got a list")
             val = ",".join(map(str, val))
         if isinstance(val, bool) and not getattr(param, "is_flag", False):  # typer would read it as 1 or 0
             raise TunesiftError(f"{where}: option '{shown}': expected a value, got the boolean {str(val).lower()}")
+        if isinstance(val, (str, int, float)) and (why := list_problem(name, ctx.command.name, str(val))):
+            raise TunesiftError(f"{where}: option '{shown}': {why}")
         if val is not None and param.callback is None:  # its type and range, here where the line is known
             try:
                 typed = param.process_value(ctx, val)

@@ -51,7 +51,7 @@ def _records(flag: str) -> Check:
         f"--{flag} must be a whole number of records, at least 1; got {v!r}"
 
 
-def _weights(w) -> str | None:
+def weights_problem(w) -> str | None:
     ok = (len(w) == 2 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in w)
           and min(w) >= 0 and sum(w) > 0)
     return None if ok else f"weights must be two finite non-negative numbers, not both 0, got {','.join(map(str, w))}"
@@ -158,7 +158,7 @@ class Options:
                          group="donod", check=lambda v: None if v in REDUCTIONS else
                          f"reduction must be one of {', '.join(REDUCTIONS)}, got '{v}'")
     weights: tuple[float, float] = opt((0.5, 0.5), "DONOD: TOPSIS weights of DON,NOD.", group="donod",
-                                       check=_weights, cli="pair")
+                                       check=weights_problem, cli="pair")
     # DELIFT
     stage: str = opt("instruction", "DELIFT: instruction | task | continual.", group="delift",
                      check=one_of("stage", STAGES))
