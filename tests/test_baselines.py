@@ -367,10 +367,11 @@ def test_an_ifd_block_with_an_infinite_ifd_is_read_back_from_the_cache(tmp_path)
     assert get_block(store, "b", 2, 4, inf_ok=inf_columns("ifd")) is None
 
 
-@pytest.mark.parametrize("method", ["loss", "ifd", "rds"])
+@pytest.mark.parametrize("method", ["loss", "ifd", "rds", "donod"])
 def test_a_score_that_overflowed_stops_the_run_with_the_record(method, tiny_dir, tmp_path, monkeypatch):
-    """A NaN loss or vector (a float16 pass that overflowed) was ranked last, or turned RDS's centroid
-    and so every score into NaN / 0: the "selection" was input order."""
+    """A NaN loss, DONOD term or vector (a float16 pass that overflowed) was ranked last, or turned
+    RDS's centroid and so every score into NaN / 0: the "selection" was input order, cached for every
+    rerun. The bad block is never cached: once the scores are finite, the rerun computes them."""
     import tunesift
 
     rows = [{"id": f"r{i}", "instruction": f"Say {i}", "output": f"{i} and {i}"} for i in range(5)]
@@ -396,5 +397,8 @@ def test_a_score_that_overflowed_stops_the_run_with_the_record(method, tiny_dir,
             return out
 
         monkeypatch.setattr(per_record, "score_block", nan_loss)
+    kw = {"method": method, "budget": 2, "model": str(tiny_dir), "cache_dir": str(tmp_path / "c")}
     with pytest.raises(TunesiftError, match=rf"{method}: record r2 \(line 3\) scored NaN or infinity in float32"):
-        tunesift.select(rows, method=method, budget=2, model=str(tiny_dir), cache_dir=str(tmp_path / "c"))
+        tunesift.select(rows, **kw)
+    monkeypatch.undo()
+    assert tunesift.select(rows, **kw).scores()["kept"].sum() == 2
