@@ -367,3 +367,20 @@ def test_less_dim_is_checked_before_anything_is_read():
     with pytest.raises(OptionError, match="less-dim must be a positive multiple of 8"):
         Options(method="less", stage="task", less_dim=100).validate()
     Options(method="less", stage="task", less_dim=96).validate()
+
+
+def test_kernel_reads_custom_fields_and_a_recipe_like_select(tiny_dir, tmp_path):
+    """kernel had no --prompt-field/--response-field nor --config: a pool select reads with a field
+    map could not be exported."""
+    from tunesift.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"key": f"r{i}", "q": r["instruction"], "a": r["output"]}) + "\n"
+                            for i, r in enumerate(rows(8))))
+    recipe = tmp_path / "k.yaml"
+    recipe.write_text(f"knn: 3\nmodel: {tiny_dir}\nprompt_field: q\nresponse_field: a\nid_field: key\n")
+    out = tmp_path / "k"
+    assert main(["kernel", str(data), "--config", str(recipe), "--cache-dir", str(tmp_path / "c"), "--out", str(out),
+                 "-q"]) == 0
+    assert (out / "rows.txt").read_text().split() == [f"r{i}" for i in range(8)]
+    assert sp.load_npz(out / "utility.npz").nnz == 24 and json.loads((out / "kernel.json").read_text())["options"]["knn"] == 3

@@ -83,6 +83,12 @@ class Shared:
     labels = Annotated[str, typer.Option(help=_help("labels"))]
     keep_diagonal = Annotated[bool, typer.Option(help=_help("keep_diagonal"))]
     ann = Annotated[str, typer.Option(help=_help("ann"))]
+    prompt_field = Annotated[str | None, typer.Option(help="Field(s) holding the prompt, comma-separated to join.")]
+    response_field = Annotated[str | None, typer.Option(help="Field holding the response.")]
+    messages_field = Annotated[str | None, typer.Option(help="Field holding a chat message list.")]
+    id_field = Annotated[str | None, typer.Option(help="Field holding a unique record id.")]
+    config = Annotated[Path | None, typer.Option("--config", is_eager=True, callback=load_recipe,
+                                                 help="YAML recipe holding any of these options; flags override it.")]
 
 
 @app.command()
@@ -136,15 +142,14 @@ def select(
     less_dim: int = typer.Option(_default("less_dim"), help=_help("less_dim")),
     by: str | None = typer.Option(_default("by"), help=_help("by")),
     within: str | None = typer.Option(_default("within"), help=_help("within")),
-    prompt_field: str | None = typer.Option(None, help="Field(s) holding the prompt, comma-separated to join."),
-    response_field: str | None = typer.Option(None, help="Field holding the response."),
-    messages_field: str | None = typer.Option(None, help="Field holding a chat message list."),
-    id_field: str | None = typer.Option(None, help="Field holding a unique record id."),
+    prompt_field: Shared.prompt_field = None,
+    response_field: Shared.response_field = None,
+    messages_field: Shared.messages_field = None,
+    id_field: Shared.id_field = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
     report: bool = typer.Option(False, "--report/--no-report",
                                 help="Also write OUT/report.html (see tunesift report)."),
-    config: Path | None = typer.Option(None, "--config", is_eager=True, callback=load_recipe,
-                                       help="YAML recipe holding any of these options; flags override it."),
+    config: Shared.config = None,
 ) -> None:
     """Score every record and write the subset worth training on."""
     from .io.schema import FieldMap
@@ -215,14 +220,22 @@ def kernel(
     keep_diagonal: Shared.keep_diagonal = _default("keep_diagonal"),
     seed: int = typer.Option(_default("seed"), help="Seed of the labelled pairs (--utility learned)."),
     ann: Shared.ann = _default("ann"),
+    prompt_field: Shared.prompt_field = None,
+    response_field: Shared.response_field = None,
+    messages_field: Shared.messages_field = None,
+    id_field: Shared.id_field = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
+    config: Shared.config = None,
 ) -> None:
     """Compute DELIFT's utility kernel (rows: targets, columns: examples) and write it as files."""
+    from .io.schema import FieldMap
     from .kernel_export import export_kernel
     from .methods.delift import pair_progress
 
     if data is None or out is None:
-        raise TunesiftError("kernel needs the input DATA and --out")
+        raise TunesiftError("kernel needs the input DATA and --out (on the command line or in --config)")
+    names = {"prompt": prompt_field, "response": response_field, "messages": messages_field, "id": id_field}
+    fields = FieldMap(**names) if any(v is not None for v in names.values()) else None
     opts = dict(model=model, device=device, dtype=dtype, template=template, max_length=max_length,
                 token_budget=token_budget, cache_dir=str(cache_dir) if cache_dir else None, distance=distance,
                 knn=knn, utility=utility, label_fraction=label_fraction, labels=labels, keep_diagonal=keep_diagonal,
@@ -232,7 +245,8 @@ def kernel(
     with _progress(quiet) as prog:
         progress = (lambda label: pair_progress(prog, label)) if prog else None
         folder = export_kernel(str(data), out, examples=str(examples) if examples else None, progress=progress,
-                               input_paths=[p for p in (data, examples) if p is not None], **opts)
+                               fields=fields, input_paths=[p for p in (data, examples, config) if p is not None],
+                               **opts)
     if not quiet:
         meta = (folder / "kernel.json").read_text(encoding="utf-8")
         import json
