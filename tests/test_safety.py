@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -916,3 +917,78 @@ def test_an_in_memory_dataset_keeps_its_features_in_parquet_and_hf_output(tmp_pa
     assert back.features == feats and back.to_list() == ds.to_list()
     tunesift.select(ds, method="random", budget=1.0, out=tmp_path / "pq", out_format="parquet")
     assert pq.read_table(tmp_path / "pq" / "selected.parquet").schema.field("n").type == pa.int32()
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_failure_after_the_swap_keeps_the_previous_set_and_says_the_new_one_is_in(exchange, tmp_path, monkeypatch):
+    """Once swapped, the staging folder holds the previous set: a failing retire (a full disk) made the
+    cleanup delete it, user's edits included, while the error said nothing was changed."""
+    import tunesift.folders as folders
+    from tunesift.errors import TunesiftError
+
+    if not exchange:
+        monkeypatch.setattr(folders, "exchange", lambda a, b: False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("previous")
+
+    def fill(tmp):
+        (tmp / "manifest.json").write_text("new")
+        (out / "notes.txt").write_text("mine")  # the user, meanwhile: the previous set must be kept
+
+    def no_space(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(folders.tempfile, "mkdtemp", lambda *a, **k: no_space() if "previous" in k.get("prefix", "")
+                        else real_mkdtemp(*a, **k))
+    with pytest.raises(TunesiftError, match=r"holds the new set, but the previous one could not be removed .*kept at"):
+        folders.publish(out, fill, "the output", out)
+    assert (out / "manifest.json").read_text() == "new"
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.previous-")]
+    assert len(kept) == 1 and (kept[0] / "notes.txt").read_text() == "mine"
+
+
+def test_an_interrupt_between_the_fallback_renames_puts_the_previous_set_back(tmp_path, monkeypatch):
+    import tunesift.folders as folders
+    from tunesift.errors import Interrupted
+
+    monkeypatch.setattr(folders, "exchange", lambda a, b: False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("previous")
+    real = os.replace
+
+    def interrupted(src, dst):
+        if Path(dst) == out and ".old-" not in str(src):
+            raise Interrupted(2)
+        return real(src, dst)
+
+    monkeypatch.setattr(folders.os, "replace", interrupted)
+    with pytest.raises(Interrupted):
+        folders.publish(out, lambda tmp: (tmp / "manifest.json").write_text("new"), "the output", out)
+    assert (out / "manifest.json").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_symlinked_output_and_its_permissions_are_kept(tmp_path):
+    """A symlinked --out was replaced by a folder beside the link; a rerun reset a private folder's
+    mode to the umask's (world-readable) and dropped a shared folder's setgid bit."""
+    import stat as st
+
+    import tunesift.folders as folders
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "manifest.json").write_text("previous")
+    real.chmod(0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    folders.publish(link, lambda tmp: (tmp / "manifest.json").write_text("new"), "the output", link)
+    assert link.is_symlink() and (real / "manifest.json").read_text() == "new"
+    assert st.S_IMODE(real.stat().st_mode) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o2775)
+    folders.publish(shared / "new", lambda tmp: (tmp / "a").write_text("x"), "the output", shared / "new")
+    assert (shared / "new").stat().st_mode & st.S_ISGID

@@ -363,7 +363,9 @@ def evaluate(
                           max_new_tokens=max_new_tokens, generate_limit=generate_limit, progress=prog)
     result = {"model": lm.source, "fingerprint": lm.fingerprint, "test": _input_info(str(test)),
               "records": len(records), "metrics": ev.metrics, "counts": ev.counts, "timings": ev.timings}
-    if out is not None:
+    if out is not None:  # again at write time: a file added to OUT during the run must not be swept away
+        out = check_output_folder(out, [test, adapter], own=EVAL_FILES, manifest="metrics.json", unlisted={},
+                                  ours=written_by_evaluate)
         save_evaluation(out, records, ev, result)
     typer.echo(json.dumps(ev.metrics))
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -131,20 +132,52 @@ def retire(previous: Path, out: Path, before: dict[str, tuple[int, int]] | None)
                 out, keep / out.name)
 
 
-def swap_in(tmp: Path, out: Path, before: dict[str, tuple[int, int]] | None = None) -> None:
-    """Make the filled folder ``tmp`` the folder ``out``: files synced first, the folder given the
-    user's default permissions, the previous ``out`` (if any) exchanged out and removed
-    (:func:`retire`: kept when it changed since ``before``). Where no atomic exchange exists the
-    previous set is moved aside first and moved back if the new one cannot take its place."""
+def folder_mode(out: Path) -> int:
+    """The permissions the new set gets: the previous ``out``'s (a folder the user made private stays
+    private), else what a plain ``mkdir`` would give (the umask, and the parent's setgid bit in a
+    shared group folder)."""
+    if out.is_dir():
+        return stat.S_IMODE(out.stat().st_mode)
+    return (0o777 & ~umask()) | (out.parent.stat().st_mode & stat.S_ISGID)
+
+
+def _retire_or_keep(previous: Path, out: Path, before: dict[str, tuple[int, int]] | None) -> None:
+    """:func:`retire` once the new set is in place; if that fails (a full disk, an interrupt), the
+    previous set is kept beside ``out`` (never deleted with the staging folder) and the error says so."""
+    try:
+        retire(previous, out, before)
+    except BaseException as exc:
+        keep = out.parent / f"{out.name}.previous-{os.getpid()}"
+        if previous.exists():
+            os.replace(previous, keep)
+            log.warning("the previous '%s' is kept at '%s'", out, keep)
+        if isinstance(exc, OSError):
+            raise TunesiftError(f"'{out}' holds the new set, but the previous one could not be removed "
+                                f"({exc.strerror or exc}); it is kept at '{keep}'") from None
+        raise
+
+
+def swap_in(tmp: Path, out: Path, before: dict[str, tuple[int, int]] | None = None,
+            consumed: list | None = None) -> None:
+    """Make the filled folder ``tmp`` the folder ``out``: files synced first, the folder given
+    :func:`folder_mode`, the previous ``out`` (if any) exchanged out and removed (:func:`retire`:
+    kept when it changed since ``before``). Where no atomic exchange exists the previous set is
+    moved aside first and moved back if the new one cannot take its place (an interrupt included).
+    ``consumed`` (a list) gets True once ``tmp`` no longer holds the staging set: the caller must not
+    delete it then."""
     for p in tmp.rglob("*"):  # durable before the swap
         if p.is_file():
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
-    os.chmod(tmp, 0o777 & ~umask())
+    os.chmod(tmp, folder_mode(out))
     if not out.exists():
         os.replace(tmp, out)
+        if consumed is not None:
+            consumed.append(True)
     elif exchange(tmp, out):  # tmp now holds the previous set
-        retire(tmp, out, before)
+        if consumed is not None:
+            consumed.append(True)
+        _retire_or_keep(tmp, out, before)
     else:
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         try:
@@ -154,11 +187,13 @@ def swap_in(tmp: Path, out: Path, before: dict[str, tuple[int, int]] | None = No
             raise
         try:
             os.replace(tmp, out)
-        except OSError:
+        except BaseException:
             os.replace(old / "set", out)  # the previous set back in place: nothing changed
             old.rmdir()
             raise
-        retire(old / "set", out, before)
+        if consumed is not None:
+            consumed.append(True)
+        _retire_or_keep(old / "set", out, before)
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -167,19 +202,22 @@ def publish(out: Path, fill: Callable[[Path], None], what: str, shown: str | Pat
     ``out`` changes and the staging folder (and any parent folder made for it) is removed; an OS
     error becomes a one-line ``TunesiftError`` naming ``what`` (e.g. "the output") and the folder
     as the user gave it (``shown``)."""
+    if out.is_symlink():  # the folder it points to is replaced, not the link by a folder beside it
+        out = out.resolve()
     made = [p for p in out.parents if not p.exists()]  # folders the staging creates, deepest first
     tmp = None
+    consumed: list = []
     try:
         before = listing(out) if out.is_dir() else None  # the set the caller's checks allowed to replace
         tmp = staging_folder(out)
         fill(tmp)
-        swap_in(tmp, out, before)
+        swap_in(tmp, out, before, consumed)
         tmp = made = None
     except OSError as exc:
         raise TunesiftError(f"cannot write {what} to '{shown}': {exc.strerror or exc}; "
                             "nothing was changed there") from None
     finally:
-        if tmp is not None:  # failed or interrupted: no staging folder left
+        if tmp is not None and not consumed:  # failed or interrupted: no staging folder left
             shutil.rmtree(tmp, ignore_errors=True)
         for p in made or ():  # nor the empty parents it made
             try:

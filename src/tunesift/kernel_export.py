@@ -92,6 +92,8 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
         meta["files"] = digests(tmp)  # a rerun replaces only these
         (tmp / "kernel.json").write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
 
+    # checked again at write time: a file added to OUT while the kernel was computed is not ours to remove
+    folder = check_output_folder(out, list(input_paths), own=KERNEL_FILES, manifest="kernel.json", unlisted={})
     publish(folder, fill, "the kernel", out)
     return folder
 
