@@ -898,3 +898,46 @@ def test_schema_mismatch_in_rows_names_rows():
 def test_deeply_nested_json_line(tmp_path):
     text = json.dumps(ALPACA[0]) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n"
     expect_error(write(tmp_path / "d.jsonl", text), 2, None, "invalid JSON", "nested too deeply")
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("big.jsonl", '{"prompt": "a", "completion": "b", "x": 1' + "0" * 5000 + "}\n", "big.jsonl:1: invalid JSON: "),
+    ("big.json", '[{"prompt": "a", "completion": "b", "x": 1' + "0" * 5000 + "}]", "big.json:1: invalid JSON: "),
+    ("both.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": "b2", "completion": "c"}\n',
+     "both.jsonl:2: field 'completion': the record holds both 'completion' and 'response'"),
+    ("blank.csv", 'prompt,completion\n"a",c\n"  "\n', "blank.csv:2: ragged CSV row: 1 cell but the header has 2"),
+])
+def test_inputs_that_crashed_or_lost_data_are_one_line_errors(name, text, message, tmp_path):
+    """An integer of over 4,300 digits escaped as a bare ValueError (a traceback); a later record's
+    completion was dropped for the first record's response; a quoted blank CSV cell vanished."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(InputError) as exc:
+        read_records(path)
+    assert str(exc.value).startswith(str(tmp_path / message.split(":")[0])) and message.split(":", 1)[1] in str(exc.value)
+
+
+def test_spaces_only_csv_lines_are_still_blank_lines(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('prompt,completion\n"a",c\n   \n\n"b",d\n')
+    assert [r.prompt for r in read_records(path)] == ["a", "b"]
+
+
+def test_tool_call_arguments_nested_or_long_past_pythons_limits_are_kept_as_text(tmp_path):
+    deep = "[" * 995 + "]" * 995
+    for args in (deep, "1" + "0" * 5000):
+        row = {"messages": [{"role": "user", "content": "q"},
+                            {"role": "assistant", "content": "a", "tool_calls": [
+                                {"type": "function", "function": {"name": "f", "arguments": args}}]}]}
+        (rec,) = records_from_rows([row])
+        assert args[:50] in rec.response
+
+
+def test_a_dataframes_missing_cells_are_no_field_but_nan_inside_a_list_is_kept():
+    import math
+
+    import pandas as pd
+
+    df = pd.DataFrame([{"prompt": "a", "completion": "b", "score": float("nan"), "v": [1.0, float("nan")]}])
+    (rec,) = records_from_rows(df)
+    assert "score" not in rec.row and rec.row["v"][0] == 1.0 and math.isnan(rec.row["v"][1])

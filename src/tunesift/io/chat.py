@@ -152,11 +152,11 @@ def _tool_calls_text(calls: Any, loc: Loc, source: str, at: str) -> str:
         if isinstance(args, str):
             try:
                 args = json.loads(args)
-            except json.JSONDecodeError:
-                pass  # not JSON: kept as the string it is
+            except (ValueError, RecursionError):  # not JSON (or nested / long past Python's limits)
+                pass  # kept as the string it is
         try:
             text = json.dumps({"name": name, "arguments": args}, ensure_ascii=False)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RecursionError) as e:
             raise located_error(source, loc, f"cannot write the tool call as JSON: {e}", f"{at}[{j}]") from None
         lines.append(valid_text(text, loc, source, f"{at}[{j}]"))
     return "\n".join(lines)

@@ -201,7 +201,7 @@ def _read_jsonl(text: str, source: str, ext: str) -> Rows:
             raise InputError(source, _twice(e.key), line=n) from None
         except RecursionError:
             raise InputError(source, "invalid JSON: nested too deeply", line=n) from None
-        except json.JSONDecodeError as e:
+        except json.JSONDecodeError as e:  # (before ValueError: it is one)
             reason = f"invalid JSON: {e.msg} (column {e.colno})"
             if raw.strip() in ("{", "[", "}", "]", "},", "],"):
                 reason += (
@@ -212,6 +212,8 @@ def _read_jsonl(text: str, source: str, ext: str) -> Rows:
             if whole:
                 raise InputError(source, whole) from None
             raise InputError(source, reason, line=n) from None
+        except ValueError as e:  # an integer of more than 4,300 digits (Python's limit)
+            raise InputError(source, f"invalid JSON: {one_line(e)}", line=n) from None
         if not isinstance(obj, dict):
             reason = f"expected a JSON object, got {with_article(type_name(obj))}"
             if isinstance(obj, list) and ext != ".json":
@@ -224,7 +226,7 @@ def _whole_json_hint(text: str) -> str | None:
     """For a .json file that is not JSON Lines: say so when it is one JSON object or value."""
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, or an integer past Python's digit limit
         return None
     if isinstance(obj, dict):
         keys = ", ".join(show(k, 30) for k in list(obj)[:8]) or "none"
@@ -267,6 +269,8 @@ def _read_json_array(text: str, source: str) -> Rows:
             ) from None
         except RecursionError:
             raise fail("nested too deeply", start) from None
+        except ValueError as e:  # an integer of more than 4,300 digits (Python's limit)
+            raise fail(one_line(e), start) from None
         index += 1
         line_at += text.count("\n", counted_to, start)
         counted_to = start
@@ -310,6 +314,14 @@ def _read_csv(text: str, source: str) -> Rows:
                 raise InputError(source, f"the CSV header names column {show(name)} twice", line=1)
             seen.add(name)
         row_no = 0
+        split: list[str] = []
+
+        def physical_lines(first: int, last: int) -> str:
+            """File lines first..last (1-based) as written; split once, and only if a row needs it."""
+            if not split:
+                split.extend(re.split(r"\r\n|\r|\n", text))
+            return "\n".join(split[first - 1:last])
+
         while True:
             start = reader.line_num + 1
             try:
@@ -324,8 +336,9 @@ def _read_csv(text: str, source: str) -> Rows:
                     f"starting on file line {start})",
                     line=row_no + 1,
                 ) from None
-            if not cells or (len(cells) == 1 and not cells[0].strip()):
-                continue  # a blank line (spaces only, too, as in JSON Lines)
+            if not cells or (len(cells) == 1 and not cells[0].strip()
+                             and '"' not in physical_lines(start, reader.line_num)):
+                continue  # a blank line (spaces only, too, as in JSON Lines); a quoted "  " is data
             row_no += 1
             loc = Loc(row_no, f"row {row_no}, file line {start}", "row")
             if len(cells) != len(header):

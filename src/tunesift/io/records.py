@@ -163,20 +163,21 @@ def records_from_rows(
                          on_error, hint, limit=limit, sample=sample, seed=seed)
 
 
-def from_pandas(value):
-    """A DataFrame cell as a JSON file would give it: missing (NaN, None, ``pd.NA``, ``NaT``) as
-    None, numpy arrays (list columns of ``read_parquet`` or ``Dataset.to_pandas``) as lists, the
-    same inside dicts and lists."""
+def from_pandas(value, *, top: bool = True):
+    """A DataFrame cell as a JSON file would give it: a missing cell (NaN, None, ``pd.NA``,
+    ``NaT``; pandas' marks for "no value" in a column) as None, numpy arrays (list columns of
+    ``read_parquet`` or ``Dataset.to_pandas``) as lists. Inside a list or dict a float NaN is a
+    value and is kept (``[1.0, nan]`` stays so); ``pd.NA`` / ``NaT`` there become None."""
     if isinstance(value, float):
-        return None if value != value else value
+        return None if top and value != value else value
     if value is None or isinstance(value, (str, int, bool)):
         return value
     if type(value).__name__ in ("NAType", "NaTType"):
         return None
     if isinstance(value, dict):
-        return {k: from_pandas(v) for k, v in value.items()}
+        return {k: from_pandas(v, top=False) for k, v in value.items()}
     if isinstance(value, (list, tuple)) or (type(value).__name__ == "ndarray" and value.ndim > 0):
-        return [from_pandas(v) for v in value]
+        return [from_pandas(v, top=False) for v in value]
     return value
 
 
@@ -290,6 +291,13 @@ def record_texts(row: dict, schema: Schema, loc: Loc, source: str
                  ) -> tuple[str, str, tuple[tuple[str, str], ...], str]:
     """``(prompt, response, context, prompt_role)`` of one row under ``schema``; a defect of the
     row raises a located InputError."""
+    # "completion wins if both" holds for the first record, which set the schema: a later record
+    # holding a completion the schema does not read would lose it without a word
+    read = schema.response if schema.kind == "fields" else schema.completion
+    if read == "response" and schema.name in ("prompt_completion", "conversational_prompt_completion") \
+            and row.get("completion") is not None:
+        raise located_error(source, loc, "the record holds both 'completion' and 'response', but the schema "
+                            f"({schema.desc}) reads 'response'; keep one of them", "completion")
     if schema.kind == "fields":
         prompt, response = _texts(row, schema, loc, source)
         earlier = history_turns(row.get(schema.history), schema.history, loc, source) if schema.history else []
