@@ -590,10 +590,9 @@ def test_without_an_atomic_exchange_a_failed_swap_puts_the_previous_set_back(tmp
     assert (out / "manifest.json").read_text() == "previous"
 
 
-@pytest.mark.parametrize("exchange", [True, False])
-def test_a_file_added_while_the_new_set_is_written_is_kept(exchange, tmp_path, monkeypatch, caplog):
-    """The checks that allow a replacement run before the new set is written; a file a user puts
-    into the folder meanwhile used to be deleted with the previous set."""
+def previous_set_and_a_user_edit(tmp_path, monkeypatch, exchange: bool):
+    """An earlier set in tmp_path/out, and a fill that writes the new set while the user adds a file
+    to the old one; ``exchange`` False: the two-rename fallback."""
     import tunesift.folders as folders
 
     if not exchange:
@@ -606,6 +605,14 @@ def test_a_file_added_while_the_new_set_is_written_is_kept(exchange, tmp_path, m
         (tmp / "manifest.json").write_text("new")
         (out / "notes.txt").write_text("mine")  # the user, meanwhile
 
+    return folders, out, fill
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_file_added_while_the_new_set_is_written_is_kept(exchange, tmp_path, monkeypatch, caplog):
+    """The checks that allow a replacement run before the new set is written; a file a user puts
+    into the folder meanwhile used to be deleted with the previous set."""
+    folders, out, fill = previous_set_and_a_user_edit(tmp_path, monkeypatch, exchange)
     with caplog.at_level(logging.WARNING, logger="tunesift"):
         folders.publish(out, fill, "the output", out)
     assert (out / "manifest.json").read_text() == "new"
@@ -923,18 +930,9 @@ def test_an_in_memory_dataset_keeps_its_features_in_parquet_and_hf_output(tmp_pa
 def test_a_failure_after_the_swap_keeps_the_previous_set_and_says_the_new_one_is_in(exchange, tmp_path, monkeypatch):
     """Once swapped, the staging folder holds the previous set: a failing retire (a full disk) made the
     cleanup delete it, user's edits included, while the error said nothing was changed."""
-    import tunesift.folders as folders
     from tunesift.errors import TunesiftError
 
-    if not exchange:
-        monkeypatch.setattr(folders, "exchange", lambda a, b: False)
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "manifest.json").write_text("previous")
-
-    def fill(tmp):
-        (tmp / "manifest.json").write_text("new")
-        (out / "notes.txt").write_text("mine")  # the user, meanwhile: the previous set must be kept
+    folders, out, fill = previous_set_and_a_user_edit(tmp_path, monkeypatch, exchange)
 
     def no_space(*a, **k):
         raise OSError(28, "No space left on device")
@@ -950,13 +948,9 @@ def test_a_failure_after_the_swap_keeps_the_previous_set_and_says_the_new_one_is
 
 
 def test_an_interrupt_between_the_fallback_renames_puts_the_previous_set_back(tmp_path, monkeypatch):
-    import tunesift.folders as folders
     from tunesift.errors import Interrupted
 
-    monkeypatch.setattr(folders, "exchange", lambda a, b: False)
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "manifest.json").write_text("previous")
+    folders, out, _ = previous_set_and_a_user_edit(tmp_path, monkeypatch, exchange=False)
     real = os.replace
 
     def interrupted(src, dst):
