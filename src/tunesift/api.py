@@ -162,8 +162,7 @@ def select(
     elif out_format != "jsonl" or report:
         raise OptionError("out_format and report are read only with out=FOLDER (or sel.save(FOLDER, ...)); "
                           "they would be ignored here")
-    names = {"prompt": prompt_field, "response": response_field, "messages": messages_field, "id": id_field}
-    fields = FieldMap(**names) if any(v is not None for v in names.values()) else None
+    fields = FieldMap.given(prompt_field, response_field, messages_field, id_field)
     data, target, existing = (str(p) if isinstance(p, os.PathLike) else p for p in (data, target, existing))
     if callable(progress) and not isinstance(progress, bool):
         sel = pipeline.select(data, target=target, existing=existing, fields=fields, progress=progress, lm=lm,

@@ -154,16 +154,13 @@ def select(
     """Score every record and write the subset worth training on."""
     from .io.schema import FieldMap
     from .methods.catalogue import get_method
-    from .methods.options import Options
+    from .methods.options import Options, parse_weights
     from .outputs import check_output_folder, check_save, save_selection
     from .pipeline import select as run_select
 
     if data is None or out is None:
         raise TunesiftError("select needs the input DATA and --out (on the command line or in --config)")
-    try:
-        w = tuple(float(x) for x in weights.split(","))
-    except ValueError:
-        raise TunesiftError(f"weights must be two numbers like 0.5,0.5, got '{weights}'") from None
+    w = parse_weights(weights)
     check_save(out_format, report)
     fields = FieldMap(prompt=prompt_field, response=response_field, messages=messages_field, id=id_field)
     opts = dict(method=method, budget=budget, seed=seed, limit=limit, sample=sample, model=model, device=device, dtype=dtype,
@@ -234,8 +231,7 @@ def kernel(
 
     if data is None or out is None:
         raise TunesiftError("kernel needs the input DATA and --out (on the command line or in --config)")
-    names = {"prompt": prompt_field, "response": response_field, "messages": messages_field, "id": id_field}
-    fields = FieldMap(**names) if any(v is not None for v in names.values()) else None
+    fields = FieldMap.given(prompt_field, response_field, messages_field, id_field)
     opts = dict(model=model, device=device, dtype=dtype, template=template, max_length=max_length,
                 token_budget=token_budget, cache_dir=str(cache_dir) if cache_dir else None, distance=distance,
                 knn=knn, utility=utility, label_fraction=label_fraction, labels=labels, keep_diagonal=keep_diagonal,

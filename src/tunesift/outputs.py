@@ -379,7 +379,8 @@ class MixedColumns:
         for k, v in row.items():
             if v is None or isinstance(v, (bool, str, list, tuple, dict)):
                 continue
-            kind = "tagged" if isinstance(json_value(v), dict) else "number"  # a finite Decimal: a number
+            plain = isinstance(v, int) or (isinstance(v, float) and math.isfinite(v))
+            kind = "number" if plain or not isinstance(json_value(v), dict) else "tagged"  # a finite Decimal: a number
             self.kinds.setdefault(k, set()).add(kind)
 
     def columns(self) -> list[str]:

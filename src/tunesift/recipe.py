@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from .errors import OptionError, TunesiftError
-from .methods.options import field_problem, parse_budget, weights_problem
+from .methods.options import field_problem, parse_budget, parse_weights, weights_problem
 
 RANGE_CHECKED = ("select", "kernel")  # commands whose options are selection Options, checked one by one
 #: options that take a comma list, which a recipe may write as a YAML list; any other takes one value
@@ -28,11 +28,7 @@ def list_problem(name: str, command: str, text: str) -> str | None:
             for b in (text.split(",") if command == "bench" else [text]):
                 parse_budget(b.strip())
         elif name == "weights":
-            try:
-                pair = tuple(float(x) for x in text.split(","))
-            except ValueError:
-                return f"weights must be two numbers like 0.5,0.5, got '{text}'"
-            return weights_problem(pair)
+            return weights_problem(parse_weights(text))
     except OptionError as exc:
         return str(exc)
     return None

@@ -102,6 +102,13 @@ class FieldMap:
                 "map either the chat turns or the two texts"
             )
 
+    @classmethod
+    def given(cls, prompt: str | None = None, response: str | None = None, messages: str | None = None,
+              id: str | None = None) -> FieldMap | None:
+        """The map of the fields named (``--prompt-field`` ...), or None when none is: detection decides."""
+        names = {"prompt": prompt, "response": response, "messages": messages, "id": id}
+        return cls(**names) if any(v is not None for v in names.values()) else None
+
     @property
     def prompt_fields(self) -> tuple[str, ...]:
         """The prompt field names, in order (empty when ``prompt`` is not mapped)."""

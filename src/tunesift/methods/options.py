@@ -51,6 +51,15 @@ def _records(flag: str) -> Check:
         f"--{flag} must be a whole number of records, at least 1; got {v!r}"
 
 
+def parse_weights(text: str) -> tuple[float, ...]:
+    """``--weights a,b`` as numbers (their range: :func:`weights_problem`); a one-line OptionError
+    for text that is not numbers."""
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise OptionError(f"weights must be two numbers like 0.5,0.5, got '{text}'") from None
+
+
 def weights_problem(w) -> str | None:
     ok = (len(w) == 2 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in w)
           and min(w) >= 0 and sum(w) > 0)

@@ -59,13 +59,13 @@ def blocked_scores(kind: str, job: Job) -> np.ndarray:
             cached += got is not None
             if got is None:  # select() has set unscorable records aside: score the block as it is
                 got = BlockResult(np.asarray(score_block(kind, lm, renderer, records[s:e], opt), dtype=np.float64), {})
-                check_finite(kind, got.rows, records[s:e], lm)  # never cached
-                put_block(store, key, got)
             advance(e - s)
         if got.errors:  # select() sets unscorable records aside before scoring: a bug, not a record
             i, why = next(iter(got.errors.items()))
             raise TunesiftError(f"{kind}: record {records[s + i].id} could not be scored: {why}")
-        check_finite(kind, got.rows, records[s:e], lm)
+        check_finite(kind, got.rows, records[s:e], lm)  # an overflowed block stops the run, never cached
+        if got.computed and opt.backend != "ray":  # (Ray's driver stores its finite blocks itself)
+            put_block(store, key, got)
         out[s:e] = got.rows
     if opt.backend != "ray":
         log.info("%s: %d of %d blocks read from the cache %s", kind, cached, len(spans), root)
