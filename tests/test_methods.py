@@ -218,13 +218,36 @@ def test_every_record_covers_itself_in_the_delift_kernel():
     from tunesift.selection.submodular import facility_location
 
     uf = np.full((6, 6), 0.1)
-    uf[:4, :4] = 0.9  # records 0-3: near-duplicates that help each other; 4 and 5 unrelated
+    uf[:4, :4] = 0.9  # records 0-3: near-duplicates that help each other
+    uf[4, 5] = uf[5, 4] = 0.5  # 4 and 5 help each other a little
     np.fill_diagonal(uf, np.nan)  # excluded: a record as its own example
     sim = to_similarity(uf)
     assert facility_location(sim, 2).order.tolist()[1] < 4  # the defect: a second duplicate
     fixed = self_covering(sim)
-    assert np.all(np.diag(fixed) == 1.0) and fixed.dtype == np.float32
+    np.testing.assert_allclose(np.diag(fixed), [1, 1, 1, 1, 0.5, 0.5])  # each row's best example
+    assert fixed.dtype == np.float32
     assert facility_location(fixed, 2).order.tolist()[1] >= 4  # one duplicate, then the uncovered rest
     sparse = self_covering(sp.csr_matrix(np.where(np.isnan(uf), 0.0, sim)))
     np.testing.assert_array_equal(sparse.toarray(), fixed)
     assert facility_location(sparse, 2).order.tolist() == facility_location(fixed, 2).order.tolist()
+
+
+def test_a_record_no_example_helps_does_not_win_on_its_own_term():
+    """With similarity 1 on the diagonal, each pick's own term dominated its gain and the greedy
+    took the record the others help least (a corrupted answer) over a second cluster's member.
+    The row maximum puts the self term on the row's scale: the outlier comes last."""
+    from tunesift.methods.delift import self_covering
+    from tunesift.scoring.utility import to_similarity
+    from tunesift.selection.submodular import facility_location
+
+    uf = np.full((7, 7), 0.3)  # records 0-5: clean, every one helps the others a little ...
+    uf[:3, :3] = uf[3:, 3:] = 0.4  # ... and its own cluster (0-2, 3-5) more
+    uf[1, 0] = 1.0  # one large stray entry sets the scale, as in real kernels
+    uf[6, :] = 0.05  # record 6: corrupted, nothing helps it much ...
+    uf[:, 6] = 0.0  # ... and it helps nobody
+    np.fill_diagonal(uf, np.nan)
+    sim = to_similarity(uf)
+    constant = sim.astype(np.float32).copy()
+    np.fill_diagonal(constant, 1.0)
+    assert facility_location(constant, 2).order.tolist() == [0, 6]  # the defect: the outlier second
+    assert facility_location(self_covering(sim), 2).order.tolist() == [0, 3]  # one pick per cluster
