@@ -986,3 +986,36 @@ def test_a_symlinked_output_and_its_permissions_are_kept(tmp_path):
     shared.chmod(0o2775)
     folders.publish(shared / "new", lambda tmp: (tmp / "a").write_text("x"), "the output", shared / "new")
     assert (shared / "new").stat().st_mode & st.S_ISGID
+
+
+def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path, capsys):
+    """SIGKILL skips every cleanup: the partial set stayed beside the output as a hidden folder for
+    good. The next run removes those of dead processes on this host and keeps the rest."""
+    import socket
+
+    data = jsonl(tmp_path / "d.jsonl", GOOD)
+    host = socket.gethostname()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no longer runs
+    stale = tmp_path / f".out.staging-{host}-{gone.pid}-abc123"
+    live = tmp_path / f".out.staging-{host}-{os.getpid()}-def456"  # a run still writing
+    other = tmp_path / f".out.staging-elsewhere-{gone.pid}-ghi789"  # another machine's, on a shared disk
+    for p in (stale, live, other):
+        p.mkdir()
+        (p / "selected.jsonl").write_text("partial\n")
+    assert run(["select", data, "--method", "random", "--budget", "4", "--out", tmp_path / "out", "-q"],
+               capsys)[0] == 0
+    assert not stale.exists() and (tmp_path / "out" / "selected.jsonl").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")) == sorted(
+        p.name for p in (live, other))  # kept, and no staging folder of this run left either
+
+
+def test_a_previous_set_moved_aside_by_a_killed_run_is_named_when_the_output_is_missing(tmp_path, caplog):
+    from tunesift.folders import sweep_stale
+
+    moved = tmp_path / ".out.old-jkl012" / "set"
+    moved.mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="tunesift.folders"):
+        sweep_stale(tmp_path / "out")
+    assert moved.exists()
+    assert any(str(moved) in r.getMessage() and "moved" in r.getMessage() for r in caplog.records)

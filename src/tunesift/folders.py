@@ -9,10 +9,12 @@ changed since (:func:`check_earlier_set`). Used by ``select --out`` (:mod:`tunes
 from __future__ import annotations
 
 import ctypes
+import glob
 import json
 import logging
 import os
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -104,9 +106,41 @@ def check_earlier_set(out: Path, shown: str | Path, manifest: str, unlisted: dic
 
 
 def staging_folder(out: Path) -> Path:
-    """A new empty folder beside ``out`` (same file system, so the swap is a rename)."""
+    """A new empty folder beside ``out`` (same file system, so the swap is a rename), named
+    ``.NAME.staging-HOST-PID-*`` so that a later run can tell when its maker is gone
+    (:func:`sweep_stale`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    sweep_stale(out)
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{owner}-", dir=out.parent))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (EPERM): it runs
+        return True
+    return True
+
+
+def sweep_stale(out: Path) -> None:
+    """Remove the staging folders a killed run left beside ``out`` (SIGKILL, the OOM killer and power
+    loss skip every cleanup): those made on this host by a process that no longer runs. They hold
+    only a partial new set. A folder of another host or of a running process is left alone, and so
+    is a ``.NAME.old-*`` folder: it can hold the previous set, moved aside by a run killed before
+    the new one took its place, and a warning names it when ``out`` is missing."""
+    host, lead = socket.gethostname(), f".{out.name}.staging-"
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        if p.name.startswith(lead):
+            made_on, _, rest = p.name[len(lead):].rpartition("-")[0].rpartition("-")
+            if made_on == host and rest.isdigit() and not _running(int(rest)) and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                log.info("removed '%s', left by a run that was killed", p)
+        elif p.name.startswith(f".{out.name}.old-") and (p / "set").is_dir() and not out.exists():
+            log.warning("'%s' is missing, but '%s' holds a previous set that an interrupted run moved "
+                        "aside: move it back if you want it", out, p / "set")
 
 
 def listing(folder: Path) -> dict[str, tuple[int, int]]:

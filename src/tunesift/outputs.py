@@ -20,7 +20,8 @@ Safety rules (docs/errors.md):
 * The whole set is written into a new folder beside the output folder and then swapped into place
   in one step (``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two renames, with the previous
   set kept beside it as ``.NAME.old-*`` until the new one is in place). Readers therefore see the
-  previous set or the complete new one. ``manifest.json`` also lists the SHA-256 of every other
+  previous set or the complete new one. A killed run's staging folder is removed by the next
+  run (:func:`tunesift.folders.sweep_stale`). ``manifest.json`` also lists the SHA-256 of every other
   file of the set (``files``), so a reader can check that the files belong together.
 * Writability is checked up front with a real probe write where the new set is staged, beside the
   folder (``os.access`` is always true for root and knows nothing of full disks or read-only

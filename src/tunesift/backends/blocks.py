@@ -24,9 +24,11 @@ import numpy as np
 from ..errors import TunesiftError
 from ..store import ArrayStore
 
-# Per-record scorers computed in cached blocks: kind -> (columns, cache version, records per block)
+# Per-record scorers computed in cached blocks: kind -> (columns, cache version, records per block).
+# Bump a version when the same model and tokens would score differently (donod-v2: the terms
+# follow the model's logit scaling since 2026-11-23; v1 blocks of Granite/Cohere models ignored it).
 BLOCK_SCORERS = {
-    "donod": (("r_dot_z", "grad_norm_sq", "n_tokens"), "donod-v1", 16),  # eta-free terms, see donod.score_batch
+    "donod": (("r_dot_z", "grad_norm_sq", "n_tokens"), "donod-v2", 16),  # eta-free terms, see donod.score_batch
     "loss": (("loss", "perplexity", "n_tokens"), "loss-v1", 64),
     "ifd": (("loss", "loss_alone", "ifd", "n_tokens"), "ifd-v1", 64),
     "selectit": (("selectit", "selectit_mean", "selectit_std", "selectit_digit_mass"), "selectit-v1", 64),
