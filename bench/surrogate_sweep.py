@@ -39,10 +39,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from tunesift.machine import banner
+from tunesift.methods.delift import selection_kernel
 from tunesift.methods.utility_kernels import candidate_pattern
 from tunesift.scoring import embedding as emb
 from tunesift.scoring import surrogate as sg
-from tunesift.scoring.utility import to_similarity, utility_kernel
+from tunesift.scoring.utility import utility_kernel
 from tunesift.selection.objectives import fl_assignment
 from tunesift.selection.submodular import facility_location
 
@@ -54,7 +55,7 @@ def objective(S, picks) -> float:
 
 
 def pick(uf, budget: int) -> np.ndarray:
-    return facility_location(to_similarity(uf).astype(np.float32), budget).order
+    return facility_location(selection_kernel(uf), budget).order  # as select picks (its diagonal rule)
 
 
 def exact_on(uf: sp.csr_matrix, lab: sp.csr_matrix) -> sp.csr_matrix:
@@ -95,7 +96,7 @@ def main() -> None:
     print(f"exact kNN-{a.k} kernel: {n} x {n}, {pattern.nnz} pairs ({kern.info['blocks_loaded']} blocks from the "
           f"cache, {kern.info['blocks_computed']} computed) in {time.perf_counter() - t:.0f} s")
     uf = kern.values("rmse").tocsr()
-    S = to_similarity(uf)
+    S = selection_kernel(uf)  # the objective select maximises
     feats, _ = sg.shipped_features(e, kern.n_tokens)  # the features `--utility learned` uses
     cos = sp.csr_matrix(emb.cosine_similarity_kernel(e, e, pattern))
     cand = candidate_pattern(n, n, pattern, exclude_diagonal=True)

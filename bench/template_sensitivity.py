@@ -29,9 +29,10 @@ import numpy as np  # noqa: E402
 
 from tunesift.io.records import read_records  # noqa: E402
 from tunesift.machine import banner  # noqa: E402
+from tunesift.methods.delift import selection_kernel  # noqa: E402
 from tunesift.models import load_lm  # noqa: E402
 from tunesift.render import renderer_for  # noqa: E402
-from tunesift.scoring.utility import to_similarity, utility_kernel  # noqa: E402
+from tunesift.scoring.utility import utility_kernel  # noqa: E402
 from tunesift.selection.submodular import facility_location  # noqa: E402
 
 DATA = "../shared/datasets/alpaca_random_9k/random_9k.json"
@@ -79,7 +80,7 @@ def main() -> None:
         for t in templates:
             t0 = time.perf_counter()
             uf[t] = utility_kernel(lm, renderer_for(lm, t, 2048), recs, recs, cache_dir=False).values("rmse")
-            picks[t] = set(facility_location(to_similarity(uf[t]), a.budget).order.tolist())
+            picks[t] = set(facility_location(selection_kernel(uf[t]), a.budget).order.tolist())
             off = off_diagonal(uf[t])
             print(f"draw {seed} {t:>5}: off-diagonal UF mean {off.mean():+.4f} std {off.std():.4f}, "
                   f"FL picks {sorted(picks[t])}, {time.perf_counter() - t0:.1f} s", flush=True)

@@ -251,3 +251,23 @@ def test_a_record_no_example_helps_does_not_win_on_its_own_term():
     np.fill_diagonal(constant, 1.0)
     assert facility_location(constant, 2).order.tolist() == [0, 6]  # the defect: the outlier second
     assert facility_location(self_covering(sim), 2).order.tolist() == [0, 3]  # one pick per cluster
+
+
+def test_mi_eta_zero_with_the_min_form_is_refused():
+    """FL1MI caps each record's gain at eta * max_q Q[i, q]: eta 0 made every gain 0 and the pick the
+    first k records of the file, silently."""
+    with pytest.raises(OptionError, match="--mi-eta 0 with --mi-form min"):
+        Options(method="delift", stage="task", mi_eta=0).validate()
+    Options(method="delift", stage="task", mi_eta=0, mi_form="additive").validate()  # plain FL: allowed
+
+
+def test_picks_that_gain_nothing_are_named(caplog):
+    """Once the pool is covered the greedy's ties fall to the lowest index: the rest of the pick
+    follows the file's order, which the user should be told."""
+    rows = [{"instruction": t, "output": o} for t, o in
+            [("Name a red fruit.", "Apple."), ("Name a red fruit.", "Apple."),
+             ("Add 2 and 3.", "5"), ("Add 2 and 3.", "5")]]
+    with caplog.at_level("WARNING", logger="tunesift"):
+        sel = select(rows, method="delift-se", budget=3)
+    assert sel.kept.sum() == 3
+    assert any("the last 1 of 3 picks gained nothing" in r.getMessage() for r in caplog.records)

@@ -130,3 +130,31 @@ def test_task_stage_additive_uses_the_targets_x_pool_kernel(tiny_lm, tmp_path, k
     assert sel.order.tolist() == want.order.tolist()
     got = Q.toarray() if sp.issparse(Q) else Q
     np.testing.assert_allclose(got, t_sim.toarray() if sp.issparse(t_sim) else t_sim, atol=1e-5)
+
+
+@pytest.mark.parametrize("knn", [0, 3])
+def test_a_repeated_record_is_never_scored_as_its_copys_example(tiny_lm, tmp_path, knn, monkeypatch):
+    """Only i == j was excluded: a row repeated in the file had its copy among its nearest (cosine 1)
+    and was scored as "copy the answer", the largest utility there is, which set the kernel's scale
+    and put every repeated record into the first picks. Copies are now left out like the diagonal
+    and cover each other as a record covers itself."""
+    import scipy.sparse as sp
+
+    from tunesift.scoring import utility as ut
+    from tunesift.selection import submodular as sm
+
+    pool = POOL + [dict(POOL[2])]  # record 8 repeats record 2
+    seen, sims = [], []
+    real_kernel, real_fl = ut.utility_kernel, sm.facility_location
+    monkeypatch.setattr(ut, "utility_kernel", lambda *a, **k: seen.append(k.get("pairs")) or real_kernel(*a, **k))
+    monkeypatch.setattr(sm, "facility_location", lambda S, *a, **k: sims.append(S) or real_fl(S, *a, **k))
+    select(pool, method="delift", budget=3, knn=knn, lm=tiny_lm, cache_dir=str(tmp_path), token_budget=4096)
+    [pairs], [sim] = seen, sims
+    pairs = sp.csr_matrix(pairs)
+    assert not pairs[2, 8] and not pairs[8, 2] and not pairs.diagonal().any()
+    rows = np.diff(pairs.indptr)
+    want = np.full(9, 3) if knn else np.where(np.isin(np.arange(9), [2, 8]), 7, 8)  # k others, or all but self/copy
+    np.testing.assert_array_equal(rows, want)
+    sim = sim.toarray() if sp.issparse(sim) else sim
+    assert sim[2, 8] == sim[2, 2] == max(sim[2, j] for j in range(9) if j not in (2, 8))
+    assert sim[8, 2] == sim[8, 8]

@@ -8,10 +8,15 @@ INTRO = (
     "# Every option\n\n"
     "Generated from the CLI's own help by `python -m tunesift.docgen > docs/options.md` "
     "(`tunesift COMMAND --help` shows the same); `tests/test_cli.py` checks that this page equals "
-    "that output. Options of `select`, `finetune` and `bench` can also be given in a "
+    "that output. Options of {commands} can also be given in a "
     "`--config recipe.yaml` file, with `_` or `-` in their names; flags on the command line "
     "override the file.\n"
 )
+
+
+def _and(names: list[str]) -> str:
+    quoted = [f"`{n}`" for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"
 
 
 def options_markdown() -> str:
@@ -20,7 +25,8 @@ def options_markdown() -> str:
     from .cli import app
 
     group = typer.main.get_command(app)
-    parts = [INTRO]
+    with_config = [name for name, cmd in group.commands.items() if any("--config" in p.opts for p in cmd.params)]
+    parts = [INTRO.format(commands=_and(with_config))]
     for name, cmd in group.commands.items():
         doc = (cmd.help or "").strip().splitlines()[0]
         parts.append(f"\n## tunesift {name}\n\n{doc}\n\n| option | default | meaning |\n|---|---|---|\n")

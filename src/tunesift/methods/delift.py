@@ -53,7 +53,7 @@ def scaled(kernels: list, opt) -> list:
     return [to_similarity(k, clip_negative=opt.clip_negative, bounds=bounds).astype(np.float32) for k in kernels]
 
 
-def self_covering(sim):
+def self_covering(sim, twins: np.ndarray | None = None):
     """The pool kernel (n, n) with each record covering itself as well as its best example does:
     ``sim[i, i] = max_{j != i} sim[i, j]`` (float32, dense or CSR).
 
@@ -64,19 +64,42 @@ def self_covering(sim):
     utilities are small after scaling): the greedy then favoured the records the others help
     least, corrupted ones first (make demo: 39% corrupted kept, random 20%). The row maximum keeps
     "a pick covers itself" on the row's own scale: a record no example helps earns little for
-    itself, and a pick's near-duplicate earns nothing for covering it (docs/delift-kernel.md)."""
+    itself, and a pick's near-duplicate earns nothing for covering it (docs/delift-kernel.md).
+
+    ``twins`` (n,): group ids of repeated records (``utility_kernels.twin_groups``); their pairs
+    were not scored (each would be "copy the answer") and get the diagonal's value too: a pick
+    covers its copies exactly as well as itself."""
     import scipy.sparse as sp
 
+    from .utility_kernels import twin_pairs
+
+    pairs = twin_pairs(twins) if twins is not None else None
     if sp.issparse(sim):
         sim = sim.tocsr().astype(np.float32)
         sim.setdiag(0.0)
         sim.eliminate_zeros()
-        best = sim.max(axis=1).toarray().ravel()  # similarities are >= 0: implicit zeros never win
-        return (sim + sp.diags(best.astype(np.float32), format="csr")).tocsr().astype(np.float32)
-    sim = np.array(sim, dtype=np.float32)
+        best = sim.max(axis=1).toarray().ravel().astype(np.float32)  # similarities are >= 0: implicit zeros never win
+        out = sim + sp.diags(best, format="csr")
+        if pairs is not None:  # (twin pairs hold no value: they were never scored)
+            out = out + sp.diags(best, format="csr") @ pairs.astype(np.float32)
+        return out.tocsr().astype(np.float32)
+    sim = np.asarray(sim, dtype=np.float32)  # scaled() made it: filled in place
     np.fill_diagonal(sim, 0.0)
-    np.fill_diagonal(sim, sim.max(axis=1) if sim.size else sim.diagonal())
+    best = sim.max(axis=1) if sim.size else sim.diagonal().copy()
+    np.fill_diagonal(sim, best)
+    if pairs is not None:
+        r, c = pairs.nonzero()
+        sim[r, c] = best[r]
     return sim
+
+
+def selection_kernel(uf, *, clip_negative: bool = False, twins: np.ndarray | None = None):
+    """One pool kernel UF (n, n) as the instruction stage selects on it: min-max scaled to [0, 1]
+    and :func:`self_covering` (float32, dense or CSR). For benchmarks that pick on a kernel they
+    computed, so that they measure what ``select`` ships."""
+    from ..scoring.utility import to_similarity
+
+    return self_covering(to_similarity(uf, clip_negative=clip_negative).astype(np.float32), twins)
 
 
 def pair_progress(progress: Progress, label: str) -> Callable[[int, int], None]:
@@ -161,10 +184,27 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
         else:
             cross = se_kernel(e_other) if other else None
     else:
-        from .utility_kernels import knn_candidates, stage_kernels
+        from .utility_kernels import (
+            candidate_pattern,
+            knn_candidates,
+            stage_kernels,
+            twin_groups,
+            twin_pairs,
+            without_twins,
+        )
 
+        # a repeated record as another's example would be scored as "copy the answer", like the
+        # excluded diagonal: such pairs are left out and get the diagonal's value (self_covering)
+        twins = None if opt.keep_diagonal else twin_groups(records)
+        if twins is not None:
+            log.info("delift: %d records repeat another exactly; their pairs are treated as the diagonal",
+                     len(twins) - len(np.unique(twins)))
         if opt.knn:
-            pattern = knn_candidates(e_pool, e_pool, opt, same=True)
+            pattern = knn_candidates(e_pool, e_pool, opt, same=True, twins=twins)
+        elif twins is not None:
+            pattern = without_twins(candidate_pattern(len(records), len(records), None, True), twin_pairs(twins),
+                                    None, None)
+        if opt.knn:
             if other:
                 cross_pattern = (knn_candidates(e_other, e_pool, opt, same=False) if additive
                                  else knn_candidates(e_pool, e_other, opt, same=False))
@@ -190,12 +230,17 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
         timings["kernel_s"] = time.perf_counter() - t1
         sim, *rest = scaled([uf] + ([uf_cross] if other else []), opt)
         if not opt.keep_diagonal:  # every record covers itself (the scaled kernel's diagonal was 0)
-            sim = self_covering(sim)
+            sim = self_covering(sim, twins)
         cross = rest[0] if rest else None
     t2 = time.perf_counter()
     log.info("greedy %s maximisation (%s stage), budget %d", opt.optimizer, opt.stage, k)
     res = submodular_pick(sim, cross, k, opt)
     timings["select_s"] = time.perf_counter() - t2
+    flat = int(np.sum(np.asarray(res.gains) <= 0))
+    if flat:  # nothing left to gain: the greedy's ties fall to the lowest index, i.e. file order
+        log.warning("delift: the last %d of %d picks gained nothing (the pool is covered%s); they follow "
+                    "the input's order", flat, len(res.order), "" if opt.stage == "instruction"
+                    else " or capped by the target set" if opt.stage == "task" else " or by the existing data")
     cols = greedy_columns(res, len(records))
     cols.update(coverage_columns(sim, res.order, records))
     if not embed_kernel:

@@ -136,7 +136,9 @@ class Options:
 
     method: str = opt("donod", "The selection method (see the table in docs/methods.md).")
     budget: float | int | str = opt(0.3, "Fraction in (0, 1] (e.g. 0.3, 1.0) or a count (e.g. 300).", cli="text")
-    seed: int = opt(0, "Seed for random selection, stochastic greedy and --sample.", check=_seed)
+    seed: int = opt(0, "Seed for random and balanced-random selection, stochastic greedy, --sample, LESS's warm-up "
+                    "(its sample and training) and projection, the labelled pairs of --utility learned, the "
+                    "IVF kNN index (--ann) and GreeDi's partitions.", check=_seed)
     # the part of the input selected from (io.records.read_records documents both)
     limit: int | None = opt(None, "Select from the first N records only; the rest of the input is not read.",
                             group="input", check=_records("limit"))
@@ -202,8 +204,10 @@ class Options:
     prefilter: float = opt(0.7, "donod+delift: share of the pool DONOD lets through to DELIFT.", group="delift",
                            check=lambda v: None if isinstance(v, (int, float)) and 0 < v <= 1 else
                            f"prefilter must be a fraction in (0, 1], got {v}")
-    ann: str = opt("auto", "kNN search for --knn: auto (exact up to 10^9 pairs, then faiss IVF) | exact | ivf | "
-                   "ivf-faiss | hnsw (needs tunesift[scale]).", group="delift", check=one_of("ann", ANN_METHODS))
+    ann: str = opt("auto", "kNN search for --knn: auto (exact up to 10^9 pairs, then ivf) | exact | ivf | "
+                   "ivf-faiss | hnsw. ivf, ivf-faiss, hnsw and auto past 10^9 pairs need faiss: tunesift's "
+                   "scale extra, or pip install 'faiss-cpu>=1.8'.",  # no [ ]: rich help reads them as markup
+                   group="delift", check=one_of("ann", ANN_METHODS))
     partitions: int = opt(1, "delift-se instruction stage: GreeDi over this many random partitions, each part's "
                           "kernel on its own, then a merge round over the union of their picks.", group="delift",
                           check=at_least("partitions", 1))
@@ -268,6 +272,9 @@ class Options:
                               "ranks first among its nearest, so the labels would go to the self-pairs (its own "
                               "answer as its example) and teach the surrogate nothing about the other pairs; use "
                               "--utility exact with --keep-diagonal")
+        if self.stage == "task" and self.mi_form == "min" and self.mi_eta == 0 and "mi_eta" in method.options:
+            raise OptionError("--mi-eta 0 with --mi-form min caps every record's gain at 0, so the pick would be "
+                              "the first records of the file; use a positive --mi-eta (default 1)")
         if self.limit is not None and self.sample is not None:
             raise OptionError("--limit and --sample cannot be combined: --limit N reads the first N records, "
                               "--sample N a seeded random N of all of them; give one")

@@ -52,18 +52,69 @@ def candidate_pattern(n_t: int, n_e: int, knn: sp.csr_matrix | None, exclude_dia
     return sp.csr_matrix(full)
 
 
-def knn_candidates(e_t: np.ndarray, e_e: np.ndarray, opt, *, same: bool) -> sp.csr_matrix | None:
+def twin_groups(records) -> np.ndarray | None:
+    """A group id per record (n,) int64, equal for records that are the same example (prompt,
+    response and context identical: a repeated row); None when every record differs."""
+    seen: dict = {}
+    groups = np.array([seen.setdefault((r.prompt, r.response, r.context), len(seen)) for r in records],
+                      dtype=np.int64)
+    return groups if len(seen) < len(records) else None
+
+
+def twin_pairs(groups: np.ndarray) -> sp.csr_matrix:
+    """(n, n) bool CSR: the pairs (i, j), i != j, of records in one group (:func:`twin_groups`)."""
+    n = len(groups)
+    order = np.argsort(groups, kind="stable")
+    rows, cols = [], []
+    for members in np.split(order, np.flatnonzero(np.diff(groups[order])) + 1):
+        if len(members) > 1:
+            r, c = np.meshgrid(members, members, indexing="ij")
+            off = r != c
+            rows.append(r[off])
+            cols.append(c[off])
+    if not rows:
+        return sp.csr_matrix((n, n), dtype=bool)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    return sp.csr_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=(n, n))
+
+
+def without_twins(pattern: sp.csr_matrix, twins: sp.csr_matrix, k: int | None, e: np.ndarray | None) -> sp.csr_matrix:
+    """``pattern`` minus the twin pairs; with ``k``, each row then keeps its k examples most
+    similar by the embeddings ``e`` (n, d) (the pattern was drawn with spare slots for the twins)."""
+    kept = (pattern.astype(bool).astype(np.int8) - pattern.astype(bool).multiply(twins).astype(np.int8)).tocsr()
+    kept.eliminate_zeros()
+    kept = kept.astype(bool)
+    if k is None or e is None:
+        return kept
+    from ..scoring.embedding import cosine_similarity_kernel
+
+    cos = cosine_similarity_kernel(e, e, kept).tocsr()
+    rows, cols = [], []
+    for i in range(cos.shape[0]):
+        lo, hi = cos.indptr[i], cos.indptr[i + 1]
+        top = np.argsort(-cos.data[lo:hi], kind="stable")[:k]
+        rows.append(np.full(len(top), i))
+        cols.append(cos.indices[lo:hi][top])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    return sp.csr_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=pattern.shape)
+
+
+def knn_candidates(e_t: np.ndarray, e_e: np.ndarray, opt, *, same: bool,
+                   twins: np.ndarray | None = None) -> sp.csr_matrix | None:
     """The ``--knn`` candidate pattern (n_t, n_e): each target's k most similar examples (None:
     ``--knn 0``, all pairs). For the same records a target is never its own candidate, unless
     ``--keep-diagonal``, where it takes one extra slot so that k others are still scored
-    (``ann_knn_pattern`` caps k at the columns available)."""
+    (``ann_knn_pattern`` caps k at the columns available); nor is a copy of it (``twins``:
+    :func:`twin_groups`), which would be scored as "copy the answer" like the diagonal."""
     if not opt.knn:
         return None
     from ..scoring.embedding import ann_knn_pattern
 
     keep_self = same and opt.keep_diagonal
-    return ann_knn_pattern(e_t, e_e, opt.knn + 1 if keep_self else opt.knn, exclude_self=same and not keep_self,
-                           method=opt.ann, seed=opt.seed)
+    spare = int(np.bincount(twins).max()) - 1 if twins is not None and same and not keep_self else 0
+    pattern = ann_knn_pattern(e_t, e_e, opt.knn + 1 if keep_self else opt.knn + spare,
+                              exclude_self=same and not keep_self, method=opt.ann, seed=opt.seed)
+    return without_twins(pattern, twin_pairs(twins), opt.knn, e_t) if spare else pattern
 
 
 def one_kernel(lm, renderer, targets, examples, opt, *, same: bool, pattern=None, e_t=None, e_e=None, runner=None,
