@@ -50,7 +50,13 @@ from collections import Counter
 from pathlib import Path
 
 from tunesift.bench import BenchConfig, cell_name, grid_cells, load_cells, run_bench
-from tunesift.bench_tables import aggregate, family_lines, verdict_lines, write_results
+from tunesift.bench_tables import (
+    aggregate,
+    family_lines,
+    provenance_table,
+    verdict_lines,
+    write_results,
+)
 from tunesift.finetune import TrainConfig
 from tunesift.machine import banner
 from tunesift.methods.options import resolve_budget
@@ -78,12 +84,19 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
+#: the files prepare writes under the data folder (stems)
+INPUTS = ("alpaca_pool", "alpaca_test", "alpaca_eval", "gsm8k_test", "gsm8k_noisy", "mixed_pool", "gsm8k_target",
+          "gsm8k_existing")
+
+
 def _write(path: Path, rows: list[dict]) -> None:
     """JSONL; a row without an id gets ``<file stem>-<line>`` (readable ids in the bench cells)."""
+    from tunesift.store import write_text
+
+    # atomic: a kill while prepare writes leaves the file missing (run then prepares again), never cut short
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for i, r in enumerate(rows):
-            fh.write(json.dumps({"id": f"{path.stem}-{i + 1:04d}", **r}, ensure_ascii=False) + "\n")
+    write_text(path, "".join(json.dumps({"id": f"{path.stem}-{i + 1:04d}", **r}, ensure_ascii=False) + "\n"
+                             for i, r in enumerate(rows)))
     print(f"{path}: {len(rows)} records")
 
 
@@ -245,7 +258,7 @@ def folders(a) -> tuple[Path, Path, Path]:
 
 def run(a) -> None:
     data, root, caches = folders(a)
-    if not (data / "mixed_pool.jsonl").exists():
+    if not all((data / f"{name}.jsonl").exists() for name in INPUTS):  # prepare writes each file atomically
         prepare(Path(a.shared), data)
     if a.smoke:
         data = smoke_inputs(data, root / "data")
@@ -287,7 +300,7 @@ def hours_left(todo: list[int], finished: list[dict]) -> float | None:
 def plan(a) -> None:
     data, root, caches = folders(a)
     total = done = 0
-    measured = {exp: load_cells(root / exp, config(exp, data, caches, a)) for exp in EXPERIMENTS}
+    measured = {exp: load_cells(root / exp) for exp in EXPERIMENTS}
     everything = [c for cells in measured.values() for c in cells]
     left_total = 0.0
     for exp in EXPERIMENTS:
@@ -342,11 +355,11 @@ def _num(v) -> str:
 
 def summary(a) -> None:
     data, root, caches = folders(a)
-    parts = [f"# Evidence grid: what is done\n\n{banner().lstrip('# ')}\n"]
-    # every finished cell of the grid, whichever run made it: a run with --only tabulates its own
-    # methods alone, so the tables are rebuilt here from the cells
+    parts = ["# Evidence grid: what is done\n\nEach experiment's table says on which machines and code "
+             "versions its cells were made (results.md, \"Where the cells were made\").\n"]
+    # every finished cell of the grid, whichever run made it (load_cells reads the whole folder)
     configs = {exp: config(exp, data, caches, a) for exp in EXPERIMENTS}
-    done = {exp: load_cells(root / exp, cfg) for exp, cfg in configs.items()}
+    done = {exp: load_cells(root / exp) for exp in EXPERIMENTS}
     shared_selection_cost(done["instruction"], done["transfer"])  # one score cache: see config()
     for exp in EXPERIMENTS:
         cfg, cells = configs[exp], done[exp]
@@ -354,14 +367,19 @@ def summary(a) -> None:
         if not rows:
             parts.append(f"## {exp}\n\nnot run yet\n")
             continue
-        write_results(root / exp, rows, cfg)
+        write_results(root / exp, rows, cfg, cells)
         parts.append(f"## {exp}\n\nFull table: `{root / exp / 'results.md'}`.\n\nBeyond the seed spread:\n\n"
                      + "\n".join(verdict_lines(rows) + family_lines(rows)) + "\n")
         parts.append("| method | budget | select s | train s | select / train | (select + train) / full train |\n"
                      "|---|---|---|---|---|---|\n" + "".join(
-                         f"| {r['method']} | {r['budget']} | {r['select_s']:.1f} | {r['train_s']:.1f} | "
+                         f"| {r['method']} | {r['budget']} | {r['select_s']:.1f}"
+                         f"{' †' if 'select_partly_cached' in r else ''} | {r['train_s']:.1f} | "
                          f"{_num(r.get('cost_ratio'))} | {_num(r.get('total_vs_full'))} |\n"
                          for r in rows if r["method"] != "base"))
+        if any("select_partly_cached" in r for r in rows):
+            parts.append("\n†: the slowest selection found part of its scores cached by an earlier run; the "
+                         "full cost is higher.\n")
+        parts.append(f"\nWhere the cells were made:\n\n{provenance_table(cells)}")
         key = {"noise": "swapped", "task": "source", "continual": "source"}.get(exp)
         if key:
             comp = composition(cells, Path(cfg.train), key)

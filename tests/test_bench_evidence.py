@@ -255,12 +255,12 @@ def test_a_variant_selects_with_its_own_options(files, tmp_path):
                       method_options={"br": {"method": "balanced-random", "by": "meta.source"}},
                       select_options={"cache_dir": str(tmp_path)})
     data = {"train": read_records(files["train"]), "target": None, "existing": None}
-    chosen, _ = bm._select_for_cell(cfg, "br", 4, 0, data, None)
+    chosen, _, _ = bm._select_for_cell(cfg, "br", 4, 0, data, None)
     assert sorted(r.row["meta"]["source"] for r in chosen) == ["a", "a", "b", "b"]
     cfg.methods, cfg.method_options = ["ra"], {"ra": {"method": "random", "within": "meta.source=a"}}
     bm._check(cfg)
     for seed in range(3):  # the target-source control: only the matching records, a seeded sample of them
-        chosen, _ = bm._select_for_cell(cfg, "ra", 4, seed, data, None)
+        chosen, _, _ = bm._select_for_cell(cfg, "ra", 4, seed, data, None)
         assert [r.row["meta"]["source"] for r in chosen] == ["a"] * 4
 
 
@@ -405,6 +405,10 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     # each method scores into its own cache (no method reads another's scores and reports a free
     # selection); transfer reads experiment 1's, method by method
     assert (caches / "task" / "rds").is_dir() and (caches / "instruction" / "rds").is_dir()
+    rds = [json.loads(p.read_text()) for p in sorted((root / "task" / "cells").glob("rds__*.json"))]
+    assert rds[0]["score_cache"]["files_before"] == 0 < rds[0]["score_cache"]["files_after"]  # a cold cache
+    assert all(c["checkpointing"] is False for c in rds)  # recorded: it changes the training time, not the result
+    assert "stage1_digest" in json.loads(next((root / "continual" / "cells").glob("rds__*.json")).read_text())
     assert not (caches / "transfer").exists()
     task = json.loads((root / "task" / "results.json").read_text())
     assert "exact_match" in task[0] and {r["method"] for r in task} == {"base", "random", "balanced-random", "rds"}
@@ -419,8 +423,10 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     ev.main(["run", "task", *[("base" if a.startswith("base,") else a) for a in args]])
     assert json.loads((root / "task" / "bench.json").read_text())["method_options"]["balanced-random"] == {
         "by": "meta.source", "cache_dir": str(caches / "task" / "balanced-random")}
+    # the rerun with --only base still tabulates every cell of the folder
+    task = json.loads((root / "task" / "results.json").read_text())
+    assert {r["method"] for r in task} == {"base", "random", "balanced-random", "rds"}
     ev.main(["summary", *args])
-    # the rerun with --only base tabulated base alone; the summary rebuilds the table from every cell
     task = json.loads((root / "task" / "results.json").read_text())
     assert {r["method"] for r in task} == {"base", "random", "balanced-random", "rds"}
     text = (root / "summary.md").read_text()
@@ -511,3 +517,84 @@ def test_repeated_problems_are_dropped_from_a_source_keeping_the_first():
     rows = [{"prompt": "90,171 people were born."}, {"prompt": "A cat."}, {"prompt": "90171  People were born"},
             {"prompt": "a CAT"}, {"prompt": "A dog."}]
     assert ev._first_of_each(rows) == [rows[0], rows[1], rows[4]]
+
+
+def _ran(cpu_features, code):
+    return {"ran_with": {"code": code, "machine": {"cpu": "Xeon", "features": cpu_features, "cores": 2}}}
+
+
+def test_provenance_names_comparisons_that_span_machines_code_or_stage_one_models():
+    """Cells of one grid are made over sessions on machines that differ (bf16 autocast runs other
+    kernels without AMX) and by changing code; nothing said so, and a paired difference then holds
+    that change too."""
+    amx, plain = ["avx512f", "amx_bf16"], ["avx512f"]
+    cells = [{**cell("random", 0.3, s, {"loss": 1.0}), **_ran(amx, "c1"), "checkpointing": False} for s in range(3)]
+    cells += [{**cell("rds", 0.3, s, {"loss": 0.9}), **_ran(amx, "c1"), "checkpointing": False} for s in range(3)]
+    cells += [{**cell("ifd", 0.3, s, {"loss": 0.9}), **_ran(plain, "c1")} for s in range(3)]
+    cells += [{**cell("donod", 0.3, s, {"loss": 0.9}), **_ran(amx, "c2" if s else "c1")} for s in range(3)]
+    cells += [{**cell("base", None, 0, {"loss": 1.2}), **_ran(plain, "c1")}]
+    text = bt.provenance_table(cells)
+    rows = {ln.split(" | ")[0][2:]: ln for ln in text.splitlines() if ln.startswith("| ") and "---" not in ln}
+    assert rows["rds"].endswith("| A | 1 | off |  |")  # same machine and code as random: nothing to flag
+    assert rows["ifd"].endswith("| B | 1 | not recorded | machines |")
+    assert rows["donod"].endswith("| A | 2 | not recorded | code versions |")
+    assert rows["base"].startswith("| base | all | 0 | B |") and rows["base"].endswith("|  |")  # a reference
+    assert "A = Xeon (avx512f, amx_bf16; 2 cores); B = Xeon (avx512f; 2 cores)" in text
+    assert "ifd @ 0.3 (machines); donod @ 0.3 (code versions)" in text
+    # a sequential continual bench: each seed's cells must start from one stage-1 model
+    two = [{**c, "stage1_digest": "x"} for c in cells[:6]]
+    two[3]["stage1_digest"] = "y"  # rds seed 0 started from another stage-1 model than random seed 0
+    assert "rds @ 0.3 (stage-1 models)" in bt.provenance_table(two)
+    assert bt.provenance_table([]) == ""
+
+
+def test_a_selection_that_found_its_scores_partly_cached_is_marked():
+    """A killed selection resumes from its cached blocks: the cell that finishes it measures only
+    the rest, and the table showed that as the method's cost."""
+    cells = [cell("random", 0.3, 0, {"loss": 1.0}, select_s=0.0),
+             {**cell("delift", 0.3, 0, {"loss": 0.9}, select_s=3000.0),
+              "score_cache": {"files_before": 3, "files_after": 19}},
+             {**cell("delift", 0.3, 1, {"loss": 0.9}, select_s=2.0), "score_cache": {"files_before": 19, "files_after": 19}},
+             {**cell("rds", 0.3, 0, {"loss": 0.9}, select_s=50.0), "score_cache": {"files_before": 0, "files_after": 4},
+              "eval_counts": {"generations_capped": 12}},
+             {**cell("rds", 0.3, 1, {"loss": 0.9}, select_s=1.0), "eval_counts": {"generations_capped": 7}}]
+    rows = {r["method"]: r for r in aggregate(cells)}
+    assert rows["delift"]["select_partly_cached"] == [3, 19]  # the slowest cell's counts, not seed 1's
+    assert "select_partly_cached" not in rows["rds"] and rows["rds"]["generations_capped"] == 9.5
+    table = markdown_table(list(rows.values()))
+    lines = {ln.split(" | ")[0][2:]: ln for ln in table.splitlines() if ln.startswith("| ")}
+    assert "| 3000.0 † |" in lines["delift"] and "| 50.0 |" in lines["rds"] and "| 10 |" in lines["rds"]
+    assert "†: the method's slowest selection found part of its scores" in table
+    assert "generations capped" in table.splitlines()[0]
+
+
+def test_a_control_stays_out_of_the_family_of_selector_comparisons():
+    rows = [{"method": m, "budget": 0.1, "paired_seeds": 3, "loss": 0.9, "loss_std": 0.01, "loss_vs_random": -0.2,
+             "loss_vs_random_se": 0.02, "loss_vs_random_p": p} for m, p in (("rds", 0.01), ("random-gsm8k", 0.001))]
+    [line] = bt.family_lines(rows)
+    assert "Holm over the 1 paired comparisons" in line and "random-gsm8k" not in line
+    assert bt.beyond_noise_lines(rows)[1].startswith("- random-gsm8k (a control) at budget 0.1")
+
+
+def test_every_cell_in_the_folder_is_tabulated_whichever_run_made_it(tmp_path):
+    """A run of one method (--only) rewrote the folder's tables from its own cells alone: no random
+    row, no paired difference, a smaller Holm family."""
+    for c in (cell("random", 0.3, 0, {"loss": 1.0}), cell("donod", 0.3, 0, {"loss": 1.1}), cell("base", None, 0, {"loss": 1.2})):
+        (tmp_path / "cells").mkdir(exist_ok=True)
+        (tmp_path / "cells" / f"{bm.cell_name(c['method'], c['budget'], c['seed'])}.json").write_text(json.dumps(c))
+    (tmp_path / "cells" / ".random__b0.3__s1.json.x.tmp").write_text("{")  # a write in flight: not a cell
+    assert sorted(c["method"] for c in bm.load_cells(tmp_path)) == ["base", "donod", "random"]
+
+
+def test_a_half_prepared_data_folder_is_prepared_again(tmp_path, monkeypatch):
+    ev = load_evidence()
+    data = tmp_path / "work" / "evidence" / "data"
+    for name in ev.INPUTS:
+        ev._write(data / f"{name}.jsonl", [{"prompt": "p", "response": "r"}])
+    assert not list(data.glob(".*"))  # written through a temporary file, nothing left beside
+    (data / "gsm8k_existing.jsonl").unlink()  # killed before the last file was written
+    called = []
+    monkeypatch.setattr(ev, "prepare", lambda shared, out: called.append(out) or (_ for _ in ()).throw(SystemExit))
+    with pytest.raises(SystemExit):
+        ev.main(["run", "noise", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "r")])
+    assert called == [data]

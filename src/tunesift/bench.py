@@ -337,8 +337,13 @@ def selection_model(cfg: BenchConfig, name: str) -> str | None:
 
 
 def _select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict,
-                     progress: Callable[[str, int], Callable[[int], None]] | None) -> tuple[list, float]:
-    """(chosen records in pool order, selection wall seconds) of one cell.
+                     progress: Callable[[str, int], Callable[[int], None]] | None) -> tuple[list, float, dict | None]:
+    """(chosen records in pool order, selection wall seconds, score cache counts) of one cell.
+
+    The counts, ``{"files_before": n0, "files_after": n1}``, are the files in the method's own
+    score cache (``method_options[method]["cache_dir"]``; None without one) before and after the
+    selection: where ``n0 > 0`` an earlier run had computed part of the scores, so the wall time
+    is less than the selection costs.
 
     A method that scores with a model loads the selection model here and drops it on return, so
     it is never alive next to the training model (reloading it from the converted cache takes
@@ -354,8 +359,28 @@ def _select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dic
     uses = entry.second_set.get(opts["stage"]) if entry.stages is not None else None
     if uses in ("target", "existing"):
         side[uses] = data[uses]
+    own = cfg.method_options.get(method, {}).get("cache_dir")
+    before = cache_files(own) if own else None
     sel = select(data["train"], budget=budget, seed=seed, progress=progress, lm=lm, **side, **opts)
-    return [r for r, k in zip(sel.records, sel.kept) if k], round(sel.timings.get("score_select_s", 0.0), 3)
+    counts = {"files_before": before, "files_after": cache_files(own)} if own else None
+    return [r for r, k in zip(sel.records, sel.kept) if k], round(sel.timings.get("score_select_s", 0.0), 3), counts
+
+
+def cache_files(folder: str | Path) -> int:
+    """The files under a score cache folder (0 when it does not exist)."""
+    return sum(1 for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).is_dir() else 0
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 (16 hex digits) over a folder's files, names and bytes: which stage-1 model a cell
+    started from."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def stage_one(cfg: BenchConfig, seed: int, data: dict, out: Path, *,
@@ -439,7 +464,9 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
         chosen = data["train"] if method == "full" else []
         info["select_s"] = 0.0
     else:
-        chosen, info["select_s"] = _select_for_cell(cfg, method, budget, seed, data, progress)
+        chosen, info["select_s"], cache = _select_for_cell(cfg, method, budget, seed, data, progress)
+        if cache is not None:
+            info["score_cache"] = cache
     existing = data["existing"]
     joint = cfg.stage == "continual" and cfg.continual == "joint" and cfg.train_with_existing
     fit_on = chosen + (existing if joint and method != "base" else [])
@@ -449,6 +476,8 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
     lm, stage1_s = _training_model(cfg, seed, data, out, progress)
     if stage1_s:
         info["stage1_s"] = round(stage1_s, 3)
+        info["stage1_digest"] = folder_digest(out / "stage1" / f"s{seed}")  # the pairing needs one per seed
+    info["checkpointing"] = cfg.training.checkpointing  # same results, ~1.5x the training time
     t1 = time.perf_counter()
     if fit_on:
         bar = progress(f"fine-tuning {cell_name(method, budget, seed)}", len(fit_on) * cfg.training.epochs) \
@@ -548,16 +577,15 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
         log.info("%s: %s", cell_name(method, budget, seed),
                  ", ".join(f"{k} {v:.4g}" for k, v in info["metrics"].items()))
         release_memory()  # the cell's models are unreachable now: free them before the next cell loads
-    rows = aggregate(load_cells(out, cfg))
-    write_results(out, rows, cfg)
+    cells = load_cells(out)
+    rows = aggregate(cells)
+    write_results(out, rows, cfg, cells)
     return rows
 
 
-def load_cells(out: Path, cfg: BenchConfig) -> list[dict]:
-    """The finished cells of this bench's grid (cells of other grids in OUT are ignored)."""
-    cells = []
-    for c in grid_cells(cfg):
-        p = out / "cells" / f"{cell_name(*c)}.json"
-        if p.exists():
-            cells.append(json.loads(p.read_text(encoding="utf-8")))
-    return cells
+def load_cells(out: Path) -> list[dict]:
+    """Every finished cell in ``out`` (``cells/*.json``), whichever run made it. bench.json pins
+    one settings key per folder (methods, budgets and seeds extend it), so they all belong to one
+    grid: a run of some methods (``--only``), budgets or seeds tabulates the whole folder, never
+    only its own cells."""
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((Path(out) / "cells").glob("*.json"))]

@@ -19,6 +19,13 @@ from .methods.catalogue import method_names
 REFERENCES = frozenset({"base", "full", "random"})
 
 
+def is_control(method: str) -> bool:
+    """A bench variant of random (``random-gsm8k``: random within a field's value, which knows
+    labels no selector reads): compared with random like a selector, but a control, so it stays
+    out of the Holm family of selector comparisons."""
+    return method.startswith("random-")
+
+
 def aggregate(cells: list[dict]) -> list[dict]:
     """One row per (method, budget): mean and sample std (ddof=1; 0 for one seed, which the table
     prints as "1 seed", not as a spread) of each metric over seeds (every metric any of the cells
@@ -28,8 +35,11 @@ def aggregate(cells: list[dict]) -> list[dict]:
     (:func:`add_costs`)."""
     groups: dict[tuple, list[dict]] = {}
     uncached: dict[str, float] = {}  # a method's scores are computed by its first cell, read back by the rest
+    slowest: dict[str, dict] = {}
     for c in cells:
         groups.setdefault((c["method"], _budget_key(c["budget"])), []).append(c)
+        if c["method"] not in slowest or float(c["select_s"]) > uncached[c["method"]]:
+            slowest[c["method"]] = c
         uncached[c["method"]] = max(uncached.get(c["method"], 0.0), float(c["select_s"]))
     rows = []
     for (method, _), cs in groups.items():
@@ -39,6 +49,13 @@ def aggregate(cells: list[dict]) -> list[dict]:
                "n_selected": int(np.mean([c.get("n_selected", c["n_train"]) for c in cs])),
                "select_s": uncached[method],
                "train_s": float(np.mean([c["train_s"] for c in cs]))}
+        cache = slowest[method].get("score_cache") or {}
+        if cache.get("files_before"):  # the slowest selection found scores an earlier run had computed
+            row["select_partly_cached"] = [cache["files_before"], cache["files_after"]]
+        capped = [c["eval_counts"]["generations_capped"] for c in cs
+                  if "generations_capped" in c.get("eval_counts", {})]
+        if capped:
+            row["generations_capped"] = float(np.mean(capped))
         for m in dict.fromkeys(m for c in cs for m in c["metrics"]):
             v = np.array([c["metrics"].get(m, np.nan) for c in cs], dtype=float)
             row[m] = float(v.mean())
@@ -177,7 +194,8 @@ def beyond_noise_lines(rows: list[dict]) -> list[str]:
             if beyond_noise(r, m):
                 d = r[f"{m}_vs_random"]
                 better = (d < 0) == lower_is_better(m)
-                out.append(f"- {r['method']} at budget {r['budget']}: {m} {'better' if better else 'worse'} than "
+                who = f"{r['method']} (a control)" if is_control(r["method"]) else r["method"]
+                out.append(f"- {who} at budget {r['budget']}: {m} {'better' if better else 'worse'} than "
                            f"random by {abs(d):.4f} (± {r[f'{m}_vs_random_se']:.4f}, {r['paired_seeds']} paired seeds, "
                            f"paired t-test p = {_p(r.get(f'{m}_vs_random_p'))})")
     return out
@@ -247,15 +265,77 @@ def family_lines(rows: list[dict], alpha: float = 0.05) -> list[str]:
     (:func:`holm`), and the ones still below ``alpha``. Conservative where metrics move together
     (loss and perplexity are one measurement). Empty when there is nothing to compare."""
     tests = [(r, m, r[f"{m}_vs_random_p"]) for r in rows if r["method"] not in REFERENCES
+             and not is_control(r["method"])
              and r.get("paired_seeds", 0) >= MIN_MARK_SEEDS for m in _metric_names([r])
              if np.isfinite(r.get(f"{m}_vs_random_p", float("nan")))]
     if not tests:
         return []
     adj = holm(np.array([p for _, _, p in tests]))
     firm = [f"{r['method']} @ {r['budget']} {m} (adjusted p {_p(a)})" for (r, m, _), a in zip(tests, adj) if a < alpha]
-    head = f"- as a family (Holm over the {len(tests)} paired comparisons with {MIN_MARK_SEEDS}+ seeds, all metrics): "
+    head = (f"- as a family (Holm over the {len(tests)} paired comparisons of selectors with {MIN_MARK_SEEDS}+ "
+            "seeds, all metrics; controls apart): ")
     return [head + (f"{len(firm)} stay below {alpha}: " + ", ".join(firm) if firm
                     else f"none stays below {alpha}; read each mark as suggestive")]
+
+
+def machine_kind(cell: dict) -> str:
+    """The machine a cell ran on, as the cell recorded it: CPU model, the features that change
+    numerics (AVX-512, AMX), cores and GPU."""
+    m = (cell.get("ran_with") or {}).get("machine") or {}
+    if not m:
+        return "not recorded"
+    feats = ", ".join(m.get("features") or []) or "no AVX-512/AMX"
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    return f"{m.get('cpu', '?')} ({feats}; {m.get('cores', '?')} cores{gpu})"
+
+
+def _code(cell: dict) -> str:
+    return (cell.get("ran_with") or {}).get("code") or "not recorded"
+
+
+def provenance_table(cells: list[dict]) -> str:
+    """Which machines, code versions and training settings made each row's cells, and the paired
+    comparisons with random that span more than one of them: such a difference also holds the
+    machine's effect (bfloat16 autocast runs other kernels with and without AMX) or the code's
+    (an evaluation change moves every metric). Cells of a grid span sessions and machines; this
+    says where, so a reader can weigh a small difference. Empty for no cells."""
+    if not cells:
+        return ""
+    kinds = list(dict.fromkeys(machine_kind(c) for c in cells))
+    label = {k: chr(65 + i) if i < 26 else f"M{i}" for i, k in enumerate(kinds)}
+    codes = list(dict.fromkeys(_code(c) for c in cells))
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["method"], _budget_key(c["budget"])), []).append(c)
+    lines = ["| method | budget | seeds | machines | code versions | checkpointing | paired with random across |",
+             "|---|---|---|---|---|---|---|"]
+    flagged = []
+    for (method, key), cs in groups.items():
+        budget = "all" if cs[0]["budget"] is None else cs[0]["budget"]
+        seeds = sorted(c["seed"] for c in cs)
+        rand = [c for c in cells if c["method"] == "random" and _budget_key(c["budget"]) == key and c["seed"] in seeds]
+        both = cs + (rand if method not in REFERENCES else [])
+        across = [what for what, f in (("machines", machine_kind), ("code versions", _code))
+                  if rand and method not in REFERENCES and len({f(c) for c in both}) > 1]
+        stage1 = {}
+        for c in both:
+            if "stage1_digest" in c:
+                stage1.setdefault(c["seed"], set()).add(c["stage1_digest"])
+        if any(len(v) > 1 for v in stage1.values()):
+            across.append("stage-1 models")
+        if across:
+            flagged.append(f"{method} @ {budget} ({', '.join(across)})")
+        ckpt = sorted({str(c.get("checkpointing", "not recorded")).replace("True", "on").replace("False", "off")
+                       for c in cs})
+        lines.append(f"| {method} | {budget} | {', '.join(map(str, seeds))} | "
+                     f"{', '.join(sorted({label[machine_kind(c)] for c in cs}))} | "
+                     f"{len({_code(c) for c in cs})} | {', '.join(ckpt)} | {', '.join(across)} |")
+    lines += ["", "Machines: " + "; ".join(f"{label[k]} = {k}" for k in kinds) + ".",
+              f"Code versions (fingerprints of tunesift's source): {len(codes)} over all cells."]
+    if flagged:
+        lines += ["", "Paired with random across machines, code versions or stage-1 models (the difference "
+                  "includes that change): " + "; ".join(flagged) + "."]
+    return "\n".join(lines) + "\n"
 
 
 def _ratio(v: float) -> str:
@@ -265,17 +345,22 @@ def _ratio(v: float) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """Mean ± std per metric (arrows say which direction is better), seeds, size and costs."""
     metrics = _metric_names(rows)
+    capped = any("generations_capped" in r for r in rows)
     head = ["method", "budget", "seeds", "records"] + [
-        f"{m} {'↓' if lower_is_better(m) else '↑'}" for m in metrics] + [
+        f"{m} {'↓' if lower_is_better(m) else '↑'}" for m in metrics] + (["generations capped"] if capped else []) + [
         "select s (uncached)", "train s", "select / train"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    paired = False
+    paired = partly = False
     for r in rows:
         vals = [f"{r[m]:.4f}" + (f" ± {r[m + '_std']:.4f}" if r["seeds"] > 1 else " (1 seed)")
                 + _versus_cell(r, m) if m in r else "" for m in metrics]
+        if capped:
+            vals.append(f"{r['generations_capped']:.0f}" if "generations_capped" in r else "")
         paired |= any(f"{m}_vs_random" in r for m in metrics)
+        mark = " †" if "select_partly_cached" in r else ""
+        partly |= bool(mark)
         lines.append("| " + " | ".join([r["method"], str(r["budget"]), str(r["seeds"]), str(r["n_train"]), *vals,
-                                        f"{r['select_s']:.1f}", f"{r['train_s']:.1f}",
+                                        f"{r['select_s']:.1f}{mark}", f"{r['train_s']:.1f}",
                                         _ratio(r.get("cost_ratio", float("nan")))]) + " |")
     if paired:
         lines += ["", "Δ: the mean paired difference from random at the same budget (same seeds) ± its standard "
@@ -285,6 +370,12 @@ def markdown_table(rows: list[dict]) -> str:
                   "t-test's two-sided p-value (n - 1 degrees of freedom); with 3 seeds a mark at exactly "
                   "2 SE is p = 0.18, so read p < 0.05 as firm and a mark alone as suggestive."]
     lines += ["", "select / train: the selection's wall time (uncached) over the fine-tuning's on its pick."]
+    if partly:
+        lines += ["", "†: the method's slowest selection found part of its scores already in its cache (an "
+                  "earlier, interrupted run computed them), so the full cost is higher than shown."]
+    if capped:
+        lines += ["", "generations capped: test generations (mean over seeds) that ran to the token limit "
+                  "without ending; they weigh on ROUGE-L, cosine and exact match."]
     return "\n".join(lines) + "\n"
 
 
@@ -304,9 +395,10 @@ def _versus_cell(row: dict, metric: str) -> str:
     return f" (Δ {diff:+.4f}{spread}{mark}" + (f", p {p}" if p else "") + paired + ")"
 
 
-def write_results(out: Path, rows: list[dict], cfg) -> None:
+def write_results(out: Path, rows: list[dict], cfg, cells: list[dict] | None = None) -> None:
     """results.md / .csv / .json and the plots; ``cfg``: the :class:`~tunesift.bench.BenchConfig`
-    (its inputs, stage, models and training make the title)."""
+    (its inputs, stage, models and training make the title); ``cells``: the cells behind the rows,
+    for results.md's provenance section (:func:`provenance_table`)."""
     from .store import write_text
 
     if not rows:
@@ -323,7 +415,8 @@ def write_results(out: Path, rows: list[dict], cfg) -> None:
     full = [r for r in rows if r["method"] == "full"]
     cost = (f"\nFine-tuning on the whole pool took {full[0]['train_s']:.1f} s; `total_vs_full` in results.json is "
             "(select + train) / that.\n") if full else ""
-    write_text(out / "results.md", title + note + markdown_table(rows) + verdict + cost)
+    made = f"\n## Where the cells were made\n\n{provenance_table(cells)}" if cells else ""
+    write_text(out / "results.md", title + note + markdown_table(rows) + verdict + cost + made)
     write_text(out / "results.json", json.dumps(rows, indent=1) + "\n")
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
