@@ -256,7 +256,9 @@ def coverage_columns(sim, picks: np.ndarray, records) -> dict[str, np.ndarray]:
     """For each record not picked, the pick that covers it best in the selection kernel ``sim``
     (rows: records, columns: candidates) and by how much: ``covered_by`` (the pick's id; None for
     picks and for records no pick covers) and ``coverage`` (``max_{j in picks} sim[i, j]``, its
-    term of the facility-location objective; NaN for picks), (n,) each."""
+    term of the facility-location objective; in the task stage FL1MI caps that term at
+    ``eta * max_q Q[i, q]`` and in the continual stage FLCG subtracts ``nu * max_k E[i, k]``, so
+    there it is the similarity, not the objective's term; NaN for picks), (n,) each."""
     from ..selection.objectives import fl_assignment
 
     pos, value = fl_assignment(sim, picks)
