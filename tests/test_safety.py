@@ -990,24 +990,28 @@ def test_a_symlinked_output_and_its_permissions_are_kept(tmp_path):
 
 def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path, capsys):
     """SIGKILL skips every cleanup: the partial set stayed beside the output as a hidden folder for
-    good. The next run removes those of dead processes on this host and keeps the rest."""
-    import socket
+    good. The next run removes those of dead processes on this host, an hour old, and keeps the rest."""
+    from tunesift.folders import _owner
 
     data = jsonl(tmp_path / "d.jsonl", GOOD)
-    host = socket.gethostname()
+    host = _owner().split("-")[0]
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a process id that no longer runs
     stale = tmp_path / f".out.staging-{host}-{gone.pid}-abc123"
+    recent = tmp_path / f".out.staging-{host}-{gone.pid}-xyz789"  # dead, but minutes old: maybe another PID namespace
     live = tmp_path / f".out.staging-{host}-{os.getpid()}-def456"  # a run still writing
-    other = tmp_path / f".out.staging-elsewhere-{gone.pid}-ghi789"  # another machine's, on a shared disk
-    for p in (stale, live, other):
+    other = tmp_path / f".out.staging-0123abcd-{gone.pid}-ghi789"  # another machine's, on a shared disk
+    for p in (stale, recent, live, other):
         p.mkdir()
         (p / "selected.jsonl").write_text("partial\n")
+    for p in (stale, live, other):
+        os.utime(p, (1e9, 1e9))  # 2001
     assert run(["select", data, "--method", "random", "--budget", "4", "--out", tmp_path / "out", "-q"],
                capsys)[0] == 0
     assert not stale.exists() and (tmp_path / "out" / "selected.jsonl").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")) == sorted(
-        p.name for p in (live, other))  # kept, and no staging folder of this run left either
+        p.name for p in (recent, live, other))  # kept, and no staging folder of this run left either
+    assert len(f".out.staging-{_owner()}-") < 40  # the host name's length no longer counts
 
 
 def test_a_previous_set_moved_aside_by_a_killed_run_is_named_when_the_output_is_missing(tmp_path, caplog):

@@ -132,8 +132,8 @@ def test_task_stage_additive_uses_the_targets_x_pool_kernel(tiny_lm, tmp_path, k
     np.testing.assert_allclose(got, t_sim.toarray() if sp.issparse(t_sim) else t_sim, atol=1e-5)
 
 
-@pytest.mark.parametrize("knn", [0, 3])
-def test_a_repeated_record_is_never_scored_as_its_copys_example(tiny_lm, tmp_path, knn, monkeypatch):
+@pytest.mark.parametrize("knn,copies", [(0, 1), (3, 1), (3, 2)])
+def test_a_repeated_record_is_never_scored_as_its_copys_example(tiny_lm, tmp_path, knn, copies, monkeypatch):
     """Only i == j was excluded: a row repeated in the file had its copy among its nearest (cosine 1)
     and was scored as "copy the answer", the largest utility there is, which set the kernel's scale
     and put every repeated record into the first picks. Copies are now left out like the diagonal
@@ -143,18 +143,41 @@ def test_a_repeated_record_is_never_scored_as_its_copys_example(tiny_lm, tmp_pat
     from tunesift.scoring import utility as ut
     from tunesift.selection import submodular as sm
 
-    pool = POOL + [dict(POOL[2])]  # record 8 repeats record 2
+    pool = POOL + [dict(POOL[2]) for _ in range(copies)]  # records 8 (and 9) repeat record 2
+    n, group = len(pool), [2, *range(8, len(pool))]
     seen, sims = [], []
     real_kernel, real_fl = ut.utility_kernel, sm.facility_location
     monkeypatch.setattr(ut, "utility_kernel", lambda *a, **k: seen.append(k.get("pairs")) or real_kernel(*a, **k))
     monkeypatch.setattr(sm, "facility_location", lambda S, *a, **k: sims.append(S) or real_fl(S, *a, **k))
     select(pool, method="delift", budget=3, knn=knn, lm=tiny_lm, cache_dir=str(tmp_path), token_budget=4096)
     [pairs], [sim] = seen, sims
-    pairs = sp.csr_matrix(pairs)
-    assert not pairs[2, 8] and not pairs[8, 2] and not pairs.diagonal().any()
-    rows = np.diff(pairs.indptr)
-    want = np.full(9, 3) if knn else np.where(np.isin(np.arange(9), [2, 8]), 7, 8)  # k others, or all but self/copy
-    np.testing.assert_array_equal(rows, want)
     sim = sim.toarray() if sp.issparse(sim) else sim
-    assert sim[2, 8] == sim[2, 2] == max(sim[2, j] for j in range(9) if j not in (2, 8))
-    assert sim[8, 2] == sim[8, 8]
+    if knn:  # the pattern leaves out each record's copies and still gives it k others
+        pairs = sp.csr_matrix(pairs)
+        assert not any(pairs[i, j] for i in group for j in group)
+        np.testing.assert_array_equal(np.diff(pairs.indptr), np.full(n, knn))
+    else:  # dense: scored, then NaN like the diagonal, so 0 after scaling unless linked below
+        assert pairs is None
+    others = [j for j in range(n) if j not in group]
+    best = max(sim[2, j] for j in others)
+    assert sim[2, 2] == best and all(sim[2, c] == best for c in group[1:])  # a pick of 2 covers its copies
+    assert all(sim[c, 2] == sim[c, c] == max(sim[c, j] for j in others) for c in group[1:])
+    assert all(sim[i, j] == 0 for i in group[1:] for j in group[1:] if i != j)  # copies link to the first only
+
+
+def test_the_learned_utility_never_labels_a_copy_pair(tiny_lm, tmp_path, monkeypatch):
+    """Labels on copy pairs would teach the surrogate "copy the answer"; with every pair a candidate
+    (--knn 0) they were candidates too."""
+    import scipy.sparse as sp
+
+    from tunesift.scoring import utility as ut
+
+    pool = POOL + [dict(POOL[2])]
+    seen = []
+    real = ut.utility_kernel
+    monkeypatch.setattr(ut, "utility_kernel", lambda *a, **k: seen.append(k.get("pairs")) or real(*a, **k))
+    select(pool, method="delift", budget=3, knn=0, utility="learned", label_fraction=0.5, lm=tiny_lm,
+           cache_dir=str(tmp_path), token_budget=4096)
+    [labels] = seen
+    labels = sp.csr_matrix(labels)
+    assert labels.nnz > 25 and not labels[2, 8] and not labels[8, 2] and not labels.diagonal().any()

@@ -332,6 +332,20 @@ def test_kernel_dense_with_examples(tiny_dir, tmp_path):
     assert uf.shape == (6, 3) and np.isfinite(uf).all()  # no diagonal rule across two sets
 
 
+def test_kernel_leaves_a_repeated_records_copy_pairs_out_as_select_does(tiny_dir, tmp_path):
+    from tunesift.cli import main
+
+    data = tmp_path / "d.jsonl"
+    pool = rows(5)
+    data.write_text("".join(json.dumps(r) + "\n" for r in pool + [pool[1]]))  # record 5 repeats record 1
+    out = tmp_path / "k"
+    assert main(["kernel", str(data), "--knn", "0", "--model", str(tiny_dir), "--cache-dir", str(tmp_path / "c"),
+                 "--out", str(out), "-q"]) == 0
+    uf = np.load(out / "utility.npy")
+    assert np.isnan(uf[1, 5]) and np.isnan(uf[5, 1]) and np.isnan(np.diag(uf)).all()
+    assert np.isfinite(uf).sum() == 6 * 5 - 2  # every other pair scored
+
+
 def test_report_states_the_surrogate_fidelity(tiny_dir, tmp_path):
     from tunesift.cli import main
 

@@ -337,13 +337,13 @@ def selection_model(cfg: BenchConfig, name: str) -> str | None:
 
 
 def _select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict,
-                     progress: Callable[[str, int], Callable[[int], None]] | None) -> tuple[list, float, dict | None]:
+                     progress: Callable[[str, int], Callable[[int], None]] | None) -> tuple[list, float, dict]:
     """(chosen records in pool order, selection wall seconds, score cache counts) of one cell.
 
-    The counts, ``{"files_before": n0, "files_after": n1}``, are the files in the method's own
-    score cache (``method_options[method]["cache_dir"]``; None without one) before and after the
-    selection: where ``n0 > 0`` an earlier run had computed part of the scores, so the wall time
-    is less than the selection costs.
+    The counts (:func:`~tunesift.store.counting_cache`), ``{"cached": n, "written": m}``, are the
+    score-cache blocks the selection read that an earlier run had computed and the blocks it
+    computed and stored: ``cached == 0`` is a cold selection (its wall time is the whole cost);
+    ``cached > 0`` means part or all of the work was done before, so the wall time is less.
 
     A method that scores with a model loads the selection model here and drops it on return, so
     it is never alive next to the training model (reloading it from the converted cache takes
@@ -359,16 +359,11 @@ def _select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dic
     uses = entry.second_set.get(opts["stage"]) if entry.stages is not None else None
     if uses in ("target", "existing"):
         side[uses] = data[uses]
-    own = cfg.method_options.get(method, {}).get("cache_dir")
-    before = cache_files(own) if own else None
-    sel = select(data["train"], budget=budget, seed=seed, progress=progress, lm=lm, **side, **opts)
-    counts = {"files_before": before, "files_after": cache_files(own)} if own else None
+    from .store import counting_cache
+
+    with counting_cache() as counts:
+        sel = select(data["train"], budget=budget, seed=seed, progress=progress, lm=lm, **side, **opts)
     return [r for r, k in zip(sel.records, sel.kept) if k], round(sel.timings.get("score_select_s", 0.0), 3), counts
-
-
-def cache_files(folder: str | Path) -> int:
-    """The files under a score cache folder (0 when it does not exist)."""
-    return sum(1 for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).is_dir() else 0
 
 
 def folder_digest(folder: Path) -> str:
@@ -432,12 +427,11 @@ def also_metrics(metrics: list[str] | None, records) -> list[str] | None:
 
 def code_fingerprint() -> str:
     """The first 16 hex digits of the SHA-256 of tunesift's own source files (names and bytes):
-    which code made a cell, where the version number does not change between commits."""
-    root = Path(__file__).parent
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*.py")):
-        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:16]
+    which code made a cell, where the version number does not change between commits
+    (:func:`tunesift.backends.versions.source_digest`, which Ray workers are checked against)."""
+    from .backends.versions import source_digest
+
+    return source_digest()
 
 
 def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
@@ -464,9 +458,7 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
         chosen = data["train"] if method == "full" else []
         info["select_s"] = 0.0
     else:
-        chosen, info["select_s"], cache = _select_for_cell(cfg, method, budget, seed, data, progress)
-        if cache is not None:
-            info["score_cache"] = cache
+        chosen, info["select_s"], info["score_cache"] = _select_for_cell(cfg, method, budget, seed, data, progress)
     existing = data["existing"]
     joint = cfg.stage == "continual" and cfg.continual == "joint" and cfg.train_with_existing
     fit_on = chosen + (existing if joint and method != "base" else [])

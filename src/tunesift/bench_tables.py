@@ -35,12 +35,10 @@ def aggregate(cells: list[dict]) -> list[dict]:
     (:func:`add_costs`)."""
     groups: dict[tuple, list[dict]] = {}
     uncached: dict[str, float] = {}  # a method's scores are computed by its first cell, read back by the rest
-    slowest: dict[str, dict] = {}
     for c in cells:
         groups.setdefault((c["method"], _budget_key(c["budget"])), []).append(c)
-        if c["method"] not in slowest or float(c["select_s"]) > uncached[c["method"]]:
-            slowest[c["method"]] = c
         uncached[c["method"]] = max(uncached.get(c["method"], 0.0), float(c["select_s"]))
+    partly = {m for m in uncached if not cost_complete([c for c in cells if c["method"] == m])}
     rows = []
     for (method, _), cs in groups.items():
         budget = cs[0]["budget"]
@@ -49,9 +47,8 @@ def aggregate(cells: list[dict]) -> list[dict]:
                "n_selected": int(np.mean([c.get("n_selected", c["n_train"]) for c in cs])),
                "select_s": uncached[method],
                "train_s": float(np.mean([c["train_s"] for c in cs]))}
-        cache = slowest[method].get("score_cache") or {}
-        if cache.get("files_before"):  # the slowest selection found scores an earlier run had computed
-            row["select_partly_cached"] = [cache["files_before"], cache["files_after"]]
+        if method in partly:
+            row["select_partly_cached"] = True
         capped = [c["eval_counts"]["generations_capped"] for c in cs
                   if "generations_capped" in c.get("eval_counts", {})]
         if capped:
@@ -68,6 +65,17 @@ def aggregate(cells: list[dict]) -> list[dict]:
     rows.sort(key=lambda r: (edge.get(r["method"], 1), 0.0 if r["budget"] == "all" else float(r["budget"]),
                              method_rank(r["method"]), r["method"]))
     return add_costs(rows)
+
+
+def cost_complete(cells: list[dict]) -> bool:
+    """Whether a method's selection cost is measured whole: some cell selected from a cold cache
+    (``score_cache.cached == 0``; see :func:`tunesift.bench._select_for_cell`), or another
+    experiment sharing its cache did (``cost_from_cold``, set by the evidence bench). Cells made
+    before the counts existed carry none and are not questioned."""
+    counts = [c.get("score_cache") for c in cells]
+    if any(x is None for x in counts) or any(c.get("cost_from_cold") for c in cells):
+        return True
+    return any(x["cached"] == 0 for x in counts)
 
 
 def method_rank(name: str) -> float:
@@ -295,10 +303,11 @@ def _code(cell: dict) -> str:
 
 def provenance_table(cells: list[dict]) -> str:
     """Which machines, code versions and training settings made each row's cells, and the paired
-    comparisons with random that span more than one of them: such a difference also holds the
-    machine's effect (bfloat16 autocast runs other kernels with and without AMX) or the code's
-    (an evaluation change moves every metric). Cells of a grid span sessions and machines; this
-    says where, so a reader can weigh a small difference. Empty for no cells."""
+    comparisons with random that span more than one machine or stage-1 model: such a difference
+    also holds that change (bfloat16 autocast runs other kernels with and without AMX). Code
+    versions are counted, not flagged: the fingerprint covers all of tunesift's source, so nearly
+    every pair of sessions differs. Cells of a grid span sessions and machines; this says where, so
+    a reader can weigh a small difference. Empty for no cells."""
     if not cells:
         return ""
     kinds = list(dict.fromkeys(machine_kind(c) for c in cells))
@@ -315,8 +324,7 @@ def provenance_table(cells: list[dict]) -> str:
         seeds = sorted(c["seed"] for c in cs)
         rand = [c for c in cells if c["method"] == "random" and _budget_key(c["budget"]) == key and c["seed"] in seeds]
         both = cs + (rand if method not in REFERENCES else [])
-        across = [what for what, f in (("machines", machine_kind), ("code versions", _code))
-                  if rand and method not in REFERENCES and len({f(c) for c in both}) > 1]
+        across = ["machines"] if rand and method not in REFERENCES and len({machine_kind(c) for c in both}) > 1 else []
         stage1 = {}
         for c in both:
             if "stage1_digest" in c:
@@ -331,10 +339,12 @@ def provenance_table(cells: list[dict]) -> str:
                      f"{', '.join(sorted({label[machine_kind(c)] for c in cs}))} | "
                      f"{len({_code(c) for c in cs})} | {', '.join(ckpt)} | {', '.join(across)} |")
     lines += ["", "Machines: " + "; ".join(f"{label[k]} = {k}" for k in kinds) + ".",
-              f"Code versions (fingerprints of tunesift's source): {len(codes)} over all cells."]
+              f"Code versions: {len(codes)} over all cells (fingerprints of all of tunesift's source, so "
+              "most changes between them touch neither selection, training nor evaluation; each cell's "
+              "`ran_with.code` says which)."]
     if flagged:
-        lines += ["", "Paired with random across machines, code versions or stage-1 models (the difference "
-                  "includes that change): " + "; ".join(flagged) + "."]
+        lines += ["", "Paired with random across machines or stage-1 models (the difference includes that "
+                  "change): " + "; ".join(flagged) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -371,8 +381,8 @@ def markdown_table(rows: list[dict]) -> str:
                   "2 SE is p = 0.18, so read p < 0.05 as firm and a mark alone as suggestive."]
     lines += ["", "select / train: the selection's wall time (uncached) over the fine-tuning's on its pick."]
     if partly:
-        lines += ["", "†: the method's slowest selection found part of its scores already in its cache (an "
-                  "earlier, interrupted run computed them), so the full cost is higher than shown."]
+        lines += ["", "†: no selection of this method started from an empty score cache (an earlier, "
+                  "interrupted run computed part of the scores), so the full cost is higher than shown."]
     if capped:
         lines += ["", "generations capped: test generations (mean over seeds) that ran to the token limit "
                   "without ending; they weigh on ROUGE-L, cosine and exact match."]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import socket
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -105,14 +107,25 @@ def check_earlier_set(out: Path, shown: str | Path, manifest: str, unlisted: dic
                               f"put there by hand); {advice}")
 
 
+#: a staging folder younger than this is never swept, whatever its owner's process id says: a
+#: live run in another PID namespace (a container sharing the host name and the disk) could look dead
+STALE_AFTER_S = 3600
+
+
+def _owner() -> str:
+    """``HOST-PID`` of this process, the host as 8 hex digits of its name's hash (a name of up to
+    63 characters would push a long output name past the 255-byte file name limit)."""
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{host}-{os.getpid()}"
+
+
 def staging_folder(out: Path) -> Path:
     """A new empty folder beside ``out`` (same file system, so the swap is a rename), named
     ``.NAME.staging-HOST-PID-*`` so that a later run can tell when its maker is gone
     (:func:`sweep_stale`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(out)
-    owner = f"{socket.gethostname()}-{os.getpid()}"
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{owner}-", dir=out.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{_owner()}-", dir=out.parent))
 
 
 def _running(pid: int) -> bool:
@@ -125,18 +138,31 @@ def _running(pid: int) -> bool:
     return True
 
 
-def sweep_stale(out: Path) -> None:
+def sweep_stale(out: Path, *, older_than_s: float = STALE_AFTER_S) -> None:
     """Remove the staging folders a killed run left beside ``out`` (SIGKILL, the OOM killer and power
-    loss skip every cleanup): those made on this host by a process that no longer runs. They hold
-    only a partial new set. A folder of another host or of a running process is left alone, and so
-    is a ``.NAME.old-*`` folder: it can hold the previous set, moved aside by a run killed before
-    the new one took its place, and a warning names it when ``out`` is missing."""
-    host, lead = socket.gethostname(), f".{out.name}.staging-"
+    loss skip every cleanup): those made on this host by a process that no longer runs and left
+    untouched for ``older_than_s``. They hold a partial new set, or, if the kill came between the
+    swap and the removal of the previous set, that previous set, which the run was replacing. A
+    folder of another host, of a running process, or a recent one is left alone, and so is a
+    ``.NAME.old-*`` folder: it can hold the previous set, moved aside by a run killed before the
+    new one took its place, and a warning names it when ``out`` is missing."""
+    owner_host, lead = _owner().split("-")[0], f".{out.name}.staging-"
+    now = time.time()
     for p in out.parent.glob(f".{glob.escape(out.name)}.*"):
         if p.name.startswith(lead):
-            made_on, _, rest = p.name[len(lead):].rpartition("-")[0].rpartition("-")
-            if made_on == host and rest.isdigit() and not _running(int(rest)) and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
+            host, _, rest = p.name[len(lead):].partition("-")
+            pid = rest.partition("-")[0]
+            try:
+                old = now - p.lstat().st_mtime >= older_than_s
+            except OSError:  # gone meanwhile
+                continue
+            if host == owner_host and pid.isdigit() and old and not p.is_symlink() and not _running(int(pid)):
+                trash = p.with_name(f"{p.name}.removing")
+                try:
+                    os.replace(p, trash)  # first out of the staging name, then deleted
+                except OSError:
+                    continue
+                shutil.rmtree(trash, ignore_errors=True)
                 log.info("removed '%s', left by a run that was killed", p)
         elif p.name.startswith(f".{out.name}.old-") and (p / "set").is_dir() and not out.exists():
             log.warning("'%s' is missing, but '%s' holds a previous set that an interrupted run moved "

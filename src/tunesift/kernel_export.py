@@ -29,7 +29,7 @@ from .errors import OptionError
 from .folders import digests, publish
 from .methods.catalogue import get_method
 from .methods.options import Options, options_dict
-from .methods.utility_kernels import knn_candidates, one_kernel
+from .methods.utility_kernels import knn_candidates, one_kernel, twin_groups
 from .outputs import check_output_folder
 from .pipeline import as_records, describe_model, versions, with_token_budget
 from .render import renderer_for
@@ -70,9 +70,11 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
         precision = embed_precision(opt.dtype, opt.device)
         e_t = embed_records(targets, cache_dir=opt.cache_dir, device=opt.device, precision=precision)
         e_e = e_t if same else embed_records(cols, cache_dir=opt.cache_dir, device=opt.device, precision=precision)
-    pattern = knn_candidates(e_t, e_e, opt, same=same)
+    # repeated records are left out as select leaves them out (their pairs would copy the answer)
+    twins = twin_groups(targets) if same and not opt.keep_diagonal else None
+    pattern = knn_candidates(e_t, e_e, opt, same=same, twins=twins)
     kern = one_kernel(lm, renderer, targets, cols, opt, same=same, pattern=pattern, e_t=e_t, e_e=e_e,
-                      progress=progress, label="pool x pool" if same else "pool x examples")
+                      progress=progress, label="pool x pool" if same else "pool x examples", twins=twins)
     meta = {"tool": "tunesift", "kind": "delift-utility", "rows": "targets", "cols": "in-context examples",
             "shape": list(np.shape(kern.values)), "sparse": sp.issparse(kern.values),
             "pairs": int(kern.values.nnz) if sp.issparse(kern.values) else int(np.isfinite(kern.values).sum()),

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,6 +138,29 @@ def unpack_array(data: bytes) -> tuple[np.ndarray | None, str | None]:
         return None, f"it cannot be parsed ({exc})"
 
 
+#: open :func:`counting_cache` tallies: ``[started (epoch s), {"cached": n, "written": n}]``
+_TALLIES: list[list] = []
+
+
+@contextmanager
+def counting_cache() -> Iterator[dict]:
+    """Count, while open, the score-cache blocks read that were there before it opened (``cached``:
+    an earlier run computed them) and the blocks written (``written``). Yields the dict, filled
+    on exit. A bench cell uses it to tell a cold selection from one that resumed."""
+    tally = [time.time(), {"cached": 0, "written": 0}]
+    _TALLIES.append(tally)
+    try:
+        yield tally[1]
+    finally:
+        _TALLIES.remove(tally)
+
+
+def _count(kind: str, path: Path | None = None) -> None:
+    for started, counts in _TALLIES:
+        if kind == "written" or path.stat().st_mtime < started:
+            counts[kind] += 1
+
+
 class ArrayStore:
     """Named numpy arrays under one cache folder: ``store.get(name)`` / ``store.put(name, array)``.
 
@@ -173,6 +197,8 @@ class ArrayStore:
         if finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
             log.warning("score cache: ignoring block %s: it holds NaN or infinite values; recomputing it", p)
             return None
+        if _TALLIES:
+            _count("cached", p)
         return arr
 
     def remove(self, name: str) -> None:
@@ -190,6 +216,8 @@ class ArrayStore:
             write_bytes(p, pack_array(array))
         except OSError as exc:
             raise cache_failure(p, exc) from None
+        if _TALLIES:
+            _count("written")
 
 
 def probe_write(folder: Path) -> None:

