@@ -7,11 +7,12 @@ import pytest
 import tiny
 import torch
 
-from tunesift.errors import OptionError
+from tunesift.errors import OptionError, TunesiftError
 from tunesift.render import Renderer, turn_format
 from tunesift.scoring.donod import (
     DonodParams,
     autograd_don_nod,
+    don_nod,
     don_nod_from_stats,
     gradient_stats,
     lm_head_norm_sq,
@@ -51,6 +52,7 @@ def test_softcapped_logits_match_autograd():
     tok = tiny.make_tokenizer()
     model = tiny.make_model(len(tok), seed=3)
     model.config.final_logit_softcapping = 2.0  # DON/NOD must follow the capped softmax's chain rule
+    model._tunesift_head_checked = True  # Llama's forward does not cap: the reference applies the cap itself
     lm = SimpleNamespace(model=model, tokenizer=tok)
     ours, ref = closed_and_reference(lm, DonodParams(0.5, "mean"), sequences(lm))
     np.testing.assert_allclose(ours, ref, rtol=1e-4)
@@ -265,3 +267,30 @@ def test_the_float64_head_copy_is_released_and_follows_in_place_changes(tiny_dir
     donod.release_head_copy()
     w = head.weight.detach().double()
     assert lm_head_norm_sq(lm.model, chunk=7) == pytest.approx(float((w ** 2).sum()), rel=1e-12)
+
+
+def test_a_model_that_transforms_its_logits_another_way_is_refused(tiny_lm):
+    """Only soft-capping and Cohere/Granite scaling were read from the config: a model that scales
+    its logits another way (FalconH1's lm_head_multiplier) got DON and NOD of the wrong softmax,
+    silently. The model's own logits are now compared with the closed form's, once per model."""
+    import copy
+
+    model = copy.deepcopy(tiny_lm.model)
+    model._tunesift_head_checked = False  # the shared fixture may have been checked by an earlier test
+    seqs = sequences(tiny_lm)
+    gradient_stats(model, seqs[:2], pad_id=tiny_lm.tokenizer.pad_token_id)  # the plain head passes
+    assert model._tunesift_head_checked
+    odd = copy.deepcopy(model)
+    odd._tunesift_head_checked = False
+    real = odd.forward
+
+    def multiplied(*a, **k):  # as FalconH1: logits = lm_head(h) * lm_head_multiplier
+        out = real(*a, **k)
+        out.logits = out.logits * 0.25
+        return out
+
+    odd.forward = multiplied
+    with pytest.raises(OptionError, match="logits are not the LM head's output"):
+        gradient_stats(odd, seqs[:2], pad_id=tiny_lm.tokenizer.pad_token_id)
+    with pytest.raises(TunesiftError, match="at least one scored response token"):
+        don_nod(0.0, 0.0, 0, 1.0, DonodParams(1e-3, "sqrt"))

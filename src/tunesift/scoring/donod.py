@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import OptionError
+from ..errors import OptionError, TunesiftError
 
 REDUCTIONS = ("mean", "sum", "sqrt")
 # token scale c of the loss (and so of G) for a response of T scored tokens
@@ -115,6 +115,8 @@ def don_nod(inner: float, g_sq: float, n_tokens: int, w_sq: float, params: Donod
 
     ``w_sq`` is ||W||_F^2 of the LM head (float64).
     """
+    if n_tokens < 1:
+        raise TunesiftError("DONOD needs at least one scored response token per record")
     c = TOKEN_SCALE[params.reduction](n_tokens)
     eta = params.eta
     wg = c * inner
@@ -190,7 +192,7 @@ def score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) ->
         raise OptionError("the DONOD closed form assumes an LM head without bias")
     dev = next(model.parameters()).device
     ids, att = padded_batch(batch, pad_id)
-    hidden = body(input_ids=ids.to(dev), attention_mask=att.to(dev)).last_hidden_state
+    hidden = body(input_ids=ids.to(dev), attention_mask=att.to(dev), use_cache=False).last_hidden_state
     # Logits in float64: <W, G> = sum_t (E_p[z_t] - z_t[y_t]) cancels heavily for confident tokens,
     # and float32 logits leave it ~1% off on real models (measured on SmolLM2).
     w = _float64_weight(head)
@@ -198,9 +200,40 @@ def score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) ->
     for b, (seq, mask) in enumerate(batch):
         pos = torch.tensor([t for t in range(1, len(seq)) if mask[t]], dtype=torch.long, device=dev)
         h = hidden[b, pos - 1].double()
+        if not getattr(model, "_tunesift_head_checked", False):
+            check_output_transform(model, seq, pos, h, w, softcap, scale)
         inner, g_sq = gradient_terms(h, w, ids[b].to(dev)[pos], softcap, scale=scale)
         out[b] = (inner, g_sq, len(pos))
     return out
+
+
+def check_output_transform(model, seq: list[int], pos: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+                           softcap: float | None, scale: float, n: int = 8) -> None:
+    """Refuse a model whose logits are not ``c tanh(s h W^T / c)`` (or ``s h W^T``): the closed
+    form knows soft-capping and Cohere/Granite scaling only, and another transform (FalconH1's
+    ``lm_head_multiplier``, a model's own soft cap under another name) would give wrong DON and
+    NOD silently. Compares the model's own logits with the reconstruction at the first ``n``
+    response positions of one record (one short forward pass, once per model); h: (T, d) float64
+    hidden states at ``pos - 1``, w: (V, d) float64 head."""
+    pos, h = pos[:n], h[:n]
+    first, end = int(pos[0]) - 1, int(pos[-1])
+    ids = torch.tensor([seq[:end]], device=pos.device)
+    try:
+        logits = model(input_ids=ids, logits_to_keep=end - first).logits[0]
+    except TypeError:  # a model without logits_to_keep: all positions
+        logits = model(input_ids=ids).logits[0, first:]
+    got = logits[pos - 1 - first].double()
+    z = (h @ w.T) * scale
+    ours = softcap * torch.tanh(z / softcap) if softcap else z
+    tight = logits.dtype == next(model.parameters()).dtype == torch.float32  # else bf16/fp16 rounding
+    tol = (1e-3 if tight else 3e-2) * max(1.0, float(got.abs().max()))
+    gap = float((ours - got).abs().max())
+    if not gap <= tol:
+        raise OptionError(f"DONOD: {type(model).__name__}'s logits are not the LM head's output as the closed form "
+                          f"computes it (soft cap {softcap}, scale {scale:g}; largest gap {gap:.3g} at the first "
+                          "response tokens): its output layer transforms the logits another way, so DON and NOD "
+                          "would be wrong; use another method or model")
+    model._tunesift_head_checked = True
 
 
 def plan_batches(lengths: list[int], token_budget: int, max_batch: int = 64) -> list[list[int]]:
