@@ -1,6 +1,7 @@
 """Every bad input of docs/errors.md: one line on stderr naming what and where, exit code 2,
 and no output folder left behind."""
 
+import decimal
 import json
 
 import pytest
@@ -144,3 +145,56 @@ def test_cases_are_documented():
     rows = {line.split("`")[1]: line for line in doc.splitlines() if line.startswith("| `")}
     drifted = [c[0] for c in CASES if c[4] not in rows[c[0]]]
     assert not drifted, f"docs/errors.md's messages differ from the CLI's for {drifted}"
+
+
+def test_a_first_record_with_a_null_response_is_that_records_defect(tmp_path, capsys):
+    """Only set fields decided the schema, so a null output in the first record made the whole
+    file 'unknown schema' (listing the very fields it expected) even under --on-error skip."""
+    from tunesift.cli import main
+
+    data = tmp_path / "d.jsonl"
+    rows = [{"instruction": "a", "input": "", "output": None}, {"instruction": "b", "input": "", "output": "x"},
+            {"instruction": "c", "input": "", "output": "y"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["select", str(data), "--method", "random", "--budget", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "d.jsonl:1: field 'output': is null" in capsys.readouterr().err
+    assert main(["select", str(data), "--method", "random", "--budget", "1.0", "--out", str(tmp_path / "o"),
+                 "--on-error", "skip"]) == 0
+    err = capsys.readouterr().err
+    assert "more than the 2 that can be used" not in err  # 1.0 is the whole pool: no warning that it shrank
+
+
+def test_an_empty_tool_calls_list_means_no_calls(tmp_path):
+    from tunesift.io.records import read_records
+
+    data = tmp_path / "d.jsonl"
+    row = {"messages": [{"role": "user", "content": "hi", "tool_calls": []},
+                        {"role": "assistant", "content": "hello", "tool_calls": []}]}
+    data.write_text(json.dumps(row) + "\n")
+    [rec] = read_records(data)
+    assert rec.prompt == "hi" and rec.response == "hello"
+
+
+def test_a_lone_surrogate_id_that_collides_with_its_escape_is_a_duplicate(tmp_path):
+    from tunesift.errors import InputError
+    from tunesift.io.records import read_records
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"id": "\\ud800", "prompt": "a", "response": "b"}\n{"id": "\\\\ud800", "prompt": "c", "response": "d"}\n')
+    with pytest.raises(InputError, match=r"d.jsonl:2: field 'id': duplicate id .* already used on line 1 \(the same "
+                                         r"once a lone surrogate is written as its escape\)"):
+        read_records(data)
+
+
+def test_json_numbers_are_written_back_with_their_digits(tmp_path):
+    """A float that cannot hold a JSON number's value (more digits than a double, beyond its range)
+    was rounded or turned into Infinity in selected.jsonl."""
+    from tunesift.cli import main
+
+    data = tmp_path / "d.jsonl"
+    line = '{"instruction": "a", "output": "b", "x": 3.14159265358979323846, "y": 1e400, "z": 0.1, "v": 2.5}\n'
+    data.write_text(line)
+    assert main(["select", str(data), "--method", "random", "--budget", "1", "--out", str(tmp_path / "o"), "-q"]) == 0
+    got = (tmp_path / "o" / "selected.jsonl").read_text()
+    assert '"x": 3.14159265358979323846' in got and '"z": 0.1' in got and '"v": 2.5' in got
+    assert decimal.Decimal(json.loads(got, parse_float=decimal.Decimal)["y"]) == decimal.Decimal("1e400")

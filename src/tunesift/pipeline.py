@@ -293,8 +293,10 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
         log.warning("%d of %d records cannot be scored (see the error column); they are never kept",
                     len(errors), len(records))
         if k > len(ok):
-            log.warning("the budget of %d records is more than the %d that can be used: keeping %d", k, len(ok),
-                        len(ok))
+            b = parse_budget(opt.budget)
+            if not (isinstance(b, float) and b == 1.0):  # "the whole pool" needs no warning that it is smaller
+                log.warning("the budget of %d records is more than the %d that can be used: keeping %d", k,
+                            len(ok), len(ok))
             k = len(ok)
     scored = [records[i] for i in ok] if errors else records
     picked = method.run(Job(scored, k, opt, lm, progress, other))

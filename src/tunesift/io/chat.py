@@ -113,6 +113,8 @@ def _turn(turn: Any, at: str, loc: Loc, source: str) -> Turn:
             f"{at}.{role_key}",
         )
     calls = turn.get("tool_calls")
+    if isinstance(calls, (list, tuple)) and not calls:  # [] is "no calls" (pandas and Arrow write it so)
+        calls = None
     if calls is not None:
         if canon != "assistant":
             raise located_error(

@@ -26,9 +26,11 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +188,16 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     return obj
 
 
+def exact_number(text: str) -> float | Decimal:
+    """A JSON number with a fraction or exponent as a float when the float holds its value, else
+    as a Decimal with the digits as written (``3.14159265358979323846``, ``1e400``): the writers
+    give a Decimal back digit for digit, so no value read is rounded or turned into infinity."""
+    f = float(text)
+    if math.isfinite(f) and Decimal(repr(f)) == Decimal(text):
+        return f
+    return Decimal(text)
+
+
 def _twice(key: str) -> str:
     return f"a JSON object names the key {show(key)} twice; only its last value would be read"
 
@@ -196,7 +208,7 @@ def _read_jsonl(text: str, source: str, ext: str) -> Rows:
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw, object_pairs_hook=_unique_keys)
+            obj = json.loads(raw, object_pairs_hook=_unique_keys, parse_float=exact_number)
         except _DuplicateKey as e:
             raise InputError(source, _twice(e.key), line=n) from None
         except RecursionError:
@@ -238,7 +250,7 @@ def _whole_json_hint(text: str) -> str | None:
 
 
 def _read_json_array(text: str, source: str) -> Rows:
-    decoder = json.JSONDecoder(object_pairs_hook=_unique_keys)
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_float=exact_number)
     skip = _JSON_WS.match
     end = len(text)
     pos = skip(text, 0).end() + 1  # past "["

@@ -231,7 +231,7 @@ def build_records(rows: Rows, fm: FieldMap, source: str, empty: str, on_error: s
         else f"the first record ({first_loc.unit} {first_loc.line}) has an 'id', "
         "so every record needs one"
     )
-    seen_ids: dict[str, int] = {}
+    seen_ids: dict[str, tuple[int, str]] = {}
     hash_counts: dict[str, int] = {}
 
     out: list[Record] = []
@@ -248,14 +248,19 @@ def build_records(rows: Rows, fm: FieldMap, source: str, empty: str, on_error: s
             prompt, response, context, role, error = "", "", (), "user", str(e)
         if id_field:
             rid = _field_id(row, id_field, id_why, loc, source)
-            if rid in seen_ids:
+            # as the outputs write it: a lone surrogate becomes its \uXXXX escape, which must not
+            # meet the same text written out by hand in another id
+            key = rid.encode("utf-8", "backslashreplace").decode("utf-8")
+            if key in seen_ids:
+                line, first = seen_ids[key]
                 raise located_error(
                     source,
                     loc,
-                    f"duplicate id {show(rid)}, already used on {loc.unit} {seen_ids[rid]}",
+                    f"duplicate id {show(rid)}, already used on {loc.unit} {line}"
+                    + ("" if first == rid else " (the same once a lone surrogate is written as its escape)"),
                     id_field,
                 )
-            seen_ids[rid] = loc.line
+            seen_ids[key] = (loc.line, rid)
         else:
             try:
                 h = content_id(row)

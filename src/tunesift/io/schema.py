@@ -157,21 +157,26 @@ def detect_schema(row: dict, *, source: str = "<row>", line: int | None = None) 
     found and expected when no schema fits, and saying why when the record is text-only.
     """
 
-    def has(key: str) -> bool:
-        return row.get(key) is not None
+    def fits(has) -> str | None:
+        if has("messages"):
+            return "messages"
+        if has("conversations"):
+            return "sharegpt"
+        if has("instruction") and has("output"):
+            return "alpaca"
+        if has("prompt") and (has("completion") or has("response")):
+            if isinstance(row["prompt"], (list, tuple)):
+                return "conversational_prompt_completion"
+            return "prompt_completion"
+        if has("question") and has("answer"):
+            return "question_answer"
+        return None
 
-    if has("messages"):
-        return "messages"
-    if has("conversations"):
-        return "sharegpt"
-    if has("instruction") and has("output"):
-        return "alpaca"
-    if has("prompt") and (has("completion") or has("response")):
-        if isinstance(row["prompt"], (list, tuple)):
-            return "conversational_prompt_completion"
-        return "prompt_completion"
-    if has("question") and has("answer"):
-        return "question_answer"
+    # set fields first (a table's union of columns holds null where a row lacks one); then the
+    # names alone, so that a first record with a null output reads as that record's defect
+    name = fits(lambda key: row.get(key) is not None) or fits(lambda key: key in row)
+    if name:
+        return name
     found = ", ".join(show(k, 30) for k in row) or "none"
     nested = [k for k, v in row.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
     if isinstance(row.get("text"), str):
