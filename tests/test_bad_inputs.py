@@ -198,3 +198,20 @@ def test_json_numbers_are_written_back_with_their_digits(tmp_path):
     got = (tmp_path / "o" / "selected.jsonl").read_text()
     assert '"x": 3.14159265358979323846' in got and '"z": 0.1' in got and '"v": 2.5' in got
     assert decimal.Decimal(json.loads(got, parse_float=decimal.Decimal)["y"]) == decimal.Decimal("1e400")
+
+
+def test_a_column_of_floats_and_long_decimals_writes_as_float64_parquet(tmp_path, capsys):
+    """Numbers a double cannot hold are read as decimals; beside plain floats Arrow refused the
+    column ("int or Decimal object expected, got float") and the whole Parquet output failed."""
+    import pyarrow.parquet as pq
+
+    from tunesift.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "a", "output": "b", "x": 3.14159265358979323846}\n'
+                    '{"instruction": "c", "output": "d", "x": 1.5}\n')
+    assert main(["select", str(data), "--method", "random", "--budget", "1.0", "--out", str(tmp_path / "o"),
+                 "--out-format", "parquet"]) == 0
+    col = pq.read_table(tmp_path / "o" / "selected.parquet").column("x").to_pylist()
+    assert sorted(col) == [1.5, 3.141592653589793]
+    assert "column 'x' mixes floats" in capsys.readouterr().err

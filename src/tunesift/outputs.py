@@ -354,7 +354,7 @@ def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
             # every field any kept row has, in first-seen order (null where a row lacks it):
             # from_pylist alone takes the columns of the first row only
             names = list(dict.fromkeys(k for row in rows for k in row))
-            table = pa.table({k: pa.array([row.get(k) for row in rows]) for k in names}) if names \
+            table = pa.table({k: _arrow_column(k, [row.get(k) for row in rows]) for k in names}) if names \
                 else pa.Table.from_pylist(rows)
         if out_format == "parquet":
             pq.write_table(table, tmp / "selected.parquet")
@@ -365,6 +365,22 @@ def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
             ValueError, TypeError) as exc:
         raise TunesiftError(f"cannot write the kept records as {out_format}: {str(exc).splitlines()[0]}; "
                             "use --out-format jsonl") from None
+
+
+def _arrow_column(name: str, values: list):
+    """One column as Arrow infers it; JSON numbers read as decimals (more digits than a double
+    holds, io.files.exact_number) beside plain floats become float64 there, with a warning:
+    Arrow holds one type per column, and selected.jsonl keeps their digits."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        if not any(isinstance(v, float) for v in values) or not any(isinstance(v, decimal.Decimal) for v in values):
+            raise
+    log.warning("column %s mixes floats with numbers a double cannot hold exactly: written as float64 (rounded); "
+                "--out-format jsonl keeps their digits", repr(name))
+    return pa.array([float(v) if isinstance(v, decimal.Decimal) else v for v in values])
 
 
 class MixedColumns:
