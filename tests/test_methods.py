@@ -271,3 +271,14 @@ def test_picks_that_gain_nothing_are_named(caplog):
         sel = select(rows, method="delift-se", budget=3)
     assert sel.kept.sum() == 3
     assert any("1 of 3 picks gained nothing" in r.getMessage() for r in caplog.records)
+
+
+def test_within_matches_a_csv_cell_as_typed(tmp_path):
+    """CSV cells are text, and category() quotes text that reads as JSON ("1"), so --within split=1
+    matched nothing and the user had to type split="1"."""
+    data = tmp_path / "d.csv"
+    data.write_text("prompt,response,split\na,b,1\nc,d,2\ne,f,1\n")
+    sel = select(str(data), method="random", budget=2, within="split=1")
+    assert sorted(r.prompt for r, k in zip(sel.records, sel.kept) if k) == ["a", "e"]
+    sel = select(str(data), method="random", budget=2, within='split="1"')  # the quoted form still works
+    assert sorted(r.prompt for r, k in zip(sel.records, sel.kept) if k) == ["a", "e"]

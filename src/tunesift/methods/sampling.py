@@ -19,7 +19,8 @@ def run_random(job: Job) -> Picked:
     """A seeded uniform permutation: the first k are kept.
 
     With ``--within FIELD=VALUE`` the records whose field has that value (as
-    :func:`~tunesift.rowfields.category` names it: ``meta.swapped=false`` matches JSON false) come
+    :func:`~tunesift.rowfields.category` names it: ``meta.swapped=false`` matches JSON false; a text
+    value also as typed, so ``split=1`` matches a CSV cell ``1``) come
     first, in the same permutation's order, then the others: the k kept are a uniform sample of the
     matching records. With fewer matches than k, all of them are kept and the rest of the budget is
     a uniform sample of the others (logged as a warning; the manifest counts the matches).
@@ -30,8 +31,10 @@ def run_random(job: Job) -> Picked:
         return Picked({}, order)
     name, _, wanted = job.opt.within.partition("=")
     name, wanted = name.strip(), wanted.strip()  # "meta.source = dolly" means dolly
-    values = [category(field_value(r.row, name)) for r in job.records]
-    match = np.array([v == wanted for v in values], dtype=bool)
+    raw = [field_value(r.row, name) for r in job.records]
+    values = [category(v) for v in raw]
+    # a string also matches as typed: a CSV cell "1" is the text 1, which category() quotes
+    match = np.array([v == wanted or (isinstance(x, str) and x == wanted) for v, x in zip(values, raw)], dtype=bool)
     n_match = int(match.sum())
     if n_match == 0:
         seen = ", ".join(sorted(set(values))[:8])
