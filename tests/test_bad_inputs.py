@@ -215,3 +215,19 @@ def test_a_column_of_floats_and_long_decimals_writes_as_float64_parquet(tmp_path
     col = pq.read_table(tmp_path / "o" / "selected.parquet").column("x").to_pylist()
     assert sorted(col) == [1.5, 3.141592653589793]
     assert "column 'x' mixes floats" in capsys.readouterr().err
+
+
+def test_id_field_none_reads_records_whose_ids_repeat(tmp_path, capsys):
+    """Merged dumps often repeat ids; an id in the first record made ids compulsory and unique,
+    with no way out short of editing the file."""
+    from tunesift.io.records import read_records
+    from tunesift.io.schema import FieldMap
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"id": "a", "prompt": "p", "response": "r"}\n{"id": "a", "prompt": "q", "response": "s"}\n')
+    assert main(["select", str(data), "--method", "random", "--budget", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "--id-field none gives every record an id from its content" in capsys.readouterr().err
+    recs = read_records(data, FieldMap(id="none"))
+    assert len({r.id for r in recs}) == 2 and "a" not in {r.id for r in recs}
+    assert main(["select", str(data), "--method", "random", "--budget", "1", "--id-field", "none",
+                 "--out", str(tmp_path / "o"), "-q"]) == 0

@@ -86,7 +86,8 @@ class Shared:
     prompt_field = Annotated[str | None, typer.Option(help="Field(s) holding the prompt, comma-separated to join.")]
     response_field = Annotated[str | None, typer.Option(help="Field holding the response.")]
     messages_field = Annotated[str | None, typer.Option(help="Field holding a chat message list.")]
-    id_field = Annotated[str | None, typer.Option(help="Field holding a unique record id.")]
+    id_field = Annotated[str | None, typer.Option(help="Field holding a unique record id (default: 'id' when the "
+                                                        "first record has one); none: ids from the content.")]
     config = Annotated[Path | None, typer.Option("--config", is_eager=True, callback=load_recipe,
                                                  help="YAML recipe holding any of these options; flags override it.")]
 

@@ -42,7 +42,7 @@ from .describe import (
     with_article,
 )
 from .files import Rows, iter_rows, open_rows, train_split
-from .schema import FieldMap, Schema, check_fields, resolve_schema
+from .schema import NO_ID, FieldMap, Schema, check_fields, resolve_schema
 
 __all__ = [
     "SHOW_DEFECTS",
@@ -224,7 +224,8 @@ def build_records(rows: Rows, fm: FieldMap, source: str, empty: str, on_error: s
     first_row, first_loc = first
     schema = resolve_schema(first_row, first_loc, fm, source)
 
-    id_field = fm.id or ("id" if first_row.get("id") is not None else None)
+    # --id-field none: no id field, even where the records have an "id" (content ids instead)
+    id_field = None if fm.id == NO_ID else fm.id or ("id" if first_row.get("id") is not None else None)
     id_why = (
         "--id-field is given, so every record needs one"
         if fm.id
@@ -257,7 +258,8 @@ def build_records(rows: Rows, fm: FieldMap, source: str, empty: str, on_error: s
                     source,
                     loc,
                     f"duplicate id {show(rid)}, already used on {loc.unit} {line}"
-                    + ("" if first == rid else " (the same once a lone surrogate is written as its escape)"),
+                    + ("" if first == rid else " (the same once a lone surrogate is written as its escape)")
+                    + ("" if fm.id else "; --id-field none gives every record an id from its content instead"),
                     id_field,
                 )
             seen_ids[key] = (loc.line, rid)

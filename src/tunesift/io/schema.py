@@ -51,6 +51,10 @@ _EXPECTED = (
     "'prompt'+'completion' (or 'response'; texts or chat turns), 'question'+'answer'"
 )
 
+#: ``--id-field none``: read no id field (ids from the content)
+NO_ID = "none"
+
+
 @dataclass(frozen=True)
 class FieldMap:
     """A manual field mapping; every part is optional and overrides schema detection.
@@ -64,6 +68,8 @@ class FieldMap:
     * ``messages``: the field holding the chat turns (cannot be combined with
       ``prompt`` / ``response``).
     * ``id``: the field holding the record id; every record must then have a unique one.
+      ``"none"`` (:data:`NO_ID`): no id field, even where the records hold an ``id``; each gets an
+      id from its content.
 
     Bad mappings raise :class:`~tunesift.errors.OptionError` when the map is made.
     """
