@@ -70,8 +70,10 @@ METHODS = {
     "task": ["base", "random", "balanced-random", "random-gsm8k", *SELECTORS[1:], "less", "full"],
     "noise": ["base", *SELECTORS, "full"],
     "continual": ["base", "random", "balanced-random", *SELECTORS[1:], "full"],
-    "transfer": ["base", "random", "rds", "delift", "delift-se", "donod", "full"],
+    # the issue names these four selectors and no budget or full-data row for transfer: one budget
+    "transfer": ["base", "random", "rds", "delift", "delift-se", "donod"],
 }
+BUDGETS_OF = {"transfer": [0.3]}  # the default budgets where an experiment has fewer
 VARIANTS = {"delift-learned": {"method": "delift", "utility": "learned", "label_fraction": 0.1},
             "balanced-random": {"by": "meta.source"},
             "random-gsm8k": {"method": "random", "within": "meta.source=gsm8k"}}
@@ -213,7 +215,7 @@ def config(exp: str, data: Path, caches: Path, a) -> BenchConfig:
     opts = {m: {**opts.get(m, {}), "cache_dir": str(cache / m)} for m in methods if m not in ("base", "full")}
     return BenchConfig(
         train=str(data / f"{pools[exp]}.jsonl"), test=str(data / f"{tests[exp]}.jsonl"), methods=methods,
-        budgets=[float(b) for b in a.budgets.split(",")] if a.budgets else list(BUDGETS),
+        budgets=[float(b) for b in a.budgets.split(",")] if a.budgets else list(BUDGETS_OF.get(exp, BUDGETS)),
         seeds=SMOKE["seeds"] if a.smoke else a.seeds,
         stage={"task": "task", "continual": "continual"}.get(exp, "instruction"),
         target=str(data / "gsm8k_target.jsonl") if exp == "task" else None,
