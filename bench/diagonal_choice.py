@@ -5,8 +5,8 @@ rule for how well a pick covers itself. This script reads a kernel that ``tunesi
 wrote (rows and columns: the same pool), min-max scales it as ``select`` does, and picks the
 budget with facility location under each rule:
 
-* ``0``: the scaled excluded pairs as they are (a pick does not cover itself; before session 13);
-* ``1``: every record covers itself fully (session 14);
+* ``0``: the scaled excluded pairs as they are (a pick does not cover itself; up to session 12);
+* ``1``: every record covers itself fully (sessions 13-14);
 * ``row mean``: the mean of the row's scored similarities;
 * ``row max``: the row's largest similarity, what ``select`` ships (``methods.delift.self_covering``).
 
