@@ -98,6 +98,13 @@ def test_unknown_keywords_and_bad_options_fail_before_anything_is_read(tmp_path)
     for kw in ({"out_format": "parquet"}, {"report": True}):  # without out they would do nothing
         with pytest.raises(OptionError, match="read only with out=FOLDER"):
             tunesift.select(missing, method="random", **kw)
+    # the second set and the model are checked before the input is read, as the other options are
+    with pytest.raises(OptionError, match="stage 'task' needs a target set"):
+        tunesift.select(missing, method="delift-se", stage="task")
+    with pytest.raises(OptionError, match="--target is used only by"):
+        tunesift.select(missing, method="donod", target=missing)
+    with pytest.raises(OptionError, match="lm must be a model loaded with tunesift.models.load_lm, got str"):
+        tunesift.select(missing, method="donod", lm="default")
     with pytest.raises(OptionError, match="is inside the output folder"):
         tunesift.select(tmp_path / "o" / "data.jsonl", method="random", out=tmp_path / "o")
 
@@ -110,7 +117,7 @@ def test_unknown_keywords_and_bad_options_fail_before_anything_is_read(tmp_path)
     ({"device": 5}, "device must be text, got 5"),  # was an AttributeError
     ({"label_fraction": True}, "label-fraction must be a number, got True"),  # was accepted as 1
     ({"clip_negative": "no"}, "clip-negative must be true or false, got 'no'"),  # a truthy string: clipping on
-    ({"weights": "1,0"}, "weights must be a pair of numbers, got '1,0'"),
+    ({"weights": 1.0}, "weights must be a pair of numbers, got 1.0"),
     ({"progress": "yes"}, "progress must be True, False, None or a factory"),
 ])
 def test_options_of_the_wrong_type_are_one_line_before_anything_is_read(tmp_path, kw, message):
@@ -451,3 +458,11 @@ def test_every_option_of_the_command_is_a_keyword_of_the_api():
 
     params = set(inspect.signature(tunesift.select).parameters)
     assert {f.name for f in option_fields()} - params == set()
+
+
+def test_weights_take_the_command_lines_spelling_too(demo_rows):
+    from tunesift.methods.options import Options
+
+    assert Options(weights="0.25, 0.75").weights == (0.25, 0.75)
+    with pytest.raises(OptionError, match="weights must be two numbers"):
+        Options(weights="a,b")

@@ -206,14 +206,23 @@ def _take_part(records: list[Record], data, opt: Options) -> tuple[list[Record],
     return [records[i] for i in keep], keep, part
 
 
-def _second_set(method: Method, opt: Options, target, existing) -> list[Record] | None:
-    """The second record set the stage needs (target or existing data), checking that a set is
-    given exactly where the method and stage use it."""
+def _check_second_set(method: Method, opt: Options, target, existing) -> None:
+    """A second set (target or existing data) is given exactly where the method and stage use it:
+    checked before anything is read."""
     uses = method.uses(opt.stage)
     for given, name, stage in ((target, "target", "task"), (existing, "existing", "continual")):
         if given is not None and uses != name:
             readers = "/".join(m for m in method_names() if get_method(m).second_set.get(stage) == name)
             raise OptionError(f"--{name} is used only by --method {readers} --stage {stage}; it would be ignored here")
+    if uses == "target" and target is None:
+        raise OptionError("stage 'task' needs a target set (--target FILE)")
+    if uses == "existing" and existing is None:
+        raise OptionError("stage 'continual' needs the existing data (--existing FILE)")
+
+
+def _second_set(method: Method, opt: Options, target, existing) -> list[Record] | None:
+    """The second record set the stage needs, once read (an empty one is refused)."""
+    uses = method.uses(opt.stage)
     if uses == "target" and not target:
         raise OptionError("stage 'task' needs a target set (--target FILE)")
     if uses == "existing" and not existing:
@@ -240,6 +249,15 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     opt = Options(**options)
     opt.validate()
     method = get_method(opt.method)
+    _check_second_set(method, opt, target, existing)  # before anything is read
+    if lm is not None:
+        from .models import LoadedModel
+
+        if not isinstance(lm, LoadedModel):
+            raise OptionError(f"lm must be a model loaded with tunesift.models.load_lm, got {type(lm).__name__}; "
+                              "or pass model=NAME")
+        if not method.needs_lm:
+            log.warning("%s scores with no language model: lm is not used", opt.method)
     if method.uses_cache():  # writable before the model loads and anything is scored
         check_cache_dir(opt.cache_dir or default_cache_dir())
     progress = progress or _no_progress

@@ -248,6 +248,8 @@ class Options:
                              "meta.source=gsm8k).", group="baselines", check=_within)
 
     def __post_init__(self) -> None:
+        if isinstance(self.weights, str):  # the command line's spelling, "0.5,0.5", from Python too
+            self.weights = parse_weights(self.weights)
         for f in fields(self):  # numpy scalars (a seed or budget computed with numpy) as Python numbers
             v = getattr(self, f.name)
             if isinstance(v, os.PathLike) and "str" in str(f.type):  # a Path for --model or --cache-dir
