@@ -466,3 +466,14 @@ def test_weights_take_the_command_lines_spelling_too(demo_rows):
     assert Options(weights="0.25, 0.75").weights == (0.25, 0.75)
     with pytest.raises(OptionError, match="weights must be two numbers"):
         Options(weights="a,b")
+
+
+def test_the_manifest_is_there_without_saving(demo_rows, tmp_path):
+    sel = tunesift.select(demo_rows, method="random", budget=3)
+    m = sel.manifest()
+    assert m["method"] == "random" and m["options"]["budget"] == 3 and m["inputs"]["data"]["records"] == len(demo_rows)
+    sel.save(tmp_path / "o")
+    saved = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["files"] == {} and saved["files"]
+    assert {k: v for k, v in saved.items() if k != "files"} == {k: v for k, v in json.loads(
+        json.dumps(m, default=str)).items() if k != "files"}

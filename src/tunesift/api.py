@@ -27,7 +27,7 @@ from .errors import OptionError
 from .io.schema import FieldMap
 from .methods.catalogue import get_method
 from .methods.options import Options
-from .outputs import check_output_folder, check_save, save_selection
+from .outputs import check_output_folder, check_save, input_info, manifest, save_selection
 from .progress import interactive, progress_bars
 
 __all__ = ["API_ONLY", "Selection", "select"]
@@ -50,6 +50,12 @@ class Selection(pipeline.Selection):
         earlier selection's, and must not hold an input (:class:`~tunesift.errors.OptionError`
         otherwise, nothing written). Returns the folder."""
         return save_selection(self, out, out_format=out_format, report=report)
+
+    def manifest(self) -> dict:
+        """What ``manifest.json`` would hold (method, every option, the model and its fingerprint,
+        the inputs, counts, versions, timings), without writing anything; ``files`` (the SHA-256
+        of each file written) stays empty."""
+        return manifest(self, input_info(self))
 
 
 def select(
