@@ -477,3 +477,10 @@ def test_the_manifest_is_there_without_saving(demo_rows, tmp_path):
     assert m["files"] == {} and saved["files"]
     assert {k: v for k, v in saved.items() if k != "files"} == {k: v for k, v in json.loads(
         json.dumps(m, default=str)).items() if k != "files"}
+
+
+def test_a_target_set_in_memory_is_in_the_manifest(demo_rows):
+    import pandas as pd
+
+    sel = tunesift.select(demo_rows, method="delift-se", stage="task", target=pd.DataFrame(demo_rows[:3]), budget=3)
+    assert sel.manifest()["inputs"]["target"] == {"in_memory": "pandas.DataFrame", "records": 3}

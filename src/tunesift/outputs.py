@@ -508,6 +508,8 @@ def input_info(sel: Selection) -> dict[str, dict]:
         info["data"] = {"in_memory": f"{type(data).__module__.split('.')[0]}.{type(data).__name__}"
                         if data is not None else "records"}
     info["data"]["records"] = len(sel.records)
+    for name, about in sel.extra.get("second_sets", {}).items():  # a target or existing set given in memory
+        info.setdefault(name, dict(about))
     return info
 
 

@@ -331,6 +331,10 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     extra["read"] = part
     extra["input_sha256"] = {k: v["sha256"] for k, v in digests.items() if v.get("sha256")}
     extra["input_schema"] = digests["data"].get("schema")  # Arrow schema of Parquet/HF input (outputs)
+    # a second set given in memory: its type and size, for the manifest (a file is named by its path)
+    extra["second_sets"] = {name: {"in_memory": _type_name(given), "records": len(got)}
+                            for name, given, got in (("target", target, tgt), ("existing", existing, ext))
+                            if given is not None and got is not None and not isinstance(given, (str, Path))}
     timings["score_select_s"] = time.perf_counter() - t
     timings.update(extra.pop("timings", {}))
     kept = np.zeros(len(records), dtype=bool)
@@ -343,6 +347,11 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
                                                             and isinstance(data[0], Record)) else data
     return Selection(opt.method, records, kept, cols, np.asarray(order, dtype=np.int64), opt, k,
                      model_info, timings, extra, positions, in_memory, sources)
+
+
+def _type_name(data) -> str:
+    """``pandas.DataFrame``, ``datasets.Dataset``, ``builtins.list``: what rows in memory were."""
+    return f"{type(data).__module__.split('.')[0]}.{type(data).__name__}"
 
 
 def describe_model(lm) -> dict:
