@@ -214,7 +214,7 @@ def test_a_column_of_floats_and_long_decimals_writes_as_float64_parquet(tmp_path
                  "--out-format", "parquet"]) == 0
     col = pq.read_table(tmp_path / "o" / "selected.parquet").column("x").to_pylist()
     assert sorted(col) == [1.5, 3.141592653589793]
-    assert "column 'x' mixes floats" in capsys.readouterr().err
+    assert "column 'x' holds numbers a double cannot hold" in capsys.readouterr().err
 
 
 def test_id_field_none_reads_records_whose_ids_repeat(tmp_path, capsys):
@@ -231,3 +231,47 @@ def test_id_field_none_reads_records_whose_ids_repeat(tmp_path, capsys):
     assert len({r.id for r in recs}) == 2 and "a" not in {r.id for r in recs}
     assert main(["select", str(data), "--method", "random", "--budget", "1", "--id-field", "none",
                  "--out", str(tmp_path / "o"), "-q"]) == 0
+
+
+def test_a_double_written_with_17_digits_stays_a_float():
+    """%.17g output (0.10000000000000001 is the double 0.1) was read as a decimal: its category,
+    content id and Parquet type changed for an ordinary number."""
+    from decimal import Decimal
+
+    from tunesift.io.files import exact_number
+    from tunesift.rowfields import category
+
+    assert type(exact_number("0.10000000000000001")) is float and exact_number("1.5") == 1.5
+    assert isinstance(exact_number("3.14159265358979323846"), Decimal)
+    assert isinstance(exact_number("1e400"), Decimal) and isinstance(exact_number("1e-400"), Decimal)
+    assert exact_number("0.0") == 0.0 and exact_number("-0.0e5") == 0.0
+    assert category(Decimal("3.14159265358979323846")) == "3.14159265358979323846"  # a number, not quoted
+
+
+def test_decimals_beside_integers_or_inside_lists_write_to_parquet(tmp_path):
+    import pyarrow.parquet as pq
+
+    from tunesift.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "a", "output": "b", "x": 1, "y": [1.5, 3.14159265358979323846]}\n'
+                    '{"instruction": "c", "output": "d", "x": 1e400, "y": []}\n')
+    assert main(["select", str(data), "--method", "random", "--budget", "1.0", "--out", str(tmp_path / "o"),
+                 "--out-format", "parquet", "-q"]) == 0
+    t = pq.read_table(tmp_path / "o" / "selected.parquet")
+    assert sorted(t.column("x").to_pylist()) == [1.0, float("inf")]
+    assert [1.5, 3.141592653589793] in t.column("y").to_pylist()
+
+
+def test_the_report_reads_the_input_with_the_selections_field_map(tmp_path, capsys):
+    """The report read the input again with the default map: with --id-field none and repeated
+    ids that read failed, and the dropped records lost their text."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": "a", "prompt": f"question {i}", "response": f"answer {i}"}) + "\n"
+                            for i in range(4)))
+    out = tmp_path / "o"
+    assert main(["select", str(data), "--method", "random", "--budget", "2", "--id-field", "none", "--out", str(out),
+                 "--report", "-q"]) == 0
+    page = (out / "report.html").read_text()
+    assert json.loads((out / "manifest.json").read_text())["fields"] == {"id": "none"}
+    assert "cannot read the input" not in page and sum(f"question {i}" in page for i in range(4)) == 4

@@ -12,6 +12,7 @@ from tunesift.render import Renderer, turn_format
 from tunesift.scoring.donod import (
     DonodParams,
     autograd_don_nod,
+    check_output_transform,
     don_nod,
     don_nod_from_stats,
     gradient_stats,
@@ -294,3 +295,26 @@ def test_a_model_that_transforms_its_logits_another_way_is_refused(tiny_lm):
         gradient_stats(odd, seqs[:2], pad_id=tiny_lm.tokenizer.pad_token_id)
     with pytest.raises(TunesiftError, match="at least one scored response token"):
         don_nod(0.0, 0.0, 0, 1.0, DonodParams(1e-3, "sqrt"))
+
+
+def test_the_check_follows_a_real_soft_cap_and_catches_a_claimed_one(tiny_lm):
+    import copy
+
+    seqs = sequences(tiny_lm)
+    capped = copy.deepcopy(tiny_lm.model)
+    capped._tunesift_head_checked = False
+    capped.config.final_logit_softcapping = 2.0
+    real = capped.forward
+
+    def soft_capped(*a, **k):  # as Gemma 2: logits = c tanh(z / c)
+        out = real(*a, **k)
+        out.logits = 2.0 * torch.tanh(out.logits / 2.0)
+        return out
+
+    capped.forward = soft_capped
+    check_output_transform(capped, *seqs[0])  # the closed form's transform: accepted
+    claimed = copy.deepcopy(tiny_lm.model)
+    claimed._tunesift_head_checked = False
+    claimed.config.final_logit_softcapping = 2.0  # the config says so, the forward does not cap
+    with pytest.raises(OptionError, match="logits are not the LM head's output"):
+        check_output_transform(claimed, *seqs[0])

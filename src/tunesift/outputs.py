@@ -292,6 +292,7 @@ def manifest(sel: Selection, inputs: dict[str, dict], files: dict[str, str] | No
         "counts": counts(sel),
         "objective": sel.extra.get("objective"),
         "schema": sel.extra.get("schema"),  # how the input was read (alpaca, sharegpt, messages, ...)
+        "fields": sel.extra.get("fields") or {},  # --prompt-field, --id-field ... (FieldMap), as given
         "template": sel.extra.get("template"),  # how records were rendered for the model (chat | plain)
         # --utility learned: labelled / held-out pairs and the held-out fidelity, per kernel
         **({"surrogate": sel.extra["surrogate"]} if sel.extra.get("surrogate") else {}),
@@ -368,19 +369,38 @@ def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
 
 
 def _arrow_column(name: str, values: list):
-    """One column as Arrow infers it; JSON numbers read as decimals (more digits than a double
-    holds, io.files.exact_number) beside plain floats become float64 there, with a warning:
-    Arrow holds one type per column, and selected.jsonl keeps their digits."""
+    """One column as Arrow infers it. JSON numbers read as decimals (more digits than a double
+    holds, or beyond its range: io.files.exact_number) that Arrow cannot fit in one type with the
+    rest (beside floats or integers, inside lists or objects, past decimal128) become floats, with
+    a warning: Arrow holds one type per column, and selected.jsonl keeps their digits."""
     import pyarrow as pa
 
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        if not any(isinstance(v, float) for v in values) or not any(isinstance(v, decimal.Decimal) for v in values):
+        if not _has_decimal(values):
             raise
-    log.warning("column %s mixes floats with numbers a double cannot hold exactly: written as float64 (rounded); "
-                "--out-format jsonl keeps their digits", repr(name))
-    return pa.array([float(v) if isinstance(v, decimal.Decimal) else v for v in values])
+    log.warning("column %s holds numbers a double cannot hold exactly beside other values: written as floats "
+                "(rounded); --out-format jsonl keeps their digits", repr(name))
+    return pa.array(_decimals_as_floats(values))
+
+
+def _has_decimal(v) -> bool:
+    if isinstance(v, decimal.Decimal):
+        return True
+    if isinstance(v, dict):
+        return any(_has_decimal(x) for x in v.values())
+    return isinstance(v, (list, tuple)) and any(_has_decimal(x) for x in v)
+
+
+def _decimals_as_floats(v):
+    if isinstance(v, decimal.Decimal):
+        return float(v)
+    if isinstance(v, dict):
+        return {k: _decimals_as_floats(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_decimals_as_floats(x) for x in v]
+    return v
 
 
 class MixedColumns:

@@ -331,6 +331,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     extra["read"] = part
     extra["input_sha256"] = {k: v["sha256"] for k, v in digests.items() if v.get("sha256")}
     extra["input_schema"] = digests["data"].get("schema")  # Arrow schema of Parquet/HF input (outputs)
+    # the field map the input was read with: the report reads it again the same way
+    extra["fields"] = {k: v for k, v in vars(fields).items() if v is not None} if fields is not None else {}
     # a second set given in memory: its type and size, for the manifest (a file is named by its path)
     extra["second_sets"] = {name: {"in_memory": _type_name(given), "records": len(got)}
                             for name, given, got in (("target", target, tgt), ("existing", existing, ext))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 MISSING = object()  # field_value's answer for a row without the field
@@ -36,4 +37,6 @@ def category(value: Any) -> str:
         except ValueError:
             return value
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, Decimal):  # a JSON number with more digits than a double: shown as the number
+        return str(value)
     return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)

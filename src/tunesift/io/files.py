@@ -189,12 +189,16 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
 
 
 def exact_number(text: str) -> float | Decimal:
-    """A JSON number with a fraction or exponent as a float when the float holds its value, else
-    as a Decimal with the digits as written (``3.14159265358979323846``, ``1e400``): the writers
-    give a Decimal back digit for digit, so no value read is rounded or turned into infinity."""
+    """A JSON number with a fraction or exponent as a float when the float holds it to the digits
+    written, else as a Decimal with those digits (``3.14159265358979323846``, ``1e400``): the
+    writers give a Decimal back digit for digit, so no value read is rounded or turned into
+    infinity. Up to 15 significant digits a double always holds them (the fast path);
+    ``0.10000000000000001`` (17 digits, as ``%.17g`` writes 0.1) is that double too."""
     f = float(text)
-    if math.isfinite(f) and Decimal(repr(f)) == Decimal(text):
-        return f
+    digits = text.lstrip("+-").split("e")[0].split("E")[0].replace(".", "").lstrip("0")
+    if math.isfinite(f) and (f != 0.0 or not digits.strip("0")):  # no overflow, no underflow to 0
+        if len(digits) <= 15 or Decimal(format(f, f".{len(digits) - 1}e")) == Decimal(text):
+            return f
     return Decimal(text)
 
 

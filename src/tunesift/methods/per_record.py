@@ -83,11 +83,20 @@ def check_finite(kind: str, rows: np.ndarray, records: list, lm) -> None:
 def run_donod(job: Job) -> Picked:
     """DON and NOD of the LM head after one simulated SGD step per record (closed form from the
     cached eta-free terms), ranked by TOPSIS: DON a benefit, NOD a cost."""
-    from ..scoring.donod import DonodParams, don_nod_from_stats, lm_head_norm_sq, release_head_copy
+    from ..scoring.donod import (
+        DonodParams,
+        check_output_transform,
+        don_nod_from_stats,
+        lm_head_norm_sq,
+        release_head_copy,
+    )
     from ..selection.topsis import rank_desc, topsis
 
     opt = job.opt
     try:
+        # here too, not only where a block is scored: cached blocks of a model the closed form
+        # does not fit would otherwise be served unchecked
+        check_output_transform(job.lm.model, *renderer_for(job.lm, opt.template, opt.max_length).sequence(job.records[0]))
         stats = blocked_scores("donod", job)
     finally:
         release_head_copy()

@@ -19,8 +19,8 @@ def run_random(job: Job) -> Picked:
     """A seeded uniform permutation: the first k are kept.
 
     With ``--within FIELD=VALUE`` the records whose field has that value (as
-    :func:`~tunesift.rowfields.category` names it: ``meta.swapped=false`` matches JSON false; a text
-    value also as typed, so ``split=1`` matches a CSV cell ``1``) come
+    :func:`~tunesift.rowfields.category` names it: ``meta.swapped=false`` matches JSON false; when
+    no value is named so, a text as typed, so ``split=1`` matches a CSV cell ``1``) come
     first, in the same permutation's order, then the others: the k kept are a uniform sample of the
     matching records. With fewer matches than k, all of them are kept and the rest of the budget is
     a uniform sample of the others (logged as a warning; the manifest counts the matches).
@@ -33,8 +33,9 @@ def run_random(job: Job) -> Picked:
     name, wanted = name.strip(), wanted.strip()  # "meta.source = dolly" means dolly
     raw = [field_value(r.row, name) for r in job.records]
     values = [category(v) for v in raw]
-    # a string also matches as typed: a CSV cell "1" is the text 1, which category() quotes
-    match = np.array([v == wanted or (isinstance(x, str) and x == wanted) for v, x in zip(values, raw)], dtype=bool)
+    match = np.array([v == wanted for v in values], dtype=bool)
+    if not match.any():  # a text as typed: a CSV cell "1" is the text 1, which category() shows quoted
+        match = np.array([isinstance(x, str) and x == wanted for x in raw], dtype=bool)
     n_match = int(match.sum())
     if n_match == 0:
         seen = ", ".join(sorted(set(values))[:8])

@@ -295,7 +295,9 @@ def read_input(res: Output, data: str | Path | None, by: str | None) -> Input:
         res.notes.append(f"dropped records are shown without their text: {reason} (pass --data FILE)")
         return Input(texts, None)
     try:
-        records = read_records(path)
+        from ..io.schema import FieldMap
+
+        records = read_records(path, FieldMap(**(res.manifest.get("fields") or {})))  # as the selection read it
     except TunesiftError as exc:
         if by is not None:
             hint = "" if data is not None else "; pass the input with --data FILE"

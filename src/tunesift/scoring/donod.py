@@ -191,6 +191,7 @@ def score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) ->
     if getattr(head, "bias", None) is not None:  # no LM head we know has one; refuse rather than be wrong
         raise OptionError("the DONOD closed form assumes an LM head without bias")
     dev = next(model.parameters()).device
+    check_output_transform(model, *batch[0])  # once per model: its logits are what the closed form assumes
     ids, att = padded_batch(batch, pad_id)
     hidden = body(input_ids=ids.to(dev), attention_mask=att.to(dev), use_cache=False).last_hidden_state
     # Logits in float64: <W, G> = sum_t (E_p[z_t] - z_t[y_t]) cancels heavily for confident tokens,
@@ -200,30 +201,33 @@ def score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) ->
     for b, (seq, mask) in enumerate(batch):
         pos = torch.tensor([t for t in range(1, len(seq)) if mask[t]], dtype=torch.long, device=dev)
         h = hidden[b, pos - 1].double()
-        if not getattr(model, "_tunesift_head_checked", False):
-            check_output_transform(model, seq, pos, h, w, softcap, scale)
         inner, g_sq = gradient_terms(h, w, ids[b].to(dev)[pos], softcap, scale=scale)
         out[b] = (inner, g_sq, len(pos))
     return out
 
 
-def check_output_transform(model, seq: list[int], pos: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
-                           softcap: float | None, scale: float, n: int = 8) -> None:
+def check_output_transform(model, seq: list[int], mask: list[int], n: int = 8) -> None:
     """Refuse a model whose logits are not ``c tanh(s h W^T / c)`` (or ``s h W^T``): the closed
     form knows soft-capping and Cohere/Granite scaling only, and another transform (FalconH1's
     ``lm_head_multiplier``, a model's own soft cap under another name) would give wrong DON and
-    NOD silently. Compares the model's own logits with the reconstruction at the first ``n``
-    response positions of one record (one short forward pass, once per model); h: (T, d) float64
-    hidden states at ``pos - 1``, w: (V, d) float64 head."""
-    pos, h = pos[:n], h[:n]
+    NOD silently. Compares the model's own logits with the reconstruction from its final hidden
+    states at the first ``n`` response positions of one record (both from one unpadded input,
+    so only the head's rounding separates them), once per model."""
+    if getattr(model, "_tunesift_head_checked", False):
+        return
+    body, head, softcap, scale = decoder_and_head(model)
+    dev = next(model.parameters()).device
+    pos = torch.tensor([t for t in range(1, len(seq)) if mask[t]][:n], dtype=torch.long, device=dev)
     first, end = int(pos[0]) - 1, int(pos[-1])
-    ids = torch.tensor([seq[:end]], device=pos.device)
-    try:
-        logits = model(input_ids=ids, logits_to_keep=end - first).logits[0]
-    except TypeError:  # a model without logits_to_keep: all positions
-        logits = model(input_ids=ids).logits[0, first:]
-    got = logits[pos - 1 - first].double()
-    z = (h @ w.T) * scale
+    ids = torch.tensor([seq[:end]], device=dev)
+    with torch.inference_mode():
+        h = body(input_ids=ids, use_cache=False).last_hidden_state[0, pos - 1].double()
+        try:
+            logits = model(input_ids=ids, use_cache=False, logits_to_keep=end - first).logits[0]
+        except TypeError:  # a model without logits_to_keep
+            logits = model(input_ids=ids, use_cache=False).logits[0]
+    got = logits[-(end - first):][pos - 1 - first].double()  # the last positions, whether or not it kept only them
+    z = (h @ _float64_weight(head).T) * scale
     ours = softcap * torch.tanh(z / softcap) if softcap else z
     tight = logits.dtype == next(model.parameters()).dtype == torch.float32  # else bf16/fp16 rounding
     tol = (1e-3 if tight else 3e-2) * max(1.0, float(got.abs().max()))
