@@ -55,7 +55,7 @@ from .folders import check_earlier_set, digests, publish
 from .io.chat import chat_tags
 from .io.records import schema_of
 from .io.trainers import DATASET_NAME, dataset_info, unreadable_tools, unreadable_turn
-from .pipeline import Selection, options_dict, versions
+from .pipeline import Selection, options_dict, type_label, versions
 from .store import probe_write
 
 log = logging.getLogger(__name__)
@@ -525,8 +525,7 @@ def input_info(sel: Selection) -> dict[str, dict]:
             info[name] = {"path": str(Path(path).resolve()), "sha256": sums.get(name) or input_checksum(path)}
     if "data" not in info:
         data = sel.data
-        info["data"] = {"in_memory": f"{type(data).__module__.split('.')[0]}.{type(data).__name__}"
-                        if data is not None else "records"}
+        info["data"] = {"in_memory": type_label(data) if data is not None else "records"}
     info["data"]["records"] = len(sel.records)
     for name, about in sel.extra.get("second_sets", {}).items():  # a target or existing set given in memory
         info.setdefault(name, dict(about))

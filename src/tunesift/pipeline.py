@@ -334,7 +334,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     # the field map the input was read with: the report reads it again the same way
     extra["fields"] = {k: v for k, v in vars(fields).items() if v is not None} if fields is not None else {}
     # a second set given in memory: its type and size, for the manifest (a file is named by its path)
-    extra["second_sets"] = {name: {"in_memory": _type_name(given), "records": len(got)}
+    extra["second_sets"] = {name: {"in_memory": type_label(given), "records": len(got)}
                             for name, given, got in (("target", target, tgt), ("existing", existing, ext))
                             if given is not None and got is not None and not isinstance(given, (str, Path))}
     timings["score_select_s"] = time.perf_counter() - t
@@ -351,7 +351,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
                      model_info, timings, extra, positions, in_memory, sources)
 
 
-def _type_name(data) -> str:
+def type_label(data) -> str:
     """``pandas.DataFrame``, ``datasets.Dataset``, ``builtins.list``: what rows in memory were."""
     return f"{type(data).__module__.split('.')[0]}.{type(data).__name__}"
 

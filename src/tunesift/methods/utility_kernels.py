@@ -66,8 +66,8 @@ def twin_links(groups: np.ndarray) -> sp.csr_matrix:
     2 (m - 1) entries for a group of m (not m^2): enough for a pick of the first to cover every
     copy, and the greedy prefers the first (it covers the most)."""
     n = len(groups)
-    _, first_of = np.unique(groups, return_index=True)
-    first = first_of[np.searchsorted(np.unique(groups), groups)]
+    _, first_of, group_of = np.unique(groups, return_index=True, return_inverse=True)
+    first = first_of[group_of]  # (n,) each record's group's first record
     copies = np.flatnonzero(first != np.arange(n))
     rows, cols = np.concatenate([copies, first[copies]]), np.concatenate([first[copies], copies])
     return sp.csr_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(n, n))
