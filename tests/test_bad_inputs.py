@@ -74,6 +74,9 @@ CASES = [
     ("unknown-dtype", "d.jsonl", jsonl(GOOD), ["--dtype", "int8"], "unknown dtype 'int8'"),
     ("budget-exponent", "d.jsonl", jsonl(GOOD), ["--budget", "1e1"], "a count is written as a whole number, e.g. 10"),
     ("unknown-out-format", "d.jsonl", jsonl(GOOD), ["--out-format", "xml"], "unknown out-format 'xml'"),
+    ("mixed-types-to-parquet", "d.jsonl", jsonl([{**r, "n": i} for i, r in enumerate(GOOD[:3])] +
+                                              [{**GOOD[3], "n": "four"}]), ["--out-format", "parquet"],
+     "d.jsonl:4: field 'n': cannot be written as parquet"),
     ("text-part-without-text", "d.jsonl", jsonl([{"messages": [{"role": "user", "content": "hi"}, {
         "role": "assistant", "content": [{"type": "text"}]}]}]), [], "needs a 'text' string"),
     ("empty-content-list", "d.jsonl", jsonl([{"messages": [{"role": "user", "content": []}, {

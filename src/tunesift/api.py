@@ -20,6 +20,7 @@ import os
 import textwrap
 from collections.abc import Callable
 from dataclasses import fields as dataclass_fields
+from functools import partial
 from pathlib import Path
 
 from . import pipeline
@@ -27,7 +28,14 @@ from .errors import OptionError
 from .io.schema import FieldMap
 from .methods.catalogue import get_method
 from .methods.options import Options
-from .outputs import check_output_folder, check_save, input_info, manifest, save_selection
+from .outputs import (
+    check_output_folder,
+    check_rows_writable,
+    check_save,
+    input_info,
+    manifest,
+    save_selection,
+)
 from .progress import interactive, progress_bars
 
 __all__ = ["API_ONLY", "Selection", "select"]
@@ -170,13 +178,15 @@ def select(
                           "they would be ignored here")
     fields = FieldMap.given(prompt_field, response_field, messages_field, id_field)
     data, target, existing = (str(p) if isinstance(p, os.PathLike) else p for p in (data, target, existing))
+    # with out: the kept-records file can hold every record, checked before any scoring
+    check = partial(check_rows_writable, out_format=out_format) if out is not None else None
     if callable(progress) and not isinstance(progress, bool):
         sel = pipeline.select(data, target=target, existing=existing, fields=fields, progress=progress, lm=lm,
-                              **options)
+                              check_rows=check, **options)
     else:
         with progress_bars(interactive() if progress is None else bool(progress)) as bars:
             sel = pipeline.select(data, target=target, existing=existing, fields=fields, progress=bars, lm=lm,
-                                  **options)
+                                  check_rows=check, **options)
     result = Selection(**{f.name: getattr(sel, f.name) for f in dataclass_fields(sel)})
     if out is not None:
         result.save(out, out_format=out_format, report=report)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -156,7 +157,7 @@ def select(
     from .io.schema import FieldMap
     from .methods.catalogue import get_method
     from .methods.options import Options, parse_weights
-    from .outputs import check_output_folder, check_save, save_selection
+    from .outputs import check_output_folder, check_rows_writable, check_save, save_selection
     from .pipeline import select as run_select
 
     if data is None or out is None:
@@ -185,7 +186,8 @@ def select(
     get_method(method).warn_unread(opt)
     with _progress(quiet) as prog:
         sel = run_select(str(data), target=str(target) if target else None,
-                         existing=str(existing) if existing else None, fields=fields, progress=prog, **opts)
+                         existing=str(existing) if existing else None, fields=fields, progress=prog,
+                         check_rows=partial(check_rows_writable, out_format=out_format), **opts)
     save_selection(sel, out, out_format=out_format, report=report, guard=[config] if config else [])
     if not quiet:
         from .outputs import SELECTED

@@ -50,7 +50,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import OptionError, TunesiftError
+from .errors import InputError, OptionError, TunesiftError
 from .folders import check_earlier_set, digests, publish
 from .io.chat import chat_tags
 from .io.records import schema_of
@@ -369,20 +369,109 @@ def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
 
 
 def _arrow_column(name: str, values: list):
-    """One column as Arrow infers it. JSON numbers read as decimals (more digits than a double
-    holds, or beyond its range: io.files.exact_number) that Arrow cannot fit in one type with the
-    rest (beside floats or integers, inside lists or objects, past decimal128) become floats, with
-    a warning: Arrow holds one type per column, and selected.jsonl keeps their digits."""
+    """One column as Arrow infers it (:func:`_column_array`), with a warning when its decimals
+    were written as floats."""
+    array, rounded = _column_array(values)
+    if rounded:
+        log.warning("column %s holds numbers a double cannot hold exactly beside other values: written as "
+                    "floats (rounded); --out-format jsonl keeps their digits", repr(name))
+    return array
+
+
+def _column_array(values: list):
+    """``(array, rounded)``: one column as Arrow infers it. JSON numbers read as decimals (more
+    digits than a double holds, or beyond its range: io.files.exact_number) that Arrow cannot fit
+    in one type with the rest (beside floats or integers, inside lists or objects, past
+    decimal128) become floats (``rounded``): Arrow holds one type per column, and selected.jsonl
+    keeps their digits. Raises what ``pyarrow.array`` raises otherwise."""
     import pyarrow as pa
 
     try:
-        return pa.array(values)
+        return pa.array(values), False
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         if not _has_decimal(values):
             raise
-    log.warning("column %s holds numbers a double cannot hold exactly beside other values: written as floats "
-                "(rounded); --out-format jsonl keeps their digits", repr(name))
-    return pa.array(_decimals_as_floats(values))
+    return pa.array(_decimals_as_floats(values)), True
+
+
+def check_rows_writable(records: list, source: str = "<rows>", schema=None, *, out_format: str) -> None:
+    """Refuse, before any scoring, input the kept-records file could not hold, whichever records
+    are kept: one :class:`~tunesift.errors.InputError` naming the source, the line (or row) of
+    the first record that breaks it and the field. Only records without a read defect count
+    (the others are never kept).
+
+    * ``jsonl``: a value JSON Lines has no form for (an object of an unknown type given in memory).
+    * ``parquet`` / ``hf`` from rows without an Arrow schema (JSON Lines, CSV, dicts, a
+      DataFrame): a field whose values Arrow cannot hold in one column (an integer beyond int64,
+      a number in one record and text in another), found as the writer finds it (one
+      ``pyarrow.array`` per field over every record); the first record that breaks the column is
+      found by bisection on its prefix, O(log n) more conversions of that field.
+    * ``parquet``: a column type Parquet cannot store (an object that is ``{}`` in every record:
+      a struct with no fields).
+    * ``hf``: a column type ``datasets`` has no feature for (a Parquet map column).
+
+    Rows read from Parquet or a ``datasets`` folder hold their schema's types and are not
+    converted again. Cost: about one conversion of the data to Arrow, column by column (the peak
+    is one column), once per run."""
+    rows = [r for r in records if r.error is None]
+    if out_format == "jsonl":
+        for r in rows:
+            for name, v in r.row.items():
+                try:
+                    json_value(v)
+                except TunesiftError as e:
+                    raise InputError(source, str(e), line=r.line, field=str(name)) from None
+        return
+    import pyarrow as pa
+
+    fields = []
+    if schema is None:
+        names = list(dict.fromkeys(k for r in rows for k in r.row))
+        for name in names:
+            values = [r.row.get(name) for r in rows]
+            try:
+                array, _ = _column_array(values)
+            except (OverflowError, UnicodeError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                bad = _first_breaking(values)
+                why = ("an integer outside the 64-bit range" if isinstance(exc, OverflowError) else
+                       f"Arrow holds one type per column: {str(exc).splitlines()[0]}")
+                raise InputError(source, f"cannot be written as {out_format} ({why}); use --out-format jsonl",
+                                 line=rows[bad].line, field=name) from None
+            fields.append(pa.field(name, array.type))
+            del array
+        schema = pa.schema(fields)
+    if out_format == "parquet":  # types Arrow holds but Parquet does not (a struct with no fields: {})
+        import pyarrow.parquet as pq
+
+        for f in schema:
+            try:
+                pq.write_table(pa.schema([f]).empty_table(), pa.BufferOutputStream())
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                raise InputError(source, f"cannot be written as parquet ({str(exc).splitlines()[0].rstrip('.')}); "
+                                 "use --out-format jsonl", field=f.name) from None
+    if out_format == "hf":
+        import datasets
+
+        for f in schema:
+            try:
+                datasets.Features.from_arrow_schema(pa.schema([f]))
+            except (ValueError, TypeError, NotImplementedError) as exc:
+                raise InputError(source, f"cannot be written as hf ({str(exc).splitlines()[0].rstrip('.')}); "
+                                 "use --out-format parquet or jsonl", field=f.name) from None
+
+
+def _first_breaking(values: list) -> int:
+    """The smallest m such that ``values[:m + 1]`` cannot be one Arrow column (a prefix that
+    fails stays failing as it grows): the record that breaks the column."""
+    lo, hi = 0, len(values) - 1  # values[:hi + 1] fails
+    while lo < hi:
+        mid = (lo + hi) // 2
+        try:
+            _column_array(values[:mid + 1])
+            lo = mid + 1
+        except Exception:  # noqa: BLE001 - any failure of the prefix counts, as in the full column
+            hi = mid
+    return lo
 
 
 def _has_decimal(v) -> bool:

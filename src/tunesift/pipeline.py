@@ -235,13 +235,15 @@ def _no_progress(label: str, total: int) -> Callable[[int], None]:
 
 
 def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
-           progress: Progress | None = None, lm=None, **options) -> Selection:
+           progress: Progress | None = None, lm=None, check_rows: Callable | None = None, **options) -> Selection:
     """Select the records worth training on.
 
     ``data`` (and ``target``/``existing`` for the task/continual stages) may be a path, a list
     of dicts, a pandas DataFrame, a Hugging Face Dataset or a list of Records. ``options`` are the
     fields of :class:`Options` (``method``, ``budget``, ``model``, ...). ``lm`` reuses an already
-    loaded model (:func:`tunesift.models.load_lm`).
+    loaded model (:func:`tunesift.models.load_lm`). ``check_rows(records, source, schema)``, when
+    given, runs once the records are read and before anything is scored (the output's check that
+    it can hold them: :func:`tunesift.outputs.check_rows_writable`).
 
     >>> sel = select([{"instruction": "2+2?", "output": "4"}, ...], method="random", budget=0.5)
     >>> sel.subset  # the kept rows, untouched
@@ -267,6 +269,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     # records the model cannot score) is reported together below, or turned into error rows
     records = as_records(data, fields, on_error="skip", digest=digests["data"], limit=opt.limit)
     records, positions, part = _take_part(records, data, opt)
+    if check_rows is not None:
+        check_rows(records, str(data) if isinstance(data, (str, Path)) else "<rows>", digests["data"].get("schema"))
     tgt = as_records(target, fields, source="<target>", digest=digests["target"]) if target is not None else None
     ext = as_records(existing, fields, source="<existing>", digest=digests["existing"]) \
         if existing is not None else None
