@@ -24,6 +24,7 @@ import numpy as np
 from .backends.blocks import record_errors
 from .errors import OptionError, RecordsError
 from .io.records import Record, read_records, records_from_rows, schema_of
+from .io.repeats import repeats_of
 from .io.schema import FieldMap
 from .methods.catalogue import get_method, method_names
 from .methods.options import Options, options_dict, parse_budget, resolve_budget
@@ -345,6 +346,9 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     timings.update(extra.pop("timings", {}))
     kept = np.zeros(len(records), dtype=bool)
     kept[order[:k]] = True
+    if other is not None:
+        extra["counts"] = {**(extra.get("counts") or {}),
+                           **_second_set_repeats(records, other, method.uses(opt.stage), kept)}
     log.info("%s: selected %d of %d records in %.1f s", opt.method, k, len(records), time.perf_counter() - t_start)
     timings["total_s"] = time.perf_counter() - t_start
     sources = {name: str(Path(given).resolve()) for name, given in (("data", data), ("target", target), ("existing", existing))
@@ -353,6 +357,24 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
                                                             and isinstance(data[0], Record)) else data
     return Selection(opt.method, records, kept, cols, np.asarray(order, dtype=np.int64), opt, k,
                      model_info, timings, extra, positions, in_memory, sources)
+
+
+def _second_set_repeats(records: list[Record], other: list[Record], name: str, kept: np.ndarray) -> dict[str, int]:
+    """The manifest's counts of pool records that repeat a record of the second set (``name``:
+    ``target`` or ``existing``): ``{name}_prompts`` ask one of its prompts, ``{name}_copies`` with
+    its response too, and ``..._kept`` of each. Kept ones are warned about, naming the first
+    few: for ``target``, training on them leaks the target set into the model (a problem when it
+    is also what the model is evaluated on); for ``existing``, they were trained on already."""
+    same_prompt, same_example = repeats_of(records, other)
+    out = {f"{name}_prompts": int(same_prompt.sum()), f"{name}_prompts_kept": int((same_prompt & kept).sum()),
+           f"{name}_copies": int(same_example.sum()), f"{name}_copies_kept": int((same_example & kept).sum())}
+    if bad := np.flatnonzero(same_prompt & kept).tolist():
+        ids = ", ".join(str(records[i].id) for i in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        why = ("if the target set is what you evaluate on, this is a leak: remove them from the pool"
+               if name == "target" else "the model was trained on these already")
+        log.warning("%d kept record(s) ask a prompt of the %s set (%d with its response too: counts.%s_copies_kept): "
+                    "%s; %s", len(bad), name, out[f"{name}_copies_kept"], name, ids, why)
+    return out
 
 
 def type_label(data) -> str:

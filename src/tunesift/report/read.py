@@ -123,6 +123,12 @@ def read_output(out_dir: str | Path) -> Output:
         max_length = (manifest.get("options") or {}).get("max_length")
         res.notes.append(f"{counts['prompts_cut']} record(s) had prompts longer than max_length {max_length}: "
                          "each was scored on its prompt's last tokens (raise --max-length to score them whole)")
+    for name, why in (("target", "if the target set is what the model is evaluated on, this is a leak"),
+                      ("existing", "the model was trained on them already")):
+        n_kept = counts.get(f"{name}_prompts_kept")
+        if isinstance(n_kept, int) and n_kept > 0:
+            res.notes.append(f"{n_kept} kept record(s) ask a prompt of the {name} set "
+                             f"({counts.get(f'{name}_copies_kept')} with its response too): {why}")
     if counts and (counts.get("input"), counts.get("kept")) != (res.n, res.k):
         res.notes.append(f"manifest.json counts ({counts.get('kept')} of {counts.get('input')}) differ from "
                          f"scores.parquet ({res.k} of {res.n}); the page uses scores.parquet")

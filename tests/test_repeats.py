@@ -1,0 +1,76 @@
+"""Pool records that repeat a record of the second set (a target prompt: a leak when the target is
+the evaluation set; existing data: trained on already) are counted, warned about and reported."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+import tunesift
+from tunesift.io.records import Record
+from tunesift.io.repeats import repeats_of
+from tunesift.report.read import read_output
+
+POOL = [{"instruction": f"Question {i}?", "output": f"Answer {i}."} for i in range(20)]
+
+
+def rec(prompt: str, response: str, error: str | None = None) -> Record:
+    return Record(id=prompt, prompt=prompt, response=response, context=(), row={}, line=1, error=error)
+
+
+def test_repeats_of_compares_whitespace_normalised_prompts_then_responses():
+    records = [rec("What is 2+2?", "4"), rec(" What  is\n2+2? ", "four"), rec("What is 3+3?", "6"),
+               rec("What is 2+2?", "4", error="defect"), rec("what is 2+2?", "4")]
+    others = [rec("What is 2+2?", "4 "), rec("What is 2+2?", "Four"), rec("What is 3+3?", "6", error="bad")]
+    same_prompt, same_example = repeats_of(records, others)
+    # 0: prompt and response; 1: prompt only (whitespace differs, "four" is not "Four"); 2: its twin
+    # in others has a defect; 3: a record with a defect is never marked; 4: case differs
+    assert same_prompt.tolist() == [True, True, False, False, False]
+    assert same_example.tolist() == [True, False, False, False, False]
+    assert not (same_example & ~same_prompt).any()
+    assert [m.shape for m in repeats_of([], others)] == [(0,), (0,)]
+
+
+def test_kept_target_prompts_are_counted_warned_about_by_id_and_noted_in_the_report(tmp_path, caplog):
+    target = [{"instruction": "Question 3?", "output": "Answer 3."},  # a copy of pool record 3
+              {"instruction": "Question  5? ", "output": "Other."},   # pool record 5's prompt only
+              {"instruction": "Something new?", "output": "x"}]
+    with caplog.at_level(logging.WARNING, logger="tunesift"):
+        sel = tunesift.select(POOL, method="delift-se", stage="task", target=target, budget=10,
+                              out=tmp_path / "o", report=True)
+    counts = sel.manifest()["counts"]
+    kept = sel.mask
+    assert {k: counts[k] for k in counts if k.startswith("target")} == {
+        "target_prompts": 2, "target_copies": 1,
+        "target_prompts_kept": int(kept[3]) + int(kept[5]), "target_copies_kept": int(kept[3])}
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["counts"] == counts
+    assert kept[3] and kept[5]  # the target's own prompts: FL mutual information takes them
+    ids = [sel.records[i].id for i in (3, 5)]
+    assert "2 kept record(s) ask a prompt of the target set (1 with its response too" in caplog.text
+    assert all(i in caplog.text for i in ids)
+    notes = read_output(tmp_path / "o").notes
+    assert any("2 kept record(s) ask a prompt of the target set (1 with its response too)" in n for n in notes), notes
+
+
+def test_existing_copies_are_counted_and_nothing_is_counted_without_a_second_set(caplog):
+    existing = [{"instruction": "Question 3?", "output": "Answer 3."}]
+    sel = tunesift.select(POOL, method="delift-se", stage="continual", existing=existing, budget=10)
+    counts = sel.manifest()["counts"]
+    assert (counts["existing_prompts"], counts["existing_copies"]) == (1, 1)
+    assert counts["existing_copies_kept"] == int(sel.mask[3])
+    plain = tunesift.select(POOL, method="delift-se", budget=10).manifest()["counts"]
+    assert not [k for k in plain if k.startswith(("target", "existing"))]
+
+
+@pytest.mark.parametrize("stage,second", [("task", "target"), ("continual", "existing")])
+def test_no_repeats_no_warning(stage, second, caplog):
+    other = [{"instruction": "Unrelated?", "output": "Yes."}]
+    with caplog.at_level(logging.WARNING, logger="tunesift"):
+        sel = tunesift.select(POOL, method="delift-se", stage=stage, budget=5, **{second: other})
+    counts = sel.manifest()["counts"]
+    assert counts[f"{second}_prompts"] == counts[f"{second}_copies_kept"] == 0
+    assert "ask a prompt of" not in caplog.text
+    assert np.count_nonzero(sel.mask) == 5
