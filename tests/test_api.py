@@ -89,6 +89,8 @@ def test_unknown_keywords_and_bad_options_fail_before_anything_is_read(tmp_path)
     missing = tmp_path / "nope.jsonl"  # never read: the options are checked first
     with pytest.raises(OptionError, match="unknown method 'nope'"):
         tunesift.select(missing, method="nope")
+    with pytest.raises(ValueError, match="budget fraction must be in"):  # scikit-learn's convention too
+        tunesift.select(missing, method="random", budget=1.5)
     with pytest.raises(OptionError, match="--limit and --sample cannot be combined"):
         tunesift.select(missing, method="random", limit=5, sample=3)
     with pytest.raises(OptionError, match="unknown out-format 'csv'"):

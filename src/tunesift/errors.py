@@ -38,8 +38,9 @@ class RecordsError(InputError):
         self.reason = message
 
 
-class OptionError(TunesiftError):
-    """A bad command-line or API option (budget out of range, unknown method, ...)."""
+class OptionError(TunesiftError, ValueError):
+    """A bad command-line or API option (budget out of range, unknown method, ...). Also a
+    ``ValueError``, as a bad argument is in Python: ``except ValueError`` catches it."""
 
 
 class CacheError(TunesiftError):

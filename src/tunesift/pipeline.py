@@ -207,6 +207,11 @@ def _take_part(records: list[Record], data, opt: Options) -> tuple[list[Record],
     return [records[i] for i in keep], keep, part
 
 
+# the second set a stage needs, when it is missing
+NEEDS = {"target": "stage 'task' needs a target set (--target FILE)",
+         "existing": "stage 'continual' needs the existing data (--existing FILE)"}
+
+
 def _check_second_set(method: Method, opt: Options, target, existing) -> None:
     """A second set (target or existing data) is given exactly where the method and stage use it:
     checked before anything is read."""
@@ -215,20 +220,19 @@ def _check_second_set(method: Method, opt: Options, target, existing) -> None:
         if given is not None and uses != name:
             readers = "/".join(m for m in method_names() if get_method(m).second_set.get(stage) == name)
             raise OptionError(f"--{name} is used only by --method {readers} --stage {stage}; it would be ignored here")
-    if uses == "target" and target is None:
-        raise OptionError("stage 'task' needs a target set (--target FILE)")
-    if uses == "existing" and existing is None:
-        raise OptionError("stage 'continual' needs the existing data (--existing FILE)")
+    if uses is not None and {"target": target, "existing": existing}[uses] is None:
+        raise OptionError(NEEDS[uses])
 
 
 def _second_set(method: Method, opt: Options, target, existing) -> list[Record] | None:
     """The second record set the stage needs, once read (an empty one is refused)."""
     uses = method.uses(opt.stage)
-    if uses == "target" and not target:
-        raise OptionError("stage 'task' needs a target set (--target FILE)")
-    if uses == "existing" and not existing:
-        raise OptionError("stage 'continual' needs the existing data (--existing FILE)")
-    return target if uses == "target" else existing if uses == "existing" else None
+    if uses is None:
+        return None
+    given = {"target": target, "existing": existing}[uses]
+    if not given:
+        raise OptionError(NEEDS[uses] + (" (the one given holds no records)" if given is not None else ""))
+    return given
 
 
 def _no_progress(label: str, total: int) -> Callable[[int], None]:
