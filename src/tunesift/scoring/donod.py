@@ -79,11 +79,11 @@ def gradient_terms(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, softcap: f
     spans = [(i, min(i + chunk, vocab)) for i in range(0, vocab, chunk)]
 
     def out_and_deriv(z):
-        zs = z * scale if scale != 1.0 else z
+        out = head_output(z, softcap, scale)
         if softcap:
-            t = torch.tanh(zs / softcap)
-            return softcap * t, (1.0 - t * t) * scale  # d(c tanh(s z / c))/dz
-        return zs, (scale if scale != 1.0 else None)
+            t = out / softcap
+            return out, (1.0 - t * t) * scale  # d(c tanh(s z / c))/dz
+        return out, (scale if scale != 1.0 else None)
 
     keep = n_tok * vocab <= max_elems
     kept: list[torch.Tensor] = []
@@ -125,6 +125,13 @@ def don_nod(inner: float, g_sq: float, n_tokens: int, w_sq: float, params: Donod
     w = math.sqrt(w_sq)
     w_new = math.sqrt(max(w_sq + delta, 0.0))
     return delta / (w_new + w), eta * math.sqrt(max(gg, 0.0))
+
+
+def head_output(z: torch.Tensor, softcap: float | None, scale: float) -> torch.Tensor:
+    """The model's logits f(z) = c tanh(s z / c) from the LM head's output z (..., V); s z when
+    there is no soft cap c (see :func:`decoder_and_head`)."""
+    zs = z * scale if scale != 1.0 else z
+    return softcap * torch.tanh(zs / softcap) if softcap else zs
 
 
 def decoder_and_head(model):
@@ -227,8 +234,7 @@ def check_output_transform(model, seq: list[int], mask: list[int], n: int = 8) -
         except TypeError:  # a model without logits_to_keep
             logits = model(input_ids=ids, use_cache=False).logits[0]
     got = logits[-(end - first):][pos - 1 - first].double()  # the last positions, whether or not it kept only them
-    z = (h @ _float64_weight(head).T) * scale
-    ours = softcap * torch.tanh(z / softcap) if softcap else z
+    ours = head_output(h @ _float64_weight(head).T, softcap, scale)
     tight = logits.dtype == next(model.parameters()).dtype == torch.float32  # else bf16/fp16 rounding
     tol = (1e-3 if tight else 3e-2) * max(1.0, float(got.abs().max()))
     gap = float((ours - got).abs().max())
@@ -287,9 +293,7 @@ def autograd_don_nod(model, ids: list[int], mask: list[int], params: DonodParams
         hidden = body(input_ids=x).last_hidden_state[0].double()
     w = head.weight.detach().double().clone().requires_grad_(True)
     pos = torch.tensor([t for t in range(1, len(ids)) if mask[t]], device=x.device)
-    z = hidden[pos - 1] @ w.T * scale
-    if softcap:
-        z = softcap * torch.tanh(z / softcap)
+    z = head_output(hidden[pos - 1] @ w.T, softcap, scale)
     loss = torch.nn.functional.cross_entropy(z, x[0, pos], reduction="sum") * TOKEN_SCALE[params.reduction](len(pos))
     (g,) = torch.autograd.grad(loss, w)
     with torch.no_grad():
