@@ -27,6 +27,15 @@ Rivals at each label fraction (share of the k candidate pairs scored exactly):
         --knn 10 --budget 100 --dtype bfloat16 --cache-dir DIR --out OUT     # the exact kernel, cached
     python bench/surrogate_sweep.py --data ../shared/datasets/alpaca_random_9k/random_9k.json --limit 1000 \
         --cache-dir DIR --dtype bfloat16 --k 10
+
+``--kernel FOLDER`` reads the reference from what ``tunesift kernel --knn K`` wrote instead (its
+pattern is the candidate pattern, its options the model's, max_length and template): nothing is
+scored, so a kernel whose cache keys another run made (the evidence grid's) is reused as it is::
+
+    tunesift kernel bench/work/evidence/data/gsm8k_noisy.jsonl --knn 16 --max-length 1024 \
+        --cache-dir bench/work/evidence/cache/noise/delift --out /tmp/noise-kernel
+    python bench/surrogate_sweep.py --data bench/work/evidence/data/gsm8k_noisy.jsonl \
+        --kernel /tmp/noise-kernel --cache-dir bench/work/evidence/cache/noise/delift --k 16
 """
 
 from __future__ import annotations
@@ -67,6 +76,30 @@ def exact_on(uf: sp.csr_matrix, lab: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix((vals, lab.indices.copy(), lab.indptr.copy()), shape=uf.shape)
 
 
+def read_kernel(folder: str, recs) -> tuple[sp.csr_matrix, np.ndarray, sp.csr_matrix]:
+    """``(uf, n_tokens, pattern)`` from a ``tunesift kernel --knn K`` folder: UF (n, n) CSR on its
+    kNN pattern, each target's scored response tokens (n,) as the kernel's renderer counts them,
+    and the pattern itself. The folder's rows must be ``recs``, in order."""
+    from pathlib import Path
+
+    from tunesift.models import load_lm
+    from tunesift.render import renderer_for
+
+    f = Path(folder)
+    about = json.loads((f / "kernel.json").read_text(encoding="utf-8"))
+    ids = [i for i in (f / "rows.txt").read_text(encoding="utf-8").split("\n") if i]
+    if ids != [r.id for r in recs] or not about.get("sparse"):
+        raise SystemExit(f"{folder}: not a sparse kernel over these records in this order")
+    uf = sp.load_npz(f / "utility.npz").tocsr()
+    opts = about["options"]
+    lm = load_lm(opts["model"], device="cpu", dtype=about["model"]["dtype"])
+    renderer = renderer_for(lm, about.get("template") or opts["template"], opts["max_length"])
+    n_tokens = np.array([len(renderer.query(r).response) for r in recs], dtype=np.int64)
+    print(f"exact kNN-{opts['knn']} kernel read from {folder}: {uf.shape[0]} x {uf.shape[1]}, {uf.nnz} pairs "
+          f"({about['model']['dtype']}, max_length {opts['max_length']}, template {about.get('template')})")
+    return uf, n_tokens, uf.astype(bool)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -79,6 +112,7 @@ def main() -> None:
     ap.add_argument("--fractions", default=",".join(map(str, FRACTIONS)))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default=None, help="write the table as JSON here")
+    ap.add_argument("--kernel", default=None, help="a `tunesift kernel --knn K` folder: the reference, read as is")
     a = ap.parse_args()
     print(banner())
     from tunesift.io.records import read_records
@@ -89,15 +123,18 @@ def main() -> None:
     recs = [r for r in recs if not r.error]
     n = len(recs)
     e = emb.embed_records(recs, cache_dir=a.cache_dir)
-    pattern = emb.ann_knn_pattern(e, e, a.k, exclude_self=True, method="auto", seed=0)
-    lm = load_lm(a.model, device="cpu", dtype=a.dtype)
-    t = time.perf_counter()
-    kern = utility_kernel(lm, renderer_for(lm, "auto", 2048), recs, recs, pairs=pattern, cache_dir=a.cache_dir)
-    print(f"exact kNN-{a.k} kernel: {n} x {n}, {pattern.nnz} pairs ({kern.info['blocks_loaded']} blocks from the "
-          f"cache, {kern.info['blocks_computed']} computed) in {time.perf_counter() - t:.0f} s")
-    uf = kern.values("rmse").tocsr()
+    if a.kernel:
+        uf, n_tokens, pattern = read_kernel(a.kernel, recs)
+    else:
+        pattern = emb.ann_knn_pattern(e, e, a.k, exclude_self=True, method="auto", seed=0)
+        lm = load_lm(a.model, device="cpu", dtype=a.dtype)
+        t = time.perf_counter()
+        kern = utility_kernel(lm, renderer_for(lm, "auto", 2048), recs, recs, pairs=pattern, cache_dir=a.cache_dir)
+        print(f"exact kNN-{a.k} kernel: {n} x {n}, {pattern.nnz} pairs ({kern.info['blocks_loaded']} blocks from "
+              f"the cache, {kern.info['blocks_computed']} computed) in {time.perf_counter() - t:.0f} s")
+        uf, n_tokens = kern.values("rmse").tocsr(), kern.n_tokens
     S = selection_kernel(uf)  # the objective select maximises
-    feats, _ = sg.shipped_features(e, kern.n_tokens)  # the features `--utility learned` uses
+    feats, _ = sg.shipped_features(e, n_tokens)  # the features `--utility learned` uses
     cos = sp.csr_matrix(emb.cosine_similarity_kernel(e, e, pattern))
     cand = candidate_pattern(n, n, pattern, exclude_diagonal=True)
 
