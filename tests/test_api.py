@@ -235,6 +235,20 @@ def test_scores_as_pandas_and_arrow_and_the_repr_names_the_model(demo_rows, tiny
     assert repr(sel) == f"Selection(method='loss', kept=4/12, budget=4, model='{model}')"
 
 
+def test_scores_of_a_dataframe_carry_its_index(demo_rows):
+    import pandas as pd
+
+    df = pd.DataFrame(demo_rows[:12], index=[f"r{i}" for i in range(100, 112)])
+    sel = tunesift.select(df, method="random", budget=3, sample=8, seed=1)
+    frame = sel.scores()
+    # the 8 sampled rows, by the input's own labels; the kept ones are the subset's
+    assert list(frame.index) == list(df.index[sel.positions]) and len(frame) == 8
+    pd.testing.assert_frame_equal(df.loc[frame.query("kept").index], sel.subset)
+    assert list(frame["id"]) == [r.id for r in sel.records]
+    plain = tunesift.select(demo_rows[:12], method="random", budget=3).scores()
+    assert list(plain.index) == list(range(12))  # a list: positions
+
+
 def test_repr_names_the_bundled_models():
     from tunesift.pipeline import Selection
 

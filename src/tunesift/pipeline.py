@@ -146,8 +146,14 @@ class Selection:
         return pa.table(cols)
 
     def scores(self):
-        """:meth:`table` as a pandas DataFrame: one row per record selected from."""
-        return self.table().to_pandas()
+        """:meth:`table` as a pandas DataFrame: one row per record selected from. For a DataFrame
+        input its index is the input's (the rows selected from, under ``limit`` / ``sample``),
+        so ``df.loc[sel.scores().query("kept").index]`` is :attr:`subset`; otherwise 0..n-1."""
+        out = self.table().to_pandas()
+        if type(self.data).__name__ == "DataFrame" and hasattr(self.data, "index"):
+            pos = np.arange(len(self.records)) if self.positions is None else np.asarray(self.positions)
+            out.index = self.data.index.take(pos)
+        return out
 
     def to_pandas(self):
         """The same as :meth:`scores`."""
