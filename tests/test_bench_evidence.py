@@ -587,9 +587,11 @@ def test_a_selection_that_found_its_scores_partly_cached_is_marked(tmp_path):
 
 def test_a_control_stays_out_of_the_family_of_selector_comparisons():
     rows = [{"method": m, "budget": 0.1, "paired_seeds": 3, "loss": 0.9, "loss_std": 0.01, "loss_vs_random": -0.2,
-             "loss_vs_random_se": 0.02, "loss_vs_random_p": p} for m, p in (("rds", 0.01), ("random-gsm8k", 0.001))]
+             "loss_vs_random_se": 0.02, "loss_vs_random_p": p}
+            for m, p in (("rds", 0.01), ("random-gsm8k", 0.001), ("balanced-random", 0.002))]
     [line] = bt.family_lines(rows)
-    assert "Holm over the 1 paired comparisons" in line and "random-gsm8k" not in line
+    assert "Holm over the 1 paired comparisons" in line and "random" not in line
+    assert bt.beyond_noise_lines(rows)[2].startswith("- balanced-random (a control) at budget 0.1")
     assert bt.beyond_noise_lines(rows)[1].startswith("- random-gsm8k (a control) at budget 0.1")
 
 

@@ -19,11 +19,15 @@ from .methods.catalogue import method_names
 REFERENCES = frozenset({"base", "full", "random"})
 
 
+#: random drawn with knowledge of a field no selector reads (balanced-random: stratified by ``--by``)
+CONTROLS = frozenset({"balanced-random"})
+
+
 def is_control(method: str) -> bool:
-    """A bench variant of random (``random-gsm8k``: random within a field's value, which knows
-    labels no selector reads): compared with random like a selector, but a control, so it stays
-    out of the Holm family of selector comparisons."""
-    return method.startswith("random-")
+    """A variant of random that knows labels no selector reads: :data:`CONTROLS` and the bench's
+    ``random-*`` rows (``random-gsm8k``: random within a field's value). Compared with random like
+    a selector, but a control, so it stays out of the Holm family of selector comparisons."""
+    return method in CONTROLS or method.startswith("random-")
 
 
 def aggregate(cells: list[dict]) -> list[dict]:
