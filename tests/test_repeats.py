@@ -34,6 +34,22 @@ def test_repeats_of_compares_whitespace_normalised_prompts_then_responses():
     assert [m.shape for m in repeats_of([], others)] == [(0,), (0,)]
 
 
+
+def test_a_prompt_counts_with_the_turns_before_it_but_not_the_system_turns():
+    def chat(context, prompt, response):
+        return Record(id=prompt, prompt=prompt, response=response, context=tuple(context), row={}, line=1)
+
+    target = [chat([("user", "Write a poem."), ("assistant", "Roses...")], "Continue.", "Violets..."),
+              chat([("system", "Be brief.")], "What is 2+2?", "4")]
+    pool = [chat([("user", "Write a story."), ("assistant", "Once...")], "Continue.", "Violets..."),  # another talk
+            chat([("user", "Write a poem."), ("assistant", "Roses...")], "Continue.", "Violets..."),  # the same
+            chat([], "What is 2+2?", "4"),                                                          # no system turn
+            chat([("system", "Be verbose.")], "What is 2+2?", "Four.")]                             # another system
+    same_prompt, same_example = repeats_of(pool, target)
+    assert same_prompt.tolist() == [False, True, True, True]
+    assert same_example.tolist() == [False, True, True, False]
+
+
 def test_kept_target_prompts_are_counted_warned_about_by_id_and_noted_in_the_report(tmp_path, caplog):
     target = [{"instruction": "Question 3?", "output": "Answer 3."},  # a copy of pool record 3
               {"instruction": "Question  5? ", "output": "Other."},   # pool record 5's prompt only
@@ -55,12 +71,21 @@ def test_kept_target_prompts_are_counted_warned_about_by_id_and_noted_in_the_rep
     assert any("2 kept record(s) ask a prompt of the target set (1 with its response too)" in n for n in notes), notes
 
 
-def test_existing_copies_are_counted_and_nothing_is_counted_without_a_second_set(caplog):
+def test_existing_copies_are_counted_and_nothing_is_counted_without_a_second_set(tmp_path, caplog):
     existing = [{"instruction": "Question 3?", "output": "Answer 3."}]
     sel = tunesift.select(POOL, method="delift-se", stage="continual", existing=existing, budget=10)
     counts = sel.manifest()["counts"]
     assert (counts["existing_prompts"], counts["existing_copies"]) == (1, 1)
     assert counts["existing_copies_kept"] == int(sel.mask[3])
+    # a pick that keeps it (the whole pool): warned about and noted as trained on already
+    with caplog.at_level(logging.WARNING, logger="tunesift"):
+        tunesift.select(POOL, method="delift-se", stage="continual", existing=existing, budget=1.0,
+                        out=tmp_path / "o", report=True)
+    assert "1 kept record(s) ask a prompt of the existing set (1 with its response too" in caplog.text
+    assert "the model was trained on these already" in caplog.text
+    notes = read_output(tmp_path / "o").notes
+    assert any("ask a prompt of the existing set (1 with its response too): the model was trained on them already"
+               in n for n in notes), notes
     plain = tunesift.select(POOL, method="delift-se", budget=10).manifest()["counts"]
     assert not [k for k in plain if k.startswith(("target", "existing"))]
 

@@ -943,6 +943,46 @@ def test_input_the_output_format_cannot_hold_is_refused_before_any_scoring(tmp_p
     assert len(tunesift.select(odd, method="random", budget=1).subset) == 1  # no out: nothing to write, no check
 
 
+def test_the_writer_types_the_kept_rows_as_the_check_typed_every_record(tmp_path, capsys):
+    """The check passed a column over every record that the kept rows alone could not be written
+    as ({} in every kept row: a struct with no fields; integers only a decimal column holds)."""
+    import tunesift
+
+    rows = [{"prompt": f"p{i}", "completion": f"c{i}", "meta": {}} for i in range(6)]
+    rows[5]["meta"] = {"x": 1}
+    sel = tunesift.select(rows, method="random", budget=1, seed=0, out=tmp_path / "a", out_format="parquet")
+    assert not sel.mask[5]  # the kept row has {}: written as the checked struct, its field null
+    assert pq.read_table(tmp_path / "a" / "selected.parquet").column("meta").to_pylist() == [{"x": None}]
+    big = [{"prompt": f"p{i}", "completion": f"c{i}", "n": v}
+           for i, v in enumerate([2**63, -1, decimal.Decimal("12345678901234567890.5")])]
+    sel = tunesift.select(big, method="random", budget=2, seed=1, out=tmp_path / "b", out_format="parquet")
+    assert list(sel.indices) == [0, 1]  # the two integers, past int64 together, in the checked decimal column
+    assert pq.read_table(tmp_path / "b" / "selected.parquet").column("n").to_pylist() == [2**63, -1]
+
+
+def test_the_output_check_skips_error_rows_and_names_records_of_non_jsonl_files(tmp_path, capsys):
+    # a record with a read defect is never kept: its odd field is not checked
+    data = jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "output": "x", "n": 1},
+                                        {"instruction": "b", "output": "", "n": "text"},  # empty response
+                                        {"instruction": "c", "output": "z", "n": 3}])
+    code, err = run(["select", data, "--method", "random", "--budget", "1", "--out", tmp_path / "o",
+                     "--out-format", "parquet", "--on-error", "skip", "-q"], capsys)
+    assert code == 0, err
+    assert pq.read_table(tmp_path / "o" / "selected.parquet").column("n").type == pa.int64()
+    # a JSON array: its element and id, not a file line
+    arr = tmp_path / "d.json"
+    arr.write_text('[{"instruction": "a", "output": "x", "n": 1},\n {"instruction": "b", "output": "y", "n": "t"}]')
+    code, err = run(["select", arr, "--method", "random", "--out", tmp_path / "o2", "--out-format", "parquet",
+                     "-q"], capsys)
+    assert code == 2 and f"{arr}: field 'n': record 2 (id " in err and ") cannot be written as parquet" in err, err
+    # a lone surrogate is named as such, not as a type clash
+    bad = [{"instruction": "a", "output": "x", "s": "ok"}, {"instruction": "b", "output": "y", "s": "\ud800"}]
+    with pytest.raises(Exception, match=r"^<rows>:2: field 's': .*not valid Unicode \(a lone surrogate\)"):
+        import tunesift
+
+        tunesift.select(bad, method="random", budget=1, out=tmp_path / "o3", out_format="parquet")
+
+
 def test_an_in_memory_dataset_keeps_its_features_in_parquet_and_hf_output(tmp_path):
     from datasets import ClassLabel, Dataset, Features, Value, load_from_disk
 

@@ -354,8 +354,11 @@ def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
         if table is None:
             # every field any kept row has, in first-seen order (null where a row lacks it):
             # from_pylist alone takes the columns of the first row only
+            # as checked before scoring over every record (check_rows_writable), where it was
+            types = sel.extra.get("row_types")
             names = list(dict.fromkeys(k for row in rows for k in row))
-            table = pa.table({k: _arrow_column(k, [row.get(k) for row in rows]) for k in names}) if names \
+            table = pa.table({str(k): _arrow_column(k, [row.get(k) for row in rows],
+                                               _type_of(types, k)) for k in names}) if names \
                 else pa.Table.from_pylist(rows)
         if out_format == "parquet":
             pq.write_table(table, tmp / "selected.parquet")
@@ -368,51 +371,62 @@ def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
                             "use --out-format jsonl") from None
 
 
-def _arrow_column(name: str, values: list):
-    """One column as Arrow infers it (:func:`_column_array`), with a warning when its decimals
-    were written as floats."""
-    array, rounded = _column_array(values)
+def _type_of(types, name):
+    """Column ``name``'s type in ``types`` (a pyarrow Schema or None), or None."""
+    if types is None:
+        return None
+    i = types.get_field_index(str(name))
+    return types.field(i).type if i >= 0 else None
+
+
+def _arrow_column(name: str, values: list, type=None):
+    """One column as Arrow infers it, or as ``type`` (:func:`_column_array`), with a warning when
+    its decimals were written as floats."""
+    array, rounded = _column_array(values, type)
     if rounded:
         log.warning("column %s holds numbers a double cannot hold exactly beside other values: written as "
                     "floats (rounded); --out-format jsonl keeps their digits", repr(name))
     return array
 
 
-def _column_array(values: list):
-    """``(array, rounded)``: one column as Arrow infers it. JSON numbers read as decimals (more
-    digits than a double holds, or beyond its range: io.files.exact_number) that Arrow cannot fit
-    in one type with the rest (beside floats or integers, inside lists or objects, past
-    decimal128) become floats (``rounded``): Arrow holds one type per column, and selected.jsonl
-    keeps their digits. Raises what ``pyarrow.array`` raises otherwise."""
+def _column_array(values: list, type=None):
+    """``(array, rounded)``: one column as Arrow infers it (or as ``type``). JSON numbers read as
+    decimals (more digits than a double holds, or beyond its range: io.files.exact_number) that
+    Arrow cannot fit in one type with the rest (beside floats or integers, inside lists or
+    objects, past decimal128) become floats (``rounded``): Arrow holds one type per column, and
+    selected.jsonl keeps their digits. Raises what ``pyarrow.array`` raises otherwise."""
     import pyarrow as pa
 
     try:
-        return pa.array(values), False
+        return pa.array(values, type=type), False
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         if not _has_decimal(values):
             raise
-    return pa.array(_decimals_as_floats(values)), True
+    return pa.array(_decimals_as_floats(values), type=type), True
 
 
-def check_rows_writable(records: list, source: str = "<rows>", schema=None, *, out_format: str) -> None:
+def check_rows_writable(records: list, source: str = "<rows>", schema=None, *, out_format: str):
     """Refuse, before any scoring, input the kept-records file could not hold, whichever records
-    are kept: one :class:`~tunesift.errors.InputError` naming the source, the line (or row) of
-    the first record that breaks it and the field. Only records without a read defect count
-    (the others are never kept).
+    are kept: one :class:`~tunesift.errors.InputError` naming the source, the record (its line in
+    JSON Lines or in-memory rows; otherwise its position and id) and the field. Only records
+    without a read defect count (the others are never kept).
 
     * ``jsonl``: a value JSON Lines has no form for (an object of an unknown type given in memory).
     * ``parquet`` / ``hf`` from rows without an Arrow schema (JSON Lines, CSV, dicts, a
       DataFrame): a field whose values Arrow cannot hold in one column (an integer beyond int64,
-      a number in one record and text in another), found as the writer finds it (one
-      ``pyarrow.array`` per field over every record); the first record that breaks the column is
-      found by bisection on its prefix, O(log n) more conversions of that field.
+      a number in one record and text in another), one ``pyarrow.array`` per field over every
+      record; the record named is found by bisection on the column's prefix, O(log n) more
+      conversions of that field (a record that breaks a prefix that converted).
     * ``parquet``: a column type Parquet cannot store (an object that is ``{}`` in every record:
       a struct with no fields).
     * ``hf``: a column type ``datasets`` has no feature for (a Parquet map column).
 
-    Rows read from Parquet or a ``datasets`` folder hold their schema's types and are not
-    converted again. Cost: about one conversion of the data to Arrow, column by column (the peak
-    is one column), once per run."""
+    Returns the column types found over every record (a ``pyarrow.Schema``; None for ``jsonl``
+    or rows read with an Arrow schema, which hold their schema's types): the writer converts the
+    kept rows to these types (:func:`_write_selected`), so a column it would type differently
+    from the kept rows alone (``{}`` in every kept record, integers that only a decimal column of
+    all the records holds) is written as checked. Cost: about one conversion of the data to
+    Arrow, column by column (the peak is one column), once per run."""
     rows = [r for r in records if r.error is None]
     if out_format == "jsonl":
         for r in rows:
@@ -420,34 +434,36 @@ def check_rows_writable(records: list, source: str = "<rows>", schema=None, *, o
                 try:
                     json_value(v)
                 except TunesiftError as e:
-                    raise InputError(source, str(e), line=r.line, field=str(name)) from None
-        return
+                    line, who = _record_at(source, r)
+                    raise InputError(source, who + str(e), line=line, field=str(name)) from None
+        return None
     import pyarrow as pa
 
-    fields = []
+    arrow_errors = (OverflowError, UnicodeError, TypeError, ValueError, pa.ArrowInvalid, pa.ArrowTypeError,
+                    pa.ArrowNotImplementedError)  # ArrowInvalid is a ValueError; TypeError: numpy times, int keys
+    found = None
     if schema is None:
+        fields = []
         names = list(dict.fromkeys(k for r in rows for k in r.row))
         for name in names:
             values = [r.row.get(name) for r in rows]
             try:
                 array, _ = _column_array(values)
-            except (OverflowError, UnicodeError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-                bad = _first_breaking(values)
-                why = ("an integer outside the 64-bit range" if isinstance(exc, OverflowError) else
-                       f"Arrow holds one type per column: {str(exc).splitlines()[0]}")
-                raise InputError(source, f"cannot be written as {out_format} ({why}); use --out-format jsonl",
-                                 line=rows[bad].line, field=name) from None
-            fields.append(pa.field(name, array.type))
+                fields.append(pa.field(str(name), array.type))
+            except arrow_errors as exc:
+                line, who = _record_at(source, rows[_first_breaking(values)])
+                raise InputError(source, f"{who}cannot be written as {out_format} ({_arrow_reason(exc)}); "
+                                 "use --out-format jsonl", line=line, field=str(name)) from None
             del array
-        schema = pa.schema(fields)
+        schema = found = pa.schema(fields)
     if out_format == "parquet":  # types Arrow holds but Parquet does not (a struct with no fields: {})
         import pyarrow.parquet as pq
 
         for f in schema:
             try:
                 pq.write_table(pa.schema([f]).empty_table(), pa.BufferOutputStream())
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-                raise InputError(source, f"cannot be written as parquet ({str(exc).splitlines()[0].rstrip('.')}); "
+            except arrow_errors as exc:
+                raise InputError(source, f"cannot be written as parquet ({clip_line(exc)}); "
                                  "use --out-format jsonl", field=f.name) from None
     if out_format == "hf":
         import datasets
@@ -456,8 +472,34 @@ def check_rows_writable(records: list, source: str = "<rows>", schema=None, *, o
             try:
                 datasets.Features.from_arrow_schema(pa.schema([f]))
             except (ValueError, TypeError, NotImplementedError) as exc:
-                raise InputError(source, f"cannot be written as hf ({str(exc).splitlines()[0].rstrip('.')}); "
+                raise InputError(source, f"cannot be written as hf ({clip_line(exc)}); "
                                  "use --out-format parquet or jsonl", field=f.name) from None
+    return found
+
+
+def _record_at(source: str, r) -> tuple[int | None, str]:
+    """Where record ``r`` is, for an InputError: its line for JSON Lines and in-memory rows
+    (``<rows>:N``), else (a JSON array's element, a CSV or Parquet row) its position and id."""
+    if source == "<rows>" or source.lower().endswith(".jsonl"):
+        return r.line, ""
+    return None, f"record {r.line} (id {r.id}) "
+
+
+def _arrow_reason(exc: BaseException) -> str:
+    if isinstance(exc, OverflowError):
+        return "an integer outside the 64-bit range"
+    if isinstance(exc, UnicodeError):
+        return "text that is not valid Unicode (a lone surrogate)"
+    if "Could not convert" in str(exc) or "cannot mix" in str(exc):  # values of two types in one column
+        return f"Arrow holds one type per column: {clip_line(exc)}"
+    return f"Arrow cannot hold the value: {clip_line(exc)}"
+
+
+def clip_line(exc: BaseException, width: int = 160) -> str:
+    """The first line of an exception's message, without its final period, at most ``width``
+    characters (Arrow quotes whole values)."""
+    text = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _first_breaking(values: list) -> int:

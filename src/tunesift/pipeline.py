@@ -148,7 +148,8 @@ class Selection:
     def scores(self):
         """:meth:`table` as a pandas DataFrame: one row per record selected from. For a DataFrame
         input its index is the input's (the rows selected from, under ``limit`` / ``sample``),
-        so ``df.loc[sel.scores().query("kept").index]`` is :attr:`subset`; otherwise 0..n-1."""
+        so with a unique index ``df.loc[sel.scores().query("kept").index]`` is :attr:`subset`
+        (a repeated label selects every row it names; ``sel.indices`` are positions); otherwise 0..n-1."""
         out = self.table().to_pandas()
         if type(self.data).__name__ == "DataFrame" and hasattr(self.data, "index"):
             pos = np.arange(len(self.records)) if self.positions is None else np.asarray(self.positions)
@@ -254,7 +255,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     fields of :class:`Options` (``method``, ``budget``, ``model``, ...). ``lm`` reuses an already
     loaded model (:func:`tunesift.models.load_lm`). ``check_rows(records, source, schema)``, when
     given, runs once the records are read and before anything is scored (the output's check that
-    it can hold them: :func:`tunesift.outputs.check_rows_writable`).
+    it can hold them: :func:`tunesift.outputs.check_rows_writable`); what it returns (the column
+    types) is kept as ``extra["row_types"]`` for the writer.
 
     >>> sel = select([{"instruction": "2+2?", "output": "4"}, ...], method="random", budget=0.5)
     >>> sel.subset  # the kept rows, untouched
@@ -280,7 +282,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     # records the model cannot score) is reported together below, or turned into error rows
     records = as_records(data, fields, on_error="skip", digest=digests["data"], limit=opt.limit)
     records, positions, part = _take_part(records, data, opt)
-    if check_rows is not None:
+    # the column types every record fits, which the writer then uses (outputs.check_rows_writable)
+    row_types = None if check_rows is None else \
         check_rows(records, str(data) if isinstance(data, (str, Path)) else "<rows>", digests["data"].get("schema"))
     tgt = as_records(target, fields, source="<target>", digest=digests["target"]) if target is not None else None
     ext = as_records(existing, fields, source="<existing>", digest=digests["existing"]) \
@@ -346,6 +349,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     extra["read"] = part
     extra["input_sha256"] = {k: v["sha256"] for k, v in digests.items() if v.get("sha256")}
     extra["input_schema"] = digests["data"].get("schema")  # Arrow schema of Parquet/HF input (outputs)
+    if row_types is not None:
+        extra["row_types"] = row_types
     # the field map the input was read with: the report reads it again the same way
     extra["fields"] = {k: v for k, v in vars(fields).items() if v is not None} if fields is not None else {}
     # a second set given in memory: its type and size, for the manifest (a file is named by its path)
