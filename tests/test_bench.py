@@ -238,6 +238,24 @@ def test_finetune_and_evaluate_replace_only_their_own_unchanged_folders(data, ti
         assert edited.read_bytes().endswith(b"\n")
 
 
+
+def test_finetune_never_trains_into_the_model_folder_it_loads(data, tiny_dir, tmp_path, capsys, monkeypatch):
+    """An unchanged earlier full-model output given as both --model and --out passed the folder
+    check, and the run replaced the very base it had loaded (a LoRA run left an adapter whose base
+    was gone)."""
+    import tunesift.finetune
+
+    ft = ["finetune", data / "train.jsonl", "--epochs", "1", "-q"]
+    first = tmp_path / "run1"
+    assert run(ft + ["--model", tiny_dir, "--mode", "full", "--out", first], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()}
+    monkeypatch.setattr(tunesift.finetune, "finetune", lambda *a, **k: pytest.fail("trained before the check"))
+    for out in (first, first / "inner"):
+        code, _, err = run(ft + ["--model", first, "--out", out], capsys)
+        assert code == 2 and err.count("\n") == 1 and ("inside the output folder" in err or "inside the input" in err), err
+    assert {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()} == before
+
+
 @pytest.mark.parametrize("args, message", [
     (["finetune", "DATA", "--out", "OUT", "--mode", "qlora"], "unknown fine-tuning mode"),
     (["finetune", "DATA"], "needs the training DATA and --out"),
@@ -248,6 +266,8 @@ def test_finetune_and_evaluate_replace_only_their_own_unchanged_folders(data, ti
     (["evaluate", "--test", "DATA", "--max-length", "0"], "max-length must be a whole number of at least 8"),
     (["evaluate", "--test", "DATA", "--generate-limit", "0"], "generate-limit must be at least 1"),
     (["finetune", "DATA", "--out", "OUT", "--template", "bogus"], "unknown template 'bogus'"),
+    (["evaluate", "--test", "DATA", "--max-length", "64", "--max-new-tokens", "64"],
+     "max-new-tokens 64 leaves no room for the prompt in max-length 64"),
 ])
 def test_bad_finetune_and_evaluate_options(args, message, data, tmp_path, capsys):
     args = [data / "train.jsonl" if a == "DATA" else tmp_path / "x" if a == "OUT" else a for a in args]

@@ -213,6 +213,13 @@ def test_evaluation_renders_prompts_as_training_did(tmp_path, caplog):
     assert "--template chat, but the model was trained with template plain" in caplog.text
     (folder / TRAIN_META).write_text(json.dumps({"config": {"template": "auto"}}))
     assert evaluation_template(folder, "auto") == "auto"
+    # trained with auto: the template auto resolved to (recorded beside the config) is what counts
+    (folder / TRAIN_META).write_text(json.dumps({"config": {"template": "auto"}, "template": "chat"}))
+    assert evaluation_template(folder, "auto") == "chat"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tunesift"):
+        assert evaluation_template(folder, "plain") == "plain"
+    assert "--template plain, but the model was trained with template chat" in caplog.text
     (folder / TRAIN_META).write_text("{")
     with pytest.raises(TunesiftError, match=f"{TRAIN_META}: cannot read"):
         evaluation_template(folder, "auto")
@@ -270,3 +277,45 @@ def test_empty_training_set_and_bad_folders(fresh, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TunesiftError, match="neither a LoRA adapter"):
         load_trained(tmp_path / "empty")
+
+
+def test_cut_prompts_are_counted_and_a_damaged_adapter_is_one_line(fresh, records, tmp_path, caplog):
+    import json
+    import logging
+
+    from tunesift.finetune import TRAIN_META
+
+    long = records_from_rows([{"instruction": "word " * 80, "output": "short."}] + ROWS[:3])
+    rend = Renderer(fresh.tokenizer, turn_format(fresh.tokenizer), max_length=48)
+    with caplog.at_level(logging.WARNING, logger="tunesift"):
+        res = finetune(fresh, long, TrainConfig(epochs=1, lr=1e-3, batch_size=4), renderer=rend)
+    assert res.extra["prompts_cut"] == 1 and "1 of 4 training records have prompts longer than max_length" in caplog.text
+    save(res, fresh, tmp_path / "a")
+    assert json.loads((tmp_path / "a" / TRAIN_META).read_text())["prompts_cut"] == 1
+    # a truncated adapter_config.json: one line naming the folder, not peft's traceback
+    (tmp_path / "a" / "adapter_config.json").write_text("{")
+    with pytest.raises(TunesiftError, match=r"a: cannot load the adapter: "):
+        load_trained(tmp_path / "a")
+    (tmp_path / "a" / "adapter_model.safetensors").unlink()
+    with pytest.raises(TunesiftError, match="an adapter without its weights"):
+        load_trained(tmp_path / "a")
+
+
+def test_saving_over_a_file_is_refused_and_the_file_kept(fresh, records, tmp_path):
+    from tunesift.evaluate import Evaluation, save_evaluation
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    res = finetune(fresh, records[:4], TrainConfig(epochs=1, batch_size=4))
+    with pytest.raises(TunesiftError, match="exists and is not a folder"):
+        save(res, fresh, notes)
+    ev = Evaluation({"loss": 1.0}, {}, [None] * 4, {}, {})
+    with pytest.raises(TunesiftError, match="exists and is not a folder"):
+        save_evaluation(notes, records[:4], ev, {"metrics": ev.metrics})
+    assert notes.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    # a folder that is not an earlier evaluation is refused from Python too
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("x")
+    with pytest.raises(OptionError, match="not an earlier tunesift output"):
+        save_evaluation(tmp_path / "mine", records[:4], ev, {"metrics": ev.metrics})
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "x"

@@ -54,6 +54,12 @@ def _input_info(path: str | None, sha256: str | None = None) -> dict | None:
     return {"path": str(Path(path).resolve()), "sha256": sha256 or input_checksum(path)}
 
 
+def _path_or_none(model: str | None) -> str | None:
+    """``--model`` when it names an existing file or folder (an input the output must not touch), else None
+    (an alias such as ``default`` or a cached Hugging Face id)."""
+    return model if model and os.path.lexists(model) else None
+
+
 def _help(name: str) -> str:
     """The help text an option declares in :class:`~tunesift.methods.options.Options` (one place)."""
     from .methods.options import Options
@@ -285,18 +291,21 @@ def finetune(
     if data is None or out is None:
         raise TunesiftError("finetune needs the training DATA and --out")
     # before training: writable, no input inside, and replaced only if an unchanged earlier model
-    check_output_folder(out, [data], own=None, manifest=TRAIN_META, unlisted={}, ours=trained_by_tunesift)
+    # --model as a folder is an input too: training into it would replace the base it loads
+    check_output_folder(out, [data, _path_or_none(model)], own=None, manifest=TRAIN_META, unlisted={},
+                        ours=trained_by_tunesift)
     cfg = TrainConfig(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
                       lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, seed=seed,
                       autocast=autocast, template=template)
     cfg.validate()
     _setup_logging(quiet)
-    records = read_records(data)
+    read: dict = {}
+    records = read_records(data, digest=read)
     lm = load_lm(model, device=device)
     with _progress(quiet) as prog:
         bar = prog("fine-tuning", len(records) * cfg.epochs) if prog else None
         res = run_finetune(lm, records, cfg, progress=bar)
-    save(res, lm, out, {"data": _input_info(str(data))})
+    save(res, lm, out, {"data": _input_info(str(data), read.get("sha256"))})  # the checksum as it was read
     if not quiet:
         typer.echo(f"{cfg.mode}: {len(records)} records x {cfg.epochs} epochs, loss {res.losses[0]:.3f} -> "
                    f"{res.losses[-1]:.3f} in {res.seconds:.1f} s -> {out}", err=True)
@@ -338,8 +347,8 @@ def evaluate(
     check_settings(names, template=template, max_length=max_length, max_new_tokens=max_new_tokens,
                    generate_limit=generate_limit)
     if out is not None:  # before any work: writable, and replaced only if an unchanged earlier evaluation
-        check_output_folder(out, [test, adapter], own=EVAL_FILES, manifest="metrics.json", unlisted={},
-                            ours=written_by_evaluate)
+        check_output_folder(out, [test, adapter, _path_or_none(model)], own=EVAL_FILES, manifest="metrics.json",
+                            unlisted={}, ours=written_by_evaluate)
     if adapter is not None:
         from .finetune import check_trained_folder
 
@@ -349,7 +358,9 @@ def evaluate(
         from .finetune import evaluation_template
 
         template = evaluation_template(adapter, template)
-    records = read_records(test)[:limit] if limit else read_records(test)
+    read: dict = {}
+    records = read_records(test, digest=read)
+    records = records[:limit] if limit else records
     if adapter is not None:
         from .finetune import load_trained
 
@@ -360,11 +371,11 @@ def evaluate(
     with _progress(quiet) as prog:
         ev = run_evaluate(lm, records, metrics=names, template=template, max_length=max_length,
                           max_new_tokens=max_new_tokens, generate_limit=generate_limit, progress=prog)
-    result = {"model": lm.source, "fingerprint": lm.fingerprint, "test": _input_info(str(test)),
+    result = {"model": lm.source, "fingerprint": lm.fingerprint, "test": _input_info(str(test), read.get("sha256")),
               "records": len(records), "metrics": ev.metrics, "counts": ev.counts, "timings": ev.timings}
     if out is not None:  # again at write time: a file added to OUT during the run must not be swept away
-        out = check_output_folder(out, [test, adapter], own=EVAL_FILES, manifest="metrics.json", unlisted={},
-                                  ours=written_by_evaluate)
+        out = check_output_folder(out, [test, adapter, _path_or_none(model)], own=EVAL_FILES, manifest="metrics.json",
+                                  unlisted={}, ours=written_by_evaluate)
         save_evaluation(out, records, ev, result)
     typer.echo(json.dumps(ev.metrics))
 

@@ -21,6 +21,7 @@ template's end token or ``max_new_tokens``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from .errors import OptionError
+
+log = logging.getLogger("tunesift")
 
 METRICS = ("loss", "perplexity", "rougeL", "exact_match", "cosine")
 LOWER_IS_BETTER = {"loss", "perplexity"}
@@ -101,6 +104,10 @@ def parse_metrics(text: str | Sequence[str] | None) -> list[str] | None:
     return names
 
 
+#: fewer prompt tokens than this left for a generation (max_length - header - max_new_tokens) are warned about
+MIN_PROMPT_ROOM = 32
+
+
 def check_settings(metrics: Sequence[str] | None, *, template: str = "auto", max_length: int = 2048,
                    max_new_tokens: int = 128, generate_limit: int | None = None) -> None:
     """Refuse, in one line and before any model loads, settings :func:`evaluate` cannot honour.
@@ -116,6 +123,9 @@ def check_settings(metrics: Sequence[str] | None, *, template: str = "auto", max
         if isinstance(v, bool) or not isinstance(v, int) or v < least:
             raise OptionError(f"{what} must be a whole number of at least {least}, got {v!r}")
     gen_names = [m for m in names if m in _GENERATIVE]
+    if gen_names and max_new_tokens >= max_length:  # the prompt would be cut to nothing
+        raise OptionError(f"max-new-tokens {max_new_tokens} leaves no room for the prompt in max-length {max_length}: "
+                          f"raise --max-length or lower --max-new-tokens (needed for {', '.join(gen_names)})")
     if generate_limit is None:  # every record
         return
     if isinstance(generate_limit, bool) or not isinstance(generate_limit, int) or generate_limit < 0:
@@ -328,6 +338,13 @@ def evaluate(
                    generate_limit=generate_limit)
     gen_names = [m for m in names if m in _GENERATIVE]
     renderer = renderer or renderer_for(lm, template, max_length)
+    room = renderer.max_length - len(renderer.header) - max_new_tokens
+    if gen_names and room < MIN_PROMPT_ROOM:  # prompts cut to (nearly) nothing: answers without the question
+        log.warning("max-length %d leaves %d tokens for each generation prompt after the template's %d and "
+                    "max-new-tokens %d: longer prompts lose their start; raise --max-length or lower "
+                    "--max-new-tokens", renderer.max_length, max(room, 1), len(renderer.header), max_new_tokens)
+    if not records:
+        raise OptionError("no test records to evaluate")
     n = len(records)
     per: dict[str, np.ndarray] = {}
     out: dict[str, float] = {}
@@ -363,6 +380,10 @@ def evaluate(
             vals[:m] = scorers[name](texts, refs)
             per[name] = vals
             out[name] = float(np.mean(vals[:m])) if m else float("nan")
+    for key, what in (("loss_prompts_cut", "for the loss"), ("generation_prompts_cut", "for generation")):
+        if counts.get(key):  # counted in metrics.json as well; said here for a run without --out
+            log.warning("%d of %d test prompts were cut from the left to fit max-length %d %s (counts.%s)",
+                        counts[key], n, renderer.max_length, what, key)
     return Evaluation(out, per, gens, timings, counts)
 
 
@@ -377,12 +398,17 @@ def written_by_evaluate(meta: dict) -> bool:
 def save_evaluation(out, records: Sequence, ev: Evaluation, result: dict) -> None:
     """``metrics.json`` (``result`` plus the SHA-256 of the predictions) and ``predictions.jsonl``
     (one row per test record: id, reference, prediction, per-record metrics; NaN as null), written
-    as one unit into ``out`` (:func:`tunesift.folders.publish`). The caller checked ``out`` first
-    (:func:`tunesift.outputs.check_output_folder` with :data:`EVAL_FILES`)."""
+    as one unit into ``out`` (:func:`tunesift.folders.publish`). The command line checked ``out``
+    before any work (:func:`tunesift.outputs.check_output_folder` with :data:`EVAL_FILES`); here
+    again, for callers from Python: a folder is replaced only when it is an unchanged earlier
+    evaluation, and a file is never replaced (a one-line error, nothing written)."""
     import json
     from pathlib import Path
 
-    from .folders import digests, publish
+    from .folders import check_earlier_set, digests, publish
+
+    if Path(out).is_dir():
+        check_earlier_set(Path(out), out, "metrics.json", unlisted={}, ours=written_by_evaluate, names_checked=False)
 
     def fill(tmp: Path) -> None:
         with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as fh:

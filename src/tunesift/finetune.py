@@ -144,6 +144,12 @@ def _head_loss_sum(head_logits, hidden, targets):
     return torch.nn.functional.cross_entropy(head_logits(hidden).float(), targets, reduction="sum")
 
 
+def _ids_and_mask(seqs, i: int) -> tuple[list[int], list[int]]:
+    """Record ``i`` of a ContinuationTable as (input_ids, response_mask), the mask 1 on its response."""
+    ids, n = seqs.array(i).tolist(), int(seqs.n_response[i])
+    return ids, [0] * (len(ids) - n) + [1] * n
+
+
 def response_loss_sum(scorer, model, seqs, pad_id: int):
     """(sum of response-token cross-entropies, number of response tokens) of one batch, with grad.
 
@@ -224,13 +230,26 @@ def finetune(
 
     from .render import renderer_for
     from .scoring.logprobs import ResponseScorer, length_batches
+    from .scoring.token_table import ContinuationTable
 
     cfg = config or TrainConfig()
     cfg.validate()
     if not records:
         raise TunesiftError("nothing to fine-tune on: the training set is empty")
     renderer = renderer or renderer_for(lm, cfg.template, cfg.max_length)
-    seqs = [renderer.sequence(r) for r in records]
+    cut = [0]  # prompts cut from the left to fit max_length: counted and warned about, never silent
+
+    def continuations():
+        for r in records:
+            ids, n_response, truncated = renderer.continuation(r)
+            cut[0] += truncated > 0
+            yield ids, n_response
+
+    # 4 bytes a token (a list of Python ints costs ~36): each batch's lists are rebuilt from it
+    seqs = ContinuationTable(continuations())
+    if cut[0]:
+        log.warning("%d of %d training records have prompts longer than max_length %d: each is trained on its "
+                    "prompt's last tokens (prompts_cut in %s)", cut[0], len(records), cfg.max_length, TRAIN_META)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if cfg.mode == "full":
@@ -267,8 +286,8 @@ def finetune(
     t0 = time.perf_counter()
     model.train()
     for _ in range(cfg.epochs):
-        for batch in length_grouped_batches([len(s) for s, _ in seqs], cfg.batch_size, rng):
-            part = [seqs[i] for i in batch]
+        for batch in length_grouped_batches(seqs.lengths().tolist(), cfg.batch_size, rng):
+            part = [_ids_and_mask(seqs, i) for i in batch]
             n_tok = sum(sum(m[1:]) for _, m in part)  # response tokens of the whole batch
             opt.zero_grad(set_to_none=True)
             batch_loss = 0.0
@@ -290,7 +309,7 @@ def finetune(
     for p in model.parameters():
         p.requires_grad_(False)
     return TrainResult(model, opt, losses, total, tokens, time.perf_counter() - t0, cfg,
-                       {"template": renderer.fmt.name, "records": len(seqs)})
+                       {"template": renderer.fmt.name, "records": len(seqs), "prompts_cut": cut[0]})
 
 
 def merged(lm, result: TrainResult):
@@ -374,9 +393,13 @@ def train_meta(path: Path) -> dict:
 
 def trained_template(path: str | Path) -> str | None:
     """The prompt template the model in ``path`` was trained with (None: not recorded), so that
-    evaluation renders prompts as training did."""
-    config = train_meta(Path(path)).get("config")
+    evaluation renders prompts as training did: the one ``auto`` resolved to when training asked
+    for ``auto`` (recorded beside the config as ``template``)."""
+    meta = train_meta(Path(path))
+    config = meta.get("config")
     template = config.get("template") if isinstance(config, dict) else None
+    if template in (None, "auto") and isinstance(meta.get("template"), str):
+        template = meta["template"]
     return template if isinstance(template, str) else None
 
 
@@ -412,10 +435,18 @@ def load_trained(path: str | Path, *, model: str | None = None, device: str = "a
         if meta.get("base_fingerprint") and model is None and meta["base_fingerprint"] != lm.fingerprint:
             raise TunesiftError(f"{path}: the adapter was trained on other weights than '{base_name}' has now")
         to_float32(lm)  # merged in float32, as merged() does
-        peft_model = PeftModel.from_pretrained(lm.model, str(path))
-        fp = file_fingerprint(path / "adapter_model.safetensors")
+        weights = [path / n for n in ("adapter_model.safetensors", "adapter_model.bin") if (path / n).is_file()]
+        if not weights:
+            raise TunesiftError(f"{path}: an adapter without its weights (adapter_model.safetensors or .bin)")
+        try:
+            peft_model = PeftModel.from_pretrained(lm.model, str(path))
+        except Exception as exc:  # noqa: BLE001 - peft raises JSON, safetensors, shape and key errors alike
+            raise TunesiftError(f"{path}: cannot load the adapter: {' '.join(str(exc).split())[:300]}") from None
+        fp = file_fingerprint(weights[0])
         return type(lm)(peft_model.merge_and_unload().eval(), lm.tokenizer, f"{base_name}+{path.name}",
                         str(path), f"{lm.fingerprint[:8]}-{fp[:8]}", lm.device, lm.dtype)
     if (path / "config.json").exists():  # save() wrote float32: "auto" keeps it (bf16 would round updates away)
+        if model is not None:
+            log.warning("%s holds a whole model (full fine-tuning): --model %s is not used", path, model)
         return load_lm(str(path), device=device, dtype="float32" if dtype == "auto" else dtype)
     raise TunesiftError(f"{path}: neither a LoRA adapter nor a model folder")

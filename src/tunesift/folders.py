@@ -264,6 +264,9 @@ def publish(out: Path, fill: Callable[[Path], None], what: str, shown: str | Pat
     as the user gave it (``shown``)."""
     if out.is_symlink():  # the folder it points to is replaced, not the link by a folder beside it
         out = out.resolve()
+    if out.exists() and not out.is_dir():  # a user's file is never swapped for a folder (the API has no CLI check)
+        raise TunesiftError(f"cannot write {what} to '{shown}': it exists and is not a folder; "
+                            "nothing was changed there")
     made = [p for p in out.parents if not p.exists()]  # folders the staging creates, deepest first
     tmp = None
     consumed: list = []

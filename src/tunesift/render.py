@@ -295,10 +295,14 @@ class Renderer:
 
     def sequence(self, record) -> tuple[list[int], list[int]]:
         """(input_ids, response_mask) of the zero-shot sequence; mask is 1 on scored tokens."""
+        ids, n_response, _ = self.continuation(record)
+        return ids, [0] * (len(ids) - n_response) + [1] * n_response
+
+    def continuation(self, record) -> tuple[list[int], int, int]:
+        """(input_ids, n_response, prompt tokens cut) of the zero-shot sequence: the last
+        ``n_response`` ids are the scored response (with ``end``)."""
         e = self.encode(record)
-        ids = self.header + e.prompt + e.response
-        mask = [0] * (len(self.header) + len(e.prompt)) + [1] * len(e.response)
-        return ids, mask
+        return self.header + e.prompt + e.response, len(e.response), e.truncated
 
     def example_prefix(self, record) -> list[int]:
         """Record j as an in-context example: header | prompt_j | user_end | response_j | between."""
