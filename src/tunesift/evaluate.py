@@ -222,22 +222,32 @@ def generate(lm, renderer, records: Sequence, *, max_new_tokens: int = 128, batc
     import torch
     from transformers import StaticCache
 
+    from .scoring.token_table import TokenLists
+
     tok = lm.tokenizer
-    encoded = [generation_prompt(renderer, r, max_new_tokens) for r in records]  # (ids, tokens cut)
-    prompts = [ids for ids, _ in encoded]
+    n_cut = [0]  # prompts cut by generation_prompt
+
+    def prompt_ids():
+        for r in records:
+            ids, cut = generation_prompt(renderer, r, max_new_tokens)
+            n_cut[0] += cut > 0
+            yield ids
+
+    prompts = TokenLists(prompt_ids())  # 4 bytes a token, not a list of Python ints per record
     capped = 0
     stops = stop_ids(renderer, tok)
     tail = "" if control_end(renderer, tok) is not None else renderer.fmt.end.strip()  # an end of plain text
     pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(stops))
     out: list[str] = [""] * len(prompts)
     dev = torch.device(lm.device)
-    for rows in generation_batches([len(p) for p in prompts], max_new_tokens, batch_size):
-        width = max(len(prompts[i]) for i in rows)
+    lengths = prompts.lengths()
+    for rows in generation_batches(lengths.tolist(), max_new_tokens, batch_size):
+        width = int(max(lengths[i] for i in rows))
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for r, i in enumerate(rows):
-            p = prompts[i]
-            ids[r, width - len(p):] = torch.tensor(p)
+            p = prompts.array(i)
+            ids[r, width - len(p):] = torch.from_numpy(p.astype("int64"))
             mask[r, width - len(p):] = 1
         kw = {}
         if static_cache:  # no torch.compile per batch shape on CUDA
@@ -255,7 +265,7 @@ def generate(lm, renderer, records: Sequence, *, max_new_tokens: int = 128, batc
         if progress:
             progress(len(rows))
     if counts is not None:
-        counts.update(generation_prompts_cut=sum(cut > 0 for _, cut in encoded), generations_capped=capped)
+        counts.update(generation_prompts_cut=n_cut[0], generations_capped=capped)
     return out
 
 
