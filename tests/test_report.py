@@ -764,3 +764,32 @@ def test_rds_drops_are_listed_lowest_ranked_first(demo, tiny_lm, tmp_path):
     shown = row_ids(page)[-10:]  # the dropped table comes last
     ranks = dict(zip(sel.scores()["id"], sel.scores()["rank"]))
     assert [ranks[i] for i in shown] == sorted((ranks[i] for i in shown), reverse=True)
+
+
+def test_the_report_reads_the_input_as_the_selection_did(tmp_path, capsys):
+    """The report re-read the input with the default rules: a record with a read defect kept out by
+    --on-error skip, or a bad line past --limit, made every --by report fail; a custom field map
+    was used for the dropped records only, so kept records showed another field."""
+    rows = [{"question": f"Q{i}?", "answer": f"short {i}", "rationale": f"because {i}", "src": "a" if i % 2 else "b"}
+            for i in range(8)]
+    rows[2]["rationale"] = ""  # an empty response under --response-field rationale: an error row
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n", encoding="utf-8")
+    out = tmp_path / "o"
+    code = main(["select", str(data), "--method", "random", "--budget", "3", "--limit", "8", "--prompt-field",
+                 "question", "--response-field", "rationale", "--on-error", "skip", "--out", str(out), "-q"])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["report", str(out), "--by", "src"]) == 0, capsys.readouterr().err
+    html = (out / "report.html").read_text(encoding="utf-8")
+    kept = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
+    for r in kept:  # kept records show the mapped response, not 'answer'
+        assert r["rationale"] in html
+    assert "short " not in html  # no record is shown with the unmapped field
+    # a hand-edited field map is a one-line error, not a traceback
+    man = json.loads((out / "manifest.json").read_text())
+    man["fields"] = {"prompt_field": "question"}
+    (out / "manifest.json").write_text(json.dumps(man))
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "field 'fields.prompt_field' is not a field mapping" in err and err.count("\n") == 1, err

@@ -136,7 +136,10 @@ def read_output(out_dir: str | Path) -> Output:
 
 
 # manifest.json fields the report reads, and the JSON type each must have where present
-MANIFEST_FIELDS = {"options": dict, "inputs": dict, "counts": dict, "timings": dict, "versions": dict, "files": dict}
+MANIFEST_FIELDS = {"options": dict, "inputs": dict, "counts": dict, "timings": dict, "versions": dict, "files": dict,
+                   "fields": dict}
+#: the keys of manifest.json's ``fields`` (the field map the input was read with: io.schema.FieldMap)
+FIELD_KEYS = {"prompt", "response", "messages", "id"}
 #: the surrogate report's numbers, formatted by the page (``:.2f``, ``:,``)
 SURROGATE_NUMBERS = {"spearman", "r2", "within_row_spearman", "labelled_pairs", "candidate_pairs", "heldout_pairs"}
 TEXT_COLUMNS = {"group"}  # score columns that hold text (balanced-random's group); the rest are numbers
@@ -164,6 +167,10 @@ def check_manifest(manifest, mpath: Path) -> None:
             if key in SURROGATE_NUMBERS and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise TunesiftError(f"{mpath}: field 'surrogate.{kernel}.{key}' must be a number, got "
                                     f"{type(v).__name__}")
+    for key, v in (manifest.get("fields") or {}).items():
+        if key not in FIELD_KEYS or not isinstance(v, str):
+            raise TunesiftError(f"{mpath}: field 'fields.{key}' is not a field mapping (expected "
+                                f"{', '.join(sorted(FIELD_KEYS))} naming input fields as strings)")
     for name, entry in (manifest.get("inputs") or {}).items():
         if entry is None:
             continue
@@ -277,12 +284,17 @@ class Input:
 def read_input(res: Output, data: str | Path | None, by: str | None) -> Input:
     """Texts of the shown records and, when possible, the rows of the dropped ones."""
     from ..io.records import read_records, records_from_rows
+    from ..io.schema import FieldMap
 
+    try:  # the field map the input was read with: kept and dropped records are read the same way
+        fields = FieldMap(**(res.manifest.get("fields") or {}))
+    except TunesiftError as exc:
+        raise TunesiftError(f"{res.folder / 'manifest.json'}: field 'fields': {exc}") from None
     texts: dict[str, tuple[str, str]] = {}
     kept_ids = [i for i, k in zip(res.ids, res.kept) if k]
     for rid, row in zip(kept_ids, res.selected):
         try:
-            rec = records_from_rows([row], source="selected.jsonl")[0]
+            rec = records_from_rows([row], fields, source="selected.jsonl")[0]
             texts[rid] = (rec.prompt, rec.response)
         except TunesiftError:  # a custom field mapping: show the raw row
             texts[rid] = (json.dumps(row, ensure_ascii=False, default=str), "")
@@ -300,10 +312,10 @@ def read_input(res: Output, data: str | Path | None, by: str | None) -> Input:
             raise TunesiftError(f"--by {by} needs the dropped rows: {reason}; pass the input with --data FILE")
         res.notes.append(f"dropped records are shown without their text: {reason} (pass --data FILE)")
         return Input(texts, None)
-    try:
-        from ..io.schema import FieldMap
-
-        records = read_records(path, FieldMap(**(res.manifest.get("fields") or {})))  # as the selection read it
+    options = res.manifest.get("options") or {}
+    limit = options.get("limit") if isinstance(options.get("limit"), int) else None
+    try:  # as the selection read it: its field map and --limit; a record with a defect is an error row there
+        records = read_records(path, fields, on_error="skip", limit=limit)
     except TunesiftError as exc:
         if by is not None:
             hint = "" if data is not None else "; pass the input with --data FILE"
