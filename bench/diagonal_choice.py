@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from tunesift.machine import banner
-from tunesift.methods.delift import self_covering
+from tunesift.methods.delift import clipping, self_covering
 from tunesift.scoring.utility import to_similarity
 from tunesift.selection.submodular import facility_location
 
@@ -93,7 +93,7 @@ def main() -> None:
     flag = np.array([bool(field(rows[i], a.label)) for i in ids])
     dup = np.array([field(rows[i], "meta.duplicate_of") is not None for i in ids])
     n, k = len(ids), round(a.budget * len(ids))
-    sim = to_similarity(uf).astype(np.float32)
+    sim = to_similarity(uf, clip_negative=clipping([uf], False)).astype(np.float32)  # as select scales it
     off = sim.data if sp.issparse(sim) else sim[~np.eye(n, dtype=bool)]
     print(f"{n} records, budget {k}; {a.label} true for {flag.sum()} ({flag.mean():.0%}); "
           f"scaled similarities: mean {off.mean():.3f}, std {off.std():.3f}\n")

@@ -561,6 +561,40 @@ def test_to_similarity_sparse_scales_stored_entries_only():
     assert s[1, 1] == 0  # missing = similarity 0
 
 
+def test_clipping_starts_the_scale_at_no_effect():
+    """With every UF positive, clipping took the smallest one as the bottom: the least helpful
+    example that helps at all got similarity 0, as a harmful one."""
+    from tunesift.scoring.utility import similarity_bounds
+
+    uf = np.array([[0.1, 0.2, 0.3]])
+    np.testing.assert_allclose(to_similarity(uf, clip_negative=True), [[1 / 3, 2 / 3, 1]])
+    assert similarity_bounds([uf, np.array([[-0.4, 0.6]])], clip_negative=True) == (0.0, 0.6)
+    assert similarity_bounds([uf], clip_negative=False) == (0.1, 0.3)
+
+
+def test_a_knn_kernel_picks_what_its_dense_form_picks():
+    """A pair a kNN kernel does not hold is 'no effect'. Under the min-max it was similarity 0, the
+    most harmful pair's value, so a harmful example in many targets' lists (A) outscored a helpful
+    one in one list (B)."""
+    from types import SimpleNamespace
+
+    from tunesift.methods.delift import scaled
+    from tunesift.selection.submodular import facility_location
+
+    # 5 targets x 3 candidates: A harms targets 0-3 a little, B helps target 4, C harms target 4 most
+    rows, cols = [0, 1, 2, 3, 4, 4], [0, 0, 0, 0, 1, 2]
+    vals = [-0.05, -0.05, -0.05, -0.05, 0.3, -0.2]
+    knn = sp.csr_matrix((vals, (rows, cols)), shape=(5, 3))
+    dense = knn.toarray()  # the pairs the kNN kernel lacks at UF 0, "no effect"
+    opt = SimpleNamespace(clip_negative=False, scale="joint")
+    [s_knn], [s_dense] = scaled([knn], opt), scaled([dense], opt)
+    assert facility_location(s_dense, 1).order.tolist() == [1]
+    assert facility_location(s_knn, 1).order.tolist() == [1]  # was [0]: A, for its four list entries
+    assert s_knn[0, 0] == 0 and s_knn[4, 1] == 1  # harmful = unscored = 0
+    # a dense kernel keeps the paper's min-max (harmful pairs small but positive)
+    assert 0 < s_dense[0, 0] < s_dense[0, 1]
+
+
 # -- the real default model ------------------------------------------------------------------
 
 

@@ -46,11 +46,25 @@ def submodular_pick(sim, cross, k: int, opt):
 def scaled(kernels: list, opt) -> list:
     """UF kernels -> similarities in [0, 1] (float32): one min-max over all of them (``--scale joint``:
     FLCG's ``max S - nu max E`` and FLMI compare like numbers) or one per kernel (``separate``, as the
-    reference code); ``--clip-negative`` first sets UF < 0 to 0."""
+    reference code); ``--clip-negative`` scales ``max(UF, 0) / max`` instead (:func:`clipping`)."""
     from ..scoring.utility import similarity_bounds, to_similarity
 
-    bounds = similarity_bounds(kernels, clip_negative=opt.clip_negative) if opt.scale == "joint" else None
-    return [to_similarity(k, clip_negative=opt.clip_negative, bounds=bounds).astype(np.float32) for k in kernels]
+    clip = clipping(kernels, opt.clip_negative)
+    bounds = similarity_bounds(kernels, clip_negative=clip) if opt.scale == "joint" else None
+    return [to_similarity(k, clip_negative=clip, bounds=bounds).astype(np.float32) for k in kernels]
+
+
+def clipping(kernels: list, clip_negative: bool) -> bool:
+    """Whether the kernels are scaled with harmful UF set to 0: when asked (``--clip-negative``),
+    and always when one is sparse (a kNN kernel). A pair a kNN kernel does not hold is taken as
+    "no effect" (UF 0); under the paper's min-max it would be similarity 0, the value of the
+    *most harmful* scored pair, and every scored pair would carry a baseline over it, so the
+    greedy favoured records that sit in many targets' neighbour lists whatever their utility
+    (and a dense kernel and its sparse form picked differently). Clipped, 0 is "no effect" for
+    scored and unscored pairs alike; a dense kernel keeps the paper's min-max."""
+    import scipy.sparse as sp
+
+    return clip_negative or any(sp.issparse(k) for k in kernels)
 
 
 def self_covering(sim, twins: np.ndarray | None = None):
@@ -93,12 +107,14 @@ def self_covering(sim, twins: np.ndarray | None = None):
 
 
 def selection_kernel(uf, *, clip_negative: bool = False, twins: np.ndarray | None = None):
-    """One pool kernel UF (n, n) as the instruction stage selects on it: min-max scaled to [0, 1]
-    and :func:`self_covering` (float32, dense or CSR). For benchmarks that pick on a kernel they
+    """One pool kernel UF (n, n) as the instruction stage selects on it: scaled to [0, 1] (min-max;
+    harmful UF at 0 for a kNN kernel or ``clip_negative``: :func:`clipping`) and
+    :func:`self_covering` (float32, dense or CSR). For benchmarks that pick on a kernel they
     computed, so that they measure what ``select`` ships."""
     from ..scoring.utility import to_similarity
 
-    return self_covering(to_similarity(uf, clip_negative=clip_negative).astype(np.float32), twins)
+    sim = to_similarity(uf, clip_negative=clipping([uf], clip_negative))
+    return self_covering(sim.astype(np.float32), twins)
 
 
 def pair_progress(progress: Progress, label: str) -> Callable[[int, int], None]:

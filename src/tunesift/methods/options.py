@@ -188,7 +188,8 @@ class Options:
                       "most similar candidates, round by round; every labelled target pays its no-example pass) | rows "
                       "(all candidates of sampled targets: ~k times fewer no-example passes, for tiny label fractions "
                       "on big pools).", group="delift", check=one_of("labels", ("nearest", "rows"), "nearest or rows"))
-    clip_negative: bool = opt(False, "DELIFT: set negative utility to 0 before min-max scaling.", group="delift")
+    clip_negative: bool = opt(False, "DELIFT: scale max(UF, 0) / max, harmful examples at 0 like no example "
+                                     "(always so on a kNN kernel; this sets it for a dense one).", group="delift")
     scale: str = opt("joint", "DELIFT: min-max scaling of the stage's kernels, joint (one scale for all, so FLCG/FLMI "
                      "compare like numbers) | separate (each kernel its own, as the reference code).",
                      group="delift", check=one_of("scale", ("joint", "separate"), "joint or separate"))

@@ -151,7 +151,9 @@ class UtilityKernel:
 
 
 def similarity_bounds(kernels: Sequence[Kernel], *, clip_negative: bool = False) -> tuple[float, float]:
-    """(min, max) of UF over the defined entries of all ``kernels`` (after clipping, if asked).
+    """(min, max) of UF over the defined entries of all ``kernels``; with ``clip_negative``
+    (0, max): UF 0, "as good as no example", is the bottom of the scale, so the least helpful
+    example that helps at all keeps a positive similarity.
 
     Kernels that enter one objective together (FLMI's pool and target kernels, FLCG's pool and
     existing kernels) must share one scale, or ``max S - nu max E`` compares unlike numbers.
@@ -159,10 +161,13 @@ def similarity_bounds(kernels: Sequence[Kernel], *, clip_negative: bool = False)
     vals = []
     for k in kernels:
         x = k.data if sp.issparse(k) else np.asarray(k)
-        x = x[~np.isnan(x)]
-        vals.append(np.maximum(x, 0.0) if clip_negative else x)
+        vals.append(x[~np.isnan(x)])
     allv = np.concatenate(vals) if vals else np.zeros(0)
-    return (float(allv.min()), float(allv.max())) if allv.size else (0.0, 0.0)
+    if not allv.size:
+        return (0.0, 0.0)
+    if clip_negative:
+        return (0.0, max(float(allv.max()), 0.0))
+    return (float(allv.min()), float(allv.max()))
 
 
 def to_similarity(uf: Kernel, *, clip_negative: bool = False,
@@ -170,11 +175,14 @@ def to_similarity(uf: Kernel, *, clip_negative: bool = False,
     """The paper's transform: one global min-max of UF to [0, 1] over the defined entries.
 
     ``s = (UF - min) / (max - min)`` with min/max over non-NaN entries (dense) or stored entries
-    (CSR), or the given ``bounds`` (see :func:`similarity_bounds`); ``clip_negative`` first sets
-    UF < 0 to 0 (harmful examples get similarity 0 instead of a small positive value). NaN (the
+    (CSR), or the given ``bounds`` (see :func:`similarity_bounds`); ``clip_negative`` scales
+    ``max(UF, 0) / max`` instead (harmful examples get similarity 0, as no example does, instead
+    of a small positive value; an example that helps at all keeps a positive one). NaN (the
     excluded diagonal) becomes 0. For CSR only stored entries are scaled, the pattern is kept and
-    missing entries mean similarity 0. If all defined entries are equal they map to 1 when
-    positive, else 0. Returns float64 of the same type and shape.
+    missing entries mean similarity 0: with the min-max that is the *least* helpful pair's value,
+    so a kNN kernel is selected on with ``clip_negative`` (:func:`tunesift.methods.delift.scaled`),
+    where 0 is "no effect". If all defined entries are equal they map to 1 when positive, else 0.
+    Returns float64 of the same type and shape.
     """
     if bounds is None:
         bounds = similarity_bounds([uf], clip_negative=clip_negative)
