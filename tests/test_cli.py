@@ -212,7 +212,19 @@ def test_config_file_with_flag_override(demo, tmp_path, capsys):
                                            "bad.yaml:2: epsilon must be in (0, 1), got inf"),
                                           ("method: random\nknn: -3\n", "bad.yaml:2: knn must be >= 0"),
                                           ("method: random\nseed: [1, 2]\n",
-                                           "bad.yaml:2: option 'seed': expected one value, got a list")])
+                                           "bad.yaml:2: option 'seed': expected one value, got a list"),
+                                          # these ran as a string of the whole value, or another number
+                                          ("method: random\nmodel: {name: x}\n",
+                                           "bad.yaml:2: option 'model': expected a value, got a mapping"),
+                                          ("method: random\nprompt_field: [a, [b]]\n",
+                                           "bad.yaml:2: option 'prompt_field': a list of plain values"),
+                                          ("method: random\nprompt_field: [&l0 [x, x], *l0]\n",
+                                           "bad.yaml:2: option 'prompt_field': a list of plain values"),
+                                          ("method: random\nmax-length: 10\nmax_length: 20\n",
+                                           "bad.yaml:3: option 'max_length' is given twice (also on line 2)"),
+                                          ("method: random\nseed: 010\n",
+                                           "bad.yaml:2: option 'seed': write the number 010 in decimal digits "
+                                           "(YAML reads it as 8)")])
 def test_bad_config(text, message, tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)

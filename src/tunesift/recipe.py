@@ -34,6 +34,12 @@ def list_problem(name: str, command: str, text: str) -> str | None:
     return None
 
 
+def _decimal(text: str) -> bool:
+    """Whether a YAML integer is written as plain decimal digits (an optional sign, no leading 0)."""
+    digits = text.lstrip("+-")
+    return digits.isdigit() and (digits == "0" or not digits.startswith("0"))
+
+
 def load_recipe(ctx: typer.Context, param, value: Path | None):
     """``--config recipe.yaml``: every option of the command as YAML keys; flags override them."""
     if value is None:
@@ -56,17 +62,23 @@ def load_recipe(ctx: typer.Context, param, value: Path | None):
     if not isinstance(loaded, dict):
         raise TunesiftError(f"{value}: config must be a mapping of option names to values")
     # each key as written and its line (a YAML 1.1 key like "yes" loads as True: name it as written)
-    written = {}
+    written, spelled = {}, {}  # key -> (as written, line); option name -> line
     if isinstance(node, yaml.MappingNode):
         keys = yaml.SafeLoader("")
-        for k, _ in node.value:
+        for k, v in node.value:
             if not isinstance(k, yaml.ScalarNode):
                 continue
             key = keys.construct_object(k)
-            if key in written:  # safe_load keeps the last silently: which one did the user mean?
+            name = str(k.value).replace("-", "_")
+            if name in spelled:  # safe_load keeps the last silently (max-length and max_length too)
                 raise TunesiftError(f"{value}:{k.start_mark.line + 1}: option '{k.value}' is given twice (also on "
-                                    f"line {written[key][1]}); give it once")
+                                    f"line {spelled[name]}); give it once")
+            spelled[name] = k.start_mark.line + 1
             written[key] = (k.value, k.start_mark.line + 1)
+            if isinstance(v, yaml.ScalarNode) and v.tag == "tag:yaml.org,2002:int" and not _decimal(v.value):
+                # YAML 1.1 reads 010 as 8 and 0x10 as 16, where the command line reads 010 as 10
+                raise TunesiftError(f"{value}:{v.start_mark.line + 1}: option '{k.value}': write the number "
+                                    f"{v.value} in decimal digits (YAML reads it as {keys.construct_object(v)})")
     known = {p.name: p for p in ctx.command.params}
     config = {}
     for key, val in loaded.items():
@@ -79,9 +91,14 @@ def load_recipe(ctx: typer.Context, param, value: Path | None):
         if val is None and param.default is not None:  # a blank value would quietly mean the default
             raise TunesiftError(f"{where}: option '{shown}' has no value; give one, or leave the key out for the "
                                 f"default ({param.default})")
+        if isinstance(val, dict):  # str() of it would become the value (a model named "{'name': 'x'}")
+            raise TunesiftError(f"{where}: option '{shown}': expected a value, got a mapping")
         if isinstance(val, list):  # a comma list, for the options that take one (methods, budgets, weights)
             if name not in LIST_OPTIONS or getattr(getattr(param, "type_descriptor", None), "annotation", str) is not str:
                 raise TunesiftError(f"{where}: option '{shown}': expected one value, got a list")
+            if not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in val):
+                # a nested list or mapping (and YAML aliases nested in one could expand without bound)
+                raise TunesiftError(f"{where}: option '{shown}': a list of plain values (text or numbers) expected")
             val = ",".join(map(str, val))
         if isinstance(val, bool) and not getattr(param, "is_flag", False):  # typer would read it as 1 or 0
             raise TunesiftError(f"{where}: option '{shown}': expected a value, got the boolean {str(val).lower()}")
