@@ -344,6 +344,22 @@ def test_kernel_leaves_a_repeated_records_copy_pairs_out_as_select_does(tiny_dir
     uf = np.load(out / "utility.npy")
     assert np.isnan(uf[1, 5]) and np.isnan(uf[5, 1]) and np.isnan(np.diag(uf)).all()
     assert np.isfinite(uf).sum() == 6 * 5 - 2  # every other pair scored
+    # the pool given again as --examples is the pool: the same rule, the same kernel
+    again = tmp_path / "k2"
+    assert main(["kernel", str(data), "--examples", str(data), "--knn", "0", "--model", str(tiny_dir), "--cache-dir",
+                 str(tmp_path / "c"), "--out", str(again), "-q"]) == 0
+    np.testing.assert_array_equal(np.load(again / "utility.npy"), uf)
+
+
+def test_kernel_errors_do_not_suggest_an_option_it_lacks(tiny_dir, tmp_path, capsys):
+    from tunesift.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"instruction": "a", "output": ""}) + "\n")
+    assert main(["kernel", str(data), "--model", str(tiny_dir), "--cache-dir", str(tmp_path / "c"),
+                 "--out", str(tmp_path / "k"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "the response is empty" in err and "--on-error" not in err, err
 
 
 def test_report_states_the_surrogate_fidelity(tiny_dir, tmp_path):

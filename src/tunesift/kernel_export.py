@@ -20,6 +20,7 @@ the same one ``select --method delift`` computes with the same options (and shar
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,8 @@ from .outputs import check_output_folder
 from .pipeline import as_records, describe_model, versions, with_token_budget
 from .render import renderer_for
 from .store import check_cache_dir, default_cache_dir
+
+log = logging.getLogger("tunesift")
 
 KERNEL_FILES = frozenset({"utility.npy", "utility.npz", "labelled.npz", "base.npy", "rows.txt", "cols.txt",
                           "kernel.json"})
@@ -54,9 +57,16 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
     get_method("delift").warn_unread(opt)  # e.g. --label-fraction without --utility learned
     folder = check_output_folder(out, list(input_paths), own=KERNEL_FILES, manifest="kernel.json", unlisted={})
     check_cache_dir(opt.cache_dir or default_cache_dir())  # before the model loads
-    targets = as_records(data, fields)
-    same = examples is None
-    cols = targets if same else as_records(examples, fields, source="<examples>")
+    # source "<data>": no "--on-error skip" hint, an option kernel does not have
+    targets = as_records(data, fields, source="<data>")
+    cols = targets if examples is None else as_records(examples, fields, source="<examples>")
+    # the pool given again as --examples is the pool: its diagonal and repeats are left out alike
+    same = examples is None or [r.id for r in cols] == [r.id for r in targets]
+    if same:
+        cols = targets
+    elif opt.keep_diagonal:
+        log.warning("--keep-diagonal is read only when the examples are the pool itself; --examples holds "
+                    "other records, whose pairs are all scored anyway")
     if lm is None:
         from .models import load_lm
 
