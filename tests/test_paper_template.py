@@ -217,6 +217,21 @@ def test_kernel_with_cut_examples_equals_plain_and_cached_rerun(tiny_lm, tmp_pat
     assert other.info["blocks_computed"] > 0
 
 
+def test_an_example_cut_to_nothing_keeps_the_rows_wording_shift(tiny_lm):
+    """The paper template words the target apart in the two arms, so every pair of a row carries a
+    shift; a pair whose example was cut to nothing took the no-example arm's statistics, UF 0
+    exactly, which could be the row's largest value. It is scored in the example arm's wording."""
+    long = tiny.rec(20, tiny.CORPUS[4], " ".join(tiny.CORPUS[5:7]))
+    recs = RECS[:3] + [long]
+    r = renderer_for(tiny_lm, "paper", 170)  # the long target leaves no room for any example
+    fast = utility_kernel(tiny_lm, r, recs, recs, token_budget=96, cache_dir=False)
+    assert fast.info["empty_prefixes"] >= 3
+    row = fast.values()[3, :3]
+    assert np.all(row != 0) and np.ptp(row) < 1e-6  # the same empty example, the row's shift
+    plain = plain_utility_kernel(tiny_lm, r, recs, recs)
+    np.testing.assert_allclose(fast.values(), plain.values(), atol=1e-6, rtol=0, equal_nan=True)
+
+
 # -- the real default model -------------------------------------------------------------------------
 
 

@@ -148,8 +148,11 @@ class _Column:
 def _plan_column(job: KernelJob, base: np.ndarray, j: int, info: dict) -> _Column:
     """Group column j's targets by how much of example j fits before them.
 
-    Targets whose example is cut to nothing get the no-example statistics right away (UF = 0);
-    the excluded diagonal stays NaN.
+    Targets whose example is cut to nothing get the no-example statistics right away (UF = 0),
+    unless the renderer words the arms apart (``per_arm``: ``--template paper``): then the
+    example arm's own wording is scored with no example in it, so the pair carries the row's
+    wording shift like every other pair of the row instead of standing out at exactly 0. The
+    excluded diagonal stays NaN.
     """
     rows = job.column_rows(j)
     n_ids = job.conts.lengths()
@@ -169,10 +172,11 @@ def _plan_column(job: KernelJob, base: np.ndarray, j: int, info: dict) -> _Colum
     tokens = 0
     for length, ks in sorted(by_len.items(), reverse=True):
         idx = rows[ks]
-        if length == h:  # cut to nothing: exactly the no-example arm
-            sq[ks], lp[ks] = base[0, idx], base[1, idx]
+        if length == h:
             info["empty_prefixes"] += len(ks)
-            continue
+            if job.base_conts is None:  # cut to nothing: exactly the no-example arm
+                sq[ks], lp[ks] = base[0, idx], base[1, idx]
+                continue
         prefix = fit_prefix(job, job.prefixes[j], int(n_ids[idx[0]]))
         if len(prefix) != length:
             raise AssertionError("internal: prefix fit mismatch")  # pragma: no cover

@@ -18,7 +18,9 @@ the same in both; an example is cut down to ``renderer.example_header``).
 ``fit`` is :func:`tunesift.render.fit_example`: when the sequence is longer than ``max_length`` the example is
 cut from the start of its body; the scored response is never cut. An example cut to nothing
 leaves exactly the no-example arm, and the pair gets the baseline's statistics, so UF = 0
-(never the reference code's spurious "distance 0 = maximally helpful").
+(never the reference code's spurious "distance 0 = maximally helpful"). Under a ``per_arm``
+renderer the example arm's wording is scored with no example in it instead: the pair then carries
+the row's wording shift like the row's other pairs (a UF of exactly 0 could be the row's largest).
 
 With p_t the teacher-forced probability of response token t (t = 1..T_i, end token included):
 
@@ -584,8 +586,9 @@ def plain_utility_kernel(
                 continue
             c = job.conts[i]
             prefix = fit_prefix(job, job.prefixes[j], len(c.ids))
-            # cut to nothing: the no-example arm (the same tokens unless the renderer is per-arm)
-            seqs.append(seqs[i] if len(prefix) == len(job.header) else (prefix + list(c.ids), c.n_response))
+            # cut to nothing: the no-example arm, unless the renderer words the arms apart (per-arm)
+            empty = len(prefix) == len(job.header) and job.base_conts is None
+            seqs.append(seqs[i] if empty else (prefix + list(c.ids), c.n_response))
             slots.append((j, k))
     sq, lp = plain_logprob_stats(lm, seqs, token_budget=token_budget)
     n_t = job.n_t
