@@ -793,3 +793,22 @@ def test_the_report_reads_the_input_as_the_selection_did(tmp_path, capsys):
     assert main(["report", str(out)]) == 2
     err = capsys.readouterr().err
     assert "field 'fields.prompt_field' is not a field mapping" in err and err.count("\n") == 1, err
+
+
+def test_a_parquet_selection_is_named_as_such_and_a_cache_inside_the_output_is_refused(tmp_path, capsys):
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(6)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "o"
+    assert main(["select", str(data), "--method", "random", "--budget", "2", "--out-format", "parquet",
+                 "--out", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "written with --out-format parquet or hf; select again with --out-format jsonl" in err, err
+    # a score cache inside the output folder would be swept away with it: refused before any work
+    code = main(["select", str(data), "--method", "delift-se", "--budget", "2", "--out", str(tmp_path / "o2"),
+                 "--cache-dir", str(tmp_path / "o2" / "cache"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is inside the output folder" in err and "keep --cache-dir elsewhere" in err, err
+    assert not (tmp_path / "o2").exists()

@@ -29,6 +29,7 @@ from .io.schema import FieldMap
 from .methods.catalogue import get_method
 from .methods.options import Options
 from .outputs import (
+    check_cache_apart,
     check_output_folder,
     check_rows_writable,
     check_save,
@@ -173,6 +174,10 @@ def select(
     check_save(out_format, report)
     if out is not None:
         check_output_folder(out, paths)
+        if get_method(opt.method).uses_cache():
+            from .store import default_cache_dir
+
+            check_cache_apart(out, opt.cache_dir or default_cache_dir())
     elif out_format != "jsonl" or report:
         raise OptionError("out_format and report are read only with out=FOLDER (or sel.save(FOLDER, ...)); "
                           "they would be ignored here")

@@ -139,6 +139,16 @@ def check_apart(out: Path, out_dir: str | Path, inputs: list[str | Path | None],
                               "write the output elsewhere")
 
 
+def check_cache_apart(out_dir: str | Path, cache_dir: str | Path) -> None:
+    """A one-line OptionError when the score cache lies inside the output folder: the folder is
+    replaced as a whole, so the cache would be refused (a folder tunesift did not write) only after
+    all the scoring, or lost with it. Checked before any work."""
+    out, cache = Path(os.path.realpath(out_dir)), Path(os.path.realpath(cache_dir))
+    if _inside(cache, out):
+        raise OptionError(f"the score cache '{cache_dir}' is inside the output folder '{out_dir}', which is "
+                          "replaced as a whole: keep --cache-dir elsewhere")
+
+
 def check_output_folder(out_dir: str | Path, inputs: list[str | Path] = (), own: frozenset[str] | None = OWN,
                         manifest: str = "manifest.json", unlisted: dict[str, str] | None = None,
                         ours: Callable[[dict], bool] | None = None) -> Path:

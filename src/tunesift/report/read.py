@@ -67,6 +67,10 @@ def read_output(out_dir: str | Path) -> Output:
             if p.is_dir():
                 raise TunesiftError(f"{p}: a folder, expected a file; is '{out}' a tunesift select output folder?")
             if not p.is_file():
+                if p is jpath and ((out / "selected.parquet").is_file() or (out / "selected").is_dir()):
+                    raise TunesiftError(f"{out}: the report reads selected.jsonl, and this selection was written "
+                                        "with --out-format parquet or hf; select again with --out-format jsonl "
+                                        "(the default)")
                 raise TunesiftError(f"{p}: missing; is '{out}' a tunesift select output folder?")
     except OSError as exc:  # no permission to look inside
         raise TunesiftError(f"{out}: cannot read the output folder: {exc.strerror or exc}") from None
