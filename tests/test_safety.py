@@ -383,7 +383,7 @@ def test_times_from_numpy_and_pandas_keep_their_tagged_iso_forms():
     import numpy as np
     import pandas as pd
 
-    from tunesift.outputs import json_value
+    from tunesift.row_values import json_value
 
     assert json_value(dt.timedelta(microseconds=1)) == {"$duration": "PT0.000001S"}
     assert json_value(pd.Timedelta(1, "ns")) == {"$duration": "PT0.000000001S"}
@@ -668,7 +668,9 @@ def test_a_failed_write_leaves_no_new_folders_and_the_write_check_is_where_the_s
     data = jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "output": "x", "n": 1},
                                         {"instruction": "b", "output": "y", "n": "text"}])
     # the check before scoring refuses this input (test below); without it, the writer fails after the scoring
-    monkeypatch.setattr(outputs, "check_rows_writable", lambda *a, **k: None)
+    import tunesift.row_values as row_values
+
+    monkeypatch.setattr(row_values, "check_rows_writable", lambda *a, **k: None)
     code, err = run(["select", data, "--method", "random", "--budget", "1.0", "--out-format", "parquet",
                      "--out", tmp_path / "new" / "deeper" / "out", "-q"], capsys)
     one_line_error(code, err, "cannot write the kept records as parquet")
@@ -813,7 +815,7 @@ def test_skip_with_a_model_covers_empty_and_too_long_records(tiny_dir, tmp_path,
 
 
 def test_a_string_that_spells_the_decimal_marker_stays_a_string():
-    from tunesift.outputs import json_line
+    from tunesift.row_values import json_line
 
     row = {"price": decimal.Decimal("12.300"), "note": "\x00tunesift-decimal:42"}
     assert json.loads(json_line(row)) == {"price": 12.3, "note": "\x00tunesift-decimal:42"}
@@ -870,7 +872,7 @@ def test_numpy_arrays_and_pandas_missing_values_are_written_as_json_reads_them(t
     lost its list; pandas NaT became {"$datetime": "NaT"} and pd.NA could not be written at all."""
     import pandas as pd
 
-    from tunesift.outputs import json_value
+    from tunesift.row_values import json_value
 
     assert json_value(np.array(["q"])) == ["q"] and json_value(np.array([1, 2])) == [1, 2]
     assert json_value(np.array([])) == [] and json_value(np.array(2.5)) == 2.5  # a 0-d array: its scalar

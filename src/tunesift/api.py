@@ -31,13 +31,13 @@ from .methods.options import Options
 from .outputs import (
     check_cache_apart,
     check_output_folder,
-    check_rows_writable,
     check_save,
     input_info,
     manifest,
     save_selection,
 )
 from .progress import interactive, progress_bars
+from .row_values import check_rows_writable
 
 __all__ = ["API_ONLY", "Selection", "select"]
 

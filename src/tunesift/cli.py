@@ -163,8 +163,9 @@ def select(
     from .io.schema import FieldMap
     from .methods.catalogue import get_method
     from .methods.options import Options, parse_weights
-    from .outputs import check_output_folder, check_rows_writable, check_save, save_selection
+    from .outputs import check_output_folder, check_save, save_selection
     from .pipeline import select as run_select
+    from .row_values import check_rows_writable
 
     if data is None or out is None:
         raise TunesiftError("select needs the input DATA and --out (on the command line or in --config)")

@@ -255,7 +255,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     fields of :class:`Options` (``method``, ``budget``, ``model``, ...). ``lm`` reuses an already
     loaded model (:func:`tunesift.models.load_lm`). ``check_rows(records, source, schema)``, when
     given, runs once the records are read and before anything is scored (the output's check that
-    it can hold them: :func:`tunesift.outputs.check_rows_writable`); what it returns (the column
+    it can hold them: :func:`tunesift.row_values.check_rows_writable`); what it returns (the column
     types) is kept as ``extra["row_types"]`` for the writer.
 
     >>> sel = select([{"instruction": "2+2?", "output": "4"}, ...], method="random", budget=0.5)
@@ -282,7 +282,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     # records the model cannot score) is reported together below, or turned into error rows
     records = as_records(data, fields, on_error="skip", digest=digests["data"], limit=opt.limit)
     records, positions, part = _take_part(records, data, opt)
-    # the column types every record fits, which the writer then uses (outputs.check_rows_writable)
+    # the column types every record fits, which the writer then uses (row_values.check_rows_writable)
     row_types = None if check_rows is None else \
         check_rows(records, str(data) if isinstance(data, (str, Path)) else "<rows>", digests["data"].get("schema"))
     tgt = as_records(target, fields, source="<target>", digest=digests["target"]) if target is not None else None

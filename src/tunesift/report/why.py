@@ -117,7 +117,8 @@ class Why:
         if not np.isfinite(cov):
             return None
         if by is None:
-            return "no kept record covers it (similarity 0 to every pick)"
+            return ("no kept record covers it (similarity 0 to every pick: none of them helps it, or none "
+                    "was among its scored examples)")
         if self._pos is None:
             self._pos = {rid: j for j, rid in enumerate(self.res.ids)}
         j = self._pos.get(by, -1)
