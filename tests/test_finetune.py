@@ -319,3 +319,16 @@ def test_saving_over_a_file_is_refused_and_the_file_kept(fresh, records, tmp_pat
     with pytest.raises(OptionError, match="not an earlier tunesift output"):
         save_evaluation(tmp_path / "mine", records[:4], ev, {"metrics": ev.metrics})
     assert (tmp_path / "mine" / "keep.txt").read_text() == "x"
+
+
+def test_a_model_without_files_to_hash_is_fingerprinted_by_its_weights(tiny_dir, fresh):
+    """A Hub id whose snapshot cannot be found was fingerprinted by its name, so updated weights
+    would reuse old scores from the cache."""
+    from tunesift.models import weights_fingerprint
+
+    other = load_lm(str(tiny_dir), device="cpu", dtype="float32")
+    assert weights_fingerprint(fresh.model) == weights_fingerprint(other.model)  # the same weights
+    with torch.no_grad():
+        next(other.model.parameters()).view(-1)[0] += 1e-3
+    assert weights_fingerprint(fresh.model) != weights_fingerprint(other.model)
+    assert weights_fingerprint(fresh.model).startswith("weights-")

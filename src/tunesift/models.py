@@ -128,6 +128,19 @@ def file_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def weights_fingerprint(model) -> str:
+    """sha256 over a loaded model's config and every weight (name and bytes), 16 hex: a score
+    cache key for a model whose files cannot be hashed (the name alone would let updated weights
+    reuse old scores). Reads each tensor once; a few seconds for a 135M model."""
+    import torch
+
+    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return "weights-" + h.hexdigest()[:16]
+
+
 def fingerprint(folder: Path) -> str:
     """Fingerprint of a model folder; converted GGUF folders reuse the recorded GGUF hash (fast)."""
     src = folder / "tunesift-source.json"
@@ -269,8 +282,8 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
             from huggingface_hub import snapshot_download
 
             fp = file_fingerprint(Path(snapshot_download(str(name), local_files_only=True)))
-        except Exception:
-            fp = str(name)
+        except Exception:  # no snapshot to hash (a custom cache layout): hash what was loaded
+            fp = weights_fingerprint(model)
     return LoadedModel(model, tok, name, str(where), fp, dev, str(torch_dtype).replace("torch.", ""))
 
 
