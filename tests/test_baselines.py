@@ -402,3 +402,30 @@ def test_a_score_that_overflowed_stops_the_run_with_the_record(method, tiny_dir,
         tunesift.select(rows, **kw)
     monkeypatch.undo()
     assert tunesift.select(rows, **kw).scores()["kept"].sum() == 2
+
+
+def test_selectit_blocks_are_keyed_by_their_rating_prompts(tiny_lm):
+    """The block key hashed the zero-shot sequences only, whose prompt is cut to max_length by
+    another rule than the rating prompt's: two records differing where only the rating prompt
+    still reads shared a key, and the cache served one's SelectIT scores for the other."""
+    from tunesift.backends.blocks import block_key
+    from tunesift.methods.options import Options
+    from tunesift.render import renderer_for
+    from tunesift.scoring.baselines import DEFAULT_PROMPTS, rating_ids
+
+    opt = Options(method="selectit", max_length=300)
+    r = renderer_for(tiny_lm, "auto", 300)
+    words = [f"w{i}" for i in range(60)]
+    response = " ".join(f"r{i}" for i in range(80))  # long: the sequence keeps less of the prompt
+    base = tiny.rec(0, " ".join(words), response)
+    found = 0
+    for k in range(1, 60):  # change one prompt word, k words from the end
+        changed = tiny.rec(0, " ".join(words[:-k] + ["zz"] + words[len(words) - k + 1:]), response)
+        same_seq = r.sequence(base) == r.sequence(changed)
+        same_rating = all(rating_ids(r, base, p) == rating_ids(r, changed, p) for p in DEFAULT_PROMPTS)
+        if same_seq and not same_rating:
+            found += 1
+            assert block_key("selectit", tiny_lm, r, [base], opt) != block_key("selectit", tiny_lm, r, [changed], opt)
+        if same_seq and same_rating:
+            assert block_key("selectit", tiny_lm, r, [base], opt) == block_key("selectit", tiny_lm, r, [changed], opt)
+    assert found  # the case exists at this length

@@ -268,9 +268,9 @@ RANKED = {  # method: (header, plot titles, a kept why line, a dropped why line)
             r"rank 1 of 40: IFD 0\.\d+, the prompt helps but the response is still hard to predict",
             r"dropped first: IFD 1\.\d+ >= 1, the prompt does not help predict the response"),
     "selectit": ("selectit", ("selectit: kept vs dropped", "Rating: mean against spread"),
-                 r"rank 1 of 40: rated [\d.]+ on average over 5 prompts \(std [\d.]+\): selectit [\d.]+ "
+                 r"rank 1 of 40: self-rating score [\d.]+ of 5 on average over 5 prompts \(std [\d.]+\): selectit [\d.]+ "
                  r"\(\d+\w\w pct\)",
-                 r"rank 40 of 40 \(cut at 12\): rated [\d.]+ on average over 5 prompts \(std [\d.]+\): "
+                 r"rank 40 of 40 \(cut at 12\): self-rating score [\d.]+ of 5 on average over 5 prompts \(std [\d.]+\): "
                  r"selectit [\d.]+ \(\d+\w\w pct\), lower than the kept \(cut at [\d.]+\)"),
 }
 

@@ -249,7 +249,7 @@ def finetune(
     seqs = ContinuationTable(continuations())
     if cut[0]:
         log.warning("%d of %d training records have prompts longer than max_length %d: each is trained on its "
-                    "prompt's last tokens (prompts_cut in %s)", cut[0], len(records), cfg.max_length, TRAIN_META)
+                    "prompt's last tokens (prompts_cut in %s)", cut[0], len(records), renderer.max_length, TRAIN_META)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if cfg.mode == "full":

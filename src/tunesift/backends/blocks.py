@@ -69,6 +69,10 @@ def block_key(kind: str, lm, renderer, records: list, opt) -> str:
     (another tokenizer, chat template, transformers or tunesift) is caught before its scores land
     under the driver's key. Raises :class:`TunesiftError` for a record that does not render."""
     seqs = [renderer.sequence(r) for r in records]
+    if kind == "selectit":  # its rating prompts keep more of a long prompt than the sequence does
+        from ..scoring.baselines import DEFAULT_PROMPTS, rating_ids
+
+        seqs += [(rating_ids(renderer, r, pr), []) for r in records for pr in DEFAULT_PROMPTS]
     return content_key(BLOCK_SCORERS[kind][1], lm.fingerprint, lm.dtype, seqs, *block_extra(kind, opt))
 
 
@@ -169,8 +173,10 @@ def put_block(store: ArrayStore, key: str, result: BlockResult) -> None:
 #: columns whose +inf is a score, not a fault: IFD with a zero loss alone (certain without its prompt)
 INF_COLUMNS = {"ifd": ("ifd",)}
 #: the columns of each per-record scorer that a forward pass that overflowed leaves NaN or infinite
-#: (IFD itself may be +inf: a response certain without its prompt; SelectIT's NaN is a rating)
-MUST_BE_FINITE = {"donod": ("r_dot_z", "grad_norm_sq", "n_tokens"), "loss": ("loss",), "ifd": ("loss", "loss_alone")}
+#: (IFD itself may be +inf: a response certain without its prompt; SelectIT's scores are finite
+#: unless its logits were NaN, the digit probabilities being rescaled by their row's maximum)
+MUST_BE_FINITE = {"donod": ("r_dot_z", "grad_norm_sq", "n_tokens"), "loss": ("loss",), "ifd": ("loss", "loss_alone"),
+                  "selectit": ("selectit", "selectit_mean", "selectit_std", "selectit_digit_mass")}
 
 
 def overflowed_rows(kind: str, rows: np.ndarray, errors=()) -> np.ndarray:

@@ -213,7 +213,8 @@ class Why:
         v, mean, std = self.x[i], c["selectit_mean"][i], c["selectit_std"][i]
         if np.isnan(v):
             return self._head(i) + "no rating, ranked last"
-        line = (self._head(i) + f"rated {mean:.2f} on average over {SELECTIT_PROMPTS} prompts "
+        # the mean of SelectIT's token-level scores, 0-5 (certainty-weighted), not a 1-5 rating
+        line = (self._head(i) + f"self-rating score {mean:.2f} of 5 on average over {SELECTIT_PROMPTS} prompts "
                 f"(std {std:.2f}): selectit {fmt(v)} ({ordinal(self.px[i])} pct)")
         return line if self.res.kept[i] else line + ", " + self._versus_cut(i)
 
