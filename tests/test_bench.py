@@ -389,3 +389,15 @@ def test_a_bad_device_is_refused_before_bench_json_pins_it(device, message, data
     code, _, err = run(bench_args(data, tiny_dir, out, "--methods", "base", "--device", device), capsys)
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_finetune_and_evaluate_name_the_file_of_a_record_too_long(data, tiny_dir, tmp_path, capsys):
+    rows = [{"instruction": "Say it.", "output": "word " * 200}]
+    long = tmp_path / "long.jsonl"
+    long.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for args in (["finetune", long, "--model", tiny_dir, "--max-length", "64", "--out", tmp_path / "m", "-q"],
+                 ["evaluate", "--test", long, "--model", tiny_dir, "--metrics", "loss", "--max-length", "64", "-q"]):
+        code, _, err = run(args, capsys)
+        assert code == 2 and err.startswith(f"tunesift: error: {long}: record ") and "does not fit" in err, err
+        assert err.count("\n") == 1
+    assert not (tmp_path / "m").exists()

@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer  # noqa: E402
 
-from .errors import OptionError, TunesiftError  # noqa: E402
+from .errors import OptionError, RecordTooLong, TunesiftError  # noqa: E402
 from .recipe import load_recipe  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -307,7 +307,10 @@ def finetune(
     lm = load_lm(model, device=device)
     with _progress(quiet) as prog:
         bar = prog("fine-tuning", len(records) * cfg.epochs) if prog else None
-        res = run_finetune(lm, records, cfg, progress=bar)
+        try:
+            res = run_finetune(lm, records, cfg, progress=bar)
+        except RecordTooLong as exc:  # the message names the record; the file is known here
+            raise exc.in_file(data) from None
     save(res, lm, out, {"data": _input_info(str(data), read.get("sha256"))})  # the checksum as it was read
     if not quiet:
         typer.echo(f"{cfg.mode}: {len(records)} records x {cfg.epochs} epochs, loss {res.losses[0]:.3f} -> "
@@ -372,8 +375,11 @@ def evaluate(
         # float32, as a fine-tuned model is merged and saved: base and tuned compare at one precision
         lm = load_lm(model or "default", device=device, dtype="float32")
     with _progress(quiet) as prog:
-        ev = run_evaluate(lm, records, metrics=names, template=template, max_length=max_length,
-                          max_new_tokens=max_new_tokens, generate_limit=generate_limit, progress=prog)
+        try:
+            ev = run_evaluate(lm, records, metrics=names, template=template, max_length=max_length,
+                              max_new_tokens=max_new_tokens, generate_limit=generate_limit, progress=prog)
+        except RecordTooLong as exc:  # the message names the record; the file is known here
+            raise exc.in_file(test) from None
     result = {"model": lm.source, "fingerprint": lm.fingerprint, "test": _input_info(str(test), read.get("sha256")),
               "records": len(records), "metrics": ev.metrics, "counts": ev.counts, "timings": ev.timings}
     if out is not None:  # again at write time: a file added to OUT during the run must not be swept away

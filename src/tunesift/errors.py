@@ -38,6 +38,15 @@ class RecordsError(InputError):
         self.reason = message
 
 
+class RecordTooLong(TunesiftError):
+    """A record whose response cannot fit ``max_length`` (raised while rendering it). Its message
+    names the record by id and line; a command that knows the file prefixes it (:meth:`in_file`)."""
+
+    def in_file(self, path: object) -> TunesiftError:
+        """The same error, its message starting with the file the record came from."""
+        return TunesiftError(f"{path}: {self}")
+
+
 class OptionError(TunesiftError, ValueError):
     """A bad command-line or API option (budget out of range, unknown method, ...). Also a
     ``ValueError``, as a bad argument is in Python: ``except ValueError`` catches it."""

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from .errors import OptionError, TunesiftError
+from .errors import OptionError, RecordTooLong, TunesiftError
 
 PLAIN_HEADER = "### Instruction:\n"
 PLAIN_USER_END = "\n\n### Response:\n"
@@ -281,7 +281,7 @@ class Renderer:
         response = self._response_ids(record.response) + self.ids(self.fmt.end)
         room = self.max_length - len(self.header) - len(response)
         if room < len(self.ids(self.fmt.user_end)) + 1:
-            raise TunesiftError(
+            raise RecordTooLong(
                 f"record {record.id} (line {record.line}): response of {len(response)} tokens does not fit "
                 f"max_length {self.max_length}; raise --max-length or drop the record")
         cut = max(0, len(prompt) - room)
@@ -421,7 +421,7 @@ class PaperRenderer(Renderer):
         if keep < 2:
             after = "" if room == self.max_length else \
                 f" after the paper template's example header ({self.max_length - room} tokens)"
-            raise TunesiftError(
+            raise RecordTooLong(
                 f"record {record.id} (line {record.line}): response of {len(response)} tokens does not fit "
                 f"max_length {self.max_length}{after}; raise --max-length or drop the record")
         cut = max(0, len(prompt) - keep)
