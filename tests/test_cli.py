@@ -184,6 +184,10 @@ def test_config_file_with_flag_override(demo, tmp_path, capsys):
     assert len(rows) == 10 and manifest["options"]["seed"] == 3
     assert run(["select", "--config", cfg, "--budget", "5", "--out", tmp_path / "cfg2"], capsys)[0] == 0
     assert len(read_out(tmp_path / "cfg2")[0]) == 5  # the flag wins
+    # 1_000 and +3 read as the command line reads them, not refused as octal-like
+    cfg.write_text(f"data: {demo}\nmethod: random\nbudget: 1_0\nseed: +3\nout: {tmp_path / 'cfg3'}\nquiet: true\n")
+    assert run(["select", "--config", cfg], capsys)[0] == 0
+    assert len(read_out(tmp_path / "cfg3")[0]) == 10 and read_out(tmp_path / "cfg3")[2]["options"]["seed"] == 3
 
 
 @pytest.mark.parametrize("text,message", [("method: [unclosed\n", "invalid YAML"), ("nonsense: 1\n", "unknown option 'nonsense'"),
@@ -224,7 +228,9 @@ def test_config_file_with_flag_override(demo, tmp_path, capsys):
                                            "bad.yaml:3: option 'max_length' is given twice (also on line 2)"),
                                           ("method: random\nseed: 010\n",
                                            "bad.yaml:2: option 'seed': write the number 010 in decimal digits "
-                                           "(YAML reads it as 8)")])
+                                           "(YAML reads it as 8)"),
+                                          ("method: random\nweights: [01, 1]\n",
+                                           "bad.yaml:2: option 'weights': write the number 01 in decimal digits")])
 def test_bad_config(text, message, tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)

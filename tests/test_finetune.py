@@ -313,6 +313,13 @@ def test_saving_over_a_file_is_refused_and_the_file_kept(fresh, records, tmp_pat
     with pytest.raises(TunesiftError, match="exists and is not a folder"):
         save_evaluation(notes, records[:4], ev, {"metrics": ev.metrics})
     assert notes.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    # an evaluation written before the checksums (no "files") is replaced: its entries are evaluate's
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "metrics.json").write_text('{"tool": "tunesift", "metrics": {}, "records": 4, "fingerprint": "x"}')
+    (old / "predictions.jsonl").write_text("")
+    save_evaluation(old, records[:4], ev, {"metrics": ev.metrics})
+    assert "files" in __import__("json").loads((old / "metrics.json").read_text())
     # a folder that is not an earlier evaluation is refused from Python too
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("x")

@@ -125,7 +125,7 @@ def test_task_stage_additive_uses_the_targets_x_pool_kernel(tiny_lm, tmp_path, k
     uf = utility_kernel(tiny_lm, r, pool, pool, pairs=pattern, cache_dir=False).values()
     uf_t = utility_kernel(tiny_lm, r, tgt, pool, pairs=cross_pattern, same=False, exclude_diagonal=False,
                           cache_dir=False).values()
-    sim, t_sim = scaled([uf, uf_t], Options())
+    sim, t_sim = scaled([uf, uf_t], Options(knn=knn))  # a kNN kernel is clipped, a dense one min-maxed
     want = real(self_covering(sim), t_sim, 3, form="additive")  # each pick covers itself
     assert sel.order.tolist() == want.order.tolist()
     got = Q.toarray() if sp.issparse(Q) else Q

@@ -349,6 +349,15 @@ def test_kernel_leaves_a_repeated_records_copy_pairs_out_as_select_does(tiny_dir
     assert main(["kernel", str(data), "--examples", str(data), "--knn", "0", "--model", str(tiny_dir), "--cache-dir",
                  str(tmp_path / "c"), "--out", str(again), "-q"]) == 0
     np.testing.assert_array_equal(np.load(again / "utility.npy"), uf)
+    # another file whose ids happen to be the same (both numbered 0..n-1) is another set: every pair scored
+    numbered = [{"id": i, **r} for i, r in enumerate(pool)]
+    other = [{"id": i, **r} for i, r in enumerate(rows(12)[6:])]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps(r) + "\n" for r in numbered))
+    b.write_text("".join(json.dumps(r) + "\n" for r in other[:5]))
+    assert main(["kernel", str(a), "--examples", str(b), "--knn", "0", "--model", str(tiny_dir), "--cache-dir",
+                 str(tmp_path / "c"), "--out", str(tmp_path / "k3"), "-q"]) == 0
+    assert np.isfinite(np.load(tmp_path / "k3" / "utility.npy")).all()  # no diagonal left out
 
 
 def test_kernel_errors_do_not_suggest_an_option_it_lacks(tiny_dir, tmp_path, capsys):

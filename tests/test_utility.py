@@ -586,13 +586,22 @@ def test_a_knn_kernel_picks_what_its_dense_form_picks():
     vals = [-0.05, -0.05, -0.05, -0.05, 0.3, -0.2]
     knn = sp.csr_matrix((vals, (rows, cols)), shape=(5, 3))
     dense = knn.toarray()  # the pairs the kNN kernel lacks at UF 0, "no effect"
-    opt = SimpleNamespace(clip_negative=False, scale="joint")
-    [s_knn], [s_dense] = scaled([knn], opt), scaled([dense], opt)
+    [s_knn] = scaled([knn], SimpleNamespace(clip_negative=False, scale="joint", knn=16))
+    [s_dense] = scaled([dense], SimpleNamespace(clip_negative=False, scale="joint", knn=0))
     assert facility_location(s_dense, 1).order.tolist() == [1]
     assert facility_location(s_knn, 1).order.tolist() == [1]  # was [0]: A, for its four list entries
     assert s_knn[0, 0] == 0 and s_knn[4, 1] == 1  # harmful = unscored = 0
     # a dense kernel keeps the paper's min-max (harmful pairs small but positive)
     assert 0 < s_dense[0, 0] < s_dense[0, 1]
+    # a learned kernel over every pair (--knn 0) is a CSR too, and keeps the min-max like the dense one
+    r_all, c_all = np.indices(dense.shape).reshape(2, -1)  # every pair stored, UF 0 ones too
+    all_pairs = sp.csr_matrix((dense.ravel(), (r_all, c_all)), shape=dense.shape)
+    [s_all] = scaled([all_pairs], SimpleNamespace(clip_negative=False, scale="joint", knn=0))
+    np.testing.assert_allclose(s_all.toarray(), s_dense, atol=1e-7)
+    # the continual stage's two kNN kernels share one clipped scale: harmful existing pairs are 0 too
+    existing = sp.csr_matrix(([-0.1, 0.6], ([0, 4], [0, 0])), shape=(5, 1))
+    pool, cross = scaled([knn, existing], SimpleNamespace(clip_negative=False, scale="joint", knn=16))
+    assert cross[0, 0] == 0 and cross[4, 0] == 1 and pool[4, 1] == pytest.approx(0.5)  # 0.3 / 0.6
 
 
 # -- the real default model ------------------------------------------------------------------

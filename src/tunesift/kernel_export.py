@@ -62,7 +62,8 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
     targets = as_records(data, fields, source="<data>")
     cols = targets if examples is None else as_records(examples, fields, source="<examples>")
     # the pool given again as --examples is the pool: its diagonal and repeats are left out alike
-    same = examples is None or [r.id for r in cols] == [r.id for r in targets]
+    # (the same records in the same order, not ids alone: two files numbered 0..n-1 share their ids)
+    same = examples is None or [_content(r) for r in cols] == [_content(r) for r in targets]
     if same:
         cols = targets
     elif opt.keep_diagonal:
@@ -109,6 +110,11 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
     folder = check_output_folder(out, list(input_paths), own=KERNEL_FILES, manifest="kernel.json", unlisted={})
     publish(folder, fill, "the kernel", out)
     return folder
+
+
+def _content(r) -> tuple:
+    """A record as the kernel sees it: its id, prompt, prompt role, response and context."""
+    return (r.id, r.prompt, r.prompt_role, r.response, r.context)
 
 
 def id_lines(records) -> str:

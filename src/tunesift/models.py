@@ -283,7 +283,10 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
 
             fp = file_fingerprint(Path(snapshot_download(str(name), local_files_only=True)))
         except Exception:  # no snapshot to hash (a custom cache layout): hash what was loaded
-            fp = weights_fingerprint(model)
+            try:
+                fp = weights_fingerprint(model)
+            except Exception as exc:  # noqa: BLE001 - a model whose tensors cannot be read back
+                raise TunesiftError(f"cannot fingerprint model '{name}' for the score cache: {_first_line(exc)}") from None
     return LoadedModel(model, tok, name, str(where), fp, dev, str(torch_dtype).replace("torch.", ""))
 
 

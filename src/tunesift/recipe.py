@@ -35,8 +35,9 @@ def list_problem(name: str, command: str, text: str) -> str | None:
 
 
 def _decimal(text: str) -> bool:
-    """Whether a YAML integer is written as plain decimal digits (an optional sign, no leading 0)."""
-    digits = text.lstrip("+-")
+    """Whether a YAML integer is written as plain decimal digits (an optional sign, no leading 0;
+    ``1_000`` too, which YAML and the command line both read as 1000)."""
+    digits = text.lstrip("+-").replace("_", "")
     return digits.isdigit() and (digits == "0" or not digits.startswith("0"))
 
 
@@ -75,10 +76,13 @@ def load_recipe(ctx: typer.Context, param, value: Path | None):
                                     f"line {spelled[name]}); give it once")
             spelled[name] = k.start_mark.line + 1
             written[key] = (k.value, k.start_mark.line + 1)
-            if isinstance(v, yaml.ScalarNode) and v.tag == "tag:yaml.org,2002:int" and not _decimal(v.value):
-                # YAML 1.1 reads 010 as 8 and 0x10 as 16, where the command line reads 010 as 10
-                raise TunesiftError(f"{value}:{v.start_mark.line + 1}: option '{k.value}': write the number "
-                                    f"{v.value} in decimal digits (YAML reads it as {keys.construct_object(v)})")
+            items = v.value if isinstance(v, yaml.SequenceNode) else [v]
+            for item in items:  # a value, or the items of a list value (bench's budgets, weights)
+                if isinstance(item, yaml.ScalarNode) and item.tag == "tag:yaml.org,2002:int" and not _decimal(item.value):
+                    # YAML 1.1 reads 010 as 8 and 0x10 as 16, where the command line reads 010 as 10
+                    raise TunesiftError(f"{value}:{item.start_mark.line + 1}: option '{k.value}': write the number "
+                                        f"{item.value} in decimal digits (YAML reads it as "
+                                        f"{keys.construct_object(item)})")
     known = {p.name: p for p in ctx.command.params}
     config = {}
     for key, val in loaded.items():

@@ -124,7 +124,7 @@ def type_of(types, name):
 
 
 def arrow_column(name: str, values: list, type=None):
-    """One column as Arrow infers it, or as ``type`` (:func:`_column_array`), with a warning when
+    """One column as Arrow infers it, or as ``type`` (:func:`column_array`), with a warning when
     its decimals were written as floats."""
     array, rounded = column_array(values, type)
     if rounded:

@@ -46,17 +46,19 @@ def submodular_pick(sim, cross, k: int, opt):
 def scaled(kernels: list, opt) -> list:
     """UF kernels -> similarities in [0, 1] (float32): one min-max over all of them (``--scale joint``:
     FLCG's ``max S - nu max E`` and FLMI compare like numbers) or one per kernel (``separate``, as the
-    reference code); ``--clip-negative`` scales ``max(UF, 0) / max`` instead (:func:`clipping`)."""
+    reference code); ``--clip-negative``, and every kNN kernel (``--knn`` > 0), scale ``max(UF, 0) / max``
+    instead (:func:`clipping` says why)."""
     from ..scoring.utility import similarity_bounds, to_similarity
 
-    clip = clipping(kernels, opt.clip_negative)
+    clip = clipping(kernels, opt.clip_negative) and (opt.clip_negative or bool(opt.knn))
     bounds = similarity_bounds(kernels, clip_negative=clip) if opt.scale == "joint" else None
     return [to_similarity(k, clip_negative=clip, bounds=bounds).astype(np.float32) for k in kernels]
 
 
 def clipping(kernels: list, clip_negative: bool) -> bool:
-    """Whether the kernels are scaled with harmful UF set to 0: when asked (``--clip-negative``),
-    and always when one is sparse (a kNN kernel). A pair a kNN kernel does not hold is taken as
+    """Whether kernels computed elsewhere (a benchmark's) are scaled with harmful UF set to 0: when
+    asked (``--clip-negative``), and always when one is sparse (a kNN kernel; :func:`scaled` also
+    asks for ``--knn`` > 0, since a learned kernel over every pair is sparse too). A pair a kNN kernel does not hold is taken as
     "no effect" (UF 0); under the paper's min-max it would be similarity 0, the value of the
     *most harmful* scored pair, and every scored pair would carry a baseline over it, so the
     greedy favoured records that sit in many targets' neighbour lists whatever their utility
@@ -244,10 +246,12 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
     timings["select_s"] = time.perf_counter() - t2
     flat = int(np.sum(np.asarray(res.gains) <= 0))
     if flat:  # nothing left to gain: the greedy's ties fall to the lowest index, i.e. file order
-        log.warning("delift: %d of %d picks gained nothing (the pool is covered%s); among equal gains the "
+        log.warning("delift: %d of %d picks gained nothing (the pool is covered%s%s); among equal gains the "
                     "greedy takes the earliest record, so they follow the input's order", flat, len(res.order),
                     "" if opt.stage == "instruction"
-                    else " or capped by the target set" if opt.stage == "task" else " or by the existing data")
+                    else " or capped by the target set" if opt.stage == "task" else " or by the existing data",
+                    ", or no candidate left helps the records not yet covered: a kNN kernel's harmful and "
+                    "unscored pairs are 0" if opt.knn else "")
     cols = greedy_columns(res, len(records))
     cols.update(coverage_columns(sim, res.order, records))
     if not embed_kernel:

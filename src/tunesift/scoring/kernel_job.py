@@ -180,6 +180,8 @@ def cache_key(job: KernelJob, lm, pattern: bool = True) -> str:
         job.max_length,
         pat,
         job.diag,
+        # per-arm renderers (--template paper): "empty-v2", an example cut to nothing scored in the
+        # example arm's wording (session 16; before, UF 0 exactly), so older blocks are not reused
         *([] if job.base_conts is None
-          else [job.base_header, ids_digest(job.base_conts.arrays())]),
+          else [job.base_header, ids_digest(job.base_conts.arrays()), "empty-v2"]),
     )
