@@ -26,6 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .errors import OptionError, TunesiftError  # noqa: E402
 from .heap import bound_heap_growth, bound_kernel_caches  # noqa: E402
+from .io.describe import first_line  # noqa: E402
 
 bound_kernel_caches()  # before any model runs: oneDNN and ideep read their cache sizes once
 
@@ -237,10 +238,6 @@ def check_model(name: str) -> None:
                             f"weights ({' or '.join(WEIGHT_FILES[::2])})")
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def load_tokenizer(name: str = "default"):
     """The tokenizer of model ``name`` alone (an alias's GGUF is converted once), with the EOS token
     as padding where it has none: what :func:`load_lm` pairs with the model, for checks that need
@@ -250,7 +247,7 @@ def load_tokenizer(name: str = "default"):
     try:
         tok = AutoTokenizer.from_pretrained(str(model_folder(name)))
     except (OSError, ValueError) as exc:
-        raise TunesiftError(f"cannot load model '{name}' offline: {_first_line(exc)}") from None
+        raise TunesiftError(f"cannot load model '{name}' offline: {first_line(exc)}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -273,7 +270,7 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
     try:
         model = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch_dtype)
     except (OSError, ValueError) as exc:
-        raise TunesiftError(f"cannot load model '{name}' offline: {_first_line(exc)}") from None
+        raise TunesiftError(f"cannot load model '{name}' offline: {first_line(exc)}") from None
     model.to(dev).eval()
     if Path(str(where)).exists():
         fp = fingerprint(Path(str(where)))
@@ -286,7 +283,7 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
             try:
                 fp = weights_fingerprint(model)
             except Exception as exc:  # noqa: BLE001 - a model whose tensors cannot be read back
-                raise TunesiftError(f"cannot fingerprint model '{name}' for the score cache: {_first_line(exc)}") from None
+                raise TunesiftError(f"cannot fingerprint model '{name}' for the score cache: {first_line(exc)}") from None
     return LoadedModel(model, tok, name, str(where), fp, dev, str(torch_dtype).replace("torch.", ""))
 
 

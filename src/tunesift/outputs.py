@@ -44,6 +44,7 @@ from pathlib import Path
 from .errors import OptionError, TunesiftError
 from .folders import check_earlier_set, digests, publish
 from .io.chat import chat_tags
+from .io.describe import first_line
 from .io.records import schema_of
 from .io.trainers import DATASET_NAME, dataset_info, unreadable_tools, unreadable_turn
 from .pipeline import Selection, options_dict, type_label, versions
@@ -280,7 +281,7 @@ def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
     # OverflowError: an integer beyond int64; ValueError / TypeError: a type datasets cannot hold (a map)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeError, OverflowError,
             ValueError, TypeError) as exc:
-        raise TunesiftError(f"cannot write the kept records as {out_format}: {str(exc).splitlines()[0]}; "
+        raise TunesiftError(f"cannot write the kept records as {out_format}: {first_line(exc)}; "
                             "use --out-format jsonl") from None
 
 

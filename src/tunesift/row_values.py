@@ -22,6 +22,7 @@ import re
 import secrets
 
 from .errors import InputError, TunesiftError
+from .io.describe import clip, first_line
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +243,7 @@ def _arrow_reason(exc: BaseException) -> str:
 def clip_line(exc: BaseException, width: int = 160) -> str:
     """The first line of an exception's message, without its final period, at most ``width``
     characters (Arrow quotes whole values)."""
-    text = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
-    return text if len(text) <= width else text[:width - 3] + "..."
+    return clip(first_line(exc).rstrip("."), width)
 
 
 def _first_breaking(values: list) -> int:

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OptionError, TunesiftError
+from ..io.describe import first_line
 from ..store import ArrayStore
 from .blocks import (
     BLOCK_SCORERS,
@@ -131,7 +132,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at '{address}'" if address else "a local Ray instance"
-        raise TunesiftError(f"cannot start or join {where}: {_first_line(exc)}") from None
+        raise TunesiftError(f"cannot start or join {where}: {first_line(exc)}") from None
     return True
 
 
@@ -161,7 +162,7 @@ class _BlockWorker:
                         f"the model at {spec['path']} has fingerprint {self.lm.fingerprint}, the "
                         f"driver's has {want}; every node needs the same model files")
         except Exception as exc:  # reported to the driver with the worker's name
-            self.error = f"worker {worker_id()}: {_first_line(exc)}"
+            self.error = f"worker {worker_id()}: {first_line(exc)}"
 
     def ready(self) -> dict:
         """Who and where this worker is and what it runs (``versions``: :func:`stack_versions`),
@@ -646,21 +647,16 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except (OSError, ValueError) as exc:
-        raise TunesiftError(f"cannot reach the Ray cluster at '{address}': {_first_line(exc)} "
+        raise TunesiftError(f"cannot reach the Ray cluster at '{address}': {first_line(exc)} "
                             f"(start it with `ray start --head`, or leave out --ray-address "
                             f"for a local instance)") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _reason(exc: BaseException) -> str:
     """The most telling line of a Ray error: the original exception's message when there is one."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
-        return _first_line(cause)
+        return first_line(cause)
     for line in reversed(str(exc).strip().splitlines()):  # ActorDiedError: the creation error is last
         if line.strip():
             return line.strip()

@@ -75,6 +75,12 @@ def one_line(error: BaseException | str) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's text (its type's name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def clip(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, ending with ``...`` when cut."""
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -50,7 +50,7 @@ def scaled(kernels: list, opt) -> list:
     instead (:func:`clipping` says why)."""
     from ..scoring.utility import similarity_bounds, to_similarity
 
-    clip = clipping(kernels, opt.clip_negative) and (opt.clip_negative or bool(opt.knn))
+    clip = opt.clip_negative or (bool(opt.knn) and clipping(kernels, False))  # asked, or a kNN kernel
     bounds = similarity_bounds(kernels, clip_negative=clip) if opt.scale == "joint" else None
     return [to_similarity(k, clip_negative=clip, bounds=bounds).astype(np.float32) for k in kernels]
 
