@@ -60,6 +60,7 @@ from tunesift.bench_tables import (
     write_results,
 )
 from tunesift.finetune import TrainConfig
+from tunesift.io.files import input_checksum
 from tunesift.machine import banner
 from tunesift.methods.options import resolve_budget
 
@@ -261,10 +262,16 @@ def folders(a) -> tuple[Path, Path, Path]:
     return Path(a.work) / "evidence" / "data", root, work / "cache"
 
 
+def prepared(a, data: Path) -> None:
+    """Prepare the inputs from ../shared/datasets where any is missing (a fresh clone): each file
+    is written atomically, and the benches' bench.json digests refuse a different draw."""
+    if not all((data / f"{name}.jsonl").exists() for name in INPUTS):
+        prepare(Path(a.shared), data)
+
+
 def run(a) -> None:
     data, root, caches = folders(a)
-    if not all((data / f"{name}.jsonl").exists() for name in INPUTS):  # prepare writes each file atomically
-        prepare(Path(a.shared), data)
+    prepared(a, data)
     if a.smoke:
         data = smoke_inputs(data, root / "data")
     import logging
@@ -361,6 +368,7 @@ def _num(v) -> str:
 
 def summary(a) -> None:
     data, root, caches = folders(a)
+    prepared(a, data)  # the picks' composition reads the pools
     parts = ["# Evidence grid: what is done\n\nEach experiment's table says on which machines and code "
              "versions its cells were made (results.md, \"Where the cells were made\").\n"]
     # every finished cell of the grid, whichever run made it (load_cells reads the whole folder)
@@ -387,7 +395,11 @@ def summary(a) -> None:
                          "interrupted run computed part of its scores); the full cost is higher.\n")
         parts.append(f"\nWhere the cells were made:\n\n{provenance_table(cells)}")
         key = {"noise": "swapped", "task": "source", "continual": "source"}.get(exp)
-        if key:
+        pinned = json.loads((root / exp / "bench.json").read_text("utf-8")).get("inputs", {}).get("train")
+        if key and pinned != input_checksum(cfg.train):
+            parts.append(f"\nWhat the picks are made of: not shown, {cfg.train} is not the pool the cells were "
+                         "made from (its digest differs from bench.json's).\n")
+        elif key:
             comp = composition(cells, Path(cfg.train), key)
             parts.append(f"\nWhat the picks are made of (`meta.{key}`, mean share over seeds):\n\n"
                          + "\n".join(f"- {k}: {v}" for k, v in comp.items()) + "\n")

@@ -13,6 +13,7 @@ import pytest
 from tunesift import bench as bm
 from tunesift import bench_tables as bt
 from tunesift.bench import BenchConfig, selection_stage
+from tunesift.methods.catalogue import get_method
 from tunesift.bench_tables import (
     add_costs,
     aggregate,
@@ -139,8 +140,8 @@ def test_each_method_keeps_its_own_options_as_a_bench_grows(tmp_path):
     # a bench.json from before the per-method map: its last run's methods, with their options
     old = {"key": "k", "config": {"methods": ["base", "random"], "method_options": {}}}
     grown = bm.pin_method_options(old, variant, tmp_path)
-    assert grown == {"base": {}, "random": {}, "balanced-random": {"by": "meta.source"}}
-    assert bm.pin_method_options({"method_options": grown}, plain, tmp_path) == grown
+    assert grown == {"base": {}, "random": {}, "balanced-random": {"by": "meta.source", "revision": 1}}
+    assert bm.pin_method_options({"method_options": grown}, plain, tmp_path) == {**grown, "random": {"revision": 1}}
     other = BenchConfig(train="a", test="b", methods=["balanced-random"],
                         method_options={"balanced-random": {"by": "meta.category"}})
     with pytest.raises(OptionError, match="'balanced-random' ran here with options"):
@@ -150,7 +151,32 @@ def test_each_method_keeps_its_own_options_as_a_bench_grows(tmp_path):
         bm.pin_method_options({"method_options": grown}, bare, tmp_path)
     # where a method keeps its scores changes no result: a cache of its own later keeps its cells
     moved = BenchConfig(train="a", test="b", methods=["random"], method_options={"random": {"cache_dir": "c/random"}})
-    assert bm.pin_method_options({"method_options": grown}, moved, tmp_path)["random"] == {"cache_dir": "c/random"}
+    assert bm.pin_method_options({"method_options": grown}, moved, tmp_path)["random"] == {"cache_dir": "c/random",
+                                                                                            "revision": 1}
+
+
+def test_a_method_revision_never_joins_cells_of_another(tmp_path):
+    """delift is revision 2 (session 16's kNN scaling picks differently): cells of revision 1
+    (pinned before revisions were recorded: no ``revision``) are not extended with revision 2
+    cells; without cells of it the new revision is pinned; a variant inherits its method's."""
+    assert get_method("delift").revision == get_method("donod+delift").revision == 2
+    assert get_method("random").revision == 1
+    cfg = BenchConfig(train="a", test="b", methods=["base", "delift", "dl"], method_options={"dl": {"method": "delift"}})
+    old = {"method_options": {"base": {}, "delift": {}, "random": {}}}
+    assert bm.pin_method_options(old, cfg, tmp_path) == {  # no cells yet: revision 2 pinned
+        "base": {}, "delift": {"revision": 2}, "random": {}, "dl": {"method": "delift", "revision": 2}}
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "random__b0.3__s0.json").write_text("{}")
+    (tmp_path / "cells" / "dl__b0.3__s0.json").write_text("{}")
+    assert bm.pin_method_options(old, cfg, tmp_path)["delift"] == {"revision": 2}  # another method's cells
+    (tmp_path / "cells" / "delift__b0.3__s0.json").write_text("{}")
+    with pytest.raises(OptionError, match=r"the cells of 'delift' here were selected by its revision 1, this is "
+                                          r"revision 2, which picks differently .*delete .*delift__\*\.json"):
+        bm.pin_method_options(old, cfg, tmp_path)
+    pinned = {"method_options": {"delift": {"revision": 2}, "dl": {"method": "delift", "revision": 2}}}
+    assert bm.pin_method_options(pinned, cfg, tmp_path)["delift"] == {"revision": 2}
+    with pytest.raises(OptionError, match="revision 3"):
+        bm.pin_method_options({"method_options": {"delift": {"revision": 3}}}, cfg, tmp_path)
 
 
 def test_new_settings_leave_the_key_of_older_benches_alone():
@@ -402,6 +428,12 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     assert pinned["device"] == "cpu" and pinned["stage"] == "task" and pinned["method_options"] == {
         "balanced-random": {"by": "meta.source", "cache_dir": str(caches / "task" / "balanced-random")},
         "random": {"cache_dir": str(caches / "task" / "random")}, "rds": {"cache_dir": str(caches / "task" / "rds")}}
+    assert json.loads((root / "task" / "bench.json").read_text())["method_options"] == {  # with their revisions
+        "base": {}, "balanced-random": {"by": "meta.source", "cache_dir": str(caches / "task" / "balanced-random"),
+                                        "revision": 1},
+        "random": {"cache_dir": str(caches / "task" / "random"), "revision": 1},
+        "rds": {"cache_dir": str(caches / "task" / "rds"), "revision": 1}}
+    assert json.loads(next((root / "task" / "cells").glob("rds__*.json")).read_text())["ran_with"]["revision"] == 1
     # each method scores into its own cache (no method reads another's scores and reports a free
     # selection); transfer reads experiment 1's, method by method
     assert (caches / "task" / "rds").is_dir() and (caches / "instruction" / "rds").is_dir()
@@ -422,7 +454,7 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     # a rerun of a subset without the variant keeps the folder (its settings key is the same)
     ev.main(["run", "task", *[("base" if a.startswith("base,") else a) for a in args]])
     assert json.loads((root / "task" / "bench.json").read_text())["method_options"]["balanced-random"] == {
-        "by": "meta.source", "cache_dir": str(caches / "task" / "balanced-random")}
+        "by": "meta.source", "cache_dir": str(caches / "task" / "balanced-random"), "revision": 1}
     # the rerun with --only base still tabulates every cell of the folder
     task = json.loads((root / "task" / "results.json").read_text())
     assert {r["method"] for r in task} == {"base", "random", "balanced-random", "rds"}
@@ -431,6 +463,11 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     assert {r["method"] for r in task} == {"base", "random", "balanced-random", "rds"}
     text = (root / "summary.md").read_text()
     assert text.count("Beyond the seed spread") == 5 and "meta.swapped" in text and "gsm8k" in text
+    # a pool redrawn since the cells were made: its composition is not shown rather than misread
+    ev._write(data / "gsm8k_noisy.jsonl", [dict(r, meta={"swapped": i % 4 == 0}) for i, r in enumerate(math)])
+    ev.main(["summary", *args])
+    text = (root / "summary.md").read_text()
+    assert "What the picks are made of: not shown" in text and "meta.swapped" not in text and "meta.source" in text
 
 
 def test_the_plan_says_how_long_the_rest_of_the_grid_takes_at_the_measured_rates():

@@ -11,7 +11,7 @@ import pytest
 
 import tunesift
 from tunesift.io.records import Record
-from tunesift.io.repeats import repeats_of
+from tunesift.io.repeats import COMMON, near_repeats_of, repeats_of
 from tunesift.report.read import read_output
 
 POOL = [{"instruction": f"Question {i}?", "output": f"Answer {i}."} for i in range(20)]
@@ -35,6 +35,37 @@ def test_repeats_of_compares_whitespace_normalised_prompts_then_responses():
 
 
 
+Q = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins "
+     "for her friends every day with four. She sells the remainder at the farmers' market daily for $2 "
+     "per fresh duck egg. How much in dollars does she make every day at the farmers' market?")
+
+
+def test_near_repeats_share_half_the_smaller_prompts_8_word_sequences():
+    target = [rec(Q, "18"), rec("What is 2+2?", "4")]
+    records = [rec(Q.replace("16 eggs", "17 eggs"), "20"),                       # a number changed: near
+               rec("JANET'S ducks lay 16 eggs per day!!  " + Q[35:].upper(), "x"),  # case, punctuation
+               rec("Read this carefully. " + Q + " Show your work.", "x"),        # sentences added
+               rec(Q[:120], "x"),                                                # its first half: contained
+               rec("Tom's cats eat 16 cans per week. " + Q[35:90], "x"),         # a quarter of it: not near
+               rec("what is 2 + 2", "4"),                                        # short: the same words
+               rec("What is 2+3?", "5"),                                         # short: another word
+               rec(Q.replace("16 eggs", "17 eggs"), "20", error="defect")]       # a defect: never marked
+    assert near_repeats_of(records, target).tolist() == [True, True, True, True, False, True, False, False]
+    # exact repeats are near too; nothing is near nothing
+    assert near_repeats_of([rec(Q, "18")], target).tolist() == [True]
+    assert near_repeats_of(records, []).tolist() == [False] * len(records)
+    assert near_repeats_of([], target).shape == (0,)
+
+
+def test_near_repeats_ignore_an_8_word_template_that_many_prompts_share():
+    template = "Answer the following question with a single word and nothing else at all please: "
+    others = [rec(template + f"what colour is object number {i} here?", "x") for i in range(COMMON + 1)]
+    one = rec(template + "which city is the capital of France?", "Paris")
+    # its shared sequences are all in more than COMMON prompts (boilerplate): not near any of them
+    assert not near_repeats_of([one], others)[0]
+    assert near_repeats_of([one], others[:COMMON])[0]  # in COMMON prompts: still counted
+
+
 def test_a_prompt_counts_with_the_turns_before_it_but_not_the_system_turns():
     def chat(context, prompt, response):
         return Record(id=prompt, prompt=prompt, response=response, context=tuple(context), row={}, line=1)
@@ -53,6 +84,7 @@ def test_a_prompt_counts_with_the_turns_before_it_but_not_the_system_turns():
 def test_kept_target_prompts_are_counted_warned_about_by_id_and_noted_in_the_report(tmp_path, caplog):
     target = [{"instruction": "Question 3?", "output": "Answer 3."},  # a copy of pool record 3
               {"instruction": "Question  5? ", "output": "Other."},   # pool record 5's prompt only
+              {"instruction": "question 7", "output": "x"},           # pool record 7's words: a near copy
               {"instruction": "Something new?", "output": "x"}]
     with caplog.at_level(logging.WARNING, logger="tunesift"):
         sel = tunesift.select(POOL, method="delift-se", stage="task", target=target, budget=10,
@@ -60,15 +92,19 @@ def test_kept_target_prompts_are_counted_warned_about_by_id_and_noted_in_the_rep
     counts = sel.manifest()["counts"]
     kept = sel.mask
     assert {k: counts[k] for k in counts if k.startswith("target")} == {
-        "target_prompts": 2, "target_copies": 1,
-        "target_prompts_kept": int(kept[3]) + int(kept[5]), "target_copies_kept": int(kept[3])}
+        "target_prompts": 2, "target_copies": 1, "target_near_prompts": 1,
+        "target_prompts_kept": int(kept[3]) + int(kept[5]), "target_copies_kept": int(kept[3]),
+        "target_near_prompts_kept": int(kept[7])}
     assert json.loads((tmp_path / "o" / "manifest.json").read_text())["counts"] == counts
-    assert kept[3] and kept[5]  # the target's own prompts: FL mutual information takes them
+    assert kept[3] and kept[5] and kept[7]  # the target's own prompts: FL mutual information takes them
     ids = [sel.records[i].id for i in (3, 5)]
     assert "2 kept record(s) ask a prompt of the target set (1 with its response too" in caplog.text
     assert all(i in caplog.text for i in ids)
+    assert f"1 kept record(s) ask a near copy of a prompt of the target set (half or more of their 8-word " \
+           f"sequences shared: counts.target_near_prompts_kept): {sel.records[7].id}; " in caplog.text
     notes = read_output(tmp_path / "o").notes
     assert any("2 kept record(s) ask a prompt of the target set (1 with its response too)" in n for n in notes), notes
+    assert any("1 kept record(s) ask a near copy of a prompt of the target set" in n for n in notes), notes
 
 
 def test_existing_copies_are_counted_and_nothing_is_counted_without_a_second_set(tmp_path, caplog):
@@ -96,6 +132,6 @@ def test_no_repeats_no_warning(stage, second, caplog):
     with caplog.at_level(logging.WARNING, logger="tunesift"):
         sel = tunesift.select(POOL, method="delift-se", stage=stage, budget=5, **{second: other})
     counts = sel.manifest()["counts"]
-    assert counts[f"{second}_prompts"] == counts[f"{second}_copies_kept"] == 0
-    assert "ask a prompt of" not in caplog.text
+    assert counts[f"{second}_prompts"] == counts[f"{second}_copies_kept"] == counts[f"{second}_near_prompts"] == 0
+    assert "ask a prompt of" not in caplog.text and "near copy" not in caplog.text
     assert np.count_nonzero(sel.mask) == 5

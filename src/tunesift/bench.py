@@ -243,12 +243,17 @@ def pin_method_options(pinned: dict | None, cfg: BenchConfig, out: Path) -> dict
     under one name. ``cache_dir`` is not compared: where the scores are kept changes no result (a
     method given its own cache later keeps its cells). A bench.json written before this map existed
     records only its last run's methods.
+
+    Each selecting method's entry also pins its registry ``revision`` (absent: 1, the entries
+    written before revisions were recorded). A method whose cells here were selected by another
+    revision is refused (a new revision picks differently: the cells would mix two selections);
+    without cells of it here, the new revision is pinned.
     """
     def norm(opts: dict) -> dict:  # as JSON reads it back (tuples become lists)
         return json.loads(json.dumps(opts, sort_keys=True, default=str))
 
     def setting(opts: dict) -> dict:
-        return {k: v for k, v in opts.items() if k != "cache_dir"}
+        return {k: v for k, v in opts.items() if k not in ("cache_dir", "revision")}
 
     if pinned is None:
         have = {}
@@ -261,6 +266,14 @@ def pin_method_options(pinned: dict | None, cfg: BenchConfig, out: Path) -> dict
     for m, opts in mine.items():
         if m in have and setting(have[m]) != setting(opts):
             raise OptionError(f"{out}: method {m!r} ran here with options {have[m]}, now {opts}; use another --out")
+        if m in NO_SELECTION:
+            continue
+        opts["revision"] = now = get_method(registry_name(cfg, m)).revision
+        was = have.get(m, {}).get("revision", 1)
+        if m in have and was != now and any((out / "cells").glob(f"{m}__*.json")):
+            raise OptionError(f"{out}: the cells of {m!r} here were selected by its revision {was}, this is revision "
+                              f"{now}, which picks differently (docs/methods.md#revisions): delete "
+                              f"{out / 'cells'}/{m}__*.json to rerun them, or use another --out")
     return {**have, **mine}
 
 
@@ -560,7 +573,9 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
     ran_with = {"versions": versions(), "code": code_fingerprint(), "machine": describe()}
     for method, budget, seed in todo:
         info = run_cell(cfg, method, budget, seed, data, progress=progress, out=out)
-        info["ran_with"] = ran_with  # which code and machine made the cell: cells of a grid span sessions
+        # which code and machine made the cell (cells of a grid span sessions), and the method's revision
+        info["ran_with"] = {**ran_with, **({"revision": per_method[method]["revision"]}
+                                           if "revision" in per_method.get(method, {}) else {})}
         name = cell_name(method, budget, seed)
         generations = info.pop("generations")  # written first: the cell file marks the cell finished
         write_text(out / "generations" / f"{name}.jsonl",

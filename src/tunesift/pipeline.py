@@ -24,7 +24,7 @@ import numpy as np
 from .backends.blocks import record_errors
 from .errors import OptionError, RecordsError
 from .io.records import Record, read_records, records_from_rows, schema_of
-from .io.repeats import repeats_of
+from .io.repeats import near_repeats_of, repeats_of
 from .io.schema import FieldMap
 from .methods.catalogue import get_method, method_names
 from .methods.options import Options, options_dict, parse_budget, resolve_budget
@@ -377,18 +377,30 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
 def _second_set_repeats(records: list[Record], other: list[Record], name: str, kept: np.ndarray) -> dict[str, int]:
     """The manifest's counts of pool records that repeat a record of the second set (``name``:
     ``target`` or ``existing``): ``{name}_prompts`` ask one of its prompts, ``{name}_copies`` with
-    its response too, and ``..._kept`` of each. Kept ones are warned about, naming the first
-    few: for ``target``, training on them leaks the target set into the model (a problem when it
-    is also what the model is evaluated on); for ``existing``, they were trained on already."""
+    its response too, ``{name}_near_prompts`` ask a near one (:func:`~tunesift.io.repeats.near_repeats_of`,
+    exact repeats not counted again), and ``..._kept`` of each. Kept ones are warned about,
+    naming the first few: for ``target``, training on them leaks the target set into the model (a
+    problem when it is also what the model is evaluated on); for ``existing``, they were trained on
+    already."""
     same_prompt, same_example = repeats_of(records, other)
+    near = near_repeats_of(records, other) & ~same_prompt
     out = {f"{name}_prompts": int(same_prompt.sum()), f"{name}_prompts_kept": int((same_prompt & kept).sum()),
-           f"{name}_copies": int(same_example.sum()), f"{name}_copies_kept": int((same_example & kept).sum())}
-    if bad := np.flatnonzero(same_prompt & kept).tolist():
-        ids = ", ".join(str(records[i].id) for i in bad[:3]) + (", ..." if len(bad) > 3 else "")
-        why = ("if the target set is what you evaluate on, this is a leak: remove them from the pool"
-               if name == "target" else "the model was trained on these already")
+           f"{name}_copies": int(same_example.sum()), f"{name}_copies_kept": int((same_example & kept).sum()),
+           f"{name}_near_prompts": int(near.sum()), f"{name}_near_prompts_kept": int((near & kept).sum())}
+    why = ("if the target set is what you evaluate on, this is a leak: remove them from the pool"
+           if name == "target" else "the model was trained on these already")
+
+    def named(mask: np.ndarray) -> str:
+        bad = np.flatnonzero(mask).tolist()
+        return ", ".join(str(records[i].id) for i in bad[:3]) + (", ..." if len(bad) > 3 else "")
+
+    if n := out[f"{name}_prompts_kept"]:
         log.warning("%d kept record(s) ask a prompt of the %s set (%d with its response too: counts.%s_copies_kept): "
-                    "%s; %s", len(bad), name, out[f"{name}_copies_kept"], name, ids, why)
+                    "%s; %s", n, name, out[f"{name}_copies_kept"], name, named(same_prompt & kept), why)
+    if n := out[f"{name}_near_prompts_kept"]:
+        log.warning("%d kept record(s) ask a near copy of a prompt of the %s set (half or more of their 8-word "
+                    "sequences shared: counts.%s_near_prompts_kept): %s; %s", n, name, name, named(near & kept),
+                    why.replace("remove them", "check them"))
     return out
 
 

@@ -14,6 +14,9 @@ LM = ("model", "device", "dtype", "template", "max_length", "token_budget")
 DONOD_OPTIONS = ("eta", "reduction", "weights")
 DELIFT_SETS = {"task": "target", "continual": "existing"}
 LOSS_WORDS = ("easiest", "easier", "hardest", "harder")
+# 2 (session 16): a kNN kernel is min-max scaled with harmful pairs at 0, the value of the pairs it
+# does not hold (methods.delift.clipping); revision 1 put them at the most harmful scored pair's value
+DELIFT_REVISION = 2
 
 register(Method(
     "random", "a seeded uniform sample, the baseline", run_random,
@@ -28,7 +31,7 @@ register(Method(
     options=("method", "budget", "seed", *LM, "stage", "distance", "knn", "ann", "utility", "label_fraction",
              "labels", "clip_negative", "scale", "keep_diagonal", "mi_eta", "mi_form", "nu", "optimizer", "epsilon",
              *RAY_OPTIONS),
-    columns=("order", "gain", "helped_by", "helpfulness")))
+    columns=("order", "gain", "helped_by", "helpfulness"), revision=DELIFT_REVISION))
 register(Method(
     "delift-se", "the DELIFT objectives on a sentence-embedding kernel", run_delift_se, stages=STAGES,
     second_set=DELIFT_SETS, greedy=True, embeds=True,
@@ -41,7 +44,8 @@ register(Method(
     options=("method", "budget", "seed", *LM, "prefilter", *DONOD_OPTIONS, "stage", "distance", "knn", "ann",
              "utility", "label_fraction", "labels", "clip_negative", "scale", "keep_diagonal", "mi_eta", "mi_form", "nu",
              "optimizer", "epsilon", *RAY_OPTIONS),
-    columns=("don", "nod", "closeness", "n_tokens", "prefiltered", "order", "gain", "helped_by", "helpfulness")))
+    columns=("don", "nod", "closeness", "n_tokens", "prefiltered", "order", "gain", "helped_by", "helpfulness"),
+    revision=DELIFT_REVISION))
 
 
 def _ranked(name: str, summary: str, run, hint: RankedHint, *, ray: bool = True, **kw) -> None:

@@ -99,7 +99,10 @@ class Method:
     check (``backends.blocks.record_errors``) applies; ``in_context``: it also scores each record
     after another one as an in-context example (DELIFT), so that check covers the example arm
     too; ``greedy``: its kept records are submodular
-    picks; ``ranked``: for methods that keep the top of one score column, how the report plots it."""
+    picks; ``ranked``: for methods that keep the top of one score column, how the report plots it;
+    ``revision``: raised when the method picks differently from the same inputs and options (a
+    fix of what it selects, not of its speed or I/O), so that a bench never adds cells of a new
+    revision to a method's earlier cells (the history: docs/methods.md#revisions)."""
 
     name: str
     summary: str
@@ -115,6 +118,7 @@ class Method:
     ranked: RankedHint | None = None
     required: tuple[str, ...] = ()  # options that must be given (no default serves)
     embeds: bool = False  # caches sentence embeddings without a language model (delift-se)
+    revision: int = 1
 
     def uses_cache(self) -> bool:
         """Whether a run writes the score cache (``--cache-dir``), which is then probe-written

@@ -133,6 +133,10 @@ def read_output(out_dir: str | Path) -> Output:
         if isinstance(n_kept, int) and n_kept > 0:
             res.notes.append(f"{n_kept} kept record(s) ask a prompt of the {name} set "
                              f"({counts.get(f'{name}_copies_kept')} with its response too): {why}")
+        n_near = counts.get(f"{name}_near_prompts_kept")
+        if isinstance(n_near, int) and n_near > 0:
+            res.notes.append(f"{n_near} kept record(s) ask a near copy of a prompt of the {name} set "
+                             f"(half or more of their 8-word sequences shared): {why}")
     if counts and (counts.get("input"), counts.get("kept")) != (res.n, res.k):
         res.notes.append(f"manifest.json counts ({counts.get('kept')} of {counts.get('input')}) differ from "
                          f"scores.parquet ({res.k} of {res.n}); the page uses scores.parquet")
