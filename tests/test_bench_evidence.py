@@ -13,7 +13,6 @@ import pytest
 from tunesift import bench as bm
 from tunesift import bench_tables as bt
 from tunesift.bench import BenchConfig, selection_stage
-from tunesift.methods.catalogue import get_method
 from tunesift.bench_tables import (
     add_costs,
     aggregate,
