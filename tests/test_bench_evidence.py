@@ -619,6 +619,14 @@ def test_a_selection_that_found_its_scores_partly_cached_is_marked(tmp_path):
     then = [{**cell("rds", 0.1, 0, {"loss": 1.1}, select_s=0.3), "score_cache": {"cached": 4, "written": 0}}]
     ev.shared_selection_cost(first, then)
     assert "select_partly_cached" not in aggregate(then)[0]
+    # a cell made before the counts existed proves nothing beside counted warm-cache cells; a
+    # count from some seeds only says how many
+    old = {**cell("ifd", 0.3, 0, {"loss": 0.9}, select_s=9.0), "eval_counts": {"generations_capped": 30}}
+    warm = [{**cell("ifd", 0.3, s, {"loss": 0.9}, select_s=1.0), "score_cache": {"cached": 4, "written": 0}}
+            for s in (1, 2)]
+    row = aggregate([old, *warm])[0]
+    assert row["select_partly_cached"] and "select_partly_cached" not in aggregate([old])[0]
+    assert "| 30 (1 of 3 seeds) |" in markdown_table([row])
 
 
 def test_a_control_stays_out_of_the_family_of_selector_comparisons():

@@ -941,3 +941,81 @@ def test_a_dataframes_missing_cells_are_no_field_but_nan_inside_a_list_is_kept()
     df = pd.DataFrame([{"prompt": "a", "completion": "b", "score": float("nan"), "v": [1.0, float("nan")]}])
     (rec,) = records_from_rows(df)
     assert "score" not in rec.row and rec.row["v"][0] == 1.0 and math.isnan(rec.row["v"][1])
+
+
+@pytest.mark.parametrize("first, field", [({"prompt": "q0", "completion": None}, "completion"),
+                                          ({"prompt": [{"role": "user", "content": "q0"}], "completion": None},
+                                           "completion")])
+def test_a_null_completion_in_the_first_record_is_that_records_defect_only(tmp_path, first, field):
+    """The response field was chosen from the first record's value: a null there read the file
+    as prompt/response, so record 1 lacked 'response' and every later record 'held both'."""
+    later = [{**first, "completion": "a1" if isinstance(first["prompt"], str) else [{"role": "assistant",
+                                                                                      "content": "a1"}]}] * 3
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [first, *later]))
+    with pytest.raises(InputError) as exc:
+        read_records(path)
+    assert str(exc.value).startswith(f"{path}:1: field '{field}'") and "both" not in str(exc.value)
+    records = read_records(path, on_error="skip")
+    assert [r.error is None for r in records] == [False, True, True, True]
+    assert records[1].response == "a1"
+
+
+def test_tool_call_arguments_with_exact_decimals_dates_or_bytes_are_written_as_the_output_writes_them(tmp_path):
+    """A float the reader keeps exact (a Decimal), or a Parquet date or bytes value, made every such
+    record "cannot write the tool call as JSON"."""
+    import datetime as dt
+
+    path = tmp_path / "calls.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "where?"}, {"role": "assistant", "tool_calls": '
+                    '[{"type": "function", "function": {"name": "f", "arguments": {"lat": 37.77492950000000000001}}}]}]}\n')
+    (rec,) = read_records(path)
+    assert json.loads(rec.response) == {"name": "f", "arguments": {"lat": 37.7749295}}
+    assert '"lat": 37.77492950000000000001' in rec.response  # its digits, as written in the file
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [
+        {"function": {"name": "g", "arguments": {"day": dt.date(2026, 12, 1), "blob": b"\x00\x01"}}}]}]}
+    (rec,) = records_from_rows([row])
+    assert json.loads(rec.response)["arguments"] == {"day": {"$date": "2026-12-01"}, "blob": {"$bytes": "AAE="}}
+
+
+def test_json_lines_output_escapes_unicode_line_separators():
+    """str.splitlines() splits at U+2028, U+2029 and U+0085: unescaped inside a string, a reader
+    using it cut a selected record in two."""
+    from tunesift.io.json_values import json_line
+
+    row = {"text": "a\u2028b\u2029c\x85d", "k\u2028": 1}
+    line = json_line(row)
+    assert len(line.splitlines()) == 1 and json.loads(line) == row
+
+
+def test_ids_after_a_first_record_without_one_are_named_and_an_empty_csv_id_says_how_to_go_on(tmp_path, caplog):
+    import logging
+
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"id": None, "prompt": "a", "completion": "b"},
+                                                          {"id": "r2", "prompt": "c", "completion": "d"}]))
+    with caplog.at_level(logging.WARNING, logger="tunesift"):
+        records = read_records(path)
+    assert records[1].id != "r2" and len(records[1].id) == 16  # content ids, as before, but not in silence
+    assert "line 2 has an 'id' but the first record (line 1) has none" in caplog.text
+    assert "--id-field id" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tunesift"):
+        read_records(path, FieldMap(id="none"))  # asked for: no warning
+    assert "has an 'id'" not in caplog.text
+    csv = tmp_path / "d.csv"
+    csv.write_text("id,prompt,completion,history\n,a,b,\n")
+    with pytest.raises(InputError, match=r"d\.csv:1: field 'id': the id is empty; .*--id-field none.*file line 2"):
+        read_records(csv)
+    # a CSV's empty history cell is no history (it read as "a string, not a list of pairs")
+    alpaca = tmp_path / "a.csv"
+    alpaca.write_text("instruction,input,output,history\nSay hi.,,Hi.,\n")
+    (rec,) = read_records(alpaca)
+    assert rec.prompt == "Say hi." and rec.context == ()
+
+
+def test_openai_developer_turns_are_system_turns():
+    row = {"messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                        {"role": "assistant", "content": "4"}]}
+    (rec,) = records_from_rows([row])
+    assert rec.context == (("system", "Be brief."),) and rec.prompt == "2+2?"

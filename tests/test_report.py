@@ -749,11 +749,16 @@ def test_why_lines_never_round_a_value_onto_its_threshold():
 
 def test_category_names_are_one_per_value():
     """"3" and 3, "null" and null, a literal "(missing)" and an absent field shared one row."""
+    from decimal import Decimal
+
     from tunesift.rowfields import MISSING, category
 
-    values = ["3", 3, "null", None, "true", True, "(missing)", MISSING, "web", '["a"]', ["a"]]
-    names = [category(v) for v in values]
+    values = ["3", 3, "null", None, "true", True, "(missing)", MISSING, "web", '["a"]', ["a"],
+              # a nested Decimal and the text of its digits, bytes and the text of their repr (str())
+              {"a": Decimal("1.5")}, {"a": "1.5"}, [b"x"], ["b'x'"], "[" * 1000]
+    names = [category(v) for v in values]  # "[" * 1000 raised RecursionError (a traceback)
     assert len(set(names)) == len(values) and category("web") == "web" and category(MISSING) == "(missing)"
+    assert category({"b": 1, "a": Decimal("0.10000000000000000001")}) == '{"a": 0.10000000000000000001, "b": 1}'
 
 
 def test_retention_plot_reads_dollar_signs_as_text_and_says_what_it_leaves_out():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import gzip
 import hashlib
 import json
 import logging
@@ -383,7 +384,7 @@ def test_times_from_numpy_and_pandas_keep_their_tagged_iso_forms():
     import numpy as np
     import pandas as pd
 
-    from tunesift.row_values import json_value
+    from tunesift.io.json_values import json_value
 
     assert json_value(dt.timedelta(microseconds=1)) == {"$duration": "PT0.000001S"}
     assert json_value(pd.Timedelta(1, "ns")) == {"$duration": "PT0.000000001S"}
@@ -815,7 +816,7 @@ def test_skip_with_a_model_covers_empty_and_too_long_records(tiny_dir, tmp_path,
 
 
 def test_a_string_that_spells_the_decimal_marker_stays_a_string():
-    from tunesift.row_values import json_line
+    from tunesift.io.json_values import json_line
 
     row = {"price": decimal.Decimal("12.300"), "note": "\x00tunesift-decimal:42"}
     assert json.loads(json_line(row)) == {"price": 12.3, "note": "\x00tunesift-decimal:42"}
@@ -872,7 +873,7 @@ def test_numpy_arrays_and_pandas_missing_values_are_written_as_json_reads_them(t
     lost its list; pandas NaT became {"$datetime": "NaT"} and pd.NA could not be written at all."""
     import pandas as pd
 
-    from tunesift.row_values import json_value
+    from tunesift.io.json_values import json_value
 
     assert json_value(np.array(["q"])) == ["q"] and json_value(np.array([1, 2])) == [1, 2]
     assert json_value(np.array([])) == [] and json_value(np.array(2.5)) == 2.5  # a 0-d array: its scalar
@@ -977,6 +978,15 @@ def test_the_output_check_skips_error_rows_and_names_records_of_non_jsonl_files(
     code, err = run(["select", arr, "--method", "random", "--out", tmp_path / "o2", "--out-format", "parquet",
                      "-q"], capsys)
     assert code == 2 and f"{arr}: field 'n': record 2 (id " in err and ") cannot be written as parquet" in err, err
+    # JSON Lines under another name (.ndjson, gzipped, a .json file of lines): its file line, not
+    # "record N" (which, counting blank lines, was the line under another name)
+    for name in ("d.ndjson", "d.jsonl.gz", "lines.json"):
+        text = '{"instruction": "a", "output": "x", "n": 1}\n\n{"instruction": "b", "output": "y", "n": "t"}\n'
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+        code, err = run(["select", path, "--method", "random", "--out", tmp_path / f"o-{name}", "--out-format",
+                         "parquet", "-q"], capsys)
+        assert code == 2 and f"{path}:3: field 'n': " in err and "record 3" not in err, err
     # a lone surrogate is named as such, not as a type clash
     bad = [{"instruction": "a", "output": "x", "s": "ok"}, {"instruction": "b", "output": "y", "s": "\ud800"}]
     with pytest.raises(Exception, match=r"^<rows>:2: field 's': .*not valid Unicode \(a lone surrogate\)"):

@@ -57,6 +57,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
                   if "generations_capped" in c.get("eval_counts", {})]
         if capped:
             row["generations_capped"] = float(np.mean(capped))
+            row["generations_capped_seeds"] = len(capped)  # cells made before the count existed lack it
         for m in dict.fromkeys(m for c in cs for m in c["metrics"]):
             v = np.array([c["metrics"].get(m, np.nan) for c in cs], dtype=float)
             row[m] = float(v.mean())
@@ -75,11 +76,12 @@ def cost_complete(cells: list[dict]) -> bool:
     """Whether a method's selection cost is measured whole: some cell selected from a cold cache
     (``score_cache.cached == 0``; see :func:`tunesift.bench._select_for_cell`), or another
     experiment sharing its cache did (``cost_from_cold``, set by the evidence bench). Cells made
-    before the counts existed carry none and are not questioned."""
-    counts = [c.get("score_cache") for c in cells]
-    if any(x is None for x in counts) or any(c.get("cost_from_cold") for c in cells):
+    before the counts existed carry none: a method with only such cells is not questioned, but
+    one with counted cells is judged by those (an old cell beside warm-cache ones proves nothing)."""
+    if any(c.get("cost_from_cold") for c in cells):
         return True
-    return any(x["cached"] == 0 for x in counts)
+    counts = [c["score_cache"] for c in cells if c.get("score_cache") is not None]
+    return not counts or any(x["cached"] == 0 for x in counts)
 
 
 def method_rank(name: str) -> float:
@@ -369,7 +371,9 @@ def markdown_table(rows: list[dict]) -> str:
         vals = [f"{r[m]:.4f}" + (f" ± {r[m + '_std']:.4f}" if r["seeds"] > 1 else " (1 seed)")
                 + _versus_cell(r, m) if m in r else "" for m in metrics]
         if capped:
-            vals.append(f"{r['generations_capped']:.0f}" if "generations_capped" in r else "")
+            n = r.get("generations_capped_seeds", r["seeds"])
+            vals.append(f"{r['generations_capped']:.0f}" + (f" ({n} of {r['seeds']} seeds)" if n < r["seeds"] else "")
+                        if "generations_capped" in r else "")
         paired |= any(f"{m}_vs_random" in r for m in metrics)
         mark = " †" if "select_partly_cached" in r else ""
         partly |= bool(mark)

@@ -45,10 +45,11 @@ from .errors import OptionError, TunesiftError
 from .folders import check_earlier_set, digests, publish
 from .io.chat import chat_tags
 from .io.describe import first_line
+from .io.json_values import json_line, json_value
 from .io.records import schema_of
 from .io.trainers import DATASET_NAME, dataset_info, unreadable_tools, unreadable_turn
 from .pipeline import Selection, options_dict, type_label, versions
-from .row_values import MixedColumns, arrow_column, json_line, json_value, type_of
+from .row_values import MixedColumns, arrow_column, type_of
 from .store import probe_write
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from typing import Any
+
+from .io.json_values import json_line
 
 MISSING = object()  # field_value's answer for a row without the field
 
@@ -34,9 +35,11 @@ def category(value: Any) -> str:
             return json.dumps(value, ensure_ascii=False)
         try:
             json.loads(value)
+        except RecursionError:  # JSON nested past Python's limit: it reads as a value all the same
+            pass
         except ValueError:
             return value
         return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, Decimal):  # a JSON number with more digits than a double: shown as the number
-        return str(value)
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    # exact decimals as their digits, bytes and dates in the tagged forms of the JSON Lines output:
+    # a Decimal and the text of its digits, or bytes and the text of their repr, never share a name
+    return json_line(value, sort_keys=True)

@@ -4,7 +4,7 @@ A chat is a list of turns ``{"role", "content"}`` (OpenAI, TRL) or ``{"from", "v
 (ShareGPT); each turn may use either style. Roles are case-insensitive and mean
 (:data:`ROLES`):
 
-* ``system``; ``user`` (ShareGPT ``human``); ``assistant`` (ShareGPT ``gpt``);
+* ``system`` (OpenAI's ``developer`` too); ``user`` (ShareGPT ``human``); ``assistant`` (ShareGPT ``gpt``);
 * tool turns: ``tool`` (OpenAI, TRL), ``function`` (OpenAI's older name) and ``observation``
   (LLaMA-Factory's ShareGPT) are all a **tool result**, role ``tool``; LLaMA-Factory's
   ``function_call`` is the assistant calling a tool, so it is an ``assistant`` turn whose text is
@@ -24,7 +24,9 @@ import json
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from ..errors import TunesiftError
 from .describe import Loc, located_error, show, type_name, valid_text, with_article
+from .json_values import json_line
 
 __all__ = [
     "ROLES",
@@ -41,6 +43,7 @@ __all__ = [
 #: Chat roles accepted in a turn (case-insensitive) and the role they become.
 ROLES = {
     "system": "system",
+    "developer": "system",  # OpenAI's name for system instructions to its newer models
     "user": "user",
     "assistant": "assistant",
     "tool": "tool",
@@ -156,9 +159,9 @@ def _tool_calls_text(calls: Any, loc: Loc, source: str, at: str) -> str:
                 args = json.loads(args)
             except (ValueError, RecursionError):  # not JSON (or nested / long past Python's limits)
                 pass  # kept as the string it is
-        try:
-            text = json.dumps({"name": name, "arguments": args}, ensure_ascii=False)
-        except (TypeError, ValueError, RecursionError) as e:
+        try:  # as the JSON Lines output writes values: exact decimals, dates and bytes in tagged forms
+            text = json_line({"name": name, "arguments": args})
+        except (TunesiftError, ValueError, RecursionError) as e:
             raise located_error(source, loc, f"cannot write the tool call as JSON: {e}", f"{at}[{j}]") from None
         lines.append(valid_text(text, loc, source, f"{at}[{j}]"))
     return "\n".join(lines)
@@ -256,8 +259,8 @@ def split_chat(turns: list[Turn], key: str, loc: Loc, source: str) -> ChatParts:
 
 def history_turns(value: Any, key: str, loc: Loc, source: str) -> list[Turn]:
     """LLaMA-Factory alpaca ``history``: a list of ``[user, assistant]`` string pairs, the earlier
-    turns of the chat, oldest first (null: none)."""
-    if value is None:
+    turns of the chat, oldest first (null or a blank string, a CSV's empty cell: none)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
         return []
     if not isinstance(value, (list, tuple)):
         raise located_error(

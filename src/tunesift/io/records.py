@@ -69,7 +69,8 @@ class Record:
     says which), and ``context`` holds the earlier ``(role, content)`` turns (system turns and an
     alpaca record's ``system`` / ``history`` included), in order; ``()`` when there are none.
     ``row`` is the original row exactly as read (never modified). ``line`` is the 1-based line
-    number for JSON Lines and the 1-based row / array element otherwise. ``schema`` is how the
+    number for JSON Lines (any file read as JSON Lines: ``unit`` ``"line"``) and the 1-based row
+    / array element otherwise (``unit`` ``"row"`` / ``"element"``). ``schema`` is how the
     input was read (the same object for every record of an input; see :func:`schema_of`).
     """
 
@@ -82,6 +83,7 @@ class Record:
     error: str | None = None  # why the record cannot be used (only with on_error="skip"), else None
     prompt_role: str = "user"  # the role of the prompt turn: "user" or "tool"
     schema: Schema | None = field(default=None, compare=False, repr=False)
+    unit: str = field(default="line", compare=False, repr=False)  # what ``line`` counts: line, row or element
 
 
 def schema_of(records: Sequence[Record]) -> Schema | None:
@@ -230,10 +232,11 @@ def build_records(rows: Rows, fm: FieldMap, source: str, empty: str, on_error: s
         "--id-field is given, so every record needs one"
         if fm.id
         else f"the first record ({first_loc.unit} {first_loc.line}) has an 'id', "
-        "so every record needs one"
+        "so every record needs one (--id-field none: ids from the content)"
     )
     seen_ids: dict[str, tuple[int, str]] = {}
     hash_counts: dict[str, int] = {}
+    unused_id: Loc | None = None  # a later record's id, not used because the first record has none
 
     out: list[Record] = []
     defects: dict[int, InputError] = {}  # index in `out` -> its defect
@@ -264,6 +267,8 @@ def build_records(rows: Rows, fm: FieldMap, source: str, empty: str, on_error: s
                 )
             seen_ids[key] = (loc.line, rid)
         else:
+            if unused_id is None and fm.id != NO_ID and row.get("id") is not None:
+                unused_id = loc
             try:
                 h = content_id(row)
             except (TypeError, ValueError) as e:  # non-string keys, a cycle
@@ -271,7 +276,11 @@ def build_records(rows: Rows, fm: FieldMap, source: str, empty: str, on_error: s
             n = hash_counts.get(h, 0) + 1
             hash_counts[h] = n
             rid = h if n == 1 else f"{h}-{n}"
-        out.append(Record(rid, prompt, response, context, row, loc.line, error, role, schema))
+        out.append(Record(rid, prompt, response, context, row, loc.line, error, role, schema, loc.unit))
+    if unused_id is not None:
+        log.warning("%s: %s %d has an 'id' but the first record (%s %d) has none, so every record gets an id "
+                    "from its content; give --id-field id to use the file's ids", source, unused_id.unit,
+                    unused_id.line, first_loc.unit, first_loc.line)
     if sample is not None:
         out, defects = _sample(out, defects, sample, seed, source)
     if defects and on_error == "fail":
@@ -389,5 +398,5 @@ def _field_id(row: dict, name: str, why: str, loc: Loc, source: str) -> str:
         )
     rid = str(value)
     if not rid.strip():
-        raise located_error(source, loc, "the id is empty", name)
+        raise located_error(source, loc, f"the id is empty; {why}", name)
     return rid

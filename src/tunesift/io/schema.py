@@ -219,7 +219,10 @@ def _default_schema(name: str, first: dict, loc: Loc) -> Schema:
             system="system",
             history="history",
         )
-    resp = "completion" if first.get("completion") is not None else "response"
+    # the key the first record has: a null completion there (a Parquet or HF table's first row)
+    # is that record's missing value, not a sign that the field is called response
+    resp = ("completion" if "completion" in first and (first["completion"] is not None or "response" not in first)
+            else "response")
     if name == "conversational_prompt_completion":
         return Schema(name, "chat_pair", f"the conversational prompt/{resp} schema {where}",
                       messages="prompt", completion=resp)
