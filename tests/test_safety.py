@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tunesift.cli import main
+from tunesift.io.records import content_id
 
 GOOD = [{"instruction": f"Say {i} please.", "output": f"The number {i}."} for i in range(12)]
 ROOT = Path(__file__).parent.parent
@@ -807,12 +808,15 @@ def test_skip_with_a_model_covers_empty_and_too_long_records(tiny_dir, tmp_path,
             "--cache-dir", tmp_path / "c", "-q", "--out"]
     code, err = run(args + [tmp_path / "f"], capsys)
     one_line_error(code, err, "d.jsonl:4", "2 of 12 records cannot be used", "does not fit max_length 64")
+    assert f"also: record {content_id(rows[7])} (line 8): response of" in err  # no file repeated, no "line line"
     code, err = run(args + [tmp_path / "s", "--on-error", "skip"], capsys)
     assert code == 0, err
     scores = pq.read_table(tmp_path / "s" / "scores.parquet").to_pandas()
     assert list(scores.loc[scores["error"].notna(), "line"]) == [4, 8]
     assert scores["kept"].sum() == 4 and not scores.loc[[3, 7], "kept"].any()
     assert scores.loc[scores["error"].isna(), "closeness"].notna().all()
+    # a record too long names its file first, as a read defect does (select named only the record)
+    assert scores.loc[7, "error"].startswith(f"{data}: record ") and scores.loc[3, "error"].startswith(f"{data}:4:")
 
 
 def test_a_string_that_spells_the_decimal_marker_stays_a_string():
@@ -858,9 +862,15 @@ def test_a_model_without_weights_is_refused_before_it_is_loaded(tmp_path, monkey
     (hub / "models--org--name" / "refs").mkdir()
     (hub / "models--org--name" / "refs" / "main").write_text("abc")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    # huggingface_hub imported before tunesift (by datasets, say) read HF_HUB_OFFLINE unset: its
+    # flag is False, but tunesift still loads offline unless the user set the variable false
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(TunesiftError, match=r"cannot load model 'org/name' offline: it is not one of"):
         check_model("org/name")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user's choice: downloads allowed, load_lm may fetch it
+    check_model("org/name")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (snap / "config.json").write_text("{}")
     with pytest.raises(TunesiftError, match=r"holds its config.json but no weights"):
         check_model("org/name")

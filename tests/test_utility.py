@@ -717,3 +717,45 @@ def test_prefix_caches_beyond_the_bank_cap_are_scored_a_part_at_a_time(tiny_lm, 
     assert max(banks) <= 256 < sum(len(p) for p, _ in groups)
     for a, b in zip(parted, whole, strict=True):
         tiny.assert_close_across_runs(np.array(a), np.array(b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_pairs_that_overflow_are_an_error_and_never_cached(tiny_lm, tmp_path, monkeypatch, sparse):
+    """A float16 forward pass that overflows gives NaN pairs: cached, they read back as unscored
+    pairs (UF 0) on every rerun. Now the run stops with one line, nothing of the block is stored,
+    and a NaN block already in a cache (written before the check) is scored again."""
+    from tunesift.errors import TunesiftError
+    from tunesift.scoring import utility as ut
+
+    r = renderer_for(tiny_lm)
+    recs = records(6)
+    pattern = sp.csr_matrix(np.ones((6, 6), dtype=bool)) if sparse else None
+    real = ut.kernel_block
+
+    def overflowing(job, scorer, base, c0, c1, *a, **k):
+        block = real(job, scorer, base, c0, c1, *a, **k)
+        block[1, ..., 0] = np.nan  # the first target (dense) / entry (sparse) of the block's first column
+        return block
+
+    clean = utility_kernel(tiny_lm, r, recs, recs, pairs=pattern, cache_dir=tmp_path / "clean", block_size=3)
+    monkeypatch.setattr(ut, "kernel_block", overflowing)
+    with pytest.raises(TunesiftError, match=r"^DELIFT kernel: target \d with example 0 \(positions from 0\) "
+                                            r".*scored NaN or infinity in float32: .*--dtype float32 or bfloat16"):
+        utility_kernel(tiny_lm, r, recs, recs, pairs=pattern, cache_dir=tmp_path / "c", block_size=3)
+    assert not list((tmp_path / "c").rglob("cols-*.npy"))  # the failing block was not stored
+    # a cache holding a NaN block (as the unchecked code wrote them) is not read as scored pairs
+    # (sparse kernels read their pairs from the shared pair store's chunks)
+    monkeypatch.setattr(ut, "kernel_block", real)
+    from tunesift.store import ArrayStore
+
+    (path,) = sorted((tmp_path / "clean").rglob("chunk-*.npy" if sparse else "cols-0000000-*.npy"))
+    store = ArrayStore(path.parent)
+    got = store.get(path.stem)
+    if sparse:
+        got[1, np.flatnonzero(got[0] == 1 * 6 + 0)] = np.nan  # the pair (target 1, example 0)
+    else:
+        got[0, 1, 0] = np.nan  # the same pair in column block 0
+    store.put(path.stem, got)
+    again = utility_kernel(tiny_lm, r, recs, recs, pairs=pattern, cache_dir=tmp_path / "clean", block_size=3)
+    assert again.info["blocks_computed"] == 1
+    assert_close(again, clean)

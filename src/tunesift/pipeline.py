@@ -311,7 +311,9 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     readable = [i for i in range(len(records)) if i not in errors]
     cuts: dict[str, int] = {}  # prompts_cut: scored records whose prompt lost its start to max_length
     if method.needs_lm and readable:
-        errors.update({readable[j]: why for j, why in
+        # as a read defect does, the reason names the input file first (finetune and evaluate too)
+        where = f"{data}: " if isinstance(data, (str, Path)) else ""
+        errors.update({readable[j]: where + why for j, why in
                        record_errors(method.block_kind, renderer, [records[i] for i in readable],
                                      in_context=method.in_context, counts=cuts).items()})
         errors = dict(sorted(errors.items()))
@@ -434,7 +436,10 @@ def _errors_line(errors: dict[int, str], n: int, data=None) -> str:
     src = f"{data}:" if isinstance(data, (str, Path)) else None
 
     def short(why: str) -> str:
-        why = "line " + why[len(src):] if src and why.startswith(src) else why
+        if src and why.startswith(src + " "):  # "FILE: record ID (line N): ..." names its line itself
+            why = why[len(src) + 1:]
+        elif src and why.startswith(src):  # "FILE:N: field ...": a read defect
+            why = "line " + why[len(src):]
         return why if len(why) <= 120 else why[:117] + "..."
 
     if len(items) > 1:

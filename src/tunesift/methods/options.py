@@ -147,7 +147,7 @@ class Options:
     # the model
     model: str = opt("default", "default (SmolLM2-135M-Instruct), gemma3-270m, a folder, a .gguf or an HF id in "
                      "the local cache.", group="model")
-    device: str = opt("auto", "auto | cpu | cuda", group="model", check=_device)
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N", group="model", check=_device)
     dtype: str = opt("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16; "
                      "DELIFT's sentence encoder runs in bf16 too when the model does", group="model",
                      check=one_of("dtype", ("auto", "float32", "bfloat16", "float16"),

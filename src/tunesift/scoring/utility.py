@@ -56,7 +56,7 @@ from typing import Protocol
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import OptionError
+from ..errors import OptionError, TunesiftError
 from ..store import ArrayStore, default_cache_dir
 from .kernel_blocks import (
     add_counts,
@@ -385,6 +385,7 @@ def _load_pairs(shared: ArrayStore) -> tuple[np.ndarray, np.ndarray]:
     if not chunks:
         return np.zeros(0, dtype=np.int64), np.zeros((2, 0))
     allc = np.concatenate(chunks, axis=1)
+    allc = allc[:, np.isfinite(allc).all(axis=0)]  # a pair stored NaN (before overflow was checked): rescored
     keys, first = np.unique(allc[0].astype(np.int64), return_index=True)
     return keys, allc[1:, first]
 
@@ -452,6 +453,8 @@ def _compute(job: KernelJob, lm, root: Path | None, token_budget: int, block_siz
                 if store and r + BASE_ROWS < len(missing):  # an interrupted pass resumes from this part
                     store.put("base", base)
         add_counts(info, counts)
+        if len(bad := missing[~np.isfinite(base[:, missing]).all(axis=0)]):
+            raise _overflow(np.stack([bad, np.full(len(bad), -1)], axis=1), lm)
         if store:
             store.put("base", base)
     elif base is None:
@@ -463,7 +466,7 @@ def _compute(job: KernelJob, lm, root: Path | None, token_budget: int, block_siz
     todo = []
     for c0, c1 in column_spans(job.pattern, n_e, block_size):
         got = store.get(_block_name(c0, c1)) if store else None
-        if got is not None and got.shape == block_shape(job, c0, c1):
+        if got is not None and got.shape == block_shape(job, c0, c1) and not len(_overflowed(job, c0, c1, got)):
             info["blocks_loaded"] += 1
             _place(job, sq_all, lp_all, c0, c1, got)
             done += job.span_pairs(c0, c1)
@@ -477,6 +480,8 @@ def _compute(job: KernelJob, lm, root: Path | None, token_budget: int, block_siz
         if block.shape != block_shape(job, c0, c1):
             raise RuntimeError(f"kernel block {c0}-{c1} has shape {block.shape}, "
                                f"expected {block_shape(job, c0, c1)}")
+        if len(bad := _overflowed(job, c0, c1, block)):  # never cached: NaN would read as an unscored pair
+            raise _overflow(bad, lm)
         if store:
             store.put(_block_name(c0, c1), block)
         info["blocks_computed"] += 1
@@ -538,6 +543,33 @@ def _duration(s: float) -> str:
 def _new_info(pairs: int) -> dict:
     """A kernel run's ``info`` before any work: its pairs, no blocks, zero work counts."""
     return {"pairs": pairs, "blocks_computed": 0, "blocks_loaded": 0, **work_counts()}
+
+
+def _overflowed(job: KernelJob, c0: int, c1: int, block: np.ndarray) -> np.ndarray:
+    """(m, 2) (target, example) positions of the block's scored pairs that are NaN or infinite
+    (an overflowing forward pass); the excluded diagonal, NaN by design, is not among them.
+    ``block``: (2, n_t, c1 - c0) dense or (2, entries of columns c0:c1) sparse."""
+    bad = ~np.isfinite(block).all(axis=0)
+    if job.pattern is None:
+        rows, cols = np.nonzero(bad)
+        cols = cols + c0
+    else:
+        ptr = job.pattern.indptr
+        rows = job.pattern.indices[ptr[c0]:ptr[c1]][bad]
+        cols = np.repeat(np.arange(c0, c1), np.diff(ptr[c0:c1 + 1]))[bad]
+    keep = rows != cols if job.diag else np.ones(len(rows), dtype=bool)
+    return np.stack([rows[keep], cols[keep]], axis=1)
+
+
+def _overflow(bad: np.ndarray, lm) -> TunesiftError:
+    """The one-line error for kernel pairs (or no-example rows: example -1) that scored NaN or
+    infinity: they are never cached, where they would read as unscored pairs on every rerun."""
+    i, j = (int(x) for x in bad[0])
+    first = f"target {i} with example {j}" if j >= 0 else f"target {i} without an example"
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    return TunesiftError(f"DELIFT kernel: {first} (positions from 0){more} scored NaN or infinity in "
+                         f"{getattr(lm, 'dtype', 'this dtype')}: the forward pass overflowed; use --dtype float32 "
+                         "or bfloat16")
 
 
 def _block_name(c0: int, c1: int) -> str:
