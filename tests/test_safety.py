@@ -1118,3 +1118,23 @@ def test_a_previous_set_moved_aside_by_a_killed_run_is_named_when_the_output_is_
         sweep_stale(tmp_path / "out")
     assert moved.exists()
     assert any(str(moved) in r.getMessage() and "moved" in r.getMessage() for r in caplog.records)
+
+
+def test_a_model_folders_fingerprint_is_its_top_level_files(tmp_path):
+    """An HF Trainer output holds checkpoint-*/ folders beside the weights from_pretrained loads:
+    each saved checkpoint moved the cache key (every score recomputed) and was hashed in full."""
+    from tunesift.models import file_fingerprint, fingerprint
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    first = fingerprint(tmp_path)
+    (tmp_path / "checkpoint-10").mkdir()
+    (tmp_path / "checkpoint-10" / "model.safetensors").write_bytes(b"older weights")
+    assert fingerprint(tmp_path) == first
+    (tmp_path / "model.safetensors").write_bytes(b"new weights")
+    assert fingerprint(tmp_path) != first
+    # a sentence-transformers folder keeps its pooling in a subfolder: hashed with it
+    (tmp_path / "checkpoint-10" / "config.json").write_text('{"pooling": "cls"}')
+    nested = file_fingerprint(tmp_path)
+    (tmp_path / "checkpoint-10" / "config.json").write_text('{"pooling": "mean"}')
+    assert file_fingerprint(tmp_path) != nested

@@ -3,6 +3,7 @@ kernel, and `--utility learned` through select for all three stages."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -330,6 +331,10 @@ def test_kernel_dense_with_examples(tiny_dir, tmp_path):
                  str(tmp_path / "c"), "--out", str(out), "-q"]) == 0
     uf = np.load(out / "utility.npy")
     assert uf.shape == (6, 3) and np.isfinite(uf).all()  # no diagonal rule across two sets
+    # what the rows and columns were read from (ids alone match any file numbered the same way)
+    inputs = json.loads((out / "kernel.json").read_text())["inputs"]
+    assert inputs == {"data": {"path": str(data.resolve()), "sha256": hashlib.sha256(data.read_bytes()).hexdigest()},
+                      "examples": {"path": str(ex.resolve()), "sha256": hashlib.sha256(ex.read_bytes()).hexdigest()}}
 
 
 def test_kernel_leaves_a_repeated_records_copy_pairs_out_as_select_does(tiny_dir, tmp_path):
@@ -422,4 +427,6 @@ def test_kernel_reads_custom_fields_and_a_recipe_like_select(tiny_dir, tmp_path)
     assert main(["kernel", str(data), "--config", str(recipe), "--cache-dir", str(tmp_path / "c"), "--out", str(out),
                  "-q"]) == 0
     assert (out / "rows.txt").read_text().split() == [f"r{i}" for i in range(8)]
-    assert sp.load_npz(out / "utility.npz").nnz == 24 and json.loads((out / "kernel.json").read_text())["options"]["knn"] == 3
+    meta = json.loads((out / "kernel.json").read_text())
+    assert sp.load_npz(out / "utility.npz").nnz == 24 and meta["options"]["knn"] == 3
+    assert meta["fields"] == {"prompt": "q", "response": "a", "id": "key"}, meta["fields"]

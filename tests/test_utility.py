@@ -174,6 +174,9 @@ def test_diagonal_rules(tiny_lm):
     copies = [SimpleNamespace(**vars(x)) for x in recs]  # same ids, other objects: detected
     k = utility_kernel(tiny_lm, r, recs, copies, cache_dir=False)
     assert np.isnan(np.diag(k.values())).all()
+    # another set numbered the same way (ids r0..r3, other texts) is not the pool: no diagonal left out
+    others = [SimpleNamespace(**{**vars(x), "response": x.response + " More."}) for x in recs]
+    assert not np.isnan(utility_kernel(tiny_lm, r, recs, others, cache_dir=False).values()).any()
     kept = utility_kernel(tiny_lm, r, recs, recs, exclude_diagonal=False, cache_dir=False)
     forced = utility_kernel(tiny_lm, r, recs, copies, same=False, cache_dir=False)
     assert not np.isnan(kept.values()).any() and not np.isnan(forced.values()).any()

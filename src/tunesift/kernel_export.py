@@ -9,8 +9,9 @@ The folder holds::
     base.npy         (n_t,) the targets' no-example distance d0 (UF = d0 - d(example))
     rows.txt         target ids, one per line (a JSON string if the id holds a line break); cols.txt:
                      example ids
-    kernel.json      options, shape, pairs, the surrogate's fidelity, versions, and the SHA-256 of
-                     every other file (``files``: a rerun into the folder replaces it only when
+    kernel.json      options, shape, pairs, the surrogate's fidelity, versions, the inputs read
+                     (``inputs``: each file's path and SHA-256 as read; ``fields``: the field map),
+                     and the SHA-256 of every other file (``files``: a rerun into the folder replaces it only when
                      they still match)
 
 ``np.load("utility.npy")`` / ``scipy.sparse.load_npz("utility.npz")`` read it back. The kernel is
@@ -32,8 +33,9 @@ from .methods.catalogue import get_method
 from .methods.options import Options, options_dict
 from .methods.utility_kernels import knn_candidates, one_kernel, twin_groups
 from .outputs import check_cache_apart, check_output_folder
-from .pipeline import as_records, describe_model, versions, with_token_budget
+from .pipeline import as_records, describe_model, type_label, versions, with_token_budget
 from .render import renderer_for
+from .scoring.kernel_job import is_same
 from .store import check_cache_dir, default_cache_dir
 
 log = logging.getLogger("tunesift")
@@ -59,11 +61,13 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
     check_cache_apart(out, opt.cache_dir or default_cache_dir())
     check_cache_dir(opt.cache_dir or default_cache_dir())  # before the model loads
     # source "<data>": no "--on-error skip" hint, an option kernel does not have
-    targets = as_records(data, fields, source="<data>")
-    cols = targets if examples is None else as_records(examples, fields, source="<examples>")
+    sums: dict[str, dict] = {"data": {}, "examples": {}}  # each file's sha256, taken as it was read
+    targets = as_records(data, fields, source="<data>", digest=sums["data"])
+    cols = targets if examples is None else as_records(examples, fields, source="<examples>",
+                                                        digest=sums["examples"])
     # the pool given again as --examples is the pool: its diagonal and repeats are left out alike
     # (the same records in the same order, not ids alone: two files numbered 0..n-1 share their ids)
-    same = examples is None or [_content(r) for r in cols] == [_content(r) for r in targets]
+    same = examples is None or is_same(targets, cols)
     if same:
         cols = targets
     elif opt.keep_diagonal:
@@ -91,6 +95,11 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
             "shape": list(np.shape(kern.values)), "sparse": sp.issparse(kern.values),
             "pairs": int(kern.values.nnz) if sp.issparse(kern.values) else int(np.isfinite(kern.values).sum()),
             "options": {k: v for k, v in options_dict(opt).items() if k in KERNEL_OPTIONS},
+            # what the rows and columns were read from: rows.txt/cols.txt hold ids, which another
+            # file numbered the same way shares
+            "inputs": {name: _input(given, sums[name]) for name, given in (("data", data), ("examples", examples))
+                       if given is not None},
+            "fields": {k: v for k, v in vars(fields).items() if v is not None} if fields is not None else {},
             "model": describe_model(lm), "template": renderer.fmt.name,
             "surrogate": kern.report, "versions": versions()}
     def fill(tmp: Path) -> None:
@@ -112,9 +121,12 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
     return folder
 
 
-def _content(r) -> tuple:
-    """A record as the kernel sees it: its id, prompt, prompt role, response and context."""
-    return (r.id, r.prompt, r.prompt_role, r.response, r.context)
+def _input(given, digest: dict) -> dict:
+    """kernel.json's ``inputs`` entry of one set: a file's absolute path and SHA-256, or what kind
+    of rows were given in memory."""
+    if isinstance(given, (str, Path)):
+        return {"path": str(Path(given).resolve()), "sha256": digest.get("sha256")}
+    return {"in_memory": type_label(given)}
 
 
 def id_lines(records) -> str:

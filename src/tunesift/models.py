@@ -117,11 +117,15 @@ def _bundled_gguf(alias: str) -> Path:
     raise OptionError(f"unknown model alias '{alias}'")
 
 
-def file_fingerprint(path: Path) -> str:
-    """sha256 over a file, or over the weight/config files of a folder (sorted by name), 16 hex."""
+def file_fingerprint(path: Path, *, nested: bool = True) -> str:
+    """sha256 over a file, or over the weight/config files of a folder (sorted by name), 16 hex.
+    ``nested``: its subfolders' too (a sentence-transformers model keeps its pooling there); a
+    causal LM folder loads its top level only, so an HF Trainer's ``checkpoint-*/`` beside the
+    weights neither slows the hash nor, as a run saves more of them, moves the cache key."""
     h = hashlib.sha256()
+    suffixes = {".safetensors", ".bin", ".json", ".gguf", ".model"}
     files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".bin", ".json", ".gguf", ".model"}
+        p for p in (path.rglob("*") if nested else path.iterdir()) if p.is_file() and p.suffix in suffixes
     )
     for f in files:
         h.update(f.name.encode())
@@ -149,7 +153,7 @@ def fingerprint(folder: Path) -> str:
     src = folder / "tunesift-source.json"
     if src.exists():
         return "gguf-" + json.loads(src.read_text())["gguf_sha256_16"]
-    return file_fingerprint(folder)
+    return file_fingerprint(folder, nested=False)
 
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
@@ -288,7 +292,7 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
         try:
             from huggingface_hub import snapshot_download
 
-            fp = file_fingerprint(Path(snapshot_download(str(name), local_files_only=True)))
+            fp = file_fingerprint(Path(snapshot_download(str(name), local_files_only=True)), nested=False)
         except Exception:  # no snapshot to hash (a custom cache layout): hash what was loaded
             try:
                 fp = weights_fingerprint(model)

@@ -161,6 +161,29 @@ def _count(kind: str, path: Path | None = None) -> None:
             counts[kind] += 1
 
 
+STALE_TEMP_S = 3600  # a block's temporary file lives for the seconds of one write and fsync
+_swept: set[Path] = set()
+
+
+def sweep_stale_temps(folder: Path) -> None:
+    """Remove the temporary files (:func:`atomic_path`'s ``.<name>.*.tmp``) a killed run left in
+    ``folder``, once per process and folder, when older than :data:`STALE_TEMP_S` (a concurrent
+    writer's are seconds old). A dense kernel block's is ~100 MB at 100,000 targets."""
+    if folder in _swept:
+        return
+    _swept.add(folder)
+    now = time.time()
+    try:
+        for p in folder.glob(".*.tmp"):
+            try:
+                if now - p.stat().st_mtime > STALE_TEMP_S:
+                    p.unlink()
+            except OSError:  # another process removed it, or it is not ours to remove: leave it
+                pass
+    except OSError:  # no folder yet, or unreadable: the store's reads and writes report that
+        pass
+
+
 class ArrayStore:
     """Named numpy arrays under one cache folder: ``store.get(name)`` / ``store.put(name, array)``.
 
@@ -172,6 +195,7 @@ class ArrayStore:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        sweep_stale_temps(self.root)
 
     def _path(self, name: str) -> Path:
         return self.root / f"{name}.npy"

@@ -104,11 +104,17 @@ def canonical_pattern(pairs, shape: tuple[int, int]) -> sp.csr_matrix:
 
 
 def is_same(targets, examples) -> bool:
-    """True when targets and examples are the same records (same ids, same order)."""
+    """True when targets and examples are the same records: same ids and texts (prompt, its role,
+    response, earlier turns), in the same order. Ids alone are not enough: two files numbered 0..n-1 share
+    every id, and their pairs (i, i) are not a record with itself."""
     if targets is examples:
         return True
+
+    def key(r) -> tuple:
+        return r.id, r.prompt, getattr(r, "prompt_role", "user"), r.response, tuple(getattr(r, "context", ()) or ())
+
     return len(targets) == len(examples) and all(
-        t.id == e.id for t, e in zip(targets, examples, strict=True)
+        key(t) == key(e) for t, e in zip(targets, examples, strict=True)
     )
 
 
