@@ -63,7 +63,11 @@ def test_sigkill_during_scoring_then_resume_is_byte_identical(slow_setup, tmp_pa
                          capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr
     total = len(_chunks(tmp_path / "c0"))
-    assert total == 4  # 64 records, 16 per block
+    from tunesift.io.records import read_records
+    from tunesift.store import content_spans
+
+    spans = content_spans([(r.prompt, r.response, r.context) for r in read_records(data)], 16)
+    assert total == len(spans) >= 3  # 64 records, about 16 per block (cut by content)
 
     cache, out = tmp_path / "c1", tmp_path / "out"
     proc = subprocess.run(_killed_cli(common + ["--out", out, "--cache-dir", cache]), env=env,
@@ -110,3 +114,24 @@ def test_a_killed_writes_temporary_files_are_swept_once_stale(tmp_path):
     # the stale temp file is gone; a concurrent writer's fresh one and a file not named like ours stay
     assert not old.exists() and fresh.exists() and mine.exists()
     assert st.ArrayStore(folder).get("kept") is not None
+
+
+def test_cache_blocks_follow_content_so_an_edit_rescores_only_its_neighbourhood():
+    """Fixed slices [0, 64), [64, 128), ... shifted every later block when one record was inserted
+    at the front (or set aside as unscorable): the whole input was scored again."""
+    import random
+
+    from tunesift.store import content_spans
+
+    rng = random.Random(0)
+    items = [[rng.randrange(50_000) for _ in range(rng.randrange(5, 40))] for _ in range(3000)]
+    spans = content_spans(items, 64)
+    sizes = [e - s for s, e in spans]
+    assert spans[0][0] == 0 and spans[-1][1] == len(items) and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert min(sizes[:-1]) >= 32 and max(sizes) <= 128 and 48 <= len(items) / len(spans) <= 80
+    blocks = {tuple(map(tuple, items[s:e])) for s, e in spans}
+    edited = [[1, 2, 3]] + items[:1500] + items[1501:]  # one record in front, one removed mid-way
+    after = {tuple(map(tuple, edited[s:e])) for s, e in content_spans(edited, 64)}
+    assert len(blocks - after) <= 4  # the blocks holding the two edits (and a cut each may move)
+    assert content_spans(items, 64) == spans  # the same in every run (sha256, not Python's hash)
+    assert content_spans([], 64) == [] and content_spans(items[:3], 1) == [(0, 1), (1, 2), (2, 3)]

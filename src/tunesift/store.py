@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,6 +47,30 @@ def content_key(*parts: object) -> str:
         h.update(json.dumps(p, sort_keys=True, separators=(",", ":"), default=str).encode())
         h.update(b"\x00")
     return h.hexdigest()[:24]
+
+
+def content_spans(items: Sequence, size: int) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` covering ``items`` in order: cache blocks of ``size`` items on
+    average whose boundaries follow the items' content, not their positions. A block ends after
+    an item whose content hash is 0 mod ``size // 2`` once it holds ``size // 2`` items, and at
+    ``2 * size`` items in any case; so inserting or removing an item changes the block it falls
+    in (and the cut after it, at most to the next content boundary), never every later block as
+    fixed slices did: a rerun on an edited input reads the other blocks from the cache.
+
+    ``items``: one JSON-serialisable value per item (its token ids, say); the hash is sha256, the
+    same in every process. Blocks are the unit of caching only: the scores never depend on them."""
+    if size < 2:
+        return [(i, i + 1) for i in range(len(items))]
+    low, spans, start = size // 2, [], 0
+    for i, item in enumerate(items):
+        n = i + 1 - start
+        if n >= 2 * size or (n >= low and int.from_bytes(
+                hashlib.sha256(json.dumps(item, separators=(",", ":")).encode()).digest()[:8], "big") % low == 0):
+            spans.append((start, i + 1))
+            start = i + 1
+    if start < len(items):
+        spans.append((start, len(items)))
+    return spans
 
 
 @functools.cache

@@ -20,7 +20,7 @@ from ..backends.blocks import (
 )
 from ..errors import TunesiftError, overflow_error
 from ..render import renderer_for
-from ..store import ArrayStore, default_cache_dir
+from ..store import ArrayStore, content_spans, default_cache_dir
 from .registry import Job, Picked
 
 log = logging.getLogger("tunesift")
@@ -32,6 +32,8 @@ def blocked_scores(kind: str, job: Job) -> np.ndarray:
     Each block is stored under ``<cache>/<kind>`` keyed by its content (cache version, model
     fingerprint and dtype, the block's token sequences, other settings), so a rerun reads
     everything back and a killed run recomputes only the missing blocks (the unit of resume).
+    Blocks are cut by the records' texts (:func:`~tunesift.store.content_spans`), so an input
+    with records inserted, removed or set aside rescores only the blocks around them.
     With ``backend="ray"`` the missing blocks are scored on Ray workers (docs/ray.md), into the
     same cache."""
     lm, opt, records = job.lm, job.opt, job.records
@@ -39,7 +41,8 @@ def blocked_scores(kind: str, job: Job) -> np.ndarray:
     renderer = renderer_for(lm, opt.template, opt.max_length)
     root = Path(opt.cache_dir or default_cache_dir()) / version.split("-v")[0]
     store = ArrayStore(root)
-    spans = [(s, min(len(records), s + block)) for s in range(0, len(records), block)]
+    # blocks cut where the records' texts say (an edited input rescores only the blocks it touched)
+    spans = content_spans([(r.prompt, r.response, r.context) for r in records], block)
     keys = [block_key(kind, lm, renderer, records[s:e], opt) for s, e in spans]  # Ray workers check theirs
     advance = job.progress(f"{kind} scoring", len(records))
     if opt.backend == "ray":

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import overflow_error
-from ..store import ArrayStore, content_key, default_cache_dir
+from ..store import ArrayStore, content_key, content_spans, default_cache_dir
 from .logprobs import attention_backends, length_batches
 
 CACHE_VERSION = "rds-v1"
@@ -128,7 +128,7 @@ def rds_embeddings(lm, renderer, records: Sequence, *, token_budget: int = 4096,
                    cache_dir: str | Path | None = None, on_batch: OnBatch = None) -> np.ndarray:
     """RDS+ vectors (n, d) float32 of ``records`` as rendered by ``renderer``, cached in blocks.
 
-    Each block of ``BLOCK`` records is stored under ``<cache_dir>/rds/<key>`` with ``key`` the
+    Each block of about ``BLOCK`` records (cut by content: :func:`~tunesift.store.content_spans`) is stored under ``<cache_dir>/rds/<key>`` with ``key`` the
     content key of (cache version, model fingerprint, dtype, the block's token ids), so a rerun
     reads it back and an interrupted run computes only the missing blocks. ``on_batch(rows)``
     counts records done (cached blocks included).
@@ -136,15 +136,15 @@ def rds_embeddings(lm, renderer, records: Sequence, *, token_budget: int = 4096,
     seqs = [renderer.sequence(r)[0] for r in records]
     store = ArrayStore(Path(cache_dir or default_cache_dir()) / "rds")
     parts = []
-    for s in range(0, len(seqs), BLOCK):
-        block = seqs[s:s + BLOCK]
+    for s, e in content_spans(seqs, BLOCK):  # cut by content: an edited input rescores the blocks it touched
+        block = seqs[s:e]
         key = content_key(CACHE_VERSION, lm.fingerprint, lm.dtype, block)
         got = store.get(key, finite=True)
         if got is None or got.shape[0] != len(block):
             got = embed_sequences(lm, block, token_budget=token_budget)
             bad = np.flatnonzero(~np.isfinite(got).all(axis=1))
             if len(bad):  # a NaN vector made the centroid NaN and every score 0: input order
-                raise overflow_error("rds", records[s:s + BLOCK], bad, lm.dtype)
+                raise overflow_error("rds", records[s:e], bad, lm.dtype)
             store.put(key, got)
         parts.append(got)
         if on_batch:
