@@ -90,8 +90,14 @@ def read_kernel(folder: str, recs) -> tuple[sp.csr_matrix, np.ndarray, sp.csr_ma
     ids = [i for i in (f / "rows.txt").read_text(encoding="utf-8").split("\n") if i]
     if ids != [r.id for r in recs] or not about.get("sparse"):
         raise SystemExit(f"{folder}: not a sparse kernel over these records in this order")
-    uf = sp.load_npz(f / "utility.npz").tocsr()
     opts = about["options"]
+    # the reference must be exact: a learned kernel's labels would be its own predictions
+    if opts.get("utility", "exact") != "exact" or (f / "labelled.npz").exists() or opts.get("keep_diagonal"):
+        raise SystemExit(f"{folder}: not an exact kernel without its diagonal (utility {opts.get('utility')}, "
+                         f"keep_diagonal {opts.get('keep_diagonal')})")
+    if (f / "cols.txt").read_text(encoding="utf-8") != (f / "rows.txt").read_text(encoding="utf-8"):
+        raise SystemExit(f"{folder}: its columns are not the pool (another --examples set)")
+    uf = sp.load_npz(f / "utility.npz").tocsr()
     lm = load_lm(opts["model"], device="cpu", dtype=about["model"]["dtype"])
     renderer = renderer_for(lm, about.get("template") or opts["template"], opts["max_length"])
     n_tokens = np.array([len(renderer.query(r).response) for r in recs], dtype=np.int64)
@@ -136,6 +142,9 @@ def main() -> None:
     S = selection_kernel(uf)  # the objective select maximises
     feats, _ = sg.shipped_features(e, n_tokens)  # the features `--utility learned` uses
     cos = sp.csr_matrix(emb.cosine_similarity_kernel(e, e, pattern))
+    # DELIFT (SE) as `select --method delift-se --knn K` builds it: its kNN pattern keeps each
+    # record's own pair (every record covers itself at 1.0), unlike the DELIFT kernel's
+    se = sp.csr_matrix(emb.cosine_similarity_kernel(e, e, emb.ann_knn_pattern(e, e, a.k, method="auto", seed=0)))
     cand = candidate_pattern(n, n, pattern, exclude_diagonal=True)
 
     def pair_fn(rows, cols):
@@ -148,7 +157,7 @@ def main() -> None:
         f_exact = objective(S, a_exact)
         rng = np.random.default_rng(0)
         f_rand = float(np.mean([objective(S, rng.choice(n, budget, replace=False)) for _ in range(200)]))
-        f_se = objective(S, facility_location(cos.astype(np.float32), budget).order)
+        f_se = objective(S, facility_location(se.astype(np.float32), budget).order)
 
         def gap(picks, f_rand=f_rand, f_exact=f_exact) -> float:
             return (objective(S, picks) - f_rand) / (f_exact - f_rand)

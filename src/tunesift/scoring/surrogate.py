@@ -16,9 +16,11 @@ additive::
 embedding (its no-example distance d0 can be added; it did not earn its place). Fitted by ridge
 regression on the labelled pairs: a free effect with m labels keeps m / (m + lambda) of its mean
 residual (lambda = 20: example effects are small next to the per-pair noise), the rest comes from
-the feature prediction, so an example with no label still gets h_j from its features. The features
-earn their place at small label budgets; the pair term does not (:data:`DEFAULT_PARTS` leaves it
-out).
+the feature prediction, so an example with no label still gets h_j from its features. On the
+Alpaca sweeps the features helped at small label budgets and the pair term did not, so
+:data:`DEFAULT_PARTS` leaves it out; on the GSM8K noise kernel (session 17) the pair term is ahead
+at a 30% pick budget with 2-5% labels and the features are within 0.03 either way: one choice among
+near-equals (docs/results.md).
 
 Which pairs get labels: :func:`nearest_pairs` (the default, ``--labels nearest``: each target's
 most similar candidates, round by round, so the exact values land where a row's facility-location
@@ -43,7 +45,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import lsqr
 
 PARTS = ("offset", "helpfulness", "features", "pair")  # every term; ablations drop some
-DEFAULT_PARTS = ("offset", "helpfulness", "features")  # the pair term did not earn its place (docs/results.md)
+DEFAULT_PARTS = ("offset", "helpfulness", "features")  # chosen on Alpaca; not confirmed on GSM8K (docs/results.md)
 DEFAULT_HOLDOUT = 0.2
 # ridge penalties, in label counts: example effects are small next to the per-pair noise (column
 # means explain ~7% of UF's variance), so a free effect needs ~20 labels to keep half its residual;
@@ -107,9 +109,10 @@ def row_pairs(pattern: sp.csr_matrix, n_labels: int, seed: int = 0) -> sp.csr_ma
     """Whole candidate rows of seeded random targets until ``n_labels`` entries of ``pattern``
     (n_t, n_e) are chosen (the last row cut short, its entries in seeded random order).
 
-    What ``--utility learned`` ships: a labelled target pays its no-example pass once for all its
-    candidates, so f n k labels cost about f n no-example passes instead of about n (1 - e^(-f k))
-    for pairs spread over the targets, and the pick was measured no worse (docs/results.md).
+    ``--labels rows`` (the default is :func:`nearest_pairs`): a labelled target pays its no-example
+    pass once for all its candidates, so f n k labels cost about f n no-example passes instead of
+    about n (1 - e^(-f k)) for pairs spread over the targets; the pick is as good as nearest labels'
+    at a 10% pick budget and tiny label shares, worse at a 30% budget (docs/results.md).
     Returns a boolean CSR (n_t, n_e) with ``min(n_labels, nnz)`` entries; deterministic for a
     given pattern and seed.
     """
