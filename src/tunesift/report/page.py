@@ -96,13 +96,16 @@ def _summary(res: Output) -> dict[str, Any]:
 def surrogate_note(name: str, rep: dict) -> str:
     """One line on a learned utility kernel (``--utility learned``): how much of it was scored
     exactly and how well the surrogate predicted the held-out exact pairs."""
-    kernel = {"pool": "pool x pool", "cross": "pool x second set"}.get(name, name)
+    kernel = {"pool": "pool x pool", "cross": "pool and second set"}.get(name, name)
 
     def f(key: str) -> str:
         v = rep.get(key)
         return "n/a" if v is None else f"{v:.2f}"
 
-    held = " (whole target rows, unseen in the fit)" if rep.get("heldout_by") == "row" else ""
+    # single held-out pairs sit among the labelled ones (with nearest labels: the nearest pairs),
+    # where the model was fitted: an optimistic reading of the pairs it fills
+    held = (" (whole target rows, unseen in the fit)" if rep.get("heldout_by") == "row"
+            else " (single pairs among the labelled ones: an optimistic reading of the predicted pairs)")
     return (f"Learned utility ({kernel}): {rep.get('labelled_pairs', 0):,} of {rep.get('candidate_pairs', 0):,} "
             f"candidate pairs scored exactly, the rest predicted. On {rep.get('heldout_pairs', 0):,} held-out exact "
             f"pairs{held}: Spearman {f('spearman')}, R² {f('r2')}, within-target Spearman {f('within_row_spearman')}.")
