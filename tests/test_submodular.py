@@ -539,3 +539,17 @@ def test_lazy_equals_naive_on_float32_kernels_with_a_wide_value_range() -> None:
         k = int(rng.integers(2, n))
         assert facility_location(K, k, optimizer="lazy").order.tolist() == \
             facility_location(K, k, optimizer="naive").order.tolist(), trial
+
+
+def test_a_negative_seed_or_a_kernel_too_large_to_sum_is_an_option_error() -> None:
+    """seed=-1 crashed lazy greedy (numpy refused it in a generator lazy never uses); entries of
+    1e307 overflowed the rounding bound to inf and indexed past the candidates (IndexError)."""
+    from tunesift.selection.partitioned import partitioned_facility_location
+
+    with pytest.raises(OptionError, match="seed must be >= 0"):
+        facility_location(np.eye(3), 2, seed=-1)
+    with pytest.raises(OptionError, match="seed must be >= 0"):
+        partitioned_facility_location(np.eye(4), 2, partitions=2, seed=-1)
+    with pytest.raises(OptionError, match=r"has an entry of 1e\+307; kernels must be <= 1e\+200"):
+        facility_location(np.full((4, 3), 1e307), 2)
+    assert list(facility_location(np.full((4, 3), 1e200), 2).order) == [0, 1]

@@ -18,6 +18,7 @@ from tunesift.errors import OptionError
 __all__ = ["as_kernel", "check_budget", "check_scalar", "check_values", "row_max"]
 
 _F64 = np.float64
+MAX_ENTRY = 1e200  # far above any similarity; a gain sums up to n of them and its error bound more
 
 
 def check_values(values: np.ndarray, name: str) -> None:
@@ -30,6 +31,8 @@ def check_values(values: np.ndarray, name: str) -> None:
         raise OptionError(f"{name} contains an infinite value")
     if lo < 0:
         raise OptionError(f"{name} has a negative entry ({float(lo):g}); kernels must be >= 0")
+    if hi > MAX_ENTRY:  # sums over a row or column (and their rounding bounds) must stay finite
+        raise OptionError(f"{name} has an entry of {float(hi):g}; kernels must be <= {MAX_ENTRY:g} (scale it down)")
 
 
 def as_kernel(

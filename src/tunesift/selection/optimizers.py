@@ -83,6 +83,8 @@ def check_options(optimizer: object, epsilon: object, seed: object) -> tuple[str
         raise OptionError(f"epsilon must be in (0, 1), got {epsilon!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise OptionError(f"seed must be an integer, got {seed!r}")
+    if seed < 0:  # numpy's generators take none; the CLI refuses it too
+        raise OptionError(f"seed must be >= 0, got {seed}")
     return str(optimizer), eps, int(seed)
 
 

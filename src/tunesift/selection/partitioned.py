@@ -47,6 +47,7 @@ import scipy.sparse as sp
 
 from tunesift.errors import OptionError
 from tunesift.selection.objectives import fl_assignment
+from tunesift.selection.optimizers import check_options
 from tunesift.selection.submodular import GreedyResult, facility_location
 from tunesift.similarity import cos_to_unit, normalise
 
@@ -248,6 +249,7 @@ def partitioned_facility_location(
     k = _int_option(budget, "budget", 1, n_pool)
     m = _int_option(partitions, "partitions", 1, n_pool)
     kappa = k if local_budget is None else _int_option(local_budget, "local_budget", 1)
+    check_options(optimizer, epsilon, seed)  # before the permutation reads the seed
     make = _square_kernel_maker(data, knn, ann_method, seed)
     fl_opts = {"optimizer": optimizer, "epsilon": epsilon, "seed": seed}
 
