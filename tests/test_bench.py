@@ -401,3 +401,32 @@ def test_finetune_and_evaluate_name_the_file_of_a_record_too_long(data, tiny_dir
         assert code == 2 and err.startswith(f"tunesift: error: {long}: record ") and "does not fit" in err, err
         assert err.count("\n") == 1
     assert not (tmp_path / "m").exists()
+
+
+def test_finetune_reads_a_selection_with_the_fields_select_read_it_with(tiny_dir, tmp_path, capsys, monkeypatch):
+    """finetune re-read OUT/selected.jsonl by detection: selected with --prompt-field question,context,
+    the records were scored on both fields and trained on `question` alone, without a word."""
+    import tunesift.finetune
+
+    rows = [{"question": f"What is {i} plus {i}?", "context": f"Numbers: {i}.", "answer": str(2 * i)} for i in range(8)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run(["select", data, "--method", "random", "--budget", "4", "--prompt-field", "question,context",
+                        "--response-field", "answer", "--out", tmp_path / "sel", "-q"], capsys)
+    assert code == 0, err
+    seen = {}
+
+    def spy(lm, records, cfg, progress=None):
+        seen["prompts"] = [r.prompt for r in records]
+        raise SystemExit(0)
+
+    monkeypatch.setattr(tunesift.finetune, "finetune", spy)
+    with pytest.raises(SystemExit):
+        main(["finetune", str(tmp_path / "sel" / "selected.jsonl"), "--model", str(tiny_dir), "--out",
+              str(tmp_path / "ad"), "-q"])
+    assert seen["prompts"] and all("\n\nNumbers: " in p for p in seen["prompts"])  # both fields, as scored
+    # fields given on the command line win over the manifest's
+    with pytest.raises(SystemExit):
+        main(["finetune", str(tmp_path / "sel" / "selected.jsonl"), "--model", str(tiny_dir), "--out",
+              str(tmp_path / "ad"), "--prompt-field", "question", "--response-field", "answer", "-q"])
+    assert all("Numbers" not in p for p in seen["prompts"])

@@ -409,9 +409,13 @@ def test_no_dataset_info_for_a_chat_llamafactory_would_skip():
     tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
             "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system"}
     fine = [[msg("system", "s"), msg("user", "a"), msg("assistant", "b")],
-            [msg("user", "a"), msg("function_call", "f"), msg("tool", "r"), msg("assistant", "b")]]
+            [msg("user", "a"), msg("function_call", '{"name": "f", "arguments": {"x": 1}}'), msg("tool", "r"),
+             msg("assistant", "b")]]
     assert unreadable_turn([{"messages": m} for m in fine], "messages", tags) is None
     for turns, why in [
+        # LLaMA-Factory's function formatter json.loads the call: a bare text stops its run
+        ([msg("user", "a"), msg("function_call", "get_weather(city=Paris)"), msg("tool", "r"), msg("assistant", "b")],
+         "kept record 2 has a 'function_call' turn that is not JSON with a name and arguments"),
         ([msg("user", "a"), msg("user", "b"), msg("assistant", "c")], "its turn 2 .* has role 'user' where"),
         ([msg("user", "a"), msg("assistant", "b"), msg("system", "s"), msg("user", "c"), msg("assistant", "d")],
          "its turn 3 .* has role 'system'"),
@@ -436,6 +440,7 @@ def test_tool_calls_and_tool_lists_get_no_llamafactory_mapping(tmp_path, capsys)
     tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
     assert unreadable_tools([{"tools": json.dumps([tool])}, {}]) is None
     assert "kept record 2 has tools that are not a JSON string" == unreadable_tools([{"tools": "[]"}, {"tools": [tool]}])
+    assert "kept record 1 has tools that are not valid JSON" == unreadable_tools([{"tools": "get_weather"}])
     rows = [{"messages": [msg("user", f"q{i}"), msg("assistant", f"a{i}")], "tools": [tool]} for i in range(5)]
     out = tmp_path / "out"
     assert main(["select", str(jsonl(tmp_path / "d.jsonl", rows)), "--method", "random", "--budget", "1.0",

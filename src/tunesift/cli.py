@@ -5,6 +5,7 @@ Every user error is one line on stderr and exit code 2, with nothing written.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from functools import partial
@@ -276,6 +277,10 @@ def finetune(
     lora_r: int = typer.Option(16, help="LoRA rank."),
     lora_alpha: int = typer.Option(32, help="LoRA alpha."),
     lora_dropout: float = typer.Option(0.05, help="LoRA dropout."),
+    prompt_field: Shared.prompt_field = None,
+    response_field: Shared.response_field = None,
+    messages_field: Shared.messages_field = None,
+    id_field: Shared.id_field = None,
     seed: int = typer.Option(0, help="Seed of LoRA init, dropout and data order."),
     autocast: str = typer.Option("none", help="none | bfloat16 (mixed precision, faster on AMX CPUs and GPUs)."),
     template: str = typer.Option("auto", help="auto | chat | plain | paper (use the same as for selection)."),
@@ -288,8 +293,9 @@ def finetune(
     from .finetune import TRAIN_META, TrainConfig, save, trained_by_tunesift
     from .finetune import finetune as run_finetune
     from .io.records import read_records
+    from .io.schema import FieldMap
     from .models import load_lm
-    from .outputs import check_output_folder
+    from .outputs import check_output_folder, selection_fields
 
     if data is None or out is None:
         raise TunesiftError("finetune needs the training DATA and --out")
@@ -303,7 +309,13 @@ def finetune(
     cfg.validate()
     _setup_logging(quiet)
     read: dict = {}
-    records = read_records(data, digest=read)
+    # a selection is read back with the field map select read its input with (manifest.json)
+    given = FieldMap.given(prompt_field, response_field, messages_field, id_field)
+    fields = given or selection_fields(data)
+    if fields is not None and given is None:
+        logging.getLogger("tunesift").info("reading %s with the fields select used (%s)", data, ", ".join(
+            f"{k} {v}" for k, v in vars(fields).items() if v is not None))
+    records = read_records(data, fields, digest=read)
     lm = load_lm(model, device=device)
     with _progress(quiet) as prog:
         bar = prog("fine-tuning", len(records) * cfg.epochs) if prog else None

@@ -358,6 +358,32 @@ def write_selection(sel: Selection, out_dir: str | Path, inputs: dict[str, dict]
 # ----------------------------------------------------------------------------- one entry point
 
 
+def selection_fields(data: str | Path):
+    """The field map ``select`` read its input with (manifest.json's ``fields``), when ``data`` is
+    a selection it wrote (``OUT/selected.jsonl``, ``.parquet`` or ``selected/`` beside a tunesift
+    manifest) and the map is not empty; else None. Kept rows are the input's rows as read, so they
+    must be read back the same way: with ``--prompt-field question,context`` select scored both
+    fields, and detection alone would train on ``question`` only."""
+    from .io.schema import FieldMap
+
+    path = Path(data)
+    mpath = path.parent / "manifest.json"
+    if path.name not in SELECTED.values() or not mpath.is_file():
+        return None
+    try:
+        meta = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # not a manifest we can read: the data is read as any other input
+    if not isinstance(meta, dict) or meta.get("tool") != "tunesift" or not meta.get("fields"):
+        return None
+    fields = meta["fields"]
+    if not isinstance(fields, dict) or any(k not in ("prompt", "response", "messages", "id") or not isinstance(v, str)
+                                           for k, v in fields.items()):
+        raise TunesiftError(f"{mpath}: field 'fields' is not a field mapping (prompt, response, messages, id "
+                            "naming input fields as strings)")
+    return FieldMap(**fields)
+
+
 def check_save(out_format: str, report: bool = False) -> None:
     """The output options' own checks (before any scoring): a known format, ``report`` with jsonl."""
     if out_format not in OUT_FORMATS:

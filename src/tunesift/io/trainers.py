@@ -17,6 +17,7 @@ have no LLaMA-Factory form: no entry.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 from .schema import Schema
@@ -48,6 +49,9 @@ def unreadable_turn(rows: Iterable[dict], messages: str, tags: dict[str, str]) -
                 return f"kept record {i} has a turn whose {content} is not text"
             if turn.get("tool_calls"):  # scored as the call's JSON; sharegpt would read the content alone
                 return f"kept record {i} has a turn with tool_calls, which LLaMA-Factory's sharegpt formatting does not read"
+            if turn[role] == tags.get("function_tag") and not _function_call(turn[content]):
+                return (f"kept record {i} has a {turn[role]!r} turn that is not JSON with a name and arguments, "
+                        "which LLaMA-Factory's function formatter needs")
         if turns and tags.get("system_tag") is not None and turns[0][role] == tags["system_tag"]:
             turns = turns[1:]
         for t, turn in enumerate(turns):
@@ -63,11 +67,29 @@ def unreadable_turn(rows: Iterable[dict], messages: str, tags: dict[str, str]) -
 
 def unreadable_tools(rows: Iterable[dict]) -> str | None:
     """Why LLaMA-Factory cannot read the ``tools`` column of ``rows``, or None: its sharegpt
-    formatting passes ``tools`` to its tool formatter as a JSON string, which fails on a list."""
+    formatting parses ``tools`` as a JSON string (a list or a text that is not JSON stops its run)."""
     for i, row in enumerate(rows, 1):
-        if row.get("tools") is not None and not isinstance(row["tools"], str):
+        tools = row.get("tools")
+        if tools is None or (isinstance(tools, str) and not tools.strip()):
+            continue
+        if not isinstance(tools, str):
             return f"kept record {i} has tools that are not a JSON string"
+        try:
+            json.loads(tools)
+        except (ValueError, RecursionError):
+            return f"kept record {i} has tools that are not valid JSON"
     return None
+
+
+def _function_call(text: str) -> bool:
+    """A function-call turn as LLaMA-Factory reads it: JSON, one call or a list of calls, each with
+    a ``name`` and ``arguments``."""
+    try:
+        calls = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    calls = calls if isinstance(calls, list) else [calls]
+    return bool(calls) and all(isinstance(c, dict) and "name" in c and "arguments" in c for c in calls)
 
 
 def dataset_info(schema: Schema, file_name: str, *, present: Iterable[str] | None = None) -> dict | None:
