@@ -2,6 +2,7 @@
 headless Chromium (Debian's package; `make test` installs it)."""
 
 import base64
+import hashlib
 import io
 import json
 import re
@@ -824,3 +825,48 @@ def test_a_parquet_selection_is_named_as_such_and_a_cache_inside_the_output_is_r
     err = capsys.readouterr().err
     assert code == 2 and "is inside the output folder" in err and "keep --cache-dir elsewhere" in err, err
     assert not (tmp_path / "o2").exists()
+
+
+def test_what_the_page_says_follows_what_the_method_did(demo, tiny_lm, tmp_path):
+    """A review found the page telling what the method did not do: "every record had the same
+    chance" for balanced-random, random --within and rds (which ranks by a score); options the run
+    read (--on-error skip) folded away as unused and --epsilon shown as used by lazy greedy."""
+    import html
+
+    def page_of(sel, name):
+        return html.unescape(render_report(_write(sel, tmp_path / name, demo)))
+
+    br = page_of(select(str(demo), method="balanced-random", by="meta.family", budget=8, seed=1), "br")
+    assert "balanced-random has no scores to plot: each value of meta.family got an equal share" in br
+    assert "every record had the same chance" not in br
+    within = select(str(demo), method="random", within="meta.corrupted=true", budget=20, seed=1)
+    page = page_of(within, "within")
+    assert "records matching --within meta.corrupted=true were drawn first" in page
+    assert "drawn after every match: outside --within meta.corrupted=true, whose 8 matching records come first" in page
+    rds = page_of(select(str(demo), method="rds", budget=8, lm=tiny_lm, cache_dir=str(tmp_path / "c")), "rds")
+    assert "RDS+ score." in rds and "cosine to the pool's centroid" in rds
+    lazy = page_of(select(str(demo), method="delift-se", budget=8, epsilon=0.05, on_error="skip",
+                          cache_dir=str(tmp_path / "c")), "se")
+    used, unused = lazy.split("options this run did not use")[0], lazy.split("options this run did not use")[1]
+    assert "on_error" in used and "epsilon" in unused.split("</details>")[0]
+
+
+def test_an_infinite_ranked_score_is_shown_not_a_crash(demo, tiny_lm, tmp_path):
+    """exp(loss) overflowing to inf made percentiles NaN and ordinal() raise: no page at all."""
+    import html
+
+    import pyarrow as pa
+
+    sel = select(str(demo), method="perplexity", budget=0.3, lm=tiny_lm, cache_dir=str(tmp_path / "c"))
+    out = _write(sel, tmp_path / "p", demo)
+    table = pq.read_table(out / "scores.parquet")
+    px = table.column("perplexity").to_numpy().copy()
+    worst = int(np.argmax(px))  # the highest perplexity: dropped (the easiest are kept)
+    px[worst] = np.inf
+    table = table.set_column(table.column_names.index("perplexity"), "perplexity", pa.array(px))
+    pq.write_table(table, out / "scores.parquet")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["scores.parquet"] = hashlib.sha256((out / "scores.parquet").read_bytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    page = html.unescape(render_report(out))
+    assert "rank 40 of 40 (cut at 12): perplexity inf (99th pct), harder than the kept" in page

@@ -815,8 +815,8 @@ def test_skip_with_a_model_covers_empty_and_too_long_records(tiny_dir, tmp_path,
     assert list(scores.loc[scores["error"].notna(), "line"]) == [4, 8]
     assert scores["kept"].sum() == 4 and not scores.loc[[3, 7], "kept"].any()
     assert scores.loc[scores["error"].isna(), "closeness"].notna().all()
-    # a record too long names its file first, as a read defect does (select named only the record)
-    assert scores.loc[7, "error"].startswith(f"{data}: record ") and scores.loc[3, "error"].startswith(f"{data}:4:")
+    # the error column names the record (the file is the input's); the one-line error named the file
+    assert scores.loc[7, "error"].startswith("record ") and scores.loc[3, "error"].startswith(f"{data}:4:")
 
 
 def test_a_string_that_spells_the_decimal_marker_stays_a_string():

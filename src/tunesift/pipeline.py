@@ -311,9 +311,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     readable = [i for i in range(len(records)) if i not in errors]
     cuts: dict[str, int] = {}  # prompts_cut: scored records whose prompt lost its start to max_length
     if method.needs_lm and readable:
-        # as a read defect does, the reason names the input file first (finetune and evaluate too)
-        where = f"{data}: " if isinstance(data, (str, Path)) else ""
-        errors.update({readable[j]: where + why for j, why in
+        errors.update({readable[j]: why for j, why in
                        record_errors(method.block_kind, renderer, [records[i] for i in readable],
                                      in_context=method.in_context, counts=cuts).items()})
         errors = dict(sorted(errors.items()))
@@ -434,11 +432,11 @@ def _errors_line(errors: dict[int, str], n: int, data=None) -> str:
     items = list(errors.items())
     line = items[0][1]
     src = f"{data}:" if isinstance(data, (str, Path)) else None
+    if src and not line.startswith(src):  # a record too long names the record; the file is known here
+        line = f"{data}: {line}"
 
     def short(why: str) -> str:
-        if src and why.startswith(src + " "):  # "FILE: record ID (line N): ..." names its line itself
-            why = why[len(src) + 1:]
-        elif src and why.startswith(src):  # "FILE:N: field ...": a read defect
+        if src and why.startswith(src):  # "FILE:N: field ...": a read defect
             why = "line " + why[len(src):]
         return why if len(why) <= 120 else why[:117] + "..."
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 from .io.json_values import json_line
@@ -40,6 +41,8 @@ def category(value: Any) -> str:
         except ValueError:
             return value
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, Decimal) and value.is_finite() and Decimal(repr(float(value))) == value:
+        value = float(value)  # Parquet's 1.50 and JSON's 1.5 are one value: one name
     # exact decimals as their digits, bytes and dates in the tagged forms of the JSON Lines output:
     # a Decimal and the text of its digits, or bytes and the text of their repr, never share a name
     return json_line(value, sort_keys=True)

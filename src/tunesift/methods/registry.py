@@ -148,9 +148,15 @@ class Method:
         draws a seeded subsample."""
         from dataclasses import fields
 
-        read = {*self.options, *COMMON_OPTIONS, *(("seed",) if opt.sample else ())}
-        read -= {name for name, (_, when) in READ_WHEN.items() if not when(opt)}
+        read = self.reads(opt)
         return [f.name for f in fields(opt) if f.name not in read and getattr(opt, f.name) != f.default]
+
+    def reads(self, opt) -> set[str]:
+        """The options this method reads under ``opt``'s settings (anything with the options'
+        attributes): its own, the pipeline's (:data:`COMMON_OPTIONS`), ``seed`` when ``--sample``
+        draws a subsample, less those :data:`READ_WHEN` says only another setting reads."""
+        read = {*self.options, *COMMON_OPTIONS, *(("seed",) if opt.sample else ())}
+        return read - {name for name, (_, when) in READ_WHEN.items() if not when(opt)}
 
     def warn_unread(self, opt) -> None:
         """Log one warning naming the options :meth:`unread` finds (as flags), if any; an option

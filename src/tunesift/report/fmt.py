@@ -17,7 +17,8 @@ def one_line(exc: BaseException | str) -> str:
 
 def fmt(x: Any) -> str:
     """A value as shown on the page: integers plainly, floats to 4 significant digits (scientific
-    below 1e-3 or from 1e5), booleans yes / no, None and non-finite floats as an em dash."""
+    below 1e-3 or from 1e5), booleans yes / no, infinities as inf / -inf (a score that overflowed
+    is shown as such), None and NaN as an em dash."""
     if x is None:
         return "—"
     if isinstance(x, (bool, np.bool_)):
@@ -25,7 +26,9 @@ def fmt(x: Any) -> str:
     if isinstance(x, (int, np.integer)):
         return str(int(x))
     if isinstance(x, (float, np.floating)):
-        if not math.isfinite(x):
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        if x != x:
             return "—"
         if float(x).is_integer() and abs(x) < 1e6:
             return str(int(x))
@@ -50,19 +53,23 @@ def fmt_apart(x: float, ref: float) -> tuple[str, str]:
 
 
 def ordinal(p: float) -> str:
-    """A percentile (clipped to 0-100, rounded) as an English ordinal: 1st, 22nd, 93rd, 11th."""
+    """A percentile (clipped to 0-100, rounded) as an English ordinal: 1st, 22nd, 93rd, 11th; "—"
+    for NaN (no percentile)."""
+    if p != p:
+        return "—"
     n = int(round(min(max(p, 0.0), 100.0)))
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
 
 
 def percentiles(x: np.ndarray) -> np.ndarray:
-    """Mid-rank percentile (0-100) of each finite value among the finite values; NaN elsewhere.
+    """Mid-rank percentile (0-100) of each value among the values that are not NaN (an infinite
+    score, exp(loss) overflowing, ranks at its end); NaN where the value is NaN.
 
-    For value ``v``: ``100 * (#{x < v} + #{x <= v}) / 2 / #finite``, shape of ``x``."""
+    For value ``v``: ``100 * (#{x < v} + #{x <= v}) / 2 / #not NaN``, shape of ``x``."""
     x = np.asarray(x, dtype=float)
     out = np.full(x.shape, np.nan)
-    ok = np.isfinite(x)
+    ok = ~np.isnan(x)
     if ok.any():
         v = np.sort(x[ok])
         lo = np.searchsorted(v, x[ok], "left")

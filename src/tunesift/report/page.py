@@ -16,8 +16,8 @@ from ..outputs import REPORT_MARKER
 from .compare import comparison
 from .derived import prefilter
 from .fmt import clip, fmt
-from .hints import GREEDY, RANKED, RELEVANT, SCORE_COLUMNS, STAGE_ONLY
-from .plots import method_plots, retention_plot
+from .hints import GREEDY, RANKED, SCORE_COLUMNS, options_read
+from .plots import method_plots, no_plot_note, retention_plot
 from .read import Input, Output, read_input, read_output
 from .retention import retention
 from .why import Why, dropped_order, kept_order
@@ -77,8 +77,7 @@ def _summary(res: Output) -> dict[str, Any]:
         cards.append(("objective", fmt(m["objective"])))
     model = m.get("model")
     inputs = m.get("inputs") or {}
-    relevant = [k for k in RELEVANT[method] if k in opts
-                and (k not in STAGE_ONLY or STAGE_ONLY[k] == opts.get("stage"))]
+    relevant = options_read(method, opts)
     return {
         "cards": cards,
         "notes": list(res.notes) + [surrogate_note(name, rep) for name, rep in (m.get("surrogate") or {}).items()
@@ -106,8 +105,12 @@ def surrogate_note(name: str, rep: dict) -> str:
     # where the model was fitted: an optimistic reading of the pairs it fills
     held = (" (whole target rows, unseen in the fit)" if rep.get("heldout_by") == "row"
             else " (single pairs among the labelled ones: an optimistic reading of the predicted pairs)")
-    return (f"Learned utility ({kernel}): {rep.get('labelled_pairs', 0):,} of {rep.get('candidate_pairs', 0):,} "
-            f"candidate pairs scored exactly, the rest predicted. On {rep.get('heldout_pairs', 0):,} held-out exact "
+    def count(key: str) -> str:  # a hand-edited manifest may hold null
+        v = rep.get(key)
+        return f"{v:,}" if isinstance(v, (int, float)) else "n/a"
+
+    return (f"Learned utility ({kernel}): {count('labelled_pairs')} of {count('candidate_pairs')} "
+            f"candidate pairs scored exactly, the rest predicted. On {count('heldout_pairs')} held-out exact "
             f"pairs{held}: Spearman {f('spearman')}, R² {f('r2')}, within-target Spearman {f('within_row_spearman')}.")
 
 
@@ -189,7 +192,7 @@ def render_report(out_dir: str | Path, *, by: str | None = None, data: str | Pat
     versions = res.manifest.get("versions") or {}
     ctx = {"title": f"tunesift report: {res.method} on {res.n} records", "folder": str(shown_as or res.folder),
            **_summary(res), "compare": comparison(res, other, inp) if other is not None else None,
-           "plots": method_plots(res),
+           "plots": method_plots(res), "no_plot_note": no_plot_note(res),
            "retention": _retention(res, inp, by) if by is not None else None,
            **_records(res, inp), "footer": ", ".join(f"{k} {v}" for k, v in versions.items())}
     return environment().get_template("report.html.j2").render(ctx)

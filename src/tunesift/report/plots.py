@@ -99,10 +99,13 @@ def _scatter(ax, x: np.ndarray, y: np.ndarray, groups: list[Group], title: str, 
 
 
 def method_plots(res: Output) -> list[tuple[str, str, str]]:
-    """(title, data URI, how to read it) per plot of the method."""
-    if res.method == "random":
+    """(title, data URI, how to read it) per plot of the method; :func:`no_plot_note` says why a
+    method has none."""
+    if res.method in ("random", "balanced-random"):
         return []
     plt = pyplot()
+    if res.method == "rds" and "rds" in res.cols:
+        return [_rds_plot(res, plt)]
     if res.method == "donod":
         return _donod_plots(res, plt)
     if res.method == "donod+delift":
@@ -115,6 +118,35 @@ def method_plots(res: Output) -> list[tuple[str, str, str]]:
     if res.method == "delift" and "helped_by" in res.cols:
         out += _utility_plots(res, plt, res.kept)
     return out
+
+
+def no_plot_note(res: Output) -> str:
+    """Why the page shows no score plot for ``res``'s method (random and balanced-random keep no
+    score: their picks are seeded draws)."""
+    opts = res.manifest.get("options") or {}
+    if res.method == "balanced-random":
+        return (f"balanced-random has no scores to plot: each value of {opts.get('by') or 'the --by field'} got an "
+                "equal share of the budget (a value with fewer records gave its rest to the others), drawn at random "
+                "within it by the seeded permutation.")
+    if opts.get("within"):
+        return (f"Random selection has no scores to plot: records matching --within {opts['within']} were drawn "
+                "first, each with the same chance, by the seeded permutation; the others only once they ran out.")
+    return ("Random selection has no scores to plot: every record had the same chance, and the seeded permutation "
+            "alone decided.")
+
+
+def _rds_plot(res: Output, plt) -> tuple[str, str, str]:
+    """The RDS+ score (cosine to the target set's records, or to the pool centroid), kept vs dropped."""
+    opts = res.manifest.get("options") or {}
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    _hist(ax, res.cols["rds"], res.kept, "RDS+ score: kept vs dropped", "rds (cosine; higher is nearer)", ())
+    if opts.get("stage") == "task":
+        how = ("Each record's highest cosine to a target record. The picks are made round-robin over the target "
+               "records, each taking its nearest record not yet picked, so a kept record need not have a high "
+               "score overall: it was near some target.")
+    else:
+        how = "Each record's cosine to the pool's centroid: the kept ones are the most typical of the pool."
+    return "RDS+ score", png(fig), how
 
 
 def _donod_plots(res: Output, plt) -> list[tuple[str, str, str]]:
@@ -252,7 +284,9 @@ def _ranked_plots(res: Output, plt) -> list[tuple[str, str, str]]:
               else "IFD  (the highest below 1 is kept first)")
     _hist(ax, x, kept, title, xlabel, tuple(lines), log=spec.log)
     if res.k == res.n - int(res.unscored.sum()):
-        how = "Every record was kept: the budget is the whole input."
+        how = ("Every record was kept: the budget is the whole input." if not res.unscored.any() else
+               f"Every scored record was kept (the budget covers them); the {int(res.unscored.sum())} not scored "
+               "were never kept.")
     elif res.method == "ifd":
         below = int((x < 1).sum())
         how = ("The kept records lie between the dashed cut and the dotted IFD = 1 line; the rest "

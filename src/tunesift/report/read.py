@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TunesiftError
+from ..io.files import exact_number
 from .fmt import clip, one_line
 from .hints import GREEDY, RELEVANT, SCORE_COLUMNS
 
@@ -216,7 +217,9 @@ def read_selected(out: Path, manifest: dict, jpath: Path) -> list[dict]:
                 digest.update(raw)
                 if problem is None and raw.strip():
                     try:
-                        selected.append(json.loads(raw.decode("utf-8")))
+                        # numbers as the input reader reads them (exact decimals kept): a kept row's
+                        # category must be its dropped twin's
+                        selected.append(json.loads(raw.decode("utf-8"), parse_float=exact_number))
                     except UnicodeDecodeError as exc:
                         problem = f"{jpath}:{lineno}: cannot read: {exc}"
                     except json.JSONDecodeError as exc:

@@ -25,7 +25,8 @@ class Why:
     def __init__(self, res: Output):
         self.res, c = res, res.cols
         self.n, self.k = res.n - int(res.unscored.sum()), res.k  # ranks are among the scored records
-        self.seed = (res.manifest.get("options") or {}).get("seed")
+        self.opts = res.manifest.get("options") or {}
+        self.seed = self.opts.get("seed")
         if "don" in c and "nod" in c:
             self.pd, self.pn = percentiles(c["don"]), percentiles(c["nod"])
         if res.method == "donod":
@@ -64,6 +65,16 @@ class Why:
 
     def _random(self, i: int) -> str:
         r = int(self.res.cols["rank"][i])
+        within = self.res.cols.get("within")
+        if within is not None and self.opts.get("within"):  # matches first, in the permutation's order
+            if not within[i]:
+                how = "drawn after every match" if self.res.kept[i] else "not drawn"
+                return (f"{how}: outside --within {self.opts['within']}, whose {int(np.nansum(within))} matching "
+                        f"records come first (position {r} of {self.n})")
+            if self.res.kept[i]:
+                return f"drawn #{r} among the records matching --within {self.opts['within']} (seed {self.seed})"
+            return (f"not drawn: matches --within {self.opts['within']}, position {r} of {self.n} in the seeded "
+                    f"order, past the budget of {self.k}")
         if self.res.kept[i]:
             return f"drawn #{r} by the seeded sample (seed {self.seed})"
         return f"not drawn: position {r} of {self.n} in the seeded permutation, past the budget of {self.k}"
@@ -96,8 +107,12 @@ class Why:
     def _picked(self, i: int) -> str:
         c = self.res.cols
         o, g = int(c["order"][i]), float(c["gain"][i])
-        share = 100 * g / self.total if self.total else float("nan")
-        return f"picked #{o}: covers gain {fmt(g)} of the pool ({share:.1f}% of the objective)"
+        share = f" ({100 * g / self.total:.1f}% of the objective)" if self.total else ""
+        if (self.opts.get("partitions") or 1) > 1:  # GreeDi: gains on the union of the parts' picks
+            return f"picked #{o}: gain {fmt(g)} on the union of the partitions' picks{share}"
+        what = {"task": "toward the target set", "continual": "beyond the existing data"}.get(self.opts.get("stage"),
+                                                                                          "of the pool")
+        return f"picked #{o}: covers gain {fmt(g)} {what}{share}"
 
     @staticmethod
     def _coverage_percentiles(res: Output) -> np.ndarray | None:
@@ -146,8 +161,9 @@ class Why:
     def _delift(self, i: int) -> str:
         if self.res.kept[i]:
             line = self._picked(i)
-            if int(self.res.cols["order"][i]) == 1:
-                line += ", the record that best represents the others on its own"
+            if (int(self.res.cols["order"][i]) == 1 and self.opts.get("stage", "instruction") == "instruction"
+                    and self.opts.get("optimizer", "lazy") != "stochastic" and (self.opts.get("partitions") or 1) <= 1):
+                line += ", the record that best represents the others on its own"  # the whole greedy's first
             return line
         return self._not_picked(i)
 
@@ -270,6 +286,10 @@ def _dropped_scored(res: Output) -> tuple[np.ndarray, str]:
         # first; the lowest-ranked are
         idx = idx[np.argsort(-c["rank"][idx], kind="stable")]
         return idx[:TOP], "last in the seeded draw" if res.method == "balanced-random" else "lowest-ranked"
+    if "coverage" in c and np.isfinite(c["coverage"][idx]).any():  # delift-se: how well the picks cover each
+        cov = c["coverage"][idx]
+        idx = idx[np.argsort(np.where(np.isfinite(cov), -cov, np.inf), kind="stable")]
+        return idx[:TOP], "best covered by the picks first (the most redundant with them)"
     return idx[:TOP], "first in input order (no per-record score for records not picked)"
 
 

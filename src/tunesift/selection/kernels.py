@@ -31,7 +31,7 @@ def check_values(values: np.ndarray, name: str) -> None:
         raise OptionError(f"{name} contains an infinite value")
     if lo < 0:
         raise OptionError(f"{name} has a negative entry ({float(lo):g}); kernels must be >= 0")
-    if hi > MAX_ENTRY:  # sums over a row or column (and their rounding bounds) must stay finite
+    if float(hi) > MAX_ENTRY:  # sums over a row or column (and their rounding bounds) must stay finite
         raise OptionError(f"{name} has an entry of {float(hi):g}; kernels must be <= {MAX_ENTRY:g} (scale it down)")
 
 
