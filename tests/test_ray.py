@@ -581,3 +581,56 @@ def test_model_spec_sends_an_absolute_folder(tmp_path, monkeypatch):
     spec = model_spec(SimpleNamespace(path="m", dtype="float32", fingerprint="f"))
     assert spec["path"] == str(tmp_path / "m") and spec["dtype"] == "float32"
     assert model_spec(SimpleNamespace(path="org/model", dtype="float32", fingerprint="f"))["path"] == "org/model"
+
+
+def test_a_restarted_worker_on_other_code_refuses_its_tasks(tiny_lm):
+    """Ray restarts a lost actor on any node; the versions were checked at start-up only, so a
+    restart on a node with another torch scored blocks under the driver's keys."""
+    import torch
+
+    from tunesift.backends.ray_backend import _BlockWorker
+    from tunesift.backends.versions import stack_versions
+
+    threads = torch.get_num_threads()
+    try:
+        other = {**stack_versions(), "torch": "1.0"}
+        w = _BlockWorker(model_spec(tiny_lm), "cpu", 1, other)
+        assert w.ready()["error"].endswith(f"it runs torch {stack_versions()['torch']}, the driver's 1.0; install "
+                                           "the same tunesift, torch and transformers on every node")
+        assert _BlockWorker(model_spec(tiny_lm), "cpu", 1, stack_versions()).error is None
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_an_overflowed_block_on_ray_stops_the_run_at_once(worker, tiny_lm, records, tmp_path, monkeypatch):
+    """The local loop stops at the first block scored NaN; on Ray the job went on to the end."""
+    from tunesift.backends import ray_backend
+    from tunesift.errors import TunesiftError
+
+    opt = Options(token_budget=512)
+    blocks = _blocks("loss", tiny_lm, opt, records, 4)
+    real = worker.score
+
+    def nan_first(kind, recs, o):
+        res = real(kind, recs, o)
+        res.rows[0, 0] = np.nan
+        return res
+
+    worker.score = nan_first
+    seen = []
+    pool = _InProcessPool(worker)
+    pool.spec = model_spec(tiny_lm)
+    with pytest.raises(TunesiftError, match=r"scored NaN or infinity in float32"):
+        ray_backend.RayBlockPool.score(pool, "loss", blocks, opt, tmp_path, on_block=lambda k, r: seen.append(k))
+    assert seen == [] and not list(tmp_path.rglob("*.npy"))
+
+
+def test_a_worker_exception_is_one_line(pool, records):
+    """A worker's exception that is not a TunesiftError (out of memory, a bug) was re-raised as
+    Ray's multi-line local and remote traceback."""
+    from tunesift.errors import TunesiftError
+
+    with pytest.raises(TunesiftError, match=r"^Ray worker failed on block k0: .*no-such-kind"):
+        pool.dispatch([("k0", list(records[:2]))], lambda actor, recs: actor.score.remote("no-such-kind", recs,
+                                                                                           Options()),
+                      lambda *a: None)

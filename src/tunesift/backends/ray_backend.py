@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import OptionError, TunesiftError
+from ..errors import OptionError, TunesiftError, overflow_error
 from ..io.describe import first_line
 from ..store import ArrayStore
 from .blocks import (
@@ -140,7 +140,7 @@ class _BlockWorker:
     """A Ray actor (wrapped with ``ray.remote`` by :class:`RayBlockPool`): one model, many blocks
     of any kind: per-record scores, DELIFT kernel blocks, embeddings."""
 
-    def __init__(self, spec: dict | None, device: str, threads: int):
+    def __init__(self, spec: dict | None, device: str, threads: int, versions: dict | None = None):
         # A failure to load is kept and reported by ready() and the tasks, not raised here: an
         # exception in an actor's constructor makes Ray print tracebacks and retry in vain.
         self.error: str | None = None
@@ -154,6 +154,11 @@ class _BlockWorker:
             from ..models import load_lm
 
             torch.set_num_threads(max(1, int(threads)))
+            # checked here, not only at start-up: Ray restarts a lost actor on any node, whose
+            # torch or tunesift may differ (its numbers would land under the driver's cache keys)
+            why = version_mismatch(stack_versions(), versions) if versions else None
+            if why:
+                raise TunesiftError(f"it runs {why}; install the same tunesift, torch and transformers on every node")
             if spec is not None:  # None: an embeddings-only pool
                 self.lm = load_lm(spec["path"], device=device, dtype=spec.get("dtype", "auto"))
                 want = spec.get("fingerprint")
@@ -287,7 +292,7 @@ class RayBlockPool:
         self.info = self._ready(self.workers)
 
     def _new_worker(self):
-        return self._actor.remote(self.spec, self.device, self.threads)
+        return self._actor.remote(self.spec, self.device, self.threads, stack_versions())
 
     def _ready(self, workers: list) -> list[dict]:
         ray = import_ray()
@@ -348,8 +353,10 @@ class RayBlockPool:
              results: dict[str, BlockResult], on_block: OnBlock | None, max_attempts: int) -> None:
         def done(key: str, recs: list, res: BlockResult) -> None:
             check_block(kind, key, len(recs), res)
-            if not len(overflowed_rows(kind, res.rows, res.errors)):  # an overflowed block: the driver stops on it, uncached
-                put_block(store, key, res)
+            bad = overflowed_rows(kind, res.rows, res.errors)
+            if len(bad):  # stop at the first, as the local loop does; never cached
+                raise overflow_error(kind, recs, bad, (self.spec or {}).get("dtype", "this dtype"))
+            put_block(store, key, res)
             results[key] = res
             if on_block:
                 on_block(key, res)
@@ -399,10 +406,10 @@ class RayBlockPool:
             load[w] -= 1
             try:
                 res = ray.get(ref)
-            except ray.exceptions.RayTaskError as exc:  # the task raised: a failure of the job
+            except ray.exceptions.RayTaskError as exc:  # the task raised: a failure of the job, in one line
                 if isinstance(exc.cause, TunesiftError):
                     raise TunesiftError(str(exc.cause)) from None
-                raise
+                raise TunesiftError(f"Ray worker failed on block {key}: {_reason(exc)}") from None
             except lost as exc:  # the worker died and Ray's own retries are used up
                 if attempt >= max_attempts:
                     raise TunesiftError(f"Ray: block {key} failed {attempt} times, last: "
@@ -413,6 +420,8 @@ class RayBlockPool:
                     self._replace(w)  # gone for good (and not replaced yet): a fresh actor
                 queue.appendleft((key, payload, attempt + 1))
                 continue
+            except ray.exceptions.RayError as exc:  # out of memory, a node gone, a result that cannot be read
+                raise TunesiftError(f"Ray: block {key} failed: {_reason(exc)}") from None
             done(key, payload, res)
 
     def _replace(self, w: int) -> None:

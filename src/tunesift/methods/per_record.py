@@ -48,9 +48,12 @@ def blocked_scores(kind: str, job: Job) -> np.ndarray:
     if opt.backend == "ray":
         from ..backends.ray_backend import model_spec, score_blocks_ray
 
+        behind: dict[str, int] = {}  # records behind each key: repeated blocks share one and are scored once
+        for key, (s, e) in zip(keys, spans):
+            behind[key] = behind.get(key, 0) + e - s
         results = score_blocks_ray(kind, model_spec(lm), [(k, records[s:e]) for k, (s, e) in zip(keys, spans)],
                                    opt, root, address=opt.ray_address, num_workers=opt.ray_workers,
-                                   num_gpus=opt.ray_gpus, on_block=lambda key, res: advance(len(res.rows)))
+                                   num_gpus=opt.ray_gpus, on_block=lambda key, res: advance(behind[key]))
     out = np.zeros((len(records), len(names)))
     cached = 0
     for key, (s, e) in zip(keys, spans):
