@@ -282,3 +282,30 @@ def test_within_matches_a_csv_cell_as_typed(tmp_path):
     assert sorted(r.prompt for r, k in zip(sel.records, sel.kept) if k) == ["a", "e"]
     sel = select(str(data), method="random", budget=2, within='split="1"')  # the quoted form still works
     assert sorted(r.prompt for r, k in zip(sel.records, sel.kept) if k) == ["a", "e"]
+
+
+def test_a_column_spread_over_error_rows_reads_as_missing():
+    """numpy text filled error rows with the text "nan"; an unsigned column with 0 (a real value)."""
+    from tunesift.methods.registry import spread_column
+
+    rows = np.array([0, 2])
+    assert spread_column(np.array(["a", "b"]), rows, 3).tolist() == ["a", None, "b"]
+    assert spread_column(np.array([5, 7], dtype=np.uint8), rows, 3).tolist() == [5, -1, 7]
+    assert spread_column(np.array([True, True]), rows, 3).tolist() == [True, False, True]
+    got = spread_column(np.array([0.5, 1.5], dtype=np.float32), rows, 3)
+    assert got.dtype == np.float64 and np.isnan(got[1]) and got[2] == 1.5
+
+
+@pytest.mark.parametrize("order", [[0, 1], [0, 0, 1], [0, 1, 99]])
+def test_a_method_that_orders_too_few_records_is_a_bug_not_a_short_pick(monkeypatch, order):
+    """kept[order[:k]] kept fewer than k records without a word when a method returned fewer than
+    k, repeated or out-of-range indices; the manifest still said k."""
+    from dataclasses import replace
+
+    import tunesift
+    from tunesift.methods.registry import REGISTRY, Picked
+
+    monkeypatch.setitem(REGISTRY, "random", replace(REGISTRY["random"], run=lambda job: Picked({}, np.array(order))))
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(5)]
+    with pytest.raises(RuntimeError, match="internal: random ordered 3 records|internal: random ordered 2 records"):
+        tunesift.select(rows, method="random", budget=3)

@@ -1138,3 +1138,19 @@ def test_a_model_folders_fingerprint_is_its_top_level_files(tmp_path):
     nested = file_fingerprint(tmp_path)
     (tmp_path / "checkpoint-10" / "config.json").write_text('{"pooling": "mean"}')
     assert file_fingerprint(tmp_path) != nested
+
+
+def test_a_target_record_too_long_stops_before_any_scoring(tiny_dir, tmp_path, capsys, monkeypatch):
+    """Only the pool was checked up front: rds embedded the whole pool, then failed on a target
+    record too long, naming a record of a file the user could not tell."""
+    import tunesift.scoring.rds
+
+    data = jsonl(tmp_path / "d.jsonl", GOOD)
+    target = jsonl(tmp_path / "t.jsonl", [{"instruction": "q", "output": "a"}, {"instruction": "y", "output": "word " * 300}])
+    monkeypatch.setattr(tunesift.scoring.rds, "rds_embeddings", lambda *a, **k: pytest.fail("scored before the check"))
+    code, err = run(["select", data, "--method", "rds", "--stage", "task", "--target", target, "--model", tiny_dir,
+                     "--max-length", "64", "--budget", "4", "--cache-dir", tmp_path / "c", "-q", "--out",
+                     tmp_path / "o", "--on-error", "skip"], capsys)
+    one_line_error(code, err, f"the target set: {target}: record ", "(line 2): response of",
+                   "does not fit max_length 64", "--on-error skip covers the pool only")
+    assert not (tmp_path / "o").exists()

@@ -28,7 +28,7 @@ from .io.repeats import near_repeats_of, repeats_of
 from .io.schema import FieldMap
 from .methods.catalogue import get_method, method_names
 from .methods.options import Options, options_dict, parse_budget, resolve_budget
-from .methods.registry import Job, Method, Progress
+from .methods.registry import Job, Method, Progress, spread_column
 from .render import renderer_for
 from .store import check_cache_dir, default_cache_dir
 from .version import __version__
@@ -319,6 +319,13 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
             log.warning("%d of %d records have prompts longer than max_length %d: each is scored on its "
                         "prompt's last tokens (counts.prompts_cut)", cuts["prompts_cut"], len(records),
                         opt.max_length)
+    if method.needs_lm and other:  # the second set is scored too: checked before any scoring, never skipped
+        name = method.uses(opt.stage)
+        source = target if name == "target" else existing
+        if bad := record_errors(method.block_kind, renderer, other, in_context=method.in_context):
+            where = source if isinstance(source, (str, Path)) else f"<{name}>"
+            raise RecordsError(f"the {name} set: " + _errors_line(bad, len(other), where)
+                               + " (--on-error skip covers the pool only: fix or drop them)")
     ok = np.array([i for i in range(len(records)) if i not in errors], dtype=np.int64)
     if errors:
         if opt.on_error == "fail":
@@ -337,10 +344,14 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     scored = [records[i] for i in ok] if errors else records
     picked = method.run(Job(scored, k, opt, lm, progress, other))
     cols, order, extra = picked.columns, picked.order, dict(picked.extra)
+    top = np.asarray(order[:k], dtype=np.int64)
+    if len(top) < k or len(np.unique(top)) < k or (len(top) and (top.min() < 0 or top.max() >= len(scored))):
+        raise RuntimeError(f"internal: {opt.method} ordered {len(top)} records for a budget of {k} (distinct, "
+                           f"in range: {len(np.unique(top))}): a method must order at least k distinct records")
     if cuts:
         extra["counts"] = {**cuts, **(extra.get("counts") or {})}
     if errors:  # back to every input record: failed ones get NaN / -1 / False and their reason
-        cols = {name: _spread(arr, ok, len(records)) for name, arr in cols.items()}
+        cols = {name: spread_column(arr, ok, len(records)) for name, arr in cols.items()}
         cols["error"] = np.array([errors.get(i) for i in range(len(records))], dtype=object)
         order = ok[np.asarray(order, dtype=np.int64)]
         extra["errors"] = len(errors)
@@ -445,15 +456,6 @@ def _errors_line(errors: dict[int, str], n: int, data=None) -> str:
         line += f"; {len(items)} of {n} records cannot be used, also: {more}" + (
             f" and {len(items) - 4} more" if len(items) > 4 else "")
     return line
-
-
-def _spread(arr: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
-    """A column of the scored records spread over all n records (missing: NaN, -1 or False)."""
-    arr = np.asarray(arr)
-    fill = {"b": False, "i": -1, "u": 0, "O": None}.get(arr.dtype.kind, np.nan)
-    full = np.full(n, fill, dtype=arr.dtype if arr.dtype.kind in "biu" else np.result_type(arr.dtype, np.float64))
-    full[rows] = arr
-    return full
 
 
 def versions() -> dict[str, str]:

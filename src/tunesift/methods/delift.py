@@ -17,7 +17,7 @@ import numpy as np
 
 from ..render import renderer_for
 from .per_record import run_donod
-from .registry import Job, Picked, Progress
+from .registry import Job, Picked, Progress, spread_column
 
 log = logging.getLogger("tunesift")
 
@@ -306,9 +306,7 @@ def donod_delift_pick(job: Job) -> Picked:
     cols["prefiltered"] = np.zeros(n, dtype=bool)
     cols["prefiltered"][keep] = True
     for name, arr in cols_s.items():
-        full = np.full(n, {"i": -1, "O": None}.get(arr.dtype.kind, np.nan), dtype=arr.dtype)
-        full[keep] = arr
-        cols[name] = full
+        cols[name] = spread_column(arr, keep, n)
     return Picked(cols, keep[np.asarray(order_s, dtype=np.int64)], extra)
 
 

@@ -173,6 +173,22 @@ class Method:
         return self.second_set.get(stage) if self.stages is not None else None
 
 
+def spread_column(arr, rows: np.ndarray, n: int) -> np.ndarray:
+    """A column of some records (``arr`` (len(rows),), at positions ``rows``) spread over all
+    ``n``; the others get a value that reads as missing: NaN for numbers, -1 for integers (an
+    unsigned column becomes int64), False for booleans, None for objects and text."""
+    arr = np.asarray(arr)
+    kind = arr.dtype.kind
+    if kind in "US":  # numpy text: "nan" would read as a value
+        arr, kind = arr.astype(object), "O"
+    elif kind == "u":  # 0 would read as a value
+        arr, kind = arr.astype(np.int64), "i"
+    fill = {"b": False, "i": -1, "O": None}.get(kind, np.nan)
+    full = np.full(n, fill, dtype=arr.dtype if kind in "biO" else np.result_type(arr.dtype, np.float64))
+    full[rows] = arr
+    return full
+
+
 REGISTRY: dict[str, Method] = {}
 
 
