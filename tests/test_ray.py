@@ -634,3 +634,57 @@ def test_a_worker_exception_is_one_line(pool, records):
         pool.dispatch([("k0", list(records[:2]))], lambda actor, recs: actor.score.remote("no-such-kind", recs,
                                                                                            Options()),
                       lambda *a: None)
+
+
+class _SilentOnce:
+    """Mixed into the worker: the first actor to take ``FLAG`` (a file) never finishes its block and
+    never answers a ping, as an actor Ray keeps restarting where it cannot be placed."""
+
+    FLAG = ""
+
+    def score(self, kind, records, opt):
+        import time
+
+        try:
+            os.rename(self.FLAG, self.FLAG + ".taken")  # one actor only
+            self.silent = True
+        except OSError:
+            pass
+        while getattr(self, "silent", False):
+            time.sleep(0.2)
+        return super().score(kind, records, opt)
+
+    def ready(self):
+        import time
+
+        while getattr(self, "silent", False):
+            time.sleep(0.2)
+        return super().ready()
+
+
+def test_a_worker_that_stops_answering_is_replaced_not_waited_for(pool, tiny_lm, records, tmp_path, monkeypatch,
+                                                                 caplog):
+    """A worker Ray restarts where it cannot be placed left its blocks waiting with no time limit:
+    the job hung forever. Now busy workers are pinged from their own thread; one silent past
+    ready_timeout is killed and its blocks go to a fresh worker."""
+    import logging
+
+    from tunesift.backends import ray_backend
+    from tunesift.backends.ray_backend import _BlockWorker
+
+    ray.cloudpickle.register_pickle_by_value(__import__(__name__))  # the workers cannot import tests/
+    worker_class = type("SilentOnceWorker", (_SilentOnce, _BlockWorker), {"FLAG": str(tmp_path / "flag")})
+    (tmp_path / "flag").write_text("")
+    monkeypatch.setattr(ray_backend, "LIVENESS_S", 0.5)
+    monkeypatch.setattr(RayBlockPool, "worker_class", worker_class)
+    opt = Options(token_budget=512)
+    blocks = _blocks("loss", tiny_lm, opt, records, 16)
+    with RayBlockPool(model_spec(tiny_lm), num_workers=1, num_gpus=0, answer_timeout=3) as mine, \
+            caplog.at_level(logging.WARNING, logger="tunesift"):
+        first = mine.workers[0]
+        res = score_blocks_ray("loss", model_spec(tiny_lm), blocks, opt, tmp_path / "c", pool=mine)
+        assert mine.workers[0] is not first  # the silent one was replaced
+    assert (tmp_path / "flag.taken").exists() and "has not answered for" in caplog.text
+    assert len(res) == len(blocks)
+    for key, recs in blocks:
+        assert_close_across_runs(res[key].rows, _local("loss", tiny_lm, opt, recs))

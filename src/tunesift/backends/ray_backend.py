@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -67,6 +68,7 @@ WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 QUEUE_PER_WORKER = 2  # blocks queued on an actor at once: the next one is ready when one ends
+LIVENESS_S = 30.0  # while no block finishes, busy actors are pinged this often (in their own thread)
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # blocks and records are small; keep /dev/shm free
 
 
@@ -264,12 +266,16 @@ class RayBlockPool:
     ``threads_per_worker`` is both the actor's CPU request and its torch threads. Workers not
     placed and loaded within ``ready_timeout`` seconds (a cluster without the resources asked
     for), and workers running other tunesift source or library versions than this process
-    (:func:`~tunesift.backends.versions.stack_versions`), are a :class:`TunesiftError`.
+    (:func:`~tunesift.backends.versions.stack_versions`), are a :class:`TunesiftError`. A busy
+    worker that leaves a ping unanswered for ``answer_timeout`` seconds (default ``ready_timeout``;
+    Ray restarting it where it cannot be placed) is replaced and its blocks sent again.
     """
+
+    worker_class = _BlockWorker  # the actor class (tests substitute a subclass)
 
     def __init__(self, spec: dict | None, *, num_workers: int = 2, num_gpus: float | None = None,
                  threads_per_worker: int = 1, max_restarts: int = 4, max_task_retries: int = 4,
-                 ready_timeout: float = 600.0):
+                 ready_timeout: float = 600.0, answer_timeout: float | None = None):
         ray = import_ray()
         if num_workers < 1:
             raise OptionError(f"the Ray backend needs at least 1 worker, got {num_workers}")
@@ -284,10 +290,14 @@ class RayBlockPool:
         self.spec = dict(spec) if spec is not None else None
         self.num_gpus, self.threads = float(num_gpus), int(threads_per_worker)
         self.device = "cuda" if self.num_gpus > 0 else "cpu"
-        self._actor = ray.remote(_BlockWorker).options(
+        # a "ping" group: ready() answers from its own thread while a long block runs, so a worker
+        # that answers is alive and one that does not (restarting where it cannot be placed) is not
+        self._actor = ray.remote(concurrency_groups={"ping": 1})(self.worker_class).options(
             num_cpus=self.threads, num_gpus=self.num_gpus, max_restarts=max_restarts,
             max_task_retries=max_task_retries, runtime_env={"env_vars": worker_env(self.threads)})
         self.ready_timeout = ready_timeout
+        # how long a busy worker may leave a ping unanswered before it is replaced (_check_alive)
+        self.answer_timeout = ready_timeout if answer_timeout is None else float(answer_timeout)
         self.workers = [self._new_worker() for _ in range(num_workers)]
         self.info = self._ready(self.workers)
 
@@ -394,6 +404,7 @@ class RayBlockPool:
         load = [0] * len(self.workers)
         lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                 ray.exceptions.ObjectLostError)
+        pings: dict[int, tuple] = {}  # worker -> (the actor pinged, its ping's ref, when it was sent)
         while queue or inflight:
             while queue and min(load) < QUEUE_PER_WORKER:
                 w = load.index(min(load))
@@ -401,7 +412,11 @@ class RayBlockPool:
                 actor = self.workers[w]
                 inflight[submit(actor, payload)] = (w, actor, key, payload, attempt)
                 load[w] += 1
-            [ref], _ = ray.wait(list(inflight), num_returns=1)
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=LIVENESS_S)
+            if not ready:  # nothing finished for a while: is every busy worker still there?
+                self._check_alive(pings, {w for w, *_ in inflight.values()})
+                continue
+            ref = ready[0]
             w, actor, key, payload, attempt = inflight.pop(ref)
             load[w] -= 1
             try:
@@ -423,6 +438,32 @@ class RayBlockPool:
             except ray.exceptions.RayError as exc:  # out of memory, a node gone, a result that cannot be read
                 raise TunesiftError(f"Ray: block {key} failed: {_reason(exc)}") from None
             done(key, payload, res)
+
+    def _check_alive(self, pings: dict, busy: set) -> None:
+        """Ping each busy worker from its "ping" thread; kill one whose ping has gone unanswered for
+        ``answer_timeout`` (default ``ready_timeout``): Ray is restarting it where it cannot be placed (its node left), or it is
+        gone without an error reaching us. Its blocks then fail as lost and are sent again, to a
+        fresh worker (:meth:`_replace`, itself bounded by ``ready_timeout``). A worker busy with a
+        long block still answers, so no block is ever cut short for taking long."""
+        ray = import_ray()
+        now = time.monotonic()
+        for w in busy:
+            actor = self.workers[w]
+            sent = pings.get(w)
+            if sent is None or sent[0] is not actor:  # none yet, or the worker was replaced since
+                pings[w] = (actor, actor.ready.options(concurrency_group="ping").remote(), now)
+                continue
+            _, ref, at = sent
+            if ray.wait([ref], timeout=0)[0]:  # answered (or failed: the block's own error says why)
+                pings.pop(w)
+            elif now - at > self.answer_timeout:
+                log.warning("Ray worker %d has not answered for %.0f s (restarting where it cannot be "
+                            "placed?): replacing it", w, now - at)
+                pings.pop(w)
+                try:
+                    ray.kill(actor, no_restart=True)  # its blocks fail as lost, then go to a fresh worker
+                except Exception:  # already gone
+                    pass
 
     def _replace(self, w: int) -> None:
         """A fresh actor for worker ``w``, waited for like the first ones: one the cluster cannot
