@@ -178,3 +178,18 @@ def test_a_round_one_set_wins_when_round_two_is_worse(monkeypatch):
     calls.clear()
     res = part.partitioned_facility_location(E, 30, partitions=3, local_budget=20, seed=2)
     assert res.winner == -1 and len(res.order) == 30
+
+
+def test_greedi_limits_are_checked_before_anything_is_embedded(monkeypatch):
+    """--partitions beyond the records (error rows can shrink the pool) or parts whose local picks
+    cannot hold the budget were refused only after the whole pool was embedded."""
+    import tunesift
+    from tunesift.errors import OptionError
+    from tunesift.scoring import embedding
+
+    monkeypatch.setattr(embedding, "embed_records", lambda *a, **k: pytest.fail("embedded before the check"))
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(6)]
+    with pytest.raises(OptionError, match="partitions must be between 1 and 6, got 8"):
+        tunesift.select(rows, method="delift-se", budget=2, partitions=8)
+    with pytest.raises(OptionError, match="the union of 3 parts x local_budget 1 holds fewer than budget 4"):
+        tunesift.select(rows, method="delift-se", budget=4, partitions=3, local_budget=1)

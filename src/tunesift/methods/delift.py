@@ -157,6 +157,10 @@ def _delift_on(records, k, opt, lm, progress: Progress, other, embed_kernel: boo
     t0 = time.perf_counter()
     timings = {}
     pattern = cross_pattern = None
+    if embed_kernel and opt.partitions > 1:  # before any embedding: the pool left after error rows may be too small
+        from ..selection.partitioned import check_partitions
+
+        check_partitions(len(records), k, opt.partitions, opt.local_budget or k)
     need_emb = embed_kernel or opt.knn > 0 or opt.utility == "learned"
     # additive FLMI's term is how much each pool record helps the target set: a targets x pool kernel
     additive = bool(other) and opt.stage == "task" and opt.mi_form == "additive"

@@ -179,6 +179,23 @@ def _int_option(value: object, name: str, lo: int, hi: int | None = None) -> int
     return v
 
 
+def check_partitions(n_pool: int, budget: object, partitions: object,
+                     local_budget: object = None) -> tuple[int, int, int]:
+    """``(k, m, kappa)`` for GreeDi over ``n_pool`` records, or a one-line OptionError: budget and
+    partitions within the pool, and the m parts' local picks (``kappa`` each, at most a part's
+    size) holding at least k records. Cheap: callers check before embedding anything."""
+    k = _int_option(budget, "budget", 1, n_pool)
+    m = _int_option(partitions, "partitions", 1, n_pool)
+    kappa = k if local_budget is None else _int_option(local_budget, "local_budget", 1)
+    sizes = n_pool // m + (np.arange(m) < n_pool % m)  # the parts' sizes (np.array_split's)
+    if np.minimum(kappa, sizes).sum() < k:  # m = 1 included: a local_budget is never ignored
+        raise OptionError(
+            f"the union of {m} parts x local_budget {kappa} holds fewer than budget {k} records; "
+            "raise local_budget or use fewer partitions"
+        )
+    return k, m, kappa
+
+
 def _square_kernel_maker(
     data: np.ndarray | KernelFn, knn: int | None, ann_method: str, seed: int
 ) -> Callable[[np.ndarray], np.ndarray | sp.spmatrix]:
@@ -246,19 +263,10 @@ def partitioned_facility_location(
             raise OptionError("no records to select from")
     if knn is not None:
         knn = _int_option(knn, "knn", 1)
-    k = _int_option(budget, "budget", 1, n_pool)
-    m = _int_option(partitions, "partitions", 1, n_pool)
-    kappa = k if local_budget is None else _int_option(local_budget, "local_budget", 1)
+    k, m, kappa = check_partitions(n_pool, budget, partitions, local_budget)
     check_options(optimizer, epsilon, seed)  # before the permutation reads the seed
     make = _square_kernel_maker(data, knn, ann_method, seed)
     fl_opts = {"optimizer": optimizer, "epsilon": epsilon, "seed": seed}
-
-    sizes = n_pool // m + (np.arange(m) < n_pool % m)  # the parts' sizes (np.array_split's)
-    if np.minimum(kappa, sizes).sum() < k:  # m = 1 included: a local_budget is never ignored
-        raise OptionError(
-            f"the union of {m} parts x local_budget {kappa} holds fewer than budget {k} records; "
-            "raise local_budget or use fewer partitions"
-        )
     if m == 1:  # the only part is the pool itself: its greedy result is the answer
         everyone = np.arange(n_pool, dtype=np.int64)
         res = facility_location(make(everyone), k, **fl_opts)
