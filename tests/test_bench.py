@@ -425,8 +425,12 @@ def test_finetune_reads_a_selection_with_the_fields_select_read_it_with(tiny_dir
         main(["finetune", str(tmp_path / "sel" / "selected.jsonl"), "--model", str(tiny_dir), "--out",
               str(tmp_path / "ad"), "-q"])
     assert seen["prompts"] and all("\n\nNumbers: " in p for p in seen["prompts"])  # both fields, as scored
-    # fields given on the command line win over the manifest's
+    # fields given on the command line win over the manifest's, one by one
     with pytest.raises(SystemExit):
         main(["finetune", str(tmp_path / "sel" / "selected.jsonl"), "--model", str(tiny_dir), "--out",
               str(tmp_path / "ad"), "--prompt-field", "question", "--response-field", "answer", "-q"])
     assert all("Numbers" not in p for p in seen["prompts"])
+    with pytest.raises(SystemExit):  # one flag alone keeps the rest of the saved map (both prompt fields)
+        main(["finetune", str(tmp_path / "sel" / "selected.jsonl"), "--model", str(tiny_dir), "--out",
+              str(tmp_path / "ad"), "--id-field", "none", "-q"])
+    assert seen["prompts"] and all("\n\nNumbers: " in p for p in seen["prompts"])

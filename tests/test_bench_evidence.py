@@ -166,7 +166,7 @@ def test_a_method_revision_never_joins_cells_of_another(tmp_path):
         "base": {}, "delift": {"revision": 2}, "random": {}, "dl": {"method": "delift", "revision": 2}}
     (tmp_path / "cells").mkdir()
     (tmp_path / "cells" / "random__b0.3__s0.json").write_text("{}")
-    (tmp_path / "cells" / "dl__b0.3__s0.json").write_text("{}")
+    (tmp_path / "cells" / "dl__b0.3__s0.json").write_text(json.dumps({"ran_with": {"revision": 2}}))
     assert bm.pin_method_options(old, cfg, tmp_path)["delift"] == {"revision": 2}  # another method's cells
     (tmp_path / "cells" / "delift__b0.3__s0.json").write_text("{}")
     with pytest.raises(OptionError, match=r"the cells of 'delift' here were selected by its revision 1, this is "
@@ -176,6 +176,12 @@ def test_a_method_revision_never_joins_cells_of_another(tmp_path):
     assert bm.pin_method_options(pinned, cfg, tmp_path)["delift"] == {"revision": 2}
     with pytest.raises(OptionError, match="revision 3"):
         bm.pin_method_options({"method_options": {"delift": {"revision": 3}}}, cfg, tmp_path)
+    # a bench.json from before the per-method map names only its last run's methods: the cells say
+    legacy = {"key": "k", "config": {"methods": ["base"], "method_options": {}}}
+    with pytest.raises(OptionError, match="selected by its revision 1, this is revision 2"):
+        bm.pin_method_options(legacy, cfg, tmp_path)
+    (tmp_path / "cells" / "delift__b0.3__s0.json").write_text(json.dumps({"ran_with": {"revision": 2}}))
+    assert bm.pin_method_options(legacy, cfg, tmp_path)["delift"] == {"revision": 2}
 
 
 def test_new_settings_leave_the_key_of_older_benches_alone():

@@ -292,6 +292,9 @@ def test_a_column_spread_over_error_rows_reads_as_missing():
     assert spread_column(np.array(["a", "b"]), rows, 3).tolist() == ["a", None, "b"]
     assert spread_column(np.array([5, 7], dtype=np.uint8), rows, 3).tolist() == [5, -1, 7]
     assert spread_column(np.array([True, True]), rows, 3).tolist() == [True, False, True]
+    big = spread_column(np.array([2**64 - 1, 1], dtype=np.uint64), rows, 3)
+    assert big[0] == float(2**64 - 1) and np.isnan(big[1])  # not wrapped to -1
+    assert np.isnat(spread_column(np.array(["2026-12-01", "2026-12-02"], dtype="datetime64[D]"), rows, 3)[1])
     got = spread_column(np.array([0.5, 1.5], dtype=np.float32), rows, 3)
     assert got.dtype == np.float64 and np.isnan(got[1]) and got[2] == 1.5
 

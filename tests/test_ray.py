@@ -595,8 +595,12 @@ def test_a_restarted_worker_on_other_code_refuses_its_tasks(tiny_lm):
     try:
         other = {**stack_versions(), "torch": "1.0"}
         w = _BlockWorker(model_spec(tiny_lm), "cpu", 1, other)
-        assert w.ready()["error"].endswith(f"it runs torch {stack_versions()['torch']}, the driver's 1.0; install "
-                                           "the same tunesift, torch and transformers on every node")
+        assert w.ready()["error"].endswith(f"runs torch {stack_versions()['torch']}, the driver's 1.0; install "
+                                           "the same tunesift, transformers, tokenizers and torch on every node")
+        from tunesift.errors import TunesiftError
+
+        with pytest.raises(TunesiftError, match=r"^Ray worker \S+ runs torch .*, the driver's 1\.0; install"):
+            w._model()  # its every task: the same line
         assert _BlockWorker(model_spec(tiny_lm), "cpu", 1, stack_versions()).error is None
     finally:
         torch.set_num_threads(threads)

@@ -135,3 +135,27 @@ def test_no_repeats_no_warning(stage, second, caplog):
     assert counts[f"{second}_prompts"] == counts[f"{second}_copies_kept"] == counts[f"{second}_near_prompts"] == 0
     assert "ask a prompt of" not in caplog.text and "near copy" not in caplog.text
     assert np.count_nonzero(sel.mask) == 5
+
+
+def test_a_near_copy_inside_a_shared_template_is_still_near():
+    """Template n-grams were left out of the overlap but counted in the sizes: a target set whose
+    prompts share a few-shot header longer than the question hid every near copy behind it."""
+    header = ("Solve the problem step by step and give the final answer after four hashes, as in the "
+              "examples below, showing every calculation you make along the way. ")
+    targets = [rec(header + f"Problem {i}: a farmer has {i} cows and buys {i + 1} more. How many cows now?", "x")
+               for i in range(COMMON + 5)] + [rec(header + Q, "18")]
+    changed = rec(header + Q.replace("16 eggs", "17 eggs"), "20")
+    other = rec(header + "Tom reads 12 pages a day for a week and then 3 more. How many pages does he read?", "x")
+    assert near_repeats_of([changed, other], targets).tolist() == [True, False]
+
+
+def test_long_prompts_are_compared_through_a_bounded_sketch():
+    """Every 8-word sequence of every second-set prompt was kept as a tuple: ~29 GB for 100,000
+    chats of 1,000 words. A sketch keeps at most SKETCH hashes a prompt and still finds a long
+    near copy."""
+    from tunesift.io.repeats import SKETCH, _sketch, _words
+
+    long = " ".join(f"w{i % 997} x{i}" for i in range(3000))
+    assert len(_sketch(_words(rec(long, "a")), 8)) == SKETCH
+    edited = long.replace("x1500 ", "y1500 ")
+    assert near_repeats_of([rec(edited, "a"), rec(long[::-1], "a")], [rec(long, "a")]).tolist() == [True, False]

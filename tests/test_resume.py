@@ -135,3 +135,4 @@ def test_cache_blocks_follow_content_so_an_edit_rescores_only_its_neighbourhood(
     assert len(blocks - after) <= 4  # the blocks holding the two edits (and a cut each may move)
     assert content_spans(items, 64) == spans  # the same in every run (sha256, not Python's hash)
     assert content_spans([], 64) == [] and content_spans(items[:3], 1) == [(0, 1), (1, 2), (2, 3)]
+    assert max(e - s for s, e in content_spans(items, 3)) <= 6 and len(content_spans(items, 3)) < len(items)

@@ -244,10 +244,11 @@ def pin_method_options(pinned: dict | None, cfg: BenchConfig, out: Path) -> dict
     method given its own cache later keeps its cells). A bench.json written before this map existed
     records only its last run's methods.
 
-    Each selecting method's entry also pins its registry ``revision`` (absent: 1, the entries
-    written before revisions were recorded). A method whose cells here were selected by another
-    revision is refused (a new revision picks differently: the cells would mix two selections);
-    without cells of it here, the new revision is pinned.
+    Each selecting method's entry also pins its registry ``revision``. A method whose cells here
+    were selected by another revision (the pinned one; without one, the cells' own ``ran_with``
+    revision, 1 for cells made before revisions were recorded) is refused: a new revision picks
+    differently and the cells would mix two selections. Without cells of it here, the new
+    revision is pinned.
     """
     def norm(opts: dict) -> dict:  # as JSON reads it back (tuples become lists)
         return json.loads(json.dumps(opts, sort_keys=True, default=str))
@@ -269,11 +270,17 @@ def pin_method_options(pinned: dict | None, cfg: BenchConfig, out: Path) -> dict
         if m in NO_SELECTION:
             continue
         opts["revision"] = now = get_method(registry_name(cfg, m)).revision
-        was = have.get(m, {}).get("revision", 1)
-        if m in have and was != now and any((out / "cells").glob(f"{m}__*.json")):
-            raise OptionError(f"{out}: the cells of {m!r} here were selected by its revision {was}, this is revision "
-                              f"{now}, which picks differently (docs/methods.md#revisions): delete "
-                              f"{out / 'cells'}/{m}__*.json to rerun them, or use another --out")
+        cells = sorted((out / "cells").glob(f"{m}__*.json"))
+        if not cells:
+            continue
+        # the pinned revision, else what the cells recorded (none before revisions existed: 1)
+        was = ({have[m]["revision"]} if "revision" in have.get(m, {}) else
+               {json.loads(c.read_text(encoding="utf-8")).get("ran_with", {}).get("revision", 1) for c in cells})
+        if was != {now}:
+            raise OptionError(f"{out}: the cells of {m!r} here were selected by its revision "
+                              f"{', '.join(map(str, sorted(was)))}, this is revision {now}, which picks differently "
+                              f"(docs/methods.md#revisions): delete {out / 'cells'}/{m}__*.json to rerun them, or use "
+                              "another --out")
     return {**have, **mine}
 
 

@@ -311,10 +311,12 @@ def finetune(
     read: dict = {}
     # a selection is read back with the field map select read its input with (manifest.json)
     given = FieldMap.given(prompt_field, response_field, messages_field, id_field)
-    fields = given or selection_fields(data)
-    if fields is not None and given is None:
-        logging.getLogger("tunesift").info("reading %s with the fields select used (%s)", data, ", ".join(
-            f"{k} {v}" for k, v in vars(fields).items() if v is not None))
+    saved = selection_fields(data)
+    fields = given if saved is None else FieldMap(**{**vars(saved), **{k: v for k, v in vars(given or saved).items()
+                                                                       if v is not None}})
+    if saved is not None:  # flags given win one by one; the rest as select read the input
+        logging.getLogger("tunesift").info("reading %s with the fields select used, flags over them (%s)", data,
+                                           ", ".join(f"{k} {v}" for k, v in vars(fields).items() if v is not None))
     records = read_records(data, fields, digest=read)
     lm = load_lm(model, device=device)
     with _progress(quiet) as prog:

@@ -289,6 +289,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     ext = as_records(existing, fields, source="<existing>", digest=digests["existing"]) \
         if existing is not None else None
     other = _second_set(method, opt, tgt, ext)
+    # pool records repeating the second set, found before any scoring (counted with the pick below)
+    repeats = _repeats(records, other) if other is not None else None
     k = resolve_budget(opt.budget, len(records))
     log.info("%s: %d records read, keeping %d", opt.method, len(records), k)
     timings = {"read_s": time.perf_counter() - t_start}
@@ -374,7 +376,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     kept[order[:k]] = True
     if other is not None:
         extra["counts"] = {**(extra.get("counts") or {}),
-                           **_second_set_repeats(records, other, method.uses(opt.stage), kept)}
+                           **_second_set_repeats(records, repeats, method.uses(opt.stage), kept)}
     log.info("%s: selected %d of %d records in %.1f s", opt.method, k, len(records), time.perf_counter() - t_start)
     timings["total_s"] = time.perf_counter() - t_start
     sources = {name: str(Path(given).resolve()) for name, given in (("data", data), ("target", target), ("existing", existing))
@@ -385,16 +387,23 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
                      model_info, timings, extra, positions, in_memory, sources)
 
 
-def _second_set_repeats(records: list[Record], other: list[Record], name: str, kept: np.ndarray) -> dict[str, int]:
+def _repeats(records: list[Record], other: list[Record]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(same_prompt, same_example, near)`` (n,) masks of the pool records that repeat a record
+    of the second set (:func:`~tunesift.io.repeats.repeats_of`), or ask a near copy of one of its
+    prompts without repeating it (:func:`~tunesift.io.repeats.near_repeats_of`)."""
+    same_prompt, same_example = repeats_of(records, other)
+    return same_prompt, same_example, near_repeats_of(records, other) & ~same_prompt
+
+
+def _second_set_repeats(records: list[Record], repeats: tuple, name: str, kept: np.ndarray) -> dict[str, int]:
     """The manifest's counts of pool records that repeat a record of the second set (``name``:
     ``target`` or ``existing``): ``{name}_prompts`` ask one of its prompts, ``{name}_copies`` with
     its response too, ``{name}_near_prompts`` ask a near one (:func:`~tunesift.io.repeats.near_repeats_of`,
     exact repeats not counted again), and ``..._kept`` of each. Kept ones are warned about,
     naming the first few: for ``target``, training on them leaks the target set into the model (a
     problem when it is also what the model is evaluated on); for ``existing``, they were trained on
-    already."""
-    same_prompt, same_example = repeats_of(records, other)
-    near = near_repeats_of(records, other) & ~same_prompt
+    already. ``repeats``: :func:`_repeats`."""
+    same_prompt, same_example, near = repeats
     out = {f"{name}_prompts": int(same_prompt.sum()), f"{name}_prompts_kept": int((same_prompt & kept).sum()),
            f"{name}_copies": int(same_example.sum()), f"{name}_copies_kept": int((same_example & kept).sum()),
            f"{name}_near_prompts": int(near.sum()), f"{name}_near_prompts_kept": int((near & kept).sum())}

@@ -40,11 +40,16 @@ log = logging.getLogger("tunesift")
 MAGIC = b"TSSHA256"
 
 
+def _canonical(part: object) -> bytes:
+    """A part as the cache keys hash it: compact JSON, keys sorted, anything else by ``str``."""
+    return json.dumps(part, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
 def content_key(*parts: object) -> str:
     """A 24-hex sha256 of JSON-serialisable parts (lists of ints, strings, dicts, numbers)."""
     h = hashlib.sha256()
     for p in parts:
-        h.update(json.dumps(p, sort_keys=True, separators=(",", ":"), default=str).encode())
+        h.update(_canonical(p))
         h.update(b"\x00")
     return h.hexdigest()[:24]
 
@@ -61,11 +66,11 @@ def content_spans(items: Sequence, size: int) -> list[tuple[int, int]]:
     same in every process. Blocks are the unit of caching only: the scores never depend on them."""
     if size < 2:
         return [(i, i + 1) for i in range(len(items))]
-    low, spans, start = size // 2, [], 0
+    low, spans, start = max(2, size // 2), [], 0  # low 1 would end a block after every item
     for i, item in enumerate(items):
         n = i + 1 - start
         if n >= 2 * size or (n >= low and int.from_bytes(
-                hashlib.sha256(json.dumps(item, separators=(",", ":")).encode()).digest()[:8], "big") % low == 0):
+                hashlib.sha256(_canonical(item)).digest()[:8], "big") % low == 0):
             spans.append((start, i + 1))
             start = i + 1
     if start < len(items):

@@ -53,7 +53,7 @@ from .blocks import (
     score_block_checked,
     worker_id,
 )
-from .versions import stack_versions, version_mismatch
+from .versions import stack_versions, version_error, version_mismatch
 
 log = logging.getLogger("tunesift")
 
@@ -150,17 +150,19 @@ class _BlockWorker:
         self.device = device
         self._renderers: dict[tuple, object] = {}
         self._objects: dict[str, object] = {}  # kernel jobs and bases fetched from the object store
+        # checked here, not only at start-up: Ray restarts a lost actor on any node, whose torch or
+        # tunesift may differ (its numbers would land under the driver's cache keys)
+        why = version_mismatch(stack_versions(), versions) if versions else None
+        self.other_code = bool(why)
+        if why:
+            self.error = version_error(worker_id(), why)
+            return
         try:
             import torch
 
             from ..models import load_lm
 
             torch.set_num_threads(max(1, int(threads)))
-            # checked here, not only at start-up: Ray restarts a lost actor on any node, whose
-            # torch or tunesift may differ (its numbers would land under the driver's cache keys)
-            why = version_mismatch(stack_versions(), versions) if versions else None
-            if why:
-                raise TunesiftError(f"it runs {why}; install the same tunesift, torch and transformers on every node")
             if spec is not None:  # None: an embeddings-only pool
                 self.lm = load_lm(spec["path"], device=device, dtype=spec.get("dtype", "auto"))
                 want = spec.get("fingerprint")
@@ -174,14 +176,14 @@ class _BlockWorker:
     def ready(self) -> dict:
         """Who and where this worker is and what it runs (``versions``: :func:`stack_versions`),
         or why it has no model (``error``)."""
-        if self.error:
-            return {"worker": worker_id(), "error": self.error}
+        if self.error:  # with the versions: the driver reports a version difference first
+            return {"worker": worker_id(), "error": self.error, "versions": stack_versions()}
         return {"worker": worker_id(), "device": self.device, "dtype": self.lm.dtype if self.lm else None,
                 "versions": stack_versions()}
 
     def _model(self):
-        if self.error:
-            raise TunesiftError(f"a Ray worker could not load the model: {self.error}")
+        if self.error:  # another version: its own line; else the load failure
+            raise TunesiftError(self.error if self.other_code else f"a Ray worker could not load the model: {self.error}")
         if self.lm is None:
             raise TunesiftError("this Ray pool was started without a model (embeddings only)")
         return self.lm
@@ -317,11 +319,11 @@ class RayBlockPool:
         except ray.exceptions.RayError as exc:
             self.close()
             raise TunesiftError(f"a Ray worker did not start: {_reason(exc)}") from None
+        self._check_versions(info)  # first: another torch is the likeliest reason a model did not load
         bad = [i["error"] for i in info if i.get("error")]
         if bad:
             self.close()
             raise TunesiftError(f"a Ray worker could not load the model: {bad[0]}")
-        self._check_versions(info)
         return info
 
     def _check_versions(self, info: list[dict]) -> None:
@@ -332,8 +334,7 @@ class RayBlockPool:
             why = version_mismatch(i.get("versions") or {}, ours)
             if why:
                 self.close()
-                raise TunesiftError(f"Ray worker {i.get('worker')} runs {why}; install the same tunesift, "
-                                    f"transformers, tokenizers and torch on every node")
+                raise TunesiftError(version_error(i.get("worker"), why))
 
     def close(self) -> None:
         """Remove the actors (their resources go back to the cluster)."""
@@ -405,6 +406,7 @@ class RayBlockPool:
         lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                 ray.exceptions.ObjectLostError)
         pings: dict[int, tuple] = {}  # worker -> (the actor pinged, its ping's ref, when it was sent)
+        checked = time.monotonic()
         while queue or inflight:
             while queue and min(load) < QUEUE_PER_WORKER:
                 w = load.index(min(load))
@@ -413,8 +415,10 @@ class RayBlockPool:
                 inflight[submit(actor, payload)] = (w, actor, key, payload, attempt)
                 load[w] += 1
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=LIVENESS_S)
-            if not ready:  # nothing finished for a while: is every busy worker still there?
+            if time.monotonic() - checked >= LIVENESS_S:  # on its own clock: others finishing hide no silent one
                 self._check_alive(pings, {w for w, *_ in inflight.values()})
+                checked = time.monotonic()
+            if not ready:
                 continue
             ref = ready[0]
             w, actor, key, payload, attempt = inflight.pop(ref)

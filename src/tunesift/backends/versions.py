@@ -52,3 +52,10 @@ def version_mismatch(worker: dict, driver: dict) -> str | None:
         if theirs != ours:
             return f"{name} {theirs}, the driver's {ours}"
     return None
+
+
+def version_error(worker: object, why: str) -> str:
+    """The one line for a worker on other code (``why``: :func:`version_mismatch`'s answer), as the
+    driver reports it at start-up and a restarted worker answers its tasks."""
+    return (f"Ray worker {worker} runs {why}; install the same tunesift, transformers, tokenizers and torch "
+            "on every node")

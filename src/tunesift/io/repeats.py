@@ -11,14 +11,15 @@ so a generic last turn ("Continue.") of two different conversations is not a rep
 Near repeats (:func:`near_repeats_of`) are prompts that share most of their wording with one prompt
 of the other set: the same question with a number changed, a sentence added or punctuation and
 case respelled. Prompts are compared as sets of word n-grams (words: runs of letters and digits,
-case folded; n = 8; GPT-3 decontaminated with 13-grams): two prompts are near when at least half of the smaller set's n-grams are in the other. A prompt shorter than n words is
+case folded; n = 8; GPT-3 decontaminated with 13-grams): two prompts are near when at least half of the smaller set's n-grams are in the other (a prompt
+longer than 263 words through a MinHash sketch of its n-grams: the 256 smallest hashes). An n-gram
+most prompts of the set share (a template) counts for neither. A prompt shorter than n words is
 one n-gram, its whole word sequence. A question reworded throughout (a paraphrase) is not caught.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,6 +30,7 @@ __all__ = ["NGRAM", "near_repeats_of", "repeats_of"]
 
 NGRAM = 8  # words per n-gram of near_repeats_of
 COMMON = 64  # an n-gram in more prompts of the other set than this is boilerplate, not evidence
+SKETCH = 256  # n-grams kept a prompt (the smallest hashes): bounded memory, exact up to 263 words
 
 
 def _norm(text: str) -> str:
@@ -65,35 +67,52 @@ def _words(r: Record) -> list[str]:
     return re.findall(r"[^\W_]+", text.casefold())
 
 
-def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
-    """The word n-grams of a prompt; one n-gram (the whole sequence) when it has fewer than n words."""
-    if len(words) < n:
-        return {tuple(words)} if words else set()
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+def _sketch(words: list[str], n: int) -> np.ndarray:
+    """The prompt's word n-grams as a bottom-``SKETCH`` MinHash sketch: the ``SKETCH`` smallest
+    distinct 64-bit hashes (sorted), so memory is bounded per prompt whatever its length. A prompt
+    shorter than n words is one n-gram, its whole word sequence. Hashes are Python's (salted per
+    process): sketches are compared within one run only."""
+    if not words:
+        return np.zeros(0, dtype=np.int64)
+    grams = [tuple(words)] if len(words) < n else [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    h = np.unique(np.fromiter((hash(g) for g in grams), dtype=np.int64, count=len(grams)))
+    return h[:SKETCH]
 
 
 def near_repeats_of(records: Sequence[Record], others: Sequence[Record], *, n: int = NGRAM,
                     share: float = 0.5) -> np.ndarray:
     """(len(records),) bool: the record's prompt (with the non-system turns before it) is near one
-    prompt of ``others``: with A, B their word n-gram sets, ``|A & B| >= share * min(|A|, |B|)``.
-    Exact repeats (:func:`repeats_of`) are near too. N-grams found in more than ``COMMON`` prompts
-    of ``others`` are left out of the overlap (a shared template is not a copy) but count in the
-    sizes. Records with a read defect (``Record.error``) are never marked. O(total n-grams) with
-    hashing, times at most ``COMMON`` prompts an n-gram."""
-    postings: dict[tuple[str, ...], list[int]] = {}
-    sizes: list[int] = []
-    for j, o in enumerate(others):
-        grams = _ngrams(_words(o), n) if o.error is None else set()
-        sizes.append(len(grams))
-        for g in grams:
-            postings.setdefault(g, []).append(j)
+    prompt of ``others``: with A, B their word n-gram sets (bottom-``SKETCH`` sketches of them for
+    long prompts), ``|A & B| >= share * min(|A|, |B|)``. Exact repeats (:func:`repeats_of`) are
+    near too. An n-gram in more than ``COMMON`` prompts of ``others`` is a shared template, not
+    evidence of a copy: left out of the overlap and of the sizes, so a near copy inside a shared
+    few-shot header is still found. Records with a read defect (``Record.error``) are never
+    marked. Memory: 12 bytes per sketched n-gram of ``others`` (at most ``SKETCH`` a prompt)."""
     near = np.zeros(len(records), dtype=bool)
+    sk = [_sketch(_words(o), n) if o.error is None else np.zeros(0, dtype=np.int64) for o in others]
+    if not records or not any(len(x) for x in sk):
+        return near
+    hashes = np.concatenate(sk)
+    owner = np.repeat(np.arange(len(sk), dtype=np.int32), [len(x) for x in sk])
+    keys, counts = np.unique(hashes, return_counts=True)
+    common = keys[counts > COMMON]
+    keep = ~np.isin(hashes, common)
+    hashes, owner = hashes[keep], owner[keep]
+    sizes = np.bincount(owner, minlength=len(sk))  # n-grams a prompt has beyond the shared ones
+    order = np.argsort(hashes, kind="stable")
+    hashes, owner = hashes[order], owner[order]
     for i, r in enumerate(records):
-        grams = _ngrams(_words(r), n) if r.error is None else set()
-        hits: Counter[int] = Counter()
-        for g in grams:
-            js = postings.get(g)
-            if js is not None and len(js) <= COMMON:
-                hits.update(js)
-        near[i] = any(c >= share * min(len(grams), sizes[j]) for j, c in hits.items())
+        if r.error is not None:
+            continue
+        mine = _sketch(_words(r), n)
+        mine = mine[~np.isin(mine, common)]
+        if not len(mine):
+            continue
+        lo, hi = np.searchsorted(hashes, mine, "left"), np.searchsorted(hashes, mine, "right")
+        if not (hi > lo).any():
+            continue
+        who = np.concatenate([owner[a:b] for a, b in zip(lo, hi) if b > a])
+        hits = np.bincount(who, minlength=len(sk))
+        cand = np.flatnonzero(hits)
+        near[i] = bool((hits[cand] >= share * np.minimum(len(mine), sizes[cand])).any())
     return near

@@ -181,10 +181,11 @@ def spread_column(arr, rows: np.ndarray, n: int) -> np.ndarray:
     kind = arr.dtype.kind
     if kind in "US":  # numpy text: "nan" would read as a value
         arr, kind = arr.astype(object), "O"
-    elif kind == "u":  # 0 would read as a value
-        arr, kind = arr.astype(np.int64), "i"
-    fill = {"b": False, "i": -1, "O": None}.get(kind, np.nan)
-    full = np.full(n, fill, dtype=arr.dtype if kind in "biO" else np.result_type(arr.dtype, np.float64))
+    elif kind == "u":  # 0 would read as a value; past int64, floats (NaN for the missing)
+        big = arr.size and int(arr.max()) > np.iinfo(np.int64).max
+        arr, kind = (arr.astype(np.float64), "f") if big else (arr.astype(np.int64), "i")
+    fill = {"b": False, "i": -1, "O": None, "M": np.datetime64("NaT"), "m": np.timedelta64("NaT")}.get(kind, np.nan)
+    full = np.full(n, fill, dtype=arr.dtype if kind in "biOMm" else np.result_type(arr.dtype, np.float64))
     full[rows] = arr
     return full
 

@@ -26,6 +26,8 @@ class Why:
         self.res, c = res, res.cols
         self.n, self.k = res.n - int(res.unscored.sum()), res.k  # ranks are among the scored records
         self.opts = res.manifest.get("options") or {}
+        parts = self.opts.get("partitions")
+        self.greedi = isinstance(parts, int) and not isinstance(parts, bool) and parts > 1  # GreeDi picks
         self.seed = self.opts.get("seed")
         if "don" in c and "nod" in c:
             self.pd, self.pn = percentiles(c["don"]), percentiles(c["nod"])
@@ -108,7 +110,7 @@ class Why:
         c = self.res.cols
         o, g = int(c["order"][i]), float(c["gain"][i])
         share = f" ({100 * g / self.total:.1f}% of the objective)" if self.total else ""
-        if (self.opts.get("partitions") or 1) > 1:  # GreeDi: gains on the union of the parts' picks
+        if self.greedi:  # gains on the union of the parts' picks
             return f"picked #{o}: gain {fmt(g)} on the union of the partitions' picks{share}"
         what = {"task": "toward the target set", "continual": "beyond the existing data"}.get(self.opts.get("stage"),
                                                                                           "of the pool")
@@ -162,7 +164,7 @@ class Why:
         if self.res.kept[i]:
             line = self._picked(i)
             if (int(self.res.cols["order"][i]) == 1 and self.opts.get("stage", "instruction") == "instruction"
-                    and self.opts.get("optimizer", "lazy") != "stochastic" and (self.opts.get("partitions") or 1) <= 1):
+                    and self.opts.get("optimizer", "lazy") != "stochastic" and not self.greedi):
                 line += ", the record that best represents the others on its own"  # the whole greedy's first
             return line
         return self._not_picked(i)
