@@ -187,11 +187,9 @@ def select(
     input_paths = [p for p in (data, target, existing, config) if p is not None]
     check_output_folder(out, input_paths)
     if get_method(method).uses_cache():  # here too: a bad --cache-dir is the only line printed
-        from .outputs import check_cache_apart
-        from .store import check_cache_dir, default_cache_dir
+        from .outputs import check_cache
 
-        check_cache_apart(out, cache_dir or default_cache_dir())
-        check_cache_dir(cache_dir or default_cache_dir())
+        check_cache(out, cache_dir)
     _setup_logging(quiet)
     get_method(method).warn_unread(opt)
     with _progress(quiet) as prog:

@@ -32,11 +32,10 @@ from .folders import digests, publish
 from .methods.catalogue import get_method
 from .methods.options import Options, options_dict
 from .methods.utility_kernels import knn_candidates, one_kernel, twin_groups
-from .outputs import check_cache_apart, check_output_folder
+from .outputs import check_cache, check_output_folder
 from .pipeline import as_records, describe_model, type_label, versions, with_token_budget
 from .render import renderer_for
 from .scoring.kernel_job import is_same
-from .store import check_cache_dir, default_cache_dir
 
 log = logging.getLogger("tunesift")
 
@@ -58,8 +57,7 @@ def export_kernel(data, out: str | Path, *, examples=None, fields=None, lm=None,
     opt.validate()
     get_method("delift").warn_unread(opt)  # e.g. --label-fraction without --utility learned
     folder = check_output_folder(out, list(input_paths), own=KERNEL_FILES, manifest="kernel.json", unlisted={})
-    check_cache_apart(out, opt.cache_dir or default_cache_dir())
-    check_cache_dir(opt.cache_dir or default_cache_dir())  # before the model loads
+    check_cache(out, opt.cache_dir)  # before the model loads
     # source "<data>": no "--on-error skip" hint, an option kernel does not have
     sums: dict[str, dict] = {"data": {}, "examples": {}}  # each file's sha256, taken as it was read
     targets = as_records(data, fields, source="<data>", digest=sums["data"])

@@ -143,6 +143,18 @@ def check_cache_apart(out_dir: str | Path, cache_dir: str | Path) -> None:
                           "replaced as a whole: keep --cache-dir elsewhere")
 
 
+def check_cache(out_dir: str | Path | None, cache_dir: str | Path | None) -> None:
+    """The score cache's checks before any work, one line each: apart from the output folder
+    (:func:`check_cache_apart`, when there is one) and writable (``store.check_cache_dir``).
+    ``cache_dir`` None: the default cache."""
+    from .store import check_cache_dir, default_cache_dir
+
+    root = cache_dir or default_cache_dir()
+    if out_dir is not None:
+        check_cache_apart(out_dir, root)
+    check_cache_dir(root)
+
+
 def check_output_folder(out_dir: str | Path, inputs: list[str | Path] = (), own: frozenset[str] | None = OWN,
                         manifest: str = "manifest.json", unlisted: dict[str, str] | None = None,
                         ours: Callable[[dict], bool] | None = None) -> Path:
