@@ -347,9 +347,10 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     picked = method.run(Job(scored, k, opt, lm, progress, other))
     cols, order, extra = picked.columns, picked.order, dict(picked.extra)
     top = np.asarray(order[:k], dtype=np.int64)
-    if len(top) < k or len(np.unique(top)) < k or (len(top) and (top.min() < 0 or top.max() >= len(scored))):
+    distinct = np.unique(top[(top >= 0) & (top < len(scored))])  # in range, once each
+    if len(distinct) < k:
         raise RuntimeError(f"internal: {opt.method} ordered {len(top)} records for a budget of {k} (distinct, "
-                           f"in range: {len(np.unique(top))}): a method must order at least k distinct records")
+                           f"in range: {len(distinct)}): a method must order at least k distinct records")
     if cuts:
         extra["counts"] = {**cuts, **(extra.get("counts") or {})}
     if errors:  # back to every input record: failed ones get NaN / -1 / False and their reason
