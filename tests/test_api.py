@@ -200,6 +200,11 @@ def test_a_bad_record_is_an_input_error_and_numpy_numbers_are_options():
     with pytest.raises(RecordsError, match="field 'output'") as err:
         tunesift.select([*rows, {"instruction": "q", "output": 5}], method="random", budget=1)
     assert isinstance(err.value, InputError)
+    # a bad record of the target set is a RecordsError too (it was a plain InputError), naming it
+    with pytest.raises(RecordsError, match="^<target>:2: field 'output'") as err:
+        tunesift.select(rows, method="delift-se", stage="task", budget=1,
+                        target=[rows[0], {"instruction": "q", "output": 5}])
+    assert (err.value.line, err.value.field) == (2, "output")
     a = tunesift.select(rows, method="random", budget=np.int64(3), seed=np.int64(2))
     b = tunesift.select(rows, method="random", budget=3, seed=2)
     assert a.ids == b.ids and a.budget == 3 and type(a.options.seed) is int
@@ -368,6 +373,28 @@ def test_cli_limit_reads_the_first_records(demo, demo_rows, tmp_path, capsys):
                            "not_read": None}  # the rest of the file is not parsed: not counted
 
 
+def test_limit_converts_only_the_first_rows_of_a_dataframe_or_dataset(demo_rows, monkeypatch):
+    """limit=N read the first N rows but converted every row of a DataFrame or Dataset first (a
+    memory-mapped Dataset of millions of rows turned into Python dicts)."""
+    import datasets
+    import pandas as pd
+
+    from tunesift.io import records as rec_mod
+
+    frame = pd.DataFrame(demo_rows[:30])
+    cells = []
+    real = rec_mod.from_pandas
+    monkeypatch.setattr(rec_mod, "from_pandas", lambda v, **kw: cells.append(kw.get("top", True)) or real(v, **kw))
+    sel = tunesift.select(frame, method="random", budget=2, limit=5)
+    assert [r.id for r in sel.records] == [r["id"] for r in demo_rows[:5]]
+    assert sum(cells) == 5 * len(frame.columns)  # the first 5 rows' cells, not 30 rows'
+    converted = []
+    real_list = datasets.Dataset.to_list
+    monkeypatch.setattr(datasets.Dataset, "to_list", lambda self: converted.append(len(self)) or real_list(self))
+    sel = tunesift.select(datasets.Dataset.from_list(demo_rows[:30]), method="random", budget=2, limit=5)
+    assert converted == [5] and [r.id for r in sel.records] == [r["id"] for r in demo_rows[:5]]
+
+
 def test_cli_sample_is_the_seeded_sample_of_read_records(demo, tmp_path, capsys):
     out = tmp_path / "o"
     code, _, err = run(["select", demo, "--method", "random", "--budget", "3", "--sample", "12", "--seed", "2",
@@ -432,6 +459,20 @@ def chromium_dom(page: Path, tmp: Path, probe: str) -> str:
 
 
 VISIBLE = "(e) => e.getClientRects().length > 0 && getComputedStyle(e).visibility !== 'hidden'"
+
+
+def test_a_given_lm_sets_the_runs_device_and_dtype(demo_rows, tiny_lm, tmp_path, monkeypatch):
+    """With lm=, device and dtype are the model's: DELIFT's sentence encoder read the options'
+    (bf16 asked, a float32 model given: the encoder ran in bf16), and the manifest said auto."""
+    from tunesift.scoring import embedding as emb
+
+    seen = []
+    real = emb.embed_precision
+    monkeypatch.setattr(emb, "embed_precision", lambda dtype, device: seen.append((dtype, device)) or real(dtype, device))
+    sel = tunesift.select(demo_rows[:8], method="delift", budget=3, lm=tiny_lm, dtype="bfloat16", knn=3,
+                          cache_dir=str(tmp_path / "cache"), progress=False)
+    assert seen == [("float32", "cpu")]
+    assert (sel.options.dtype, sel.options.device) == ("float32", "cpu")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make chromium installs Debian's package)")

@@ -78,6 +78,33 @@ def test_bench_runs_every_cell_writes_tables_and_resumes(data, tiny_dir, tmp_pat
     assert code == 2 and "other settings" in err and err.count("\n") == 1
 
 
+def test_a_bench_pins_its_models_weights_and_refuses_other_weights(data, tiny_dir, tmp_path, capsys):
+    """The key names a model only: a model folder re-exported between runs would add cells made on
+    other weights to the earlier ones. bench.json and each cell record the fingerprint; a changed
+    one is refused (one line, exit 2, no cell written)."""
+    import shutil
+
+    from tunesift.models import fingerprint
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    out = tmp_path / "b"
+    args = ["bench", "--train", data / "train.jsonl", "--test", data / "test.jsonl", "--out", out,
+            "--train-model", model, "--cache-dir", tmp_path / "cache", "--quick", "-q",
+            "--methods", "random", "--budget", "0.25"]
+    code, _, err = run([*args, "--seeds", "1"], capsys)
+    assert code == 0, err
+    pinned = {str(model): fingerprint(model)}
+    assert json.loads((out / "bench.json").read_text())["models"] == pinned
+    assert json.loads((out / "cells" / "random__b0.25__s0.json").read_text())["ran_with"]["models"] == pinned
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "note": "re-exported"}))
+    code, _, err = run([*args, "--seeds", "2"], capsys)
+    assert code == 2 and "has other weights than when this bench's cells ran" in err and err.count("\n") == 1
+    assert not (out / "cells" / "random__b0.25__s1.json").exists()
+    assert json.loads((out / "bench.json").read_text())["models"] == pinned  # the pin is kept
+
+
 def test_random_cells_differ_by_seed_and_full_uses_everything(data, tiny_dir, tmp_path, capsys):
     out = tmp_path / "b"
     code, _, err = run(bench_args(data, tiny_dir, out, "--methods", "random,full", "--budget", "0.5"), capsys)

@@ -182,6 +182,11 @@ def test_a_method_revision_never_joins_cells_of_another(tmp_path):
         bm.pin_method_options(legacy, cfg, tmp_path)
     (tmp_path / "cells" / "delift__b0.3__s0.json").write_text(json.dumps({"ran_with": {"revision": 2}}))
     assert bm.pin_method_options(legacy, cfg, tmp_path)["delift"] == {"revision": 2}
+    # a method whose name has a "+" is found under its cells' file name (donod-plus-delift__...)
+    both = BenchConfig(train="a", test="b", methods=["donod+delift"])
+    (tmp_path / "cells" / "donod-plus-delift__b0.3__s0.json").write_text("{}")
+    with pytest.raises(OptionError, match=r"'donod\+delift' here were selected by its revision 1.*donod-plus-delift__"):
+        bm.pin_method_options({"method_options": {"donod+delift": {}}}, both, tmp_path)
 
 
 def test_new_settings_leave_the_key_of_older_benches_alone():

@@ -51,6 +51,21 @@ def lora_copy(lm, seed: int = 0) -> LoraGradients:
     return grads
 
 
+def test_lora_targets_every_attention_projection_fused_or_not():
+    """Phi-3 fuses q, k and v into qkv_proj: the attention regex matched its o_proj alone (so the
+    all-linear fallback never fired) and LESS's gradients left out the query, key and value."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    model = Phi3ForCausalLM(Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
+    cfg = less._target_modules(model, warmup_config())
+    assert cfg.target_modules == less.ATTENTION
+    wrap_lora(model, cfg)
+    names = [n for n, _ in model.named_parameters() if "lora_A" in n]
+    assert any(".qkv_proj." in n for n in names) and any(".o_proj." in n for n in names)
+
+
 def reference_grad(grads: LoraGradients, ids: list[int], mask: list[int]) -> torch.Tensor:
     """One record alone: full-model logits, mean CE over the response tokens, plain backward."""
     logits = grads.model(input_ids=torch.tensor([ids])).logits[0].float()

@@ -225,3 +225,40 @@ def test_an_unknown_template_is_refused_not_read_as_auto(plain_tok):
 
     with pytest.raises(OptionError, match="unknown template 'chatml': use auto, chat, plain or paper"):
         make_renderer(plain_tok, "chatml")
+
+
+def test_plain_template_keeps_turns_that_are_not_the_assistants_in_one_user_turn(plain_tok):
+    """user_end opens the response: two user turns in a row, or a user turn and a tool result,
+    put the second one where the assistant answers (b read as the model's own output)."""
+    r = Renderer(plain_tok, turn_format(plain_tok))
+    text = plain_tok.decode(r.sequence(rec("b", "c", [("user", "a")]))[0])
+    assert "### Instruction:\na\n\nb\n\n### Response:\nc" in text and text.count("### Response:") == 1
+    text = plain_tok.decode(r.sequence(tool_rec("res", "ans", [("user", "q")]))[0])
+    assert "### Instruction:\nq\n\ntool: res\n\n### Response:\nans" in text and text.count("### Response:") == 1
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_a_chat_the_assistant_opens_keeps_its_greeting_in_an_assistant_turn(chat, chat_tok, plain_tok):
+    tok = chat_tok if chat else plain_tok
+    r = Renderer(tok, turn_format(tok))
+    ids, mask = r.sequence(rec("q", "a", [("assistant", "Hi, how can I help?")]))
+    text = tok.decode(ids)
+    if chat:
+        whole = tok.apply_chat_template(
+            [{"role": "user", "content": ""}, {"role": "assistant", "content": "Hi, how can I help?"},
+             {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], tokenize=False)
+        assert text == whole.rstrip("\n")
+        assert "<|im_start|>assistant\nHi, how can I help?<|im_end|>" in text
+    else:
+        assert "### Response:\nHi, how can I help?" in text and "### Instruction:\nHi" not in text
+    assert tok.decode([t for t, m in zip(ids, mask) if m]).startswith("a")
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_a_blank_system_turn_is_no_system_turn(chat, chat_tok, plain_tok):
+    tok = chat_tok if chat else plain_tok
+    r = Renderer(tok, turn_format(tok))
+    bare = r.sequence(rec("2+2?", "4"))
+    for blank in ("", "   ", "\n"):
+        assert r.sequence(rec("2+2?", "4", [("system", blank)], rid=f"s{blank!r}")) == bare
+    assert r.sequence(rec("2+2?", "4", [("system", " "), ("system", "Be brief.")]))[0] != bare[0]

@@ -443,7 +443,12 @@ def test_lone_surrogate_in_another_field_is_kept_as_its_escape(tmp_path, capsys)
     assert '"note": "x\\ud800y"' in (out / "selected.jsonl").read_text()
     (row,) = strict_rows(out / "selected.jsonl")
     assert row["note"] == "x\ud800y"
-    assert pq.read_table(out / "scores.parquet").num_rows == 1
+    assert pq.read_table(out / "scores.parquet").column("id").to_pylist() == ["i\\udfff"]
+    # the Python API's tables escape it the same way (they raised UnicodeEncodeError)
+    import tunesift
+
+    sel = tunesift.select(data, method="random", budget=1)
+    assert sel.table().column("id").to_pylist() == ["i\\udfff"] and list(sel.scores()["id"]) == ["i\\udfff"]
 
 
 def test_lone_surrogate_in_the_response_is_a_record_defect(tmp_path, capsys):
@@ -971,6 +976,17 @@ def test_the_writer_types_the_kept_rows_as_the_check_typed_every_record(tmp_path
     sel = tunesift.select(big, method="random", budget=2, seed=1, out=tmp_path / "b", out_format="parquet")
     assert list(sel.indices) == [0, 1]  # the two integers, past int64 together, in the checked decimal column
     assert pq.read_table(tmp_path / "b" / "selected.parquet").column("n").to_pylist() == [2**63, -1]
+    # selected without out=, saved afterwards: the same types (sel.save typed the kept rows alone,
+    # and refused the {} column as a struct with no fields)
+    sel = tunesift.select(rows, method="random", budget=1, seed=0)
+    sel.save(tmp_path / "c", out_format="parquet")
+    assert pq.read_table(tmp_path / "c" / "selected.parquet").column("meta").to_pylist() == [{"x": None}]
+    sel = tunesift.select(big, method="random", budget=2, seed=1)
+    sel.save(tmp_path / "d", out_format="hf")
+    import datasets
+
+    assert pq.read_table(tmp_path / "b" / "selected.parquet").schema.field("n").type == \
+        datasets.load_from_disk(str(tmp_path / "d" / "selected")).data.schema.field("n").type
 
 
 def test_the_output_check_skips_error_rows_and_names_records_of_non_jsonl_files(tmp_path, capsys):

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import tiny
 
 from tunesift.errors import OptionError
-from tunesift.methods.delift import scaled, self_covering
+from tunesift.methods.delift import scaled, selection_kernel, self_covering
 from tunesift.methods.options import Options
 from tunesift.pipeline import as_records, select
 from tunesift.render import renderer_for
@@ -130,6 +130,22 @@ def test_task_stage_additive_uses_the_targets_x_pool_kernel(tiny_lm, tmp_path, k
     assert sel.order.tolist() == want.order.tolist()
     got = Q.toarray() if sp.issparse(Q) else Q
     np.testing.assert_allclose(got, t_sim.toarray() if sp.issparse(t_sim) else t_sim, atol=1e-5)
+
+
+def test_selection_kernel_scales_as_select_does():
+    """The benchmarks' selection_kernel must ship select's scaling: a kNN kernel clipped at 0, a
+    learned kernel over every pair (sparse, --knn 0) min-maxed like a dense one."""
+    rng = np.random.default_rng(0)
+    uf = rng.normal(size=(6, 6))
+    np.fill_diagonal(uf, np.nan)
+    dense = np.nan_to_num(uf)
+    full = sp.csr_matrix(dense)  # every off-diagonal pair held: a learned kernel with --knn 0
+    want = self_covering(scaled([uf], Options(knn=0))[0])
+    np.testing.assert_allclose(selection_kernel(uf), want, atol=1e-6)
+    np.testing.assert_allclose(selection_kernel(full, knn=False).toarray(), want, atol=1e-6)
+    clipped = self_covering(scaled([full], Options(knn=3))[0]).toarray()
+    np.testing.assert_allclose(selection_kernel(full).toarray(), clipped, atol=1e-6)  # sparse: kNN
+    assert not np.allclose(clipped, want)  # the two scalings differ here: the test can tell them apart
 
 
 @pytest.mark.parametrize("knn,copies", [(0, 1), (3, 1), (3, 2)])

@@ -292,6 +292,36 @@ def test_kv_budget_bounds_every_forward_and_keeps_values(tiny_lm):
     assert ResponseScorer(tiny_lm, token_budget=100).kv_budget == 400  # KV_TOKENS x token_budget
 
 
+def test_mixed_prefix_batches_keep_padding_positions_within_each_row(tiny_lm):
+    """In a batch of rows with different prefixes, a row's padding slots never get a position past
+    its last real token (prefix + continuation - 1): a short row beside a long one would otherwise
+    reach past max_length, out of a learned position table."""
+    r = renderer_for(tiny_lm)
+    recs = records(11, long_every=3)
+    encs = [r.encode(x) for x in recs]
+    groups = [(r.example_prefix(recs[j]), [Continuation(tuple(e.prompt + e.response), len(e.response))
+                                           for e in encs if e is not encs[j]]) for j in (0, 3, 4)]
+    scorer = ResponseScorer(tiny_lm, token_budget=4096, kv_budget=10**9)
+    seen = []
+
+    def hook(_module, _args, kwargs):
+        if kwargs.get("position_ids") is not None:
+            seen.append((kwargs["position_ids"].clone(), kwargs["attention_mask"].clone()))
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in (scorer.decoder, scorer.model)]
+    try:
+        scorer.score_groups(groups)
+    finally:
+        for h in handles:
+            h.remove()
+    assert scorer.mixed_batches > 0 and seen
+    widths = [len(set((m.sum(1)).tolist())) for _, m in seen]
+    assert max(widths) > 1  # rows of different lengths shared a batch: padding was there to place
+    for pos, m in seen:
+        last = m.sum(1) - 1  # (B,) each row's last real position: prefix + continuation - 1
+        assert (pos.max(1).values == last).all()
+
+
 def test_empty_inputs_and_bad_pattern(tiny_lm):
     r = renderer_for(tiny_lm)
     recs = records(3)

@@ -270,7 +270,8 @@ def pin_method_options(pinned: dict | None, cfg: BenchConfig, out: Path) -> dict
         if m in NO_SELECTION:
             continue
         opts["revision"] = now = get_method(registry_name(cfg, m)).revision
-        cells = sorted((out / "cells").glob(f"{m}__*.json"))
+        files = cell_name(m, 0, 0).split("__")[0] + "__*.json"  # donod+delift: donod-plus-delift__...
+        cells = sorted((out / "cells").glob(files))
         if not cells:
             continue
         # the pinned revision, else what the cells recorded (none before revisions existed: 1)
@@ -279,9 +280,28 @@ def pin_method_options(pinned: dict | None, cfg: BenchConfig, out: Path) -> dict
         if was != {now}:
             raise OptionError(f"{out}: the cells of {m!r} here were selected by its revision "
                               f"{', '.join(map(str, sorted(was)))}, this is revision {now}, which picks differently "
-                              f"(docs/methods.md#revisions): delete {out / 'cells'}/{m}__*.json to rerun them, or use "
+                              f"(docs/methods.md#revisions): delete {out / 'cells'}/{files} to rerun them, or use "
                               "another --out")
     return {**have, **mine}
+
+
+def pin_models(pinned: dict | None, names: set[str], out: Path) -> dict[str, str | None]:
+    """``{model: fingerprint}`` of the models this run loads (``names``: it trains or selects
+    with them; :func:`~tunesift.models.source_fingerprint`), over those ``pinned`` (the folder's
+    bench.json) recorded: the key pins a model by name only, so a folder re-exported or a model package
+    upgraded between runs would add cells made on other weights. A changed fingerprint is a
+    one-line OptionError; a bench pinned before models were (no ``models``) pins them now."""
+    from .models import source_fingerprint
+
+    have = dict((pinned or {}).get("models") or {})
+    for name in sorted(names):
+        now = source_fingerprint(name)
+        was = have.get(name)
+        if was is not None and now is not None and was != now:
+            raise OptionError(f"{out}: model {name!r} has other weights than when this bench's cells ran "
+                              f"(fingerprint {was}, now {now}); use another --out, or restore the model")
+        have[name] = now if now is not None else was
+    return have
 
 
 BENCH_FILE = "bench.json"
@@ -564,12 +584,13 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
     models |= {selection_model(cfg, m) for m, _, _ in todo} - {None}
     for model in sorted(models):
         check_model(model)
+    weights = pin_models(old, models, out)
     if todo:
         check_held_out_fit(cfg, [(cfg.test, test), *((cfg.also_test[n], r) for n, r in also.items())])
     pinned = out / BENCH_FILE
     out.mkdir(parents=True, exist_ok=True)
     write_text(pinned, json.dumps({"key": key, "config": asdict(cfg), "inputs": digests,
-                                   "method_options": per_method}, indent=2, default=str) + "\n")
+                                   "method_options": per_method, "models": weights}, indent=2, default=str) + "\n")
     (out / "cells").mkdir(exist_ok=True)  # after bench.json: a folder with cells/ is always a bench's
     log.info("bench: %d cells, %d to run (%d train / %d test records)", len(grid_cells(cfg)), len(todo),
              len(train), len(test))
@@ -577,7 +598,7 @@ def run_bench(cfg: BenchConfig, out: str | Path, *,
     from .machine import describe
     from .pipeline import versions
 
-    ran_with = {"versions": versions(), "code": code_fingerprint(), "machine": describe()}
+    ran_with = {"versions": versions(), "code": code_fingerprint(), "machine": describe(), "models": weights}
     for method, budget, seed in todo:
         info = run_cell(cfg, method, budget, seed, data, progress=progress, out=out)
         # which code and machine made the cell (cells of a grid span sessions), and the method's revision

@@ -32,10 +32,11 @@ class RecordsError(InputError):
     """Records that cannot be used (defects found reading them, or too long for the model), as one
     line: the first in full (file, line, field), then how many and where the next few are."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 field: str | None = None, reason: str | None = None):
         TunesiftError.__init__(self, message)
-        self.path = self.line = self.field = None
-        self.reason = message
+        self.path, self.line, self.field = path, line, field  # the first record's, when one file is named
+        self.reason = message if reason is None else reason
 
 
 class RecordTooLong(TunesiftError):

@@ -252,6 +252,27 @@ def check_model(name: str) -> None:
                             f"weights ({' or '.join(WEIGHT_FILES[::2])})")
 
 
+def _files_fingerprint(name: str, where: Path | str) -> str | None:
+    """The fingerprint of model ``name``'s files (``where``: :func:`model_folder`): a folder's, or
+    a Hub id's cached snapshot, so updated weights never reuse old scores; None when a Hub id's
+    snapshot cannot be found to hash (:func:`load_lm` then hashes the loaded weights)."""
+    if Path(str(where)).exists():
+        return fingerprint(Path(str(where)))
+    try:
+        from huggingface_hub import snapshot_download
+
+        return file_fingerprint(Path(snapshot_download(str(name), local_files_only=True)), nested=False)
+    except Exception:  # noqa: BLE001 - any failure to find the snapshot means "cannot hash the files"
+        return None
+
+
+def source_fingerprint(name: str) -> str | None:
+    """What :func:`load_lm` would record as model ``name``'s fingerprint, without loading it
+    (None for a Hub id whose snapshot cannot be hashed): to pin the models of a bench that spans
+    runs, so cells made on other weights are not mixed with its earlier ones."""
+    return _files_fingerprint(name, model_folder(name))
+
+
 def load_tokenizer(name: str = "default"):
     """The tokenizer of model ``name`` alone (an alias's GGUF is converted once), with the EOS token
     as padding where it has none: what :func:`load_lm` pairs with the model, for checks that need
@@ -286,18 +307,12 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
     except (OSError, ValueError) as exc:
         raise TunesiftError(f"cannot load model '{name}' offline: {first_line(exc)}") from None
     model.to(dev).eval()
-    if Path(str(where)).exists():
-        fp = fingerprint(Path(str(where)))
-    else:  # a Hub id: hash the cached snapshot, so updated weights never reuse old scores
+    fp = _files_fingerprint(name, where)
+    if fp is None:  # no snapshot to hash (a custom cache layout): hash what was loaded
         try:
-            from huggingface_hub import snapshot_download
-
-            fp = file_fingerprint(Path(snapshot_download(str(name), local_files_only=True)), nested=False)
-        except Exception:  # no snapshot to hash (a custom cache layout): hash what was loaded
-            try:
-                fp = weights_fingerprint(model)
-            except Exception as exc:  # noqa: BLE001 - a model whose tensors cannot be read back
-                raise TunesiftError(f"cannot fingerprint model '{name}' for the score cache: {first_line(exc)}") from None
+            fp = weights_fingerprint(model)
+        except Exception as exc:  # noqa: BLE001 - a model whose tensors cannot be read back
+            raise TunesiftError(f"cannot fingerprint model '{name}' for the score cache: {first_line(exc)}") from None
     return LoadedModel(model, tok, name, str(where), fp, dev, str(torch_dtype).replace("torch.", ""))
 
 

@@ -230,32 +230,6 @@ def manifest(sel: Selection, inputs: dict[str, dict], files: dict[str, str] | No
     }
 
 
-def _scores_table(sel: Selection):
-    """scores.parquet; a string that is not valid Unicode (a lone surrogate in an id or an error
-    reason) is written as its ``\\uXXXX`` escape."""
-    try:
-        return sel.table()
-    except (UnicodeError, ValueError):
-        pass
-    import dataclasses
-
-    import numpy as np
-
-    def esc(x):
-        if not isinstance(x, str):
-            return x
-        try:
-            x.encode("utf-8")
-            return x
-        except UnicodeEncodeError:
-            return x.encode("utf-8", "backslashreplace").decode("utf-8")
-
-    records = [dataclasses.replace(r, id=esc(r.id)) for r in sel.records]
-    cols = {k: (np.array([esc(x) for x in v], dtype=object) if np.asarray(v).dtype == object else v)
-            for k, v in sel.columns.items()}
-    return dataclasses.replace(sel, records=records, columns=cols).table()
-
-
 def _write_selected(sel: Selection, tmp: Path, out_format: str) -> None:
     """The kept rows; Parquet and hf use the input's Arrow schema when it had one (native types)."""
     rows = sel.rows
@@ -354,7 +328,7 @@ def write_selection(sel: Selection, out_dir: str | Path, inputs: dict[str, dict]
     def fill(tmp: Path) -> None:
         _write_selected(sel, tmp, out_format)
         _write_dataset_info(sel, tmp, out_format)
-        pq.write_table(_scores_table(sel), tmp / "scores.parquet")
+        pq.write_table(sel.table(), tmp / "scores.parquet")
         files = digests(tmp)
         text = json.dumps(json_value(manifest(sel, inputs or {}, files, out_format)), indent=2, allow_nan=False)
         (tmp / "manifest.json").write_text(text + "\n", encoding="utf-8")
@@ -433,4 +407,14 @@ def save_selection(sel: Selection, out_dir: str | Path, *, out_format: str = "js
     (:func:`write_selection`). ``guard``: further input files the folder must not hold (the CLI's ``--config``).
     Returns the folder."""
     inputs = [*sel.sources.values(), *guard]
+    if out_format in ("parquet", "hf") and "row_types" not in sel.extra:
+        # selected without out= (sel.save afterwards): the column types over every record, as
+        # select --out checks them before scoring, so the file is typed the same either way
+        from dataclasses import replace
+
+        from .row_values import check_rows_writable
+
+        types = check_rows_writable(sel.records, sel.sources.get("data", "<rows>"), sel.extra.get("input_schema"),
+                                    out_format=out_format)
+        sel = replace(sel, extra={**sel.extra, "row_types": types})
     return write_selection(sel, out_dir, input_info(sel), out_format=out_format, input_paths=inputs, report=report)

@@ -132,15 +132,17 @@ class Selection:
         return f"Selection({', '.join(parts)})"
 
     def table(self):
-        """One row per input record: id, line, the method's scores, rank, kept (a pyarrow Table)."""
+        """One row per input record: id, line, the method's scores, rank, kept (a pyarrow Table).
+        A string that is not valid Unicode (a lone surrogate in an id or an error reason, which
+        Python holds and Arrow does not) is its ``\\uXXXX`` escape."""
         import pyarrow as pa
 
         rank = np.zeros(len(self.records), dtype=np.int64)
         rank[self.order] = np.arange(1, len(self.order) + 1)
-        cols = {"id": pa.array([r.id for r in self.records], pa.string()),
+        cols = {"id": pa.array([_unicode(r.id) for r in self.records], pa.string()),
                 "line": pa.array([r.line for r in self.records], pa.int64())}
         for name, arr in self.columns.items():
-            cols[name] = pa.array(arr)
+            cols[name] = pa.array([_unicode(x) for x in arr] if np.asarray(arr).dtype == object else arr)
         cols["rank"] = pa.array(rank, pa.int64(), mask=rank == 0)  # null: not ranked (not picked)
         cols["kept"] = pa.array(self.kept.astype(bool))
         return pa.table(cols)
@@ -295,6 +297,8 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     log.info("%s: %d records read, keeping %d", opt.method, len(records), k)
     timings = {"read_s": time.perf_counter() - t_start}
     model_info, template = None, None
+    if lm is not None:  # a model loaded by the caller: its device and dtype are the run's (the encoder's too)
+        opt = replace(opt, device=lm.device, dtype=lm.dtype)
     if method.needs_lm:
         if lm is None:
             from .models import load_lm
@@ -408,8 +412,10 @@ def _second_set_repeats(records: list[Record], repeats: tuple, name: str, kept: 
     out = {f"{name}_prompts": int(same_prompt.sum()), f"{name}_prompts_kept": int((same_prompt & kept).sum()),
            f"{name}_copies": int(same_example.sum()), f"{name}_copies_kept": int((same_example & kept).sum()),
            f"{name}_near_prompts": int(near.sum()), f"{name}_near_prompts_kept": int((near & kept).sum())}
-    why = ("if the target set is what you evaluate on, this is a leak: remove them from the pool"
-           if name == "target" else "the model was trained on these already")
+
+    def why(act: str) -> str:  # act: what to do with a target copy ("remove them from the pool")
+        return (f"if the target set is what you evaluate on, this is a leak: {act}" if name == "target"
+                else "the model was trained on these already")
 
     def named(mask: np.ndarray) -> str:
         bad = np.flatnonzero(mask).tolist()
@@ -417,12 +423,24 @@ def _second_set_repeats(records: list[Record], repeats: tuple, name: str, kept: 
 
     if n := out[f"{name}_prompts_kept"]:
         log.warning("%d kept record(s) ask a prompt of the %s set (%d with its response too: counts.%s_copies_kept): "
-                    "%s; %s", n, name, out[f"{name}_copies_kept"], name, named(same_prompt & kept), why)
+                    "%s; %s", n, name, out[f"{name}_copies_kept"], name, named(same_prompt & kept),
+                    why("remove them from the pool"))
     if n := out[f"{name}_near_prompts_kept"]:
         log.warning("%d kept record(s) ask a near copy of a prompt of the %s set (half or more of their 8-word "
                     "sequences shared: counts.%s_near_prompts_kept): %s; %s", n, name, name, named(near & kept),
-                    why.replace("remove them", "check them"))
+                    why("check them"))
     return out
+
+
+def _unicode(x):
+    """``x``, or a string with a lone surrogate as its ``\\uXXXX`` escape (UTF-8 cannot hold it)."""
+    if not isinstance(x, str):
+        return x
+    try:
+        x.encode("utf-8")
+        return x
+    except UnicodeEncodeError:
+        return x.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def type_label(data) -> str:

@@ -12,7 +12,10 @@ the documented plain template below. Tokenising segments separately makes the re
 exact by construction (no offset mapping, no boundary guessing) and makes a record's
 ``prompt|user_end|response|end`` tokens identical in both DELIFT arms, so only the example
 differs. For ChatML-style templates this equals tokenising the whole string, because segments
-meet at special tokens or newlines; the tests check it.
+meet at special tokens or newlines (the tests check it), except where a text starts with
+whitespace that BPE would merge with the newline before it (a prompt "  Q" after "user\n"): the
+split form is the one generation produces (the prompt's ids, then the model's), and scoring,
+training and evaluation all use it.
 
 Record text is tokenised as text: a control string inside it (``<|im_end|>``, ``<|im_start|>``,
 ``<|endoftext|>``, any added token of the tokenizer) becomes the tokens of its characters, never
@@ -232,16 +235,22 @@ class Renderer:
         turns, tool turns and the like come out exactly as in fine-tuning) and the shared header
         and final ``user_end`` are cut off. A record's own system turn is put in front of its first
         turn's text: the header (with the template's default system prompt) is shared by every
-        sequence, which DELIFT's prefix reuse relies on. Without a template (or if the template's
-        rendering does not start with the header), user turns end with ``user_end``, assistant turns
-        with ``between``, and other roles are written as ``role: content``.
+        sequence, which DELIFT's prefix reuse relies on (so it is text of the first user turn, and the
+        template's default system prompt stays; a blank system turn is none). A chat the assistant
+        opens gets an empty user turn first. Without a template (or if the template's rendering does
+        not start with the header), a user turn followed by an assistant turn ends with
+        ``user_end``, an assistant turn with ``between``, other roles are written as
+        ``role: content``, and turns in a row that are not the assistant's stay in one user turn,
+        ``"\n\n"`` apart.
 
         Tool results (role ``tool``, also as the prompt: ``record.prompt_role``) go to the template
         as ``tool`` turns; a template that rejects that role gets them as ``user`` turns (the turn
         every template holds), and only if that fails too is the manual rendering used.
         """
-        system = [c for r, c in record.context if r == "system"]
+        system = [c for r, c in record.context if r == "system" and c.strip()]  # a blank one is none
         turns = [(r, c) for r, c in record.context if r != "system"] + [(prompt_role(record), record.prompt)]
+        if turns[0][0] == "assistant":  # a chat the assistant opens: an empty user turn before it, so
+            turns.insert(0, ("user", ""))  # the greeting sits in an assistant turn after the header
         if system:
             role, content = turns[0]
             turns[0] = (role, "\n\n".join(system) + "\n\n" + content)
@@ -251,14 +260,15 @@ class Renderer:
                 text = self._template_text([("user" if r == "tool" else r, c) for r, c in turns])
             if text is not None:
                 return text
+        # user_end opens an assistant turn: only an assistant turn follows it; turns in a row that
+        # are not the assistant's (user, user; user, tool) stay in one user turn, "\n\n" apart
         parts = []
-        for role, content in turns[:-1]:
-            if role == "user":
-                parts.append(content + self.fmt.user_end)
-            elif role == "assistant":
-                parts.append(content + self.fmt.between)
+        for (role, content), (after, _) in zip(turns[:-1], turns[1:]):
+            text = content if role in ("user", "assistant") else f"{role}: {content}"
+            if role == "assistant":
+                parts.append(text + self.fmt.between)
             else:
-                parts.append(f"{role}: {content}\n\n")
+                parts.append(text + (self.fmt.user_end if after == "assistant" else "\n\n"))
         role, content = turns[-1]
         return "".join(parts) + (content if role == "user" else f"{role}: {content}")
 

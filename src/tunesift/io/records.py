@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesift.errors import InputError, OptionError
+from tunesift.errors import InputError, OptionError, RecordsError
 
 from .chat import history_turns, parse_turns, split_chat, system_text
 from .describe import (
@@ -148,9 +148,12 @@ def records_from_rows(
             dup = sorted({n for n in names if names.count(n) > 1})
             raise InputError(source, f"the DataFrame has duplicate column names ({', '.join(dup)}); "
                                      "only one of each would be read")
+        part = rows if limit is None else rows.iloc[:limit]  # limit: the rest is never converted
         rows = [{k if isinstance(k, str) else str(k): v for k, v in ((k, from_pandas(v)) for k, v in r.items())
-                 if v is not None} for r in rows.to_dict("records")]  # a missing cell: no such field
+                if v is not None} for r in part.to_dict("records")]  # a missing cell: no such field
     elif type(rows).__name__ == "Dataset" and hasattr(rows, "to_list"):
+        if limit is not None and limit < len(rows):
+            rows = rows.select(range(limit))  # the rest is never converted
         rows = rows.to_list()  # datasets.Dataset: much faster than iterating it
     elif rows is None or not isinstance(rows, Iterable):
         raise InputError(source, f"expected rows (a list of dicts, a DataFrame, a Dataset) or a path, "
@@ -368,8 +371,9 @@ def _texts(row: dict, schema: Schema, loc: Loc, source: str) -> tuple[str, str]:
     return "\n\n".join(parts), response
 
 
-def _defects_error(source: str, defects: list[InputError], n: int, hint: str) -> InputError:
-    """One line for every per-record defect: the first in full, then the count and the next few."""
+def _defects_error(source: str, defects: list[InputError], n: int, hint: str) -> RecordsError:
+    """One line for every per-record defect: the first in full, then the count and the next few
+    (a :class:`RecordsError`, an InputError with the first defect's file, line and field)."""
     first = defects[0]
     reason = first.reason
     if len(defects) > 1:
@@ -382,7 +386,8 @@ def _defects_error(source: str, defects: list[InputError], n: int, hint: str) ->
             f"; {len(defects)} of {n} records cannot be used, also at {', '.join(more)}"
             + (f" and {rest} more" if rest else "")
         )
-    return InputError(source, reason + hint, line=first.line, field=first.field)
+    e = InputError(source, reason + hint, line=first.line, field=first.field)
+    return RecordsError(str(e), path=e.path, line=e.line, field=e.field, reason=e.reason)
 
 
 def _field_id(row: dict, name: str, why: str, loc: Loc, source: str) -> str:

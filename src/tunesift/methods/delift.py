@@ -108,14 +108,20 @@ def self_covering(sim, twins: np.ndarray | None = None):
     return sim
 
 
-def selection_kernel(uf, *, clip_negative: bool = False, twins: np.ndarray | None = None):
+def selection_kernel(uf, *, knn: bool | None = None, clip_negative: bool = False,
+                     twins: np.ndarray | None = None):
     """One pool kernel UF (n, n) as the instruction stage selects on it: scaled to [0, 1] (min-max;
-    harmful UF at 0 for a kNN kernel or ``clip_negative``: :func:`clipping`) and
-    :func:`self_covering` (float32, dense or CSR). For benchmarks that pick on a kernel they
+    harmful UF at 0 for a kNN kernel or ``clip_negative``, as :func:`scaled`) and
+    :func:`self_covering` (float32, dense or CSR). ``knn``: whether the kernel came from
+    ``--knn`` > 0 (None: a sparse kernel did; pass False for a learned kernel over every pair,
+    which is sparse but min-maxed like a dense one). For benchmarks that pick on a kernel they
     computed, so that they measure what ``select`` ships."""
+    import scipy.sparse as sp
+
     from ..scoring.utility import to_similarity
 
-    sim = to_similarity(uf, clip_negative=clipping([uf], clip_negative))
+    clip = clip_negative or (sp.issparse(uf) if knn is None else (knn and sp.issparse(uf)))
+    sim = to_similarity(uf, clip_negative=clip)
     return self_covering(sim.astype(np.float32), twins)
 
 

@@ -11,7 +11,7 @@ token, the tokens fine-tuning trains on) and
 Steps, as in the paper, on the one model we are given:
 
 1. **Warm-up.** A copy of the model gets LoRA adapters (the attention projections q, k, v, o by
-   default, as in the paper) and is fine-tuned with :func:`tunesift.finetune.finetune` (AdamW,
+   default, as in the paper; a fused ``qkv_proj`` counts as q, k and v) and is fine-tuned with :func:`tunesift.finetune.finetune` (AdamW,
    response-only loss) on a seeded random share ``warmup`` of the pool (at least
    ``MIN_WARMUP`` records) for ``warmup_epochs`` epochs. The caller's model is never modified.
 2. **Gradient features** at the warmed-up weights, in eval mode (no dropout). Pool records get
@@ -67,7 +67,8 @@ DEFAULT_DIM = 8192  # the paper's; see docs/baselines.md for the cost and the no
 BLOCK = 64  # records per cached feature block (and per projection pass)
 CHUNK = 1 << 22  # entries of the projection matrix generated at a time (16 MB of float32)
 KEEP_BYTES = 1 << 28  # keep the projection in memory when it is at most this big
-ATTENTION = r".*\.(q_proj|k_proj|v_proj|o_proj)"  # the paper's LoRA target modules
+# the paper's LoRA target modules; qkv_proj: the three fused (Phi-3), whose o_proj alone matched
+ATTENTION = r".*\.(q_proj|k_proj|v_proj|qkv_proj|o_proj)"
 
 
 # -- warm-up -----------------------------------------------------------------------------------
@@ -92,7 +93,7 @@ def warmup_indices(n: int, warmup: float, seed: int = 0) -> np.ndarray:
 
 def _target_modules(model, cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with the attention regex replaced by ``all-linear`` when no linear layer of the
-    model matches it (architectures without q/k/v/o_proj)."""
+    model matches it (architectures without q/k/v(/qkv)/o_proj)."""
     if cfg.target_modules != ATTENTION:
         return cfg
     hit = any(

@@ -486,7 +486,11 @@ class ResponseScorer:
             mask = torch.cat([prefix_mask, mask], 1)
             kw = {"cache": cache, "use_cache": True}
             if prefix_lens is not None:
-                kw["position_ids"] = prefix_lens[:, None] + torch.arange(width, device=dev)[None]
+                # (B, width): a padding slot repeats its row's last real position, so no position
+                # passes max_length (learned position tables) or moves a dynamic RoPE's scale
+                lens = torch.tensor([len(c.ids) for c in conts], device=dev)
+                steps = torch.minimum(torch.arange(width, device=dev)[None], lens[:, None] - 1)
+                kw["position_ids"] = prefix_lens[:, None] + steps
         else:
             kw = {"use_cache": False}
         seg_t = torch.tensor(seg, device=dev)

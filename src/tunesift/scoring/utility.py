@@ -285,8 +285,9 @@ def utility_kernel(
         pairs: optional boolean (n_t, n_e) pattern (scipy sparse or array) of the pairs to score;
             the result is then sparse (CSR) with exactly this pattern. None: all pairs, dense.
         exclude_diagonal: when targets and examples are the same records (``same=True``, or by
-            default when their ids are identical in order), pairs (i, i) are not computed and hold NaN.
-        same: force or forbid the "same records" rule; None detects it from the ids.
+            default when their ids and texts are identical in order: ``kernel_job.is_same``), pairs
+            (i, i) are not computed and hold NaN.
+        same: force or forbid the "same records" rule; None detects it from the ids and texts.
         distance_stats: keep both statistics (True) or only the log-prob sums (False: halves the
             kernel's memory; only the ``pmi`` distance is then available).
         token_budget: padded continuation tokens per forward batch.
