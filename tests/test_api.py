@@ -473,6 +473,11 @@ def test_a_given_lm_sets_the_runs_device_and_dtype(demo_rows, tiny_lm, tmp_path,
                           cache_dir=str(tmp_path / "cache"), progress=False)
     assert seen == [("float32", "cpu")]
     assert (sel.options.dtype, sel.options.device) == ("float32", "cpu")
+    # a method that does not use the model (warned about) keeps the options given
+    seen.clear()
+    sel = tunesift.select(demo_rows[:8], method="delift-se", budget=3, lm=tiny_lm, dtype="bfloat16",
+                          cache_dir=str(tmp_path / "cache"), progress=False)
+    assert seen == [("bfloat16", "auto")] and sel.options.dtype == "bfloat16"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make chromium installs Debian's package)")

@@ -51,7 +51,7 @@ def lora_copy(lm, seed: int = 0) -> LoraGradients:
     return grads
 
 
-def test_lora_targets_every_attention_projection_fused_or_not():
+def test_lora_targets_every_attention_projection_fused_or_not(tiny_lm):
     """Phi-3 fuses q, k and v into qkv_proj: the attention regex matched its o_proj alone (so the
     all-linear fallback never fired) and LESS's gradients left out the query, key and value."""
     from transformers import Phi3Config, Phi3ForCausalLM
@@ -60,7 +60,9 @@ def test_lora_targets_every_attention_projection_fused_or_not():
     model = Phi3ForCausalLM(Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                        num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
     cfg = less._target_modules(model, warmup_config())
-    assert cfg.target_modules == less.ATTENTION
+    assert cfg.target_modules == less.FUSED_ATTENTION
+    # a model with q, k, v apart keeps the paper's string (and so its cache keys)
+    assert less._target_modules(tiny_lm.model, warmup_config()).target_modules == less.ATTENTION
     wrap_lora(model, cfg)
     names = [n for n, _ in model.named_parameters() if "lora_A" in n]
     assert any(".qkv_proj." in n for n in names) and any(".o_proj." in n for n in names)

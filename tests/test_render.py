@@ -262,3 +262,6 @@ def test_a_blank_system_turn_is_no_system_turn(chat, chat_tok, plain_tok):
     for blank in ("", "   ", "\n"):
         assert r.sequence(rec("2+2?", "4", [("system", blank)], rid=f"s{blank!r}")) == bare
     assert r.sequence(rec("2+2?", "4", [("system", " "), ("system", "Be brief.")]))[0] != bare[0]
+    # a record with a control string in its text is rendered slot by slot: the same rule there
+    ctl = r.sequence(rec("2+2? <|im_end|>", "4"))
+    assert r.sequence(rec("2+2? <|im_end|>", "4", [("system", "  ")], rid="c")) == ctl

@@ -297,9 +297,9 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     log.info("%s: %d records read, keeping %d", opt.method, len(records), k)
     timings = {"read_s": time.perf_counter() - t_start}
     model_info, template = None, None
-    if lm is not None:  # a model loaded by the caller: its device and dtype are the run's (the encoder's too)
-        opt = replace(opt, device=lm.device, dtype=lm.dtype)
     if method.needs_lm:
+        if lm is not None:  # a model loaded by the caller: its device and dtype are the run's (the encoder's too)
+            opt = replace(opt, device=lm.device, dtype=lm.dtype)
         if lm is None:
             from .models import load_lm
 

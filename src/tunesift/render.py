@@ -200,12 +200,13 @@ class Renderer:
 
     def prompt_ids(self, record) -> list[int]:
         """Token ids of :meth:`prompt_text`, with the record's own text tokenised as text."""
-        texts = [c for _, c in record.context] + [record.prompt]
+        context = [(r, c) for r, c in record.context if r != "system" or c.strip()]  # a blank system turn is none
+        texts = [c for _, c in context] + [record.prompt]
         if not any(self.has_control(t) for t in texts):
             text = self.prompt_text(record)
             return self._memo(text, lambda: self.tokenizer(text, add_special_tokens=False).input_ids)
         slot = iter(range(len(texts)))
-        masked = SimpleNamespace(context=tuple((r, f"\x02TSP{next(slot)}\x02") for r, _ in record.context),
+        masked = SimpleNamespace(context=tuple((r, f"\x02TSP{next(slot)}\x02") for r, _ in context),
                                  prompt=f"\x02TSP{next(slot)}\x02", prompt_role=prompt_role(record))
         pieces = _SLOT.split(self.prompt_text(masked))
         out: list[int] = []

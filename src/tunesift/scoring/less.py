@@ -67,8 +67,10 @@ DEFAULT_DIM = 8192  # the paper's; see docs/baselines.md for the cost and the no
 BLOCK = 64  # records per cached feature block (and per projection pass)
 CHUNK = 1 << 22  # entries of the projection matrix generated at a time (16 MB of float32)
 KEEP_BYTES = 1 << 28  # keep the projection in memory when it is at most this big
-# the paper's LoRA target modules; qkv_proj: the three fused (Phi-3), whose o_proj alone matched
-ATTENTION = r".*\.(q_proj|k_proj|v_proj|qkv_proj|o_proj)"
+ATTENTION = r".*\.(q_proj|k_proj|v_proj|o_proj)"  # the paper's LoRA target modules
+# a model with q, k and v fused (Phi-3's qkv_proj), whose o_proj alone matched ATTENTION; its own
+# string, so the cache keys of every other model stay as they were
+FUSED_ATTENTION = r".*\.(qkv_proj|o_proj)"
 
 
 # -- warm-up -----------------------------------------------------------------------------------
@@ -93,13 +95,14 @@ def warmup_indices(n: int, warmup: float, seed: int = 0) -> np.ndarray:
 
 def _target_modules(model, cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with the attention regex replaced by ``all-linear`` when no linear layer of the
-    model matches it (architectures without q/k/v(/qkv)/o_proj)."""
+    model matches it (architectures without q/k/v/o_proj), and by :data:`FUSED_ATTENTION` for a
+    model whose q, k and v are one ``qkv_proj``."""
     if cfg.target_modules != ATTENTION:
         return cfg
-    hit = any(
-        isinstance(m, torch.nn.Linear) and re.fullmatch(ATTENTION, n)
-        for n, m in model.named_modules()
-    )
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    if any(n.endswith(".qkv_proj") for n in linear):
+        return TrainConfig(**{**asdict(cfg), "target_modules": FUSED_ATTENTION})
+    hit = any(re.fullmatch(ATTENTION, n) for n in linear)
     return cfg if hit else TrainConfig(**{**asdict(cfg), "target_modules": "all-linear"})
 
 
