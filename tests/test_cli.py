@@ -230,7 +230,11 @@ def test_config_file_with_flag_override(demo, tmp_path, capsys):
                                            "bad.yaml:2: option 'seed': write the number 010 in decimal digits "
                                            "(YAML reads it as 8)"),
                                           ("method: random\nweights: [01, 1]\n",
-                                           "bad.yaml:2: option 'weights': write the number 01 in decimal digits")])
+                                           "bad.yaml:2: option 'weights': write the number 01 in decimal digits"),
+                                          # a traceback, and an unknown method named without its line
+                                          ("method: random\n<<: {knn: 8}\n",
+                                           "bad.yaml:2: YAML merge keys ('<<') are not read in a config"),
+                                          ("budget: 0.2\nmethod: magic\n", "bad.yaml:2: unknown method 'magic'")])
 def test_bad_config(text, message, tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)

@@ -1170,3 +1170,23 @@ def test_a_target_record_too_long_stops_before_any_scoring(tiny_dir, tmp_path, c
     one_line_error(code, err, f"the target set: {target}: record ", "(line 2): response of",
                    "does not fit max_length 64", "--on-error skip covers the pool only")
     assert not (tmp_path / "o").exists()
+
+
+def test_an_output_folder_that_is_a_mount_point_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """A container volume as --out passed every check, then the swap's rename failed (EBUSY)
+    after all the scoring; every rerun the same."""
+    import os
+
+    from tunesift.outputs import mount_point
+
+    assert mount_point(Path("/")) and not mount_point(tmp_path)
+    data = jsonl(tmp_path / "d.jsonl", GOOD)
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(vol) or real(p))
+    code, err = run(["select", data, "--method", "random", "--budget", "1", "--out", vol, "-q"], capsys)
+    one_line_error(code, err, f"output folder '{vol}' is a mount point", f"--out {vol / 'run1'}")
+    assert list(vol.iterdir()) == []
+    code, err = run(["select", data, "--method", "random", "--budget", "1", "--out", vol / "run1", "-q"], capsys)
+    assert code == 0, err

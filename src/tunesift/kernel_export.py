@@ -127,12 +127,20 @@ def _input(given, digest: dict) -> dict:
     return {"in_memory": type_label(given)}
 
 
+LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines splits at
+
+
 def id_lines(records) -> str:
-    """One id per line; an id holding a line break (or starting with a quote) is written as a JSON
-    string, so every line is one id."""
+    """One id per line; an id holding a line break of any kind, starting with a quote, or not valid
+    Unicode (a lone surrogate, which UTF-8 cannot hold) is written as an ASCII JSON string
+    (``\\uXXXX`` escapes), so every line is one id and the file is UTF-8."""
     out = []
     for r in records:
         rid = str(r.id)
-        out.append(json.dumps(rid, ensure_ascii=False) if ("\n" in rid or "\r" in rid or rid.startswith('"'))
-                   else rid)
+        try:
+            rid.encode("utf-8")
+            plain = not rid.startswith('"') and not LINE_BREAKS.intersection(rid)
+        except UnicodeEncodeError:
+            plain = False
+        out.append(rid if plain else json.dumps(rid))
     return "".join(x + "\n" for x in out)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,6 +85,23 @@ def existing_parent(p: Path) -> Path:
         parent = parent.parent
 
 
+def mount_point(path: Path) -> bool:
+    """Whether ``path`` (resolved) is a mount point: :func:`os.path.ismount` (another device than
+    its parent), or, on Linux, listed in ``/proc/self/mountinfo`` (a bind mount of a folder of the
+    same device, as ``docker run -v`` makes)."""
+    if os.path.ismount(path):
+        return True
+    try:
+        text = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    # field 5 is the mount point, with space, tab, newline and backslash as octal escapes
+    unescape = re.compile(r"\\([0-7]{3})")
+    points = {unescape.sub(lambda m: chr(int(m.group(1), 8)), line.split(" ")[4])
+              for line in text.splitlines() if line.count(" ") >= 4}
+    return str(path) in points
+
+
 def check_writable(out_dir: str | Path) -> Path:
     """Fail early (before any scoring) when the output folder cannot be created or replaced: the
     nearest existing folder above it, where the new set is staged, gets a real probe write.
@@ -100,6 +118,10 @@ def check_writable(out_dir: str | Path) -> Path:
             raise OptionError(f"output '{out_dir}' exists and is not a folder")
     except OSError as exc:
         raise OptionError(f"output '{out_dir}': {exc.strerror or exc}") from None
+    if out.is_dir() and mount_point(out):  # renaming over it fails (EBUSY), after all the work
+        raise OptionError(f"output folder '{out_dir}' is a mount point (a container volume?): the output is swapped "
+                          f"in by renaming, which a mount point refuses; name a folder inside it, e.g. --out "
+                          f"{Path(out_dir) / 'run1'}")
     # the new set is staged in a folder beside ``out`` and swapped in: its parent is what must be writable
     parent = existing_parent(out.parent)
     if not parent.is_dir():

@@ -69,6 +69,9 @@ def load_recipe(ctx: typer.Context, param, value: Path | None):
         for k, v in node.value:
             if not isinstance(k, yaml.ScalarNode):
                 continue
+            if k.tag == "tag:yaml.org,2002:merge":  # "<<: *defaults": the loader cannot name its line
+                raise TunesiftError(f"{value}:{k.start_mark.line + 1}: YAML merge keys ('<<') are not read in a "
+                                    "config: write each option as its own key")
             key = keys.construct_object(k)
             name = str(k.value).replace("-", "_")
             if name in spelled:  # safe_load keeps the last silently (max-length and max_length too)

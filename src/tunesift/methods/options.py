@@ -71,6 +71,17 @@ def _device(v: str) -> str | None:
     return None if ok else f"unknown device '{v}': use auto, cpu, cuda or cuda:N"
 
 
+def _method(v: str) -> str | None:
+    """Why ``v`` names no method (the registry's message), or None."""
+    from .catalogue import get_method
+
+    try:
+        get_method(v)
+    except OptionError as exc:
+        return str(exc)
+    return None
+
+
 def _eta(v) -> str | None:
     return None if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else f"eta must be a positive number, got {v}"
 
@@ -134,7 +145,7 @@ def opt(default, help: str, *, group: str = "general", check: Check | None = Non
 class Options:
     """Every option of a selection. Defaults are the documented ones (docs/options.md)."""
 
-    method: str = opt("donod", "The selection method (see the table in docs/methods.md).")
+    method: str = opt("donod", "The selection method (see the table in docs/methods.md).", check=_method)
     budget: float | int | str = opt(0.3, "Fraction in (0, 1] (e.g. 0.3, 1.0) or a count (e.g. 300).", cli="text")
     seed: int = opt(0, "Seed for random and balanced-random selection, stochastic greedy, --sample, LESS's warm-up "
                     "(its sample and training) and projection, the labelled pairs of --utility learned, the "
