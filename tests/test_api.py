@@ -293,8 +293,24 @@ def test_save_formats_match_the_cli(demo, tmp_path, capsys, fmt):
     assert run(["select", demo, "--method", "random", "--budget", "5", "--out-format", fmt,
                 "--out", tmp_path / "cli", "-q"], capsys)[0] == 0
     tunesift.select(demo, method="random", budget=5).save(tmp_path / "api", out_format=fmt)
-    assert sorted(_files(tmp_path / "cli")) == sorted(_files(tmp_path / "api"))
+    cli, api = _files(tmp_path / "cli"), _files(tmp_path / "api")
+    assert sorted(cli) == sorted(api)
     assert manifest_of(tmp_path / "api")["out_format"] == fmt
+    # the same kept rows, types and trainer entry (not only the same file names)
+    if fmt == "parquet":
+        assert pq.read_table(api["selected.parquet"]).equals(pq.read_table(cli["selected.parquet"]))
+    else:
+        import datasets
+
+        a, b = (datasets.load_from_disk(str(tmp_path / d / "selected")) for d in ("api", "cli"))
+        assert a.features == b.features and a.to_list() == b.to_list() and a.num_rows == 5
+    if "dataset_info.json" in cli:
+        assert api["dataset_info.json"].read_bytes() == cli["dataset_info.json"].read_bytes()
+    assert pq.read_table(api["scores.parquet"]).equals(pq.read_table(cli["scores.parquet"]))
+    a, b = manifest_of(tmp_path / "api"), manifest_of(tmp_path / "cli")
+    for m in (a, b):
+        del m["timings"], m["files"]
+    assert a == b
 
 
 def test_save_keeps_the_cli_safety_rules(demo, tmp_path):

@@ -341,6 +341,12 @@ def test_knn_with_kept_diagonal_still_scores_k_others(tiny_lm, tmp_path):
     rows = [{"instruction": f"Say {i}.", "output": str(i)} for i in range(5)]
     sel = select(rows, method="delift", knn=4, keep_diagonal=True, budget=2, lm=tiny_lm, cache_dir=str(tmp_path))
     assert np.isfinite(sel.columns["helped_by"]).all()
+    # k = 4 others plus the record itself is every pair: the dense kernel with the diagonal kept
+    # (had the record taken one of the k slots, each row would miss one other and its mean move)
+    whole = select(rows, method="delift", keep_diagonal=True, budget=2, lm=tiny_lm, cache_dir=str(tmp_path))
+    assert sel.ids == whole.ids
+    for name in ("helped_by", "helpfulness"):
+        np.testing.assert_allclose(sel.columns[name], whole.columns[name], rtol=1e-5, atol=1e-6)
     sel2 = select(rows, method="delift", knn=4, budget=2, lm=tiny_lm, cache_dir=str(tmp_path))
     # k = 4 = n - 1 others: the sparse kernel is the dense one, with or without the diagonal rule
     dense = select(rows, method="delift", budget=2, lm=tiny_lm, cache_dir=str(tmp_path))

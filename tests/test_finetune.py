@@ -164,9 +164,12 @@ def test_kernel_caches_are_capped_unless_the_user_chose(monkeypatch):
 
 
 def test_full_finetuning_changes_every_weight(fresh, records):
-    w0 = fresh.model.model.layers[1].mlp.down_proj.weight.detach().clone()
+    before = {name: p.detach().clone() for name, p in fresh.model.named_parameters()}
     res = finetune(fresh, records[:8], TrainConfig(mode="full", epochs=1, lr=1e-3, batch_size=4))
-    assert not torch.equal(res.model.model.layers[1].mlp.down_proj.weight, w0)
+    after = dict(res.model.named_parameters())
+    assert after.keys() == before.keys()
+    unchanged = [name for name, w in before.items() if torch.equal(after[name].detach().to(w.dtype), w)]
+    assert unchanged == []  # every matrix and norm, the (tied) embeddings too
     assert all(not p.requires_grad for p in res.model.parameters())  # left frozen for scoring
 
 

@@ -135,15 +135,21 @@ def test_make_pools_ground_truth_and_determinism():
 def test_hard_records_are_the_highest_loss_candidates():
     seen = {}
 
-    def loss(rows):  # a stand-in for the model's loss: longer prompt id = harder
-        seen["n"] = len(rows)
-        return np.array([int(r["prompt"].split()[2].rstrip(":")) for r in rows], dtype=float)
+    def key(r) -> int:  # a stand-in for the model's loss: larger prompt number = harder
+        return int(r["prompt"].split()[2].rstrip(":"))
+
+    def loss(rows):
+        seen["cand"] = [key(r) for r in rows]
+        return np.array(seen["cand"], dtype=float)
 
     p = _pools(hard_loss=loss)
     hard = [r for r in p["base"] if r["meta"]["group"] == "hard"]
-    assert seen["n"] == 24  # 4x the 6 hard records
-    ranks = sorted(r["meta"]["hard_loss_rank"] for r in hard)
-    assert ranks == [1, 2, 3, 4, 5, 6]
+    assert len(seen["cand"]) == 24 and len(set(seen["cand"])) == 24  # 4x the 6 hard records
+    # the kept hard records are the 6 highest-loss candidates, rank 1 the highest (the ranks alone
+    # are 1..6 whichever 6 were kept)
+    assert sorted(key(r) for r in hard) == sorted(seen["cand"])[-6:]
+    by_rank = sorted(hard, key=lambda r: r["meta"]["hard_loss_rank"])
+    assert [key(r) for r in by_rank] == sorted(seen["cand"], reverse=True)[:6]
 
 
 def test_retention_and_random_expectation():

@@ -105,15 +105,21 @@ def test_output_never_overwrites_its_input(tmp_path, capsys):
     assert (out / "selected.jsonl").read_bytes() == before
 
 
-@pytest.mark.parametrize("out", ["", "."])
-def test_output_is_never_the_current_folder(out, tmp_path, capsys, monkeypatch):
-    data = jsonl(tmp_path / "d.jsonl", GOOD)
-    (tmp_path / "manifest.json").write_text("mine")
-    monkeypatch.chdir(tmp_path)
+@pytest.mark.parametrize("out,message", [("", "is the current folder"), (".", "is the current folder"),
+                                         ("..", "is the current folder (or a folder above it)")])
+def test_output_is_never_the_current_folder(out, message, tmp_path, capsys, monkeypatch):
+    """The input lies elsewhere and the current folder holds nothing of the user's but an empty
+    manifest-named file, so only the current-folder rule can refuse (the message says which)."""
+    data = jsonl((tmp_path / "in").mkdir() or tmp_path / "in" / "d.jsonl", GOOD)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "manifest.json").write_text("mine")
+    monkeypatch.chdir(work)
     code, err = run(["select", data, "--method", "random", "--out", out, "-q"], capsys)
-    one_line_error(code, err)
-    assert (tmp_path / "manifest.json").read_text() == "mine"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "manifest.json"]
+    one_line_error(code, err, message)
+    assert (work / "manifest.json").read_text() == "mine"
+    assert sorted(p.name for p in work.iterdir()) == ["manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "work"]
 
 
 def test_output_folder_with_other_files_is_refused(tmp_path, capsys):
@@ -304,6 +310,23 @@ def test_a_full_cache_disk_is_one_line(tiny_dir, tmp_path, capsys, monkeypatch):
     data = jsonl(tmp_path / "d.jsonl", GOOD)
     code, err = run(donod(data, tmp_path / "o", tmp_path / "cache", tiny_dir), capsys)
     one_line_error(code, err, "score cache", "No space left on device")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_cache_dir_without_write_permission_is_one_line_even_as_root(tiny_dir, tmp_path, capsys, monkeypatch):
+    """The chmod version below is skipped where the tests run as root (CI here): the same refusal
+    with the permission error raised where the cache is probed."""
+    import errno
+
+    from tunesift import store
+
+    def denied(folder, *a, **k):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
+
+    monkeypatch.setattr(store, "probe_write", denied)
+    data = jsonl(tmp_path / "d.jsonl", GOOD)
+    code, err = run(donod(data, tmp_path / "o", tmp_path / "cache", tiny_dir), capsys)
+    one_line_error(code, err, "score cache", "Permission denied")
     assert not (tmp_path / "o").exists()
 
 
