@@ -620,6 +620,45 @@ def test_without_an_atomic_exchange_a_failed_swap_puts_the_previous_set_back(tmp
     assert (out / "manifest.json").read_text() == "previous"
 
 
+@pytest.mark.parametrize("exchange", [True, False])
+def test_an_interrupt_at_the_swap_keeps_the_previous_set(exchange, tmp_path, monkeypatch, caplog):
+    """Ctrl-C right after the exchange (before the swap noted that the staging folder now held the
+    previous set) deleted the previous set with the staging folder; in the two-rename fallback it
+    stranded it in .out.old-*/set while the error said nothing changed. The signal now waits until
+    the swap is accounted for: the new set is in place and the previous one kept beside it."""
+    import signal
+
+    import tunesift.folders as folders
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("previous")
+    real_exchange, real_replace = folders.exchange, os.replace
+
+    def exchange_then_interrupt(a, b):
+        done = real_exchange(a, b) if exchange else False
+        if done:
+            signal.raise_signal(signal.SIGINT)
+        return done
+
+    def replace_then_interrupt(src, dst):
+        real_replace(src, dst)
+        if not exchange and Path(dst) == out:  # the new set just took out's place
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(folders, "exchange", exchange_then_interrupt)
+    monkeypatch.setattr(folders.os, "replace", replace_then_interrupt)
+    with caplog.at_level(logging.WARNING, logger="tunesift"), pytest.raises(KeyboardInterrupt):
+        folders.publish(out, lambda tmp: (tmp / "manifest.json").write_text("new"), "the output", out)
+    assert (out / "manifest.json").read_text() == "new"
+    # interrupted before the previous set was retired: kept beside out, and said so
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.previous-")]
+    assert len(kept) == 1 and (kept[0] / "manifest.json").read_text() == "previous"
+    assert f"the previous '{out}' is kept at '{kept[0]}'" in caplog.text
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # no staging folder holding a set nobody knows of
+
+
 def previous_set_and_a_user_edit(tmp_path, monkeypatch, exchange: bool):
     """An earlier set in tmp_path/out, and a fill that writes the new set while the user adds a file
     to the old one; ``exchange`` False: the two-rename fallback."""

@@ -15,12 +15,15 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import stat
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OptionError, TunesiftError
@@ -42,6 +45,27 @@ def exchange(a: Path, b: Path) -> bool:
     at_fdcwd, rename_exchange = -100, 2
     rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
     return rc == 0
+
+
+@contextmanager
+def signals_held():
+    """SIGINT and SIGTERM held until the block ends, then raised: the renames of a swap and the
+    note of what they moved (``consumed``) happen together, so an interrupt never finds the
+    previous set in the staging folder that cleanup deletes. Only in the main thread (Python
+    runs signal handlers there); elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda n, _f: caught.append(n)) for s in held}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def entry_digest(path: Path) -> str:
@@ -201,16 +225,22 @@ def folder_mode(out: Path) -> int:
     return (0o777 & ~umask()) | (out.parent.stat().st_mode & stat.S_ISGID)
 
 
+def _keep_previous(previous: Path, out: Path) -> Path:
+    """Move the previous set (if still there) beside ``out`` as ``NAME.previous-PID``, saying so."""
+    keep = out.parent / f"{out.name}.previous-{os.getpid()}"
+    if previous.exists():
+        os.replace(previous, keep)
+        log.warning("the previous '%s' is kept at '%s'", out, keep)
+    return keep
+
+
 def _retire_or_keep(previous: Path, out: Path, before: dict[str, tuple[int, int]] | None) -> None:
     """:func:`retire` once the new set is in place; if that fails (a full disk, an interrupt), the
     previous set is kept beside ``out`` (never deleted with the staging folder) and the error says so."""
     try:
         retire(previous, out, before)
     except BaseException as exc:
-        keep = out.parent / f"{out.name}.previous-{os.getpid()}"
-        if previous.exists():
-            os.replace(previous, keep)
-            log.warning("the previous '%s' is kept at '%s'", out, keep)
+        keep = _keep_previous(previous, out)
         if isinstance(exc, OSError):
             raise TunesiftError(f"'{out}' holds the new set, but the previous one could not be removed "
                                 f"({exc.strerror or exc}); it is kept at '{keep}'") from None
@@ -230,31 +260,49 @@ def swap_in(tmp: Path, out: Path, before: dict[str, tuple[int, int]] | None = No
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
     os.chmod(tmp, folder_mode(out))
+    consumed = [] if consumed is None else consumed
     if not out.exists():
-        os.replace(tmp, out)
-        if consumed is not None:
-            consumed.append(True)
-    elif exchange(tmp, out):  # tmp now holds the previous set
-        if consumed is not None:
-            consumed.append(True)
-        _retire_or_keep(tmp, out, before)
-    else:
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        try:
-            os.replace(out, old / "set")
-        except OSError:
-            old.rmdir()
-            raise
-        try:
+        with signals_held():
             os.replace(tmp, out)
-        except BaseException:
-            os.replace(old / "set", out)  # the previous set back in place: nothing changed
-            old.rmdir()
-            raise
-        if consumed is not None:
             consumed.append(True)
-        _retire_or_keep(old / "set", out, before)
-        shutil.rmtree(old, ignore_errors=True)
+        return
+    swapped = False
+    try:
+        with signals_held():  # an interrupt waits until tmp's contents are accounted for
+            swapped = exchange(tmp, out)  # tmp now holds the previous set
+            if swapped:
+                consumed.append(True)
+    except BaseException:  # interrupted right after the swap: the new set is in, the previous kept
+        if swapped:
+            _keep_previous(tmp, out)
+        raise
+    if swapped:
+        _retire_or_keep(tmp, out, before)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    moved = False
+    try:
+        with signals_held():
+            try:
+                os.replace(out, old / "set")
+            except OSError:
+                old.rmdir()
+                raise
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old / "set", out)  # the previous set back in place: nothing changed
+                old.rmdir()
+                raise
+            moved = True
+            consumed.append(True)
+    except BaseException:  # interrupted right after the swap: the new set is in, the previous kept
+        if moved:
+            _keep_previous(old / "set", out)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    _retire_or_keep(old / "set", out, before)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def publish(out: Path, fill: Callable[[Path], None], what: str, shown: str | Path) -> None:
