@@ -59,7 +59,7 @@ from tunesift.bench_tables import (
     verdict_lines,
     write_results,
 )
-from tunesift.finetune import TrainConfig
+from tunesift.finetune import TRAIN_META, TrainConfig
 from tunesift.io.files import input_checksum
 from tunesift.machine import banner
 from tunesift.methods.options import resolve_budget
@@ -218,7 +218,7 @@ def config(exp: str, data: Path, caches: Path, a) -> BenchConfig:
     opts = {m: {**opts.get(m, {}), "cache_dir": str(cache / m)} for m in methods if m not in ("base", "full")}
     return BenchConfig(
         train=str(data / f"{pools[exp]}.jsonl"), test=str(data / f"{tests[exp]}.jsonl"), methods=methods,
-        budgets=[float(b) for b in a.budgets.split(",")] if a.budgets else list(BUDGETS_OF.get(exp, BUDGETS)),
+        budgets=budgets_of(exp, a),
         seeds=SMOKE["seeds"] if a.smoke else a.seeds,
         stage={"task": "task", "continual": "continual"}.get(exp, "instruction"),
         target=str(data / "gsm8k_target.jsonl") if exp == "task" else None,
@@ -239,6 +239,25 @@ def config(exp: str, data: Path, caches: Path, a) -> BenchConfig:
         also_generation={"gsm8k": {"max_new_tokens": 32 if a.smoke else 256,
                                    "generate_limit": 4 if a.smoke else 300}} if exp == "continual" else {},
         device=resolved_device(a.device))
+
+
+def budgets_of(exp: str, a) -> list[float]:
+    """The budgets an experiment runs: its own (:data:`BUDGETS_OF`, else :data:`BUDGETS`), or those
+    of ``--budgets`` among them (transfer's design has 30% only: ``--budgets 0.1`` runs none of it)."""
+    own = list(BUDGETS_OF.get(exp, BUDGETS))
+    if not a.budgets:
+        return own
+    given = [float(b) for b in a.budgets.split(",")]
+    return [b for b in given if b in own] if exp in BUDGETS_OF else given
+
+
+def skipped(cfg: BenchConfig) -> str | None:
+    """Why an experiment has nothing to run under ``--only`` / ``--budgets``, or None."""
+    if not cfg.methods:
+        return "none of --only's methods is one of its methods"
+    if not cfg.budgets:
+        return "none of --budgets is one of its budgets"
+    return None
 
 
 def resolved_device(device: str) -> str:
@@ -279,6 +298,9 @@ def run(a) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for exp in (EXPERIMENTS if a.experiment == "all" else [a.experiment]):
         cfg = config(exp, data, caches, a)
+        if why := skipped(cfg):
+            print(f"\n== {exp}: skipped ({why})", flush=True)
+            continue
         print(f"\n== {exp}: {len(cfg.methods)} methods x {cfg.budgets} x {cfg.seeds} seeds -> {root / exp}", flush=True)
         rows = run_bench(cfg, root / exp)
         print((root / exp / "results.md").read_text(encoding="utf-8"))
@@ -295,34 +317,45 @@ def records_trained(method: str, budget, pool: int) -> int:
     return resolve_budget(budget, pool)
 
 
-def hours_left(todo: list[int], finished: list[dict]) -> float | None:
+def hours_left(todo: list[int], finished: list[dict], extra_records: int = 0) -> float | None:
     """Hours the cells still to run will take to fine-tune and evaluate, at the rates ``finished``
     cells measured (this machine's): training seconds per trained record
     (sum train_s / sum n_train), plus the mean evaluation time per cell. ``todo``: records each
-    remaining cell trains on. Selections are not counted (cached, or a method's own cost); None
-    without a finished cell to measure from."""
+    remaining cell trains on; ``extra_records``: training outside the cells (a continual bench's
+    stage 1 not yet trained). Selections are not counted (cached, or a method's own cost); None
+    without a finished cell that trained to measure from."""
     trained = [c for c in finished if c.get("n_train")]
-    if not finished or not trained:
+    if not trained:
         return None
     per_record = sum(c["train_s"] for c in trained) / sum(c["n_train"] for c in trained)
     evaluate = sum(c["eval_s"] for c in finished) / len(finished)
-    return sum(per_record * n + evaluate for n in todo) / 3600
+    return (sum(per_record * n + evaluate for n in todo) + per_record * extra_records) / 3600
 
 
 def plan(a) -> None:
     data, root, caches = folders(a)
+    prepared(a, data)  # the pools' sizes set the records each cell trains on
     total = done = 0
     measured = {exp: load_cells(root / exp) for exp in EXPERIMENTS}
     everything = [c for cells in measured.values() for c in cells]
     left_total = 0.0
     for exp in EXPERIMENTS:
         cfg = config(exp, data, caches, a)
+        if why := skipped(cfg):
+            print(f"{exp:12s} skipped ({why})")
+            continue
         cells = grid_cells(cfg)
         missing = [c for c in cells if not (root / exp / "cells" / f"{cell_name(*c)}.json").exists()]
         have = len(cells) - len(missing)
         total, done = total + len(cells), done + have
-        pool = len(_jsonl(Path(cfg.train))) if Path(cfg.train).exists() else 0
-        hours = hours_left([records_trained(m, b, pool) for m, b, _ in missing], measured[exp] or everything)
+        pool = len(_jsonl(Path(cfg.train)))
+        # stage 1 of a sequential continual bench: the existing data, once per seed not yet trained
+        stage1 = sum(len(_jsonl(Path(cfg.existing))) * cfg.training.epochs for s in range(cfg.seeds)
+                     if cfg.existing and cfg.continual == "sequential" and missing
+                     and not (root / exp / "stage1" / f"s{s}" / TRAIN_META).exists())
+        # an experiment's own rates once it has a cell that trained (base alone does not)
+        rates = measured[exp] if any(c.get("n_train") for c in measured[exp]) else everything
+        hours = hours_left([records_trained(m, b, pool) for m, b, _ in missing], rates, stage1)
         left_total += hours or 0.0
         eta = "" if hours is None or not missing else f"   ~{hours:.0f} h left"
         print(f"{exp:12s} {have:4d} of {len(cells):4d} cells done{eta}   methods: {', '.join(cfg.methods)}")
@@ -362,6 +395,21 @@ def shared_selection_cost(*experiments: list[dict]) -> None:
         c["cost_from_cold"] = cost_complete([x for x in every if x["method"] == c["method"]])
 
 
+def same_picks(transfer: list[dict], instruction: list[dict]) -> str:
+    """A line on whether transfer's cells trained on experiment 1's picks (the same ids for the
+    same method, budget and seed), as the design says: a changed setting or a lost score cache
+    recomputed elsewhere would make them differ silently."""
+    theirs = {(c["method"], c["budget"], c["seed"]): c["selected_ids"] for c in instruction}
+    keyed = [((c["method"], c["budget"], c["seed"]), c["selected_ids"]) for c in transfer if c["method"] != "base"]
+    both = [(k, ids) for k, ids in keyed if k in theirs]
+    differ = [f"{m} @ {b} seed {s}" for (m, b, s), ids in both if sorted(ids) != sorted(theirs[(m, b, s)])]
+    if differ:
+        return ("\n**Transfer's picks differ from instruction's** (the design trains Gemma on experiment 1's "
+                f"picks): {', '.join(differ)}.\n")
+    return (f"\nTransfer's picks are instruction's: {len(both)} of {len(keyed)} cells checked "
+            "(the others have no instruction cell yet).\n")
+
+
 def _num(v) -> str:
     return "" if v is None or v != v else f"{v:.3g}"  # v != v: NaN
 
@@ -394,6 +442,8 @@ def summary(a) -> None:
             parts.append("\n†: no selection of the method started from an empty score cache (an earlier, "
                          "interrupted run computed part of its scores); the full cost is higher.\n")
         parts.append(f"\nWhere the cells were made:\n\n{provenance_table(cells)}")
+        if exp == "transfer":
+            parts.append(same_picks(cells, done["instruction"]))
         key = {"noise": "swapped", "task": "source", "continual": "source"}.get(exp)
         pinned = json.loads((root / exp / "bench.json").read_text("utf-8")).get("inputs", {}).get("train")
         if key and pinned != input_checksum(cfg.train):
@@ -431,6 +481,10 @@ def main(argv=None) -> None:
     ap.add_argument("--select-model", default=None, help="instead of SmolLM2-135M (default)")
     ap.add_argument("--train-model", default=None, help="instead of SmolLM2-135M (Gemma 3 270M for transfer)")
     a = ap.parse_args(argv)
+    if a.only and (unknown := [m for m in (x.strip() for x in a.only.split(",")) if m
+                               and not any(m in methods for methods in METHODS.values())]):
+        ap.error(f"--only: no experiment has the method(s) {', '.join(unknown)} "
+                 f"(methods: {', '.join(dict.fromkeys(m for ms in METHODS.values() for m in ms))})")
     print(banner(), flush=True)
     if a.command == "prepare":
         prepare(Path(a.shared), folders(a)[0])

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -450,7 +451,20 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     rds = [json.loads(p.read_text()) for p in sorted((root / "task" / "cells").glob("rds__*.json"))]
     assert rds[0]["score_cache"]["cached"] == 0 < rds[0]["score_cache"]["written"]  # a cold cache
     assert all(c["checkpointing"] is False for c in rds)  # recorded: it changes the training time, not the result
-    assert "stage1_digest" in json.loads(next((root / "continual" / "cells").glob("rds__*.json")).read_text())
+    cell = json.loads(next((root / "continual" / "cells").glob("rds__*.json")).read_text())
+    stage1 = root / "continual" / "stage1" / "s0"
+    assert cell["stage1_digest"] == bm.stage1_digest(stage1)
+    # the digest is the weights': a retrain to the same weights (another wall time and path in
+    # tunesift_train.json) keeps it, other weights do not
+    meta = json.loads((stage1 / "tunesift_train.json").read_text())
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "tunesift_train.json").write_text(json.dumps({**meta, "seconds": meta["seconds"] + 9, "base": "/x"}))
+    assert bm.stage1_digest(again) == cell["stage1_digest"]
+    other = dict(meta["files"])
+    other[next(iter(other))] = "0" * 64
+    (again / "tunesift_train.json").write_text(json.dumps({**meta, "files": other}))
+    assert bm.stage1_digest(again) != cell["stage1_digest"]
     assert not (caches / "transfer").exists()
     task = json.loads((root / "task" / "results.json").read_text())
     assert "exact_match" in task[0] and {r["method"] for r in task} == {"base", "random", "balanced-random", "rds"}
@@ -473,6 +487,7 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     assert {r["method"] for r in task} == {"base", "random", "balanced-random", "rds"}
     text = (root / "summary.md").read_text()
     assert text.count("Beyond the seed spread") == 5 and "meta.swapped" in text and "gsm8k" in text
+    assert "Transfer's picks are instruction's: 2 of 2 cells checked" in text  # random and rds at 30%
     # a pool redrawn since the cells were made: its composition is not shown rather than misread
     ev._write(data / "gsm8k_noisy.jsonl", [dict(r, meta={"swapped": i % 4 == 0}) for i, r in enumerate(math)])
     ev.main(["summary", *args])
@@ -488,6 +503,42 @@ def test_the_plan_says_how_long_the_rest_of_the_grid_takes_at_the_measured_rates
     # 4 s per trained record, 550 s per evaluation: 100 records -> 950 s, base -> 550 s
     assert abs(ev.hours_left([100, 0], finished) - 1500 / 3600) < 1e-9
     assert ev.hours_left([100], []) is None and ev.hours_left([100], finished[1:]) is None
+    # a continual bench's stage 1 (records x epochs not yet trained) costs training, no evaluation
+    assert abs(ev.hours_left([100, 0], finished, 600) - (1500 + 2400) / 3600) < 1e-9
+
+
+def test_only_and_budgets_never_crash_an_experiment_they_leave_empty(capsys):
+    """--only less left the instruction bench with no method ("unknown bench method ''") before
+    the task bench ran; --budgets 0.1 added 10% cells to transfer, whose design has 30% only; a
+    misspelt method was dropped in silence."""
+    from types import SimpleNamespace
+
+    ev = load_evidence()
+    a = SimpleNamespace(smoke=False, only="less", dense_delift=False, budgets=None, seeds=3, knn=16,
+                        select_model=None, train_model=None, autocast="bfloat16", checkpointing="off", device="cpu")
+    data, caches = Path("d"), Path("c")
+    assert ev.skipped(ev.config("instruction", data, caches, a)) == "none of --only's methods is one of its methods"
+    assert ev.skipped(ev.config("task", data, caches, a)) is None
+    a.only, a.budgets = None, "0.1"
+    assert ev.budgets_of("transfer", a) == [] and ev.budgets_of("task", a) == [0.1]
+    assert ev.skipped(ev.config("transfer", data, caches, a)) == "none of --budgets is one of its budgets"
+    a.budgets = "0.1,0.3"
+    assert ev.budgets_of("transfer", a) == [0.3] and ev.budgets_of("noise", a) == [0.1, 0.3]
+    with pytest.raises(SystemExit) as stop:
+        ev.main(["plan", "--only", "rds,delift_se"])
+    assert stop.value.code == 2 and "--only: no experiment has the method(s) delift_se" in capsys.readouterr().err
+
+
+def test_the_summary_says_when_transfer_trained_on_other_picks_than_instruction():
+    ev = load_evidence()
+    inst = [{"method": "rds", "budget": 0.3, "seed": 0, "selected_ids": ["a", "b"]},
+            {"method": "rds", "budget": 0.3, "seed": 1, "selected_ids": ["c", "d"]}]
+    same = [{"method": "base", "budget": "all", "seed": 0, "selected_ids": []},
+            {"method": "rds", "budget": 0.3, "seed": 0, "selected_ids": ["b", "a"]},
+            {"method": "rds", "budget": 0.3, "seed": 2, "selected_ids": ["x"]}]
+    assert "picks are instruction's: 1 of 2 cells checked" in ev.same_picks(same, inst)
+    other = [{"method": "rds", "budget": 0.3, "seed": 1, "selected_ids": ["c", "e"]}]
+    assert "differ from instruction's" in ev.same_picks(other, inst) and "rds @ 0.3 seed 1" in ev.same_picks(other, inst)
 
 
 def test_the_summary_names_the_rows_without_a_verdict():

@@ -406,16 +406,15 @@ def _select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dic
     return [r for r, k in zip(sel.records, sel.kept) if k], round(sel.timings.get("score_select_s", 0.0), 3), counts
 
 
-def folder_digest(folder: Path) -> str:
-    """sha256 (16 hex digits) over a folder's files, names and bytes: which stage-1 model a cell
-    started from."""
-    h = hashlib.sha256()
-    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
-        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+def stage1_digest(folder: Path) -> str:
+    """Which stage-1 model a cell started from: sha256 (16 hex digits) over the files its
+    ``tunesift_train.json`` lists (names and SHA-256: the weights and their config), not over that
+    metadata file, whose wall time and paths differ on every retrain of the same weights (stage
+    1 is not kept under version control, so a fresh checkout trains it again)."""
+    from .finetune import TRAIN_META
+
+    files = json.loads((folder / TRAIN_META).read_text(encoding="utf-8"))["files"]
+    return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:16]
 
 
 def stage_one(cfg: BenchConfig, seed: int, data: dict, out: Path, *,
@@ -508,7 +507,7 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
     lm, stage1_s = _training_model(cfg, seed, data, out, progress)
     if stage1_s:
         info["stage1_s"] = round(stage1_s, 3)
-        info["stage1_digest"] = folder_digest(out / "stage1" / f"s{seed}")  # the pairing needs one per seed
+        info["stage1_digest"] = stage1_digest(out / "stage1" / f"s{seed}")  # the pairing needs one per seed
     info["checkpointing"] = cfg.training.checkpointing  # same results, ~1.5x the training time
     t1 = time.perf_counter()
     if fit_on:

@@ -441,10 +441,12 @@ def write_results(out: Path, rows: list[dict], cfg, cells: list[dict] | None = N
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    plot_results(out, rows)
+    # in a sequential continual bench "base" is the model after stage 1 (the existing data)
+    sequential = cfg.stage == "continual" and getattr(cfg, "continual", None) == "sequential"
+    plot_results(out, rows, base_label="base (stage 1 only)" if sequential else "base (no fine-tuning)")
 
 
-def plot_results(out: Path, rows: list[dict]) -> None:
+def plot_results(out: Path, rows: list[dict], base_label: str = "base (no fine-tuning)") -> None:
     """results.png: one panel per metric, a bar per method (first budget) with std error bars on an
     axis from zero, ``*`` over a bar whose paired difference from random exceeds two standard errors;
     under it, when random ran too, each method's paired difference from random with ± 2 SE error
@@ -492,7 +494,7 @@ def plot_results(out: Path, rows: list[dict]) -> None:
     fig.savefig(out / "results.png", dpi=110)
     plt.close(fig)
     if len(budgets) > 1:
-        plot_curves(out / "curve.png", rows, metrics)
+        plot_curves(out / "curve.png", rows, metrics, base_label)
 
 
 BOUNDED = ("rougeL", "exact_match", "cosine")  # metrics in [0, 1]: their curves start at zero
@@ -545,7 +547,7 @@ def curve_limits(data: dict, metric: str) -> tuple[float, float]:
     return (lo if lo == 0.0 else lo - pad), hi + pad
 
 
-def plot_curves(path: Path, rows: list[dict], metrics: list[str]) -> None:
+def plot_curves(path: Path, rows: list[dict], metrics: list[str], base_label: str = "base (no fine-tuning)") -> None:
     """``path`` (curve.png): per metric, one line per selector against the records it picked, a
     band for the seed spread (mean ± std), the untuned model (dashed) and the whole pool (a point
     with its spread and a dotted line); x from 0 to the pool, y by :func:`curve_limits`."""
@@ -563,7 +565,7 @@ def plot_curves(path: Path, rows: list[dict], metrics: list[str]) -> None:
             ax.fill_between(ln["x"], ln["lo"], ln["hi"], color=color, alpha=0.15, lw=0)
         xmax = max([x for ln in data["lines"].values() for x in ln["x"]] + [1.0])
         if data["base"] is not None:
-            ax.axhline(data["base"], color="#888", ls="--", lw=0.9, label="base (no fine-tuning)")
+            ax.axhline(data["base"], color="#888", ls="--", lw=0.9, label=base_label)
         if data["full"] is not None:
             f = data["full"]
             xmax = max(xmax, f["x"])
