@@ -648,8 +648,13 @@ def test_an_interrupt_at_the_swap_keeps_the_previous_set(exchange, tmp_path, mon
 
     monkeypatch.setattr(folders, "exchange", exchange_then_interrupt)
     monkeypatch.setattr(folders.os, "replace", replace_then_interrupt)
-    with caplog.at_level(logging.WARNING, logger="tunesift"), pytest.raises(KeyboardInterrupt):
-        folders.publish(out, lambda tmp: (tmp / "manifest.json").write_text("new"), "the output", out)
+    # Python's own Ctrl-C handler (an earlier test, or a library, may have left another installed)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tunesift"), pytest.raises(KeyboardInterrupt):
+            folders.publish(out, lambda tmp: (tmp / "manifest.json").write_text("new"), "the output", out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (out / "manifest.json").read_text() == "new"
     # interrupted before the previous set was retired: kept beside out, and said so
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.previous-")]
