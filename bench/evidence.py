@@ -50,7 +50,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tunesift.bench import BenchConfig, cell_name, grid_cells, load_cells, run_bench
+from tunesift.bench import BenchConfig, cell_name, grid_cells, load_cells, run_bench, stage1_done
 from tunesift.bench_tables import (
     aggregate,
     cost_complete,
@@ -59,7 +59,7 @@ from tunesift.bench_tables import (
     verdict_lines,
     write_results,
 )
-from tunesift.finetune import TRAIN_META, TrainConfig
+from tunesift.finetune import TrainConfig
 from tunesift.io.files import input_checksum
 from tunesift.machine import banner
 from tunesift.methods.options import resolve_budget
@@ -350,9 +350,10 @@ def plan(a) -> None:
         total, done = total + len(cells), done + have
         pool = len(_jsonl(Path(cfg.train)))
         # stage 1 of a sequential continual bench: the existing data, once per seed not yet trained
-        stage1 = sum(len(_jsonl(Path(cfg.existing))) * cfg.training.epochs for s in range(cfg.seeds)
-                     if cfg.existing and cfg.continual == "sequential" and missing
-                     and not (root / exp / "stage1" / f"s{s}" / TRAIN_META).exists())
+        stage1 = 0
+        if cfg.existing and cfg.continual == "sequential" and missing:
+            untrained = sum(not stage1_done(root / exp, s) for s in range(cfg.seeds))
+            stage1 = untrained * len(_jsonl(Path(cfg.existing))) * cfg.training.epochs
         # an experiment's own rates once it has a cell that trained (base alone does not)
         rates = measured[exp] if any(c.get("n_train") for c in measured[exp]) else everything
         hours = hours_left([records_trained(m, b, pool) for m, b, _ in missing], rates, stage1)

@@ -417,16 +417,28 @@ def stage1_digest(folder: Path) -> str:
     return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:16]
 
 
+def stage1_path(out: Path, seed: int) -> Path:
+    """Where a sequential continual bench keeps seed ``seed``'s stage-1 model: ``OUT/stage1/s<seed>``."""
+    return out / "stage1" / f"s{seed}"
+
+
+def stage1_done(out: Path, seed: int) -> bool:
+    """Whether seed ``seed``'s stage-1 model is saved whole (its ``tunesift_train.json`` is written last)."""
+    from .finetune import TRAIN_META
+
+    return (stage1_path(out, seed) / TRAIN_META).exists()
+
+
 def stage_one(cfg: BenchConfig, seed: int, data: dict, out: Path, *,
               progress: Callable[[str, int], Callable[[int], None]] | None = None) -> Path:
     """Continual stage, sequential: the training model fine-tuned on the existing data with
     ``seed``, saved once under ``OUT/stage1/s<seed>/`` (adapter or model, ``tunesift_train.json``)
     and reused by every cell of that seed; a rerun finds it there (resume)."""
-    from .finetune import TRAIN_META, finetune, save
+    from .finetune import finetune, save
     from .models import load_lm
 
-    path = out / "stage1" / f"s{seed}"
-    if (path / TRAIN_META).exists():
+    path = stage1_path(out, seed)
+    if stage1_done(out, seed):
         return path
     lm = load_lm(cfg.train_model, device=cfg.device)
     bar = progress(f"stage 1: existing data, seed {seed}", len(data["existing"]) * cfg.training.epochs) \
@@ -507,7 +519,7 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
     lm, stage1_s = _training_model(cfg, seed, data, out, progress)
     if stage1_s:
         info["stage1_s"] = round(stage1_s, 3)
-        info["stage1_digest"] = stage1_digest(out / "stage1" / f"s{seed}")  # the pairing needs one per seed
+        info["stage1_digest"] = stage1_digest(stage1_path(out, seed))  # the pairing needs one per seed
     info["checkpointing"] = cfg.training.checkpointing  # same results, ~1.5x the training time
     t1 = time.perf_counter()
     if fit_on:

@@ -29,6 +29,7 @@ import scipy.sparse as sp
 
 from .errors import OptionError
 from .folders import digests, publish
+from .io.json_values import json_line, utf8_text
 from .methods.catalogue import get_method
 from .methods.options import Options, options_dict
 from .methods.utility_kernels import knn_candidates, one_kernel, twin_groups
@@ -132,15 +133,11 @@ LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")  # what str.
 
 def id_lines(records) -> str:
     """One id per line; an id holding a line break of any kind, starting with a quote, or not valid
-    Unicode (a lone surrogate, which UTF-8 cannot hold) is written as an ASCII JSON string
-    (``\\uXXXX`` escapes), so every line is one id and the file is UTF-8."""
+    Unicode (a lone surrogate, which UTF-8 cannot hold) is written as a JSON string
+    (:func:`~tunesift.io.json_values.json_line`: one line, UTF-8), so every line is one id."""
     out = []
     for r in records:
         rid = str(r.id)
-        try:
-            rid.encode("utf-8")
-            plain = not rid.startswith('"') and not LINE_BREAKS.intersection(rid)
-        except UnicodeEncodeError:
-            plain = False
-        out.append(rid if plain else json.dumps(rid))
+        plain = rid == utf8_text(rid) and not rid.startswith('"') and not LINE_BREAKS.intersection(rid)
+        out.append(rid if plain else json_line(rid))
     return "".join(x + "\n" for x in out)

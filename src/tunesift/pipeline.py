@@ -23,6 +23,7 @@ import numpy as np
 
 from .backends.blocks import record_errors
 from .errors import OptionError, RecordsError
+from .io.json_values import utf8_text
 from .io.records import Record, read_records, records_from_rows, schema_of
 from .io.repeats import near_repeats_of, repeats_of
 from .io.schema import FieldMap
@@ -139,10 +140,11 @@ class Selection:
 
         rank = np.zeros(len(self.records), dtype=np.int64)
         rank[self.order] = np.arange(1, len(self.order) + 1)
-        cols = {"id": pa.array([_unicode(r.id) for r in self.records], pa.string()),
+        cols = {"id": pa.array([utf8_text(r.id) for r in self.records], pa.string()),
                 "line": pa.array([r.line for r in self.records], pa.int64())}
         for name, arr in self.columns.items():
-            cols[name] = pa.array([_unicode(x) for x in arr] if np.asarray(arr).dtype == object else arr)
+            cols[name] = pa.array([utf8_text(x) if isinstance(x, str) else x for x in arr]
+                                  if np.asarray(arr).dtype == object else arr)
         cols["rank"] = pa.array(rank, pa.int64(), mask=rank == 0)  # null: not ranked (not picked)
         cols["kept"] = pa.array(self.kept.astype(bool))
         return pa.table(cols)
@@ -300,7 +302,7 @@ def select(data, *, target=None, existing=None, fields: FieldMap | None = None,
     if method.needs_lm:
         if lm is not None:  # a model loaded by the caller: its device and dtype are the run's (the encoder's too)
             opt = replace(opt, device=lm.device, dtype=lm.dtype)
-        if lm is None:
+        else:
             from .models import load_lm
 
             t = time.perf_counter()
@@ -430,17 +432,6 @@ def _second_set_repeats(records: list[Record], repeats: tuple, name: str, kept: 
                     "sequences shared: counts.%s_near_prompts_kept): %s; %s", n, name, name, named(near & kept),
                     why("check them"))
     return out
-
-
-def _unicode(x):
-    """``x``, or a string with a lone surrogate as its ``\\uXXXX`` escape (UTF-8 cannot hold it)."""
-    if not isinstance(x, str):
-        return x
-    try:
-        x.encode("utf-8")
-        return x
-    except UnicodeEncodeError:
-        return x.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def type_label(data) -> str:

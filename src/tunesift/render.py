@@ -143,6 +143,12 @@ class Encoded:
     truncated: int = 0  # prompt tokens cut from the left to fit max_length
 
 
+def earlier_turns(record) -> list[tuple[str, str]]:
+    """``(role, text)`` of the turns before a record's prompt, as they are rendered: a blank
+    system turn is none."""
+    return [(r, c) for r, c in record.context if r != "system" or c.strip()]
+
+
 @dataclass
 class Renderer:
     """Turns records into token id lists under one :class:`TurnFormat`.
@@ -200,7 +206,7 @@ class Renderer:
 
     def prompt_ids(self, record) -> list[int]:
         """Token ids of :meth:`prompt_text`, with the record's own text tokenised as text."""
-        context = [(r, c) for r, c in record.context if r != "system" or c.strip()]  # a blank system turn is none
+        context = earlier_turns(record)
         texts = [c for _, c in context] + [record.prompt]
         if not any(self.has_control(t) for t in texts):
             text = self.prompt_text(record)
@@ -248,8 +254,9 @@ class Renderer:
         as ``tool`` turns; a template that rejects that role gets them as ``user`` turns (the turn
         every template holds), and only if that fails too is the manual rendering used.
         """
-        system = [c for r, c in record.context if r == "system" and c.strip()]  # a blank one is none
-        turns = [(r, c) for r, c in record.context if r != "system"] + [(prompt_role(record), record.prompt)]
+        context = earlier_turns(record)
+        system = [c for r, c in context if r == "system"]
+        turns = [(r, c) for r, c in context if r != "system"] + [(prompt_role(record), record.prompt)]
         if turns[0][0] == "assistant":  # a chat the assistant opens: an empty user turn before it, so
             turns.insert(0, ("user", ""))  # the greeting sits in an assistant turn after the header
         if system:

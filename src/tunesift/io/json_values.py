@@ -20,7 +20,7 @@ import secrets
 
 from ..errors import TunesiftError
 
-__all__ = ["json_line", "json_value"]
+__all__ = ["json_line", "json_value", "utf8_text"]
 
 
 def json_value(v):
@@ -95,6 +95,13 @@ _DEC_RE = re.compile(rf'"\\u0000tunesift-decimal-{_NONCE}:([-+0-9.eE]+)"')
 
 
 _LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
+
+
+def utf8_text(text: str) -> str:
+    """``text`` as UTF-8 can hold it: a lone surrogate (which Python strings hold and UTF-8, Arrow
+    and Parquet do not) as its ``\\uXXXX`` escape, anything else unchanged. What scores.parquet
+    writes for an id, and so what two ids are compared as."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _decimal_marker(d: decimal.Decimal) -> str:

@@ -42,6 +42,7 @@ from .describe import (
     with_article,
 )
 from .files import Rows, iter_rows, open_rows, train_split
+from .json_values import utf8_text
 from .schema import NO_ID, FieldMap, Schema, check_fields, resolve_schema
 
 __all__ = [
@@ -257,7 +258,7 @@ def build_records(rows: Rows, fm: FieldMap, source: str, empty: str, on_error: s
             rid = _field_id(row, id_field, id_why, loc, source)
             # as the outputs write it: a lone surrogate becomes its \uXXXX escape, which must not
             # meet the same text written out by hand in another id
-            key = rid.encode("utf-8", "backslashreplace").decode("utf-8")
+            key = utf8_text(rid)
             if key in seen_ids:
                 line, first = seen_ids[key]
                 raise located_error(

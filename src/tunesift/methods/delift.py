@@ -50,15 +50,16 @@ def scaled(kernels: list, opt) -> list:
     instead (:func:`clipping` says why)."""
     from ..scoring.utility import similarity_bounds, to_similarity
 
-    clip = opt.clip_negative or (bool(opt.knn) and clipping(kernels, False))  # asked, or a kNN kernel
+    clip = clipping(kernels, opt.clip_negative, opt.knn)  # asked, or a kNN kernel
     bounds = similarity_bounds(kernels, clip_negative=clip) if opt.scale == "joint" else None
     return [to_similarity(k, clip_negative=clip, bounds=bounds).astype(np.float32) for k in kernels]
 
 
-def clipping(kernels: list, clip_negative: bool) -> bool:
-    """Whether kernels computed elsewhere (a benchmark's) are scaled with harmful UF set to 0: when
-    asked (``--clip-negative``), and always when one is sparse (a kNN kernel; :func:`scaled` also
-    asks for ``--knn`` > 0, since a learned kernel over every pair is sparse too). A pair a kNN kernel does not hold is taken as
+def clipping(kernels: list, clip_negative: bool, knn: int | bool | None = None) -> bool:
+    """Whether kernels are scaled with harmful UF set to 0: when asked (``--clip-negative``), and
+    when one is a sparse kNN kernel (``knn`` > 0; None, for kernels computed elsewhere such as a
+    benchmark's: any sparse kernel is one; a learned kernel over every pair is sparse too, and with
+    ``knn`` 0 is min-maxed like a dense one). A pair a kNN kernel does not hold is taken as
     "no effect" (UF 0); under the paper's min-max it would be similarity 0, the value of the
     *most harmful* scored pair, and every scored pair would carry a baseline over it, so the
     greedy favoured records that sit in many targets' neighbour lists whatever their utility
@@ -66,7 +67,7 @@ def clipping(kernels: list, clip_negative: bool) -> bool:
     scored and unscored pairs alike; a dense kernel keeps the paper's min-max."""
     import scipy.sparse as sp
 
-    return clip_negative or any(sp.issparse(k) for k in kernels)
+    return clip_negative or ((knn is None or bool(knn)) and any(sp.issparse(k) for k in kernels))
 
 
 def self_covering(sim, twins: np.ndarray | None = None):
@@ -116,12 +117,9 @@ def selection_kernel(uf, *, knn: bool | None = None, clip_negative: bool = False
     ``--knn`` > 0 (None: a sparse kernel did; pass False for a learned kernel over every pair,
     which is sparse but min-maxed like a dense one). For benchmarks that pick on a kernel they
     computed, so that they measure what ``select`` ships."""
-    import scipy.sparse as sp
-
     from ..scoring.utility import to_similarity
 
-    clip = clip_negative or (sp.issparse(uf) if knn is None else (knn and sp.issparse(uf)))
-    sim = to_similarity(uf, clip_negative=clip)
+    sim = to_similarity(uf, clip_negative=clipping([uf], clip_negative, knn))
     return self_covering(sim.astype(np.float32), twins)
 
 
