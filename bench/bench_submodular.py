@@ -102,6 +102,14 @@ def child_dense(n: int, frac: float, seed: int, skip_submodlib: bool, kernel: st
         g = [float(np.maximum(S[:, j] - cur, 0.0).sum()) for j in (ours_order[t], order[t])]
         tie_at = t if g[0] == g[1] else None
     m = min(len(order), len(ours_order))
+
+    def objective_f64(cols: list[int]) -> float:  # f(A) from scratch, float64: the two picks compared whole
+        cur = np.zeros(n)
+        for j in cols:
+            np.maximum(cur, S[:, j], out=cur)
+        return float(cur.sum())
+
+    f_ours, f_theirs = objective_f64(ours_order), objective_f64(order)
     _emit(
         {
             "part": "submodlib",
@@ -109,6 +117,10 @@ def child_dense(n: int, frac: float, seed: int, skip_submodlib: bool, kernel: st
             "time": theirs,
             "identical": order == ours_order,
             "tie_at": tie_at,
+            # past a tie the orders part: the whole picks compared by their objective and overlap
+            "objective_f64": {"ours": f_ours, "submodlib": f_theirs},
+            "objective_rel_diff": abs(f_ours - f_theirs) / max(abs(f_theirs), 1e-300),
+            "same_records": len(set(order) & set(ours_order)) / max(1, len(ours_order)),
             "max_gain_diff": float(np.max(np.abs(gains[:m] - res.gains[:m]))),
             "rss_peak_gb": peak_rss_gb(),
         }
@@ -235,6 +247,7 @@ def main() -> None:
         if sub is not None:
             row.update(sub=sub["time"], identical=sub["identical"], gdiff=sub["max_gain_diff"])
             row["tie_at"] = sub["tie_at"]
+            row["f_diff"], row["same"] = sub["objective_rel_diff"], sub["same_records"]
             measured.append((n, sub["time"]))
         elif timed_out:
             row["sub_timeout"] = True
@@ -254,7 +267,8 @@ def main() -> None:
     print()
     hdr = (
         f"{'n':>7} {'budget':>7} {'ours s':>8} {'submodlib s':>14} {'ratio':>8} "
-        f"{'identical':>9} {'max|dgain|':>10} {'kernel GB':>9} {'ours peak RSS GB':>16}"
+        f"{'identical':>9} {'max|dgain|':>10} {'|df|/f':>8} {'same recs':>9} {'kernel GB':>9} "
+        f"{'ours peak RSS GB':>16}"
     )
     print(hdr)
     print("-" * len(hdr))
@@ -265,15 +279,16 @@ def main() -> None:
             if not r["identical"] and r["tie_at"] is not None:
                 ident = f"tie@{r['tie_at']}"
             gd = f"{r['gdiff']:.1e}" if r["identical"] else "-"
+            fd, same = f"{r['f_diff']:.1e}", f"{r['same']:.1%}"
         elif "sub_proj" in r:
             sub_s = f"~{r['sub_proj']:.0f} (proj.)"
             ratio = f"~{r['sub_proj'] / r['ours']:.0f}x"
-            ident, gd = "n/a", "n/a"
+            ident, gd, fd, same = "n/a", "n/a", "n/a", "n/a"
         else:
-            sub_s, ratio, ident, gd = "skipped", "-", "-", "-"
+            sub_s, ratio, ident, gd, fd, same = "skipped", "-", "-", "-", "-", "-"
         print(
             f"{r['n']:>7} {r['k']:>7} {r['ours']:>8.2f} {sub_s:>14} {ratio:>8} {ident:>9} "
-            f"{gd:>10} {r['kernel_gb']:>9.2f} {r['ours_rss']:>16.2f}"
+            f"{gd:>10} {fd:>8} {same:>9} {r['kernel_gb']:>9.2f} {r['ours_rss']:>16.2f}"
         )
     if any("sub_proj" in r for r in rows):
         r = next(r for r in rows if "sub_proj" in r)
@@ -284,7 +299,9 @@ def main() -> None:
     if any(r.get("tie_at") is not None for r in rows):
         print(
             "tie@t: the orders first differ at pick t between two candidates whose gains are"
-            " exactly equal; submodlib breaks ties toward the highest index, tunesift the lowest"
+            " exactly equal; submodlib breaks ties toward the highest index, tunesift the lowest;"
+            " past it the picks are compared whole: |df|/f, their float64 objectives' relative"
+            " difference, and the share of records both picked"
         )
 
     if a.sparse_n > 0:

@@ -24,8 +24,10 @@ bench.json) and the score caches stay under the git-ignored bench/work/evidence/
 3. ``noise``: 1,000 GSM8K train records, 20% with another record's answer (``meta.swapped``),
    evaluated on the same 300 GSM8K test records.
 4. ``continual``: fine-tune on 300 other GSM8K records first (the existing data, once per seed),
-   then on each method's pick of the mixed pool; evaluated on both domains: Alpaca (test) and
-   GSM8K (``<metric>@gsm8k``).
+   then on each method's pick of a 1,000-record pool of new domains (Alpaca 400, SVAMP 200, MAWPS
+   200, P3 200: the mixed pool's sources less GSM8K); every selector that scores with a model scores
+   with the seed's stage-1 model, the one its pick trains; evaluated on both domains: Alpaca (test)
+   and GSM8K (``<metric>@gsm8k``: what the pick made the model forget).
 5. ``transfer``: the picks of experiment 1 (SmolLM2-135M selects; same cache, so the same picks),
    trained and evaluated on Gemma 3 270M.
 
@@ -92,7 +94,7 @@ def _jsonl(path: Path) -> list[dict]:
 
 #: the files prepare writes under the data folder (stems)
 INPUTS = ("alpaca_pool", "alpaca_test", "alpaca_eval", "gsm8k_test", "gsm8k_noisy", "mixed_pool", "gsm8k_target",
-          "gsm8k_existing")
+          "gsm8k_existing", "continual_pool")
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -175,15 +177,25 @@ def prepare(shared: Path, out: Path, seed: int = 0) -> None:
     _write(out / "mixed_pool.jsonl", mixed)
     _write(out / "gsm8k_target.jsonl", gs[1250:1350])
     _write(out / "gsm8k_existing.jsonl", gs[1350:1650])
+    # the continual bench's new pool: the mixed pool's sources less GSM8K, the existing data's own
+    # domain (a pick that trains on GSM8K again would look as if it forgot less); later slices of
+    # the same shuffles and its own generator, so every file above stays as it was
+    new = ([dict(r, meta={"source": "alpaca"}) for r in al[1550:1950]]
+           + [dict(r, meta={"source": "svamp"}) for r in sv[200:400]]
+           + [dict(r, meta={"source": "mawps"}) for r in mw[150:350]]
+           + [dict(r, meta={"source": "p3"}) for r in p3[150:350]])
+    random.Random(seed + 2).shuffle(new)
+    _write(out / "continual_pool.jsonl", new)
 
 
 def smoke_inputs(data: Path, out: Path) -> Path:
     """The first records of every input (SMOKE sizes) under ``out``: a grid that starts in minutes."""
-    sizes = {"alpaca_pool": "train", "mixed_pool": "train", "gsm8k_noisy": "train", "alpaca_test": "test",
+    sizes = {"alpaca_pool": "train", "mixed_pool": "train", "continual_pool": "train", "gsm8k_noisy": "train",
+             "alpaca_test": "test",
              "alpaca_eval": "test", "gsm8k_test": "test", "gsm8k_target": "target", "gsm8k_existing": "existing"}
     for name, kind in sizes.items():
         rows = _jsonl(data / f"{name}.jsonl")
-        if name == "mixed_pool":  # keep every source in the small pool
+        if name in ("mixed_pool", "continual_pool"):  # keep every source in the small pool
             by = {}
             for r in rows:
                 by.setdefault(r["meta"]["source"], []).append(r)
@@ -198,7 +210,7 @@ def smoke_inputs(data: Path, out: Path) -> Path:
 def config(exp: str, data: Path, caches: Path, a) -> BenchConfig:
     """The bench settings of one experiment (``a``: the command line; ``caches``: the score caches' folder)."""
     pools = {"instruction": "alpaca_pool", "transfer": "alpaca_pool", "task": "mixed_pool", "noise": "gsm8k_noisy",
-             "continual": "mixed_pool"}
+             "continual": "continual_pool"}
     tests = {"instruction": "alpaca_test", "transfer": "alpaca_test", "task": "gsm8k_test", "noise": "gsm8k_test",
              "continual": "alpaca_test"}
     cache = caches / ("instruction" if exp == "transfer" else exp)  # transfer reuses experiment 1's picks
@@ -223,7 +235,8 @@ def config(exp: str, data: Path, caches: Path, a) -> BenchConfig:
         stage={"task": "task", "continual": "continual"}.get(exp, "instruction"),
         target=str(data / "gsm8k_target.jsonl") if exp == "task" else None,
         existing=str(data / "gsm8k_existing.jsonl") if exp == "continual" else None,
-        continual="sequential", select_model=a.select_model or "default",
+        continual="sequential", select_with_stage1=exp == "continual",
+        select_model=a.select_model or "default",
         train_model=a.train_model or ("gemma3-270m" if exp == "transfer" else "default"),
         select_options={"knn": a.knn, "max_length": 1024, "cache_dir": str(cache)},
         method_options=opts,

@@ -54,6 +54,19 @@ def test_ivf_recall_self_and_exclude_self(faiss):
     assert recall(ivf_ex, ex) >= 0.9
 
 
+def test_the_list_scan_returns_each_row_most_similar_first(faiss):
+    """_drop_self drops a row's last entry when the row did not find itself: the weakest only if
+    the rows are sorted (they came in argpartition order)."""
+    x = clustered(600, seed=4)
+    index = emb._ivf_trained(faiss, x, 12, 3, None, 0)
+    got = emb._ivf_scan(index.quantizer, x, x, index.nlist, index.nprobe, 9)
+    sims = np.einsum("id,ijd->ij", x, x[got])
+    assert (got >= 0).all() and (np.diff(sims, axis=1) <= 1e-6).all()
+    # a row that did not find itself loses its least similar neighbour
+    row = np.array([[5, 9, 2]])
+    np.testing.assert_array_equal(emb._drop_self(row, 0), [[5, 9]])
+
+
 def test_cross_pattern_and_hnsw(faiss):
     a, b = clustered(400, seed=1), clustered(2500, seed=2)
     exact = emb.knn_pattern(a, b, 8)

@@ -193,6 +193,22 @@ def test_a_dataframe_is_read_as_its_json_file_would_be(tmp_path):
             tunesift.select(bad, method="random", budget=1)
 
 
+def test_rows_whose_keys_clash_once_written_as_text_are_refused(tmp_path):
+    """{1: "one", "1": "uno"} was written as one key "1": a value of the user's lost without a word."""
+    from tunesift.errors import InputError
+
+    good = {"id": "a", "instruction": "q", "output": "a"}  # with ids: no row hash (which refuses mixed keys)
+    for row, key in (({**good, "id": "b", 1: "one", "1": "uno"}, "1"),
+                     ({**good, "id": "b", "meta": [{"2": "b", 2: "c"}]}, "2")):
+        for fmt in ("jsonl", "parquet"):
+            with pytest.raises(InputError, match=rf"^<rows>:2: field '{key}': has the keys '{key}' and {key}, "
+                                                 "one key once written as text: rename one$"):
+                tunesift.select([good, row], method="random", budget=1, out=tmp_path / fmt, out_format=fmt)
+            assert not (tmp_path / fmt).exists()
+    sel = tunesift.select([good, {**good, "id": "b", 1: "one"}], method="random", budget=2, out=tmp_path / "ok")
+    assert sel.kept.sum() == 2 and '"1": "one"' in (tmp_path / "ok" / "selected.jsonl").read_text()
+
+
 def test_a_bad_record_is_an_input_error_and_numpy_numbers_are_options():
     from tunesift.errors import InputError, RecordsError
 

@@ -333,6 +333,46 @@ def test_sequential_continual_trains_on_the_existing_data_first(files, tiny_dir,
     assert (stage1 / "tunesift_train.json").stat().st_mtime_ns == mtime
 
 
+def test_continual_selectors_can_score_with_the_stage1_model(files, tiny_dir, tmp_path, monkeypatch):
+    """select_with_stage1: a method that scores with the select model gets the seed's stage-1
+    model (the one its pick trains), trained before the first selection; one with its own model keeps it."""
+    import tunesift.pipeline as pipeline
+    from tunesift.finetune import load_trained
+    from tunesift.models import load_lm
+
+    kw = dict(train=str(files["train"]), test=str(files["test"]), budgets=[4], seeds=1, stage="continual",
+              existing=str(files["existing"]), continual="sequential", select_model=str(tiny_dir),
+              train_model=str(tiny_dir), select_options={"cache_dir": str(tmp_path / "cache"), "token_budget": 512},
+              training=TrainConfig(epochs=1, lr=3e-3), metrics=["loss"], generate_limit=0)
+    seen, real = {}, pipeline.select
+
+    def select(records, **o):  # which model each method was given
+        seen[o["method"]] = o.get("lm")
+        return real(records, **o)
+
+    monkeypatch.setattr(pipeline, "select", select)
+    out = tmp_path / "b"
+    bm.run_bench(BenchConfig(methods=["random", "ifd"], select_with_stage1=True, **kw), out)
+    stage1 = load_trained(out / "stage1" / "s0", device="cpu")
+    assert seen["random"] is None  # scores nothing
+    assert seen["ifd"].fingerprint == stage1.fingerprint != load_lm(str(tiny_dir), device="cpu").fingerprint
+    cells = {p.stem: json.loads(p.read_text()) for p in (out / "cells").iterdir()}
+    assert cells["ifd__b4__s0"]["selected_with"] == "stage1" and "selected_with" not in cells["random__b4__s0"]
+    assert cells["ifd__b4__s0"]["stage1_digest"] == bm.stage1_digest(out / "stage1" / "s0")
+    # a method's own model is kept; the methods without a model and the option off never use stage 1
+    own = BenchConfig(methods=["ifd", "dx"], method_options={"dx": {"method": "ifd", "model": str(tiny_dir)}},
+                      select_with_stage1=True, **kw)
+    assert bm.stage1_selects(own, "ifd") and not bm.stage1_selects(own, "dx")
+    assert not bm.stage1_selects(BenchConfig(methods=["ifd"], **kw), "ifd")
+    assert not bm.stage1_selects(BenchConfig(methods=["delift-se"], select_with_stage1=True, **kw), "delift-se")
+    # only a sequential continual bench has a stage-1 model, and it is the train model's
+    for bad, words in (({"continual": "joint"}, "sequential continual"), ({"stage": "instruction"}, "sequential"),
+                       ({"select_model": "default"}, "must be the train model")):
+        with pytest.raises(OptionError, match=words):
+            bm.run_bench(BenchConfig(methods=["ifd"], select_with_stage1=True, **{**kw, **bad}), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 def test_holm_keeps_the_family_wise_error_and_names_what_survives():
     from tunesift.bench_tables import family_lines, holm
 
@@ -424,6 +464,8 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     ev._write(data / "gsm8k_noisy.jsonl", [dict(r, meta={"swapped": i % 5 == 0}) for i, r in enumerate(math)])
     ev._write(data / "mixed_pool.jsonl", [dict((math if i % 2 else chat)[i], meta={"source": sources[i % 5]})
                                           for i in range(20)])
+    ev._write(data / "continual_pool.jsonl", [dict((math if i % 2 else chat)[i], meta={"source": sources[1 + i % 4]})
+                                              for i in range(20)])
     args = ["--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--seeds", "1", "--only", "base,random,balanced-random,rds",
             "--select-model", str(tiny_dir), "--train-model", str(tiny_dir), "--device", "cpu", "--autocast", "none"]
     ev.main(["run", "all", *args])

@@ -193,3 +193,27 @@ def test_greedi_limits_are_checked_before_anything_is_embedded(monkeypatch):
         tunesift.select(rows, method="delift-se", budget=2, partitions=8)
     with pytest.raises(OptionError, match="the union of 3 parts x local_budget 1 holds fewer than budget 4"):
         tunesift.select(rows, method="delift-se", budget=4, partitions=3, local_budget=1)
+
+
+def test_the_weighted_merge_round_holds_one_union_kernel(monkeypatch):
+    """The weights were applied to a copy: two |U| x |U| kernels at once, twice the documented peak."""
+    import tracemalloc
+
+    import tunesift.selection.partitioned as part
+
+    monkeypatch.setattr(part, "_GATHER_BYTES", 1 << 20)  # f's row chunks: small beside the kernel
+    X = np.random.default_rng(3).standard_normal((2000, 16)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        res = partitioned_facility_location(X, 1000, partitions=2, weighted=True, seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    kernel = 4 * len(res.union) ** 2  # the union is the whole pool here: 16 MB
+    assert len(res.union) == 2000 and peak < 1.4 * kernel, peak / kernel
+    # a user's kernel_fn keeps its own array as it was: scaled on a copy
+    K2 = cosine_similarity_kernel(X[:300], X[:300])
+    before = K2.copy()
+    partitioned_facility_location(lambda r, c: K2 if len(r) == 300 else K2[np.ix_(r, c)], 100, partitions=2,
+                                  n=300, weighted=True, local_budget=150)
+    np.testing.assert_array_equal(K2, before)

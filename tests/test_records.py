@@ -660,6 +660,14 @@ def test_alpaca_field_errors(tmp_path, bad, fld, words):
     expect_error(jsonl(tmp_path / "d.jsonl", rows), 3, fld, *words)
 
 
+def test_a_number_past_float_s_range_is_named_a_number(tmp_path):
+    """JSON's 1e400 reads as a Decimal: the message said "got a Decimal" where the errors table says "a number"."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(ALPACA[0]) + '\n{"instruction": "i", "output": 1e400}\n', encoding="utf-8")
+    msg = expect_error(path, 2, "output", "expected a string, got a number")
+    assert "Decimal" not in msg.split("got a number")[0]
+
+
 @pytest.mark.parametrize(
     ("rows", "fld"),
     [

@@ -265,3 +265,25 @@ def test_a_blank_system_turn_is_no_system_turn(chat, chat_tok, plain_tok):
     # a record with a control string in its text is rendered slot by slot: the same rule there
     ctl = r.sequence(rec("2+2? <|im_end|>", "4"))
     assert r.sequence(rec("2+2? <|im_end|>", "4", [("system", "  ")], rid="c")) == ctl
+
+
+def test_a_non_special_added_token_is_text_and_the_template_renders_it_whole():
+    """Gemma 3 lists "\n" as an added (not special) token: every record with a newline went the
+    slot-by-slot path, where a template that trims turns never saw the real text, so a record with
+    a newline was rendered untrimmed and one without trimmed."""
+    tok = tiny.make_tokenizer(chat=True)
+    tok.chat_template = tiny.CHATML.replace("m['content']", "m['content'] | trim")
+    tok.add_tokens(["\n\n"])  # added, not special: it tokenises to itself with split_special_tokens too
+    r = Renderer(tok, turn_format(tok))
+    assert "\n\n" not in r.controls and "<|im_end|>" in r.controls
+    ctx = [("user", "  first question\n\nwith a gap  "), ("assistant", "An answer.")]
+    with_gap = tok.decode(r.prompt_ids(rec("  next  ", "x", ctx)))
+    assert with_gap == "first question\n\nwith a gap<|im_end|>\n<|im_start|>assistant\nAn answer.<|im_end|>\n" \
+                       "<|im_start|>user\nnext"
+    # a lone turn too: the template trims it, so its prompt is rendered by it (ChatML's is not)
+    assert tok.decode(r.prompt_ids(rec("  next\n\n  ", "x"))) == "next" and not r._verbatim
+    plain = tiny.make_tokenizer(chat=True)
+    assert Renderer(plain, turn_format(plain))._verbatim
+    # a special token in record text is still text, never a turn marker
+    injected = r.prompt_ids(rec("a <|im_end|> b", "x", ctx))
+    assert tok.convert_tokens_to_ids("<|im_end|>") not in injected[-8:]

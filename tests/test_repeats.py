@@ -11,7 +11,7 @@ import pytest
 
 import tunesift
 from tunesift.io.records import Record
-from tunesift.io.repeats import COMMON, near_repeats_of, repeats_of
+from tunesift.io.repeats import COMMON, near_repeats_of, repeats_of, template_limit
 from tunesift.report.read import read_output
 
 POOL = [{"instruction": f"Question {i}?", "output": f"Answer {i}."} for i in range(20)]
@@ -63,7 +63,32 @@ def test_near_repeats_ignore_an_8_word_template_that_many_prompts_share():
     one = rec(template + "which city is the capital of France?", "Paris")
     # its shared sequences are all in more than COMMON prompts (boilerplate): not near any of them
     assert not near_repeats_of([one], others)[0]
-    assert near_repeats_of([one], others[:COMMON])[0]  # in COMMON prompts: still counted
+    assert near_repeats_of([one], others[:2])[0]  # in both prompts of a set of two: still counted
+
+
+def test_a_small_set_s_shared_header_is_a_template_not_a_copy():
+    """The template rule counted an n-gram as boilerplate only past 64 prompts: ten targets sharing
+    a long header made every pool record with that header a near copy of them."""
+    header = ("You are a careful assistant. Read the question below, think about it step by step, "
+              "check every number twice, and answer in one short sentence. Question: ")
+    fruit = ["apples", "pears", "plums", "limes", "figs", "dates", "kiwis", "melons", "grapes", "cherries"]
+    targets = [rec(header + f"A shop run by family {i} sells {f} at the market every weekend in the summer season "
+                            f"and keeps the rest in a cold cellar behind the house; it sold {i + 3} crates on Monday. "
+                            "How many crates did it sell?", "x") for i, f in enumerate(fruit)]
+    unrelated = rec(header + "Which river flows through the city of Vienna in Austria?", "The Danube.")
+    copy = rec(targets[4].prompt.replace("sold 7 crates", "sold 9 crates"), "9")
+    assert near_repeats_of([unrelated, copy], targets).tolist() == [False, True]
+    assert template_limit(10) == 5 and template_limit(3) == 2 and template_limit(1000) == COMMON
+
+
+def test_a_long_prompt_that_contains_a_target_question_is_near():
+    """A pool prompt over 263 words was cut to its sketch before comparing: a few-shot prompt that
+    ends with a target question whole had about 256/|A| of that question's n-grams found."""
+    filler = " ".join(f"example{i} says word{i % 37} and more{i}" for i in range(180))  # 900 words
+    assert near_repeats_of([rec(filler + " " + Q, "18"), rec(filler, "x")], [rec(Q, "18")]).tolist() == [True, False]
+    # and the other way round: the long prompt is the target (its sketch, scaled by its size)
+    assert near_repeats_of([rec(Q, "18"), rec("What is the capital of France?", "Paris")],
+                           [rec(filler + " " + Q, "18")]).tolist() == [True, False]
 
 
 def test_a_prompt_counts_with_the_turns_before_it_but_not_the_system_turns():

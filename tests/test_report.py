@@ -748,6 +748,16 @@ def test_why_lines_never_round_a_value_onto_its_threshold():
     assert fmt_apart(0.5, 0.5) == ("0.5", "0.5") and fmt_apart(0.25, 0.75) == ("0.25", "0.75")
 
 
+def test_a_whole_decimal_is_named_by_its_digits():
+    """A Parquet decimal(p, 0) value 1 was named "1.0", so --within level=1 found nothing."""
+    from decimal import Decimal
+
+    from tunesift.rowfields import category
+
+    assert category(Decimal("1")) == category(1) == "1" and category(Decimal("1E+2")) == "100"
+    assert category(Decimal("1.50")) == category(1.5) == "1.5"  # Parquet's 1.50 is JSON's 1.5
+
+
 def test_category_names_are_one_per_value():
     """"3" and 3, "null" and null, a literal "(missing)" and an absent field shared one row."""
     from decimal import Decimal

@@ -621,7 +621,7 @@ def test_without_an_atomic_exchange_a_failed_swap_puts_the_previous_set_back(tmp
 
 
 @pytest.mark.parametrize("exchange", [True, False])
-def test_an_interrupt_at_the_swap_keeps_the_previous_set(exchange, tmp_path, monkeypatch, caplog):
+def test_an_interrupt_at_the_swap_keeps_the_previous_set(exchange, tmp_path, monkeypatch, caplog, capsys):
     """Ctrl-C right after the exchange (before the swap noted that the staging folder now held the
     previous set) deleted the previous set with the staging folder; in the two-rename fallback it
     stranded it in .out.old-*/set while the error said nothing changed. The signal now waits until
@@ -651,7 +651,7 @@ def test_an_interrupt_at_the_swap_keeps_the_previous_set(exchange, tmp_path, mon
     # Python's own Ctrl-C handler (an earlier test, or a library, may have left another installed)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with caplog.at_level(logging.WARNING, logger="tunesift"), pytest.raises(KeyboardInterrupt):
+        with caplog.at_level(logging.WARNING, logger="tunesift"), pytest.raises(KeyboardInterrupt) as info:
             folders.publish(out, lambda tmp: (tmp / "manifest.json").write_text("new"), "the output", out)
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -660,6 +660,13 @@ def test_an_interrupt_at_the_swap_keeps_the_previous_set(exchange, tmp_path, mon
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.previous-")]
     assert len(kept) == 1 and (kept[0] / "manifest.json").read_text() == "previous"
     assert f"the previous '{out}' is kept at '{kept[0]}'" in caplog.text
+    # the CLI's one line says so too (it said "earlier outputs are unchanged")
+    from tunesift.cli import _interrupted
+
+    capsys.readouterr()  # the warning, where an earlier test left a stderr log handler
+    assert info.value.swapped == (out, kept[0]) and _interrupted(signal.SIGINT, info.value) == 130
+    assert capsys.readouterr().err == (f"tunesift: interrupted by SIGINT once the new outputs were in place: '{out}' "
+                                       f"holds them, and the previous set is kept at '{kept[0]}'\n")
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []  # no staging folder holding a set nobody knows of
 

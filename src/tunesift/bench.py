@@ -80,11 +80,15 @@ class BenchConfig:
     # name -> {"max_new_tokens": .., "generate_limit": ..}: a further set's own generation settings
     # (a GSM8K set beside an Alpaca test set needs longer answers); the test set's otherwise
     also_generation: dict = field(default_factory=dict)
+    # sequential continual stage: the methods that score with the select model score with the seed's
+    # stage-1 model instead, the model their pick goes on to train (the paper's continual setting)
+    select_with_stage1: bool = False
 
 
 # fields added after benches were run: left out of the settings key while at their default, so those
 # benches still resume
-LATER_FIELDS = {"method_options": {}, "also_test": {}, "continual": "joint", "also_generation": {}}
+LATER_FIELDS = {"method_options": {}, "also_test": {}, "continual": "joint", "also_generation": {},
+                "select_with_stage1": False}
 CONTINUAL_MODES = ("joint", "sequential")
 
 
@@ -158,6 +162,12 @@ def _check(cfg: BenchConfig) -> None:
         raise OptionError(f"unknown continual mode '{cfg.continual}': use joint or sequential")
     if cfg.seeds < 1:
         raise OptionError(f"seeds must be at least 1, got {cfg.seeds}")
+    if cfg.select_with_stage1 and (cfg.stage != "continual" or cfg.continual != "sequential"):
+        raise OptionError("select_with_stage1 needs a sequential continual bench (stage continual, "
+                          "continual sequential): only it has a stage-1 model")
+    if cfg.select_with_stage1 and cfg.select_model != cfg.train_model:
+        raise OptionError(f"select_with_stage1 scores with the stage-1 model, the train model after the existing "
+                          f"data: select_model must be the train model ({cfg.train_model}), got {cfg.select_model}")
     for name, gen in cfg.also_generation.items():
         if name not in cfg.also_test:
             raise OptionError(f"also_generation names '{name}', which is not one of also_test's sets")
@@ -376,8 +386,16 @@ def selection_model(cfg: BenchConfig, name: str) -> str | None:
     return selection_options(cfg, name)["model"]
 
 
+def stage1_selects(cfg: BenchConfig, name: str) -> bool:
+    """Whether bench method ``name`` scores with its seed's stage-1 model (``select_with_stage1``):
+    a method that scores with the bench's select model; one with its own ``model`` option keeps it."""
+    return (cfg.select_with_stage1 and selection_model(cfg, name) is not None
+            and "model" not in cfg.method_options.get(name, {}))
+
+
 def _select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict,
-                     progress: Callable[[str, int], Callable[[int], None]] | None) -> tuple[list, float, dict]:
+                     progress: Callable[[str, int], Callable[[int], None]] | None,
+                     out: Path | None = None) -> tuple[list, float, dict]:
     """(chosen records in pool order, selection wall seconds, score cache counts) of one cell.
 
     The counts (:func:`~tunesift.store.counting_cache`), ``{"cached": n, "written": m}``, are the
@@ -387,14 +405,24 @@ def _select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dic
 
     A method that scores with a model loads the selection model here and drops it on return, so
     it is never alive next to the training model (reloading it from the converted cache takes
-    well under a second; its scores come from the score cache on later seeds)."""
+    well under a second; its scores come from the score cache on later seeds). With
+    ``select_with_stage1`` it is the seed's stage-1 model (:func:`stage_one` trains it first where
+    no earlier cell has, which needs ``out``); its fingerprint covers the adapter, so each seed's
+    scores are its own in the cache."""
+    from .finetune import load_trained
     from .models import load_lm
     from .pipeline import select
 
     opts = selection_options(cfg, method)
     entry = get_method(opts["method"])
     model = selection_model(cfg, method)
-    lm = load_lm(model, device=opts["device"], dtype=opts.get("dtype", "auto")) if model else None
+    dtype = opts.get("dtype", "auto")
+    if model and stage1_selects(cfg, method):
+        if out is None:
+            raise TunesiftError("selecting with the stage-1 model needs the bench folder (out)")
+        lm = load_trained(stage_one(cfg, seed, data, out, progress=progress), device=opts["device"], dtype=dtype)
+    else:
+        lm = load_lm(model, device=opts["device"], dtype=dtype) if model else None
     side = {}
     uses = entry.second_set.get(opts["stage"]) if entry.stages is not None else None
     if uses in ("target", "existing"):
@@ -509,7 +537,10 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
         chosen = data["train"] if method == "full" else []
         info["select_s"] = 0.0
     else:
-        chosen, info["select_s"], info["score_cache"] = _select_for_cell(cfg, method, budget, seed, data, progress)
+        chosen, info["select_s"], info["score_cache"] = _select_for_cell(cfg, method, budget, seed, data, progress,
+                                                                           out)
+        if stage1_selects(cfg, method):
+            info["selected_with"] = "stage1"  # the seed's stage-1 model (stage1_digest below) scored the pool
     existing = data["existing"]
     joint = cfg.stage == "continual" and cfg.continual == "joint" and cfg.train_with_existing
     fit_on = chosen + (existing if joint and method != "base" else [])

@@ -547,11 +547,21 @@ def _on_signal(signum, frame):
     raise Interrupted(signum)
 
 
-def _interrupted(signum: int) -> int:
-    """Print the one line for an interrupted run; exit status 128 + signal (130 SIGINT, 143 SIGTERM)."""
+INTERRUPTED_AFTER_SWAP = ("tunesift: interrupted by {name} once the new outputs were in place: '{out}' holds "
+                          "them, and the previous set is kept at '{kept}'")
+
+
+def _interrupted(signum: int, exc: BaseException | None = None) -> int:
+    """Print the one line for an interrupted run; exit status 128 + signal (130 SIGINT, 143 SIGTERM).
+    An interrupt that came right after an output folder was swapped in (``exc.swapped``, set by
+    :mod:`tunesift.folders`) says where the new and the previous set are instead."""
     import signal
 
-    print(INTERRUPTED.format(name=signal.Signals(signum).name), file=sys.stderr)
+    name = signal.Signals(signum).name
+    swapped = getattr(exc, "swapped", None)
+    line = INTERRUPTED_AFTER_SWAP.format(name=name, out=swapped[0], kept=swapped[1]) if swapped \
+        else INTERRUPTED.format(name=name)
+    print(_escape_breaks(line), file=sys.stderr)
     return 128 + signum
 
 
@@ -576,12 +586,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=argv, standalone_mode=False)
     except Interrupted as exc:
-        return _interrupted(exc.signum)
+        return _interrupted(exc.signum, exc)
     except TunesiftError as exc:
         print(f"tunesift: error: {_escape_breaks(str(exc))}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        return _interrupted(signal.SIGINT)
+    except KeyboardInterrupt as exc:
+        return _interrupted(signal.SIGINT, exc)
     except Exception as exc:  # usage errors from click (vendored as typer._click in typer >= 0.29)
         try:
             from typer import _click as click

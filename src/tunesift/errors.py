@@ -14,17 +14,17 @@ class TunesiftError(Exception):
     exit_code = 2
 
 
+def located(path: object, reason: str, line: int | None = None, field: str | None = None) -> str:
+    """``PATH[:LINE]: [field 'F': ]REASON``: how every input error names where it is."""
+    where = f"{path}:{line}" if line is not None else str(path)
+    return f"{where}: " + (f"field '{field}': " if field is not None else "") + reason
+
+
 class InputError(TunesiftError):
     """A problem in an input file: the message names the file, the line or row, and the field."""
 
     def __init__(self, path: object, reason: str, *, line: int | None = None, field: str | None = None):
-        where = str(path)
-        if line is not None:
-            where += f":{line}"
-        msg = f"{where}: "
-        if field is not None:
-            msg += f"field '{field}': "
-        super().__init__(msg + reason)
+        super().__init__(located(path, reason, line, field))
         self.path, self.line, self.field, self.reason = str(path), line, field, reason
 
 

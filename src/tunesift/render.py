@@ -18,7 +18,7 @@ split form is the one generation produces (the prompt's ids, then the model's), 
 training and evaluation all use it.
 
 Record text is tokenised as text: a control string inside it (``<|im_end|>``, ``<|im_start|>``,
-``<|endoftext|>``, any added token of the tokenizer) becomes the tokens of its characters, never
+``<|endoftext|>``, any special token of the tokenizer) becomes the tokens of its characters, never
 the control token, so a record cannot inject turn structure. Only the template's own strings
 (header, user_end, end, between, the chat template's turn markers) are control tokens. Records
 without control strings are tokenised exactly as before (``split_special_tokens`` changes nothing
@@ -194,9 +194,17 @@ class Renderer:
 
     @property
     def controls(self) -> tuple[str, ...]:
-        """The strings the tokenizer would turn into added/control tokens."""
+        """The strings the tokenizer would turn into control tokens that ``split_special_tokens``
+        keeps out of record text: its special tokens (added ones marked special, and its own). An
+        added token that is not special (Gemma 3 lists newline runs, ``"\n"`` to 31 of them) maps to
+        itself either way, so text holding one is no control string: its record is rendered
+        whole, as a template renders it (trimmed where the template trims), not slot by slot."""
         if "\x00controls" not in self._cache:
-            added = getattr(self.tokenizer, "get_added_vocab", lambda: {})() or {}
+            decoder = getattr(self.tokenizer, "added_tokens_decoder", None)
+            if decoder is not None:
+                added = {t.content for t in decoder.values() if getattr(t, "special", True)}
+            else:  # a tokenizer without the added tokens' flags: every added token
+                added = set(getattr(self.tokenizer, "get_added_vocab", lambda: {})() or {})
             special = getattr(self.tokenizer, "all_special_tokens", []) or []
             self._cache["\x00controls"] = tuple(t for t in {*added, *special} if t)
         return self._cache["\x00controls"]
@@ -262,7 +270,7 @@ class Renderer:
         if system:
             role, content = turns[0]
             turns[0] = (role, "\n\n".join(system) + "\n\n" + content)
-        if self.fmt.name == "chat" and len(turns) > 1:
+        if self.fmt.name == "chat" and (len(turns) > 1 or not self._verbatim):
             text = self._template_text(turns)
             if text is None and any(r == "tool" for r, _ in turns):
                 text = self._template_text([("user" if r == "tool" else r, c) for r, c in turns])
@@ -279,6 +287,16 @@ class Renderer:
                 parts.append(text + (self.fmt.user_end if after == "assistant" else "\n\n"))
         role, content = turns[-1]
         return "".join(parts) + (content if role == "user" else f"{role}: {content}")
+
+    @property
+    def _verbatim(self) -> bool:
+        """Whether the chat template writes a lone user turn's content as given (ChatML, SmolLM2):
+        then header + text is its rendering and no template runs per record. A template that
+        changes it (Llama 3 and Gemma 3 trim whitespace) renders every record's prompt."""
+        if "\x00verbatim" not in self._cache:
+            probe = " \tprobe \n"
+            self._cache["\x00verbatim"] = self._template_text([("user", probe)]) in (probe, None)
+        return self._cache["\x00verbatim"]
 
     def _template_text(self, turns: list[tuple[str, str]]) -> str | None:
         """``turns`` rendered by the chat template, less the shared header and the final

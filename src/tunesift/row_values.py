@@ -80,6 +80,12 @@ def check_rows_writable(records: list, source: str = "<rows>", schema=None, *, o
     all the records holds) is written as checked. Cost: about one conversion of the data to
     Arrow, column by column (the peak is one column), once per run."""
     rows = [r for r in records if r.error is None]
+    if source.startswith("<"):  # rows given in memory: only they can have keys that are not text
+        for r in rows:
+            if (clash := _key_clash(r.row)) is not None:
+                line, who = _record_at(source, r)
+                raise InputError(source, f"{who}has the keys {str(clash)!r} and {clash!r}, one key once written "
+                                 "as text: rename one", line=line, field=str(clash))
     if out_format == "jsonl":
         for r in rows:
             for name, v in r.row.items():
@@ -127,6 +133,26 @@ def check_rows_writable(records: list, source: str = "<rows>", schema=None, *, o
                 raise InputError(source, f"cannot be written as hf ({clip_line(exc)}); "
                                  "use --out-format parquet or jsonl", field=f.name) from None
     return found
+
+
+def _key_clash(value):
+    """The first key of ``value`` (a row, or any object or list inside it) that is not text and
+    whose text is another key of the same object (``1`` beside ``"1"``: written as JSON or Arrow
+    they are one key, and one value would be lost), else None."""
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            seen: set[str] = set()
+            for k in sorted(value, key=lambda k: not isinstance(k, str)):  # the text keys first
+                if str(k) in seen:
+                    return k
+                seen.add(str(k))
+        value = value.values()
+    elif not isinstance(value, (list, tuple)):
+        return None
+    for v in value:
+        if isinstance(v, (dict, list, tuple)) and (k := _key_clash(v)) is not None:
+            return k
+    return None
 
 
 def _record_at(source: str, r) -> tuple[int | None, str]:
@@ -208,7 +234,7 @@ class MixedColumns:
 
     def warn(self) -> None:
         if cols := self.columns():
-            log.warning("selected.jsonl: %s mix%s numbers with tagged values (NaN, Infinity or a non-finite "
-                        "decimal as {\"$float\": ...}); JSON loaders that infer one type per column may refuse "
+            log.warning("selected.jsonl: %s mix%s numbers with tagged values (NaN or Infinity as {\"$float\": ...}, a "
+                        "non-finite decimal as {\"$decimal\": ...}); JSON loaders that infer one type per column may refuse "
                         "it: --out-format parquet keeps the column's type", ", ".join(cols),
                         "es" if len(cols) == 1 else "")

@@ -41,8 +41,11 @@ def category(value: Any) -> str:
         except ValueError:
             return value
         return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, Decimal) and value.is_finite() and Decimal(repr(float(value))) == value:
-        value = float(value)  # Parquet's 1.50 and JSON's 1.5 are one value: one name
+    if isinstance(value, Decimal) and value.is_finite():
+        if value.as_tuple().exponent >= 0:  # no fractional digits (decimal(p, 0)): JSON's 1, not 1.0
+            value = int(value)
+        elif Decimal(repr(float(value))) == value:
+            value = float(value)  # Parquet's 1.50 and JSON's 1.5 are one value: one name
     # exact decimals as their digits, bytes and dates in the tagged forms of the JSON Lines output:
     # a Decimal and the text of its digits, or bytes and the text of their repr, never share a name
     return json_line(value, sort_keys=True)

@@ -116,12 +116,20 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def cache_home() -> Path:
+    """Root folder of tunesift's caches: ``$TUNESIFT_HOME`` or ``~/.cache/tunesift`` (an empty
+    variable counts as unset; the home folder is looked up only then, so a container user with no
+    home still runs with ``TUNESIFT_HOME`` set)."""
+    if os.environ.get("TUNESIFT_HOME"):
+        return Path(os.environ["TUNESIFT_HOME"])
+    return Path.home() / ".cache" / "tunesift"
+
+
 def default_cache_dir() -> Path:
-    """``$TUNESIFT_CACHE`` or ``<TUNESIFT_HOME or ~/.cache/tunesift>/scores``."""
+    """``$TUNESIFT_CACHE`` or ``<cache_home()>/scores``."""
     if os.environ.get("TUNESIFT_CACHE"):
         return Path(os.environ["TUNESIFT_CACHE"])
-    home = Path(os.environ.get("TUNESIFT_HOME", Path.home() / ".cache" / "tunesift"))
-    return home / "scores"
+    return cache_home() / "scores"
 
 
 def cache_failure(path: str | Path, exc: OSError, doing: str = "write") -> CacheError:

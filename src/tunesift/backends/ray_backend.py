@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -126,6 +128,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
                   log_to_driver=False)
     if address:
         _check_reachable(address)
+    # ray.init installs its own SIGTERM handler (sys.exit) and never takes it back: the CLI's
+    # (one line, exit 143, temporary files removed) and a Python user's own are restored after it
+    main = threading.current_thread() is threading.main_thread()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
         if address:
             ray.init(address=address, **common)
@@ -136,6 +142,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at '{address}'" if address else "a local Ray instance"
         raise TunesiftError(f"cannot start or join {where}: {first_line(exc)}") from None
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     return True
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesift.errors import InputError, OptionError, RecordsError
+from tunesift.errors import InputError, OptionError, RecordsError, located
 
 from .chat import history_turns, parse_turns, split_chat, system_text
 from .describe import (
@@ -387,8 +387,9 @@ def _defects_error(source: str, defects: list[InputError], n: int, hint: str) ->
             f"; {len(defects)} of {n} records cannot be used, also at {', '.join(more)}"
             + (f" and {rest} more" if rest else "")
         )
-    e = InputError(source, reason + hint, line=first.line, field=first.field)
-    return RecordsError(str(e), path=e.path, line=e.line, field=e.field, reason=e.reason)
+    reason += hint
+    return RecordsError(located(source, reason, first.line, first.field), path=str(source), line=first.line,
+                        field=first.field, reason=reason)
 
 
 def _field_id(row: dict, name: str, why: str, loc: Loc, source: str) -> str:

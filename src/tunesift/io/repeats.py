@@ -11,10 +11,14 @@ so a generic last turn ("Continue.") of two different conversations is not a rep
 Near repeats (:func:`near_repeats_of`) are prompts that share most of their wording with one prompt
 of the other set: the same question with a number changed, a sentence added or punctuation and
 case respelled. Prompts are compared as sets of word n-grams (words: runs of letters and digits,
-case folded; n = 8; GPT-3 decontaminated with 13-grams): two prompts are near when at least half of the smaller set's n-grams are in the other (a prompt
-longer than 263 words through a MinHash sketch of its n-grams: the 256 smallest hashes). An n-gram
-most prompts of the set share (a template) counts for neither. A prompt shorter than n words is
-one n-gram, its whole word sequence. A question reworded throughout (a paraphrase) is not caught.
+case folded; n = 8; GPT-3 decontaminated with 13-grams): two prompts are near when at least half
+of the smaller set's n-grams are in the other. The other set's prompts are kept as bottom-256
+MinHash sketches (exact up to 263 words; a longer prompt's overlap is estimated from its sketch,
+scaled by its size), a record's own n-grams in full, so a long prompt that contains a short target
+question whole (a few-shot prompt ending with it) is near. An n-gram in more than half of the
+other set's prompts (at least 3 of them; more than 64 in a set of 128 or more) is a shared
+template and counts for neither. A prompt shorter than n words is one n-gram, its whole word
+sequence. A question reworded throughout (a paraphrase) is not caught.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from .records import Record
 __all__ = ["NGRAM", "near_repeats_of", "repeats_of"]
 
 NGRAM = 8  # words per n-gram of near_repeats_of
-COMMON = 64  # an n-gram in more prompts of the other set than this is boilerplate, not evidence
+COMMON = 64  # an n-gram in more prompts of a large other set than this is boilerplate, not evidence
 SKETCH = 256  # n-grams kept a prompt (the smallest hashes): bounded memory, exact up to 263 words
 
 
@@ -67,44 +71,66 @@ def _words(r: Record) -> list[str]:
     return re.findall(r"[^\W_]+", text.casefold())
 
 
-def _sketch(words: list[str], n: int) -> np.ndarray:
-    """The prompt's word n-grams as a bottom-``SKETCH`` MinHash sketch: the ``SKETCH`` smallest
-    distinct 64-bit hashes (sorted), so memory is bounded per prompt whatever its length. A prompt
-    shorter than n words is one n-gram, its whole word sequence. Hashes are Python's (salted per
-    process): sketches are compared within one run only."""
+def _grams(words: list[str], n: int) -> np.ndarray:
+    """The prompt's distinct word n-grams as sorted 64-bit hashes. A prompt shorter than n words
+    is one n-gram, its whole word sequence. Hashes are Python's (salted per process): they are
+    compared within one run only."""
     if not words:
         return np.zeros(0, dtype=np.int64)
     grams = [tuple(words)] if len(words) < n else [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    h = np.unique(np.fromiter((hash(g) for g in grams), dtype=np.int64, count=len(grams)))
-    return h[:SKETCH]
+    return np.unique(np.fromiter((hash(g) for g in grams), dtype=np.int64, count=len(grams)))
+
+
+def _sketch(words: list[str], n: int) -> np.ndarray:
+    """A bottom-``SKETCH`` MinHash sketch of the prompt's n-grams (:func:`_grams`): their
+    ``SKETCH`` smallest hashes (sorted), so memory is bounded per prompt whatever its length."""
+    return _grams(words, n)[:SKETCH].copy()
+
+
+def template_limit(m: int) -> int:
+    """An n-gram in more than this many of ``m`` prompts is a shared template: more than half of
+    them (so a small target set's common header is one), at least 3 prompts, at most ``COMMON``
+    (a large set's boilerplate need not fill half of it)."""
+    return min(COMMON, max(2, m // 2))
 
 
 def near_repeats_of(records: Sequence[Record], others: Sequence[Record], *, n: int = NGRAM,
                     share: float = 0.5) -> np.ndarray:
     """(len(records),) bool: the record's prompt (with the non-system turns before it) is near one
-    prompt of ``others``: with A, B their word n-gram sets (bottom-``SKETCH`` sketches of them for
-    long prompts), ``|A & B| >= share * min(|A|, |B|)``. Exact repeats (:func:`repeats_of`) are
-    near too. An n-gram in more than ``COMMON`` prompts of ``others`` is a shared template, not
-    evidence of a copy: left out of the overlap and of the sizes, so a near copy inside a shared
-    few-shot header is still found. Records with a read defect (``Record.error``) are never
-    marked. Memory: 12 bytes per sketched n-gram of ``others`` (at most ``SKETCH`` a prompt)."""
+    prompt of ``others``: with A the record's word n-grams and B the other prompt's,
+    ``|A & B| >= share * min(|A|, |B|)``. B is a bottom-``SKETCH`` sketch; for a longer prompt
+    ``|A & B|`` is estimated as the sketch's hits scaled by ``|B| / |sketch|`` (A is complete, so
+    the sketch's hits are a uniform sample of B's n-grams). Exact repeats (:func:`repeats_of`) are
+    near too. An n-gram in more than :func:`template_limit` prompts of ``others`` is a shared
+    template, not evidence of a copy: left out of the overlap and of the sizes, so a near copy
+    inside a shared few-shot header is still found. Records with a read defect (``Record.error``)
+    are never marked. Memory: 12 bytes per sketched n-gram of ``others`` (at most ``SKETCH`` a
+    prompt), and one record's n-grams at a time."""
     near = np.zeros(len(records), dtype=bool)
-    sk = [_sketch(_words(o), n) if o.error is None else np.zeros(0, dtype=np.int64) for o in others]
+    sk, total = [], np.zeros(len(others), dtype=np.float64)  # total: |B|, distinct n-grams before the sketch
+    for j, o in enumerate(others):
+        grams = _grams(_words(o), n) if o.error is None else np.zeros(0, dtype=np.int64)
+        total[j] = len(grams)
+        sk.append(grams[:SKETCH].copy())  # a copy, not a view: the full hash array is freed at once
     if not records or not any(len(x) for x in sk):
         return near
     hashes = np.concatenate(sk)
     owner = np.repeat(np.arange(len(sk), dtype=np.int32), [len(x) for x in sk])
     keys, counts = np.unique(hashes, return_counts=True)
-    common = keys[counts > COMMON]
+    common = keys[counts > template_limit(sum(len(x) > 0 for x in sk))]
     keep = ~np.isin(hashes, common)
     hashes, owner = hashes[keep], owner[keep]
-    sizes = np.bincount(owner, minlength=len(sk))  # n-grams a prompt has beyond the shared ones
+    kept = np.bincount(owner, minlength=len(sk))  # sketched n-grams beyond the shared ones
+    drawn = np.array([len(x) for x in sk], dtype=np.float64)
+    # |B| beyond the template, and the factor from sketch hits to overlap (1 for an unsketched prompt)
+    scale = np.divide(total, drawn, out=np.ones_like(total), where=drawn > 0)
+    sizes = kept * scale
     order = np.argsort(hashes, kind="stable")
     hashes, owner = hashes[order], owner[order]
     for i, r in enumerate(records):
         if r.error is not None:
             continue
-        mine = _sketch(_words(r), n)
+        mine = _grams(_words(r), n)
         mine = mine[~np.isin(mine, common)]
         if not len(mine):
             continue
@@ -114,5 +140,5 @@ def near_repeats_of(records: Sequence[Record], others: Sequence[Record], *, n: i
         who = np.concatenate([owner[a:b] for a, b in zip(lo, hi) if b > a])
         hits = np.bincount(who, minlength=len(sk))
         cand = np.flatnonzero(hits)
-        near[i] = bool((hits[cand] >= share * np.minimum(len(mine), sizes[cand])).any())
+        near[i] = bool((hits[cand] * scale[cand] >= share * np.minimum(len(mine), sizes[cand])).any())
     return near

@@ -471,7 +471,8 @@ def _ivf_scan(quantizer, a: np.ndarray, b: np.ndarray, nlist: int, nprobe: int,
                 rows[np.maximum(top - ask, 0)],
             )
             best_v[qs] = np.take_along_axis(cand, top, axis=1)
-    return best_i
+    # most similar first, as faiss returns them: _drop_self drops a row's last (weakest) entry
+    return np.take_along_axis(best_i, np.argsort(-best_v, axis=1, kind="stable"), axis=1)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

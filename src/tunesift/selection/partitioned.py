@@ -159,13 +159,20 @@ def _assign(S: np.ndarray | sp.spmatrix, cols: np.ndarray) -> np.ndarray:
     return fl_assignment(S, cols)[0]
 
 
-def _scale_rows(S: np.ndarray | sp.spmatrix, w: np.ndarray) -> np.ndarray | sp.spmatrix:
-    """``diag(w) @ S`` (rows scaled by the non-negative weights ``w``), same format, float32."""
+def _scale_rows(S: np.ndarray | sp.spmatrix, w: np.ndarray, *, inplace: bool = False) -> np.ndarray | sp.spmatrix:
+    """``diag(w) @ S`` (rows scaled by the non-negative weights ``w``), same format, float32.
+
+    ``inplace``: a dense float32 ``S`` the caller built and no longer needs unscaled is scaled
+    in place; a copy would hold two |U| x |U| kernels at the merge round, twice the peak the
+    partitioning promises (a user's ``kernel_fn`` may return its own array: never in place)."""
     w32 = w.astype(np.float32)
     if sp.issparse(S):
         csr = sp.csr_matrix(S, dtype=np.float32, copy=True)
         csr.data *= np.repeat(w32, np.diff(csr.indptr))
         return csr
+    if inplace and isinstance(S, np.ndarray) and S.dtype == np.float32 and S.flags.writeable:
+        S *= w32[:, None]
+        return S
     return np.asarray(S, dtype=np.float32) * w32[:, None]
 
 
@@ -303,7 +310,7 @@ def partitioned_facility_location(
     union = np.unique(np.concatenate(picks))
     KU = make(union)
     if weight is not None:
-        KU = _scale_rows(KU, weight[union])
+        KU = _scale_rows(KU, weight[union], inplace=not callable(data))
     final = facility_location(KU, k, **fl_opts)
     final_obj = float(final.objective)
     KU_cols = KU.tocsc() if sp.issparse(KU) else KU  # column access, converted once
