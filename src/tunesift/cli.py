@@ -547,8 +547,7 @@ def _on_signal(signum, frame):
     raise Interrupted(signum)
 
 
-INTERRUPTED_AFTER_SWAP = ("tunesift: interrupted by {name} once the new outputs were in place: '{out}' holds "
-                          "them, and the previous set is kept at '{kept}'")
+INTERRUPTED_AFTER_SWAP = "tunesift: interrupted by {name} once the new outputs were in place: '{out}' holds them"
 
 
 def _interrupted(signum: int, exc: BaseException | None = None) -> int:
@@ -558,9 +557,12 @@ def _interrupted(signum: int, exc: BaseException | None = None) -> int:
     import signal
 
     name = signal.Signals(signum).name
-    swapped = getattr(exc, "swapped", None)
-    line = INTERRUPTED_AFTER_SWAP.format(name=name, out=swapped[0], kept=swapped[1]) if swapped \
-        else INTERRUPTED.format(name=name)
+    swapped = getattr(exc, "swapped", None)  # (output folder, where the previous set is kept or None: removed)
+    if swapped:
+        line = INTERRUPTED_AFTER_SWAP.format(name=name, out=swapped[0]) + (
+            f", and the previous set is kept at '{swapped[1]}'" if swapped[1] else ", and the previous set was removed")
+    else:
+        line = INTERRUPTED.format(name=name)
     print(_escape_breaks(line), file=sys.stderr)
     return 128 + signum
 

@@ -203,17 +203,19 @@ def listing(folder: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
-def retire(previous: Path, out: Path, before: dict[str, tuple[int, int]] | None) -> None:
+def retire(previous: Path, out: Path, before: dict[str, tuple[int, int]] | None) -> Path | None:
     """Delete the previous set, now at ``previous``, unless it changed since ``before`` was taken
     (a file added or edited while the new set was being written, after the check that allowed
-    the replacement): then it is kept beside ``out`` and a warning says where."""
+    the replacement): then it is kept beside ``out``, a warning says where, and that place is
+    returned (None: deleted)."""
     if before is None or listing(previous) == before:
         shutil.rmtree(previous, ignore_errors=True)
-        return
+        return None
     keep = Path(tempfile.mkdtemp(prefix=f"{out.name}.previous-", dir=out.parent))
     os.replace(previous, keep / out.name)
     log.warning("'%s' changed while the new set was written: the previous folder is kept at '%s'",
                 out, keep / out.name)
+    return keep / out.name
 
 
 def folder_mode(out: Path) -> int:
@@ -241,13 +243,17 @@ def _keep_previous(previous: Path, out: Path, exc: BaseException | None = None) 
 def _retire_or_keep(previous: Path, out: Path, before: dict[str, tuple[int, int]] | None) -> None:
     """:func:`retire` once the new set is in place; if that fails (a full disk, an interrupt), the
     previous set is kept beside ``out`` (never deleted with the staging folder) and the error says so."""
+    kept = None
     try:
-        retire(previous, out, before)
+        with signals_held():  # the removal runs whole: an interrupt waits for it, then says what it found
+            kept = retire(previous, out, before)
     except BaseException as exc:
         keep = _keep_previous(previous, out, exc)
         if isinstance(exc, OSError):
             raise TunesiftError(f"'{out}' holds the new set, but the previous one could not be removed "
                                 f"({exc.strerror or exc}); it is kept at '{keep}'") from None
+        if not hasattr(exc, "swapped"):  # the previous set is gone, or where retire kept it
+            exc.swapped = (out, kept)
         raise
 
 

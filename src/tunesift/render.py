@@ -197,8 +197,9 @@ class Renderer:
         """The strings the tokenizer would turn into control tokens that ``split_special_tokens``
         keeps out of record text: its special tokens (added ones marked special, and its own). An
         added token that is not special (Gemma 3 lists newline runs, ``"\n"`` to 31 of them) maps to
-        itself either way, so text holding one is no control string: its record is rendered
-        whole, as a template renders it (trimmed where the template trims), not slot by slot."""
+        itself either way in a fast tokenizer (the kind transformers loads by default), so text
+        holding one is no control string: its record is rendered whole, as a template renders it
+        (trimmed where the template trims), not slot by slot."""
         if "\x00controls" not in self._cache:
             decoder = getattr(self.tokenizer, "added_tokens_decoder", None)
             if decoder is not None:
@@ -294,7 +295,7 @@ class Renderer:
         then header + text is its rendering and no template runs per record. A template that
         changes it (Llama 3 and Gemma 3 trim whitespace) renders every record's prompt."""
         if "\x00verbatim" not in self._cache:
-            probe = " \tprobe \n"
+            probe = " \tProbe  X.\r\n"  # lead/trail whitespace, case, a double space, a CR
             self._cache["\x00verbatim"] = self._template_text([("user", probe)]) in (probe, None)
         return self._cache["\x00verbatim"]
 

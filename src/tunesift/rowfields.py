@@ -42,8 +42,8 @@ def category(value: Any) -> str:
             return value
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, Decimal) and value.is_finite():
-        if value.as_tuple().exponent >= 0:  # no fractional digits (decimal(p, 0)): JSON's 1, not 1.0
-            value = int(value)
+        if value.as_tuple().exponent >= 0 and value.adjusted() < 300:  # no fractional digits
+            value = int(value)  # (decimal(p, 0)): JSON's 1, not 1.0; 1e5000 stays a tagged decimal
         elif Decimal(repr(float(value))) == value:
             value = float(value)  # Parquet's 1.50 and JSON's 1.5 are one value: one name
     # exact decimals as their digits, bytes and dates in the tagged forms of the JSON Lines output:

@@ -12,10 +12,11 @@ Near repeats (:func:`near_repeats_of`) are prompts that share most of their word
 of the other set: the same question with a number changed, a sentence added or punctuation and
 case respelled. Prompts are compared as sets of word n-grams (words: runs of letters and digits,
 case folded; n = 8; GPT-3 decontaminated with 13-grams): two prompts are near when at least half
-of the smaller set's n-grams are in the other. The other set's prompts are kept as bottom-256
-MinHash sketches (exact up to 263 words; a longer prompt's overlap is estimated from its sketch,
-scaled by its size), a record's own n-grams in full, so a long prompt that contains a short target
-question whole (a few-shot prompt ending with it) is near. An n-gram in more than half of the
+of the smaller set's n-grams are in the other, counted exactly. The other set's prompts are kept
+as bottom-256 MinHash sketches (exact up to 263 words) that find the candidates; a longer prompt
+is then checked on its full n-grams, recomputed from its text, and a record's own n-grams are
+always whole, so a long prompt that contains a short target question whole (a few-shot prompt
+ending with it) is near. N-grams are hashed stably (CRC-32 per word), the same on every run. An n-gram in more than half of the
 other set's prompts (at least 3 of them; more than 64 in a set of 128 or more) is a shared
 template and counts for neither. A prompt shorter than n words is one n-gram, its whole word
 sequence. A question reworded throughout (a paraphrase) is not caught.
@@ -24,6 +25,8 @@ sequence. A question reworded throughout (a paraphrase) is not caught.
 from __future__ import annotations
 
 import re
+import zlib
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,6 +38,7 @@ __all__ = ["NGRAM", "near_repeats_of", "repeats_of"]
 NGRAM = 8  # words per n-gram of near_repeats_of
 COMMON = 64  # an n-gram in more prompts of a large other set than this is boilerplate, not evidence
 SKETCH = 256  # n-grams kept a prompt (the smallest hashes): bounded memory, exact up to 263 words
+RECHECK_MEMO = 64  # long prompts of the other set whose full n-grams are kept for the next records
 
 
 def _norm(text: str) -> str:
@@ -71,14 +75,25 @@ def _words(r: Record) -> list[str]:
     return re.findall(r"[^\W_]+", text.casefold())
 
 
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the n-gram hash
+
+
 def _grams(words: list[str], n: int) -> np.ndarray:
-    """The prompt's distinct word n-grams as sorted 64-bit hashes. A prompt shorter than n words
-    is one n-gram, its whole word sequence. Hashes are Python's (salted per process): they are
-    compared within one run only."""
+    """The prompt's distinct word n-grams as sorted 64-bit hashes (uint64). A prompt shorter than
+    n words is one n-gram, its whole word sequence. Stable across processes and machines (each
+    word's CRC-32, combined as a polynomial over the window), so counts and warnings do not change
+    from run to run."""
     if not words:
-        return np.zeros(0, dtype=np.int64)
-    grams = [tuple(words)] if len(words) < n else [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    return np.unique(np.fromiter((hash(g) for g in grams), dtype=np.int64, count=len(grams)))
+        return np.zeros(0, dtype=np.uint64)
+    ids = np.fromiter((zlib.crc32(w.encode("utf-8")) for w in words), dtype=np.uint64, count=len(words))
+    width = min(n, len(words))
+    h = np.zeros(len(words) - width + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # arithmetic modulo 2^64
+        for j in range(width):
+            h = h * _MIX + ids[j:j + len(h)] + np.uint64(1)
+        if width < n:  # a whole short prompt: marked apart from any window of n words
+            h = h * _MIX + np.uint64(width)
+    return np.unique(h)
 
 
 def _sketch(words: list[str], n: int) -> np.ndarray:
@@ -98,20 +113,21 @@ def near_repeats_of(records: Sequence[Record], others: Sequence[Record], *, n: i
                     share: float = 0.5) -> np.ndarray:
     """(len(records),) bool: the record's prompt (with the non-system turns before it) is near one
     prompt of ``others``: with A the record's word n-grams and B the other prompt's,
-    ``|A & B| >= share * min(|A|, |B|)``. B is a bottom-``SKETCH`` sketch; for a longer prompt
-    ``|A & B|`` is estimated as the sketch's hits scaled by ``|B| / |sketch|`` (A is complete, so
-    the sketch's hits are a uniform sample of B's n-grams). Exact repeats (:func:`repeats_of`) are
-    near too. An n-gram in more than :func:`template_limit` prompts of ``others`` is a shared
-    template, not evidence of a copy: left out of the overlap and of the sizes, so a near copy
-    inside a shared few-shot header is still found. Records with a read defect (``Record.error``)
-    are never marked. Memory: 12 bytes per sketched n-gram of ``others`` (at most ``SKETCH`` a
-    prompt), and one record's n-grams at a time."""
+    ``|A & B| >= share * min(|A|, |B|)``, counted exactly. The other set is held as bottom-``SKETCH``
+    sketches (exact up to 263 words) to find candidates: a prompt B sharing a sketched n-gram with
+    A. A long B (sketched) is then checked on its full n-grams, recomputed from its text (the last
+    ``RECHECK_MEMO`` kept), so a long prompt that contains a short one whole is near and a chance
+    hit is not. Exact repeats (:func:`repeats_of`) are near too. An n-gram in more than
+    :func:`template_limit` prompts of ``others`` (in their sketches) is a shared template, not
+    evidence of a copy: left out of the overlap and of the sizes, so a near copy inside a shared
+    few-shot header is still found. Records with a read defect (``Record.error``) are never
+    marked. Memory: 12 bytes per sketched n-gram of ``others`` (at most ``SKETCH`` a prompt), one
+    record's n-grams and a few long prompts' at a time.
+
+    Misses: a short A (under a dozen n-grams) inside a long B whose sketch holds none of A's
+    n-grams (each of A's is in B's sketch with probability about ``SKETCH / |B|``)."""
     near = np.zeros(len(records), dtype=bool)
-    sk, total = [], np.zeros(len(others), dtype=np.float64)  # total: |B|, distinct n-grams before the sketch
-    for j, o in enumerate(others):
-        grams = _grams(_words(o), n) if o.error is None else np.zeros(0, dtype=np.int64)
-        total[j] = len(grams)
-        sk.append(grams[:SKETCH].copy())  # a copy, not a view: the full hash array is freed at once
+    sk = [_sketch(_words(o), n) if o.error is None else np.zeros(0, dtype=np.uint64) for o in others]
     if not records or not any(len(x) for x in sk):
         return near
     hashes = np.concatenate(sk)
@@ -120,13 +136,24 @@ def near_repeats_of(records: Sequence[Record], others: Sequence[Record], *, n: i
     common = keys[counts > template_limit(sum(len(x) > 0 for x in sk))]
     keep = ~np.isin(hashes, common)
     hashes, owner = hashes[keep], owner[keep]
-    kept = np.bincount(owner, minlength=len(sk))  # sketched n-grams beyond the shared ones
-    drawn = np.array([len(x) for x in sk], dtype=np.float64)
-    # |B| beyond the template, and the factor from sketch hits to overlap (1 for an unsketched prompt)
-    scale = np.divide(total, drawn, out=np.ones_like(total), where=drawn > 0)
-    sizes = kept * scale
+    sized = np.bincount(owner, minlength=len(sk))  # sketched n-grams beyond the shared ones
+    sketched = np.array([len(x) == SKETCH for x in sk])  # possibly cut: checked on the full text
+    del sk
     order = np.argsort(hashes, kind="stable")
     hashes, owner = hashes[order], owner[order]
+    full: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def full_grams(c: int) -> np.ndarray:  # a long prompt's n-grams beyond the template, recomputed
+        got = full.get(c)
+        if got is None:
+            g = _grams(_words(others[c]), n)
+            got = full[c] = g[~np.isin(g, common)]
+            if len(full) > RECHECK_MEMO:
+                full.popitem(last=False)
+        else:
+            full.move_to_end(c)
+        return got
+
     for i, r in enumerate(records):
         if r.error is not None:
             continue
@@ -138,7 +165,14 @@ def near_repeats_of(records: Sequence[Record], others: Sequence[Record], *, n: i
         if not (hi > lo).any():
             continue
         who = np.concatenate([owner[a:b] for a, b in zip(lo, hi) if b > a])
-        hits = np.bincount(who, minlength=len(sk))
-        cand = np.flatnonzero(hits)
-        near[i] = bool((hits[cand] * scale[cand] >= share * np.minimum(len(mine), sizes[cand])).any())
+        hits = np.bincount(who, minlength=len(sized))
+        for c in np.flatnonzero(hits):
+            if not sketched[c]:
+                found = hits[c] >= share * min(len(mine), sized[c])
+            else:
+                theirs = full_grams(int(c))
+                found = len(np.intersect1d(mine, theirs, assume_unique=True)) >= share * min(len(mine), len(theirs))
+            if found:
+                near[i] = True
+                break
     return near
