@@ -4,6 +4,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the default score cache in a folder of this run, not ~/.cache (a read-only or shared home)
+os.environ.setdefault("TUNESIFT_CACHE", __import__("tempfile").mkdtemp(prefix="tunesift-test-scores-"))
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -79,3 +81,17 @@ def default_lm():
     from tunesift.models import load_lm
 
     return load_lm("default", device="cpu", dtype="float32")
+
+
+@pytest.fixture(autouse=True)
+def _tunesift_logger_as_it_was():
+    """A CLI run installs a handler on the ``tunesift`` logger (and a test may set propagate):
+    restored after each test, so no test's output depends on which ran before it."""
+    import logging
+
+    log = logging.getLogger("tunesift")
+    handlers, level, propagate = list(log.handlers), log.level, log.propagate
+    yield
+    log.handlers[:] = handlers
+    log.setLevel(level)
+    log.propagate = propagate

@@ -370,7 +370,9 @@ def test_progress_bars_show_when_asked_or_in_a_notebook(demo_rows, tiny_lm, caps
 
     assert "loss scoring" in scored(progress=True)
     assert scored(progress=False) == ""
-    assert scored() == ""  # default: stderr is not a terminal here and this is no notebook
+    with monkeypatch.context() as m:  # FORCE_COLOR or TTY_COMPATIBLE in CI would make rich see a terminal
+        m.setattr(api, "interactive", lambda: False)
+        assert scored() == ""  # default: stderr is not a terminal here and this is no notebook
     with monkeypatch.context() as m:
         m.setattr(api, "interactive", lambda: True)
         assert "loss scoring" in scored()  # default where bars can be seen: on

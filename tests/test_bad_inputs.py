@@ -217,7 +217,7 @@ def test_a_column_of_floats_and_long_decimals_writes_as_float64_parquet(tmp_path
                  "--out-format", "parquet"]) == 0
     col = pq.read_table(tmp_path / "o" / "selected.parquet").column("x").to_pylist()
     assert sorted(col) == [1.5, 3.141592653589793]
-    assert "column 'x' holds numbers a double cannot hold" in capsys.readouterr().err
+    assert "column 'x' holds numbers a double cannot hold" in " ".join(capsys.readouterr().err.split())
 
 
 def test_id_field_none_reads_records_whose_ids_repeat(tmp_path, capsys):

@@ -66,7 +66,11 @@ def test_bf16_embeddings_are_close_and_cached_apart(tmp_path, monkeypatch):
     k32, k16 = e32 @ e32.T, e16 @ e16.T
     np.fill_diagonal(k32, -1)
     np.fill_diagonal(k16, -1)
-    assert (k32.argmax(axis=1) == k16.argmax(axis=1)).all()
+    # the same nearest neighbour wherever fp32's top two are further apart than bf16 moves any entry
+    # (bf16 rounds differently with AMX, AVX512-BF16 or neither)
+    top2 = np.sort(k32, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * np.abs(k32 - k16).max()
+    assert clear.sum() >= len(k32) - 1 and (k32.argmax(axis=1) == k16.argmax(axis=1))[clear].all()
     assert len(list(tmp_path.rglob("emb.npy"))) == 2  # two cache entries, neither served for the other
     monkeypatch.setattr(emb, "_encoder", lambda device: pytest.fail("encoder called despite cache"))
     np.testing.assert_array_equal(emb.embed_records(RECS, cache_dir=tmp_path, precision="bfloat16"), e16)

@@ -108,8 +108,9 @@ def test_micro_batches_and_checkpointing_leave_the_training_unchanged(tiny_dir, 
     assert on[0] == off[0] and all(torch.equal(a, b) for a, b in zip(on[1], off[1]))
     lean_losses, lean_w = run(token_budget=32, checkpointing=True)  # a micro-batch per record or two
     np.testing.assert_allclose(lean_losses, plain_losses, rtol=1e-4)  # training magnifies rounding
-    for a, b in zip(lean_w, plain_w):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    for a, b in zip(lean_w, plain_w):  # per tensor: Adam's first step is lr * sign(g), so a
+        # gradient element near 0 may flip sign with rounding and move one weight by lr
+        assert float((a - b).norm() / b.norm().clamp_min(1e-12)) < 1e-3
     assert len(lean_losses) == 6
 
 

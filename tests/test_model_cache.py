@@ -122,8 +122,9 @@ def test_the_cache_root_needs_no_home_folder_when_tunesift_home_is_set(monkeypat
     monkeypatch.delenv("TUNESIFT_CACHE", raising=False)
     assert cache_home() == tmp_path and default_cache_dir() == tmp_path / "scores"
     monkeypatch.undo()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # a user without a passwd entry still has this
     monkeypatch.setenv("TUNESIFT_HOME", "")  # empty: unset, not the current folder
-    assert cache_home() == Path.home() / ".cache" / "tunesift"
+    assert cache_home() == tmp_path / "home" / ".cache" / "tunesift"
 
 
 def test_a_folder_fingerprint_covers_its_template_and_vocabulary(tiny_dir, tmp_path):

@@ -405,8 +405,12 @@ def test_select_with_the_ray_backend_equals_local(pool, tiny_lm, tmp_path):
     local = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "a"), **kw)
     # the module's Ray instance is reused; one more worker fits its spare CPU
     remote = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "b"), backend="ray", ray_workers=1, **kw)
+    # a 1-thread worker and the 2-thread driver: float32 tolerance (tiny.assert_close_across_runs),
+    # and the same pick where the budget's boundary is not a near tie
+    assert_close_across_runs(remote.columns["closeness"], local.columns["closeness"])
+    edge = np.sort(local.columns["closeness"])[::-1][11:13]
+    assert edge[0] - edge[1] > 1e-4, edge  # the 12th and 13th records are well apart
     np.testing.assert_array_equal(local.kept, remote.kept)
-    np.testing.assert_allclose(remote.columns["closeness"], local.columns["closeness"], rtol=1e-9, atol=1e-12)
     assert any((tmp_path / "b" / "donod").rglob("*.npy"))
 
 
@@ -684,7 +688,7 @@ def test_a_worker_that_stops_answering_is_replaced_not_waited_for(pool, tiny_lm,
     monkeypatch.setattr(RayBlockPool, "worker_class", worker_class)
     opt = Options(token_budget=512)
     blocks = _blocks("loss", tiny_lm, opt, records, 16)
-    with RayBlockPool(model_spec(tiny_lm), num_workers=1, num_gpus=0, answer_timeout=3) as mine, \
+    with RayBlockPool(model_spec(tiny_lm), num_workers=1, num_gpus=0, answer_timeout=10) as mine, \
             caplog.at_level(logging.WARNING, logger="tunesift"):
         first = mine.workers[0]
         res = score_blocks_ray("loss", model_spec(tiny_lm), blocks, opt, tmp_path / "c", pool=mine)
