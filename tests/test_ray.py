@@ -404,7 +404,7 @@ def test_select_with_the_ray_backend_equals_local(pool, tiny_lm, tmp_path):
     kw = dict(method="donod", budget=12, token_budget=512)
     local = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "a"), **kw)
     # the module's Ray instance is reused; one more worker fits its spare CPU
-    remote = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "b"), backend="ray", ray_workers=1, **kw)
+    remote = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "b"), backend="ray", ray_workers=1, ray_gpus=0, **kw)
     # a 1-thread worker and the 2-thread driver: float32 tolerance (tiny.assert_close_across_runs),
     # and the same pick where the budget's boundary is not a near tie
     assert_close_across_runs(remote.columns["closeness"], local.columns["closeness"])
@@ -421,7 +421,7 @@ def test_learned_utility_on_ray_equals_local(pool, tiny_lm, tmp_path):
     rows = _rows(24, seed=4)
     kw = dict(method="delift", budget=6, knn=6, utility="learned", label_fraction=0.3, token_budget=512)
     local = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "a"), **kw)
-    remote = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "b"), backend="ray", ray_workers=1, **kw)
+    remote = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "b"), backend="ray", ray_workers=1, ray_gpus=0, **kw)
     assert remote.ids == local.ids
     assert remote.extra["surrogate"]["pool"]["labelled_pairs"] == local.extra["surrogate"]["pool"]["labelled_pairs"]
     assert_close_across_runs(remote.columns["helpfulness"], local.columns["helpfulness"])
@@ -556,7 +556,7 @@ def test_select_delift_with_the_ray_backend_equals_local(pool, tiny_lm, tmp_path
             for mod, name in ((utility, "kernel_block"), (utility, "kernel_base"), (embedding, "embed_texts")):
                 m.setattr(mod, name, not_here)  # the workers are other processes: unaffected
             m.setattr(ray_backend.LazyPool, "__init__", spy)
-            remote = select(rows, lm=lm, cache_dir=str(tmp_path / f"{method}-b"), backend="ray", ray_workers=1,
+            remote = select(rows, lm=lm, cache_dir=str(tmp_path / f"{method}-b"), backend="ray", ray_workers=1, ray_gpus=0,
                             **kw)
         np.testing.assert_array_equal(local.order, remote.order)
         np.testing.assert_array_equal(local.kept, remote.kept)

@@ -22,7 +22,7 @@ def test_delift_on_ray_from_nothing_starts_and_stops_its_own_ray(tiny_lm, tmp_pa
     kw = dict(method="delift", budget=3, knn=0, token_budget=256)  # dense: no embeddings first
     local = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "a"), **kw)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    remote = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "b"), backend="ray", ray_workers=1, **kw)
+    remote = select(rows, lm=tiny_lm, cache_dir=str(tmp_path / "b"), backend="ray", ray_workers=1, ray_gpus=0, **kw)
     assert not ray.is_initialized()  # the instance it started is gone
     # and the signal handlers are the caller's again (ray.init left its own SIGTERM handler, a
     # sys.exit: the CLI's SIGTERM became exit status 15 without its one line)
