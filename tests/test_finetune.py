@@ -123,8 +123,9 @@ def test_micro_batch_count_follows_the_token_budget(monkeypatch, fresh, records)
     finetune(fresh, records[:8], TrainConfig(epochs=1, batch_size=8, token_budget=1 << 20))
     assert calls == [8]  # one micro-batch holds the whole batch
     calls.clear()
-    width = max(len(s) for s, _ in (renderer_of(fresh).sequence(r) for r in records[:8]))
-    finetune(fresh, records[:8], TrainConfig(epochs=1, batch_size=8, token_budget=2 * width))
+    again = load_lm(fresh.path, device="cpu", dtype="float32")  # fresh carries the first run's adapters
+    width = max(len(s) for s, _ in (renderer_of(again).sequence(r) for r in records[:8]))
+    finetune(again, records[:8], TrainConfig(epochs=1, batch_size=8, token_budget=2 * width))
     assert sum(calls) == 8 and max(calls) <= 2 and len(calls) >= 4
 
 
@@ -343,3 +344,18 @@ def test_a_model_without_files_to_hash_is_fingerprinted_by_its_weights(tiny_dir,
         next(other.model.parameters()).view(-1)[0] += 1e-3
     assert weights_fingerprint(fresh.model) != weights_fingerprint(other.model)
     assert weights_fingerprint(fresh.model).startswith("weights-")
+
+
+def test_a_second_run_on_a_model_with_unmerged_adapters_is_refused(fresh, records):
+    """finetune() injects LoRA in place: a second call on the same model trained a new adapter
+    beside the first one's (peft warned "modify a model with PEFT for a second time"), so the two
+    picks a notebook compares were not trained from the same start."""
+    from tunesift.errors import TunesiftError
+    from tunesift.finetune import merged
+
+    cfg = TrainConfig(epochs=1, batch_size=4)
+    res = finetune(fresh, records[:4], cfg)
+    with pytest.raises(TunesiftError, match="already carries the LoRA adapters of an earlier finetune"):
+        finetune(fresh, records[:4], cfg)
+    on_top = merged(fresh, res)  # merged: no adapter left, it trains on as any model
+    assert len(finetune(on_top, records[:4], cfg).losses) == 1

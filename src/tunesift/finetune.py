@@ -223,7 +223,8 @@ def finetune(
     """Fine-tune ``lm`` (a :class:`~tunesift.models.LoadedModel`) on ``records``.
 
     LoRA wraps ``lm.model`` in place with peft (``lm.model`` then carries the adapters); full mode
-    trains every weight. ``progress(n)`` is called with the records done after each step.
+    trains every weight. A model still carrying an earlier run's unmerged adapters is refused
+    (:func:`merged` merges them; a merged model trains on as any other). ``progress(n)`` is called with the records done after each step.
     Returns a :class:`TrainResult`; the model is left in eval mode.
     """
     import torch
@@ -252,9 +253,13 @@ def finetune(
                     "prompt's last tokens (prompts_cut in %s)", cut[0], len(records), renderer.max_length, TRAIN_META)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    base = lm.model
+    if any(hasattr(m, "lora_A") for m in base.modules()):  # peft's LoRA layers, not merged
+        raise TunesiftError("this model already carries the LoRA adapters of an earlier finetune(), which a second "
+                            "run would train beside: merge them first (lm = tunesift.finetune.merged(lm, result)) "
+                            "or load the model again")
     if cfg.mode == "full":
         to_float32(lm)  # float32 master weights
-    base = lm.model
     if cfg.mode == "lora":
         model = wrap_lora(base, cfg)
         inner = model.get_base_model()  # the same module tree, now with LoRA layers injected
