@@ -417,7 +417,7 @@ def _select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dic
     entry = get_method(opts["method"])
     model = selection_model(cfg, method)
     dtype = opts.get("dtype", "auto")
-    if model and stage1_selects(cfg, method):
+    if stage1_selects(cfg, method):  # implies a model
         if out is None:
             raise TunesiftError("selecting with the stage-1 model needs the bench folder (out)")
         lm = load_trained(stage_one(cfg, seed, data, out, progress=progress), device=opts["device"], dtype=dtype)
