@@ -578,15 +578,11 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     from .errors import Interrupted
+    from .signals import handlers_kept
 
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[sig] = signal.signal(sig, _on_signal)
-        except (ValueError, OSError):  # not the main thread: leave the handlers alone
-            pass
     try:
-        rv = app(args=argv, standalone_mode=False)
+        with handlers_kept(_on_signal):  # not the main thread: the handlers are left alone
+            rv = app(args=argv, standalone_mode=False)
     except Interrupted as exc:
         return _interrupted(exc.signum, exc)
     except TunesiftError as exc:
@@ -609,9 +605,6 @@ def main(argv: list[str] | None = None) -> int:
         if abort is not None and isinstance(exc, abort):
             return _interrupted(signal.SIGINT)
         raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if isinstance(rv, int) and rv:  # click/typer may report an abort as a return code
         if rv == 130:
             return _interrupted(signal.SIGINT)

@@ -15,19 +15,17 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import stat
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OptionError, TunesiftError
 from .io.files import input_checksum
+from .signals import signals_held
 from .store import umask
 
 log = logging.getLogger(__name__)
@@ -45,27 +43,6 @@ def exchange(a: Path, b: Path) -> bool:
     at_fdcwd, rename_exchange = -100, 2
     rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
     return rc == 0
-
-
-@contextmanager
-def signals_held():
-    """SIGINT and SIGTERM held until the block ends, then raised: the renames of a swap and the
-    note of what they moved (``consumed``) happen together, so an interrupt never finds the
-    previous set in the staging folder that cleanup deletes. Only in the main thread (Python
-    runs signal handlers there); elsewhere the block runs as is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    old = {s: signal.signal(s, lambda n, _f: caught.append(n)) for s in held}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
-        if caught:
-            signal.raise_signal(caught[0])
 
 
 def entry_digest(path: Path) -> str:

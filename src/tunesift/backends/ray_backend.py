@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -46,6 +44,7 @@ import numpy as np
 
 from ..errors import OptionError, TunesiftError, overflow_error
 from ..io.describe import first_line
+from ..signals import handlers_kept
 from ..store import ArrayStore
 from .blocks import (
     BLOCK_SCORERS,
@@ -130,21 +129,17 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
         _check_reachable(address)
     # ray.init installs its own SIGTERM handler (sys.exit) and never takes it back: the CLI's
     # (one line, exit 143, temporary files removed) and a Python user's own are restored after it
-    main = threading.current_thread() is threading.main_thread()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
-        if address:
-            ray.init(address=address, **common)
-        else:
-            # "local": a fresh instance even where RAY_ADDRESS or a `ray start` cluster would be joined
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
+        with handlers_kept():
+            if address:
+                ray.init(address=address, **common)
+            else:
+                # "local": a fresh instance even where RAY_ADDRESS or a `ray start` cluster would be joined
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                         object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at '{address}'" if address else "a local Ray instance"
         raise TunesiftError(f"cannot start or join {where}: {first_line(exc)}") from None
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     return True
 
 
