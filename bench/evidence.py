@@ -56,6 +56,7 @@ from tunesift.bench import BenchConfig, cell_name, grid_cells, load_cells, run_b
 from tunesift.bench_tables import (
     aggregate,
     cost_complete,
+    cost_text,
     family_lines,
     provenance_table,
     verdict_lines,
@@ -453,11 +454,12 @@ def summary(a) -> None:
                      "|---|---|---|---|---|---|\n" + "".join(
                          f"| {r['method']} | {r['budget']} | {r['select_s']:.1f}"
                          f"{' †' if 'select_partly_cached' in r else ''} | {r['train_s']:.1f} | "
-                         f"{_num(r.get('cost_ratio'))} | {_num(r.get('total_vs_full'))} |\n"
+                         f"{cost_text(r, 'cost_ratio', _num)} | {cost_text(r, 'total_vs_full', _num)} |\n"
                          for r in rows if r["method"] != "base"))
         if any("select_partly_cached" in r for r in rows):
             parts.append("\n†: no selection of the method started from an empty score cache (an earlier, "
-                         "interrupted run computed part of its scores); the full cost is higher.\n")
+                         "interrupted run computed part of its scores); the full cost is higher and its ratios are lower "
+                         "bounds (≥).\n")
         parts.append(f"\nWhere the cells were made:\n\n{provenance_table(cells)}")
         if exp == "transfer":
             parts.append(same_picks(cells, done["instruction"]))

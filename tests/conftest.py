@@ -95,3 +95,20 @@ def _tunesift_logger_as_it_was():
     log.handlers[:] = handlers
     log.setLevel(level)
     log.propagate = propagate
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_kept():
+    """No test may leave SIGINT or SIGTERM with another handler than it found (a leak made the
+    folder-swap interrupt tests depend on test order): a leak is restored and fails its test."""
+    import signal
+
+    stops = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in stops}
+    yield
+    after = {s: signal.getsignal(s) for s in stops}
+    leaked = [s for s in stops if after[s] != before[s]]
+    for s in leaked:
+        signal.signal(s, before[s] if before[s] is not None else signal.SIG_DFL)
+    assert not leaked, f"the test left {', '.join(signal.Signals(s).name for s in leaked)} with " \
+                       f"{[after[s] for s in leaked]} instead of {[before[s] for s in leaked]}"

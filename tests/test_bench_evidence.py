@@ -102,6 +102,10 @@ def test_curve_data_lines_bands_and_references():
     assert lo < 1.50 and hi > 2.0  # the loss axis spans the whole pool's value and the untuned model's
     assert curve_limits(curve_data(curve_rows(), "rougeL"), "rougeL")[0] == 0.0  # bounded metric: from zero
     assert curve_limits(curve_data(curve_rows(), "rougeL@eval"), "rougeL@eval") == pytest.approx((0.0, 1.05))
+    # a seed without the metric makes its row NaN: the axis ignores it instead of failing to draw
+    holed = curve_data(curve_rows(), "loss")
+    next(iter(holed["lines"].values()))["lo"][0] = float("nan")  # the first value min() and max() see
+    assert curve_limits(holed, "loss") == pytest.approx((lo, hi))
 
 
 def test_curve_png_is_written_with_several_budgets(tmp_path):
@@ -593,6 +597,8 @@ def test_the_summary_names_the_rows_without_a_verdict():
     lines = ev.verdict_lines([marked, early, within])
     assert lines[0].startswith("- rds at budget 0.1: loss better than random by 0.2000") and "p = 0.009" in lines[0]
     assert lines[1:] == ["- no verdict yet (fewer than 3 paired seeds): ifd @ 0.1"]
+    tiny = ev.verdict_lines([{**marked, "loss_vs_random_p": 0.0004}])[0]
+    assert "p < 0.001" in tiny and "p = <" not in tiny
     assert ev.verdict_lines([within]) == ["none"]
 
 
@@ -714,6 +720,9 @@ def test_a_selection_that_found_its_scores_partly_cached_is_marked(tmp_path):
     table = markdown_table(list(rows.values()))
     lines = {ln.split(" | ")[0][2:]: ln for ln in table.splitlines() if ln.startswith("| ")}
     assert "| 3000.0 † |" in lines["delift"] and "| 50.0 |" in lines["rds"] and "| 10 |" in lines["rds"]
+    # the ratio of a partly cached selection is a lower bound, said so; a whole one is plain
+    assert lines["delift"].endswith("| ≥ 1500.00 † |") and lines["rds"].endswith("| 25.00 |")
+    assert bt.cost_text({**rows["delift"], "cost_ratio": 0.002}, "cost_ratio", bt._ratio) == "≥ 0.002 †"
     assert "†: no selection of this method started from an empty score cache" in table
     assert "generations capped" in table.splitlines()[0]
     # transfer reads instruction's cache: its cells all find the scores cached, but instruction's

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -211,7 +212,7 @@ def beyond_noise_lines(rows: list[dict]) -> list[str]:
                 who = f"{r['method']} (a control)" if is_control(r["method"]) else r["method"]
                 out.append(f"- {who} at budget {r['budget']}: {m} {'better' if better else 'worse'} than "
                            f"random by {abs(d):.4f} (± {r[f'{m}_vs_random_se']:.4f}, {r['paired_seeds']} paired seeds, "
-                           f"paired t-test p = {_p(r.get(f'{m}_vs_random_p'))})")
+                           f"paired t-test p {_p_is(r.get(f'{m}_vs_random_p'))})")
     return out
 
 
@@ -358,6 +359,17 @@ def _ratio(v: float) -> str:
     return "" if not np.isfinite(v) else f"{v:.2f}" if v >= 0.01 else "< 0.01"
 
 
+def cost_text(row: dict, key: str, fmt: Callable[[float], str]) -> str:
+    """A cost column of ``row`` (``cost_ratio``, ``total_vs_full``) as ``fmt`` writes it, or as a
+    lower bound, "≥ x †", where part of the method's selection was read from a cache an earlier
+    run filled (``select_partly_cached``): its ``select_s`` is then only the part that ran."""
+    v = row.get(key)
+    text = "" if v is None else fmt(float(v))
+    if not text or "select_partly_cached" not in row:
+        return text
+    return f"≥ {text if not text.startswith('<') else f'{float(v):.1g}'} †"  # "< 0.01" bounds nothing
+
+
 def markdown_table(rows: list[dict]) -> str:
     """Mean ± std per metric (arrows say which direction is better), seeds, size and costs."""
     metrics = _metric_names(rows)
@@ -379,7 +391,7 @@ def markdown_table(rows: list[dict]) -> str:
         partly |= bool(mark)
         lines.append("| " + " | ".join([r["method"], str(r["budget"]), str(r["seeds"]), str(r["n_train"]), *vals,
                                         f"{r['select_s']:.1f}{mark}", f"{r['train_s']:.1f}",
-                                        _ratio(r.get("cost_ratio", float("nan")))]) + " |")
+                                        cost_text(r, "cost_ratio", _ratio)]) + " |")
     if paired:
         lines += ["", "Δ: the mean paired difference from random at the same budget (same seeds) ± its standard "
                   "error. **\\*** marks a difference larger than two standard errors (beyond the seed "
@@ -390,7 +402,8 @@ def markdown_table(rows: list[dict]) -> str:
     lines += ["", "select / train: the selection's wall time (uncached) over the fine-tuning's on its pick."]
     if partly:
         lines += ["", "†: no selection of this method started from an empty score cache (an earlier, "
-                  "interrupted run computed part of the scores), so the full cost is higher than shown."]
+                  "interrupted run computed part of the scores), so the full cost is higher than shown and "
+                  "its ratio is a lower bound (≥)."]
     if capped:
         lines += ["", "generations capped: test generations (mean over seeds) that ran to the token limit "
                   "without ending; they weigh on ROUGE-L, cosine and exact match."]
@@ -399,6 +412,12 @@ def markdown_table(rows: list[dict]) -> str:
 
 def _p(p) -> str:
     return "" if p is None or not np.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_is(p) -> str:
+    """``p`` in running text: "= 0.063", "< 0.001"."""
+    text = _p(p)
+    return text if text.startswith("<") else f"= {text}"
 
 
 def _versus_cell(row: dict, metric: str) -> str:
@@ -540,6 +559,7 @@ def curve_limits(data: dict, metric: str) -> tuple[float, float]:
         vals.append(data["base"])
     if data["full"] is not None:
         vals += [data["full"]["lo"], data["full"]["hi"]]
+    vals = [v for v in vals if np.isfinite(v)]  # a row missing the metric in a seed is NaN: not drawn
     lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
     if metric.partition("@")[0] in BOUNDED:
         lo = min(0.0, lo)

@@ -224,7 +224,7 @@ class Options:
                           "kernel on its own, then a merge round over the union of their picks.", group="delift",
                           check=at_least("partitions", 1))
     local_budget: int | None = opt(None, "GreeDi (--partitions): records each part keeps for the merge round "
-                                   "(default the budget, GreeDi's guarantee; smaller keeps the merge kernel small).",
+                                   "(default the budget; smaller keeps the merge kernel small and loses more of the full greedy's gain).",
                                    group="delift", check=_records("local-budget"))
     # execution: local, or scoring, DELIFT kernels and embeddings on Ray workers (docs/ray.md)
     backend: str = opt("local", "local | ray: compute scores, DELIFT kernels and embeddings on Ray workers "

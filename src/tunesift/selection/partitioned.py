@@ -28,9 +28,11 @@ from a callable ``kernel_fn(rows, cols)`` (global indices) or from embeddings, e
 that of the largest of those kernels: ``(n / m)^2`` or ``|U|^2`` dense entries, ``n / m * knn``
 sparse ones.
 
-Guarantee (for monotone submodular ``f`` and the arbitrary-partition analysis of the paper):
-``f(A) >= (1 - 1/e)^2 / min(m, k) * OPT`` in the worst case; with random parts and ``kappa = k``
-the expected ratio is at least ``(1 - 1/e) / 2`` (Barbosa, Ene, Nguyen and Ward, ICML 2015). On
+No worst-case guarantee: GreeDi's bounds (``(1 - 1/e)^2 / min(m, k)``; ``(1 - 1/e) / 2`` in
+expectation for random parts, Barbosa et al., ICML 2015) assume each round evaluates ``f`` on the
+whole pool, and here a part sees ``K[P, P]`` and the merge round ``K[U, U]`` (local evaluation: the
+full kernel is never formed), so a record covering the whole pool can lose the merge round
+(docs/selection.md gives a kernel where the answer covers 5% of the best one's value). On
 embedding kernels the measured ratio to the full greedy is far better (docs/scaling.md). Note
 that the reported ``objective`` is ``f_U``, the value on the union's records; the value on the
 whole pool is :func:`fl_value_blocked` (embeddings) or :func:`fl_value` (a kernel).
