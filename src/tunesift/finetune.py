@@ -134,7 +134,10 @@ def _pad(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int):
     return ids, attn, scored
 
 
-HEAD_CHUNK = 512  # response positions per LM-head chunk: 512 x 49k vocab x 4 B = 100 MB of logits
+# response positions per LM-head chunk: a chunk's logits, their float32 log-softmax and, in backward,
+# their recompute and gradient cost ~0.6 MB a position at 49k vocab (peak RSS fine-tuning 100 records:
+# 1.77 GB at 512, 1.59 GB at 64, no slower; docs/results.md)
+HEAD_CHUNK = 128
 
 
 def _head_loss_sum(head_logits, hidden, targets):
