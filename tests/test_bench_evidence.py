@@ -721,8 +721,10 @@ def test_a_selection_that_found_its_scores_partly_cached_is_marked(tmp_path):
     lines = {ln.split(" | ")[0][2:]: ln for ln in table.splitlines() if ln.startswith("| ")}
     assert "| 3000.0 † |" in lines["delift"] and "| 50.0 |" in lines["rds"] and "| 10 |" in lines["rds"]
     # the ratio of a partly cached selection is a lower bound, said so; a whole one is plain
-    assert lines["delift"].endswith("| ≥ 1500.00 † |") and lines["rds"].endswith("| 25.00 |")
-    assert bt.cost_text({**rows["delift"], "cost_ratio": 0.002}, "cost_ratio", bt._ratio) == "≥ 0.002 †"
+    assert lines["delift"].endswith("| ≥ 1500 † |") and lines["rds"].endswith("| 25.00 |")
+    for ratio, shown in ((0.002, "0.0020"), (0.0096, "0.0096"), (0.126, "0.12"), (0.999, "0.99"), (3.0, "3.0")):
+        # rounded down, never up: a lower bound stays one
+        assert bt.cost_text({**rows["delift"], "cost_ratio": ratio}, "cost_ratio", bt._ratio) == f"≥ {shown} †"
     assert "†: no selection of this method started from an empty score cache" in table
     assert "generations capped" in table.splitlines()[0]
     # transfer reads instruction's cache: its cells all find the scores cached, but instruction's

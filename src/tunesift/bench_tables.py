@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -359,15 +360,23 @@ def _ratio(v: float) -> str:
     return "" if not np.isfinite(v) else f"{v:.2f}" if v >= 0.01 else "< 0.01"
 
 
+def floor_digits(v: float, digits: int = 2) -> str:
+    """``v`` > 0 rounded *down* to ``digits`` significant digits (0.126 -> "0.12", 0.0096 ->
+    "0.0096", 1500.4 -> "1500"): a lower bound printed shorter stays a lower bound."""
+    e = math.floor(math.log10(v)) - digits + 1
+    return f"{math.floor(v / 10 ** e + 1e-9) * 10 ** e:.{max(0, -e)}f}"
+
+
 def cost_text(row: dict, key: str, fmt: Callable[[float], str]) -> str:
     """A cost column of ``row`` (``cost_ratio``, ``total_vs_full``) as ``fmt`` writes it, or as a
-    lower bound, "≥ x †", where part of the method's selection was read from a cache an earlier
-    run filled (``select_partly_cached``): its ``select_s`` is then only the part that ran."""
+    lower bound, "≥ x †" (rounded down: :func:`floor_digits`), where part of the method's selection
+    was read from a cache an earlier run filled (``select_partly_cached``): its ``select_s`` is
+    then only the part that ran."""
     v = row.get(key)
     text = "" if v is None else fmt(float(v))
     if not text or "select_partly_cached" not in row:
         return text
-    return f"≥ {text if not text.startswith('<') else f'{float(v):.1g}'} †"  # "< 0.01" bounds nothing
+    return f"≥ {floor_digits(float(v)) if v > 0 else '0'} †"
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -29,8 +29,20 @@ def handlers_kept(handler: Callable | None = None) -> Iterator[bool]:
                 signal.signal(s, handler)
         yield True
     finally:
-        for s, h in old.items():  # None: a handler not set from Python, which Python cannot reinstall
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        _restore(list(old.items()))
+
+
+def _restore(handlers: list) -> None:
+    """Reinstall ``handlers`` ((signal, handler) pairs), each in the ``finally`` of the one before:
+    a signal that arrives once the first is back and raises there (KeyboardInterrupt) still finds
+    the rest restored. None: a handler not set from Python, which Python cannot reinstall."""
+    if not handlers:
+        return
+    (s, h), rest = handlers[0], handlers[1:]
+    try:
+        signal.signal(s, h if h is not None else signal.SIG_DFL)
+    finally:
+        _restore(rest)
 
 
 @contextmanager
