@@ -54,11 +54,13 @@ from pathlib import Path
 
 from tunesift.bench import BenchConfig, cell_name, grid_cells, load_cells, run_bench, stage1_done
 from tunesift.bench_tables import (
+    PARTLY_CACHED,
     aggregate,
     cost_complete,
     cost_text,
     family_lines,
     provenance_table,
+    select_text,
     verdict_lines,
     write_results,
 )
@@ -452,14 +454,11 @@ def summary(a) -> None:
                      + "\n".join(verdict_lines(rows) + family_lines(rows)) + "\n")
         parts.append("| method | budget | select s | train s | select / train | (select + train) / full train |\n"
                      "|---|---|---|---|---|---|\n" + "".join(
-                         f"| {r['method']} | {r['budget']} | {r['select_s']:.1f}"
-                         f"{' †' if 'select_partly_cached' in r else ''} | {r['train_s']:.1f} | "
+                         f"| {r['method']} | {r['budget']} | {select_text(r)} | {r['train_s']:.1f} | "
                          f"{cost_text(r, 'cost_ratio', _num)} | {cost_text(r, 'total_vs_full', _num)} |\n"
                          for r in rows if r["method"] != "base"))
         if any("select_partly_cached" in r for r in rows):
-            parts.append("\n†: no selection of the method started from an empty score cache (an earlier, "
-                         "interrupted run computed part of its scores); the full cost is higher and its ratios are lower "
-                         "bounds (≥).\n")
+            parts.append(f"\n{PARTLY_CACHED}\n")
         parts.append(f"\nWhere the cells were made:\n\n{provenance_table(cells)}")
         if exp == "transfer":
             parts.append(same_picks(cells, done["instruction"]))

@@ -683,12 +683,6 @@ def rendered_page(page: str, tmp: Path) -> tuple[list[int], int, str]:
     return [int(w) for w in found.group(1).split(",")], int(found.group(2)), dom
 
 
-def rendered_widths(page: str, tmp: Path) -> tuple[list[int], str]:
-    """(each image's decoded width, the DOM) of the page in Chromium: :func:`rendered_page`."""
-    widths, _, dom = rendered_page(page, tmp)
-    return widths, dom
-
-
 def test_chromium_renders(donod_out, tmp_path):
     page = write_report(donod_out, by="meta.family").read_text(encoding="utf-8")
     n_img = len(images(page))
@@ -712,7 +706,7 @@ def test_chromium_renders(donod_out, tmp_path):
 
 def test_chromium_renders_donod_delift(donod_delift_out, tmp_path):
     page = write_report(donod_delift_out).read_text(encoding="utf-8")
-    widths, dom = rendered_widths(page, tmp_path)
+    widths, _, dom = rendered_page(page, tmp_path)
     assert len(widths) == len(images(page)) == 5 and min(widths) > 100
     for name in ("summary", "plots", "kept", "dropped"):
         assert f'<section id="{name}">' in dom
@@ -725,7 +719,7 @@ def test_chromium_renders_donod_delift(donod_delift_out, tmp_path):
 
 def test_chromium_renders_comparison(donod_out, random_out, tmp_path):
     page = render_report(donod_out, compare=random_out)
-    widths, dom = rendered_widths(page, tmp_path)
+    widths, _, dom = rendered_page(page, tmp_path)
     assert len(widths) == 2 and min(widths) > 100
     assert '<section id="compare">' in dom and "only A kept" in dom
     sec = dom[dom.index('<section id="compare">'):dom.index('<section id="plots">')]

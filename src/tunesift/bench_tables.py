@@ -367,6 +367,17 @@ def floor_digits(v: float, digits: int = 2) -> str:
     return f"{math.floor(v / 10 ** e + 1e-9) * 10 ** e:.{max(0, -e)}f}"
 
 
+#: the footnote of a † on a selection's cost (:func:`select_text`, :func:`cost_text`)
+PARTLY_CACHED = ("†: no selection of this method started from an empty score cache (an earlier, interrupted "
+                 "run computed part of the scores), so the full cost is higher than shown and its ratios are "
+                 "lower bounds (≥).")
+
+
+def select_text(row: dict) -> str:
+    """A row's ``select_s`` (one decimal), marked "†" where it is only the part that ran."""
+    return f"{row['select_s']:.1f}" + (" †" if "select_partly_cached" in row else "")
+
+
 def cost_text(row: dict, key: str, fmt: Callable[[float], str]) -> str:
     """A cost column of ``row`` (``cost_ratio``, ``total_vs_full``) as ``fmt`` writes it, or as a
     lower bound, "≥ x †" (rounded down: :func:`floor_digits`), where part of the method's selection
@@ -396,10 +407,9 @@ def markdown_table(rows: list[dict]) -> str:
             vals.append(f"{r['generations_capped']:.0f}" + (f" ({n} of {r['seeds']} seeds)" if n < r["seeds"] else "")
                         if "generations_capped" in r else "")
         paired |= any(f"{m}_vs_random" in r for m in metrics)
-        mark = " †" if "select_partly_cached" in r else ""
-        partly |= bool(mark)
+        partly |= "select_partly_cached" in r
         lines.append("| " + " | ".join([r["method"], str(r["budget"]), str(r["seeds"]), str(r["n_train"]), *vals,
-                                        f"{r['select_s']:.1f}{mark}", f"{r['train_s']:.1f}",
+                                        select_text(r), f"{r['train_s']:.1f}",
                                         cost_text(r, "cost_ratio", _ratio)]) + " |")
     if paired:
         lines += ["", "Δ: the mean paired difference from random at the same budget (same seeds) ± its standard "
@@ -410,9 +420,7 @@ def markdown_table(rows: list[dict]) -> str:
                   "2 SE is p = 0.18, so read p < 0.05 as firm and a mark alone as suggestive."]
     lines += ["", "select / train: the selection's wall time (uncached) over the fine-tuning's on its pick."]
     if partly:
-        lines += ["", "†: no selection of this method started from an empty score cache (an earlier, "
-                  "interrupted run computed part of the scores), so the full cost is higher than shown and "
-                  "its ratio is a lower bound (≥)."]
+        lines += ["", PARTLY_CACHED]
     if capped:
         lines += ["", "generations capped: test generations (mean over seeds) that ran to the token limit "
                   "without ending; they weigh on ROUGE-L, cosine and exact match."]
