@@ -5,6 +5,7 @@
     python bench/evidence.py run all                    # every experiment, in the order below
     python bench/evidence.py plan                       # cells per experiment, how many are done
     python bench/evidence.py summary                    # tables from every finished cell + bench/results/evidence/summary.md
+    python bench/evidence.py items                      # per-question exact match into cells made before cells kept it
     python bench/evidence.py run all --smoke            # 40 records, 1 seed, random + rds: does it start?
 
 Experiments (each one ``tunesift bench`` folder under bench/results/evidence/, resumable: a finished
@@ -52,13 +53,23 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tunesift.bench import BenchConfig, cell_name, grid_cells, load_cells, run_bench, stage1_done
+from tunesift.bench import (
+    BenchConfig,
+    backfill_items,
+    cell_name,
+    grid_cells,
+    load_cells,
+    run_bench,
+    stage1_done,
+)
 from tunesift.bench_tables import (
+    ITEM_NOTE,
     PARTLY_CACHED,
     aggregate,
     cost_complete,
     cost_text,
     family_lines,
+    item_lines,
     provenance_table,
     select_text,
     verdict_lines,
@@ -452,6 +463,8 @@ def summary(a) -> None:
         write_results(root / exp, rows, cfg, cells)
         parts.append(f"## {exp}\n\nFull table: `{root / exp / 'results.md'}`.\n\nBeyond the seed spread:\n\n"
                      + "\n".join(verdict_lines(rows) + family_lines(rows)) + "\n")
+        if items := item_lines(rows):
+            parts.append("Question by question:\n\n" + "\n".join(items) + f"\n\n{ITEM_NOTE}\n")
         parts.append("| method | budget | select s | train s | select / train | (select + train) / full train |\n"
                      "|---|---|---|---|---|---|\n" + "".join(
                          f"| {r['method']} | {r['budget']} | {select_text(r)} | {r['train_s']:.1f} | "
@@ -476,9 +489,24 @@ def summary(a) -> None:
     print(out.read_text(encoding="utf-8"))
 
 
+def items(a) -> None:
+    """Per-question exact match (``cell["items"]``) for the cells made before cells kept it, from
+    their generations on this machine (:func:`tunesift.bench.backfill_items`; each is checked
+    against the cell's own exact-match share). Then run ``summary``."""
+    data, root, caches = folders(a)
+    prepared(a, data)
+    for exp in EXPERIMENTS:
+        cfg = config(exp, data, caches, a)
+        if not (root / exp / "cells").is_dir():
+            continue
+        updated, missing = backfill_items(root / exp, cfg.test)
+        print(f"{exp}: per-question results added to {len(updated)} cell{'' if len(updated) == 1 else 's'}"
+              + (f"; {len(missing)} without generations on this machine: {', '.join(missing)}" if missing else ""))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("prepare", "run", "plan", "summary"))
+    ap.add_argument("command", choices=("prepare", "run", "plan", "summary", "items"))
     ap.add_argument("experiment", nargs="?", default="all", choices=(*EXPERIMENTS, "all"))
     ap.add_argument("--work", default="bench/work", help="inputs, score caches, generations (git-ignored)")
     ap.add_argument("--results", default="bench/results",
@@ -507,7 +535,7 @@ def main(argv=None) -> None:
     if a.command == "prepare":
         prepare(Path(a.shared), folders(a)[0])
     else:
-        {"run": run, "plan": plan, "summary": summary}[a.command](a)
+        {"run": run, "plan": plan, "summary": summary, "items": items}[a.command](a)
 
 
 if __name__ == "__main__":

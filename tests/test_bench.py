@@ -35,6 +35,37 @@ def bench_args(data, tiny_dir, out, *extra):
             "--quick", "--seeds", "2", "-q", *extra]
 
 
+def check_backfill(out, data, cell):
+    """A cell made before cells kept their per-question results gets them back from its generations;
+    a cell its generations do not match, or another test set, is refused with nothing written."""
+    from tunesift.errors import TunesiftError
+
+    path = out / "cells" / "random__b0.25__s1.json"
+    old = {k: v for k, v in cell.items() if k != "items"}
+    path.write_text(json.dumps(old))
+    assert bench_mod.backfill_items(out, data / "test.jsonl") == (["random__b0.25__s1"], [])
+    assert json.loads(path.read_text()) == cell
+    assert bench_mod.backfill_items(out, data / "test.jsonl") == ([], [])  # kept items are left as they are
+    wrong = {**old, "metrics": {**old["metrics"], "exact_match": old["metrics"]["exact_match"] + 0.5}}
+    path.write_text(json.dumps(wrong))
+    gen = out / "generations" / "random__b0.25__s1.jsonl"
+    with pytest.raises(TunesiftError, match="exact match recomputed"):
+        bench_mod.backfill_items(out, data / "test.jsonl")
+    assert json.loads(path.read_text()) == wrong
+    with pytest.raises(TunesiftError, match="not the test set"):
+        bench_mod.backfill_items(out, data / "train.jsonl")
+    rows = gen.read_text().splitlines()
+    gen.write_text("\n".join(rows[1:]) + "\n")  # generations that skip the first question
+    path.write_text(json.dumps(old))
+    with pytest.raises(TunesiftError, match="not the first"):
+        bench_mod.backfill_items(out, data / "test.jsonl")
+    gen.write_text("\n".join(rows) + "\n")
+    gen.rename(gen.with_suffix(".moved"))
+    assert bench_mod.backfill_items(out, data / "test.jsonl") == ([], ["random__b0.25__s1"])
+    gen.with_suffix(".moved").rename(gen)
+    path.write_text(json.dumps(cell, indent=1) + "\n")
+
+
 def test_bench_runs_every_cell_writes_tables_and_resumes(data, tiny_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "b"
     code, stdout, err = run(bench_args(data, tiny_dir, out, "--budget", "0.25,0.5"), capsys)
@@ -61,6 +92,11 @@ def test_bench_runs_every_cell_writes_tables_and_resumes(data, tiny_dir, tmp_pat
     test_ids = [r.id for r in read_records(data / "test.jsonl")]
     assert gens and [g["id"] for g in gens] == test_ids[:len(gens)] and all(isinstance(g["prediction"], str) for g in gens)
     assert sorted(p.stem for p in (out / "generations").iterdir()) == sorted(p.stem for p in (out / "cells").iterdir())
+    # each question's exact match, kept in the cell for the question-by-question test (bench_tables)
+    bits = cell["items"]["exact_match"]
+    assert len(bits) == len(gens) and set(bits) <= {"0", "1"}
+    assert bits.count("1") / len(bits) == pytest.approx(cell["metrics"]["exact_match"])
+    check_backfill(out, data, cell)
     from tunesift.bench import code_fingerprint
     from tunesift.machine import cpu_model
 

@@ -252,7 +252,8 @@ def test_a_further_set_generates_with_its_own_settings(monkeypatch):
 
     def fake_evaluate(lm, records, **kw):
         seen[records[0]] = kw
-        return SimpleNamespace(metrics={"loss": 1.0}, generations=[None] * len(records), counts={})
+        per = {"exact_match": np.array([1.0, 0.0, np.nan])} if records[0] == "gsm" else {}  # 2 of 3 generated
+        return SimpleNamespace(metrics={"loss": 1.0}, generations=[None] * len(records), counts={}, per_record=per)
 
     monkeypatch.setattr("tunesift.evaluate.evaluate", fake_evaluate)
     monkeypatch.setattr(bm, "_training_model", lambda *a, **k: (SimpleNamespace(dtype="float32"), 0.0))
@@ -263,6 +264,7 @@ def test_a_further_set_generates_with_its_own_settings(monkeypatch):
     assert (seen["alpaca"]["max_new_tokens"], seen["alpaca"]["generate_limit"]) == (128, 100)
     assert (seen["gsm"]["max_new_tokens"], seen["gsm"]["generate_limit"]) == (256, 300)
     assert set(info["metrics"]) == {"loss", "loss@gsm8k"}
+    assert info["items"] == {"exact_match@gsm8k": "10"}  # each generated question's result, the further set's too
     ev = load_evidence()
     args = ev.argparse.Namespace(smoke=False, only=None, dense_delift=False, budgets=None, seeds=3, knn=16, checkpointing="off",
                                  select_model=None, train_model=None, autocast="bfloat16", device="cpu")
@@ -518,6 +520,16 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     assert "loss@alpaca_eval" in inst[0] and "balanced-random" not in {r["method"] for r in inst}
     cont = json.loads((root / "continual" / "results.json").read_text())
     assert "exact_match@gsm8k" in cont[0] and (root / "continual" / "stage1" / "s0").is_dir()
+    rds_cont = json.loads(next((root / "continual" / "cells").glob("rds__*.json")).read_text())
+    assert len(rds_cont["items"]["exact_match@gsm8k"]) == 3  # per question, for the question-by-question test
+    # `items` gives per-question results back to cells made before cells kept them, from their generations
+    kept = root / "task" / "cells" / "rds__b0.1__s0.json"
+    full = json.loads(kept.read_text())
+    kept.write_text(json.dumps({k: v for k, v in full.items() if k != "items"}))
+    capsys.readouterr()
+    ev.main(["items", *args])
+    assert "task: per-question results added to 1 cell\n" in capsys.readouterr().out
+    assert json.loads(kept.read_text())["items"] == full["items"]
     capsys.readouterr()
     ev.main(["plan", *args])
     assert "all            27 of   27" in capsys.readouterr().out  # every cell done: a rerun runs none

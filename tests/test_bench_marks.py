@@ -9,11 +9,13 @@ from tunesift.bench_tables import (
     aggregate,
     beyond_noise,
     family_lines,
+    item_lines,
     markdown_table,
     no_verdict_lines,
     paired_p,
     plot_results,
     versus_random,
+    versus_random_items,
 )
 
 
@@ -113,3 +115,57 @@ def test_a_metric_missing_from_a_cell_is_nan_not_a_crash_and_rows_sort_by_method
 def test_one_seed_is_shown_as_one_seed_not_as_zero_spread():
     table = markdown_table(aggregate(cells({"clear": [0.01]}, base=(0.78,))))
     assert "0.7900 (1 seed)" in table and "± 0.0000" not in table
+
+
+def item_cells(items: dict[str, list[str]], budget=0.1) -> list[dict]:
+    """Cells holding per-question pass/fail strings (``cell["items"]["exact_match"]``) per seed."""
+    return [{"method": m, "budget": budget, "seed": s, "n_train": 3, "select_s": 1.0, "train_s": 2.0,
+             "metrics": {"exact_match": bits.count("1") / len(bits)}, "items": {"exact_match": bits}}
+            for m, per_seed in items.items() for s, bits in enumerate(per_seed)]
+
+
+def test_question_by_question_sign_test_over_the_seeds_mean():
+    # q0: random answers it in 2 of 3 seeds, the method in 1 -> worse; q1: the method always, random
+    # never -> better; q2: the method once -> better; the other 9 questions: never answered -> ties
+    cs = item_cells({"random": ["100000000000", "100000000000", "000000000000"],
+                     "m": ["110000000000", "010000000000", "011000000000"]})
+    better, worse, n_items, n, p = versus_random_items(cs, "m", 0.1)["exact_match"]
+    assert (better, worse, n_items, n) == (2, 1, 12, 3) and p == pytest.approx(1.0)
+    # better on 9 questions, worse on none: two-sided sign test p = 2 * 0.5^9
+    wins = item_cells({"random": ["0" * 12] * 3, "m": ["111111111000"] * 3})
+    assert versus_random_items(wins, "m", 0.1)["exact_match"] == (9, 0, 12, 3, pytest.approx(2 * 0.5 ** 9))
+    row = {r["method"]: r for r in aggregate(wins)}["m"]
+    assert row["exact_match_items_better"] == 9 and row["exact_match_items_p"] == pytest.approx(0.00390625)
+    line, = item_lines(aggregate(wins))
+    assert "m at budget 0.1, exact_match: 9 questions answered more often" in line and "0 less often (of 12" in line
+    assert "3 seeds paired" in line and "p = 0.004" in line
+    # nothing differs: no p, said so; references and other budgets have nothing to pair
+    same = item_cells({"random": ["010"] * 3, "m": ["010"] * 3})
+    assert np.isnan(versus_random_items(same, "m", 0.1)["exact_match"][4])
+    assert "nothing to test" in item_lines(aggregate(same))[0]
+    assert versus_random_items(cs, "random", 0.1) == {} and versus_random_items(cs, "m", 0.3) == {}
+
+
+def test_question_by_question_pairs_only_seeds_with_the_same_questions():
+    cs = item_cells({"random": ["10", "10", "10"], "m": ["01", "01", "01"]})
+    del cs[1]["items"]  # random's seed 1 kept none (a cell made before cells kept them)
+    cs[5]["items"]["exact_match"] = "011"  # the method's seed 2 generated another number of questions
+    assert versus_random_items(cs, "m", 0.1)["exact_match"] == (1, 1, 2, 1, pytest.approx(1.0))
+    del cs[0]["items"]  # no seed left to pair: no comparison, no row fields, no line
+    assert versus_random_items(cs, "m", 0.1) == {}
+    rows = aggregate(cs)
+    assert item_lines(rows) == [] and not any("exact_match_items_p" in r for r in rows)
+
+
+def test_results_md_has_the_question_by_question_section(tmp_path):
+    from types import SimpleNamespace
+
+    from tunesift.bench_tables import write_results
+    from tunesift.finetune import TrainConfig
+
+    cfg = SimpleNamespace(train="pool.jsonl", test="test.jsonl", stage="task", select_model="default",
+                          train_model="default", training=TrainConfig())
+    cs = item_cells({"random": ["0" * 12] * 3, "m": ["111111111000"] * 3})
+    write_results(tmp_path, aggregate(cs), cfg, cs)
+    md = (tmp_path / "results.md").read_text()
+    assert "## Question by question" in md and "9 questions answered more often" in md and "sign test" in md

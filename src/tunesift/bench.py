@@ -513,6 +513,70 @@ def code_fingerprint() -> str:
     return source_digest()
 
 
+#: metrics whose result per test question each cell keeps (``cell["items"]``): pass/fail, so 300
+#: questions fit in 300 characters, and an item-level paired test
+#: (:func:`tunesift.bench_tables.versus_random_items`) can weigh the test questions' own noise
+ITEM_METRICS = ("exact_match",)
+
+
+def item_bits(values) -> str:
+    """Pass/fail results (n,) in test-set order as a string of ``"0"``/``"1"``; NaN (a question
+    beyond ``generate_limit``, never generated: those are the last) ends the string."""
+    out = []
+    for v in values:
+        if v != v:  # NaN
+            break
+        out.append("1" if v else "0")
+    return "".join(out)
+
+
+def item_results(per_record: dict) -> dict[str, str]:
+    """The :data:`ITEM_METRICS` an evaluation's ``per_record`` holds, as :func:`item_bits` strings."""
+    return {m: item_bits(per_record[m]) for m in ITEM_METRICS if m in per_record}
+
+
+def backfill_items(out: str | Path, test: str | Path) -> tuple[list[str], list[str]]:
+    """Add ``items["exact_match"]`` to the finished cells of the bench folder ``out`` made before
+    cells kept it, recomputed from each cell's generations (``OUT/generations/<cell>.jsonl``,
+    git-ignored: only on the machine that ran the cell) against ``test``'s references. Refused
+    (:class:`~tunesift.errors.TunesiftError`, nothing written) when ``test`` is not the test set
+    bench.json pins, when a cell's generations are not the test set's first questions in order,
+    or when the recomputed share differs from the cell's ``exact_match`` by more than 1e-9: the
+    cell would then not be the one its bits describe. Returns (cells updated, cells without a
+    generations file); cells that already hold their items are left as they are."""
+    from .evaluate import exact_match
+    from .io.files import input_checksum
+    from .io.records import read_records
+    from .store import write_text
+
+    out = Path(out)
+    pinned = json.loads((out / BENCH_FILE).read_text(encoding="utf-8")).get("inputs", {}).get("test")
+    if pinned != input_checksum(test):
+        raise TunesiftError(f"{test}: not the test set {out / BENCH_FILE} pins (its digest differs)")
+    refs = read_records(test)
+    done, missing, todo = [], [], {}
+    for path in sorted((out / "cells").glob("*.json")):
+        cell = json.loads(path.read_text(encoding="utf-8"))
+        if "exact_match" not in cell["metrics"] or "exact_match" in cell.get("items", {}):
+            continue
+        gen = out / "generations" / f"{path.stem}.jsonl"
+        if not gen.exists():
+            missing.append(path.stem)
+            continue
+        rows = [json.loads(x) for x in gen.read_text(encoding="utf-8").splitlines() if x.strip()]
+        if [r["id"] for r in rows] != [r.id for r in refs[:len(rows)]]:
+            raise TunesiftError(f"{gen}: its ids are not the first {len(rows)} of {test} in order")
+        flags = exact_match([r["prediction"] for r in rows], [r.response for r in refs[:len(rows)]])
+        if not rows or abs(flags.mean() - cell["metrics"]["exact_match"]) > 1e-9:
+            raise TunesiftError(f"{gen}: exact match recomputed {flags.mean() if rows else 'nothing'}, the cell "
+                                f"says {cell['metrics']['exact_match']}")
+        todo[path] = {**cell, "items": {**cell.get("items", {}), "exact_match": item_bits(flags)}}
+    for path, cell in todo.items():  # every cell checked first: a refusal writes nothing
+        write_text(path, json.dumps(cell, indent=1) + "\n")
+        done.append(path.stem)
+    return done, missing
+
+
 def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
              progress: Callable[[str, int], Callable[[int], None]] | None = None, out: Path | None = None) -> dict:
     """Run one cell and return its record (what ``OUT/cells/<cell>.json`` holds).
@@ -569,10 +633,14 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
     info["metrics"] = dict(ev.metrics)
     info["eval_counts"] = dict(ev.counts)  # prompts cut to max_length, generations cut off
     info["generations"] = [{"id": r.id, "prediction": g} for r, g in zip(data["test"], ev.generations) if g is not None]
+    items = item_results(ev.per_record)
     for name, records in (data.get("also") or {}).items():  # further held-out sets: "<metric>@<name>"
         more = evaluate(lm, records, **{**kw, **generation(cfg, name), "metrics": also_metrics(cfg.metrics, records)})
         info["metrics"].update({f"{m}@{name}": v for m, v in more.metrics.items()})
         info["eval_counts"].update({f"{k}@{name}": v for k, v in more.counts.items()})
+        items.update({f"{m}@{name}": v for m, v in item_results(more.per_record).items()})
+    if items:
+        info["items"] = items
     info["eval_s"] = round(time.perf_counter() - t2, 3)
     info["total_s"] = round(time.perf_counter() - t0, 3)
     return info

@@ -67,6 +67,9 @@ def aggregate(cells: list[dict]) -> list[dict]:
         for m, (diff, se, n) in versus_random(cells, method, budget).items():
             row[f"{m}_vs_random"], row[f"{m}_vs_random_se"], row["paired_seeds"] = diff, se, n
             row[f"{m}_vs_random_p"] = paired_p(diff, se, n)
+        for m, (better, worse, n_items, n_seeds, p) in versus_random_items(cells, method, budget).items():
+            row[f"{m}_items_better"], row[f"{m}_items_worse"], row[f"{m}_items_p"] = better, worse, p
+            row[f"{m}_items_n"], row[f"{m}_items_seeds"] = n_items, n_seeds
         rows.append(row)
     edge = {"base": 0, "full": 2}  # base first, full last, budgets in between
     rows.sort(key=lambda r: (edge.get(r["method"], 1), 0.0 if r["budget"] == "all" else float(r["budget"]),
@@ -164,6 +167,73 @@ def versus_random(cells: list[dict], method: str, budget) -> dict[str, tuple[flo
     return out
 
 
+def versus_random_items(cells: list[dict], method: str, budget) -> dict[str, tuple[int, int, int, int, float]]:
+    """Question-by-question comparison of ``method`` with ``random`` at the same budget, per metric
+    the cells keep per test question (``cell["items"]``, pass/fail strings:
+    :data:`tunesift.bench.ITEM_METRICS`): over the n seeds both ran with the same questions kept,
+    each question's share of seeds answered, ``d_i = mean_s m_si - mean_s r_si`` (i over the
+    questions); ``better = #{d_i > 0}`` (the method's models answer it more often), ``worse =
+    #{d_i < 0}``, and the two-sided sign test's ``p = binomtest(better, better + worse, 1/2)``.
+    Returns ``{metric: (better, worse, questions, n, p)}``; empty where there is nothing to pair.
+
+    :func:`versus_random` holds the test questions fixed and asks whether other training seeds
+    would repeat a difference; this holds the trained models fixed and asks whether other test
+    questions would: at 1-8 exact matches in 300 the second is the weaker link, and a difference
+    firm under both holds either way."""
+    if method in REFERENCES:
+        return {}
+    key = _budget_key(budget)
+    mine = {c["seed"]: c for c in cells if c["method"] == method and _budget_key(c["budget"]) == key}
+    rand = {c["seed"]: c for c in cells if c["method"] == "random" and _budget_key(c["budget"]) == key}
+    out = {}
+    for m in dict.fromkeys(m for c in mine.values() for m in c.get("items", {})):
+        seeds = [s for s in sorted(set(mine) & set(rand)) if m in mine[s].get("items", {})
+                 and len(mine[s]["items"][m]) == len(rand[s].get("items", {}).get(m, ""))]
+        if not seeds:
+            continue
+        size = {len(mine[s]["items"][m]) for s in seeds}
+        if len(size) > 1:  # seeds that generated different numbers of questions: pair only like with like
+            continue
+        a = np.array([[c == "1" for c in mine[s]["items"][m]] for s in seeds], dtype=float)  # (n, questions)
+        b = np.array([[c == "1" for c in rand[s]["items"][m]] for s in seeds], dtype=float)
+        d = a.mean(axis=0) - b.mean(axis=0)  # (questions,)
+        if lower_is_better(m):
+            d = -d
+        better, worse = int((d > 0).sum()), int((d < 0).sum())
+        p = float("nan")
+        if better + worse:
+            from scipy.stats import binomtest
+
+            p = float(binomtest(better, better + worse, 0.5).pvalue)
+        out[m] = (better, worse, a.shape[1], len(seeds), p)
+    return out
+
+
+def item_lines(rows: list[dict]) -> list[str]:
+    """One line per (row, metric) compared with random question by question
+    (:func:`versus_random_items`): the questions it answers more often and less often than random's
+    models, and the sign test's p."""
+    out = []
+    for r in rows:
+        for m in _metric_names([r]):
+            if f"{m}_items_better" not in r:
+                continue
+            who = f"{r['method']} (a control)" if is_control(r["method"]) else r["method"]
+            p = r[f"{m}_items_p"]
+            test = f"sign test p {_p_is(p)}" if np.isfinite(p) else "no question differs: nothing to test"
+            out.append(f"- {who} at budget {r['budget']}, {m}: {r[f'{m}_items_better']} questions answered more often "
+                       f"than random's models, {r[f'{m}_items_worse']} less often (of {r[f'{m}_items_n']}, "
+                       f"{_seeds(r[f'{m}_items_seeds'])} paired; {test})")
+    return out
+
+
+ITEM_NOTE = ("Each test question's share of seeds answered, the method's models against random's: a sign "
+             "test over the questions that differ. The seed-paired test above holds the questions fixed; "
+             "this one holds the trained models fixed and asks whether other questions would show the "
+             "same difference. Cells without their per-question results (made on another machine before "
+             "cells kept them) are left out.")
+
+
 # paired seeds a mark needs: the standard error of two differences has one degree of freedom, so
 # "beyond 2 SE" would flag 2 of 300 exact matches (measured on the evidence grid's task bench)
 MIN_MARK_SEEDS = 3
@@ -180,7 +250,8 @@ def beyond_noise(row: dict, metric: str) -> bool | None:
     return bool(abs(diff) > 2 * se)
 
 
-STAT_SUFFIXES = ("_std", "_vs_random", "_vs_random_se", "_vs_random_p")
+STAT_SUFFIXES = ("_std", "_vs_random", "_vs_random_se", "_vs_random_p", "_items_better", "_items_worse",
+                 "_items_p", "_items_n", "_items_seeds")
 
 
 def _metric_names(rows: list[dict]) -> list[str]:
@@ -427,6 +498,10 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
 def _p(p) -> str:
     return "" if p is None or not np.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
@@ -466,6 +541,9 @@ def write_results(out: Path, rows: list[dict], cfg, cells: list[dict] | None = N
                + ("\n".join(lines) if lines != ["none"] else "None: every difference from random is within two "
                   "standard errors of the paired seed differences.") + "\n"
                + "".join(line + "\n" for line in family_lines(rows))) if selectors else ""
+    items = item_lines(rows)
+    if items:
+        verdict += "\n## Question by question (pass/fail metrics)\n\n" + "\n".join(items) + f"\n\n{ITEM_NOTE}\n"
     full = [r for r in rows if r["method"] == "full"]
     cost = (f"\nFine-tuning on the whole pool took {full[0]['train_s']:.1f} s; `total_vs_full` in results.json is "
             "(select + train) / that.\n") if full else ""
