@@ -129,11 +129,12 @@ def test_question_by_question_sign_test_over_the_seeds_mean():
     # never -> better; q2: the method once -> better; the other 9 questions: never answered -> ties
     cs = item_cells({"random": ["100000000000", "100000000000", "000000000000"],
                      "m": ["110000000000", "010000000000", "011000000000"]})
-    better, worse, n_items, n, p = versus_random_items(cs, "m", 0.1)["exact_match"]
-    assert (better, worse, n_items, n) == (2, 1, 12, 3) and p == pytest.approx(1.0)
+    assert versus_random_items(cs, "m", 0.1)["exact_match"] == {"better": 2, "worse": 1, "n": 12, "seeds": 3,
+                                                                "p": pytest.approx(1.0)}
     # better on 9 questions, worse on none: two-sided sign test p = 2 * 0.5^9
     wins = item_cells({"random": ["0" * 12] * 3, "m": ["111111111000"] * 3})
-    assert versus_random_items(wins, "m", 0.1)["exact_match"] == (9, 0, 12, 3, pytest.approx(2 * 0.5 ** 9))
+    assert versus_random_items(wins, "m", 0.1)["exact_match"] == {"better": 9, "worse": 0, "n": 12, "seeds": 3,
+                                                                  "p": pytest.approx(2 * 0.5 ** 9)}
     row = {r["method"]: r for r in aggregate(wins)}["m"]
     assert row["exact_match_items_better"] == 9 and row["exact_match_items_p"] == pytest.approx(0.00390625)
     line, = item_lines(aggregate(wins))
@@ -141,7 +142,7 @@ def test_question_by_question_sign_test_over_the_seeds_mean():
     assert "3 seeds paired" in line and "p = 0.004" in line
     # nothing differs: no p, said so; references and other budgets have nothing to pair
     same = item_cells({"random": ["010"] * 3, "m": ["010"] * 3})
-    assert np.isnan(versus_random_items(same, "m", 0.1)["exact_match"][4])
+    assert np.isnan(versus_random_items(same, "m", 0.1)["exact_match"]["p"])
     assert "nothing to test" in item_lines(aggregate(same))[0]
     assert versus_random_items(cs, "random", 0.1) == {} and versus_random_items(cs, "m", 0.3) == {}
 
@@ -150,11 +151,34 @@ def test_question_by_question_pairs_only_seeds_with_the_same_questions():
     cs = item_cells({"random": ["10", "10", "10"], "m": ["01", "01", "01"]})
     del cs[1]["items"]  # random's seed 1 kept none (a cell made before cells kept them)
     cs[5]["items"]["exact_match"] = "011"  # the method's seed 2 generated another number of questions
-    assert versus_random_items(cs, "m", 0.1)["exact_match"] == (1, 1, 2, 1, pytest.approx(1.0))
+    assert versus_random_items(cs, "m", 0.1)["exact_match"] == {"better": 1, "worse": 1, "n": 2, "seeds": 1,
+                                                                "p": pytest.approx(1.0)}
     del cs[0]["items"]  # no seed left to pair: no comparison, no row fields, no line
     assert versus_random_items(cs, "m", 0.1) == {}
     rows = aggregate(cs)
     assert item_lines(rows) == [] and not any("exact_match_items_p" in r for r in rows)
+
+
+def test_question_by_question_loss_is_token_weighted_and_t_tested():
+    from scipy.stats import ttest_1samp
+
+    w = [1, 2, 1]  # each question's response tokens: the loss's weights
+    per = {"random": [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], "m": [[0.5, 1.0, 1.0], [0.7, 0.8, 1.2]]}
+    cs = [{"method": m, "budget": 0.1, "seed": s, "n_train": 3, "select_s": 1.0, "train_s": 2.0,
+           "metrics": {"loss": float(np.dot(v, w) / sum(w))}, "items": {"loss": v, "n_tokens": w}}
+          for m, seeds in per.items() for s, v in enumerate(seeds)]
+    got = versus_random_items(cs, "m", 0.1)["loss"]
+    # the seeds' mean per question: m (0.6, 0.9, 1.1) against 1; d = w (m - r) = (-0.4, -0.2, 0.1)
+    d = np.array([-0.4, -0.2, 0.1])
+    assert got["diff"] == pytest.approx(-0.125) and got["n"] == 3 and got["seeds"] == 2
+    assert got["diff"] == pytest.approx(aggregate(cs)[1]["loss_vs_random"])  # the table's token-weighted loss
+    assert got["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3) / (4 / 3))
+    assert got["p"] == pytest.approx(ttest_1samp(d, 0.0).pvalue)
+    line, = item_lines(aggregate(cs))
+    assert "m at budget 0.1, loss: better than random by 0.1250 ±" in line and "over 3 questions (2 seeds paired" in line
+    # other questions' tokens (another test set) are not paired
+    cs[0]["items"]["n_tokens"] = [1, 1, 2]
+    assert versus_random_items(cs, "m", 0.1)["loss"]["seeds"] == 1
 
 
 def test_results_md_has_the_question_by_question_section(tmp_path):

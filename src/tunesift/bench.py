@@ -513,10 +513,11 @@ def code_fingerprint() -> str:
     return source_digest()
 
 
-#: metrics whose result per test question each cell keeps (``cell["items"]``): pass/fail, so 300
-#: questions fit in 300 characters, and an item-level paired test
-#: (:func:`tunesift.bench_tables.versus_random_items`) can weigh the test questions' own noise
-ITEM_METRICS = ("exact_match",)
+#: metrics whose result per test question each cell keeps (``cell["items"]``), for the
+#: question-by-question tests of :func:`tunesift.bench_tables.versus_random_items`: exact match as
+#: one character per question (300 questions in 300 characters), the loss as per-question values
+#: (6 significant digits) with their response tokens (``n_tokens``, the loss's weights)
+ITEM_METRICS = ("exact_match", "loss")
 
 
 def item_bits(values) -> str:
@@ -530,9 +531,17 @@ def item_bits(values) -> str:
     return "".join(out)
 
 
-def item_results(per_record: dict) -> dict[str, str]:
-    """The :data:`ITEM_METRICS` an evaluation's ``per_record`` holds, as :func:`item_bits` strings."""
-    return {m: item_bits(per_record[m]) for m in ITEM_METRICS if m in per_record}
+def item_results(per_record: dict) -> dict:
+    """What a cell keeps per test question of an evaluation's ``per_record`` (:data:`ITEM_METRICS`):
+    ``exact_match`` as :func:`item_bits`, ``loss`` (n,) rounded to 6 significant digits with
+    ``n_tokens`` (n,) beside it."""
+    out: dict = {}
+    if "exact_match" in per_record:
+        out["exact_match"] = item_bits(per_record["exact_match"])
+    if "loss" in per_record and "n_tokens" in per_record:
+        out["loss"] = [float(f"{v:.6g}") for v in per_record["loss"]]
+        out["n_tokens"] = [int(v) for v in per_record["n_tokens"]]
+    return out
 
 
 def backfill_items(out: str | Path, test: str | Path) -> tuple[list[str], list[str]]:

@@ -67,9 +67,8 @@ def aggregate(cells: list[dict]) -> list[dict]:
         for m, (diff, se, n) in versus_random(cells, method, budget).items():
             row[f"{m}_vs_random"], row[f"{m}_vs_random_se"], row["paired_seeds"] = diff, se, n
             row[f"{m}_vs_random_p"] = paired_p(diff, se, n)
-        for m, (better, worse, n_items, n_seeds, p) in versus_random_items(cells, method, budget).items():
-            row[f"{m}_items_better"], row[f"{m}_items_worse"], row[f"{m}_items_p"] = better, worse, p
-            row[f"{m}_items_n"], row[f"{m}_items_seeds"] = n_items, n_seeds
+        for m, test in versus_random_items(cells, method, budget).items():
+            row.update({f"{m}_items_{k}": v for k, v in test.items()})
         rows.append(row)
     edge = {"base": 0, "full": 2}  # base first, full last, budgets in between
     rows.sort(key=lambda r: (edge.get(r["method"], 1), 0.0 if r["budget"] == "all" else float(r["budget"]),
@@ -167,14 +166,22 @@ def versus_random(cells: list[dict], method: str, budget) -> dict[str, tuple[flo
     return out
 
 
-def versus_random_items(cells: list[dict], method: str, budget) -> dict[str, tuple[int, int, int, int, float]]:
+def versus_random_items(cells: list[dict], method: str, budget) -> dict[str, dict]:
     """Question-by-question comparison of ``method`` with ``random`` at the same budget, per metric
-    the cells keep per test question (``cell["items"]``, pass/fail strings:
-    :data:`tunesift.bench.ITEM_METRICS`): over the n seeds both ran with the same questions kept,
-    each question's share of seeds answered, ``d_i = mean_s m_si - mean_s r_si`` (i over the
-    questions); ``better = #{d_i > 0}`` (the method's models answer it more often), ``worse =
-    #{d_i < 0}``, and the two-sided sign test's ``p = binomtest(better, better + worse, 1/2)``.
-    Returns ``{metric: (better, worse, questions, n, p)}``; empty where there is nothing to pair.
+    the cells keep per test question (``cell["items"]``, :func:`tunesift.bench.item_results`), over
+    the n seeds both ran with the same questions kept; each question's result is averaged over
+    those seeds first (``x_i = mean_s x_si``), so the questions are the units:
+
+    - pass/fail (exact match, a ``"0"``/``"1"`` string): ``d_i = m_i - r_i``; ``better = #{d_i > 0}``
+      (the method's models answer it more often), ``worse = #{d_i < 0}``, and the two-sided sign
+      test's ``p = binomtest(better, better + worse, 1/2)``;
+    - loss (per-question mean token loss, with ``n_tokens`` per question): ``d_i = w_i (m_i - r_i)``
+      with ``w_i`` the question's response tokens, so ``diff = sum d / sum w`` is the token-weighted
+      loss difference the table's loss is built from; ``se = std(d, ddof=1) / sqrt(N) / mean(w)``
+      over the N questions and the paired t-test's two-sided p (N - 1 degrees of freedom).
+
+    Returns ``{metric: {"better", "worse", "n", "seeds", "p"}}`` (pass/fail) or ``{metric: {"diff",
+    "se", "n", "seeds", "p"}}`` (loss); empty where there is nothing to pair.
 
     :func:`versus_random` holds the test questions fixed and asks whether other training seeds
     would repeat a difference; this holds the trained models fixed and asks whether other test
@@ -186,52 +193,74 @@ def versus_random_items(cells: list[dict], method: str, budget) -> dict[str, tup
     mine = {c["seed"]: c for c in cells if c["method"] == method and _budget_key(c["budget"]) == key}
     rand = {c["seed"]: c for c in cells if c["method"] == "random" and _budget_key(c["budget"]) == key}
     out = {}
-    for m in dict.fromkeys(m for c in mine.values() for m in c.get("items", {})):
-        seeds = [s for s in sorted(set(mine) & set(rand)) if m in mine[s].get("items", {})
-                 and len(mine[s]["items"][m]) == len(rand[s].get("items", {}).get(m, ""))]
-        if not seeds:
-            continue
-        size = {len(mine[s]["items"][m]) for s in seeds}
-        if len(size) > 1:  # seeds that generated different numbers of questions: pair only like with like
-            continue
-        a = np.array([[c == "1" for c in mine[s]["items"][m]] for s in seeds], dtype=float)  # (n, questions)
-        b = np.array([[c == "1" for c in rand[s]["items"][m]] for s in seeds], dtype=float)
-        d = a.mean(axis=0) - b.mean(axis=0)  # (questions,)
-        if lower_is_better(m):
-            d = -d
-        better, worse = int((d > 0).sum()), int((d < 0).sum())
-        p = float("nan")
-        if better + worse:
-            from scipy.stats import binomtest
+    for m in dict.fromkeys(m for c in mine.values() for m in c.get("items", {}) if not m.startswith("n_tokens")):
+        tokens = "n_tokens" + m[len(m.partition("@")[0]):]  # loss@gsm8k's weights: n_tokens@gsm8k
+        seeds = [s for s in sorted(set(mine) & set(rand)) if _kept(mine[s], m, tokens) is not None
+                 and _kept(mine[s], m, tokens) == _kept(rand[s], m, tokens)]
+        if not seeds or len({_kept(mine[s], m, tokens) for s in seeds}) > 1:
+            continue  # nothing to pair, or seeds that kept other questions: pair only like with like
+        if isinstance(mine[seeds[0]]["items"][m], str):  # pass/fail
+            a = np.array([[c == "1" for c in mine[s]["items"][m]] for s in seeds], dtype=float)  # (n, questions)
+            b = np.array([[c == "1" for c in rand[s]["items"][m]] for s in seeds], dtype=float)
+            d = a.mean(axis=0) - b.mean(axis=0)  # (questions,)
+            if lower_is_better(m):
+                d = -d
+            better, worse = int((d > 0).sum()), int((d < 0).sum())
+            p = float("nan")
+            if better + worse:
+                from scipy.stats import binomtest
 
-            p = float(binomtest(better, better + worse, 0.5).pvalue)
-        out[m] = (better, worse, a.shape[1], len(seeds), p)
+                p = float(binomtest(better, better + worse, 0.5).pvalue)
+            out[m] = {"better": better, "worse": worse, "n": len(d), "seeds": len(seeds), "p": p}
+        else:  # per-question values, weighted by their tokens where the cells keep them
+            a = np.array([mine[s]["items"][m] for s in seeds], dtype=float)  # (n, questions)
+            b = np.array([rand[s]["items"][m] for s in seeds], dtype=float)
+            w = np.asarray(mine[seeds[0]]["items"].get(tokens) or np.ones(a.shape[1]), dtype=float)
+            d = w * (a.mean(axis=0) - b.mean(axis=0))  # (questions,)
+            diff = float(d.sum() / w.sum()) if w.sum() > 0 else float("nan")
+            se = float(d.std(ddof=1) / np.sqrt(len(d)) / w.mean()) if len(d) > 1 and w.sum() > 0 else float("nan")
+            out[m] = {"diff": diff, "se": se, "n": len(d), "seeds": len(seeds), "p": paired_p(diff, se, len(d))}
     return out
+
+
+def _kept(cell: dict, metric: str, tokens: str) -> tuple | None:
+    """Which questions a cell kept ``metric`` for: (how many, their token counts), None for none."""
+    items = cell.get("items", {})
+    return (len(items[metric]), tuple(items.get(tokens) or ())) if metric in items else None
 
 
 def item_lines(rows: list[dict]) -> list[str]:
     """One line per (row, metric) compared with random question by question
-    (:func:`versus_random_items`): the questions it answers more often and less often than random's
-    models, and the sign test's p."""
+    (:func:`versus_random_items`): for pass/fail metrics the questions it gets right more often and
+    less often than random's models with the sign test's p; for the loss the token-weighted
+    difference over the questions with its standard error and p."""
     out = []
     for r in rows:
         for m in _metric_names([r]):
-            if f"{m}_items_better" not in r:
+            if f"{m}_items_n" not in r:
                 continue
             who = f"{r['method']} (a control)" if is_control(r["method"]) else r["method"]
-            p = r[f"{m}_items_p"]
-            test = f"sign test p {_p_is(p)}" if np.isfinite(p) else "no question differs: nothing to test"
-            out.append(f"- {who} at budget {r['budget']}, {m}: {r[f'{m}_items_better']} questions answered more often "
-                       f"than random's models, {r[f'{m}_items_worse']} less often (of {r[f'{m}_items_n']}, "
-                       f"{_seeds(r[f'{m}_items_seeds'])} paired; {test})")
+            p, seeds = r[f"{m}_items_p"], _seeds(r[f"{m}_items_seeds"])
+            if f"{m}_items_better" in r:
+                test = f"sign test p {_p_is(p)}" if np.isfinite(p) else "no question differs: nothing to test"
+                out.append(f"- {who} at budget {r['budget']}, {m}: {r[f'{m}_items_better']} questions answered more "
+                           f"often than random's models, {r[f'{m}_items_worse']} less often (of {r[f'{m}_items_n']}, "
+                           f"{seeds} paired; {test})")
+            else:
+                diff, se = r[f"{m}_items_diff"], r[f"{m}_items_se"]
+                better = (diff < 0) == lower_is_better(m)
+                test = f"t-test over the questions p {_p_is(p)}" if np.isfinite(p) else "no spread: nothing to test"
+                out.append(f"- {who} at budget {r['budget']}, {m}: {'better' if better else 'worse'} than random by "
+                           f"{abs(diff):.4f} ± {se:.4f} over {r[f'{m}_items_n']} questions ({seeds} paired; {test})")
     return out
 
 
-ITEM_NOTE = ("Each test question's share of seeds answered, the method's models against random's: a sign "
-             "test over the questions that differ. The seed-paired test above holds the questions fixed; "
-             "this one holds the trained models fixed and asks whether other questions would show the "
-             "same difference. Cells without their per-question results (made on another machine before "
-             "cells kept them) are left out.")
+ITEM_NOTE = ("Each test question's result averaged over the paired seeds, the method's models against "
+             "random's: for pass/fail metrics a sign test over the questions that differ, for the loss a "
+             "paired t-test over the questions (token-weighted, as the loss is). The seed-paired test above "
+             "holds the questions fixed; this one holds the trained models fixed and asks whether other "
+             "questions would show the same difference. Cells without their per-question results (made on "
+             "another machine before cells kept them; per-question losses from session 21 on) are left out.")
 
 
 # paired seeds a mark needs: the standard error of two differences has one degree of freedom, so
@@ -251,7 +280,7 @@ def beyond_noise(row: dict, metric: str) -> bool | None:
 
 
 STAT_SUFFIXES = ("_std", "_vs_random", "_vs_random_se", "_vs_random_p", "_items_better", "_items_worse",
-                 "_items_p", "_items_n", "_items_seeds")
+                 "_items_diff", "_items_se", "_items_p", "_items_n", "_items_seeds")
 
 
 def _metric_names(rows: list[dict]) -> list[str]:
@@ -543,7 +572,7 @@ def write_results(out: Path, rows: list[dict], cfg, cells: list[dict] | None = N
                + "".join(line + "\n" for line in family_lines(rows))) if selectors else ""
     items = item_lines(rows)
     if items:
-        verdict += "\n## Question by question (pass/fail metrics)\n\n" + "\n".join(items) + f"\n\n{ITEM_NOTE}\n"
+        verdict += "\n## Question by question\n\n" + "\n".join(items) + f"\n\n{ITEM_NOTE}\n"
     full = [r for r in rows if r["method"] == "full"]
     cost = (f"\nFine-tuning on the whole pool took {full[0]['train_s']:.1f} s; `total_vs_full` in results.json is "
             "(select + train) / that.\n") if full else ""
