@@ -75,6 +75,7 @@ from tunesift.bench_tables import (
     verdict_lines,
     write_results,
 )
+from tunesift.errors import TunesiftError
 from tunesift.finetune import TrainConfig
 from tunesift.io.files import input_checksum
 from tunesift.machine import banner
@@ -492,16 +493,26 @@ def summary(a) -> None:
 def items(a) -> None:
     """Per-question exact match (``cell["items"]``) for the cells made before cells kept it, from
     their generations on this machine (:func:`tunesift.bench.backfill_items`; each is checked
-    against the cell's own exact-match share). Then run ``summary``."""
+    against the cell's own exact-match share): the test set's only (a further set's generations
+    are not saved). An experiment whose folder is refused gets nothing written, the others go on,
+    and the exit status is 2. Then run ``summary``."""
     data, root, caches = folders(a)
     prepared(a, data)
+    failed = False
     for exp in EXPERIMENTS:
         cfg = config(exp, data, caches, a)
         if not (root / exp / "cells").is_dir():
             continue
-        updated, missing = backfill_items(root / exp, cfg.test)
+        try:  # each folder is checked whole before any of its cells is written
+            updated, missing = backfill_items(root / exp, cfg.test)
+        except TunesiftError as e:
+            print(f"{exp}: nothing written: {e}")
+            failed = True
+            continue
         print(f"{exp}: per-question results added to {len(updated)} cell{'' if len(updated) == 1 else 's'}"
               + (f"; {len(missing)} without generations on this machine: {', '.join(missing)}" if missing else ""))
+    if failed:
+        sys.exit(2)
 
 
 def main(argv=None) -> None:

@@ -253,7 +253,8 @@ def test_a_further_set_generates_with_its_own_settings(monkeypatch):
     def fake_evaluate(lm, records, **kw):
         seen[records[0]] = kw
         per = {"exact_match": np.array([1.0, 0.0, np.nan])} if records[0] == "gsm" else {}  # 2 of 3 generated
-        return SimpleNamespace(metrics={"loss": 1.0}, generations=[None] * len(records), counts={}, per_record=per)
+        return SimpleNamespace(metrics={"loss": 1.0, **({"exact_match": 0.5} if per else {})},
+                               generations=[None] * len(records), counts={}, per_record=per)
 
     monkeypatch.setattr("tunesift.evaluate.evaluate", fake_evaluate)
     monkeypatch.setattr(bm, "_training_model", lambda *a, **k: (SimpleNamespace(dtype="float32"), 0.0))
@@ -263,7 +264,7 @@ def test_a_further_set_generates_with_its_own_settings(monkeypatch):
     info = bm.run_cell(cfg, "base", None, 0, data)
     assert (seen["alpaca"]["max_new_tokens"], seen["alpaca"]["generate_limit"]) == (128, 100)
     assert (seen["gsm"]["max_new_tokens"], seen["gsm"]["generate_limit"]) == (256, 300)
-    assert set(info["metrics"]) == {"loss", "loss@gsm8k"}
+    assert set(info["metrics"]) == {"loss", "loss@gsm8k", "exact_match@gsm8k"}
     assert info["items"] == {"exact_match@gsm8k": "10"}  # each generated question's result, the further set's too
     ev = load_evidence()
     args = ev.argparse.Namespace(smoke=False, only=None, dense_delift=False, budgets=None, seeds=3, knn=16, checkpointing="off",
@@ -530,6 +531,14 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     ev.main(["items", *args])
     assert "task: per-question results added to 1 cell\n" in capsys.readouterr().out
     assert json.loads(kept.read_text())["items"] == full["items"]
+    # a cell its generations do not match: its experiment is refused whole (exit 2), nothing written
+    bad = {**full, "items": {}, "metrics": {**full["metrics"], "exact_match": full["metrics"]["exact_match"] + 0.5}}
+    kept.write_text(json.dumps(bad))
+    with pytest.raises(SystemExit) as stop:
+        ev.main(["items", *args])
+    assert stop.value.code == 2 and "task: nothing written" in capsys.readouterr().out
+    assert json.loads(kept.read_text()) == bad
+    kept.write_text(json.dumps(full, indent=1) + "\n")
     capsys.readouterr()
     ev.main(["plan", *args])
     assert "all            27 of   27" in capsys.readouterr().out  # every cell done: a rerun runs none

@@ -193,3 +193,40 @@ def test_results_md_has_the_question_by_question_section(tmp_path):
     write_results(tmp_path, aggregate(cs), cfg, cs)
     md = (tmp_path / "results.md").read_text()
     assert "## Question by question" in md and "9 questions answered more often" in md and "sign test" in md
+
+
+def test_question_by_question_pairs_backfilled_with_new_cells_and_keeps_the_largest_group():
+    # random's cells were backfilled (exact match only), the method's are new (loss and tokens too)
+    cs = item_cells({"random": ["00", "00", "000"], "m": ["11", "10", "111"]})
+    for c in cs[3:]:
+        c["items"].update(loss=[1.0] * len(c["items"]["exact_match"]), n_tokens=[3] * len(c["items"]["exact_match"]))
+    got = versus_random_items(cs, "m", 0.1)
+    # seed 2 kept 3 questions, seeds 0-1 two: the two agreeing seeds are paired, not none
+    assert got["exact_match"] == {"better": 2, "worse": 0, "n": 2, "seeds": 2, "p": pytest.approx(0.5)}
+    assert "loss" not in got  # random kept no losses: nothing to pair
+
+
+def test_question_by_question_loss_leaves_out_questions_without_tokens_and_says_so_when_equal():
+    def loss_cells(m_loss, w):
+        return [{"method": m, "budget": 0.1, "seed": s, "n_train": 3, "select_s": 1.0, "train_s": 2.0,
+                 "metrics": {"loss": 1.0}, "items": {"loss": v, "n_tokens": w}}
+                for m, v in (("random", [1.0, 1.0, 1.0, 0.0]), ("m", m_loss)) for s in range(2)]
+    got = versus_random_items(loss_cells([0.5, 0.9, 1.2, 0.0], [2, 1, 1, 0]), "m", 0.1)["loss"]
+    assert got["n"] == 3  # the question without response tokens is no evidence either way
+    same = aggregate(loss_cells([1.0, 1.0, 1.0, 0.0], [2, 1, 1, 0]))
+    assert "no different from random" in item_lines(same)[0] and "nothing to test" in item_lines(same)[0]
+    nan = aggregate(loss_cells([float("nan"), 1.0, 1.0, 0.0], [2, 1, 1, 0]))
+    assert "not a number" in item_lines(nan)[0]
+
+
+def test_a_cell_keeps_per_question_results_only_for_the_metrics_it_reports():
+    from types import SimpleNamespace
+
+    from tunesift.bench import item_results
+
+    per = {"loss": np.array([0.1234567891, 2.0]), "n_tokens": np.array([3, 0]),
+           "exact_match": np.array([1.0, 0.0, np.nan])}
+    both = item_results(SimpleNamespace(metrics={"loss": 1.0, "exact_match": 0.5}, per_record=per))
+    assert both == {"exact_match": "10", "loss": [0.123457, 2.0], "n_tokens": [3, 0]}
+    # perplexity alone computes per-record losses too: no loss is kept for a cell that does not report it
+    assert item_results(SimpleNamespace(metrics={"perplexity": 2.0}, per_record=per)) == {}

@@ -531,14 +531,14 @@ def item_bits(values) -> str:
     return "".join(out)
 
 
-def item_results(per_record: dict) -> dict:
-    """What a cell keeps per test question of an evaluation's ``per_record`` (:data:`ITEM_METRICS`):
-    ``exact_match`` as :func:`item_bits`, ``loss`` (n,) rounded to 6 significant digits with
-    ``n_tokens`` (n,) beside it."""
-    out: dict = {}
-    if "exact_match" in per_record:
+def item_results(ev) -> dict:
+    """What a cell keeps per test question of an :class:`~tunesift.evaluate.Evaluation`
+    (:data:`ITEM_METRICS` among its metrics): ``exact_match`` as :func:`item_bits`, ``loss`` (n,)
+    rounded to 6 significant digits with ``n_tokens`` (n,) beside it."""
+    per_record, out = ev.per_record, {}
+    if "exact_match" in ev.metrics and "exact_match" in per_record:
         out["exact_match"] = item_bits(per_record["exact_match"])
-    if "loss" in per_record and "n_tokens" in per_record:
+    if "loss" in ev.metrics and "loss" in per_record and "n_tokens" in per_record:  # not for perplexity alone
         out["loss"] = [float(f"{v:.6g}") for v in per_record["loss"]]
         out["n_tokens"] = [int(v) for v in per_record["n_tokens"]]
     return out
@@ -642,12 +642,12 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
     info["metrics"] = dict(ev.metrics)
     info["eval_counts"] = dict(ev.counts)  # prompts cut to max_length, generations cut off
     info["generations"] = [{"id": r.id, "prediction": g} for r, g in zip(data["test"], ev.generations) if g is not None]
-    items = item_results(ev.per_record)
+    items = item_results(ev)
     for name, records in (data.get("also") or {}).items():  # further held-out sets: "<metric>@<name>"
         more = evaluate(lm, records, **{**kw, **generation(cfg, name), "metrics": also_metrics(cfg.metrics, records)})
         info["metrics"].update({f"{m}@{name}": v for m, v in more.metrics.items()})
         info["eval_counts"].update({f"{k}@{name}": v for k, v in more.counts.items()})
-        items.update({f"{m}@{name}": v for m, v in item_results(more.per_record).items()})
+        items.update({f"{m}@{name}": v for m, v in item_results(more).items()})
     if items:
         info["items"] = items
     info["eval_s"] = round(time.perf_counter() - t2, 3)

@@ -195,10 +195,15 @@ def versus_random_items(cells: list[dict], method: str, budget) -> dict[str, dic
     out = {}
     for m in dict.fromkeys(m for c in mine.values() for m in c.get("items", {}) if not m.startswith("n_tokens")):
         tokens = "n_tokens" + m[len(m.partition("@")[0]):]  # loss@gsm8k's weights: n_tokens@gsm8k
-        seeds = [s for s in sorted(set(mine) & set(rand)) if _kept(mine[s], m, tokens) is not None
-                 and _kept(mine[s], m, tokens) == _kept(rand[s], m, tokens)]
-        if not seeds or len({_kept(mine[s], m, tokens) for s in seeds}) > 1:
-            continue  # nothing to pair, or seeds that kept other questions: pair only like with like
+        # pair a seed only where both cells kept the same questions, and only seeds that agree on
+        # them: the largest such group (more questions on a tie)
+        groups: dict[tuple, list[int]] = {}
+        for s in sorted(set(mine) & set(rand)):
+            if (kind := _kept(mine[s], m, tokens)) is not None and kind == _kept(rand[s], m, tokens):
+                groups.setdefault(kind, []).append(s)
+        if not groups:
+            continue
+        seeds = max(groups.values(), key=lambda ss: (len(ss), _kept(mine[ss[0]], m, tokens)[0]))
         if isinstance(mine[seeds[0]]["items"][m], str):  # pass/fail
             a = np.array([[c == "1" for c in mine[s]["items"][m]] for s in seeds], dtype=float)  # (n, questions)
             b = np.array([[c == "1" for c in rand[s]["items"][m]] for s in seeds], dtype=float)
@@ -216,6 +221,8 @@ def versus_random_items(cells: list[dict], method: str, budget) -> dict[str, dic
             a = np.array([mine[s]["items"][m] for s in seeds], dtype=float)  # (n, questions)
             b = np.array([rand[s]["items"][m] for s in seeds], dtype=float)
             w = np.asarray(mine[seeds[0]]["items"].get(tokens) or np.ones(a.shape[1]), dtype=float)
+            live = w > 0  # a question without response tokens has no loss to compare (evaluate's 0)
+            a, b, w = a[:, live], b[:, live], w[live]
             d = w * (a.mean(axis=0) - b.mean(axis=0))  # (questions,)
             diff = float(d.sum() / w.sum()) if w.sum() > 0 else float("nan")
             se = float(d.std(ddof=1) / np.sqrt(len(d)) / w.mean()) if len(d) > 1 and w.sum() > 0 else float("nan")
@@ -224,9 +231,13 @@ def versus_random_items(cells: list[dict], method: str, budget) -> dict[str, dic
 
 
 def _kept(cell: dict, metric: str, tokens: str) -> tuple | None:
-    """Which questions a cell kept ``metric`` for: (how many, their token counts), None for none."""
+    """Which questions a cell kept ``metric`` for: (how many, their token counts: per-question
+    values only, the weights of a loss; a pass/fail string's cell may have been backfilled without
+    them), None for none."""
     items = cell.get("items", {})
-    return (len(items[metric]), tuple(items.get(tokens) or ())) if metric in items else None
+    if metric not in items:
+        return None
+    return len(items[metric]), () if isinstance(items[metric], str) else tuple(items.get(tokens) or ())
 
 
 def item_lines(rows: list[dict]) -> list[str]:
@@ -248,10 +259,15 @@ def item_lines(rows: list[dict]) -> list[str]:
                            f"{seeds} paired; {test})")
             else:
                 diff, se = r[f"{m}_items_diff"], r[f"{m}_items_se"]
-                better = (diff < 0) == lower_is_better(m)
+                if not np.isfinite(diff):
+                    out.append(f"- {who} at budget {r['budget']}, {m}: the difference over the questions is not a "
+                               f"number (a per-question value is NaN; {seeds} paired)")
+                    continue
+                how = ("no different from random" if diff == 0 else
+                       f"{'better' if (diff < 0) == lower_is_better(m) else 'worse'} than random by {abs(diff):.4f}")
                 test = f"t-test over the questions p {_p_is(p)}" if np.isfinite(p) else "no spread: nothing to test"
-                out.append(f"- {who} at budget {r['budget']}, {m}: {'better' if better else 'worse'} than random by "
-                           f"{abs(diff):.4f} ± {se:.4f} over {r[f'{m}_items_n']} questions ({seeds} paired; {test})")
+                out.append(f"- {who} at budget {r['budget']}, {m}: {how} ± {se:.4f} over {r[f'{m}_items_n']} "
+                           f"questions ({seeds} paired; {test})")
     return out
 
 
@@ -259,7 +275,8 @@ ITEM_NOTE = ("Each test question's result averaged over the paired seeds, the me
              "random's: for pass/fail metrics a sign test over the questions that differ, for the loss a "
              "paired t-test over the questions (token-weighted, as the loss is). The seed-paired test above "
              "holds the questions fixed; this one holds the trained models fixed and asks whether other "
-             "questions would show the same difference. Cells without their per-question results (made on "
+             "questions would show the same difference. Each line is one comparison, not corrected for the "
+             "table's many (no Holm here). Cells without their per-question results (made on "
              "another machine before cells kept them; per-question losses from session 21 on) are left out.")
 
 
