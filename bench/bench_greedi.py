@@ -9,7 +9,12 @@ number of parts m and variant:
 * ``classic``: GreeDi as published, local budget kappa = k, unweighted union;
 * ``weighted``: the same, each union record weighted by the number of records of its part it
   represents (rows of the union kernel scaled);
-* ``os2-weighted``: kappa = ceil(2 k / m) (the union holds ~2k records), weighted.
+* ``os2-weighted``: kappa = ceil(2 k / m) (the union holds ~2k records), weighted;
+* ``sample-merge`` / ``os2-sample-merge`` (not in the library; the fix a worst case suggests): the
+  classic round 1 (kappa k or ceil(2 k / m)), then the merge round's greedy covers a uniform
+  sample of 2 |U| pool records instead of the union itself (K[S, U]: an unbiased estimate of the
+  pool's objective, the records a union misses included). Its CPU time includes the library's own
+  merge round, which it replaces.
 
 Every selection is scored on the *whole pool's* kernel, f(A) = sum_i max_{j in A} K[i, j], and
 reported as a ratio to the full greedy's value, next to a uniform random subset's ratio and the
@@ -52,14 +57,14 @@ def main() -> None:
     from tunesift.selection.submodular import facility_location
 
     recs = load_real_records(a.data)
-    emb_all = embed_records(recs)
-    print(f"# {len(recs):,} real records embedded (MiniLM)", flush=True)
+    print(f"# {len(recs):,} real records; each pool's are embedded with MiniLM", flush=True)
     rng = np.random.default_rng(a.seed)
     variants = a.variants.split(",")
     kernels = ["dense"] + (["knn"] if a.knn > 0 else [])
     rows = []
     for n in [int(s) for s in a.sizes.split(",")]:
-        x = emb_all[np.sort(rng.choice(len(emb_all), size=n, replace=False))]
+        # only the pool's records are embedded (the same draw as when every record was embedded first)
+        x = embed_records([recs[i] for i in np.sort(rng.choice(len(recs), size=n, replace=False))])
         for kind in kernels:
             if kind == "dense":
                 K = cosine_similarity_kernel(x, x)
@@ -74,6 +79,8 @@ def main() -> None:
                 f_rand = fl_value(K, rng.choice(n, size=k, replace=False))
                 for m in [int(s) for s in a.parts.split(",")]:
                     for v in variants:
+                        if "sample-merge" in v and kind == "knn":
+                            continue  # it would read the pool's kNN graph, which GreeDi never forms
                         kappa = math.ceil(2 * k / m) if v.startswith("os2") else k
                         c0 = time.process_time()
                         res = partitioned_facility_location(
@@ -86,8 +93,15 @@ def main() -> None:
                             ann_method="exact",
                             seed=a.seed,
                         )
+                        order = res.order
+                        if "sample-merge" in v:  # the merge round on a pool sample: K[S, U]
+                            S = np.sort(np.random.default_rng(a.seed + 1).choice(
+                                n, size=min(n, 2 * len(res.union)), replace=False))
+                            KSU = K[S][:, res.union]
+                            order = res.union[facility_location(KSU, k).order]
+                            del KSU
                         t = time.process_time() - c0
-                        f = fl_value(K, res.order)
+                        f = fl_value(K, order)
                         row = {
                             "n": n,
                             "kernel": kind,
