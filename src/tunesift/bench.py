@@ -513,13 +513,6 @@ def code_fingerprint() -> str:
     return source_digest()
 
 
-#: metrics whose result per test question each cell keeps (``cell["items"]``), for the
-#: question-by-question tests of :func:`tunesift.bench_tables.versus_random_items`: exact match as
-#: one character per question (300 questions in 300 characters), the loss as per-question values
-#: (6 significant digits) with their response tokens (``n_tokens``, the loss's weights)
-ITEM_METRICS = ("exact_match", "loss")
-
-
 def item_bits(values) -> str:
     """Pass/fail results (n,) in test-set order as a string of ``"0"``/``"1"``; NaN (a question
     beyond ``generate_limit``, never generated: those are the last) ends the string."""
@@ -532,9 +525,11 @@ def item_bits(values) -> str:
 
 
 def item_results(ev) -> dict:
-    """What a cell keeps per test question of an :class:`~tunesift.evaluate.Evaluation`
-    (:data:`ITEM_METRICS` among its metrics): ``exact_match`` as :func:`item_bits`, ``loss`` (n,)
-    rounded to 6 significant digits with ``n_tokens`` (n,) beside it."""
+    """What a cell keeps per test question (``cell["items"]``) of an
+    :class:`~tunesift.evaluate.Evaluation`, for the question-by-question tests of
+    :func:`tunesift.bench_tables.versus_random_items`, where the evaluation reports the metric:
+    ``exact_match`` as :func:`item_bits` (300 questions in 300 characters), ``loss`` (n,) rounded to
+    6 significant digits with its weights, the response tokens ``n_tokens`` (n,), beside it."""
     per_record, out = ev.per_record, {}
     if "exact_match" in ev.metrics and "exact_match" in per_record:
         out["exact_match"] = item_bits(per_record["exact_match"])

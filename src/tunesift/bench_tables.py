@@ -136,6 +136,12 @@ def paired_p(diff: float, se: float, n: int) -> float:
     return float(2 * t.sf(abs(diff) / se, n - 1))
 
 
+def _by_seed(cells: list[dict], method: str, budget) -> dict[int, dict]:
+    """``method``'s cells at ``budget``, keyed by seed: what a paired comparison pairs."""
+    key = _budget_key(budget)
+    return {c["seed"]: c for c in cells if c["method"] == method and _budget_key(c["budget"]) == key}
+
+
 def versus_random(cells: list[dict], method: str, budget) -> dict[str, tuple[float, float, int]]:
     """Paired differences of ``method`` from ``random`` at the same budget, per metric:
     ``(mean_s d_s, std(d, ddof=1) / sqrt(n), n)`` with ``d_s = metric(method, s) - metric(random, s)``
@@ -147,9 +153,7 @@ def versus_random(cells: list[dict], method: str, budget) -> dict[str, tuple[flo
     :func:`paired_p` turns one into a p-value."""
     if method in REFERENCES:
         return {}
-    key = _budget_key(budget)
-    mine = {c["seed"]: c for c in cells if c["method"] == method and _budget_key(c["budget"]) == key}
-    rand = {c["seed"]: c for c in cells if c["method"] == "random" and _budget_key(c["budget"]) == key}
+    mine, rand = _by_seed(cells, method, budget), _by_seed(cells, "random", budget)
     seeds = sorted(set(mine) & set(rand))
     if not seeds:
         return {}
@@ -189,9 +193,7 @@ def versus_random_items(cells: list[dict], method: str, budget) -> dict[str, dic
     firm under both holds either way."""
     if method in REFERENCES:
         return {}
-    key = _budget_key(budget)
-    mine = {c["seed"]: c for c in cells if c["method"] == method and _budget_key(c["budget"]) == key}
-    rand = {c["seed"]: c for c in cells if c["method"] == "random" and _budget_key(c["budget"]) == key}
+    mine, rand = _by_seed(cells, method, budget), _by_seed(cells, "random", budget)
     out = {}
     for m in dict.fromkeys(m for c in mine.values() for m in c.get("items", {}) if not m.startswith("n_tokens")):
         tokens = "n_tokens" + m[len(m.partition("@")[0]):]  # loss@gsm8k's weights: n_tokens@gsm8k
@@ -250,7 +252,7 @@ def item_lines(rows: list[dict]) -> list[str]:
         for m in _metric_names([r]):
             if f"{m}_items_n" not in r:
                 continue
-            who = f"{r['method']} (a control)" if is_control(r["method"]) else r["method"]
+            who = _who(r["method"])
             p, seeds = r[f"{m}_items_p"], _seeds(r[f"{m}_items_seeds"])
             if f"{m}_items_better" in r:
                 test = f"sign test p {_p_is(p)}" if np.isfinite(p) else "no question differs: nothing to test"
@@ -327,7 +329,7 @@ def beyond_noise_lines(rows: list[dict]) -> list[str]:
             if beyond_noise(r, m):
                 d = r[f"{m}_vs_random"]
                 better = (d < 0) == lower_is_better(m)
-                who = f"{r['method']} (a control)" if is_control(r["method"]) else r["method"]
+                who = _who(r["method"])
                 out.append(f"- {who} at budget {r['budget']}: {m} {'better' if better else 'worse'} than "
                            f"random by {abs(d):.4f} (± {r[f'{m}_vs_random_se']:.4f}, {r['paired_seeds']} paired seeds, "
                            f"paired t-test p {_p_is(r.get(f'{m}_vs_random_p'))})")
@@ -444,10 +446,10 @@ def provenance_table(cells: list[dict]) -> str:
     lines = ["| method | budget | seeds | machines | code versions | checkpointing | paired with random across |",
              "|---|---|---|---|---|---|---|"]
     flagged = []
-    for (method, key), cs in groups.items():
+    for (method, _), cs in groups.items():
         budget = "all" if cs[0]["budget"] is None else cs[0]["budget"]
         seeds = sorted(c["seed"] for c in cs)
-        rand = [c for c in cells if c["method"] == "random" and _budget_key(c["budget"]) == key and c["seed"] in seeds]
+        rand = [c for s, c in _by_seed(cells, "random", cs[0]["budget"]).items() if s in seeds]
         both = cs + (rand if method not in REFERENCES else [])
         across = ["machines"] if rand and method not in REFERENCES and len({machine_kind(c) for c in both}) > 1 else []
         stage1 = {}
@@ -542,6 +544,11 @@ def markdown_table(rows: list[dict]) -> str:
         lines += ["", "generations capped: test generations (mean over seeds) that ran to the token limit "
                   "without ending; they weigh on ROUGE-L, cosine and exact match."]
     return "\n".join(lines) + "\n"
+
+
+def _who(method: str) -> str:
+    """A row's method as a verdict line names it: a control says so."""
+    return f"{method} (a control)" if is_control(method) else method
 
 
 def _seeds(n: int) -> str:
