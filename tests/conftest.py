@@ -99,11 +99,13 @@ def _tunesift_logger_as_it_was():
 
 @pytest.fixture(autouse=True)
 def _signal_handlers_kept():
-    """No test may leave SIGINT or SIGTERM with another handler than it found (a leak made the
-    folder-swap interrupt tests depend on test order): a leak is restored and fails its test."""
+    """No test may leave a stop signal (``tunesift.signals.STOPS``: SIGINT, SIGTERM) with another
+    handler than it found (a leak made the folder-swap interrupt tests depend on test order): a
+    leak is restored and fails its test."""
     import signal
 
-    stops = (signal.SIGINT, signal.SIGTERM)
+    from tunesift.signals import STOPS as stops
+
     before = {s: signal.getsignal(s) for s in stops}
     yield
     after = {s: signal.getsignal(s) for s in stops}

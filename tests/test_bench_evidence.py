@@ -14,12 +14,13 @@ import pytest
 from tunesift import bench as bm
 from tunesift import bench_tables as bt
 from tunesift.bench import BenchConfig, selection_stage
+from tunesift.bench_plots import curve_data, curve_limits, plot_results
+from tunesift.bench_stats import holm, metric_names
 from tunesift.bench_tables import (
     add_costs,
     aggregate,
     beyond_noise_lines,
-    curve_data,
-    curve_limits,
+    family_lines,
     markdown_table,
 )
 from tunesift.errors import OptionError, TunesiftError
@@ -109,7 +110,7 @@ def test_curve_data_lines_bands_and_references():
 
 
 def test_curve_png_is_written_with_several_budgets(tmp_path):
-    bt.plot_results(tmp_path, curve_rows())
+    plot_results(tmp_path, curve_rows())
     assert (tmp_path / "curve.png").stat().st_size > 0 and (tmp_path / "results.png").stat().st_size > 0
 
 
@@ -117,7 +118,7 @@ def test_metrics_of_further_held_out_sets_are_named_and_ordered():
     cells = [cell("random", 0.3, s, {"loss": 1.0 + s, "rougeL@eval": 0.2, "loss@eval": 2.0, "exact_match": 0.1,
                                      "loss@old": 3.0}) for s in range(2)]
     rows = aggregate(cells)
-    assert bt._metric_names(rows) == ["loss", "exact_match", "loss@eval", "rougeL@eval", "loss@old"]
+    assert metric_names(rows) == ["loss", "exact_match", "loss@eval", "rougeL@eval", "loss@old"]
     head = markdown_table(rows).splitlines()[0]
     assert "loss@eval ↓" in head and "rougeL@eval ↑" in head
     assert bm.also_metrics(["loss", "exact_match"], [type("R", (), {"response": "hello there"})()]) == ["loss"]
@@ -381,8 +382,6 @@ def test_continual_selectors_can_score_with_the_stage1_model(files, tiny_dir, tm
 
 
 def test_holm_keeps_the_family_wise_error_and_names_what_survives():
-    from tunesift.bench_tables import family_lines, holm
-
     np.testing.assert_allclose(holm(np.array([0.04, 0.01, 0.03, 0.5])), [0.09, 0.04, 0.09, 0.5])
     np.testing.assert_allclose(holm(np.array([0.2])), [0.2])
     rng = np.random.default_rng(0)  # under the null, any adjusted p < 0.05 in at most ~5% of families

@@ -5,17 +5,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tunesift.bench_plots import plot_results
+from tunesift.bench_stats import beyond_noise, paired_p, versus_random, versus_random_items
 from tunesift.bench_tables import (
     aggregate,
-    beyond_noise,
     family_lines,
     item_lines,
     markdown_table,
     no_verdict_lines,
-    paired_p,
-    plot_results,
-    versus_random,
-    versus_random_items,
 )
 
 

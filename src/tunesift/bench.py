@@ -527,7 +527,7 @@ def item_bits(values) -> str:
 def item_results(ev) -> dict:
     """What a cell keeps per test question (``cell["items"]``) of an
     :class:`~tunesift.evaluate.Evaluation`, for the question-by-question tests of
-    :func:`tunesift.bench_tables.versus_random_items`, where the evaluation reports the metric:
+    :func:`tunesift.bench_stats.versus_random_items`, where the evaluation reports the metric:
     ``exact_match`` as :func:`item_bits` (300 questions in 300 characters), ``loss`` (n,) rounded to
     6 significant digits with its weights, the response tokens ``n_tokens`` (n,), beside it."""
     per_record, out = ev.per_record, {}

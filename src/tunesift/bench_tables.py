@@ -1,8 +1,8 @@
-"""The bench's results from its finished cells: mean and spread over seeds, the paired difference
-from random with its standard error and the mark where it exceeds two, selection cost against
-fine-tuning cost, and the tables and plots (``results.md`` / ``.csv`` / ``.json``, ``results.png``,
-``curve.png``). Pure functions of the cells (dicts, as ``OUT/cells/*.json`` hold them), apart from
-the writers; :mod:`tunesift.bench` runs the cells."""
+"""The bench's results from its finished cells: one row per (method, budget) with the mean and
+spread over seeds, the comparisons with random (computed by :mod:`tunesift.bench_stats`), selection
+cost against fine-tuning cost, and the tables and their verdict lines (``results.md`` / ``.csv`` /
+``.json``; the plots by :mod:`tunesift.bench_plots`). Pure functions of the cells (dicts, as
+``OUT/cells/*.json`` hold them), apart from the writer; :mod:`tunesift.bench` runs the cells."""
 
 from __future__ import annotations
 
@@ -14,22 +14,23 @@ from pathlib import Path
 
 import numpy as np
 
+from .bench_plots import plot_results
+from .bench_stats import (
+    MIN_MARK_SEEDS,
+    REFERENCES,
+    beyond_noise,
+    budget_key,
+    by_seed,
+    holm,
+    is_control,
+    lower_is_better,
+    metric_names,
+    paired_p,
+    versus_random,
+    versus_random_items,
+)
 from .errors import TunesiftError
 from .methods.catalogue import method_names
-
-#: the rows that are references, not selectors compared with random
-REFERENCES = frozenset({"base", "full", "random"})
-
-
-#: random drawn with knowledge of a field no selector reads (balanced-random: stratified by ``--by``)
-CONTROLS = frozenset({"balanced-random"})
-
-
-def is_control(method: str) -> bool:
-    """A variant of random that knows labels no selector reads: :data:`CONTROLS` and the bench's
-    ``random-*`` rows (``random-gsm8k``: random within a field's value). Compared with random like
-    a selector, but a control, so it stays out of the Holm family of selector comparisons."""
-    return method in CONTROLS or method.startswith("random-")
 
 
 def aggregate(cells: list[dict]) -> list[dict]:
@@ -42,7 +43,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     uncached: dict[str, float] = {}  # a method's scores are computed by its first cell, read back by the rest
     for c in cells:
-        groups.setdefault((c["method"], _budget_key(c["budget"])), []).append(c)
+        groups.setdefault((c["method"], budget_key(c["budget"])), []).append(c)
         uncached[c["method"]] = max(uncached.get(c["method"], 0.0), float(c["select_s"]))
     partly = {m for m in uncached if not cost_complete([c for c in cells if c["method"] == m])}
     rows = []
@@ -99,12 +100,6 @@ def method_rank(name: str) -> float:
     return min(inside) + 0.5 if inside else 99.0
 
 
-def _budget_key(budget) -> tuple:
-    """A budget as a grouping key: ``1`` (one record) and ``1.0`` (the whole pool) are different
-    budgets (:func:`~tunesift.methods.options.parse_budget`), though ``1 == 1.0`` in Python."""
-    return (type(budget).__name__, budget)
-
-
 def add_costs(rows: list[dict]) -> list[dict]:
     """Selection cost against fine-tuning cost, per row (in place; returns ``rows``):
 
@@ -124,124 +119,6 @@ def add_costs(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def paired_p(diff: float, se: float, n: int) -> float:
-    """Two-sided p-value of the paired t-test: t = diff / se with n - 1 degrees of freedom (NaN
-    below 2 seeds, and NaN when every seed moved by the same amount, se 0: with no spread the test
-    has nothing to measure against, e.g. one exact match fewer of 300 in each seed). With 3
-    seeds, the mark's 2 SE is p = 0.18: the mark says "beyond the seed spread", p says how firmly."""
-    if n < 2 or not np.isfinite(se) or se == 0:
-        return float("nan")
-    from scipy.stats import t
-
-    return float(2 * t.sf(abs(diff) / se, n - 1))
-
-
-def _by_seed(cells: list[dict], method: str, budget) -> dict[int, dict]:
-    """``method``'s cells at ``budget``, keyed by seed: what a paired comparison pairs."""
-    key = _budget_key(budget)
-    return {c["seed"]: c for c in cells if c["method"] == method and _budget_key(c["budget"]) == key}
-
-
-def versus_random(cells: list[dict], method: str, budget) -> dict[str, tuple[float, float, int]]:
-    """Paired differences of ``method`` from ``random`` at the same budget, per metric:
-    ``(mean_s d_s, std(d, ddof=1) / sqrt(n), n)`` with ``d_s = metric(method, s) - metric(random, s)``
-    over the n seeds both ran (each seed's random draw and training seed are shared, so pairing
-    removes most of the seed noise). Empty for random itself, base, full and unpaired methods.
-    A metric missing from a cell counts as NaN there. Differences equal in every seed up to
-    rounding (a discrete metric such as exact match moves in steps of 1/n) get se exactly 0, so
-    :func:`paired_p` and :func:`beyond_noise` give no verdict rather than a float-noise one.
-    :func:`paired_p` turns one into a p-value."""
-    if method in REFERENCES:
-        return {}
-    mine, rand = _by_seed(cells, method, budget), _by_seed(cells, "random", budget)
-    seeds = sorted(set(mine) & set(rand))
-    if not seeds:
-        return {}
-    out = {}
-    for m in dict.fromkeys(m for s in seeds for m in mine[s]["metrics"]):
-        if not any(m in rand[s]["metrics"] for s in seeds):
-            continue
-        d = np.array([mine[s]["metrics"].get(m, np.nan) - rand[s]["metrics"].get(m, np.nan) for s in seeds],
-                     dtype=float)
-        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-        if np.isfinite(se) and np.ptp(d) <= 1e-9 * np.abs(d).max():  # the same move in every seed
-            se = 0.0
-        out[m] = (float(d.mean()), se, len(d))
-    return out
-
-
-def versus_random_items(cells: list[dict], method: str, budget) -> dict[str, dict]:
-    """Question-by-question comparison of ``method`` with ``random`` at the same budget, per metric
-    the cells keep per test question (``cell["items"]``, :func:`tunesift.bench.item_results`), over
-    the n seeds both ran with the same questions kept; each question's result is averaged over
-    those seeds first (``x_i = mean_s x_si``), so the questions are the units:
-
-    - pass/fail (exact match, a ``"0"``/``"1"`` string): ``d_i = m_i - r_i``; ``better = #{d_i > 0}``
-      (the method's models answer it more often), ``worse = #{d_i < 0}``, and the two-sided sign
-      test's ``p = binomtest(better, better + worse, 1/2)``;
-    - loss (per-question mean token loss, with ``n_tokens`` per question): ``d_i = w_i (m_i - r_i)``
-      with ``w_i`` the question's response tokens, so ``diff = sum d / sum w`` is the token-weighted
-      loss difference the table's loss is built from; ``se = std(d, ddof=1) / sqrt(N) / mean(w)``
-      over the N questions and the paired t-test's two-sided p (N - 1 degrees of freedom).
-
-    Returns ``{metric: {"better", "worse", "n", "seeds", "p"}}`` (pass/fail) or ``{metric: {"diff",
-    "se", "n", "seeds", "p"}}`` (loss); empty where there is nothing to pair.
-
-    :func:`versus_random` holds the test questions fixed and asks whether other training seeds
-    would repeat a difference; this holds the trained models fixed and asks whether other test
-    questions would: at 1-8 exact matches in 300 the second is the weaker link, and a difference
-    firm under both holds either way."""
-    if method in REFERENCES:
-        return {}
-    mine, rand = _by_seed(cells, method, budget), _by_seed(cells, "random", budget)
-    out = {}
-    for m in dict.fromkeys(m for c in mine.values() for m in c.get("items", {}) if not m.startswith("n_tokens")):
-        tokens = "n_tokens" + m[len(m.partition("@")[0]):]  # loss@gsm8k's weights: n_tokens@gsm8k
-        # pair a seed only where both cells kept the same questions, and only seeds that agree on
-        # them: the largest such group (more questions on a tie)
-        groups: dict[tuple, list[int]] = {}
-        for s in sorted(set(mine) & set(rand)):
-            if (kind := _kept(mine[s], m, tokens)) is not None and kind == _kept(rand[s], m, tokens):
-                groups.setdefault(kind, []).append(s)
-        if not groups:
-            continue
-        seeds = max(groups.values(), key=lambda ss: (len(ss), _kept(mine[ss[0]], m, tokens)[0]))
-        if isinstance(mine[seeds[0]]["items"][m], str):  # pass/fail
-            a = np.array([[c == "1" for c in mine[s]["items"][m]] for s in seeds], dtype=float)  # (n, questions)
-            b = np.array([[c == "1" for c in rand[s]["items"][m]] for s in seeds], dtype=float)
-            d = a.mean(axis=0) - b.mean(axis=0)  # (questions,)
-            if lower_is_better(m):
-                d = -d
-            better, worse = int((d > 0).sum()), int((d < 0).sum())
-            p = float("nan")
-            if better + worse:
-                from scipy.stats import binomtest
-
-                p = float(binomtest(better, better + worse, 0.5).pvalue)
-            out[m] = {"better": better, "worse": worse, "n": len(d), "seeds": len(seeds), "p": p}
-        else:  # per-question values, weighted by their tokens where the cells keep them
-            a = np.array([mine[s]["items"][m] for s in seeds], dtype=float)  # (n, questions)
-            b = np.array([rand[s]["items"][m] for s in seeds], dtype=float)
-            w = np.asarray(mine[seeds[0]]["items"].get(tokens) or np.ones(a.shape[1]), dtype=float)
-            live = w > 0  # a question without response tokens has no loss to compare (evaluate's 0)
-            a, b, w = a[:, live], b[:, live], w[live]
-            d = w * (a.mean(axis=0) - b.mean(axis=0))  # (questions,)
-            diff = float(d.sum() / w.sum()) if w.sum() > 0 else float("nan")
-            se = float(d.std(ddof=1) / np.sqrt(len(d)) / w.mean()) if len(d) > 1 and w.sum() > 0 else float("nan")
-            out[m] = {"diff": diff, "se": se, "n": len(d), "seeds": len(seeds), "p": paired_p(diff, se, len(d))}
-    return out
-
-
-def _kept(cell: dict, metric: str, tokens: str) -> tuple | None:
-    """Which questions a cell kept ``metric`` for: (how many, their token counts: per-question
-    values only, the weights of a loss; a pass/fail string's cell may have been backfilled without
-    them), None for none."""
-    items = cell.get("items", {})
-    if metric not in items:
-        return None
-    return len(items[metric]), () if isinstance(items[metric], str) else tuple(items.get(tokens) or ())
-
-
 def item_lines(rows: list[dict]) -> list[str]:
     """One line per (row, metric) compared with random question by question
     (:func:`versus_random_items`): for pass/fail metrics the questions it gets right more often and
@@ -249,7 +126,7 @@ def item_lines(rows: list[dict]) -> list[str]:
     difference over the questions with its standard error and p."""
     out = []
     for r in rows:
-        for m in _metric_names([r]):
+        for m in metric_names([r]):
             if f"{m}_items_n" not in r:
                 continue
             who = _who(r["method"])
@@ -282,50 +159,12 @@ ITEM_NOTE = ("Each test question's result averaged over the paired seeds, the me
              "another machine before cells kept them; per-question losses from session 21 on) are left out.")
 
 
-# paired seeds a mark needs: the standard error of two differences has one degree of freedom, so
-# "beyond 2 SE" would flag 2 of 300 exact matches (measured on the evidence grid's task bench)
-MIN_MARK_SEEDS = 3
-
-
-def beyond_noise(row: dict, metric: str) -> bool | None:
-    """Whether the row's paired difference from random exceeds two standard errors of the paired
-    seed differences (None: no paired difference, fewer than :data:`MIN_MARK_SEEDS` paired seeds,
-    too few for the spread to be estimated, or no spread at all: se 0)."""
-    diff, se = row.get(f"{metric}_vs_random"), row.get(f"{metric}_vs_random_se")
-    if diff is None or se is None or not np.isfinite(se) or se == 0 \
-            or row.get("paired_seeds", 0) < MIN_MARK_SEEDS:
-        return None
-    return bool(abs(diff) > 2 * se)
-
-
-STAT_SUFFIXES = ("_std", "_vs_random", "_vs_random_se", "_vs_random_p", "_items_better", "_items_worse",
-                 "_items_diff", "_items_se", "_items_p", "_items_n", "_items_seeds")
-
-
-def _metric_names(rows: list[dict]) -> list[str]:
-    """The metrics the rows hold: the test set's in METRICS order, then each further held-out
-    set's (``<metric>@<name>``), set by set."""
-    from .evaluate import METRICS
-
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    extra = [k for k in keys if "@" in k and k.partition("@")[0] in METRICS and not k.endswith(STAT_SUFFIXES)]
-    sets = list(dict.fromkeys(k.partition("@")[2] for k in extra))
-    return [m for m in METRICS if m in keys] + [f"{m}@{name}" for name in sets for m in METRICS
-                                                  if f"{m}@{name}" in extra]
-
-
-def lower_is_better(metric: str) -> bool:
-    from .evaluate import LOWER_IS_BETTER
-
-    return metric.partition("@")[0] in LOWER_IS_BETTER
-
-
 def beyond_noise_lines(rows: list[dict]) -> list[str]:
     """One line per (method, budget, metric) whose paired difference from random exceeds two
     standard errors, saying whether it is better or worse than random."""
     out = []
     for r in rows:
-        for m in _metric_names([r]):
+        for m in metric_names([r]):
             if beyond_noise(r, m):
                 d = r[f"{m}_vs_random"]
                 better = (d < 0) == lower_is_better(m)
@@ -346,7 +185,7 @@ def no_verdict_lines(rows: list[dict]) -> list[str]:
         if r["method"] in REFERENCES:
             continue
         name = f"{r['method']} @ {r['budget']}"
-        metrics = [m for m in _metric_names([r]) if f"{m}_vs_random" in r]
+        metrics = [m for m in metric_names([r]) if f"{m}_vs_random" in r]
         if not metrics:
             unpaired.append(name)
         elif r.get("paired_seeds", 0) < MIN_MARK_SEEDS:
@@ -381,19 +220,6 @@ def verdict_lines(rows: list[dict]) -> list[str]:
     return beyond_noise_lines(rows) + no_verdict_lines(rows) or ["none"]
 
 
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjustment of m p-values (m,) -> (m,): with p sorted ascending,
-    ``adj_(j) = max_{i <= j} min(1, (m - i) p_(i))`` (i, j from 0), returned in the input order. An
-    adjusted p below alpha keeps the chance of any false mark over the family at most alpha."""
-    p = np.asarray(p, dtype=float)
-    order = np.argsort(p, kind="stable")
-    m = len(p)
-    adj = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
-    out = np.empty(m)
-    out[order] = adj
-    return out
-
-
 def family_lines(rows: list[dict], alpha: float = 0.05) -> list[str]:
     """One line on how the marks hold up as a family: every paired comparison with random that has
     :data:`MIN_MARK_SEEDS` seeds and a finite p (selector rows x budgets x metrics), Holm-adjusted
@@ -401,7 +227,7 @@ def family_lines(rows: list[dict], alpha: float = 0.05) -> list[str]:
     (loss and perplexity are one measurement). Empty when there is nothing to compare."""
     tests = [(r, m, r[f"{m}_vs_random_p"]) for r in rows if r["method"] not in REFERENCES
              and not is_control(r["method"])
-             and r.get("paired_seeds", 0) >= MIN_MARK_SEEDS for m in _metric_names([r])
+             and r.get("paired_seeds", 0) >= MIN_MARK_SEEDS for m in metric_names([r])
              if np.isfinite(r.get(f"{m}_vs_random_p", float("nan")))]
     if not tests:
         return []
@@ -442,14 +268,14 @@ def provenance_table(cells: list[dict]) -> str:
     codes = list(dict.fromkeys(_code(c) for c in cells))
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        groups.setdefault((c["method"], _budget_key(c["budget"])), []).append(c)
+        groups.setdefault((c["method"], budget_key(c["budget"])), []).append(c)
     lines = ["| method | budget | seeds | machines | code versions | checkpointing | paired with random across |",
              "|---|---|---|---|---|---|---|"]
     flagged = []
     for (method, _), cs in groups.items():
         budget = "all" if cs[0]["budget"] is None else cs[0]["budget"]
         seeds = sorted(c["seed"] for c in cs)
-        rand = [c for s, c in _by_seed(cells, "random", cs[0]["budget"]).items() if s in seeds]
+        rand = [c for s, c in by_seed(cells, "random", cs[0]["budget"]).items() if s in seeds]
         both = cs + (rand if method not in REFERENCES else [])
         across = ["machines"] if rand and method not in REFERENCES and len({machine_kind(c) for c in both}) > 1 else []
         stage1 = {}
@@ -511,7 +337,7 @@ def cost_text(row: dict, key: str, fmt: Callable[[float], str]) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """Mean ± std per metric (arrows say which direction is better), seeds, size and costs."""
-    metrics = _metric_names(rows)
+    metrics = metric_names(rows)
     capped = any("generations_capped" in r for r in rows)
     head = ["method", "budget", "seeds", "records"] + [
         f"{m} {'↓' if lower_is_better(m) else '↑'}" for m in metrics] + (["generations capped"] if capped else []) + [
@@ -613,138 +439,3 @@ def write_results(out: Path, rows: list[dict], cfg, cells: list[dict] | None = N
     plot_results(out, rows, base_label="base (stage 1 only)" if sequential else "base (no fine-tuning)")
 
 
-def plot_results(out: Path, rows: list[dict], base_label: str = "base (no fine-tuning)") -> None:
-    """results.png: one panel per metric, a bar per method (first budget) with std error bars on an
-    axis from zero, ``*`` over a bar whose paired difference from random exceeds two standard errors;
-    under it, when random ran too, each method's paired difference from random with ± 2 SE error
-    bars (red: beyond the seed spread, grey: within it). curve.png: each method's metric against
-    the budget (error bars: std over seeds) when there are several budgets."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = _metric_names(rows)
-    budgets = sorted({r["budget"] for r in rows if r["budget"] != "all"}, key=float)
-    first = budgets[0] if budgets else "all"
-    shown = [r for r in rows if r["budget"] in (first, "all")]
-    paired = [r for r in shown if any(f"{m}_vs_random" in r for m in metrics)]
-    nrow = 2 if paired else 1
-    fig, axes = plt.subplots(nrow, len(metrics), figsize=(3.2 * len(metrics), 3.4 * nrow), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        have = [r for r in shown if m in r]  # a row from cells without this metric has no bar
-        names = [r["method"] for r in have]
-        ax.bar(range(len(have)), [r[m] for r in have], yerr=[r[f"{m}_std"] for r in have], capsize=3,
-               color=["#999999" if n in ("base", "full") else "#4c72b0" for n in names])
-        ax.set_xticks(range(len(have)), names, rotation=45, ha="right", fontsize=8)
-        ax.set_title(m, fontsize=9)
-        # bars start at zero (no truncated axis that makes noise look decisive)
-        ends = [v for r in have for v in (r[m] - r[f"{m}_std"], r[m] + r[f"{m}_std"]) if np.isfinite(v)]
-        lo, hi = min([0.0, *ends]), max([0.0, *ends])
-        ax.set_ylim(lo * 1.1, hi * 1.12 or 0.01)
-        for x, r in enumerate(have):
-            if beyond_noise(r, m):
-                ax.text(x, r[m] + r[f"{m}_std"], "*", ha="center", va="bottom", fontsize=12)
-    if paired:  # the paired differences from random with two standard errors: the spread is visible
-        for ax, m in zip(axes[1], metrics):
-            rs = [r for r in paired if f"{m}_vs_random" in r]
-            diffs = [r[f"{m}_vs_random"] for r in rs]
-            errs = [2 * r[f"{m}_vs_random_se"] if np.isfinite(r[f"{m}_vs_random_se"]) else 0.0 for r in rs]
-            for x, (r, d, e) in enumerate(zip(rs, diffs, errs)):
-                ax.errorbar([x], [d], yerr=[e], fmt="o", capsize=3,
-                            color="#c44e52" if beyond_noise(r, m) else "#8c8c8c")
-            ax.axhline(0, color="#333", lw=0.8)
-            ax.set_xticks(range(len(rs)), [r["method"] for r in rs], rotation=45, ha="right", fontsize=8)
-            ax.set_title(f"{m}: minus random (± 2 SE)", fontsize=9)
-    fig.suptitle(f"budget {first}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "results.png", dpi=110)
-    plt.close(fig)
-    if len(budgets) > 1:
-        plot_curves(out / "curve.png", rows, metrics, base_label)
-
-
-BOUNDED = ("rougeL", "exact_match", "cosine")  # metrics in [0, 1]: their curves start at zero
-
-
-def curve_data(rows: list[dict], metric: str) -> dict:
-    """The data-efficiency curve of ``metric``: per selector, the metric against the records it
-    picked, with the seed spread.
-
-    Returns ``{"lines": {method: {"x", "mean", "lo", "hi", "seeds"}}, "base": float | None,
-    "full": {"x", "mean", "lo", "hi"} | None}``: ``x`` the mean records picked (``n_selected``;
-    budgets given as fractions and counts land on one axis), sorted; the band ``lo``/``hi`` =
-    mean -+ sample std over seeds (zero width for one seed); ``base`` the untuned model's value and
-    ``full`` the whole pool's point, the two references every selector sits between."""
-    lines: dict[str, dict] = {}
-    for r in rows:
-        if r["budget"] == "all" or metric not in r:
-            continue
-        ln = lines.setdefault(r["method"], {"x": [], "mean": [], "lo": [], "hi": [], "seeds": []})
-        ln["x"].append(float(r.get("n_selected", r["n_train"])))
-        ln["mean"].append(r[metric])
-        ln["lo"].append(r[metric] - r[f"{metric}_std"])
-        ln["hi"].append(r[metric] + r[f"{metric}_std"])
-        ln["seeds"].append(r["seeds"])
-    for ln in lines.values():
-        idx = np.argsort(ln["x"], kind="stable")
-        for k in ln:
-            ln[k] = [ln[k][i] for i in idx]
-    base = next((r[metric] for r in rows if r["method"] == "base" and metric in r), None)
-    full = next(({"x": float(r.get("n_selected", r["n_train"])), "mean": r[metric],
-                  "lo": r[metric] - r[f"{metric}_std"], "hi": r[metric] + r[f"{metric}_std"]}
-                 for r in rows if r["method"] == "full" and metric in r), None)
-    return {"lines": lines, "base": base, "full": full}
-
-
-def curve_limits(data: dict, metric: str) -> tuple[float, float]:
-    """The y range of a curve panel: everything drawn (bands, base, full) with 5% margins, and from
-    zero for a metric in [0, 1] (an accuracy never gets a zoomed axis that makes noise look
-    decisive); a loss axis spans at least from the full-data value to the untuned model's, so the
-    gaps between selectors are read against the whole gain of fine-tuning."""
-    vals = [v for ln in data["lines"].values() for v in ln["lo"] + ln["hi"]]
-    if data["base"] is not None:
-        vals.append(data["base"])
-    if data["full"] is not None:
-        vals += [data["full"]["lo"], data["full"]["hi"]]
-    vals = [v for v in vals if np.isfinite(v)]  # a row missing the metric in a seed is NaN: not drawn
-    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
-    if metric.partition("@")[0] in BOUNDED:
-        lo = min(0.0, lo)
-    pad = 0.05 * (hi - lo or abs(hi) or 1.0)
-    return (lo if lo == 0.0 else lo - pad), hi + pad
-
-
-def plot_curves(path: Path, rows: list[dict], metrics: list[str], base_label: str = "base (no fine-tuning)") -> None:
-    """``path`` (curve.png): per metric, one line per selector against the records it picked, a
-    band for the seed spread (mean ± std), the untuned model (dashed) and the whole pool (a point
-    with its spread and a dotted line); x from 0 to the pool, y by :func:`curve_limits`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        data = curve_data(rows, m)
-        for i, (method, ln) in enumerate(data["lines"].items()):
-            color = "#333333" if method == "random" else plt.cm.tab10(i % 10)
-            ax.plot(ln["x"], ln["mean"], marker="o", ms=3, lw=1.2, color=color, label=method)
-            ax.fill_between(ln["x"], ln["lo"], ln["hi"], color=color, alpha=0.15, lw=0)
-        xmax = max([x for ln in data["lines"].values() for x in ln["x"]] + [1.0])
-        if data["base"] is not None:
-            ax.axhline(data["base"], color="#888", ls="--", lw=0.9, label=base_label)
-        if data["full"] is not None:
-            f = data["full"]
-            xmax = max(xmax, f["x"])
-            ax.errorbar([f["x"]], [f["mean"]], yerr=[[f["mean"] - f["lo"]], [f["hi"] - f["mean"]]], fmt="s",
-                        color="#555", capsize=3, label="full pool")
-            ax.axhline(f["mean"], color="#555", ls=":", lw=0.9)
-        ax.set_xlim(0, xmax * 1.05)
-        ax.set_ylim(*curve_limits(data, m))
-        ax.set_title(f"{m} {'↓' if lower_is_better(m) else '↑'}", fontsize=9)
-        ax.set_xlabel("records picked", fontsize=8)
-    axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
