@@ -15,7 +15,10 @@ are kept under version control: a fresh clone resumes the grid where the last se
 A GPU run keeps its own grid in bench/results/evidence-cuda/ (its cells are pinned to the device).
 The cells' generations and the continual bench's stage-1 models beside them are git-ignored; the
 inputs (rebuilt by ``prepare`` from ../shared/datasets and checked against the digests in
-bench.json) and the score caches stay under the git-ignored bench/work/evidence/.
+bench.json) and most score caches stay under the git-ignored bench/work/evidence/. The caches that
+take hours to rebuild and little room to keep (:data:`KEPT_CACHES`: exact DELIFT's model kernel, the
+learned utility's labels, the per-record scores) live beside the cells in ``<root>/cache/`` and are
+committed with them, so a fresh clone resumes a half-computed kernel instead of starting it again.
 
 1. ``instruction``: 1,000 Alpaca records, 300 held-out Alpaca records, and AlpacaEval's 805
    instructions as a second held-out set (``<metric>@alpaca_eval``).
@@ -222,13 +225,25 @@ def smoke_inputs(data: Path, out: Path) -> Path:
 # -- the experiments -----------------------------------------------------------------------------
 
 
-def config(exp: str, data: Path, caches: Path, a) -> BenchConfig:
-    """The bench settings of one experiment (``a``: the command line; ``caches``: the score caches' folder)."""
+#: methods whose score caches are kept with the cells (``<root>/cache/<exp>/<method>``, committed):
+#: hours of model passes to rebuild (exact DELIFT's kernel: 2-3 h per pool on a 2-core CPU, more
+#: than a session has for the grid; the learned utility's labels; DONOD, the loss filter and IFD:
+#: one or two passes per record), kilobytes to a few megabytes to keep (the pairs' utilities, one
+#: score per record, the kNN's MiniLM embeddings). rds's hidden states, LESS's gradient features
+#: (tens of MB) and DELIFT (SE)'s embeddings (seconds) stay in the git-ignored cache.
+KEPT_CACHES = ("delift", "delift-learned", "donod", "donod+delift", "loss", "ifd")
+
+
+def config(exp: str, data: Path, caches: Path, a, kept: Path | None = None) -> BenchConfig:
+    """The bench settings of one experiment (``a``: the command line; ``caches``: the score caches'
+    folder; ``kept``: the folder of the caches kept with the cells, for :data:`KEPT_CACHES`;
+    None: those too under ``caches``)."""
     pools = {"instruction": "alpaca_pool", "transfer": "alpaca_pool", "task": "mixed_pool", "noise": "gsm8k_noisy",
              "continual": "continual_pool"}
     tests = {"instruction": "alpaca_test", "transfer": "alpaca_test", "task": "gsm8k_test", "noise": "gsm8k_test",
              "continual": "alpaca_test"}
-    cache = caches / ("instruction" if exp == "transfer" else exp)  # transfer reuses experiment 1's picks
+    share = "instruction" if exp == "transfer" else exp  # transfer reuses experiment 1's picks
+    cache = caches / share
     math = exp in ("task", "noise")
     methods = METHODS[exp]
     if a.smoke:
@@ -242,7 +257,10 @@ def config(exp: str, data: Path, caches: Path, a) -> BenchConfig:
     # each method its own score cache: methods that share scores (donod+delift runs DONOD; delift
     # and delift-learned share model pairs) would otherwise read another's and report a selection
     # cost near zero; transfer keeps reading experiment 1's, method by method
-    opts = {m: {**opts.get(m, {}), "cache_dir": str(cache / m)} for m in methods if m not in ("base", "full")}
+    def home(m: str) -> Path:  # not a pinned setting: a method whose scores move keeps its cells
+        return (kept if kept is not None and m in KEPT_CACHES else caches) / share / m
+
+    opts = {m: {**opts.get(m, {}), "cache_dir": str(home(m))} for m in methods if m not in ("base", "full")}
     return BenchConfig(
         train=str(data / f"{pools[exp]}.jsonl"), test=str(data / f"{tests[exp]}.jsonl"), methods=methods,
         budgets=budgets_of(exp, a),
@@ -305,11 +323,17 @@ def folders(a) -> tuple[Path, Path, Path]:
     """(data folder, bench root, score caches): the root is bench/results/evidence (kept under
     version control; bench/results/evidence-cuda for a GPU run, whose cells are pinned to another
     device and never mix with the CPU's) or, with --smoke, bench/work/evidence-smoke; data and
-    caches are git-ignored."""
+    caches are git-ignored, apart from :data:`KEPT_CACHES`' under ``<root>/cache``
+    (:func:`kept_caches`)."""
     work = Path(a.work) / ("evidence-smoke" if a.smoke else "evidence")
     device = resolved_device(a.device)
     root = work if a.smoke else Path(a.results) / ("evidence" if device == "cpu" else f"evidence-{device.split(':')[0]}")
     return Path(a.work) / "evidence" / "data", root, work / "cache"
+
+
+def kept_caches(root: Path) -> Path:
+    """The folder of the score caches kept with the cells (:data:`KEPT_CACHES`)."""
+    return root / "cache"
 
 
 def prepared(a, data: Path) -> None:
@@ -328,7 +352,7 @@ def run(a) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for exp in (EXPERIMENTS if a.experiment == "all" else [a.experiment]):
-        cfg = config(exp, data, caches, a)
+        cfg = config(exp, data, caches, a, kept_caches(root))
         if why := skipped(cfg):
             print(f"\n== {exp}: skipped ({why})", flush=True)
             continue
@@ -371,7 +395,7 @@ def plan(a) -> None:
     everything = [c for cells in measured.values() for c in cells]
     left_total = 0.0
     for exp in EXPERIMENTS:
-        cfg = config(exp, data, caches, a)
+        cfg = config(exp, data, caches, a, kept_caches(root))
         if why := skipped(cfg):
             print(f"{exp:12s} skipped ({why})")
             continue
@@ -452,7 +476,7 @@ def summary(a) -> None:
     parts = ["# Evidence grid: what is done\n\nEach experiment's table says on which machines and code "
              "versions its cells were made (results.md, \"Where the cells were made\").\n"]
     # every finished cell of the grid, whichever run made it (load_cells reads the whole folder)
-    configs = {exp: config(exp, data, caches, a) for exp in EXPERIMENTS}
+    configs = {exp: config(exp, data, caches, a, kept_caches(root)) for exp in EXPERIMENTS}
     done = {exp: load_cells(root / exp) for exp in EXPERIMENTS}
     shared_selection_cost(done["instruction"], done["transfer"])  # one score cache: see config()
     for exp in EXPERIMENTS:
@@ -500,7 +524,7 @@ def items(a) -> None:
     prepared(a, data)
     failed = False
     for exp in EXPERIMENTS:
-        cfg = config(exp, data, caches, a)
+        cfg = config(exp, data, caches, a, kept_caches(root))
         if not (root / exp / "cells").is_dir():
             continue
         try:  # each folder is checked whole before any of its cells is written

@@ -278,6 +278,34 @@ def test_a_further_set_generates_with_its_own_settings(monkeypatch):
     bm._check(cont)
 
 
+def test_the_costly_small_score_caches_are_kept_with_the_cells():
+    """Exact DELIFT's kernel (hours to rebuild) and the per-record scores live beside the committed
+    cells, so a fresh clone resumes them; rds's hidden states and the rest stay git-ignored; transfer
+    reads experiment 1's caches either way."""
+    ev = load_evidence()
+    args = ev.argparse.Namespace(smoke=False, only=None, dense_delift=False, budgets=None, seeds=3, knn=16,
+                                 checkpointing="off", select_model=None, train_model=None, autocast="bfloat16",
+                                 device="cpu")
+    root = ev.folders(ev.argparse.Namespace(work="w", results="r", smoke=False, device="cpu"))[1]
+    home = {exp: {m: o["cache_dir"] for m, o in ev.config(exp, ev.Path("d"), ev.Path("c"), args,
+                                                           ev.kept_caches(root)).method_options.items()}
+            for exp in ("noise", "transfer", "task")}
+    assert home["noise"]["delift"] == str(ev.Path("r/evidence/cache/noise/delift"))
+    assert home["noise"]["loss"] == str(ev.Path("r/evidence/cache/noise/loss"))
+    assert home["noise"]["rds"] == str(ev.Path("c/noise/rds"))
+    assert home["transfer"]["delift"] == str(ev.Path("r/evidence/cache/instruction/delift"))
+    assert home["transfer"]["rds"] == str(ev.Path("c/instruction/rds"))
+    assert home["task"]["less"] == str(ev.Path("c/task/less"))
+    assert set(ev.KEPT_CACHES) <= set(ev.METHODS["noise"]) | set(ev.METHODS["task"])  # no stale names
+    # without a kept folder (the library's own use) every cache stays where it was
+    plain = ev.config("noise", ev.Path("d"), ev.Path("c"), args).method_options
+    assert plain["delift"]["cache_dir"] == str(ev.Path("c/noise/delift"))
+    # moving a method's cache is no new setting: cells made with the old place still resume
+    cfg = ev.config("noise", ev.Path("d"), ev.Path("c"), args, ev.kept_caches(root))
+    pinned = {"method_options": {"loss": {"cache_dir": "bench/work/evidence/cache/noise/loss"}}}
+    assert bm.pin_method_options(pinned, cfg, ev.Path("nowhere"))["loss"]["cache_dir"] == home["noise"]["loss"]
+
+
 def write_rows(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
