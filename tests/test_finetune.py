@@ -1,6 +1,8 @@
 """Fine-tuning: response-only loss (exact against a plain reference), determinism, LoRA vs full,
 save/load round trip, option checks."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -366,3 +368,25 @@ def test_a_second_run_on_a_model_with_unmerged_adapters_is_refused(fresh, record
         finetune(fresh, records[:4], cfg)
     on_top = merged(fresh, res)  # merged: no adapter left, it trains on as any model
     assert len(finetune(on_top, records[:4], cfg).losses) == 1
+
+
+def test_slow_bf16_is_told_from_the_cpu_flags():
+    from tunesift.machine import slow_bf16
+
+    assert slow_bf16(["avx2"], "x86_64") is True  # AMD EPYC with AVX2 only: bf16 emulated
+    assert slow_bf16(["avx2", "avx512f"], "x86_64") is True  # AVX-512 without its BF16 extension
+    assert slow_bf16(["avx2", "avx512f", "avx512_bf16"], "x86_64") is False
+    assert slow_bf16(["avx2", "amx_bf16", "amx_tile"], "x86_64") is False
+    assert slow_bf16([], "aarch64") is False  # not known off x86: no warning
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_bfloat16_autocast_warns_where_the_cpu_emulates_it(fresh, records, monkeypatch, caplog, slow):
+    monkeypatch.setattr("tunesift.machine.slow_bf16", lambda: slow)
+    caplog.set_level(logging.WARNING, logger="tunesift")
+    full = {"mode": "full", "epochs": 1, "batch_size": 4, "lr": 1e-5}  # full: the model trains twice
+    finetune(fresh, records[:4], TrainConfig(**full, autocast="bfloat16"))
+    assert ("a CPU without AVX512-BF16 or AMX" in caplog.text) is slow
+    caplog.clear()
+    finetune(fresh, records[:4], TrainConfig(**full))  # float32: nothing to say
+    assert "AVX512-BF16" not in caplog.text
