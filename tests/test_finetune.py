@@ -378,6 +378,7 @@ def test_slow_bf16_is_told_from_the_cpu_flags():
     assert slow_bf16(["avx2", "avx512f", "avx512_bf16"], "x86_64") is False
     assert slow_bf16(["avx2", "amx_bf16", "amx_tile"], "x86_64") is False
     assert slow_bf16([], "aarch64") is False  # not known off x86: no warning
+    assert slow_bf16([], "x86_64") is False  # no flags read (no /proc/cpuinfo): not known either
 
 
 @pytest.mark.parametrize("slow", [True, False])

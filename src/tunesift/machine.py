@@ -45,11 +45,12 @@ def slow_bf16(features: list[str] | None = None, arch: str | None = None) -> boo
     (AMD EPYC with AVX2 only, older Xeons). Measured on such an AMD EPYC: LoRA fine-tuning under
     bfloat16 autocast 9x slower than in float32, DONOD's forward 4x (docs/results.md), where AMX
     makes bfloat16 about 2x faster than float32.
-    ``features``/``arch``: :func:`cpu_features` and the machine's by default; False off x86,
-    where this is not known."""
+    ``features``/``arch``: :func:`cpu_features` and the machine's by default; False where this is
+    not known: off x86, or none of :func:`cpu_features`' flags read (no ``/proc/cpuinfo``, or a
+    CPU older than AVX2)."""
     features = cpu_features() if features is None else features
     arch = platform.machine() if arch is None else arch
-    return arch in ("x86_64", "AMD64", "i686") and not {"avx512_bf16", "amx_bf16"} & set(features)
+    return bool(features) and arch in ("x86_64", "AMD64", "i686") and not {"avx512_bf16", "amx_bf16"} & set(features)
 
 
 def describe() -> dict:
