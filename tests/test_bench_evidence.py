@@ -268,8 +268,7 @@ def test_a_further_set_generates_with_its_own_settings(monkeypatch):
     assert set(info["metrics"]) == {"loss", "loss@gsm8k", "exact_match@gsm8k"}
     assert info["items"] == {"exact_match@gsm8k": "10"}  # each generated question's result, the further set's too
     ev = load_evidence()
-    args = ev.argparse.Namespace(smoke=False, only=None, dense_delift=False, budgets=None, seeds=3, knn=16, checkpointing="off",
-                                 select_model=None, train_model=None, autocast="bfloat16", device="cpu")
+    args = grid_args(ev)
     cont = ev.config("continual", ev.Path("d"), ev.Path("c"), args)
     # a GPU run keeps its own grid beside the CPU's (its cells are pinned to another device)
     roots = {d: ev.folders(ev.argparse.Namespace(work="w", results="r", smoke=False, device=d))[1] for d in ("cpu", "cuda")}
@@ -283,13 +282,11 @@ def test_the_costly_small_score_caches_are_kept_with_the_cells():
     cells, so a fresh clone resumes them; rds's hidden states and the rest stay git-ignored; transfer
     reads experiment 1's caches either way."""
     ev = load_evidence()
-    args = ev.argparse.Namespace(smoke=False, only=None, dense_delift=False, budgets=None, seeds=3, knn=16,
-                                 checkpointing="off", select_model=None, train_model=None, autocast="bfloat16",
-                                 device="cpu")
+    args = grid_args(ev)
     root = ev.folders(ev.argparse.Namespace(work="w", results="r", smoke=False, device="cpu"))[1]
-    home = {exp: {m: o["cache_dir"] for m, o in ev.config(exp, ev.Path("d"), ev.Path("c"), args,
-                                                           ev.kept_caches(root)).method_options.items()}
+    cfgs = {exp: ev.config(exp, ev.Path("d"), ev.Path("c"), args, ev.kept_caches(root))
             for exp in ("noise", "transfer", "task")}
+    home = {exp: {m: o["cache_dir"] for m, o in cfg.method_options.items()} for exp, cfg in cfgs.items()}
     assert home["noise"]["delift"] == str(ev.Path("r/evidence/cache/noise/delift"))
     assert home["noise"]["loss"] == str(ev.Path("r/evidence/cache/noise/loss"))
     assert home["noise"]["rds"] == str(ev.Path("c/noise/rds"))
@@ -301,9 +298,8 @@ def test_the_costly_small_score_caches_are_kept_with_the_cells():
     plain = ev.config("noise", ev.Path("d"), ev.Path("c"), args).method_options
     assert plain["delift"]["cache_dir"] == str(ev.Path("c/noise/delift"))
     # moving a method's cache is no new setting: cells made with the old place still resume
-    cfg = ev.config("noise", ev.Path("d"), ev.Path("c"), args, ev.kept_caches(root))
     pinned = {"method_options": {"loss": {"cache_dir": "bench/work/evidence/cache/noise/loss"}}}
-    assert bm.pin_method_options(pinned, cfg, ev.Path("nowhere"))["loss"]["cache_dir"] == home["noise"]["loss"]
+    assert bm.pin_method_options(pinned, cfgs["noise"], ev.Path("nowhere"))["loss"]["cache_dir"] == home["noise"]["loss"]
 
 
 def write_rows(path, rows):
@@ -467,6 +463,13 @@ def test_checks_that_need_the_records_or_a_model_run_before_bench_json(files, ti
     cfg.methods, cfg.method_options = ["base"], {}
     bm.run_bench(cfg, out)  # nothing to run: no model is checked (or converted)
     assert oct((out / "bench.json").stat().st_mode & 0o777) == oct(0o666 & ~umask())  # as a plain write
+
+
+def grid_args(ev):
+    """bench/evidence.py's command line with the grid's defaults (``ev``: :func:`load_evidence`)."""
+    return ev.argparse.Namespace(smoke=False, only=None, dense_delift=False, budgets=None, seeds=3, knn=16,
+                                 checkpointing="off", select_model=None, train_model=None, autocast="bfloat16",
+                                 device="cpu")
 
 
 def load_evidence():
