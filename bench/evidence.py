@@ -41,9 +41,10 @@ GSM8K records, the target's own source; a control that knows the source labels),
 model's utilities on the 16 nearest candidates per record; ``--dense-delift``: every pair, on a
 GPU), delift-learned (the learned surrogate, 10% of the pairs scored), delift-se, donod,
 donod+delift, ifd, less in the task stage, and the loss filter (``loss``, keep the easiest) in the noise
-stage, DONOD's rival there. Training: LoRA, 2 epochs, batches of 8, lr 5e-4, bfloat16 autocast,
-no activation checkpointing (``--checkpointing on`` gives the same cells bit for bit with less memory,
-1.5x slower; the noise bench's first 8 cells ran with it on).
+stage, DONOD's rival there. Training: LoRA, 2 epochs, batches of 8, lr 5e-4, no activation
+checkpointing (``--checkpointing on`` gives the same cells bit for bit with less memory, 1.5x
+slower; the noise bench's first 8 cells ran with it on); float32 on a CPU, but bfloat16 autocast in
+task and noise, begun on a Xeon with AMX (:data:`CPU_AUTOCAST`); bfloat16 on a GPU.
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ BUDGETS_OF = {"transfer": [0.3]}  # the default budgets where an experiment has 
 VARIANTS = {"delift-learned": {"method": "delift", "utility": "learned", "label_fraction": 0.1},
             "balanced-random": {"by": "meta.source"},
             "random-gsm8k": {"method": "random", "within": "meta.source=gsm8k"}}
+# CPU training precision per experiment, pinned in each folder's settings. task and noise began on a
+# Xeon with AMX, where bfloat16 autocast trains ~2.2x faster; on a CPU without AVX512-BF16 or AMX
+# (the sessions' AMD EPYC) bfloat16 is emulated and trains 9.5x slower than float32, and which CPU a
+# session gets varies, so the experiments begun later train in float32 ("none"): one speed on both.
+CPU_AUTOCAST = {"task": "bfloat16", "noise": "bfloat16"}
 SMOKE = {"train": 40, "test": 10, "target": 10, "existing": 20, "seeds": 1, "methods": ["random", "rds"]}
 
 
@@ -276,7 +282,7 @@ def config(exp: str, data: Path, caches: Path, a, kept: Path | None = None) -> B
         train_model=a.train_model or ("gemma3-270m" if exp == "transfer" else "default"),
         select_options={"knn": a.knn, "max_length": 1024, "cache_dir": str(cache)},
         method_options=opts,
-        training=TrainConfig(epochs=1 if a.smoke else 2, batch_size=8, lr=5e-4, autocast=a.autocast,
+        training=TrainConfig(epochs=1 if a.smoke else 2, batch_size=8, lr=5e-4, autocast=autocast_of(exp, a),
                              max_length=1024, checkpointing=a.checkpointing == "on"),
         metrics=None,  # per set: loss, perplexity, ROUGE-L, MiniLM cosine (+ exact match on GSM8K)
         max_new_tokens=32 if a.smoke else (256 if math else 128),
@@ -288,6 +294,14 @@ def config(exp: str, data: Path, caches: Path, a, kept: Path | None = None) -> B
         also_generation={"gsm8k": {"max_new_tokens": 32 if a.smoke else 256,
                                    "generate_limit": 4 if a.smoke else 300}} if exp == "continual" else {},
         device=resolved_device(a.device))
+
+
+def autocast_of(exp: str, a) -> str:
+    """An experiment's training precision: ``--autocast`` where given, else bfloat16 on a GPU and,
+    on a CPU, :data:`CPU_AUTOCAST`'s (float32, ``none``, for the experiments not in it)."""
+    if a.autocast:
+        return a.autocast
+    return "bfloat16" if resolved_device(a.device) != "cpu" else CPU_AUTOCAST.get(exp, "none")
 
 
 def budgets_of(exp: str, a) -> list[float]:
@@ -554,7 +568,10 @@ def main(argv=None) -> None:
     ap.add_argument("--budgets", default=None,
                     help=f"comma list: run only these budgets (default {','.join(map(str, BUDGETS))}); cells join the same grid")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--autocast", default="bfloat16")
+    ap.add_argument("--autocast", choices=("none", "bfloat16"), default=None,
+                    help="training precision (default: bfloat16 on a GPU; on a CPU bfloat16 for task and noise, "
+                         "which began so, float32 (none) for the others, as bfloat16 is emulated ~9.5x slower "
+                         "on a CPU without AVX512-BF16 or AMX); pinned per folder")
     ap.add_argument("--checkpointing", choices=("on", "off"), default="off",
                     help="recompute decoder layers in backward: the same cells bit for bit, ~1.5x slower "
                          "training, less memory (off: ~3.3 GB peak at 2,048-token micro-batches)")

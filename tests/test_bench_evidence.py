@@ -468,7 +468,7 @@ def test_checks_that_need_the_records_or_a_model_run_before_bench_json(files, ti
 def grid_args(ev):
     """bench/evidence.py's command line with the grid's defaults (``ev``: :func:`load_evidence`)."""
     return ev.argparse.Namespace(smoke=False, only=None, dense_delift=False, budgets=None, seeds=3, knn=16,
-                                 checkpointing="off", select_model=None, train_model=None, autocast="bfloat16",
+                                 checkpointing="off", select_model=None, train_model=None, autocast=None,
                                  device="cpu")
 
 
@@ -602,6 +602,27 @@ def test_the_plan_says_how_long_the_rest_of_the_grid_takes_at_the_measured_rates
     assert ev.hours_left([100], []) is None and ev.hours_left([100], finished[1:]) is None
     # a continual bench's stage 1 (records x epochs not yet trained) costs training, no evaluation
     assert abs(ev.hours_left([100, 0], finished, 600) - (1500 + 2400) / 3600) < 1e-9
+
+
+def test_each_experiment_trains_at_its_pinned_precision_and_autocast_overrides_it():
+    """task and noise began in bfloat16 on a Xeon with AMX; bfloat16 is emulated 9.5x slower on an
+    AVX2-only AMD EPYC, so the experiments begun later train in float32 on a CPU, where a session on
+    either CPU can run them. Their folders pin what the first cell ran with, so this default must
+    not move under them."""
+    ev = load_evidence()
+    a = grid_args(ev)
+    data, caches = Path("d"), Path("c")
+    precision = {exp: ev.config(exp, data, caches, a).training.autocast for exp in ev.EXPERIMENTS}
+    assert precision == {"instruction": "none", "task": "bfloat16", "noise": "bfloat16", "continual": "none",
+                         "transfer": "none"}
+    a.autocast = "bfloat16"
+    assert ev.config("instruction", data, caches, a).training.autocast == "bfloat16"
+    a.autocast, a.device = None, "cuda"
+    assert ev.autocast_of("instruction", a) == "bfloat16"  # a GPU has it natively (own grid folder)
+    # the pinned folders on disk agree with the defaults (a moved default would refuse to resume them)
+    for exp in ("task", "noise"):
+        pinned = json.loads((Path(__file__).parent.parent / "bench/results/evidence" / exp / "bench.json").read_text())
+        assert pinned["config"]["training"]["autocast"] == precision[exp]
 
 
 def test_only_and_budgets_never_crash_an_experiment_they_leave_empty(capsys):
