@@ -267,6 +267,7 @@ def config(exp: str, data: Path, caches: Path, a, kept: Path | None = None) -> B
         return (kept if kept is not None and m in KEPT_CACHES else caches) / share / m
 
     opts = {m: {**opts.get(m, {}), "cache_dir": str(home(m))} for m in methods if m not in ("base", "full")}
+    device = resolved_device(a.device)
     return BenchConfig(
         train=str(data / f"{pools[exp]}.jsonl"), test=str(data / f"{tests[exp]}.jsonl"), methods=methods,
         budgets=budgets_of(exp, a),
@@ -282,7 +283,7 @@ def config(exp: str, data: Path, caches: Path, a, kept: Path | None = None) -> B
         train_model=a.train_model or ("gemma3-270m" if exp == "transfer" else "default"),
         select_options={"knn": a.knn, "max_length": 1024, "cache_dir": str(cache)},
         method_options=opts,
-        training=TrainConfig(epochs=1 if a.smoke else 2, batch_size=8, lr=5e-4, autocast=autocast_of(exp, a),
+        training=TrainConfig(epochs=1 if a.smoke else 2, batch_size=8, lr=5e-4, autocast=autocast_of(exp, a.autocast, device),
                              max_length=1024, checkpointing=a.checkpointing == "on"),
         metrics=None,  # per set: loss, perplexity, ROUGE-L, MiniLM cosine (+ exact match on GSM8K)
         max_new_tokens=32 if a.smoke else (256 if math else 128),
@@ -293,15 +294,15 @@ def config(exp: str, data: Path, caches: Path, a, kept: Path | None = None) -> B
         # all 300 answers, 256 tokens (a worked solution runs past 128 before its "####")
         also_generation={"gsm8k": {"max_new_tokens": 32 if a.smoke else 256,
                                    "generate_limit": 4 if a.smoke else 300}} if exp == "continual" else {},
-        device=resolved_device(a.device))
+        device=device)
 
 
-def autocast_of(exp: str, a) -> str:
-    """An experiment's training precision: ``--autocast`` where given, else bfloat16 on a GPU and,
-    on a CPU, :data:`CPU_AUTOCAST`'s (float32, ``none``, for the experiments not in it)."""
-    if a.autocast:
-        return a.autocast
-    return "bfloat16" if resolved_device(a.device) != "cpu" else CPU_AUTOCAST.get(exp, "none")
+def autocast_of(exp: str, given: str | None, device: str) -> str:
+    """An experiment's training precision: ``given`` (``--autocast``) where given, else bfloat16 on
+    a GPU and, on a CPU, :data:`CPU_AUTOCAST`'s (float32, ``none``, for the experiments not in it)."""
+    if given:
+        return given
+    return "bfloat16" if device != "cpu" else CPU_AUTOCAST.get(exp, "none")
 
 
 def budgets_of(exp: str, a) -> list[float]:

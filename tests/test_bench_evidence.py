@@ -617,8 +617,7 @@ def test_each_experiment_trains_at_its_pinned_precision_and_autocast_overrides_i
                          "transfer": "none"}
     a.autocast = "bfloat16"
     assert ev.config("instruction", data, caches, a).training.autocast == "bfloat16"
-    a.autocast, a.device = None, "cuda"
-    assert ev.autocast_of("instruction", a) == "bfloat16"  # a GPU has it natively (own grid folder)
+    assert ev.autocast_of("instruction", None, "cuda") == "bfloat16"  # a GPU has it natively (own grid folder)
     # the pinned folders on disk agree with the defaults (a moved default would refuse to resume them)
     for exp in ("task", "noise", "instruction"):  # the folders with cells (instruction's from session 23)
         pinned = json.loads((Path(__file__).parent.parent / "bench/results/evidence" / exp / "bench.json").read_text())
