@@ -334,21 +334,16 @@ def resolved_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def folders(a) -> tuple[Path, Path, Path]:
-    """(data folder, bench root, score caches): the root is bench/results/evidence (kept under
-    version control; bench/results/evidence-cuda for a GPU run, whose cells are pinned to another
-    device and never mix with the CPU's) or, with --smoke, bench/work/evidence-smoke; data and
-    caches are git-ignored, apart from :data:`KEPT_CACHES`' under ``<root>/cache``
-    (:func:`kept_caches`)."""
+def folders(a) -> tuple[Path, Path, Path, Path]:
+    """(data folder, bench root, score caches, kept caches): the root is bench/results/evidence (kept
+    under version control; bench/results/evidence-cuda for a GPU run, whose cells are pinned to
+    another device and never mix with the CPU's) or, with --smoke, bench/work/evidence-smoke; data
+    and caches are git-ignored, apart from :data:`KEPT_CACHES`', which live beside the cells under
+    ``<root>/cache``."""
     work = Path(a.work) / ("evidence-smoke" if a.smoke else "evidence")
     device = resolved_device(a.device)
     root = work if a.smoke else Path(a.results) / ("evidence" if device == "cpu" else f"evidence-{device.split(':')[0]}")
-    return Path(a.work) / "evidence" / "data", root, work / "cache"
-
-
-def kept_caches(root: Path) -> Path:
-    """The folder of the score caches kept with the cells (:data:`KEPT_CACHES`)."""
-    return root / "cache"
+    return Path(a.work) / "evidence" / "data", root, work / "cache", root / "cache"
 
 
 def prepared(a, data: Path) -> None:
@@ -359,7 +354,7 @@ def prepared(a, data: Path) -> None:
 
 
 def run(a) -> None:
-    data, root, caches = folders(a)
+    data, root, caches, kept = folders(a)
     prepared(a, data)
     if a.smoke:
         data = smoke_inputs(data, root / "data")
@@ -367,7 +362,7 @@ def run(a) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for exp in (EXPERIMENTS if a.experiment == "all" else [a.experiment]):
-        cfg = config(exp, data, caches, a, kept_caches(root))
+        cfg = config(exp, data, caches, a, kept)
         if why := skipped(cfg):
             print(f"\n== {exp}: skipped ({why})", flush=True)
             continue
@@ -403,14 +398,14 @@ def hours_left(todo: list[int], finished: list[dict], extra_records: int = 0) ->
 
 
 def plan(a) -> None:
-    data, root, caches = folders(a)
+    data, root, caches, kept = folders(a)
     prepared(a, data)  # the pools' sizes set the records each cell trains on
     total = done = 0
     measured = {exp: load_cells(root / exp) for exp in EXPERIMENTS}
     everything = [c for cells in measured.values() for c in cells]
     left_total = 0.0
     for exp in EXPERIMENTS:
-        cfg = config(exp, data, caches, a, kept_caches(root))
+        cfg = config(exp, data, caches, a, kept)
         if why := skipped(cfg):
             print(f"{exp:12s} skipped ({why})")
             continue
@@ -486,12 +481,12 @@ def _num(v) -> str:
 
 
 def summary(a) -> None:
-    data, root, caches = folders(a)
+    data, root, caches, kept = folders(a)
     prepared(a, data)  # the picks' composition reads the pools
     parts = ["# Evidence grid: what is done\n\nEach experiment's table says on which machines and code "
              "versions its cells were made (results.md, \"Where the cells were made\").\n"]
     # every finished cell of the grid, whichever run made it (load_cells reads the whole folder)
-    configs = {exp: config(exp, data, caches, a, kept_caches(root)) for exp in EXPERIMENTS}
+    configs = {exp: config(exp, data, caches, a, kept) for exp in EXPERIMENTS}
     done = {exp: load_cells(root / exp) for exp in EXPERIMENTS}
     shared_selection_cost(done["instruction"], done["transfer"])  # one score cache: see config()
     for exp in EXPERIMENTS:
@@ -535,11 +530,11 @@ def items(a) -> None:
     against the cell's own exact-match share): the test set's only (a further set's generations
     are not saved). An experiment whose folder is refused gets nothing written, the others go on,
     and the exit status is 2. Then run ``summary``."""
-    data, root, caches = folders(a)
+    data, root, caches, kept = folders(a)
     prepared(a, data)
     failed = False
     for exp in EXPERIMENTS:
-        cfg = config(exp, data, caches, a, kept_caches(root))
+        cfg = config(exp, data, caches, a, kept)
         if not (root / exp / "cells").is_dir():
             continue
         try:  # each folder is checked whole before any of its cells is written

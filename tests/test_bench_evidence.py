@@ -283,8 +283,8 @@ def test_the_costly_small_score_caches_are_kept_with_the_cells():
     reads experiment 1's caches either way."""
     ev = load_evidence()
     args = grid_args(ev)
-    root = ev.folders(ev.argparse.Namespace(work="w", results="r", smoke=False, device="cpu"))[1]
-    cfgs = {exp: ev.config(exp, ev.Path("d"), ev.Path("c"), args, ev.kept_caches(root))
+    kept = ev.folders(ev.argparse.Namespace(work="w", results="r", smoke=False, device="cpu"))[3]
+    cfgs = {exp: ev.config(exp, ev.Path("d"), ev.Path("c"), args, kept)
             for exp in ("noise", "transfer", "task")}
     home = {exp: {m: o["cache_dir"] for m, o in cfg.method_options.items()} for exp, cfg in cfgs.items()}
     assert home["noise"]["delift"] == str(ev.Path("r/evidence/cache/noise/delift"))
