@@ -79,8 +79,8 @@ def _is_float_column(values: list) -> bool:
     return any(isinstance(v, float) for v in values)
 
 
-# float columns computed on another CPU or thread count agree to this (rtol, atol): float32 noise
-FLOAT_TOL = (1e-4, 1e-5)
+# float columns computed on another CPU or thread count agree to this: float32 noise
+FLOAT_TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 
 def near_tie(got: dict, want: dict, rtol: float = 1e-5) -> bool:
@@ -104,7 +104,7 @@ def near_tie(got: dict, want: dict, rtol: float = 1e-5) -> bool:
         (gi, gg), (wi, wg) = cols["got"][r], cols["want"][r]
         if gi != wi:
             return bool(np.isclose(gg, wg, rtol=rtol, atol=0.0))
-        if not np.isclose(gg, wg, rtol=FLOAT_TOL[0], atol=FLOAT_TOL[1]):
+        if not np.isclose(gg, wg, **FLOAT_TOL):
             return False
     return False
 
@@ -141,6 +141,6 @@ def test_outputs_match_the_goldens(name, data, tiny_dir, tmp_path):
         if _is_float_column(values):
             a = np.array([np.nan if v is None else v for v in got["columns"][col]], dtype=np.float64)
             b = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-            assert_close_across_runs(a, b, rtol=FLOAT_TOL[0], atol=FLOAT_TOL[1])
+            assert_close_across_runs(a, b, **FLOAT_TOL)
         else:
             assert got["columns"][col] == values, col  # ids, lines, ranks, kept, covering ids
