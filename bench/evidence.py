@@ -73,6 +73,7 @@ from tunesift.bench_tables import (
     cost_complete,
     cost_text,
     family_lines,
+    glance_table,
     item_lines,
     provenance_table,
     select_text,
@@ -105,6 +106,13 @@ VARIANTS = {"delift-learned": {"method": "delift", "utility": "learned", "label_
 # Xeon with AMX, where bfloat16 autocast trains ~2.2x faster; on a CPU without AVX512-BF16 or AMX
 # (the sessions' AMD EPYC) bfloat16 is emulated and trains 9.5x slower than float32, and which CPU a
 # session gets varies, so the experiments begun later train in float32 ("none"): one speed on both.
+GLANCE_NOTE = ("Each column: a selector's mean paired difference from random at that budget (same seeds) ± its "
+               "standard error, in the held-out loss (negative is better); \\* beyond two standard errors, **bold** "
+               "where the paired t-test's p is also below 0.05, ‡ where p stays below 0.05 after Holm's correction "
+               "over its experiment's whole table (every selector and metric). select / train: the selection's wall "
+               "time over the method's fine-tuning on its pick. Columns of different experiments may come from "
+               "different machines and precisions (each table's \"Where the cells were made\"): compare within a "
+               "column.")
 CPU_AUTOCAST = {"task": "bfloat16", "noise": "bfloat16"}
 SMOKE = {"train": 40, "test": 10, "target": 10, "existing": 20, "seeds": 1, "methods": ["random", "rds"]}
 
@@ -489,9 +497,12 @@ def summary(a) -> None:
     configs = {exp: config(exp, data, caches, a, kept) for exp in EXPERIMENTS}
     done = {exp: load_cells(root / exp) for exp in EXPERIMENTS}
     shared_selection_cost(done["instruction"], done["transfer"])  # one score cache: see config()
+    tables = {exp: aggregate(done[exp]) for exp in EXPERIMENTS}
+    if glance := glance_table({exp: rows for exp, rows in tables.items() if rows}):
+        parts.append(f"## At a glance: held-out loss against random\n\n{glance}\n{GLANCE_NOTE}\n"
+                     + (f"\n{PARTLY_CACHED}\n" if "†" in glance else ""))
     for exp in EXPERIMENTS:
-        cfg, cells = configs[exp], done[exp]
-        rows = aggregate(cells)
+        cfg, cells, rows = configs[exp], done[exp], tables[exp]
         if not rows:
             parts.append(f"## {exp}\n\nnot run yet\n")
             continue

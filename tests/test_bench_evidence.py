@@ -21,6 +21,7 @@ from tunesift.bench_tables import (
     aggregate,
     beyond_noise_lines,
     family_lines,
+    glance_table,
     markdown_table,
 )
 from tunesift.errors import OptionError, TunesiftError
@@ -420,6 +421,36 @@ def test_holm_keeps_the_family_wise_error_and_names_what_survives():
     (line,) = family_lines([{**row, "loss_vs_random_p": 0.04}])
     assert "none stays below 0.05" in line
     assert family_lines([two]) == []
+
+
+def test_glance_table_sets_experiments_side_by_side_with_their_own_holm_family():
+    def row(method, budget, diff, se, p, seeds=3, **kw):
+        return {"method": method, "budget": budget, "seeds": seeds, "paired_seeds": seeds, "loss": 1.0 + diff,
+                "loss_vs_random": diff, "loss_vs_random_se": se, "loss_vs_random_p": p,
+                "select_s": 50.0, "train_s": 100.0, "cost_ratio": 0.5, **kw}
+    a = [{"method": "random", "budget": 0.1, "seeds": 3, "loss": 1.25},
+         row("rds", 0.1, -0.2, 0.02, 0.004),            # beyond 2 SE, p < 0.05, alone in its family: firm
+         row("donod", 0.1, 0.05, 0.02, 0.12)]           # beyond 2 SE, p 0.12: a mark, not bold
+    b = [{"method": "random", "budget": 0.3, "seeds": 3, "loss": 0.8},
+         row("rds", 0.3, 0.01, 0.01, 0.42, select_partly_cached=True),   # within the spread
+         row("ifd", 0.3, -0.004, 0.001, 0.03, seeds=2),                  # too few seeds for a mark
+         {"method": "full", "budget": "all", "seeds": 1, "loss": 0.7}]
+    table = glance_table({"instruction": a, "noise": b})
+    head, rule, *body = table.strip().splitlines()
+    assert head == ("| method | instruction @ 0.1 (random 1.2500) | select / train | "
+                    "noise @ 0.3 (random 0.8000) | select / train |")
+    cells = {c[0]: c[1:] for c in (line[2:-2].split(" | ") for line in body)}
+    assert set(cells) == {"rds", "donod", "ifd"}                    # references are not rows
+    assert cells["rds"][0] == "**-0.2000 ± 0.0200 \\*** (p 0.004) ‡"
+    assert cells["donod"][0] == "+0.0500 ± 0.0200 \\* (p 0.120)" and cells["donod"][1] == "0.50"
+    assert cells["rds"][2] == "+0.0100 ± 0.0100 (p 0.420)" and cells["rds"][3] == "≥ 0.50 †"
+    assert cells["ifd"][2] == "-0.0040 (2 seeds, no mark)" and cells["donod"][2:] == ["", ""]
+    # each experiment is its own Holm family: with three comparisons in it, 0.004 x 3 stays below
+    # 0.05 and 0.03 x 2 does not (noise's ifd, 2 seeds, is in no family)
+    a2 = a + [row("ifd", 0.1, -0.1, 0.01, 0.03)]
+    firm = glance_table({"instruction": a2})
+    assert "(p 0.004) ‡" in firm and "(p 0.030) ‡" not in firm
+    assert glance_table({"x": [{"method": "random", "budget": 0.1, "seeds": 3, "loss": 1.0}]}) == ""
 
 
 def test_a_variant_scores_with_its_own_model(monkeypatch):

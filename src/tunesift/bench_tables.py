@@ -220,23 +220,79 @@ def verdict_lines(rows: list[dict]) -> list[str]:
     return beyond_noise_lines(rows) + no_verdict_lines(rows) or ["none"]
 
 
-def family_lines(rows: list[dict], alpha: float = 0.05) -> list[str]:
-    """One line on how the marks hold up as a family: every paired comparison with random that has
-    :data:`MIN_MARK_SEEDS` seeds and a finite p (selector rows x budgets x metrics), Holm-adjusted
-    (:func:`holm`), and the ones still below ``alpha``. Conservative where metrics move together
-    (loss and perplexity are one measurement). Empty when there is nothing to compare."""
+def family_adjusted(rows: list[dict]) -> dict[tuple[str, str, str], float]:
+    """The family :func:`family_lines` corrects: every paired comparison with random that has
+    :data:`MIN_MARK_SEEDS` seeds and a finite p (selector rows x budgets x metrics; controls and
+    references apart), as ``(method, str(budget), metric) -> Holm-adjusted p`` (:func:`holm`)."""
     tests = [(r, m, r[f"{m}_vs_random_p"]) for r in rows if r["method"] not in REFERENCES
              and not is_control(r["method"])
              and r.get("paired_seeds", 0) >= MIN_MARK_SEEDS for m in metric_names([r])
              if np.isfinite(r.get(f"{m}_vs_random_p", float("nan")))]
     if not tests:
-        return []
+        return {}
     adj = holm(np.array([p for _, _, p in tests]))
-    firm = [f"{r['method']} @ {r['budget']} {m} (adjusted p {_p(a)})" for (r, m, _), a in zip(tests, adj) if a < alpha]
-    head = (f"- as a family (Holm over the {len(tests)} paired comparisons of selectors with {MIN_MARK_SEEDS}+ "
+    return {(r["method"], str(r["budget"]), m): float(a) for (r, m, _), a in zip(tests, adj)}
+
+
+def family_lines(rows: list[dict], alpha: float = 0.05) -> list[str]:
+    """One line on how the marks hold up as a family (:func:`family_adjusted`): how many
+    comparisons, and the ones still below ``alpha``. Conservative where metrics move together
+    (loss and perplexity are one measurement). Empty when there is nothing to compare."""
+    adj = family_adjusted(rows)
+    if not adj:
+        return []
+    firm = [f"{m} @ {b} {metric} (adjusted p {_p(a)})" for (m, b, metric), a in adj.items() if a < alpha]
+    head = (f"- as a family (Holm over the {len(adj)} paired comparisons of selectors with {MIN_MARK_SEEDS}+ "
             "seeds, all metrics; controls apart): ")
     return [head + (f"{len(firm)} stay below {alpha}: " + ", ".join(firm) if firm
                     else f"none stays below {alpha}; read each mark as suggestive")]
+
+
+def _glance_cell(row: dict, metric: str, adjusted: dict, alpha: float) -> str:
+    """One comparison of :func:`glance_table`: "Δ ± se", \\* beyond 2 SE, bold where p < alpha too,
+    ‡ where the Holm-adjusted p is below alpha."""
+    if f"{metric}_vs_random" not in row:
+        return "not paired with random"
+    diff, se, n = row[f"{metric}_vs_random"], row[f"{metric}_vs_random_se"], row.get("paired_seeds", 0)
+    if n < MIN_MARK_SEEDS or not np.isfinite(se):
+        return f"{diff:+.4f} ({_seeds(n)}, no mark)"
+    p = row.get(f"{metric}_vs_random_p", float("nan"))
+    text = f"{diff:+.4f} ± {se:.4f}" + (" \\*" if beyond_noise(row, metric) else "")
+    if beyond_noise(row, metric) and p < alpha:
+        text = f"**{text}**"
+    firm = adjusted.get((row["method"], str(row["budget"]), metric), 1.0) < alpha
+    return text + (f" (p {_p(p)})" if np.isfinite(p) else "") + (" ‡" if firm else "")
+
+
+def glance_table(tables: dict[str, list[dict]], metric: str = "loss", alpha: float = 0.05) -> str:
+    """One table across experiments: a row per selector, a column pair per (experiment, budget) that
+    has selector rows: the paired difference of ``metric`` from random (:func:`_glance_cell`, ‡
+    from the Holm family of *its own* experiment's table) and the selection's cost over the
+    method's fine-tuning (select s / train s, "≥ x †" where only part of the selection ran).
+    ``tables``: experiment name -> its :func:`aggregate` rows. Empty string when no selector ran."""
+    columns = []  # (experiment, budget, random's mean, {method: row}, Holm family)
+    for exp, rows in tables.items():
+        adjusted = family_adjusted(rows)
+        budgets = dict.fromkeys(r["budget"] for r in rows if r["method"] not in REFERENCES)
+        for b in budgets:
+            ref = [r for r in rows if r["method"] == "random" and r["budget"] == b and metric in r]
+            picked = {r["method"]: r for r in rows if r["budget"] == b and r["method"] not in REFERENCES}
+            columns.append((exp, b, ref[0][metric] if ref else None, picked, adjusted))
+    if not columns:
+        return ""
+    methods = sorted({m for *_, picked, _ in columns for m in picked}, key=lambda m: (method_rank(m), m))
+    head = ["method"]
+    for exp, b, ref, _, _ in columns:
+        head += [f"{exp} @ {b}" + (f" (random {ref:.4f})" if ref is not None else ""), "select / train"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        cells = [_who(m)]
+        for _, _, _, picked, adjusted in columns:
+            r = picked.get(m)
+            cells += ["", ""] if r is None else [_glance_cell(r, metric, adjusted, alpha),
+                                                 cost_text(r, "cost_ratio", _ratio)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def machine_kind(cell: dict) -> str:
