@@ -102,17 +102,12 @@ BUDGETS_OF = {"transfer": [0.3]}  # the default budgets where an experiment has 
 VARIANTS = {"delift-learned": {"method": "delift", "utility": "learned", "label_fraction": 0.1},
             "balanced-random": {"by": "meta.source"},
             "random-gsm8k": {"method": "random", "within": "meta.source=gsm8k"}}
+GLANCE_MACHINES = ("Columns of different experiments may come from different machines and precisions (each "
+                   "table's \"Where the cells were made\"): compare within a column.")
 # CPU training precision per experiment, pinned in each folder's settings. task and noise began on a
 # Xeon with AMX, where bfloat16 autocast trains ~2.2x faster; on a CPU without AVX512-BF16 or AMX
 # (the sessions' AMD EPYC) bfloat16 is emulated and trains 9.5x slower than float32, and which CPU a
 # session gets varies, so the experiments begun later train in float32 ("none"): one speed on both.
-GLANCE_NOTE = ("Each column: a selector's mean paired difference from random at that budget (same seeds) ± its "
-               "standard error, in the held-out loss (negative is better); \\* beyond two standard errors, **bold** "
-               "where the paired t-test's p is also below 0.05, ‡ where p stays below 0.05 after Holm's correction "
-               "over its experiment's whole table (every selector and metric). select / train: the selection's wall "
-               "time over the method's fine-tuning on its pick. Columns of different experiments may come from "
-               "different machines and precisions (each table's \"Where the cells were made\"): compare within a "
-               "column.")
 CPU_AUTOCAST = {"task": "bfloat16", "noise": "bfloat16"}
 SMOKE = {"train": 40, "test": 10, "target": 10, "existing": 20, "seeds": 1, "methods": ["random", "rds"]}
 
@@ -499,8 +494,7 @@ def summary(a) -> None:
     shared_selection_cost(done["instruction"], done["transfer"])  # one score cache: see config()
     tables = {exp: aggregate(done[exp]) for exp in EXPERIMENTS}
     if glance := glance_table({exp: rows for exp, rows in tables.items() if rows}):
-        parts.append(f"## At a glance: held-out loss against random\n\n{glance}\n{GLANCE_NOTE}\n"
-                     + (f"\n{PARTLY_CACHED}\n" if "†" in glance else ""))
+        parts.append(f"## At a glance: held-out loss against random\n\n{glance}\n{GLANCE_MACHINES}\n")
     for exp in EXPERIMENTS:
         cfg, cells, rows = configs[exp], done[exp], tables[exp]
         if not rows:

@@ -17,6 +17,7 @@ from tunesift.bench import BenchConfig, selection_stage
 from tunesift.bench_plots import curve_data, curve_limits, plot_results
 from tunesift.bench_stats import holm, metric_names
 from tunesift.bench_tables import (
+    PARTLY_CACHED,
     add_costs,
     aggregate,
     beyond_noise_lines,
@@ -435,8 +436,11 @@ def test_glance_table_sets_experiments_side_by_side_with_their_own_holm_family()
          row("rds", 0.3, 0.01, 0.01, 0.42, select_partly_cached=True),   # within the spread
          row("ifd", 0.3, -0.004, 0.001, 0.03, seeds=2),                  # too few seeds for a mark
          {"method": "full", "budget": "all", "seeds": 1, "loss": 0.7}]
-    table = glance_table({"instruction": a, "noise": b})
+    table, legend = glance_table({"instruction": a, "noise": b}).split("\n\n", 1)
     head, rule, *body = table.strip().splitlines()
+    # the legend follows the table, with the † footnote because one cost is a lower bound
+    assert legend.startswith("Each column: a selector's mean paired difference from random")
+    assert "held-out loss (negative is better)" in legend and legend.rstrip().endswith(PARTLY_CACHED)
     assert head == ("| method | instruction @ 0.1 (random 1.2500) | select / train | "
                     "noise @ 0.3 (random 0.8000) | select / train |")
     cells = {c[0]: c[1:] for c in (line[2:-2].split(" | ") for line in body)}
@@ -449,7 +453,8 @@ def test_glance_table_sets_experiments_side_by_side_with_their_own_holm_family()
     # 0.05 and 0.03 x 2 does not (noise's ifd, 2 seeds, is in no family)
     a2 = a + [row("ifd", 0.1, -0.1, 0.01, 0.03)]
     firm = glance_table({"instruction": a2})
-    assert "(p 0.004) ‡" in firm and "(p 0.030) ‡" not in firm
+    assert "(p 0.004) ‡" in firm and "(p 0.030) ‡" not in firm and PARTLY_CACHED not in firm  # no † there
+    assert "held-out rougeL (positive is better)" in glance_table({"instruction": a2}, metric="rougeL")
     assert glance_table({"x": [{"method": "random", "budget": 0.1, "seeds": 3, "loss": 1.0}]}) == ""
 
 

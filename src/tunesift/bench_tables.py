@@ -248,6 +248,14 @@ def family_lines(rows: list[dict], alpha: float = 0.05) -> list[str]:
                     else f"none stays below {alpha}; read each mark as suggestive")]
 
 
+#: the legend under :func:`glance_table` (``metric``, ``better`` and ``alpha`` filled in)
+GLANCE_LEGEND = ("Each column: a selector's mean paired difference from random at that budget (same seeds) ± "
+                 "its standard error, in the held-out {metric} ({better} is better); \\* beyond two standard "
+                 "errors, **bold** where the paired t-test's p is also below {alpha}, ‡ where p stays below "
+                 "{alpha} after Holm's correction over its experiment's whole table (every selector and metric). "
+                 "select / train: the selection's wall time over the method's fine-tuning on its pick.")
+
+
 def _glance_cell(row: dict, metric: str, adjusted: dict, alpha: float) -> str:
     """One comparison of :func:`glance_table`: "Δ ± se", \\* beyond 2 SE, bold where p < alpha too,
     ‡ where the Holm-adjusted p is below alpha."""
@@ -257,8 +265,9 @@ def _glance_cell(row: dict, metric: str, adjusted: dict, alpha: float) -> str:
     if n < MIN_MARK_SEEDS or not np.isfinite(se):
         return f"{diff:+.4f} ({_seeds(n)}, no mark)"
     p = row.get(f"{metric}_vs_random_p", float("nan"))
-    text = f"{diff:+.4f} ± {se:.4f}" + (" \\*" if beyond_noise(row, metric) else "")
-    if beyond_noise(row, metric) and p < alpha:
+    marked = beyond_noise(row, metric)
+    text = f"{diff:+.4f} ± {se:.4f}" + (" \\*" if marked else "")
+    if marked and p < alpha:
         text = f"**{text}**"
     firm = adjusted.get((row["method"], str(row["budget"]), metric), 1.0) < alpha
     return text + (f" (p {_p(p)})" if np.isfinite(p) else "") + (" ‡" if firm else "")
@@ -269,7 +278,9 @@ def glance_table(tables: dict[str, list[dict]], metric: str = "loss", alpha: flo
     has selector rows: the paired difference of ``metric`` from random (:func:`_glance_cell`, ‡
     from the Holm family of *its own* experiment's table) and the selection's cost over the
     method's fine-tuning (select s / train s, "≥ x †" where only part of the selection ran).
-    ``tables``: experiment name -> its :func:`aggregate` rows. Empty string when no selector ran."""
+    ``tables``: experiment name -> its :func:`aggregate` rows. The table is followed by its
+    legend (:data:`GLANCE_LEGEND`, and :data:`PARTLY_CACHED` where a † is in it). Empty string
+    when no selector ran."""
     columns = []  # (experiment, budget, random's mean, {method: row}, Holm family)
     for exp, rows in tables.items():
         adjusted = family_adjusted(rows)
@@ -285,13 +296,17 @@ def glance_table(tables: dict[str, list[dict]], metric: str = "loss", alpha: flo
     for exp, b, ref, _, _ in columns:
         head += [f"{exp} @ {b}" + (f" (random {ref:.4f})" if ref is not None else ""), "select / train"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    partly = False
     for m in methods:
         cells = [_who(m)]
         for _, _, _, picked, adjusted in columns:
             r = picked.get(m)
             cells += ["", ""] if r is None else [_glance_cell(r, metric, adjusted, alpha),
                                                  cost_text(r, "cost_ratio", _ratio)]
+            partly |= r is not None and "select_partly_cached" in r
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", GLANCE_LEGEND.format(
+        metric=metric, alpha=alpha, better="negative" if lower_is_better(metric) else "positive")] + (["", PARTLY_CACHED] if partly else [])
     return "\n".join(lines) + "\n"
 
 
