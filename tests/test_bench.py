@@ -363,6 +363,22 @@ def test_cell_names_are_file_safe():
     assert bench_mod.cell_name("full", None, 0) == "full__ball__s0"
 
 
+def test_base_is_one_cell_unless_each_seed_has_its_own_stage1_model():
+    kw = {"train": "t.jsonl", "test": "e.jsonl", "methods": ["base", "random", "full"], "budgets": [0.1, 0.3],
+          "seeds": 3}
+    cells = bench_mod.grid_cells(bench_mod.BenchConfig(**kw))
+    assert [c for c in cells if c[0] != "random"] == [("base", None, 0), ("full", None, 0), ("full", None, 1),
+                                                      ("full", None, 2)]
+    assert len(cells) == 1 + 6 + 3
+    joint = bench_mod.grid_cells(bench_mod.BenchConfig(**kw, stage="continual", existing="x.jsonl"))
+    assert [c for c in joint if c[0] == "base"] == [("base", None, 0)]
+    # sequential: base is the seed's stage-1 model, trained with that seed
+    seq = bench_mod.grid_cells(bench_mod.BenchConfig(**kw, stage="continual", existing="x.jsonl",
+                                                     continual="sequential"))
+    assert [c for c in seq if c[0] == "base"] == [("base", None, 0), ("base", None, 1), ("base", None, 2)]
+    assert len(seq) == 3 + 6 + 3
+
+
 def test_a_bench_cell_leaves_no_model_alive(data, tiny_dir, tmp_path, monkeypatch):
     """At most one model lives at a time: whenever the bench loads a model (a cell's selection
     model, its training model), every model loaded before it is already freed (the selection

@@ -215,12 +215,16 @@ def cell_name(method: str, budget, seed: int) -> str:
 
 
 def grid_cells(cfg: BenchConfig) -> list[tuple[str, object, int]]:
+    """(method, budget, seed) of every cell the bench holds. ``base`` is evaluated once (seed 0): the
+    untouched model does not depend on the seed; in a sequential continual bench it is the seed's
+    stage-1 model, trained with that seed, so there it is one cell per seed."""
+    per_seed_base = cfg.stage == "continual" and cfg.continual == "sequential"
     cells = []
     for method in cfg.methods:
-        if method == "base":
+        if method == "base" and not per_seed_base:
             cells.append((method, None, 0))  # deterministic: once
             continue
-        budgets = [None] if method == "full" else cfg.budgets
+        budgets = [None] if method in NO_SELECTION else cfg.budgets
         for b in budgets:
             for s in range(cfg.seeds):
                 cells.append((method, b, s))
