@@ -162,7 +162,7 @@ def _check(cfg: BenchConfig) -> None:
         raise OptionError(f"unknown continual mode '{cfg.continual}': use joint or sequential")
     if cfg.seeds < 1:
         raise OptionError(f"seeds must be at least 1, got {cfg.seeds}")
-    if cfg.select_with_stage1 and (cfg.stage != "continual" or cfg.continual != "sequential"):
+    if cfg.select_with_stage1 and not has_stage1(cfg):
         raise OptionError("select_with_stage1 needs a sequential continual bench (stage continual, "
                           "continual sequential): only it has a stage-1 model")
     if cfg.select_with_stage1 and cfg.select_model != cfg.train_model:
@@ -209,6 +209,11 @@ def check_generation(cfg: BenchConfig, name: str | None, metrics: list[str] | No
         raise OptionError(f"{name or 'the test set'}: {exc}") from None
 
 
+def has_stage1(cfg: BenchConfig) -> bool:
+    """Whether the bench trains a stage-1 model per seed: a sequential continual bench."""
+    return cfg.stage == "continual" and cfg.continual == "sequential"
+
+
 def cell_name(method: str, budget, seed: int) -> str:
     b = "all" if method in NO_SELECTION else str(budget)
     return f"{method}__b{b}__s{seed}".replace("+", "-plus-")
@@ -218,10 +223,9 @@ def grid_cells(cfg: BenchConfig) -> list[tuple[str, object, int]]:
     """(method, budget, seed) of every cell the bench holds. ``base`` is evaluated once (seed 0): the
     untouched model does not depend on the seed; in a sequential continual bench it is the seed's
     stage-1 model, trained with that seed, so there it is one cell per seed."""
-    per_seed_base = cfg.stage == "continual" and cfg.continual == "sequential"
     cells = []
     for method in cfg.methods:
-        if method == "base" and not per_seed_base:
+        if method == "base" and not has_stage1(cfg):
             cells.append((method, None, 0))  # deterministic: once
             continue
         budgets = [None] if method in NO_SELECTION else cfg.budgets
@@ -487,7 +491,7 @@ def _training_model(cfg: BenchConfig, seed: int, data: dict, out: Path | None, p
     continual bench the model after the existing data (:func:`stage_one`)."""
     from .models import load_lm
 
-    if cfg.stage != "continual" or cfg.continual != "sequential":
+    if not has_stage1(cfg):
         return load_lm(cfg.train_model, device=cfg.device), 0.0
     from .finetune import TRAIN_META, load_trained
 
