@@ -37,7 +37,8 @@ committed with them, so a fresh clone resumes a half-computed kernel instead of 
 
 Methods: base and full (the references), random, balanced-random (``--by meta.source``, mixed
 pools only: on a one-source pool it is random), random-gsm8k (task stage: random among the pool's
-GSM8K records, the target's own source; a control that knows the source labels), rds, delift (the
+GSM8K records, the target's own source; a control that knows the source labels), random-alpaca
+(continual stage: random among the pool's Alpaca records, the Alpaca test's own domain), rds, delift (the
 model's utilities on the 16 nearest candidates per record; ``--dense-delift``: every pair, on a
 GPU), delift-learned (the learned surrogate, 10% of the pairs scored), delift-se, donod,
 donod+delift, ifd, less in the task stage, and the loss filter (``loss``, keep the easiest) in the noise
@@ -94,14 +95,16 @@ METHODS = {
     "task": ["base", "random", "balanced-random", "random-gsm8k", *SELECTORS[1:], "less", "full"],
     # the loss filter too: DONOD's claim is that it beats the plain loss filter on noisy data
     "noise": ["base", *SELECTORS, "loss", "full"],
-    "continual": ["base", "random", "balanced-random", *SELECTORS[1:], "full"],
+    # random-alpaca: a control for a pick that is mostly Alpaca (the domain the Alpaca test measures)
+    "continual": ["base", "random", "balanced-random", "random-alpaca", *SELECTORS[1:], "full"],
     # the issue names these four selectors and no budget or full-data row for transfer: one budget
     "transfer": ["base", "random", "rds", "delift", "delift-se", "donod"],
 }
 BUDGETS_OF = {"transfer": [0.3]}  # the default budgets where an experiment has fewer
 VARIANTS = {"delift-learned": {"method": "delift", "utility": "learned", "label_fraction": 0.1},
             "balanced-random": {"by": "meta.source"},
-            "random-gsm8k": {"method": "random", "within": "meta.source=gsm8k"}}
+            "random-gsm8k": {"method": "random", "within": "meta.source=gsm8k"},
+            "random-alpaca": {"method": "random", "within": "meta.source=alpaca"}}
 GLANCE_MACHINES = ("Columns of different experiments may come from different machines and precisions (each "
                    "table's \"Where the cells were made\"): compare within a column.")
 # CPU training precision per experiment, pinned in each folder's settings. task and noise began on a
