@@ -63,6 +63,7 @@ from tunesift.bench import (
     backfill_items,
     cell_name,
     grid_cells,
+    has_stage1,
     load_cells,
     run_bench,
     stage1_done,
@@ -422,7 +423,7 @@ def plan(a) -> None:
         pool = len(_jsonl(Path(cfg.train)))
         # stage 1 of a sequential continual bench: the existing data, once per seed not yet trained
         stage1 = 0
-        if cfg.existing and cfg.continual == "sequential" and missing:
+        if has_stage1(cfg) and missing:
             untrained = sum(not stage1_done(root / exp, s) for s in range(cfg.seeds))
             stage1 = untrained * len(_jsonl(Path(cfg.existing))) * cfg.training.epochs
         # an experiment's own rates once it has a cell that trained (base alone does not)
