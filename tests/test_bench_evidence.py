@@ -883,3 +883,19 @@ def test_a_half_prepared_data_folder_is_prepared_again(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         ev.main(["run", "noise", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "r")])
     assert called == [data]
+
+
+def test_results_plot_names_base_the_stage1_model_only_in_a_sequential_continual_bench(tmp_path, monkeypatch):
+    # one predicate (bench_tables.has_stage1) serves the runner and the tables
+    labels = []
+    monkeypatch.setattr(bt, "plot_results", lambda out, rows, base_label: labels.append(base_label))
+    rows = aggregate([cell("random", 0.3, s, {"loss": 1.0 + 0.01 * s}) for s in range(3)])
+    for continual, want in (("sequential", "base (stage 1 only)"), ("joint", "base (no fine-tuning)")):
+        cfg = BenchConfig(train="a.jsonl", test="b.jsonl", methods=["random"], stage="continual",
+                          existing="e.jsonl", continual=continual, training=TrainConfig())
+        assert bm.has_stage1(cfg) is (continual == "sequential")
+        bt.write_results(tmp_path, rows, cfg)
+        assert labels[-1] == want
+    bt.write_results(tmp_path, rows, BenchConfig(train="a.jsonl", test="b.jsonl", methods=["random"],
+                                                 training=TrainConfig()))  # the instruction stage
+    assert labels[-1] == "base (no fine-tuning)"

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .bench_tables import aggregate, write_results
+from .bench_tables import aggregate, has_stage1, write_results
 from .errors import OptionError, TunesiftError
 from .finetune import TrainConfig
 from .methods.catalogue import get_method, method_names
@@ -207,11 +207,6 @@ def check_generation(cfg: BenchConfig, name: str | None, metrics: list[str] | No
                        **generation(cfg, name))
     except OptionError as exc:
         raise OptionError(f"{name or 'the test set'}: {exc}") from None
-
-
-def has_stage1(cfg: BenchConfig) -> bool:
-    """Whether the bench trains a stage-1 model per seed: a sequential continual bench."""
-    return cfg.stage == "continual" and cfg.continual == "sequential"
 
 
 def cell_name(method: str, budget, seed: int) -> str:

@@ -474,6 +474,12 @@ def _versus_cell(row: dict, metric: str) -> str:
     return f" (Δ {diff:+.4f}{spread}{mark}" + (f", p {p}" if p else "") + paired + ")"
 
 
+def has_stage1(cfg) -> bool:
+    """Whether the bench (a ``BenchConfig``) trains a stage-1 model per seed: a sequential
+    continual bench. Here, below ``bench``, so that the tables and the runner share it."""
+    return cfg.stage == "continual" and getattr(cfg, "continual", None) == "sequential"
+
+
 def write_results(out: Path, rows: list[dict], cfg, cells: list[dict] | None = None) -> None:
     """results.md / .csv / .json and the plots; ``cfg``: the :class:`~tunesift.bench.BenchConfig`
     (its inputs, stage, models and training make the title); ``cells``: the cells behind the rows,
@@ -506,7 +512,6 @@ def write_results(out: Path, rows: list[dict], cfg, cells: list[dict] | None = N
         w.writeheader()
         w.writerows(rows)
     # in a sequential continual bench "base" is the model after stage 1 (the existing data)
-    sequential = cfg.stage == "continual" and getattr(cfg, "continual", None) == "sequential"
-    plot_results(out, rows, base_label="base (stage 1 only)" if sequential else "base (no fine-tuning)")
+    plot_results(out, rows, base_label="base (stage 1 only)" if has_stage1(cfg) else "base (no fine-tuning)")
 
 
