@@ -269,6 +269,33 @@ def test_finetune_then_evaluate_commands(data, tiny_dir, tmp_path, capsys):
     assert code == 0 and json.loads(stdout)["loss"] > tuned["loss"]  # training on the same pattern helps
 
 
+def test_select_and_evaluate_take_a_lora_adapter_folder_as_the_model(data, tiny_dir, tmp_path, capsys):
+    """--model takes the folder `tunesift finetune` wrote with LoRA, merged into its base: a
+    continual round selects with the model it continues from, without merging it by hand."""
+    import pyarrow.parquet as pq
+
+    from tunesift.finetune import load_trained
+
+    ad = tmp_path / "adapter"
+    assert run(["finetune", data / "train.jsonl", "--model", tiny_dir, "--out", ad, "--epochs", "1", "--lr", "0.003",
+                "-q"], capsys)[0] == 0
+    test = data / "test.jsonl"
+    code, by_adapter, err = run(["evaluate", "--test", test, "--adapter", ad, "--metrics", "loss", "-q"], capsys)
+    assert code == 0, err
+    code, by_model, err = run(["evaluate", "--test", test, "--model", ad, "--metrics", "loss", "-q"], capsys)
+    assert code == 0, err
+    assert json.loads(by_model)["loss"] == pytest.approx(json.loads(by_adapter)["loss"], rel=1e-6)
+    losses = {}
+    for name, model in (("base", tiny_dir), ("tuned", ad)):
+        code, _, err = run(["select", data / "train.jsonl", "--method", "loss", "--budget", "0.5", "--model", model,
+                            "--out", tmp_path / name, "--cache-dir", tmp_path / "cache", "-q"], capsys)
+        assert code == 0, err
+        losses[name] = pq.read_table(tmp_path / name / "scores.parquet").column("loss").to_numpy()
+    assert losses["tuned"].mean() < losses["base"].mean()  # scored by the model trained on these records
+    manifest = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
+    assert manifest["model"]["name"] == str(ad) and manifest["model"]["fingerprint"] == load_trained(ad).fingerprint
+
+
 def test_finetune_and_evaluate_replace_only_their_own_unchanged_folders(data, tiny_dir, tmp_path, capsys, monkeypatch):
     """``--out`` of finetune and evaluate is swapped in as a whole like select's: a folder holding a
     user's files, or an earlier output edited since, is refused before any work, with nothing touched;

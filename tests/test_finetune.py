@@ -250,6 +250,54 @@ def test_save_and_load_round_trip(fresh, tiny_dir, records, tmp_path):
     assert not any(p.name.startswith(".adapter") for p in tmp_path.iterdir())  # no temp folder left
 
 
+def test_load_lm_takes_a_lora_adapter_folder(fresh, records, tmp_path):
+    """load_lm (so select, score, kernel and evaluate's --model) loads the folder finetune wrote
+    with LoRA merged into its base, as load_trained does; a run that trains on from it records the
+    folder as its base, so the stacked adapter loads too."""
+    import json
+
+    from tunesift.models import (
+        TRAIN_META,
+        check_model,
+        load_tokenizer,
+        source_fingerprint,
+        train_meta,
+    )
+
+    rend = renderer_of(fresh)
+    res = finetune(fresh, records, TrainConfig(epochs=1, lr=3e-3, batch_size=4))
+    save(res, fresh, tmp_path / "a")
+    expect, _ = response_nll(merged(fresh, res), rend, records)
+    lm = load_lm(str(tmp_path / "a"), device="cpu")
+    got, _ = response_nll(lm, rend, records)
+    np.testing.assert_allclose(got, expect, rtol=1e-5)
+    assert lm.source == lm.path == str(tmp_path / "a") and lm.dtype == "float32"
+    assert lm.fingerprint == load_trained(tmp_path / "a").fingerprint == source_fingerprint(str(tmp_path / "a"))
+    assert lm.fingerprint[:8] == fresh.fingerprint[:8]  # the base's, then the adapter's weights
+    half = load_lm(str(tmp_path / "a"), device="cpu", dtype="bfloat16")
+    assert half.dtype == "bfloat16" and next(half.model.parameters()).dtype == torch.bfloat16
+    check_model(str(tmp_path / "a"))
+    assert load_tokenizer(str(tmp_path / "a")).get_vocab() == fresh.tokenizer.get_vocab()
+    # a second LoRA run on the merged model: its base is the first folder
+    res2 = finetune(lm, records[:8], TrainConfig(epochs=1, lr=3e-3, batch_size=4, seed=1))
+    save(res2, lm, tmp_path / "b")
+    assert train_meta(tmp_path / "b")["base_model"] == str(tmp_path / "a")
+    expect2, _ = response_nll(merged(lm, res2), rend, records)
+    got2, _ = response_nll(load_lm(str(tmp_path / "b"), device="cpu"), rend, records)
+    np.testing.assert_allclose(got2, expect2, rtol=1e-5)
+    assert np.abs(got2 - got).max() > 1e-4  # the second adapter changed the model
+    # one-line errors, before the base is loaded
+    meta = json.loads((tmp_path / "a" / TRAIN_META).read_text())
+    (tmp_path / "a" / TRAIN_META).write_text(json.dumps({k: v for k, v in meta.items() if k != "base_model"}))
+    for load in (load_lm, check_model):
+        with pytest.raises(TunesiftError, match="a LoRA adapter whose base model is not recorded"):
+            load(str(tmp_path / "a"))
+    (tmp_path / "b" / "adapter_model.safetensors").unlink()
+    for load in (load_lm, check_model):
+        with pytest.raises(TunesiftError, match="an adapter without its weights"):
+            load(str(tmp_path / "b"))
+
+
 def test_full_model_save_and_load(fresh, records, tmp_path):
     rend = renderer_of(fresh)
     res = finetune(fresh, records[:8], TrainConfig(mode="full", epochs=1, lr=1e-3, batch_size=4))

@@ -266,7 +266,7 @@ def kernel(
 def finetune(
     data: Path = typer.Argument(None, help="Training records (any input format; e.g. OUT/selected.jsonl)."),
     out: Path = typer.Option(None, "--out", "-o", help="Folder for the adapter (LoRA) or model (full)."),
-    model: str = typer.Option("default", help="Base model: default, gemma3-270m, a folder, a .gguf or a cached HF id."),
+    model: str = typer.Option("default", help="Base model: default, gemma3-270m, a folder (a model, or an earlier finetune's LoRA adapter), a .gguf or a cached HF id."),
     mode: str = typer.Option("lora", help="lora | full"),
     epochs: int = typer.Option(2, help="Passes over the data."),
     lr: float | None = typer.Option(None, help="Learning rate (default 2e-4 LoRA, 2e-5 full)."),

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OptionError, TunesiftError
+from .models import TRAIN_META, load_adapter, load_lm, to_float32, train_meta
 from .render import check_template
 
-TRAIN_META = "tunesift_train.json"
 log = logging.getLogger(__name__)
 
 
@@ -188,16 +188,6 @@ def _checkpointing(model, on: bool) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.activation_checkpointing_disable()
-
-
-def to_float32(lm) -> None:
-    """Make ``lm`` (a :class:`~tunesift.models.LoadedModel`) float32 in place, weights and record.
-    Training and merging need it on bfloat16 weights: AdamW drops every update below half a bf16
-    step (most of them at lr 2e-5), and adding a LoRA update B A to bf16 weights rounds most of it
-    away; ``--autocast bfloat16`` still computes in bf16."""
-    if lm.dtype != "float32":
-        lm.model.float()
-        lm.dtype = "float32"
 
 
 def wrap_lora(model, cfg: TrainConfig):
@@ -391,21 +381,6 @@ def check_trained_folder(path: str | Path) -> Path:
     return path
 
 
-def train_meta(path: Path) -> dict:
-    """The ``tunesift_train.json`` of a trained folder (``{}`` when there is none); a damaged one
-    is a one-line error."""
-    meta_file = path / TRAIN_META
-    if not meta_file.exists():
-        return {}
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TunesiftError(f"{meta_file}: cannot read: {' '.join(str(exc).split())}") from None
-    if not isinstance(meta, dict):
-        raise TunesiftError(f"{meta_file}: not a tunesift training record (a JSON object)")
-    return meta
-
-
 def trained_template(path: str | Path) -> str | None:
     """The prompt template the model in ``path`` was trained with (None: not recorded), so that
     evaluation renders prompts as training did: the one ``auto`` resolved to when training asked
@@ -436,30 +411,9 @@ def load_trained(path: str | Path, *, model: str | None = None, device: str = "a
     """Load what :func:`save` wrote: a LoRA adapter merged into its base model, or a full model.
 
     The base model is the one recorded in ``tunesift_train.json`` unless ``model`` names another."""
-    from .models import file_fingerprint, load_lm
-
     path = check_trained_folder(path)
-    meta = train_meta(path)
     if (path / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        base_name = model or meta.get("base_model")
-        if not base_name:
-            raise TunesiftError(f"{path}: adapter without {TRAIN_META}; say which base model with --model")
-        lm = load_lm(base_name, device=device, dtype=dtype)
-        if meta.get("base_fingerprint") and model is None and meta["base_fingerprint"] != lm.fingerprint:
-            raise TunesiftError(f"{path}: the adapter was trained on other weights than '{base_name}' has now")
-        to_float32(lm)  # merged in float32, as merged() does
-        weights = [path / n for n in ("adapter_model.safetensors", "adapter_model.bin") if (path / n).is_file()]
-        if not weights:
-            raise TunesiftError(f"{path}: an adapter without its weights (adapter_model.safetensors or .bin)")
-        try:
-            peft_model = PeftModel.from_pretrained(lm.model, str(path))
-        except Exception as exc:  # noqa: BLE001 - peft raises JSON, safetensors, shape and key errors alike
-            raise TunesiftError(f"{path}: cannot load the adapter: {' '.join(str(exc).split())[:300]}") from None
-        fp = file_fingerprint(weights[0])
-        return type(lm)(peft_model.merge_and_unload().eval(), lm.tokenizer, f"{base_name}+{path.name}",
-                        str(path), f"{lm.fingerprint[:8]}-{fp[:8]}", lm.device, lm.dtype)
+        return load_adapter(path, base=model, device=device, dtype=dtype)
     if (path / "config.json").exists():  # save() wrote float32: "auto" keeps it (bf16 would round updates away)
         if model is not None:
             log.warning("%s holds a whole model (full fine-tuning): --model %s is not used", path, model)

@@ -38,6 +38,7 @@ ALIASES = {
     "gemma3-270m": "gemma3-270m",
 }
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+TRAIN_META = "tunesift_train.json"  # what tunesift finetune writes beside a model or adapter
 
 
 @dataclass
@@ -260,7 +261,12 @@ def check_model(name: str) -> None:
     """A one-line TunesiftError, before any output is written, when ``name`` cannot load offline:
     not an alias, a model folder with weights, a .gguf file or a Hub id whose config and weights
     are in the local cache (with ``HF_HUB_OFFLINE=0`` a Hub id passes: :func:`load_lm` may download it).
-    (An alias or .gguf is converted here once, which :func:`load_lm` would do anyway.)"""
+    (An alias or .gguf is converted here once, which :func:`load_lm` would do anyway.) A LoRA
+    adapter folder passes when its weights are there and its base model passes."""
+    adapter = adapter_folder(name)
+    if adapter is not None:
+        adapter_weights(adapter)
+        return check_model(adapter_base(adapter))
     where = model_folder(name)
     if isinstance(where, Path):
         if not any((where / f).is_file() for f in WEIGHT_FILES):
@@ -304,6 +310,10 @@ def source_fingerprint(name: str) -> str | None:
     """What :func:`load_lm` would record as model ``name``'s fingerprint, without loading it
     (None for a Hub id whose snapshot cannot be hashed): to pin the models of a bench that spans
     runs, so cells made on other weights are not mixed with its earlier ones."""
+    adapter = adapter_folder(name)
+    if adapter is not None:
+        base = source_fingerprint(adapter_base(adapter))
+        return None if base is None else adapter_fingerprint(base, adapter)
     return _files_fingerprint(name, model_folder(name))
 
 
@@ -313,6 +323,9 @@ def load_tokenizer(name: str = "default"):
     to render records without loading weights. A one-line :class:`TunesiftError` when it cannot load."""
     from transformers import AutoTokenizer
 
+    adapter = adapter_folder(name)
+    if adapter is not None:
+        return load_tokenizer(adapter_base(adapter))
     try:
         tok = AutoTokenizer.from_pretrained(str(model_folder(name)), local_files_only=offline())
     except (OSError, ValueError) as exc:
@@ -325,8 +338,13 @@ def load_tokenizer(name: str = "default"):
 def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load a causal LM and its tokenizer for scoring (eval mode, no grad).
 
+    ``name`` may also be a LoRA adapter folder that ``tunesift finetune`` wrote: it loads merged
+    into its base (:func:`load_adapter`), so a model tuned with LoRA scores like any other.
     Raises a one-line :class:`TunesiftError` when the model cannot be found offline.
     """
+    adapter = adapter_folder(name)
+    if adapter is not None:
+        return load_adapter(adapter, device=device, dtype=dtype)
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -348,6 +366,91 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
         except Exception as exc:  # noqa: BLE001 - a model whose tensors cannot be read back
             raise TunesiftError(f"cannot fingerprint model '{name}' for the score cache: {first_line(exc)}") from None
     return LoadedModel(model, tok, name, str(where), fp, dev, str(torch_dtype).replace("torch.", ""))
+
+
+def to_float32(lm: LoadedModel) -> None:
+    """Make ``lm`` float32 in place, weights and record. Training and merging need it on bfloat16
+    weights: AdamW drops every update below half a bf16 step (most of them at lr 2e-5), and adding
+    a LoRA update B A to bf16 weights rounds most of it away; ``--autocast bfloat16`` still
+    computes in bf16."""
+    if lm.dtype != "float32":
+        lm.model.float()
+        lm.dtype = "float32"
+
+
+def train_meta(path: Path) -> dict:
+    """The ``tunesift_train.json`` that ``tunesift finetune`` wrote in ``path`` (``{}`` when there
+    is none); a damaged one is a one-line error."""
+    meta_file = Path(path) / TRAIN_META
+    if not meta_file.exists():
+        return {}
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TunesiftError(f"{meta_file}: cannot read: {' '.join(str(exc).split())}") from None
+    if not isinstance(meta, dict):
+        raise TunesiftError(f"{meta_file}: not a tunesift training record (a JSON object)")
+    return meta
+
+
+def adapter_folder(name: str | Path) -> Path | None:
+    """``name`` as a Path when it is a folder holding a LoRA adapter (``adapter_config.json``), else None."""
+    path = Path(name).expanduser()
+    return path if (path / "adapter_config.json").is_file() else None
+
+
+def adapter_base(path: Path, base: str | None = None) -> str:
+    """The model a LoRA adapter folder loads onto: ``base`` where given, else the one its
+    ``tunesift_train.json`` records (a model name, or another adapter folder: stacked runs)."""
+    name = base or train_meta(path).get("base_model")
+    if not isinstance(name, str) or not name:
+        raise TunesiftError(f"{path}: a LoRA adapter whose base model is not recorded ({TRAIN_META} missing "
+                            "or without base_model): merge it into its base first, or name the base with "
+                            "evaluate --model")
+    return name
+
+
+def adapter_weights(path: Path) -> Path:
+    """The weights file of the LoRA adapter in ``path``, or a one-line error."""
+    for n in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (path / n).is_file():
+            return path / n
+    raise TunesiftError(f"{path}: an adapter without its weights (adapter_model.safetensors or .bin)")
+
+
+def adapter_fingerprint(base_fingerprint: str, path: Path) -> str:
+    """A merged adapter's fingerprint: its base's and its weights' (for manifests and score caches)."""
+    return f"{base_fingerprint[:8]}-{file_fingerprint(adapter_weights(path))[:8]}"
+
+
+def load_adapter(path: str | Path, *, base: str | None = None, device: str = "auto",
+                 dtype: str = "auto") -> LoadedModel:
+    """A LoRA adapter folder (``tunesift finetune``'s output) merged into its base model.
+
+    The base is ``base`` where given, else the one ``tunesift_train.json`` records, whose weights
+    must still be those the adapter was trained on (its recorded fingerprint). The merge runs in
+    float32 (a bfloat16 base would round most of the update away); ``dtype`` "auto" keeps float32,
+    as a fully fine-tuned model loads, another dtype casts the merged model to it. ``source`` is
+    the folder as given, so a run that trains on from it records a base that loads again."""
+    from peft import PeftModel
+
+    path = Path(path).expanduser()
+    name = adapter_base(path, base)
+    adapter_weights(path)  # before loading the base: a missing file is a one-line error
+    lm = load_lm(name, device=device, dtype=dtype)
+    recorded = train_meta(path).get("base_fingerprint")
+    if recorded and base is None and recorded != lm.fingerprint:
+        raise TunesiftError(f"{path}: the adapter was trained on other weights than '{name}' has now")
+    to_float32(lm)
+    try:
+        peft_model = PeftModel.from_pretrained(lm.model, str(path))
+    except Exception as exc:  # noqa: BLE001 - peft raises JSON, safetensors, shape and key errors alike
+        raise TunesiftError(f"{path}: cannot load the adapter: {' '.join(str(exc).split())[:300]}") from None
+    model = peft_model.merge_and_unload().eval()
+    out_dtype = resolve_dtype("float32" if dtype == "auto" else dtype, lm.device)
+    model.to(out_dtype)
+    return LoadedModel(model, lm.tokenizer, str(path), str(path), adapter_fingerprint(lm.fingerprint, path),
+                       lm.device, str(out_dtype).replace("torch.", ""))
 
 
 def set_threads(n: int | None = None) -> None:

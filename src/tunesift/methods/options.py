@@ -156,8 +156,9 @@ class Options:
     sample: int | None = opt(None, "Select from a seeded random sample of N records (--seed), in input order.",
                              group="input", check=_records("sample"))
     # the model
-    model: str = opt("default", "default (SmolLM2-135M-Instruct), gemma3-270m, a folder, a .gguf or an HF id in "
-                     "the local cache.", group="model")
+    model: str = opt("default", "default (SmolLM2-135M-Instruct), gemma3-270m, a model folder, a LoRA adapter "
+                     "folder from tunesift finetune (merged into its base), a .gguf or an HF id in the local "
+                     "cache.", group="model")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N", group="model", check=_device)
     dtype: str = opt("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16; "
                      "DELIFT's sentence encoder runs in bf16 too when the model does", group="model",
