@@ -794,6 +794,12 @@ def test_provenance_names_comparisons_that_span_machines_code_or_stage_one_model
     assert rows["base"].startswith("| base | all | 0 | B |") and rows["base"].endswith("|  |")  # a reference
     assert "A = Xeon (avx512f, amx_bf16; 2 cores); B = Xeon (avx512f; 2 cores)" in text
     assert "(the difference includes that change): ifd @ 0.3 (machines)." in text
+    # a row made on two machines, each seed on random's machine of that seed, is not flagged
+    split = [{**c, **_ran(plain if c["seed"] == 2 else amx, "c1")} for c in cells[:6]]
+    rows = {ln.split(" | ")[0][2:]: ln for ln in bt.provenance_table(split).splitlines() if ln.startswith("| rds")}
+    assert rows["rds"].endswith("| A, B | 1 | off |  |")
+    split[5] = {**split[5], **_ran(amx, "c1")}  # rds seed 2 now on another machine than random seed 2
+    assert "rds @ 0.3 (machines)" in bt.provenance_table(split)
     # a sequential continual bench: each seed's cells must start from one stage-1 model
     two = [{**c, "stage1_digest": "x"} for c in cells[:6]]
     two[3]["stage1_digest"] = "y"  # rds seed 0 started from another stage-1 model than random seed 0

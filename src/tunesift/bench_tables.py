@@ -327,7 +327,8 @@ def _code(cell: dict) -> str:
 
 def provenance_table(cells: list[dict]) -> str:
     """Which machines, code versions and training settings made each row's cells, and the paired
-    comparisons with random that span more than one machine or stage-1 model: such a difference
+    comparisons with random that span more than one machine or stage-1 model (a seed's cell and
+    random's of the same seed made on different ones): such a difference
     also holds that change (bfloat16 autocast runs other kernels with and without AMX). Code
     versions are counted, not flagged: the fingerprint covers all of tunesift's source, so nearly
     every pair of sessions differs. Cells of a grid span sessions and machines; this says where, so
@@ -348,11 +349,14 @@ def provenance_table(cells: list[dict]) -> str:
         seeds = sorted(c["seed"] for c in cs)
         rand = [c for s, c in by_seed(cells, "random", cs[0]["budget"]).items() if s in seeds]
         both = cs + (rand if method not in REFERENCES else [])
-        across = ["machines"] if rand and method not in REFERENCES and len({machine_kind(c) for c in both}) > 1 else []
-        stage1 = {}
+        # a pair spans a change when a seed's cell and random's of that seed differ in it (a row made
+        # on two machines, each seed beside its random cell, compares like with like)
+        machines, stage1 = {}, {}
         for c in both:
+            machines.setdefault(c["seed"], set()).add(machine_kind(c))
             if "stage1_digest" in c:
                 stage1.setdefault(c["seed"], set()).add(c["stage1_digest"])
+        across = ["machines"] if rand and method not in REFERENCES and any(len(v) > 1 for v in machines.values()) else []
         if any(len(v) > 1 for v in stage1.values()):
             across.append("stage-1 models")
         if across:
