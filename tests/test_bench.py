@@ -285,6 +285,16 @@ def test_select_and_evaluate_take_a_lora_adapter_folder_as_the_model(data, tiny_
     code, by_model, err = run(["evaluate", "--test", test, "--model", ad, "--metrics", "loss", "-q"], capsys)
     assert code == 0, err
     assert json.loads(by_model)["loss"] == pytest.approx(json.loads(by_adapter)["loss"], rel=1e-6)
+    # trained on plain prompts (this model has a chat template): --model renders as training did too
+    plain = tmp_path / "plain"
+    assert run(["finetune", data / "train.jsonl", "--model", tiny_dir, "--out", plain, "--epochs", "1",
+                "--template", "plain", "-q"], capsys)[0] == 0
+    got = {flag: json.loads(run(["evaluate", "--test", test, flag, plain, "--metrics", "loss", "-q"], capsys)[1])
+           for flag in ("--adapter", "--model")}
+    chat = json.loads(run(["evaluate", "--test", test, "--model", plain, "--template", "chat", "--metrics", "loss",
+                           "-q"], capsys)[1])
+    assert got["--model"]["loss"] == pytest.approx(got["--adapter"]["loss"], rel=1e-6)
+    assert abs(chat["loss"] - got["--model"]["loss"]) > 1e-3  # the template matters to the loss
     losses = {}
     for name, model in (("base", tiny_dir), ("tuned", ad)):
         code, _, err = run(["select", data / "train.jsonl", "--method", "loss", "--budget", "0.5", "--model", model,
@@ -293,7 +303,16 @@ def test_select_and_evaluate_take_a_lora_adapter_folder_as_the_model(data, tiny_
         losses[name] = pq.read_table(tmp_path / name / "scores.parquet").column("loss").to_numpy()
     assert losses["tuned"].mean() < losses["base"].mean()  # scored by the model trained on these records
     manifest = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
-    assert manifest["model"]["name"] == str(ad) and manifest["model"]["fingerprint"] == load_trained(ad).fingerprint
+    assert manifest["model"]["name"] == str(ad.resolve())
+    assert manifest["model"]["fingerprint"] == load_trained(ad).fingerprint
+    # a second round trains on from the adapter; its output may not replace a folder it stacks on
+    ad2 = tmp_path / "round2"
+    assert run(["finetune", data / "train.jsonl", "--model", ad, "--out", ad2, "--epochs", "1", "-q"], capsys)[0] == 0
+    assert json.loads((ad2 / "tunesift_train.json").read_text())["base_model"] == str(ad.resolve())
+    before = (ad / "adapter_model.safetensors").read_bytes()
+    code, _, err = run(["finetune", data / "train.jsonl", "--model", ad2, "--out", ad, "--epochs", "1", "-q"], capsys)
+    assert code == 2 and f"input '{ad}'" in err and len(err.strip().splitlines()) == 1
+    assert (ad / "adapter_model.safetensors").read_bytes() == before
 
 
 def test_finetune_and_evaluate_replace_only_their_own_unchanged_folders(data, tiny_dir, tmp_path, capsys, monkeypatch):

@@ -250,7 +250,7 @@ def test_save_and_load_round_trip(fresh, tiny_dir, records, tmp_path):
     assert not any(p.name.startswith(".adapter") for p in tmp_path.iterdir())  # no temp folder left
 
 
-def test_load_lm_takes_a_lora_adapter_folder(fresh, records, tmp_path):
+def test_load_lm_takes_a_lora_adapter_folder(fresh, tiny_dir, records, tmp_path, monkeypatch):
     """load_lm (so select, score, kernel and evaluate's --model) loads the folder finetune wrote
     with LoRA merged into its base, as load_trained does; a run that trains on from it records the
     folder as its base, so the stacked adapter loads too."""
@@ -258,7 +258,9 @@ def test_load_lm_takes_a_lora_adapter_folder(fresh, records, tmp_path):
 
     from tunesift.models import (
         TRAIN_META,
+        adapter_chain,
         check_model,
+        load_adapter,
         load_tokenizer,
         source_fingerprint,
         train_meta,
@@ -268,10 +270,11 @@ def test_load_lm_takes_a_lora_adapter_folder(fresh, records, tmp_path):
     res = finetune(fresh, records, TrainConfig(epochs=1, lr=3e-3, batch_size=4))
     save(res, fresh, tmp_path / "a")
     expect, _ = response_nll(merged(fresh, res), rend, records)
-    lm = load_lm(str(tmp_path / "a"), device="cpu")
+    monkeypatch.chdir(tmp_path)
+    lm = load_lm("a", device="cpu")  # a relative path: recorded absolute, so a stacked run loads from anywhere
     got, _ = response_nll(lm, rend, records)
     np.testing.assert_allclose(got, expect, rtol=1e-5)
-    assert lm.source == lm.path == str(tmp_path / "a") and lm.dtype == "float32"
+    assert lm.source == lm.path == str((tmp_path / "a").resolve()) and lm.dtype == "float32"
     assert lm.fingerprint == load_trained(tmp_path / "a").fingerprint == source_fingerprint(str(tmp_path / "a"))
     assert lm.fingerprint[:8] == fresh.fingerprint[:8]  # the base's, then the adapter's weights
     half = load_lm(str(tmp_path / "a"), device="cpu", dtype="bfloat16")
@@ -281,11 +284,24 @@ def test_load_lm_takes_a_lora_adapter_folder(fresh, records, tmp_path):
     # a second LoRA run on the merged model: its base is the first folder
     res2 = finetune(lm, records[:8], TrainConfig(epochs=1, lr=3e-3, batch_size=4, seed=1))
     save(res2, lm, tmp_path / "b")
-    assert train_meta(tmp_path / "b")["base_model"] == str(tmp_path / "a")
+    assert train_meta(tmp_path / "b")["base_model"] == str((tmp_path / "a").resolve())
     expect2, _ = response_nll(merged(lm, res2), rend, records)
-    got2, _ = response_nll(load_lm(str(tmp_path / "b"), device="cpu"), rend, records)
+    monkeypatch.chdir(tiny_dir)
+    stacked = load_lm(str(tmp_path / "b"), device="cpu")
+    got2, _ = response_nll(stacked, rend, records)
     np.testing.assert_allclose(got2, expect2, rtol=1e-5)
     assert np.abs(got2 - got).max() > 1e-4  # the second adapter changed the model
+    assert adapter_chain(str(tmp_path / "b")) == [(tmp_path / "b").resolve(), (tmp_path / "a").resolve()]
+    assert adapter_chain(str(tiny_dir)) == []
+    # the same adapter weights on another base: another model, so another score-cache key
+    assert load_adapter(tmp_path / "b", base=str(tiny_dir)).fingerprint not in (stacked.fingerprint, lm.fingerprint)
+    # a chain that loops back (a's base rewritten to b, whose base is a) is one line, not a recursion
+    looped = json.loads((tmp_path / "a" / TRAIN_META).read_text())
+    (tmp_path / "a" / TRAIN_META).write_text(json.dumps({**looped, "base_model": str(tmp_path / "b")}))
+    for load in (load_lm, check_model, adapter_chain):
+        with pytest.raises(TunesiftError, match="its base models loop back to it"):
+            load(str(tmp_path / "b"))
+    (tmp_path / "a" / TRAIN_META).write_text(json.dumps(looped))
     # one-line errors, before the base is loaded
     meta = json.loads((tmp_path / "a" / TRAIN_META).read_text())
     (tmp_path / "a" / TRAIN_META).write_text(json.dumps({k: v for k, v in meta.items() if k != "base_model"}))

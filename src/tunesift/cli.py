@@ -298,9 +298,12 @@ def finetune(
     if data is None or out is None:
         raise TunesiftError("finetune needs the training DATA and --out")
     # before training: writable, no input inside, and replaced only if an unchanged earlier model
-    # --model as a folder is an input too: training into it would replace the base it loads
-    check_output_folder(out, [data, _path_or_none(model)], own=None, manifest=TRAIN_META, unlisted={},
-                        ours=trained_by_tunesift)
+    # --model as a folder is an input too: training into it would replace the base it loads, and
+    # so are the adapters it stacks on (a LoRA folder loads the bases its tunesift_train.json records)
+    from .models import adapter_chain
+
+    inputs = [data, _path_or_none(model), *(adapter_chain(model) if model else [])]
+    check_output_folder(out, inputs, own=None, manifest=TRAIN_META, unlisted={}, ours=trained_by_tunesift)
     cfg = TrainConfig(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
                       lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, seed=seed,
                       autocast=autocast, template=template)
@@ -372,10 +375,13 @@ def evaluate(
 
         check_trained_folder(adapter)  # before reading and logging: one line, nothing else
     _setup_logging(quiet)
-    if adapter is not None:
+    from .models import adapter_folder
+
+    trained = adapter if adapter is not None else adapter_folder(model) if model else None
+    if trained is not None:  # a finetune output (--adapter, or a LoRA folder as --model): its template
         from .finetune import evaluation_template
 
-        template = evaluation_template(adapter, template)
+        template = evaluation_template(trained, template)
     read: dict = {}
     records = read_records(test, digest=read)
     records = records[:limit] if limit else records

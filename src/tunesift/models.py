@@ -401,13 +401,34 @@ def adapter_folder(name: str | Path) -> Path | None:
 
 def adapter_base(path: Path, base: str | None = None) -> str:
     """The model a LoRA adapter folder loads onto: ``base`` where given, else the one its
-    ``tunesift_train.json`` records (a model name, or another adapter folder: stacked runs)."""
+    ``tunesift_train.json`` records (a model name, or another adapter folder: stacked runs, whose
+    chain must end in a model: a loop is a one-line error, not a recursion)."""
     name = base or train_meta(path).get("base_model")
     if not isinstance(name, str) or not name:
         raise TunesiftError(f"{path}: a LoRA adapter whose base model is not recorded ({TRAIN_META} missing "
-                            "or without base_model): merge it into its base first, or name the base with "
-                            "evaluate --model")
+                            "or without base_model): name the base with evaluate --adapter FOLDER --model BASE, "
+                            "or tunesift.models.load_adapter(FOLDER, base=BASE)")
+    adapter_chain(name, seen=[Path(path).expanduser().resolve()])
     return name
+
+
+def adapter_chain(name: str | Path, seen: list[Path] | None = None) -> list[Path]:
+    """The adapter folders model ``name`` loads, itself first, then the bases its
+    ``tunesift_train.json`` records while they are adapters ([] for a plain model): the inputs a
+    run must not overwrite. A base that loops back is a one-line error."""
+    seen = list(seen or [])
+    chain = []
+    folder = adapter_folder(name)
+    while folder is not None:
+        here = folder.resolve()
+        if here in seen:
+            raise TunesiftError(f"{folder}: its base models loop back to it "
+                                f"({' -> '.join(str(f) for f in [*seen, here])}); retrain one of them")
+        seen.append(here)
+        chain.append(folder)
+        base = train_meta(folder).get("base_model")
+        folder = adapter_folder(base) if isinstance(base, str) and base else None
+    return chain
 
 
 def adapter_weights(path: Path) -> Path:
@@ -419,8 +440,11 @@ def adapter_weights(path: Path) -> Path:
 
 
 def adapter_fingerprint(base_fingerprint: str, path: Path) -> str:
-    """A merged adapter's fingerprint: its base's and its weights' (for manifests and score caches)."""
-    return f"{base_fingerprint[:8]}-{file_fingerprint(adapter_weights(path))[:8]}"
+    """A merged adapter's fingerprint (for manifests and score caches): its base's first characters
+    to read, then a hash of the whole base fingerprint and the adapter's weights, so a stacked
+    adapter on another base, or another adapter on the same base, never shares a cache key."""
+    mixed = hashlib.sha256(f"{base_fingerprint}:{file_fingerprint(adapter_weights(path))}".encode()).hexdigest()
+    return f"{base_fingerprint[:8]}-{mixed[:16]}"
 
 
 def load_adapter(path: str | Path, *, base: str | None = None, device: str = "auto",
@@ -429,15 +453,16 @@ def load_adapter(path: str | Path, *, base: str | None = None, device: str = "au
 
     The base is ``base`` where given, else the one ``tunesift_train.json`` records, whose weights
     must still be those the adapter was trained on (its recorded fingerprint). The merge runs in
-    float32 (a bfloat16 base would round most of the update away); ``dtype`` "auto" keeps float32,
-    as a fully fine-tuned model loads, another dtype casts the merged model to it. ``source`` is
-    the folder as given, so a run that trains on from it records a base that loads again."""
+    float32 (the base is loaded in float32 unless ``dtype`` names another: a bfloat16 base would
+    round most of the update away); ``dtype`` "auto" keeps float32, as a fully fine-tuned model
+    loads, another dtype casts the merged model to it. ``source`` is the folder's absolute path, so
+    a run that trains on from it records a base that loads from anywhere (a Ray worker too)."""
     from peft import PeftModel
 
-    path = Path(path).expanduser()
+    path = Path(path).expanduser().resolve()
     name = adapter_base(path, base)
     adapter_weights(path)  # before loading the base: a missing file is a one-line error
-    lm = load_lm(name, device=device, dtype=dtype)
+    lm = load_lm(name, device=device, dtype="float32" if dtype == "auto" else dtype)
     recorded = train_meta(path).get("base_fingerprint")
     if recorded and base is None and recorded != lm.fingerprint:
         raise TunesiftError(f"{path}: the adapter was trained on other weights than '{name}' has now")
