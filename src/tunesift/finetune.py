@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OptionError, TunesiftError
-from .models import TRAIN_META, load_adapter, load_lm, to_float32, train_meta
+from .models import TRAIN_META, load_adapter, load_lm, to_float32, train_meta, trained_dtype
 from .render import check_template
 
 log = logging.getLogger(__name__)
@@ -417,5 +417,5 @@ def load_trained(path: str | Path, *, model: str | None = None, device: str = "a
     if (path / "config.json").exists():  # save() wrote float32: "auto" keeps it (bf16 would round updates away)
         if model is not None:
             log.warning("%s holds a whole model (full fine-tuning): --model %s is not used", path, model)
-        return load_lm(str(path), device=device, dtype="float32" if dtype == "auto" else dtype)
+        return load_lm(str(path), device=device, dtype=trained_dtype(dtype))
     raise TunesiftError(f"{path}: neither a LoRA adapter nor a model folder")

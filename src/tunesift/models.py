@@ -393,6 +393,12 @@ def train_meta(path: Path) -> dict:
     return meta
 
 
+def trained_dtype(dtype: str) -> str:
+    """The dtype a fine-tuned model (a merged adapter or a full model) loads in: ``auto`` means
+    float32, as it was trained and saved (bfloat16 would round the updates away); else ``dtype``."""
+    return "float32" if dtype == "auto" else dtype
+
+
 def adapter_folder(name: str | Path) -> Path | None:
     """``name`` as a Path when it is a folder holding a LoRA adapter (``adapter_config.json``), else None."""
     path = Path(name).expanduser()
@@ -462,7 +468,8 @@ def load_adapter(path: str | Path, *, base: str | None = None, device: str = "au
     path = Path(path).expanduser().resolve()
     name = adapter_base(path, base)
     adapter_weights(path)  # before loading the base: a missing file is a one-line error
-    lm = load_lm(name, device=device, dtype="float32" if dtype == "auto" else dtype)
+    want = trained_dtype(dtype)
+    lm = load_lm(name, device=device, dtype=want)
     recorded = train_meta(path).get("base_fingerprint")
     if recorded and base is None and recorded != lm.fingerprint:
         raise TunesiftError(f"{path}: the adapter was trained on other weights than '{name}' has now")
@@ -472,7 +479,7 @@ def load_adapter(path: str | Path, *, base: str | None = None, device: str = "au
     except Exception as exc:  # noqa: BLE001 - peft raises JSON, safetensors, shape and key errors alike
         raise TunesiftError(f"{path}: cannot load the adapter: {' '.join(str(exc).split())[:300]}") from None
     model = peft_model.merge_and_unload().eval()
-    out_dtype = resolve_dtype("float32" if dtype == "auto" else dtype, lm.device)
+    out_dtype = resolve_dtype(want, lm.device)
     model.to(out_dtype)
     return LoadedModel(model, lm.tokenizer, str(path), str(path), adapter_fingerprint(lm.fingerprint, path),
                        lm.device, str(out_dtype).replace("torch.", ""))
