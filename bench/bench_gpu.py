@@ -1,6 +1,6 @@
 """GPU check and benchmarks (run on a lent CUDA machine; never needed by the tests).
 
-    python bench/bench_gpu.py --model MODEL --data gsm8k_train.jsonl
+    python bench/bench_gpu.py --model MODEL --data RECORDS.jsonl   # any format tunesift reads
 
 MODEL is anything ``tunesift.models.load_lm`` takes (the default model's GGUF file, for example).
 Prints: versions; the CUDA path's
@@ -11,10 +11,8 @@ DONOD and DELIFT tokens/s in bf16 and fp32 with the fraction of the measured mat
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -42,9 +40,10 @@ def load(model: str, dtype):
 
 
 def records(path: Path, n: int):
-    rows = [json.loads(line) for _, line in zip(range(n), open(path))]
-    return [SimpleNamespace(id=str(i), line=i + 1, prompt=r["question"], response=r["answer"], context=())
-            for i, r in enumerate(rows)]
+    """The first ``n`` records of any input tunesift reads (GSM8K's question/answer, prompt/response...)."""
+    from tunesift.io.records import read_records
+
+    return read_records(path, limit=n)
 
 
 def fwd_flops(model, tokens: int) -> float:

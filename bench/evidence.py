@@ -7,6 +7,7 @@
     python bench/evidence.py summary                    # tables from every finished cell + bench/results/evidence/summary.md
     python bench/evidence.py items                      # per-question exact match into cells made before cells kept it
     python bench/evidence.py run all --smoke            # 40 records, 1 seed, random + rds: does it start?
+    python bench/evidence.py precompute task --only delift --device cuda   # a kernel on a lent GPU, for the CPU's cells
 
 Experiments (each one ``tunesift bench`` folder under bench/results/evidence/, resumable: a finished
 cell is never rerun, so the grid may span sessions and machines; the settings are pinned per folder).
@@ -379,6 +380,39 @@ def run(a) -> None:
         print(f"{exp}: {len(rows)} rows", flush=True)
 
 
+def precompute(a) -> None:
+    """Fill the kept score caches (:data:`KEPT_CACHES`) that an experiment's cells will read by
+    running each method's selection alone, on ``--device``, at the experiment's first budget and
+    seed 0; no cell is written. For a lent GPU: exact DELIFT's kernel takes it minutes where the
+    2-core CPU takes an hour. The models score in float32, as the CPU grid's do, and the caches
+    go where the CPU grid keeps them: their keys cover the model, dtype, token ids and candidate
+    pattern, not the device, so the CPU's cells read these scores (each cell's ``score_cache``
+    counts say its selection was cached). Prints each selection's wall time."""
+    import time
+    from types import SimpleNamespace
+
+    from tunesift.bench import select_for_cell, stage1_selects
+    from tunesift.io.records import read_records
+
+    data, _, caches, kept = folders(SimpleNamespace(**{**vars(a), "device": "cpu"}))  # the CPU grid's folders
+    prepared(a, data)
+    for exp in (EXPERIMENTS if a.experiment == "all" else [a.experiment]):
+        cfg = config(exp, data, caches, a, kept)
+        cfg.select_options["dtype"] = "float32"
+        methods = [m for m in cfg.methods if m in KEPT_CACHES]
+        if bad := [m for m in methods if stage1_selects(cfg, m)]:
+            raise TunesiftError(f"{exp}: {', '.join(bad)} score with each seed's stage-1 model, which its "
+                                "cells train: precompute does not apply")
+        sets = {"train": read_records(cfg.train), "target": read_records(cfg.target) if cfg.target else None,
+                "existing": read_records(cfg.existing) if cfg.existing else None}
+        for m in methods:
+            t = time.perf_counter()
+            chosen, select_s, counts = select_for_cell(cfg, m, cfg.budgets[0], 0, sets, None)
+            print(f"{exp} {m}: {len(chosen)} picked at {cfg.budgets[0]}, selection {select_s:.1f} s "
+                  f"(wall {time.perf_counter() - t:.1f} s) on {cfg.device}; cache blocks read {counts['cached']}, "
+                  f"written {counts['written']}", flush=True)
+
+
 def records_trained(method: str, budget, pool: int) -> int:
     """Records a cell fine-tunes on: none for base, the pool for full, else the budget's share
     (a fraction of the pool, or a count)."""
@@ -560,7 +594,7 @@ def items(a) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("prepare", "run", "plan", "summary", "items"))
+    ap.add_argument("command", choices=("prepare", "run", "precompute", "plan", "summary", "items"))
     ap.add_argument("experiment", nargs="?", default="all", choices=(*EXPERIMENTS, "all"))
     ap.add_argument("--work", default="bench/work", help="inputs, score caches, generations (git-ignored)")
     ap.add_argument("--results", default="bench/results",
@@ -592,7 +626,7 @@ def main(argv=None) -> None:
     if a.command == "prepare":
         prepare(Path(a.shared), folders(a)[0])
     else:
-        {"run": run, "plan": plan, "summary": summary, "items": items}[a.command](a)
+        {"run": run, "precompute": precompute, "plan": plan, "summary": summary, "items": items}[a.command](a)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ further held-out sets, method variants, stages per method, and the sequential co
 import copy
 import hashlib
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -326,12 +327,12 @@ def test_a_variant_selects_with_its_own_options(files, tmp_path):
                       method_options={"br": {"method": "balanced-random", "by": "meta.source"}},
                       select_options={"cache_dir": str(tmp_path)})
     data = {"train": read_records(files["train"]), "target": None, "existing": None}
-    chosen, _, _ = bm._select_for_cell(cfg, "br", 4, 0, data, None)
+    chosen, _, _ = bm.select_for_cell(cfg, "br", 4, 0, data, None)
     assert sorted(r.row["meta"]["source"] for r in chosen) == ["a", "a", "b", "b"]
     cfg.methods, cfg.method_options = ["ra"], {"ra": {"method": "random", "within": "meta.source=a"}}
     bm._check(cfg)
     for seed in range(3):  # the target-source control: only the matching records, a seeded sample of them
-        chosen, _, _ = bm._select_for_cell(cfg, "ra", 4, seed, data, None)
+        chosen, _, _ = bm.select_for_cell(cfg, "ra", 4, seed, data, None)
         assert [r.row["meta"]["source"] for r in chosen] == ["a"] * 4
 
 
@@ -471,7 +472,7 @@ def test_a_variant_scores_with_its_own_model(monkeypatch):
     monkeypatch.setattr("tunesift.models.load_lm", fake_load)
     for m in ("v", "ifd"):
         with pytest.raises(RuntimeError, match="stop"):
-            bm._select_for_cell(cfg, m, 4, 0, {"train": []}, None)
+            bm.select_for_cell(cfg, m, 4, 0, {"train": []}, None)
     assert loaded == [("mine", "cpu"), ("sel", "auto")]
 
 
@@ -519,11 +520,8 @@ def load_evidence():
     return mod
 
 
-def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
-    """bench/evidence.py end to end on stand-in inputs (the files `prepare` writes, 20 records each)
-    with the tiny model: all five experiments start, resume, and the summary reads them back."""
-    ev = load_evidence()
-    data = tmp_path / "work" / "evidence" / "data"
+def write_stand_in_inputs(ev, data):
+    """The files `prepare` writes, 20 records each (stand-ins: tiny arithmetic and chat records)."""
     sources = ["alpaca", "gsm8k", "svamp", "mawps", "p3"]
     math = [{"prompt": f"Tom has {i} apples and gets {i} more. How many?", "response": f"{i}+{i}={2 * i}\n#### {2 * i}"}
             for i in range(20)]
@@ -539,6 +537,15 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
                                           for i in range(20)])
     ev._write(data / "continual_pool.jsonl", [dict((math if i % 2 else chat)[i], meta={"source": sources[1 + i % 4]})
                                               for i in range(20)])
+    return math, chat
+
+
+def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
+    """bench/evidence.py end to end on stand-in inputs (the files `prepare` writes, 20 records each)
+    with the tiny model: all five experiments start, resume, and the summary reads them back."""
+    ev = load_evidence()
+    data = tmp_path / "work" / "evidence" / "data"
+    math, _ = write_stand_in_inputs(ev, data)
     args = ["--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--seeds", "1", "--only", "base,random,balanced-random,rds",
             "--select-model", str(tiny_dir), "--train-model", str(tiny_dir), "--device", "cpu", "--autocast", "none"]
     ev.main(["run", "all", *args])
@@ -626,6 +633,36 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     ev.main(["summary", *args])
     text = (root / "summary.md").read_text()
     assert "What the picks are made of: not shown" in text and "meta.swapped" not in text and "meta.source" in text
+
+
+def test_precompute_fills_the_kept_caches_the_cells_then_read(tiny_dir, tmp_path, capsys):
+    """`precompute` (a lent GPU's job) runs a method's selection alone into the caches the CPU
+    grid keeps: its scores land where `run` reads them, no cell is written, a second run scores
+    nothing, and a method without a kept cache is left alone."""
+    ev = load_evidence()
+    write_stand_in_inputs(ev, tmp_path / "work" / "evidence" / "data")
+    args = ["--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--knn", "2",
+            "--select-model", str(tiny_dir), "--train-model", str(tiny_dir), "--device", "cpu", "--autocast", "none"]
+    capsys.readouterr()
+    ev.main(["precompute", "instruction", "--only", "random,delift,donod", *args])
+    out = capsys.readouterr().out
+    root = tmp_path / "results" / "evidence"
+    assert "instruction delift: 2 picked at 0.1" in out and "instruction donod: 2 picked at 0.1" in out
+    assert "random" not in out.split("\n", 1)[1]  # no kept cache: nothing to precompute
+    kernel = list((root / "cache" / "instruction" / "delift" / "delift-utility").rglob("*.npy"))
+    assert kernel and list((root / "cache" / "instruction" / "donod").rglob("*.npy"))
+    assert not (root / "instruction").exists()  # no bench folder, no cell
+    written = int(re.search(r"delift: .*written (\d+)", out).group(1))
+    assert written > 0
+    ev.main(["precompute", "instruction", "--only", "delift", *args])
+    assert re.search(r"delift: .*cache blocks read [1-9]\d*, written 0", capsys.readouterr().out)
+    # the run's cell reads those scores: its selection found them cached
+    ev.main(["run", "instruction", "--only", "delift", "--budgets", "0.1", "--seeds", "1", *args])
+    cell = json.loads((root / "instruction" / "cells" / "delift__b0.1__s0.json").read_text())
+    assert cell["score_cache"]["cached"] > 0 and cell["score_cache"]["written"] == 0
+    # continual's selectors score with each seed's stage-1 model, which only its cells train
+    with pytest.raises(ev.TunesiftError, match="stage-1 model"):
+        ev.main(["precompute", "continual", "--only", "donod", *args])
 
 
 def test_the_plan_says_how_long_the_rest_of_the_grid_takes_at_the_measured_rates():

@@ -396,7 +396,7 @@ def stage1_selects(cfg: BenchConfig, name: str) -> bool:
             and "model" not in cfg.method_options.get(name, {}))
 
 
-def _select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict,
+def select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict,
                      progress: Callable[[str, int], Callable[[int], None]] | None,
                      out: Path | None = None) -> tuple[list, float, dict]:
     """(chosen records in pool order, selection wall seconds, score cache counts) of one cell.
@@ -608,7 +608,7 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
         chosen = data["train"] if method == "full" else []
         info["select_s"] = 0.0
     else:
-        chosen, info["select_s"], info["score_cache"] = _select_for_cell(cfg, method, budget, seed, data, progress,
+        chosen, info["select_s"], info["score_cache"] = select_for_cell(cfg, method, budget, seed, data, progress,
                                                                            out)
         if stage1_selects(cfg, method):
             info["selected_with"] = "stage1"  # the seed's stage-1 model (stage1_digest below) scored the pool

@@ -79,7 +79,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
 
 def cost_complete(cells: list[dict]) -> bool:
     """Whether a method's selection cost is measured whole: some cell selected from a cold cache
-    (``score_cache.cached == 0``; see :func:`tunesift.bench._select_for_cell`), or another
+    (``score_cache.cached == 0``; see :func:`tunesift.bench.select_for_cell`), or another
     experiment sharing its cache did (``cost_from_cold``, set by the evidence bench). Cells made
     before the counts existed carry none: a method with only such cells is not questioned, but
     one with counted cells is judged by those (an old cell beside warm-cache ones proves nothing)."""
