@@ -295,6 +295,16 @@ def test_select_and_evaluate_take_a_lora_adapter_folder_as_the_model(data, tiny_
                            "-q"], capsys)[1])
     assert got["--model"]["loss"] == pytest.approx(got["--adapter"]["loss"], rel=1e-6)
     assert abs(chat["loss"] - got["--model"]["loss"]) > 1e-3  # the template matters to the loss
+    # select scores it on plain prompts too: --template auto is the trained one, not the chat template
+    scored = {}
+    for name, extra in (("auto", []), ("plain", ["--template", "plain"]), ("chat", ["--template", "chat"])):
+        code, _, err = run(["select", data / "train.jsonl", "--method", "loss", "--budget", "0.5", "--model", plain,
+                            "--out", tmp_path / f"sel-{name}", "--cache-dir", tmp_path / "cache", "-q", *extra], capsys)
+        assert code == 0, err
+        scored[name] = pq.read_table(tmp_path / f"sel-{name}" / "scores.parquet").column("loss").to_numpy()
+        assert json.loads((tmp_path / f"sel-{name}" / "manifest.json").read_text())["template"] == (
+            "plain" if name == "auto" else name)
+    assert np.array_equal(scored["auto"], scored["plain"]) and not np.allclose(scored["auto"], scored["chat"])
     losses = {}
     for name, model in (("base", tiny_dir), ("tuned", ad)):
         code, _, err = run(["select", data / "train.jsonl", "--method", "loss", "--budget", "0.5", "--model", model,

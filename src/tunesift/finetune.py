@@ -36,7 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OptionError, TunesiftError
-from .models import TRAIN_META, load_adapter, load_lm, to_float32, train_meta, trained_dtype
+from .models import (
+    TRAIN_META,
+    load_adapter,
+    load_lm,
+    to_float32,
+    trained_dtype,
+    trained_template,
+)
 from .render import check_template
 
 log = logging.getLogger(__name__)
@@ -379,18 +386,6 @@ def check_trained_folder(path: str | Path) -> Path:
     if not path.is_dir():
         raise TunesiftError(f"{path}: not a fine-tuned model folder (run tunesift finetune first)")
     return path
-
-
-def trained_template(path: str | Path) -> str | None:
-    """The prompt template the model in ``path`` was trained with (None: not recorded), so that
-    evaluation renders prompts as training did: the one ``auto`` resolved to when training asked
-    for ``auto`` (recorded beside the config as ``template``)."""
-    meta = train_meta(Path(path))
-    config = meta.get("config")
-    template = config.get("template") if isinstance(config, dict) else None
-    if template in (None, "auto") and isinstance(meta.get("template"), str):
-        template = meta["template"]
-    return template if isinstance(template, str) else None
 
 
 def evaluation_template(path: str | Path, template: str) -> str:

@@ -47,6 +47,9 @@ class LoadedModel:
 
     ``source`` is what the user asked for, ``path`` the folder or file actually loaded, and
     ``fingerprint`` a content hash of the weights' files (for manifests and cache keys).
+    ``template``: the prompt template the weights were trained with where ``tunesift finetune``
+    recorded one (:func:`trained_template`), else ``auto``; ``--template auto`` renders with it
+    (:func:`tunesift.render.renderer_for`), so a model tuned on plain prompts is scored on them.
     """
 
     model: object
@@ -56,6 +59,7 @@ class LoadedModel:
     fingerprint: str
     device: str
     dtype: str
+    template: str = "auto"
 
 
 def private_folder(parent: Path, prefix: str) -> Path:
@@ -365,7 +369,8 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
             fp = weights_fingerprint(model)
         except Exception as exc:  # noqa: BLE001 - a model whose tensors cannot be read back
             raise TunesiftError(f"cannot fingerprint model '{name}' for the score cache: {first_line(exc)}") from None
-    return LoadedModel(model, tok, name, str(where), fp, dev, str(torch_dtype).replace("torch.", ""))
+    return LoadedModel(model, tok, name, str(where), fp, dev, str(torch_dtype).replace("torch.", ""),
+                       (Path(where).is_dir() and trained_template(where)) or "auto")
 
 
 def to_float32(lm: LoadedModel) -> None:
@@ -391,6 +396,18 @@ def train_meta(path: Path) -> dict:
     if not isinstance(meta, dict):
         raise TunesiftError(f"{meta_file}: not a tunesift training record (a JSON object)")
     return meta
+
+
+def trained_template(path: str | Path) -> str | None:
+    """The prompt template the model in ``path`` was trained with (None: not recorded), so that
+    evaluation renders prompts as training did: the one ``auto`` resolved to when training asked
+    for ``auto`` (recorded beside the config as ``template``)."""
+    meta = train_meta(Path(path))
+    config = meta.get("config")
+    template = config.get("template") if isinstance(config, dict) else None
+    if template in (None, "auto") and isinstance(meta.get("template"), str):
+        template = meta["template"]
+    return template if isinstance(template, str) else None
 
 
 def trained_dtype(dtype: str) -> str:
@@ -482,7 +499,7 @@ def load_adapter(path: str | Path, *, base: str | None = None, device: str = "au
     out_dtype = resolve_dtype(want, lm.device)
     model.to(out_dtype)
     return LoadedModel(model, lm.tokenizer, str(path), str(path), adapter_fingerprint(lm.fingerprint, path),
-                       lm.device, str(out_dtype).replace("torch.", ""))
+                       lm.device, str(out_dtype).replace("torch.", ""), trained_template(path) or "auto")
 
 
 def set_threads(n: int | None = None) -> None:

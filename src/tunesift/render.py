@@ -516,7 +516,10 @@ def check_template(template: str) -> None:
 
 def renderer_for(lm, template: str = "auto", max_length: int = 2048) -> Renderer:
     """The renderer every scorer of ``lm`` uses: its tokenizer, the template's turn format and the
-    length limit (one place, so scorers, workers and fine-tuning render alike)."""
+    length limit (one place, so scorers, workers and fine-tuning render alike). ``auto`` is the
+    template ``lm`` was trained with where ``tunesift finetune`` recorded one (``lm.template``)."""
+    if template == "auto":
+        template = getattr(lm, "template", "auto")
     return make_renderer(lm.tokenizer, template, max_length)
 
 

@@ -165,7 +165,8 @@ class Options:
                      check=one_of("dtype", ("auto", "float32", "bfloat16", "float16"),
                                   "auto, float32, bfloat16 or float16"))
     template: str = opt("auto", "auto | chat | plain | paper (the DELIFT reference code's prompt format): how "
-                        "records are rendered for the model.", group="model",
+                        "records are rendered for the model; auto: the one a tunesift finetune model was trained with, "
+                        "else chat where the tokenizer has a chat template.", group="model",
                         check=one_of("template", TEMPLATES, "auto, chat, plain or paper"))
     max_length: int = opt(2048, "Longest scored sequence in tokens; prompts/examples are cut, responses never.",
                           group="model", check=at_least("max-length", 8, " tokens"))
