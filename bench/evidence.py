@@ -382,35 +382,52 @@ def run(a) -> None:
 
 def precompute(a) -> None:
     """Fill the kept score caches (:data:`KEPT_CACHES`) that an experiment's cells will read by
-    running each method's selection alone, on ``--device``, at the experiment's first budget and
-    seed 0; no cell is written. For a lent GPU: exact DELIFT's kernel takes it minutes where the
-    2-core CPU takes an hour. The models score in float32, as the CPU grid's do, and the caches
-    go where the CPU grid keeps them: their keys cover the model, dtype, token ids and candidate
-    pattern, not the device, so the CPU's cells read these scores (each cell's ``score_cache``
-    counts say its selection was cached). Prints each selection's wall time."""
+    running each method's selection alone, on ``--device``, at the experiment's first budget for
+    each of ``--seeds`` (a seeded method, such as learned DELIFT's label draw, scores per seed;
+    exact DELIFT's kernel is scored once and read by the other seeds); no cell is written. For a
+    lent GPU: exact DELIFT's kernel takes it minutes where the 2-core CPU takes an hour. The
+    models score in float32, as the CPU grid's do, and the caches go where the CPU grid keeps
+    them: their keys cover the model, dtype, token ids and candidate pattern, not the device, so
+    the CPU's cells read these scores (each cell's ``score_cache`` counts say its selection was
+    cached). Settings the CPU grid's folder pinned (``--knn``, the select model, a method's
+    options or revision) must match, or nothing runs. Prints each selection's wall time."""
     import time
     from types import SimpleNamespace
 
-    from tunesift.bench import select_for_cell, stage1_selects
+    from tunesift.bench import pin_method_options, select_for_cell, stage1_selects
     from tunesift.io.records import read_records
 
-    data, _, caches, kept = folders(SimpleNamespace(**{**vars(a), "device": "cpu"}))  # the CPU grid's folders
+    data, root, caches, kept = folders(SimpleNamespace(**{**vars(a), "device": "cpu"}))  # the CPU grid's folders
     prepared(a, data)
     for exp in (EXPERIMENTS if a.experiment == "all" else [a.experiment]):
         cfg = config(exp, data, caches, a, kept)
+        cfg.methods = [m for m in cfg.methods if m in KEPT_CACHES]
+        if bad := [m for m in cfg.methods if stage1_selects(cfg, m)]:  # continual: models its cells train
+            print(f"== {exp}: skipped ({', '.join(bad)} score with each seed's stage-1 model, which its cells "
+                  "train)", flush=True)
+            continue
+        if why := (skipped(cfg) if cfg.methods else "no method of it keeps its scores"):
+            print(f"== {exp}: skipped ({why})", flush=True)
+            continue
+        pinned = root / exp / "bench.json"
+        if pinned.exists():  # the CPU grid's settings: a kernel under other keys would never be read
+            old = json.loads(pinned.read_text(encoding="utf-8"))
+            pin_method_options(old, cfg, root / exp)  # a method's other options or revision: refused
+            for key, mine in (("knn", cfg.select_options["knn"]), ("max_length", cfg.select_options["max_length"]),
+                              ("select_model", cfg.select_model)):
+                theirs = old["config"]["select_options"].get(key) if key != "select_model" else old["config"][key]
+                if theirs != mine:
+                    raise TunesiftError(f"{pinned}: the grid selects with {key} {theirs}, precompute with {mine}")
         cfg.select_options["dtype"] = "float32"
-        methods = [m for m in cfg.methods if m in KEPT_CACHES]
-        if bad := [m for m in methods if stage1_selects(cfg, m)]:
-            raise TunesiftError(f"{exp}: {', '.join(bad)} score with each seed's stage-1 model, which its "
-                                "cells train: precompute does not apply")
         sets = {"train": read_records(cfg.train), "target": read_records(cfg.target) if cfg.target else None,
                 "existing": read_records(cfg.existing) if cfg.existing else None}
-        for m in methods:
-            t = time.perf_counter()
-            chosen, select_s, counts = select_for_cell(cfg, m, cfg.budgets[0], 0, sets, None)
-            print(f"{exp} {m}: {len(chosen)} picked at {cfg.budgets[0]}, selection {select_s:.1f} s "
-                  f"(wall {time.perf_counter() - t:.1f} s) on {cfg.device}; cache blocks read {counts['cached']}, "
-                  f"written {counts['written']}", flush=True)
+        for m in cfg.methods:
+            for seed in range(cfg.seeds):
+                t = time.perf_counter()
+                chosen, select_s, counts = select_for_cell(cfg, m, cfg.budgets[0], seed, sets, None)
+                print(f"{exp} {m} seed {seed}: {len(chosen)} picked at {cfg.budgets[0]}, selection {select_s:.1f} s "
+                      f"(wall {time.perf_counter() - t:.1f} s) on {cfg.device}; cache blocks read {counts['cached']}, "
+                      f"written {counts['written']}", flush=True)
 
 
 def records_trained(method: str, budget, pool: int) -> int:

@@ -635,34 +635,48 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     assert "What the picks are made of: not shown" in text and "meta.swapped" not in text and "meta.source" in text
 
 
-def test_precompute_fills_the_kept_caches_the_cells_then_read(tiny_dir, tmp_path, capsys):
+def test_precompute_fills_the_kept_caches_the_cells_then_read(tiny_dir, tmp_path, capsys, monkeypatch):
     """`precompute` (a lent GPU's job) runs a method's selection alone into the caches the CPU
     grid keeps: its scores land where `run` reads them, no cell is written, a second run scores
-    nothing, and a method without a kept cache is left alone."""
+    nothing, a method without a kept cache is left alone, and settings other than the grid's
+    pinned ones are refused."""
     ev = load_evidence()
     write_stand_in_inputs(ev, tmp_path / "work" / "evidence" / "data")
-    args = ["--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--knn", "2",
-            "--select-model", str(tiny_dir), "--train-model", str(tiny_dir), "--device", "cpu", "--autocast", "none"]
+    args = ["--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--knn", "2", "--seeds", "2",
+            "--select-model", str(tiny_dir), "--train-model", str(tiny_dir), "--autocast", "none"]
+    root = tmp_path / "results" / "evidence"
+    # on a GPU: the scores go to the CPU grid's kept caches (not evidence-cuda's), scored in float32
+    seen = []
+    monkeypatch.setattr(bm, "select_for_cell", lambda cfg, m, *a, **k: seen.append(
+        (cfg.device, bm.selection_options(cfg, m))) or ([], 0.0, {"cached": 0, "written": 0}))
+    ev.main(["precompute", "instruction", "--only", "delift", *args, "--device", "cuda"])
+    assert [(d, o["dtype"], o["cache_dir"]) for d, o in seen] == [
+        ("cuda", "float32", str(root / "cache" / "instruction" / "delift"))] * 2  # once per seed
+    monkeypatch.undo()
+    args += ["--device", "cpu"]
     capsys.readouterr()
     ev.main(["precompute", "instruction", "--only", "random,delift,donod", *args])
     out = capsys.readouterr().out
-    root = tmp_path / "results" / "evidence"
-    assert "instruction delift: 2 picked at 0.1" in out and "instruction donod: 2 picked at 0.1" in out
-    assert "random" not in out.split("\n", 1)[1]  # no kept cache: nothing to precompute
+    assert "instruction delift seed 0: 2 picked at 0.1" in out and "instruction donod seed 1: 2 picked at 0.1" in out
+    assert "instruction random" not in out  # no kept cache: nothing to precompute
     kernel = list((root / "cache" / "instruction" / "delift" / "delift-utility").rglob("*.npy"))
     assert kernel and list((root / "cache" / "instruction" / "donod").rglob("*.npy"))
     assert not (root / "instruction").exists()  # no bench folder, no cell
-    written = int(re.search(r"delift: .*written (\d+)", out).group(1))
-    assert written > 0
+    assert int(re.search(r"delift seed 0: .*written (\d+)", out).group(1)) > 0
+    assert re.search(r"delift seed 1: .*written 0", out)  # the kernel is not seeded: scored once
     ev.main(["precompute", "instruction", "--only", "delift", *args])
-    assert re.search(r"delift: .*cache blocks read [1-9]\d*, written 0", capsys.readouterr().out)
+    assert re.search(r"delift seed 0: .*cache blocks read [1-9]\d*, written 0", capsys.readouterr().out)
     # the run's cell reads those scores: its selection found them cached
-    ev.main(["run", "instruction", "--only", "delift", "--budgets", "0.1", "--seeds", "1", *args])
+    ev.main(["run", "instruction", "--only", "delift", "--budgets", "0.1", *args])
     cell = json.loads((root / "instruction" / "cells" / "delift__b0.1__s0.json").read_text())
     assert cell["score_cache"]["cached"] > 0 and cell["score_cache"]["written"] == 0
+    # a kernel under other settings than the grid pinned would never be read: refused
+    with pytest.raises(ev.TunesiftError, match="the grid selects with knn 2, precompute with 3"):
+        ev.main(["precompute", "instruction", "--only", "delift", *args, "--knn", "3"])
     # continual's selectors score with each seed's stage-1 model, which only its cells train
-    with pytest.raises(ev.TunesiftError, match="stage-1 model"):
-        ev.main(["precompute", "continual", "--only", "donod", *args])
+    capsys.readouterr()
+    ev.main(["precompute", "continual", "--only", "donod", *args])
+    assert "== continual: skipped (donod score with each seed's stage-1 model" in capsys.readouterr().out
 
 
 def test_the_plan_says_how_long_the_rest_of_the_grid_takes_at_the_measured_rates():

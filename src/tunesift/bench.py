@@ -658,10 +658,13 @@ def check_held_out_fit(cfg: BenchConfig, sets: list[tuple[str, list]]) -> None:
     ``training.max_length`` in the train model's rendering (what :func:`evaluate` encodes): checked
     with the tokenizer alone, before bench.json is written, so such a record never stops a cell
     after its fine-tuning. ``sets``: (path, records) of the test set and each further set."""
-    from .models import load_tokenizer
+    from .models import load_tokenizer, trained_template
     from .render import make_renderer
 
-    renderer = make_renderer(load_tokenizer(cfg.train_model), cfg.training.template, cfg.training.max_length)
+    template = cfg.training.template
+    if template == "auto":  # as the loaded train model renders (LoadedModel.template): a finetune output's own
+        template = trained_template(cfg.train_model) or "auto"
+    renderer = make_renderer(load_tokenizer(cfg.train_model), template, cfg.training.max_length)
     for path, records in sets:
         for r in records:
             try:

@@ -337,7 +337,7 @@ def merged(lm, result: TrainResult):
     h.update(json.dumps(asdict(result.config), sort_keys=True).encode())
     h.update(np.asarray(result.losses, dtype=np.float64).tobytes())
     return type(lm)(model.eval(), lm.tokenizer, f"{lm.source}+{result.config.mode}", lm.path,
-                    h.hexdigest()[:16], lm.device, lm.dtype)
+                    h.hexdigest()[:16], lm.device, lm.dtype, result.extra.get("template", "auto"))
 
 
 def trained_by_tunesift(meta: dict) -> bool:

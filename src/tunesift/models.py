@@ -357,6 +357,7 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     where = model_folder(name)
+    template = (Path(where).is_dir() and trained_template(where)) or "auto"  # before the weights: one line if damaged
     tok = load_tokenizer(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch_dtype, local_files_only=offline())
@@ -369,8 +370,7 @@ def load_lm(name: str = "default", *, device: str = "auto", dtype: str = "auto")
             fp = weights_fingerprint(model)
         except Exception as exc:  # noqa: BLE001 - a model whose tensors cannot be read back
             raise TunesiftError(f"cannot fingerprint model '{name}' for the score cache: {first_line(exc)}") from None
-    return LoadedModel(model, tok, name, str(where), fp, dev, str(torch_dtype).replace("torch.", ""),
-                       (Path(where).is_dir() and trained_template(where)) or "auto")
+    return LoadedModel(model, tok, name, str(where), fp, dev, str(torch_dtype).replace("torch.", ""), template)
 
 
 def to_float32(lm: LoadedModel) -> None:
@@ -407,7 +407,9 @@ def trained_template(path: str | Path) -> str | None:
     template = config.get("template") if isinstance(config, dict) else None
     if template in (None, "auto") and isinstance(meta.get("template"), str):
         template = meta["template"]
-    return template if isinstance(template, str) else None
+    from .render import TEMPLATES
+
+    return template if template in TEMPLATES and template != "auto" else None  # no other file's "template"
 
 
 def trained_dtype(dtype: str) -> str:
