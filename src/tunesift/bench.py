@@ -397,8 +397,8 @@ def stage1_selects(cfg: BenchConfig, name: str) -> bool:
 
 
 def select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict,
-                     progress: Callable[[str, int], Callable[[int], None]] | None,
-                     out: Path | None = None) -> tuple[list, float, dict]:
+                    progress: Callable[[str, int], Callable[[int], None]] | None,
+                    out: Path | None = None) -> tuple[list, float, dict]:
     """(chosen records in pool order, selection wall seconds, score cache counts) of one cell.
 
     The counts (:func:`~tunesift.store.counting_cache`), ``{"cached": n, "written": m}``, are the
@@ -609,7 +609,7 @@ def run_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict, *,
         info["select_s"] = 0.0
     else:
         chosen, info["select_s"], info["score_cache"] = select_for_cell(cfg, method, budget, seed, data, progress,
-                                                                           out)
+                                                                          out)
         if stage1_selects(cfg, method):
             info["selected_with"] = "stage1"  # the seed's stage-1 model (stage1_digest below) scored the pool
     existing = data["existing"]
