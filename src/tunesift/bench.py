@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .bench_tables import aggregate, has_stage1, write_results
 from .errors import OptionError, TunesiftError
-from .finetune import TrainConfig
+from .finetune import TrainConfig, evaluation_template
 from .methods.catalogue import get_method, method_names
 from .methods.options import parse_budget
 
@@ -658,12 +658,10 @@ def check_held_out_fit(cfg: BenchConfig, sets: list[tuple[str, list]]) -> None:
     ``training.max_length`` in the train model's rendering (what :func:`evaluate` encodes): checked
     with the tokenizer alone, before bench.json is written, so such a record never stops a cell
     after its fine-tuning. ``sets``: (path, records) of the test set and each further set."""
-    from .models import load_tokenizer, trained_template
+    from .models import load_tokenizer
     from .render import make_renderer
 
-    template = cfg.training.template
-    if template == "auto":  # as the loaded train model renders (LoadedModel.template): a finetune output's own
-        template = trained_template(cfg.train_model) or "auto"
+    template = evaluation_template(cfg.train_model, cfg.training.template)  # as the loaded train model renders
     renderer = make_renderer(load_tokenizer(cfg.train_model), template, cfg.training.max_length)
     for path, records in sets:
         for r in records:
