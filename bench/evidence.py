@@ -70,12 +70,14 @@ from tunesift.bench import (
     stage1_done,
 )
 from tunesift.bench_tables import (
+    FULL_NOTE,
     ITEM_NOTE,
     PARTLY_CACHED,
     aggregate,
     cost_complete,
     cost_text,
     family_lines,
+    full_lines,
     glance_table,
     item_lines,
     provenance_table,
@@ -560,6 +562,8 @@ def summary(a) -> None:
                      + "\n".join(verdict_lines(rows) + family_lines(rows)) + "\n")
         if items := item_lines(rows):
             parts.append("Question by question:\n\n" + "\n".join(items) + f"\n\n{ITEM_NOTE}\n")
+        if whole := full_lines(cells):
+            parts.append("Full data against random:\n\n" + "\n".join(whole) + f"\n\n{FULL_NOTE}\n")
         parts.append("| method | budget | select s | train s | select / train | (select + train) / full train |\n"
                      "|---|---|---|---|---|---|\n" + "".join(
                          f"| {r['method']} | {r['budget']} | {select_text(r)} | {r['train_s']:.1f} | "

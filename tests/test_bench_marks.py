@@ -227,3 +227,53 @@ def test_a_cell_keeps_per_question_results_only_for_the_metrics_it_reports():
     assert both == {"exact_match": "10", "loss": [0.123457, 2.0], "n_tokens": [3, 0]}
     # perplexity alone computes per-record losses too: no loss is kept for a cell that does not report it
     assert item_results(SimpleNamespace(metrics={"perplexity": 2.0}, per_record=per)) == {}
+
+
+def full_cells(full: dict[int, dict], budgets=(0.1, 0.3)) -> list[dict]:
+    """Random at ``budgets`` over 3 seeds (loss 1.0 + budget-dependent offset + seed), and full data
+    (budget None) with ``full[seed]``'s metrics."""
+    out = [{"method": "random", "budget": b, "seed": s, "n_train": int(b * 100), "select_s": 0.0, "train_s": 1.0,
+            "metrics": {"loss": 1.0 + (0.1 if b < 0.2 else 0.0) + 0.01 * s, "rougeL": 0.2 + 0.01 * s}}
+           for b in budgets for s in range(3)]
+    return out + [{"method": "full", "budget": None, "seed": s, "n_train": 100, "select_s": 0.0, "train_s": 5.0,
+                   "metrics": m} for s, m in full.items()]
+
+
+def test_full_data_is_compared_with_random_at_each_budget_it_ran(tmp_path):
+    from types import SimpleNamespace
+
+    from tunesift.bench_stats import full_versus_random
+    from tunesift.bench_tables import family_adjusted, full_lines, write_results
+    from tunesift.finetune import TrainConfig
+
+    # full data: loss 0.05 / 0.06 / 0.04 below random's 30% in seeds 0 / 1 / 2, rougeL +0.03 in each
+    full = {s: {"loss": 1.0 + 0.01 * s - d, "rougeL": 0.23 + 0.01 * s} for s, d in enumerate((0.05, 0.06, 0.04))}
+    cs = full_cells(full, budgets=(0.3, 0.1))  # random's budgets come back in order, not as the cells list them
+    got = full_versus_random(cs)
+    assert list(got) == [0.1, 0.3]
+    d, se, n = got[0.3]["loss"]
+    assert n == 3 and d == pytest.approx(-0.05) and se == pytest.approx(np.std([0.05, 0.06, 0.04], ddof=1) / np.sqrt(3))
+    assert got[0.1]["loss"][0] == pytest.approx(-0.15)
+    assert got[0.3]["rougeL"][1] == 0.0  # the same +0.03 in every seed: no spread, no test
+    lines = full_lines(cs)
+    assert len(lines) == 2 and lines[1].startswith("- full data (all 100 records) against random at budget 0.3 "
+                                                   "(3 seeds paired): loss -0.0500 ± 0.0058 \\* (better, p 0.013)")
+    assert "rougeL +0.0300 (better; the same in every seed, nothing to test)" in lines[1]
+    # a reference against a reference: the selectors' Holm family does not count it
+    assert family_adjusted(aggregate(cs)) == {}
+    cfg = SimpleNamespace(train="pool.jsonl", test="test.jsonl", stage="instruction", select_model="default",
+                          train_model="default", training=TrainConfig())
+    write_results(tmp_path, aggregate(cs), cfg, cs)
+    md = (tmp_path / "results.md").read_text()
+    assert "## Full data against random" in md and "loss -0.0500 ± 0.0058 \\*" in md
+
+
+def test_full_data_without_a_partner_or_with_one_seed_gets_no_test():
+    from tunesift.bench_tables import full_lines
+
+    assert full_lines(full_cells({})) == []  # no full cells
+    assert full_lines([c for c in full_cells({0: {"loss": 0.9}}) if c["method"] == "full"]) == []  # no random
+    assert full_lines(full_cells({7: {"loss": 0.9}})) == []  # no seed in common
+    one = full_lines(full_cells({0: {"loss": 1.2, "rougeL": float("nan")}}))
+    assert one[0].endswith("(1 seed paired): loss +0.1000 (worse; 1 seed, no test); "
+                           "rougeL not a number (NaN or missing in some seed)")

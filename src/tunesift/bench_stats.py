@@ -48,25 +48,48 @@ def by_seed(cells: list[dict], method: str, budget) -> dict[int, dict]:
 
 
 def versus_random(cells: list[dict], method: str, budget) -> dict[str, tuple[float, float, int]]:
-    """Paired differences of ``method`` from ``random`` at the same budget, per metric:
-    ``(mean_s d_s, std(d, ddof=1) / sqrt(n), n)`` with ``d_s = metric(method, s) - metric(random, s)``
-    over the n seeds both ran (each seed's random draw and training seed are shared, so pairing
+    """Paired differences of ``method`` from ``random`` at the same budget, per metric
+    (:func:`paired_differences`; each seed's random draw and training seed are shared, so pairing
     removes most of the seed noise). Empty for random itself, base, full and unpaired methods.
-    A metric missing from a cell counts as NaN there. Differences equal in every seed up to
-    rounding (a discrete metric such as exact match moves in steps of 1/n) get se exactly 0, so
-    :func:`paired_p` and :func:`beyond_noise` give no verdict rather than a float-noise one.
     :func:`paired_p` turns one into a p-value."""
     if method in REFERENCES:
         return {}
-    mine, rand = by_seed(cells, method, budget), by_seed(cells, "random", budget)
-    seeds = sorted(set(mine) & set(rand))
-    if not seeds:
+    return paired_differences(by_seed(cells, method, budget), by_seed(cells, "random", budget))
+
+
+def full_versus_random(cells: list[dict]) -> dict:
+    """Training on the whole pool (``full``, budget None) against random at each budget random
+    ran, paired by seed (:func:`paired_differences`): ``{budget: {metric: (diff, se, n)}}``, in
+    the budgets' order, empty without full or random cells. The seed shares the training seed and,
+    in a sequential continual bench, the stage-1 model; the pool is the same for every seed, so
+    what pairs is less than for a selector, and the spread is mostly random's draw. A reference
+    against a reference: kept out of the selectors' Holm family."""
+    full = by_seed(cells, "full", None)
+    if not full:
         return {}
+    budgets = sorted(dict.fromkeys(budget_key(c["budget"]) for c in cells
+                                   if c["method"] == "random" and c["budget"] is not None),
+                     key=lambda k: float(k[1]))
+    out = {}
+    for _, b in budgets:
+        if diffs := paired_differences(full, by_seed(cells, "random", b)):
+            out[b] = diffs
+    return out
+
+
+def paired_differences(mine: dict[int, dict], ref: dict[int, dict]) -> dict[str, tuple[float, float, int]]:
+    """Per metric, ``(mean_s d_s, std(d, ddof=1) / sqrt(n), n)`` with ``d_s = metric(mine[s]) -
+    metric(ref[s])`` over the n seeds both hold (``{seed: cell}``, as :func:`by_seed` makes them),
+    for the metrics ``mine`` reports that ``ref`` has in some seed. A metric missing from a cell
+    counts as NaN there. Differences equal in every seed up to rounding (a discrete metric such as
+    exact match moves in steps of 1/n) get se exactly 0, so :func:`paired_p` and
+    :func:`beyond_noise` give no verdict rather than a float-noise one. Empty with no shared seed."""
+    seeds = sorted(set(mine) & set(ref))
     out = {}
     for m in dict.fromkeys(m for s in seeds for m in mine[s]["metrics"]):
-        if not any(m in rand[s]["metrics"] for s in seeds):
+        if not any(m in ref[s]["metrics"] for s in seeds):
             continue
-        d = np.array([mine[s]["metrics"].get(m, np.nan) - rand[s]["metrics"].get(m, np.nan) for s in seeds],
+        d = np.array([mine[s]["metrics"].get(m, np.nan) - ref[s]["metrics"].get(m, np.nan) for s in seeds],
                      dtype=float)
         se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
         if np.isfinite(se) and np.ptp(d) <= 1e-9 * np.abs(d).max():  # the same move in every seed

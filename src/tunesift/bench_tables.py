@@ -21,6 +21,7 @@ from .bench_stats import (
     beyond_noise,
     budget_key,
     by_seed,
+    full_versus_random,
     holm,
     is_control,
     lower_is_better,
@@ -148,6 +149,40 @@ def item_lines(rows: list[dict]) -> list[str]:
                 out.append(f"- {who} at budget {r['budget']}, {m}: {how} ± {se:.4f} over {r[f'{m}_items_n']} "
                            f"questions ({seeds} paired; {test})")
     return out
+
+
+def full_lines(cells: list[dict]) -> list[str]:
+    """One line per budget random ran at: training on the whole pool against random's pick of that
+    size, paired by seed (:func:`full_versus_random`), each metric as "Δ ± se" with \\* beyond
+    two standard errors (:data:`MIN_MARK_SEEDS`+ seeds), which way it points and the paired
+    t-test's p. Empty without full or random cells."""
+    out = []
+    n_full = {c["n_train"] for c in cells if c["method"] == "full"}
+    size = f"all {n_full.pop()} records" if len(n_full) == 1 else "the whole pool"
+    for budget, diffs in full_versus_random(cells).items():
+        seeds = max(n for *_, n in diffs.values())
+        parts = []
+        for m in metric_names([dict.fromkeys(diffs)]):
+            d, se, n = diffs[m]
+            if not np.isfinite(d):
+                parts.append(f"{m} not a number (NaN or missing in some seed)")
+                continue
+            way = "no different" if d == 0 else "better" if (d < 0) == lower_is_better(m) else "worse"
+            if n < MIN_MARK_SEEDS or not np.isfinite(se):
+                parts.append(f"{m} {d:+.4f} ({way}; {_seeds(n)}, no test)")
+            elif se == 0:
+                parts.append(f"{m} {d:+.4f} ({way}; the same in every seed, nothing to test)")
+            else:
+                mark = " \\*" if abs(d) > 2 * se else ""
+                parts.append(f"{m} {d:+.4f} ± {se:.4f}{mark} ({way}, p {_p(paired_p(d, se, n))})")
+        out.append(f"- full data ({size}) against random at budget {budget} ({_seeds(seeds)} paired): "
+                   + "; ".join(parts))
+    return out
+
+
+FULL_NOTE = ("Paired by seed (the training seed, and in a sequential continual bench the stage-1 model); "
+             "Δ: full data minus random, ± its standard error, \\* beyond two standard errors, p: the paired "
+             "t-test's. A reference against a reference: not in the selectors' Holm family.")
 
 
 ITEM_NOTE = ("Each test question's result averaged over the paired seeds, the method's models against "
@@ -504,6 +539,8 @@ def write_results(out: Path, rows: list[dict], cfg, cells: list[dict] | None = N
     items = item_lines(rows)
     if items:
         verdict += "\n## Question by question\n\n" + "\n".join(items) + f"\n\n{ITEM_NOTE}\n"
+    if cells and (whole := full_lines(cells)):
+        verdict += "\n## Full data against random\n\n" + "\n".join(whole) + f"\n\n{FULL_NOTE}\n"
     full = [r for r in rows if r["method"] == "full"]
     cost = (f"\nFine-tuning on the whole pool took {full[0]['train_s']:.1f} s; `total_vs_full` in results.json is "
             "(select + train) / that.\n") if full else ""
