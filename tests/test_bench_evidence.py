@@ -956,3 +956,59 @@ def test_results_plot_names_base_the_stage1_model_only_in_a_sequential_continual
     bt.write_results(tmp_path, rows, BenchConfig(train="a.jsonl", test="b.jsonl", methods=["random"],
                                                  training=TrainConfig()))  # the instruction stage
     assert labels[-1] == "base (no fine-tuning)"
+
+
+def load_same_machine():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "bench" / "same_machine.py"
+    spec = importlib.util.spec_from_file_location("same_machine", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_same_machine_pairs_selectors_with_random_rerun_where_they_ran(tmp_path, capsys):
+    """Selector cells made on machine X pair with random rerun on X (replacing the grid's random
+    from machine Y); selector cells made on Y, or without a rerun random of their seed, are left
+    out; each rerun reference is compared with the grid's own."""
+    import json
+
+    sm = load_same_machine()
+
+    def made(method, budget, seed, loss, machine, digest):
+        c = cell(method, budget, seed, {"loss": loss})
+        c["ran_with"] = {"machine": {"cpu": machine, "features": [], "cores": 2}}
+        c["stage1_digest"] = digest
+        return c
+
+    grid = ([made("random", 0.3, s, 1.00 + 0.01 * s, "Y", f"y{s}") for s in range(3)]
+            + [made("base", None, s, 1.20, "Y", f"y{s}") for s in range(3)]
+            + [made("ifd", 0.3, s, 0.95 + 0.01 * s + 0.001 * s * s, "X", f"x{s}") for s in range(3)]
+            + [made("donod", 0.3, s, 0.90, "Y", f"y{s}") for s in range(3)]
+            + [made("rds", 0.1, 0, 1.5, "X", "x0")])
+    rerun = [made("random", 0.3, s, 1.02 + 0.01 * s, "X", f"x{s}") for s in range(3)] + [
+        made("random", 0.3, 3, 1.0, "X", "x3")]  # no grid cell of seed 3: added, pairs with nothing
+    cells, dropped = sm.repaired(grid, rerun)
+    assert sorted((c["method"], c["seed"]) for c in dropped) == [("donod", 0), ("donod", 1), ("donod", 2), ("rds", 0)]
+    rand = {c["seed"]: c["metrics"]["loss"] for c in cells if c["method"] == "random"}
+    assert rand == pytest.approx({0: 1.02, 1: 1.03, 2: 1.04, 3: 1.0})  # the rerun replaced the grid's
+    assert sum(c["method"] == "base" for c in cells) == 3  # no rerun base: the grid's stay
+    ifd = {r["method"]: r for r in aggregate(cells)}["ifd"]
+    d = np.array([0.95 - 1.02, 0.961 - 1.03, 0.974 - 1.04])
+    assert ifd["paired_seeds"] == 3 and ifd["loss_vs_random"] == pytest.approx(d.mean())
+    assert ifd["loss_vs_random_se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+    shift = sm.reference_shift(grid, rerun)
+    assert list(shift) == [("random", 0.3)] and shift[("random", 0.3)]["loss"][0] == pytest.approx(0.02)
+    assert shift[("random", 0.3)]["loss"][1] == 0.0  # +0.02 in every seed: no spread
+    for folder, cs in (("grid", grid), ("rerun", rerun)):
+        (tmp_path / folder / "cells").mkdir(parents=True)
+        for i, c in enumerate(cs):
+            (tmp_path / folder / "cells" / f"{i}.json").write_text(json.dumps(c))
+    assert sm.main([str(tmp_path / "grid"), str(tmp_path / "rerun"), "--metrics", "loss"]) == 0
+    out = capsys.readouterr().out
+    assert "random @ 0.3: loss +0.0200 in every seed over 3 seeds" in out and "ifd @ 0.3 (3 seeds): loss -0.0683" in out
+    assert "Left out" in out and ": 4 cells" in out
+    (tmp_path / "empty" / "cells").mkdir(parents=True)
+    assert sm.main([str(tmp_path / "grid"), str(tmp_path / "empty")]) == 2
