@@ -93,14 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     metrics = a.metrics.split(",")
     print("Rerun references against the grid's own, same seeds (the change of machine and stage-1 model alone):")
     for (method, budget), diffs in reference_shift(grid, rerun).items():
-        print(f"  {method} @ {budget}: " + "; ".join(f"{m} {_pm(*diffs[m][:2])} over {diffs[m][2]} seeds"
+        print(f"  {method} @ {budget}: " + "; ".join(f"{m} {_pm(*diffs[m][:2])} over {diffs[m][2]} seed{'' if diffs[m][2] == 1 else 's'}"
                                                     for m in metrics if m in diffs))
     cells, dropped = repaired(grid, rerun)
     print("\nSelectors against the rerun random, same machine and stage-1 model:")
     for r in aggregate(cells):
         if r["method"] in REFERENCES or f"{metrics[0]}_vs_random" not in r:
             continue
-        print(f"  {r['method']} @ {r['budget']} ({r['paired_seeds']} seeds): " + "; ".join(
+        print(f"  {r['method']} @ {r['budget']} ({r['paired_seeds']} seed{'' if r['paired_seeds'] == 1 else 's'}): " + "; ".join(
             f"{m} {_pm(r[f'{m}_vs_random'], r[f'{m}_vs_random_se'], r.get(f'{m}_vs_random_p'))}"
             for m in metrics if f"{m}_vs_random" in r))
     print(f"\nLeft out (made elsewhere than their seed's rerun random cell, or no rerun to pair with): {len(dropped)} cells")
