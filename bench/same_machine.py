@@ -11,9 +11,11 @@ change of machine. This reruns nothing: given the grid's folder and a folder of 
 - keeps only the selector cells made on the same machine and stage-1 model as their seed's
   rerun random cell (the others would now pair across machines the other way), and
 - prints the paired comparison with random (:func:`tunesift.bench_tables.aggregate`) of those
-  cells, and each rerun reference against the grid's own (what the change of machine alone moves).
+  cells, and each rerun cell against the grid's own of the same method, budget and seed (what the
+  change of machine alone moves; a rerun selector cell, made where the references ran, measures
+  the same thing the other way round).
 
-    python bench/same_machine.py bench/results/evidence/continual bench/results/continual-xeon-check
+    python bench/same_machine.py bench/results/evidence/continual bench/results/continual-epyc-check
 
 Figures and the command are in docs/results.md ("Continual bench").
 """
@@ -57,12 +59,12 @@ def repaired(grid: list[dict], rerun: list[dict]) -> tuple[list[dict], list[dict
     return cells + list(fresh.values()), dropped
 
 
-def reference_shift(grid: list[dict], rerun: list[dict]) -> dict[tuple, dict[str, tuple[float, float, int]]]:
-    """Each rerun reference against the grid's own of the same seeds:
+def rerun_shift(grid: list[dict], rerun: list[dict]) -> dict[tuple, dict[str, tuple[float, float, int]]]:
+    """Each rerun method and budget against the grid's own cells of the same seeds:
     ``{(method, budget): {metric: (mean diff, se, n)}}`` (:func:`paired_differences`, rerun minus
-    grid): what the change of machine and stage-1 model moves with no selector involved."""
+    grid): what the change of machine and stage-1 model alone moves (same method, same seed)."""
     out = {}
-    for method, budget in dict.fromkeys((c["method"], c["budget"]) for c in rerun if c["method"] in REFERENCES):
+    for method, budget in dict.fromkeys((c["method"], c["budget"]) for c in rerun):
         mine = {c["seed"]: c for c in rerun if c["method"] == method and budget_key(c["budget"]) == budget_key(budget)}
         theirs = {c["seed"]: c for c in grid if c["method"] == method and budget_key(c["budget"]) == budget_key(budget)}
         if diffs := paired_differences(mine, theirs):
@@ -70,11 +72,17 @@ def reference_shift(grid: list[dict], rerun: list[dict]) -> dict[tuple, dict[str
     return out
 
 
+def _num(x: float, sign: bool = True) -> str:
+    """4 decimals, or 2 significant digits where those would round a non-zero figure to 0."""
+    fmt = ("+" if sign else "") + (".1e" if 0 < abs(x) < 5e-5 else ".4f")
+    return format(x, fmt)
+
+
 def _pm(d: float, se: float, p: float | None = None) -> str:
     """"+0.0123 ± 0.0045 (p 0.021)"; "in every seed" where the difference has no spread."""
     if se == 0:
-        return f"{d:+.4f} in every seed"
-    text = f"{d:+.4f}" + (f" ± {se:.4f}" if np.isfinite(se) else "")
+        return f"{_num(d)} in every seed"
+    text = _num(d) + (f" ± {_num(se, sign=False)}" if np.isfinite(se) else "")
     if p is None or not np.isfinite(p):
         return text
     return text + (" (p < 0.001)" if p < 0.001 else f" (p {p:.3f})")
@@ -83,7 +91,7 @@ def _pm(d: float, se: float, p: float | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("grid", type=Path, help="the grid's bench folder (cells/*.json)")
-    ap.add_argument("rerun", type=Path, help="a bench folder of random/base cells rerun where the selector cells ran")
+    ap.add_argument("rerun", type=Path, help="a bench folder of cells rerun elsewhere: random/base where the selector cells ran, or the reverse")
     ap.add_argument("--metrics", default="loss,loss@gsm8k", help="comma list of metrics to print")
     a = ap.parse_args(argv)
     grid, rerun = load_cells(a.grid), load_cells(a.rerun)
@@ -91,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{a.rerun}: no cells", file=sys.stderr)
         return 2
     metrics = a.metrics.split(",")
-    print("Rerun references against the grid's own, same seeds (the change of machine and stage-1 model alone):")
-    for (method, budget), diffs in reference_shift(grid, rerun).items():
+    print("Rerun cells against the grid's own, same method and seeds (the change of machine and stage-1 model alone):")
+    for (method, budget), diffs in rerun_shift(grid, rerun).items():
         print(f"  {method} @ {budget}: " + "; ".join(f"{m} {_pm(*diffs[m][:2])} over {diffs[m][2]} seed{'' if diffs[m][2] == 1 else 's'}"
                                                     for m in metrics if m in diffs))
     cells, dropped = repaired(grid, rerun)

@@ -989,7 +989,8 @@ def test_same_machine_pairs_selectors_with_random_rerun_where_they_ran(tmp_path,
             + [made("donod", 0.3, s, 0.90, "Y", f"y{s}") for s in range(3)]
             + [made("rds", 0.1, 0, 1.5, "X", "x0")])
     rerun = [made("random", 0.3, s, 1.02 + 0.01 * s, "X", f"x{s}") for s in range(3)] + [
-        made("random", 0.3, 3, 1.0, "X", "x3")]  # no grid cell of seed 3: added, pairs with nothing
+        made("random", 0.3, 3, 1.0, "X", "x3"),  # no grid cell of seed 3: added, pairs with nothing
+        made("rds", 0.1, 0, 1.5000004, "Y", "y0")]  # a selector rerun where random ran: shift only
     cells, dropped = sm.repaired(grid, rerun)
     assert sorted((c["method"], c["seed"]) for c in dropped) == [("donod", 0), ("donod", 1), ("donod", 2), ("rds", 0)]
     rand = {c["seed"]: c["metrics"]["loss"] for c in cells if c["method"] == "random"}
@@ -999,16 +1000,19 @@ def test_same_machine_pairs_selectors_with_random_rerun_where_they_ran(tmp_path,
     d = np.array([0.95 - 1.02, 0.961 - 1.03, 0.974 - 1.04])
     assert ifd["paired_seeds"] == 3 and ifd["loss_vs_random"] == pytest.approx(d.mean())
     assert ifd["loss_vs_random_se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
-    shift = sm.reference_shift(grid, rerun)
-    assert list(shift) == [("random", 0.3)] and shift[("random", 0.3)]["loss"][0] == pytest.approx(0.02)
+    assert sum(c["method"] == "rds" for c in cells) == 0  # the rerun rds does not replace the grid's
+    shift = sm.rerun_shift(grid, rerun)
+    assert list(shift) == [("random", 0.3), ("rds", 0.1)] and shift[("random", 0.3)]["loss"][0] == pytest.approx(0.02)
     assert shift[("random", 0.3)]["loss"][1] == 0.0  # +0.02 in every seed: no spread
+    assert shift[("rds", 0.1)]["loss"][0] == pytest.approx(4e-7) and shift[("rds", 0.1)]["loss"][2] == 1
     for folder, cs in (("grid", grid), ("rerun", rerun)):
         (tmp_path / folder / "cells").mkdir(parents=True)
         for i, c in enumerate(cs):
             (tmp_path / folder / "cells" / f"{i}.json").write_text(json.dumps(c))
     assert sm.main([str(tmp_path / "grid"), str(tmp_path / "rerun"), "--metrics", "loss"]) == 0
     out = capsys.readouterr().out
-    assert "random @ 0.3: loss +0.0200 in every seed over 3 seeds" in out and "ifd @ 0.3 (3 seeds): loss -0.0683" in out
+    assert "random @ 0.3: loss +0.0200 in every seed over 3 seeds" in out and "rds @ 0.1: loss +4.0e-07 over 1 seed" in out
+    assert "ifd @ 0.3 (3 seeds): loss -0.0683" in out
     assert "Left out" in out and ": 4 cells" in out
     (tmp_path / "empty" / "cells").mkdir(parents=True)
     assert sm.main([str(tmp_path / "grid"), str(tmp_path / "empty")]) == 2
