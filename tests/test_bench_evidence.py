@@ -509,15 +509,20 @@ def grid_args(ev):
                                  device="cpu")
 
 
-def load_evidence():
+def load_bench_script(name: str):
+    """bench/<name>.py as a module (the bench scripts are not a package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).parent.parent / "bench" / "evidence.py"
-    spec = importlib.util.spec_from_file_location("evidence", path)
+    path = Path(__file__).parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def load_evidence():
+    return load_bench_script("evidence")
 
 
 def write_stand_in_inputs(ev, data):
@@ -958,24 +963,13 @@ def test_results_plot_names_base_the_stage1_model_only_in_a_sequential_continual
     assert labels[-1] == "base (no fine-tuning)"
 
 
-def load_same_machine():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parent.parent / "bench" / "same_machine.py"
-    spec = importlib.util.spec_from_file_location("same_machine", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_same_machine_pairs_selectors_with_random_rerun_where_they_ran(tmp_path, capsys):
     """Selector cells made on machine X pair with random rerun on X (replacing the grid's random
     from machine Y); selector cells made on Y, or without a rerun random of their seed, are left
     out; each rerun reference is compared with the grid's own."""
     import json
 
-    sm = load_same_machine()
+    sm = load_bench_script("same_machine")
 
     def made(method, budget, seed, loss, machine, digest):
         c = cell(method, budget, seed, {"loss": loss})
