@@ -277,3 +277,26 @@ def test_full_data_without_a_partner_or_with_one_seed_gets_no_test():
     one = full_lines(full_cells({0: {"loss": 1.2, "rougeL": float("nan")}}))
     assert one[0].endswith("(1 seed paired): loss +0.1000 (worse; 1 seed, no test); "
                            "rougeL not a number (NaN or missing in some seed)")
+
+
+def test_full_data_says_when_its_pair_with_random_spans_a_machine_or_stage1_model():
+    """A continual seed whose full-data cell started from another stage-1 model (or ran on another
+    machine) than random's cell of that seed: the line says the difference includes that change."""
+    from tunesift.bench_tables import full_lines, pair_changes, provenance_table
+
+    cs = full_cells({0: {"loss": 0.9}, 1: {"loss": 0.95}}, budgets=(0.3,))
+    for c in cs:
+        c["stage1_digest"] = f"d{c['seed']}"
+        c["ran_with"] = {"machine": {"cpu": "EPYC", "features": [], "cores": 2}}
+    assert "across" not in full_lines(cs)[0]  # same machine and stage-1 model in every seed
+    full = next(c for c in cs if c["method"] == "full" and c["seed"] == 1)
+    full["stage1_digest"] = "retrained"
+    assert "(2 seeds paired, across stage-1 models: the difference includes that change): loss" in full_lines(cs)[0]
+    full["ran_with"] = {"machine": {"cpu": "Xeon", "features": ["amx_bf16"], "cores": 2}}
+    assert "across machines and stage-1 models" in full_lines(cs)[0]
+    # the same test behind the provenance table's flag for selectors; references are never flagged
+    by = {c["seed"]: c for c in cs if c["method"] == "random"}
+    assert pair_changes({1: full}, by) == ["machines", "stage-1 models"]
+    assert pair_changes({5: full}, by) == []  # no seed in common
+    assert pair_changes({1: {**full, "stage1_digest": None}}, by) == ["machines"]  # a digest missing: not compared
+    assert "Paired with random across" not in provenance_table(cs)

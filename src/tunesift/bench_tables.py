@@ -175,8 +175,10 @@ def full_lines(cells: list[dict]) -> list[str]:
             else:
                 mark = " \\*" if abs(d) > 2 * se else ""
                 parts.append(f"{m} {d:+.4f} ± {se:.4f}{mark} ({way}, p {_p(paired_p(d, se, n))})")
-        out.append(f"- full data ({size}) against random at budget {budget} ({_seeds(seeds)} paired): "
-                   + "; ".join(parts))
+        span = pair_changes(by_seed(cells, "full", None), by_seed(cells, "random", budget))
+        out.append(f"- full data ({size}) against random at budget {budget} ({_seeds(seeds)} paired"
+                   + (f", across {' and '.join(span)}: the difference includes that change" if span else "")
+                   + "): " + "; ".join(parts))
     return out
 
 
@@ -360,6 +362,21 @@ def _code(cell: dict) -> str:
     return (cell.get("ran_with") or {}).get("code") or "not recorded"
 
 
+def pair_changes(mine: dict[int, dict], ref: dict[int, dict]) -> list[str]:
+    """What changes between a seed's cell and the reference's cell of that seed (``{seed: cell}``
+    each), over the seeds both hold: ``"machines"`` (:func:`machine_kind`) and ``"stage-1 models"``
+    (``stage1_digest``, where both cells record one). A row made on two machines, each seed beside
+    its reference cell, compares like with like: empty."""
+    seeds = set(mine) & set(ref)
+    out = []
+    if any(machine_kind(mine[s]) != machine_kind(ref[s]) for s in seeds):
+        out.append("machines")
+    if any(None not in (d := (mine[s].get("stage1_digest"), ref[s].get("stage1_digest"))) and d[0] != d[1]
+           for s in seeds):
+        out.append("stage-1 models")
+    return out
+
+
 def provenance_table(cells: list[dict]) -> str:
     """Which machines, code versions and training settings made each row's cells, and the paired
     comparisons with random that span more than one machine or stage-1 model (a seed's cell and
@@ -382,18 +399,8 @@ def provenance_table(cells: list[dict]) -> str:
     for (method, _), cs in groups.items():
         budget = "all" if cs[0]["budget"] is None else cs[0]["budget"]
         seeds = sorted(c["seed"] for c in cs)
-        rand = [c for s, c in by_seed(cells, "random", cs[0]["budget"]).items() if s in seeds]
-        both = cs + (rand if method not in REFERENCES else [])
-        # a pair spans a change when a seed's cell and random's of that seed differ in it (a row made
-        # on two machines, each seed beside its random cell, compares like with like)
-        machines, stage1 = {}, {}
-        for c in both:
-            machines.setdefault(c["seed"], set()).add(machine_kind(c))
-            if "stage1_digest" in c:
-                stage1.setdefault(c["seed"], set()).add(c["stage1_digest"])
-        across = ["machines"] if rand and method not in REFERENCES and any(len(v) > 1 for v in machines.values()) else []
-        if any(len(v) > 1 for v in stage1.values()):
-            across.append("stage-1 models")
+        across = [] if method in REFERENCES else pair_changes(
+            {c["seed"]: c for c in cs}, by_seed(cells, "random", cs[0]["budget"]))
         if across:
             flagged.append(f"{method} @ {budget} ({', '.join(across)})")
         ckpt = sorted({str(c.get("checkpointing", "not recorded")).replace("True", "on").replace("False", "off")
