@@ -588,8 +588,14 @@ def test_the_evidence_grid_runs_every_experiment(tiny_dir, tmp_path, capsys):
     again.mkdir()
     (again / "tunesift_train.json").write_text(json.dumps({**meta, "seconds": meta["seconds"] + 9, "base": "/x"}))
     assert bm.stage1_digest(again) == cell["stage1_digest"]
-    other = dict(meta["files"])
-    other[next(iter(other))] = "0" * 64
+    # the adapter's config and card do not count (PEFT writes target_modules in a per-process
+    # order); its weight file does
+    weight = next(k for k in meta["files"] if k.endswith(bm.WEIGHT_SUFFIXES))
+    other = {k: ("1" * 64 if k != weight else v) for k, v in meta["files"].items()}
+    assert len(other) > 1
+    (again / "tunesift_train.json").write_text(json.dumps({**meta, "files": other}))
+    assert bm.stage1_digest(again) == cell["stage1_digest"]
+    other[weight] = "0" * 64
     (again / "tunesift_train.json").write_text(json.dumps({**meta, "files": other}))
     assert bm.stage1_digest(again) != cell["stage1_digest"]
     assert not (caches / "transfer").exists()

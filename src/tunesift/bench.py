@@ -437,15 +437,22 @@ def select_for_cell(cfg: BenchConfig, method: str, budget, seed: int, data: dict
     return [r for r, k in zip(sel.records, sel.kept) if k], round(sel.timings.get("score_select_s", 0.0), 3), counts
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
 def stage1_digest(folder: Path) -> str:
-    """Which stage-1 model a cell started from: sha256 (16 hex digits) over the files its
-    ``tunesift_train.json`` lists (names and SHA-256: the weights and their config), not over that
-    metadata file, whose wall time and paths differ on every retrain of the same weights (stage
-    1 is not kept under version control, so a fresh checkout trains it again)."""
+    """Which stage-1 model a cell started from: sha256 (16 hex digits) over the weight files its
+    ``tunesift_train.json`` lists (names and SHA-256 of the ``*.safetensors`` / ``*.bin``), not
+    over that metadata file, whose wall time and paths differ on every retrain of the same weights
+    (stage 1 is not kept under version control, so a fresh checkout trains it again), nor over
+    the adapter's config and model card: PEFT writes ``target_modules`` from a set, in an order
+    that changes from process to process (session 54: a retrain with other digests under the
+    old rule evaluated bit for bit as the first)."""
     from .finetune import TRAIN_META
 
     files = json.loads((folder / TRAIN_META).read_text(encoding="utf-8"))["files"]
-    return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:16]
+    weights = sorted((k, v) for k, v in files.items() if k.endswith(WEIGHT_SUFFIXES))
+    return hashlib.sha256(json.dumps(weights or sorted(files.items())).encode()).hexdigest()[:16]
 
 
 def stage1_path(out: Path, seed: int) -> Path:
