@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from tunesift.bench import load_cells
-from tunesift.bench_stats import REFERENCES, budget_key, paired_differences
+from tunesift.bench_stats import REFERENCES, budget_key, by_seed, paired_differences
 from tunesift.bench_tables import aggregate, machine_kind
 
 
@@ -65,9 +65,7 @@ def rerun_shift(grid: list[dict], rerun: list[dict]) -> dict[tuple, dict[str, tu
     grid): what the change of machine and stage-1 model alone moves (same method, same seed)."""
     out = {}
     for method, budget in dict.fromkeys((c["method"], c["budget"]) for c in rerun):
-        mine = {c["seed"]: c for c in rerun if c["method"] == method and budget_key(c["budget"]) == budget_key(budget)}
-        theirs = {c["seed"]: c for c in grid if c["method"] == method and budget_key(c["budget"]) == budget_key(budget)}
-        if diffs := paired_differences(mine, theirs):
+        if diffs := paired_differences(by_seed(rerun, method, budget), by_seed(grid, method, budget)):
             out[(method, "all" if budget is None else budget)] = diffs
     return out
 

@@ -159,6 +159,7 @@ def full_lines(cells: list[dict]) -> list[str]:
     out = []
     n_full = {c["n_train"] for c in cells if c["method"] == "full"}
     size = f"all {n_full.pop()} records" if len(n_full) == 1 else "the whole pool"
+    full = by_seed(cells, "full", None)
     for budget, diffs in full_versus_random(cells).items():
         seeds = max(n for *_, n in diffs.values())
         parts = []
@@ -175,7 +176,7 @@ def full_lines(cells: list[dict]) -> list[str]:
             else:
                 mark = " \\*" if abs(d) > 2 * se else ""
                 parts.append(f"{m} {d:+.4f} ± {se:.4f}{mark} ({way}, p {_p(paired_p(d, se, n))})")
-        span = pair_changes(by_seed(cells, "full", None), by_seed(cells, "random", budget))
+        span = pair_changes(full, by_seed(cells, "random", budget))
         out.append(f"- full data ({size}) against random at budget {budget} ({_seeds(seeds)} paired"
                    + (f", across {' and '.join(span)}: the difference includes that change" if span else "")
                    + "): " + "; ".join(parts))
