@@ -8,6 +8,7 @@
     python bench/evidence.py items                      # per-question exact match into cells made before cells kept it
     python bench/evidence.py run all --smoke            # 40 records, 1 seed, random + rds: does it start?
     python bench/evidence.py precompute task --only delift --device cuda   # a kernel on a lent GPU, for the CPU's cells
+    python bench/evidence.py precompute continual --only delift --device cuda  # with the CPU's stage1/ folder carried
 
 Experiments (each one ``tunesift bench`` folder under bench/results/evidence/, resumable: a finished
 cell is never rerun, so the grid may span sessions and machines; the settings are pinned per folder).
@@ -392,7 +393,12 @@ def precompute(a) -> None:
     them: their keys cover the model, dtype, token ids and candidate pattern, not the device, so
     the CPU's cells read these scores (each cell's ``score_cache`` counts say its selection was
     cached). Settings the CPU grid's folder pinned (``--knn``, the select model, a method's
-    options or revision) must match, or nothing runs. Prints each selection's wall time."""
+    options or revision) must match, or nothing runs. Prints each selection's wall time.
+
+    Continual's selectors score with each seed's stage-1 model: precompute reads the ones the CPU's
+    cells trained (``<root>/continual/stage1/s<seed>/``, git-ignored: carry them to the GPU) and skips
+    a seed without one rather than train another model there (its adapter's weights are in the score
+    cache's key, so a GPU-trained stage 1 would fill caches the CPU's cells never read)."""
     import time
     from types import SimpleNamespace
 
@@ -404,13 +410,18 @@ def precompute(a) -> None:
     for exp in (EXPERIMENTS if a.experiment == "all" else [a.experiment]):
         cfg = config(exp, data, caches, a, kept)
         cfg.methods = [m for m in cfg.methods if m in KEPT_CACHES]
-        if bad := [m for m in cfg.methods if stage1_selects(cfg, m)]:  # continual: models its cells train
-            print(f"== {exp}: skipped ({', '.join(bad)} score with each seed's stage-1 model, which its cells "
-                  "train)", flush=True)
-            continue
         if why := (skipped(cfg) if cfg.methods else "no method of it keeps its scores"):
             print(f"== {exp}: skipped ({why})", flush=True)
             continue
+        # continual: a selector that scores with its seed's stage-1 model reads the one the CPU's cells
+        # trained (carried here under <root>/continual/stage1/); one trained here would be another
+        # model, whose scores the CPU's cells never read, so a seed without it is skipped, not trained
+        stage1_seeds = [s for s in range(cfg.seeds) if stage1_done(root / exp, s)]
+        if (missing := sorted(set(range(cfg.seeds)) - set(stage1_seeds))) and any(
+                stage1_selects(cfg, m) for m in cfg.methods):
+            print(f"== {exp}: seed {', '.join(map(str, missing))} skipped for the methods that score with the "
+                  f"seed's stage-1 model: none under {root / exp / 'stage1'} (the CPU's cells train them; carry "
+                  "that folder)", flush=True)
         pinned = root / exp / "bench.json"
         if pinned.exists():  # the CPU grid's settings: a kernel under other keys would never be read
             old = json.loads(pinned.read_text(encoding="utf-8"))
@@ -424,9 +435,9 @@ def precompute(a) -> None:
         sets = {"train": read_records(cfg.train), "target": read_records(cfg.target) if cfg.target else None,
                 "existing": read_records(cfg.existing) if cfg.existing else None}
         for m in cfg.methods:
-            for seed in range(cfg.seeds):
+            for seed in (stage1_seeds if stage1_selects(cfg, m) else range(cfg.seeds)):
                 t = time.perf_counter()
-                chosen, select_s, counts = select_for_cell(cfg, m, cfg.budgets[0], seed, sets, None)
+                chosen, select_s, counts = select_for_cell(cfg, m, cfg.budgets[0], seed, sets, None, out=root / exp)
                 print(f"{exp} {m} seed {seed}: {len(chosen)} picked at {cfg.budgets[0]}, selection {select_s:.1f} s "
                       f"(wall {time.perf_counter() - t:.1f} s) on {cfg.device}; cache blocks read {counts['cached']}, "
                       f"written {counts['written']}", flush=True)

@@ -684,10 +684,26 @@ def test_precompute_fills_the_kept_caches_the_cells_then_read(tiny_dir, tmp_path
     # a kernel under other settings than the grid pinned would never be read: refused
     with pytest.raises(ev.TunesiftError, match="the grid selects with knn 2, precompute with 3"):
         ev.main(["precompute", "instruction", "--only", "delift", *args, "--knn", "3"])
-    # continual's selectors score with each seed's stage-1 model, which only its cells train
+    # continual's selectors score with each seed's stage-1 model, which only its cells train: without
+    # one a seed is skipped (a stage 1 trained here would be another model), never trained
     capsys.readouterr()
     ev.main(["precompute", "continual", "--only", "donod", *args])
-    assert "== continual: skipped (donod score with each seed's stage-1 model" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "== continual: seed 0, 1 skipped for the methods that score with the seed's stage-1 model" in out
+    assert "continual donod seed" not in out and not (root / "continual" / "stage1").exists()
+    # with seed 0's stage-1 model (a cell trained it; on a GPU: carried over) it scores with that model,
+    # into the cache the cell of that seed then reads
+    ev.main(["run", "continual", "--only", "base", *args, "--seeds", "1"])
+    meta = root / "continual" / "stage1" / "s0" / "tunesift_train.json"
+    stamp = meta.stat().st_mtime_ns
+    ev.main(["precompute", "continual", "--only", "donod", *args])
+    out = capsys.readouterr().out
+    assert "== continual: seed 1 skipped" in out and "continual donod seed 1" not in out
+    assert re.search(r"continual donod seed 0: 2 picked at 0.1, .*cache blocks read 0, written [1-9]", out)
+    assert meta.stat().st_mtime_ns == stamp  # read, not retrained
+    ev.main(["run", "continual", "--only", "donod", "--budgets", "0.1", *args, "--seeds", "1"])
+    cell = json.loads((root / "continual" / "cells" / "donod__b0.1__s0.json").read_text())
+    assert cell["score_cache"]["cached"] > 0 and cell["score_cache"]["written"] == 0
 
 
 def test_the_plan_says_how_long_the_rest_of_the_grid_takes_at_the_measured_rates():
