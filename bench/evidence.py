@@ -417,8 +417,8 @@ def precompute(a) -> None:
         # trained (carried here under <root>/continual/stage1/); one trained here would be another
         # model, whose scores the CPU's cells never read, so a seed without it is skipped, not trained
         stage1_seeds = [s for s in range(cfg.seeds) if stage1_done(root / exp, s)]
-        if (missing := sorted(set(range(cfg.seeds)) - set(stage1_seeds))) and any(
-                stage1_selects(cfg, m) for m in cfg.methods):
+        missing = [s for s in range(cfg.seeds) if s not in stage1_seeds]
+        if missing and any(stage1_selects(cfg, m) for m in cfg.methods):
             print(f"== {exp}: seed {', '.join(map(str, missing))} skipped for the methods that score with the "
                   f"seed's stage-1 model: none under {root / exp / 'stage1'} (the CPU's cells train them; carry "
                   "that folder)", flush=True)
