@@ -1032,3 +1032,29 @@ def test_same_machine_pairs_selectors_with_random_rerun_where_they_ran(tmp_path,
     assert "Left out" in out and ": 4 cells" in out
     (tmp_path / "empty" / "cells").mkdir(parents=True)
     assert sm.main([str(tmp_path / "grid"), str(tmp_path / "empty")]) == 2
+
+
+def test_pick_objective_scores_picks_against_random_and_the_exact_greedy():
+    """bench/pick_objective.py: the exact greedy's row is its reported objective (share 1), random's
+    row the mean of its draws (share 0), another pick lies where its objective puts it between them."""
+    import numpy as np
+
+    from tunesift.selection.objectives import flcg_objective, set_value
+    from tunesift.selection.submodular import fl_conditional_gain
+
+    po = load_bench_script("pick_objective")
+    rng = np.random.default_rng(3)
+    S, E = rng.random((30, 30)), rng.random((30, 4)) * 0.7
+    obj = flcg_objective(S, E, nu=1.0)
+    res = fl_conditional_gain(S, E, 5, nu=1.0)
+    other = np.array([0, 1, 2, 3, 4])
+    rows = po.pick_rows(obj, {"same as exact": res.order[::-1], "first five": other}, np.sort(res.order), 30, 50)
+    by = {r["pick"].split(" (")[0]: r for r in rows}
+    assert by["exact greedy"]["value"] == pytest.approx(res.objective)
+    rand = po.random_values(obj, 30, 5, 50)
+    assert by["random"]["value"] == pytest.approx(rand.mean()) and by["random"]["share"] == 0.0
+    assert by["same as exact"]["share"] == pytest.approx(1.0)
+    f = set_value(obj, other)
+    assert by["first five"]["share"] == pytest.approx((f - rand.mean()) / (res.objective - rand.mean()))
+    assert by["first five"]["share"] < 1.0
+    assert np.isnan(po.gap_share(1.0, 2.0, 2.0)) and po.gap_share(3.0, 1.0, 5.0) == pytest.approx(0.5)

@@ -103,12 +103,13 @@ def test_instruction_stage_is_the_same_under_both_scales(tiny_lm, tmp_path):
 
 @pytest.mark.parametrize("knn", [0, 3])
 def test_task_stage_additive_uses_the_targets_x_pool_kernel(tiny_lm, tmp_path, knn, monkeypatch):
+    from tunesift.methods import delift as dm
     from tunesift.scoring import embedding as emb
     from tunesift.selection import submodular as sm
 
     seen = []
-    real = sm.fl_mutual_information
-    monkeypatch.setattr(sm, "fl_mutual_information", lambda S, Q, *a, **k: seen.append(Q) or real(S, Q, *a, **k))
+    real = dm.stage_objective
+    monkeypatch.setattr(dm, "stage_objective", lambda S, Q, *a, **k: seen.append(Q) or real(S, Q, *a, **k))
     sel = select(POOL, target=TARGET, method="delift", stage="task", mi_form="additive", budget=3, knn=knn,
                  lm=tiny_lm, cache_dir=str(tmp_path), token_budget=4096)
     [Q] = seen
@@ -126,7 +127,7 @@ def test_task_stage_additive_uses_the_targets_x_pool_kernel(tiny_lm, tmp_path, k
     uf_t = utility_kernel(tiny_lm, r, tgt, pool, pairs=cross_pattern, same=False, exclude_diagonal=False,
                           cache_dir=False).values()
     sim, t_sim = scaled([uf, uf_t], Options(knn=knn))  # a kNN kernel is clipped, a dense one min-maxed
-    want = real(self_covering(sim), t_sim, 3, form="additive")  # each pick covers itself
+    want = sm.fl_mutual_information(self_covering(sim), t_sim, 3, form="additive")  # each pick covers itself
     assert sel.order.tolist() == want.order.tolist()
     got = Q.toarray() if sp.issparse(Q) else Q
     np.testing.assert_allclose(got, t_sim.toarray() if sp.issparse(t_sim) else t_sim, atol=1e-5)
@@ -156,15 +157,15 @@ def test_a_repeated_record_is_never_scored_as_its_copys_example(tiny_lm, tmp_pat
     and cover each other as a record covers itself."""
     import scipy.sparse as sp
 
+    from tunesift.methods import delift as dm
     from tunesift.scoring import utility as ut
-    from tunesift.selection import submodular as sm
 
     pool = POOL + [dict(POOL[2]) for _ in range(copies)]  # records 8 (and 9) repeat record 2
     n, group = len(pool), [2, *range(8, len(pool))]
     seen, sims = [], []
-    real_kernel, real_fl = ut.utility_kernel, sm.facility_location
+    real_kernel, real_objective = ut.utility_kernel, dm.stage_objective
     monkeypatch.setattr(ut, "utility_kernel", lambda *a, **k: seen.append(k.get("pairs")) or real_kernel(*a, **k))
-    monkeypatch.setattr(sm, "facility_location", lambda S, *a, **k: sims.append(S) or real_fl(S, *a, **k))
+    monkeypatch.setattr(dm, "stage_objective", lambda S, *a, **k: sims.append(S) or real_objective(S, *a, **k))
     select(pool, method="delift", budget=3, knn=knn, lm=tiny_lm, cache_dir=str(tmp_path), token_budget=4096)
     [pairs], [sim] = seen, sims
     sim = sim.toarray() if sp.issparse(sim) else sim

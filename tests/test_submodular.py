@@ -553,3 +553,36 @@ def test_a_negative_seed_or_a_kernel_too_large_to_sum_is_an_option_error() -> No
     with pytest.raises(OptionError, match=r"has an entry of 1e\+307; kernels must be <= 1e\+200"):
         facility_location(np.full((4, 3), 1e307), 2)
     assert list(facility_location(np.full((4, 3), 1e200), 2).order) == [0, 1]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_set_value_scores_any_pick_on_each_objective(sparse: bool) -> None:
+    """set_value(objective, A) is the plain definition of FL, FL1MI, additive FLMI and FLCG at A,
+    for picks the greedy did not make, in any order, and the greedy's own reported objective."""
+    from tunesift.selection.objectives import (
+        fl_objective,
+        flcg_objective,
+        flmi_objective,
+        set_value,
+    )
+
+    rng = np.random.default_rng(7)
+    n, m = 12, 12
+    S = rng.random((n, m)) * (rng.random((n, m)) < 0.6)
+    Q = rng.random((n, 3))
+    T = rng.random((3, n))
+    E = rng.random((n, 4)) * 0.8
+    K = sp.csr_matrix(S) if sparse else S
+    cases = [
+        (fl_objective(K), lambda A: f_fl(S, A)),
+        (flmi_objective(K, Q, eta=0.7), lambda A: f_mi_min(S, Q, 0.7, A)),
+        (flmi_objective(K, T, eta=0.5, form="additive"), lambda A: f_mi_add(S, T, 0.5, A)),
+        (flcg_objective(K, E, nu=0.9), lambda A: f_cg(S, E, 0.9, A)),
+    ]
+    for obj, plain in cases:
+        for A in ([], [3], [5, 0, 9], [11, 2, 2, 7]):
+            assert set_value(obj, np.array(A, dtype=np.int64)) == pytest.approx(plain(sorted(set(A))), abs=1e-12)
+    res = fl_conditional_gain(K, E, 4, nu=0.9)
+    assert set_value(flcg_objective(K, E, nu=0.9), res.order[::-1]) == pytest.approx(res.objective, abs=1e-12)
+    with pytest.raises(ValueError, match="columns must lie in"):
+        set_value(fl_objective(K), np.array([m]))

@@ -32,15 +32,26 @@ def run_delift_se(job: Job) -> Picked:
     return Picked(*delift_pick(job.records, job.k, job.opt, job.lm, job.progress, job.other, embed_kernel=True))
 
 
-def submodular_pick(sim, cross, k: int, opt):
-    from ..selection import submodular as sm
+def stage_objective(sim, cross, opt, budget: int | None = None):
+    """The objective DELIFT maximises at ``opt.stage`` (a :class:`~tunesift.selection.objectives.
+    FLObjective`): instruction, facility location of ``sim`` (n, n); task, FL mutual information
+    with the target kernel ``cross`` ((n, n_target), or (n_target, n) for ``--mi-form additive``);
+    continual, FL conditional gain against the existing data's ``cross`` (n, n_existing)."""
+    from ..selection import objectives as ob
 
-    kw = dict(optimizer=opt.optimizer, epsilon=opt.epsilon, seed=opt.seed)
     if opt.stage == "instruction":
-        return sm.facility_location(sim, k, **kw)
+        return ob.fl_objective(sim, budget=budget)
     if opt.stage == "task":
-        return sm.fl_mutual_information(sim, cross, k, eta=opt.mi_eta, form=opt.mi_form, **kw)
-    return sm.fl_conditional_gain(sim, cross, k, nu=opt.nu, **kw)
+        return ob.flmi_objective(sim, cross, eta=opt.mi_eta, form=opt.mi_form, budget=budget)
+    return ob.flcg_objective(sim, cross, nu=opt.nu, budget=budget)
+
+
+def submodular_pick(sim, cross, k: int, opt):
+    """Greedy maximisation of :func:`stage_objective` with ``k`` picks (``opt.optimizer``)."""
+    from ..selection.optimizers import maximize
+
+    return maximize(stage_objective(sim, cross, opt, budget=k), k, optimizer=opt.optimizer, epsilon=opt.epsilon,
+                    seed=opt.seed)
 
 
 def scaled(kernels: list, opt) -> list:

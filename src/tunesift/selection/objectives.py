@@ -50,7 +50,7 @@ from tunesift.errors import OptionError
 from tunesift.selection.kernels import as_kernel, check_budget, check_scalar, check_values, row_max
 
 __all__ = ["FLObjective", "fl_assignment", "fl_objective", "flcg_objective", "flmi_objective",
-           "segment_sums"]
+           "segment_sums", "set_value"]
 
 _F64 = np.float64
 CHUNK_BYTES = 1 << 20  # row blocks when computing the initial gains of a dense kernel
@@ -190,6 +190,21 @@ class FLObjective:
         if self.bonus is not None and len(order):
             objective += float(np.sum(self.bonus[order]))
         return objective
+
+
+def set_value(objective: FLObjective, cols: np.ndarray) -> float:
+    """The objective of the set ``cols`` (k,) of candidate columns, in any order: FL's ``f(A)``,
+    FLMI's or FLCG's ``f(A | E)``, as the greedy reports for its own picks. For scoring a pick
+    made some other way (another method's, a random draw) on this objective; repeated columns
+    count once."""
+    cols = np.unique(np.asarray(cols, dtype=np.int64))
+    if len(cols) and (cols[0] < 0 or cols[-1] >= objective.m):
+        raise ValueError(f"set_value: columns must lie in [0, {objective.m}), got {cols[0]}..{cols[-1]}")
+    cur = objective.init.copy()
+    for j in cols:
+        rows, values, _ = objective.take(int(j), cur)
+        cur[rows] = values
+    return objective.value(cur, cols)
 
 
 def segment_sums(v: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> np.ndarray:
