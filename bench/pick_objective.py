@@ -8,7 +8,8 @@ EXP --only delift`` fills it), rebuilds the objective the stage maximises
 (:func:`tunesift.methods.delift.stage_objective`: FL, FLMI against the target set, FLCG against
 the existing data) and scores every cell's pick of that seed and budget on it
 (:func:`tunesift.selection.objectives.set_value`), beside the mean of ``--draws`` uniform random
-picks. A pick's share of the random-to-exact gap, ``(f(A) - f(random)) / (f(exact) - f(random))``,
+picks, and next to each pick's loss against random's cell of the same seed (with their rank
+correlation over the picks). A pick's share of the random-to-exact gap, ``(f(A) - f(random)) / (f(exact) - f(random))``,
 is issue 14's measure for the learned surrogate; exact DELIFT's own cell is 1 by construction (the
 script checks that its greedy reproduces the cell's pick).
 
@@ -26,6 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import evidence as ev  # noqa: E402
@@ -49,7 +51,7 @@ def random_values(objective, n: int, k: int, draws: int, seed: int = 0) -> np.nd
 
 def pick_rows(objective, picks: dict[str, np.ndarray], exact: np.ndarray, n: int, draws: int) -> list[dict]:
     """One row per pick (``picks``: name -> (k,) pool indices, all of the exact pick's size):
-    its objective and share of the random-to-exact gap, exact and random's mean first."""
+    its objective and share of the random-to-exact gap, exact greedy and random's mean first."""
     k = len(exact)
     rand = random_values(objective, n, k, draws)
     f_exact, f_rand = set_value(objective, exact), float(rand.mean())
@@ -59,6 +61,14 @@ def pick_rows(objective, picks: dict[str, np.ndarray], exact: np.ndarray, n: int
         f = set_value(objective, cols)
         rows.append({"pick": name, "value": f, "share": gap_share(f, f_rand, f_exact)})
     return rows
+
+
+def loss_vs_random(cells: list[dict]) -> dict[str, dict[str, float]]:
+    """Each cell's loss (and GSM8K loss, where every cell has it) minus random's cell among
+    ``cells`` (one seed and budget): method -> metric -> difference; {} without a random cell."""
+    metrics = [m for m in ("loss", "loss@gsm8k") if all(m in c["metrics"] for c in cells)]
+    ref = next((c["metrics"] for c in cells if c["method"] == "random"), None)
+    return {c["method"]: {m: c["metrics"][m] - ref[m] for m in metrics} for c in cells} if ref else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,8 +123,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: the greedy's {k} differ from exact DELIFT's cell at {budget}", flush=True)
         print(f"\n{a.experiment}, seed {a.seed}, budget {budget} ({k} of {len(ids)}), objective "
               f"{seen['opt'].stage} (f of each pick; share of the random-to-exact gap)")
-        for row in pick_rows(objective, {m: p for m, p in picks.items() if m != "delift"}, exact, len(ids), a.draws):
-            print(f"  {row['pick']:<32} {row['value']:10.3f}   {row['share']:+.2f}")
+        trained = loss_vs_random(mine)
+        metrics = list(next(iter(trained.values()), {}))
+        print(f"  {'pick':<32} {'f(A)':>10}   share" + "".join(f"   {m + ' vs random':>22}" for m in metrics))
+        rows = pick_rows(objective, {m: p for m, p in picks.items() if m != "delift"}, exact, len(ids), a.draws)
+        for row in rows:
+            name = "delift" if row["pick"] == "exact greedy" else row["pick"]
+            diffs = "".join(f"   {trained[name][m]:+22.4f}" if name in trained else "" for m in metrics)
+            print(f"  {row['pick']:<32} {row['value']:10.3f}   {row['share']:+.2f}{diffs}")
+        named = [r for r in rows if (r["pick"] == "exact greedy" and "delift" in trained) or r["pick"] in trained]
+        for m in metrics:  # does a higher objective go with a lower loss than random's, over these picks?
+            x = [r["share"] for r in named]
+            y = [trained["delift" if r["pick"] == "exact greedy" else r["pick"]][m] for r in named]
+            if len(x) > 2:
+                print(f"  Spearman(share, {m} vs random) over {len(x)} picks: {spearmanr(x, y).statistic:+.2f}"
+                      " (negative: a pick DELIFT's objective rates higher trains to a lower loss)")
     return 0
 
 

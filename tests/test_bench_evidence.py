@@ -1058,3 +1058,9 @@ def test_pick_objective_scores_picks_against_random_and_the_exact_greedy():
     assert by["first five"]["share"] == pytest.approx((f - rand.mean()) / (res.objective - rand.mean()))
     assert by["first five"]["share"] < 1.0
     assert np.isnan(po.gap_share(1.0, 2.0, 2.0)) and po.gap_share(3.0, 1.0, 5.0) == pytest.approx(0.5)
+    cells = [{"method": "random", "metrics": {"loss": 2.0, "loss@gsm8k": 1.0}},
+             {"method": "delift", "metrics": {"loss": 2.5, "loss@gsm8k": 0.75}},
+             {"method": "ifd", "metrics": {"loss": 1.5}}]
+    assert po.loss_vs_random(cells) == {"random": {"loss": 0.0}, "delift": {"loss": 0.5}, "ifd": {"loss": -0.5}}
+    assert po.loss_vs_random(cells[:2])["delift"] == {"loss": 0.5, "loss@gsm8k": -0.25}
+    assert po.loss_vs_random(cells[1:]) == {}
