@@ -383,6 +383,15 @@ def run(a) -> None:
         print(f"{exp}: {len(rows)} rows", flush=True)
 
 
+def selection_sets(cfg: BenchConfig) -> dict:
+    """The records a selection reads, as :func:`tunesift.bench.select_for_cell` takes them: the pool
+    (``train``) and the target or existing set where the experiment has one (else None)."""
+    from tunesift.io.records import read_records
+
+    return {"train": read_records(cfg.train), "target": read_records(cfg.target) if cfg.target else None,
+            "existing": read_records(cfg.existing) if cfg.existing else None}
+
+
 def precompute(a) -> None:
     """Fill the kept score caches (:data:`KEPT_CACHES`) that an experiment's cells will read by
     running each method's selection alone, on ``--device``, at the experiment's first budget for
@@ -403,7 +412,6 @@ def precompute(a) -> None:
     from types import SimpleNamespace
 
     from tunesift.bench import pin_method_options, select_for_cell, stage1_selects
-    from tunesift.io.records import read_records
 
     data, root, caches, kept = folders(SimpleNamespace(**{**vars(a), "device": "cpu"}))  # the CPU grid's folders
     prepared(a, data)
@@ -432,8 +440,7 @@ def precompute(a) -> None:
                 if theirs != mine:
                     raise TunesiftError(f"{pinned}: the grid selects with {key} {theirs}, precompute with {mine}")
         cfg.select_options["dtype"] = "float32"
-        sets = {"train": read_records(cfg.train), "target": read_records(cfg.target) if cfg.target else None,
-                "existing": read_records(cfg.existing) if cfg.existing else None}
+        sets = selection_sets(cfg)
         for m in cfg.methods:
             for seed in (stage1_seeds if stage1_selects(cfg, m) else range(cfg.seeds)):
                 t = time.perf_counter()
@@ -624,7 +631,8 @@ def items(a) -> None:
         sys.exit(2)
 
 
-def main(argv=None) -> None:
+def arg_parser() -> argparse.ArgumentParser:
+    """The command line of this script (also how bench/pick_objective.py gets the grid's settings)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=("prepare", "run", "precompute", "plan", "summary", "items"))
     ap.add_argument("experiment", nargs="?", default="all", choices=(*EXPERIMENTS, "all"))
@@ -649,6 +657,11 @@ def main(argv=None) -> None:
     ap.add_argument("--smoke", action="store_true", help="40 records, 1 seed, random + rds, 1 epoch")
     ap.add_argument("--select-model", default=None, help="instead of SmolLM2-135M (default)")
     ap.add_argument("--train-model", default=None, help="instead of SmolLM2-135M (Gemma 3 270M for transfer)")
+    return ap
+
+
+def main(argv=None) -> None:
+    ap = arg_parser()
     a = ap.parse_args(argv)
     if a.only and (unknown := [m for m in (x.strip() for x in a.only.split(",")) if m
                                and not any(m in methods for methods in METHODS.values())]):

@@ -24,7 +24,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -84,17 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     print(banner(), flush=True)
     import tunesift.methods.delift as dm
     from tunesift.bench import select_for_cell
-    from tunesift.io.records import read_records
 
-    args = SimpleNamespace(work=a.work, results=a.results, shared=a.shared, seeds=a.seed + 1, knn=a.knn,
-                           dense_delift=False, only="delift", budgets=None, device="cpu", autocast=None,
-                           checkpointing="off", smoke=False, select_model=None, train_model=None)
+    # the CPU grid's settings for exact DELIFT, seeds 0..seed, from evidence.py's own command line
+    args = ev.arg_parser().parse_args(["run", a.experiment, "--only", "delift", "--seeds", str(a.seed + 1),
+                                       "--knn", str(a.knn), "--device", "cpu", "--work", a.work,
+                                       "--results", a.results, "--shared", a.shared])
     data, root, caches, kept = ev.folders(args)
     ev.prepared(args, data)
     cfg = ev.config(a.experiment, data, caches, args, kept)
     cfg.select_options["dtype"] = "float32"  # as the CPU grid's cells and precompute score
-    sets = {"train": read_records(cfg.train), "target": read_records(cfg.target) if cfg.target else None,
-            "existing": read_records(cfg.existing) if cfg.existing else None}
+    sets = ev.selection_sets(cfg)
     seen: dict = {}
     greedy = dm.submodular_pick
 
